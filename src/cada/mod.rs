@@ -1,0 +1,7 @@
+//! The CADA method: spec (codes + cases), case retrieval, judges, data, evaluation, the loop.
+pub mod corpus;
+pub mod data;
+pub mod eval;
+pub mod judge;
+pub mod retrieval;
+pub mod spec;

@@ -1,0 +1,8 @@
+//! Model loading and the Llama-family layer stack.
+pub mod chat;
+pub mod config;
+pub mod convert;
+pub mod gguf;
+pub mod llama;
+pub mod tokenizer;
+pub mod weights;
