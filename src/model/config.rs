@@ -1,1 +1,241 @@
-//! (in progress)
+//! `config.json` → [`LlamaConfig`], with errors that name the file and the field.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// Architectures whose math is the Llama stack this engine implements.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
+
+/// Llama-3-style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LlamaConfig {
+    pub architecture: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2)
+    pub attention_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn get_usize(v: &Value, field: &str, file: &str) -> Result<usize> {
+    v.get(field)
+        .with_context(|| format!("{file}: missing field `{field}`"))?
+        .as_u64()
+        .map(|x| x as usize)
+        .with_context(|| format!("{file}: field `{field}` must be a non-negative integer, got {}", v[field]))
+}
+
+fn get_f64_or(v: &Value, field: &str, default: f64, file: &str) -> Result<f64> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x.as_f64().with_context(|| format!("{file}: field `{field}` must be a number, got {x}")),
+    }
+}
+
+fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => vec![],
+    }
+}
+
+impl LlamaConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Self::from_json(&v, &path.display().to_string())
+    }
+
+    /// `file` names the source in error messages.
+    pub fn from_json(v: &Value, file: &str) -> Result<Self> {
+        let archs = v
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .with_context(|| format!("{file}: missing field `architectures` (a list such as [\"LlamaForCausalLM\"])"))?;
+        let architecture = archs
+            .first()
+            .and_then(|a| a.as_str())
+            .with_context(|| format!("{file}: field `architectures` is empty"))?
+            .to_string();
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+            bail!(
+                "{file}: field `architectures` = \"{architecture}\" is not supported (supported: {})",
+                SUPPORTED_ARCHITECTURES.join(", ")
+            );
+        }
+        let hidden_size = get_usize(v, "hidden_size", file)?;
+        let num_attention_heads = get_usize(v, "num_attention_heads", file)?;
+        let num_key_value_heads = match v.get("num_key_value_heads") {
+            None | Some(Value::Null) => num_attention_heads,
+            Some(_) => get_usize(v, "num_key_value_heads", file)?,
+        };
+        if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            bail!("{file}: field `num_key_value_heads` = {num_key_value_heads} must divide `num_attention_heads` = {num_attention_heads}");
+        }
+        let head_dim = match v.get("head_dim") {
+            None | Some(Value::Null) => {
+                if hidden_size % num_attention_heads != 0 {
+                    bail!("{file}: `hidden_size` {hidden_size} is not a multiple of `num_attention_heads` {num_attention_heads}");
+                }
+                hidden_size / num_attention_heads
+            }
+            Some(_) => get_usize(v, "head_dim", file)?,
+        };
+        if head_dim % 2 != 0 {
+            bail!("{file}: field `head_dim` = {head_dim} must be even for rotary embeddings");
+        }
+        let rope_scaling = match v.get("rope_scaling") {
+            None | Some(Value::Null) => None,
+            Some(rs) => {
+                let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+                match kind {
+                    "llama3" => Some(Llama3RopeScaling {
+                        factor: get_f64_or(rs, "factor", 8.0, file)?,
+                        low_freq_factor: get_f64_or(rs, "low_freq_factor", 1.0, file)?,
+                        high_freq_factor: get_f64_or(rs, "high_freq_factor", 4.0, file)?,
+                        original_max_position_embeddings: get_f64_or(rs, "original_max_position_embeddings", 8192.0, file)?,
+                    }),
+                    "default" | "" => None,
+                    other => bail!("{file}: field `rope_scaling.rope_type` = \"{other}\" is not supported (supported: llama3, default)"),
+                }
+            }
+        };
+        let is_qwen2 = architecture == "Qwen2ForCausalLM";
+        let attention_bias = v.get("attention_bias").and_then(|b| b.as_bool()).unwrap_or(is_qwen2);
+        let cfg = LlamaConfig {
+            vocab_size: get_usize(v, "vocab_size", file)?,
+            hidden_size,
+            intermediate_size: get_usize(v, "intermediate_size", file)?,
+            num_hidden_layers: get_usize(v, "num_hidden_layers", file)?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: get_f64_or(v, "rms_norm_eps", 1e-6, file)?,
+            rope_theta: get_f64_or(v, "rope_theta", 10000.0, file)?,
+            rope_scaling,
+            max_position_embeddings: v.get("max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(4096) as usize,
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|b| b.as_bool()).unwrap_or(false),
+            attention_bias,
+            bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
+            eos_token_ids: token_ids(v.get("eos_token_id")),
+            architecture,
+        };
+        for (name, val) in [
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+            ("num_hidden_layers", cfg.num_hidden_layers),
+        ] {
+            if val == 0 {
+                bail!("{file}: field `{name}` must be > 0");
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The config as Hugging Face `config.json` (what `convert` and `sft --init` write).
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "architectures": [self.architecture],
+            "model_type": if self.architecture == "Qwen2ForCausalLM" { "qwen2" } else { "llama" },
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        });
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = b.into();
+        }
+        match self.eos_token_ids.len() {
+            0 => {}
+            1 => v["eos_token_id"] = self.eos_token_ids[0].into(),
+            _ => v["eos_token_id"] = self.eos_token_ids.clone().into(),
+        }
+        if let Some(rs) = &self.rope_scaling {
+            v["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3", "factor": rs.factor, "low_freq_factor": rs.low_freq_factor,
+                "high_freq_factor": rs.high_freq_factor,
+                "original_max_position_embeddings": rs.original_max_position_embeddings,
+            });
+        }
+        v
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// RoPE inverse frequencies `[head_dim/2]`, with llama3 scaling applied when configured
+    /// (the same formula as transformers' `_compute_llama3_parameters`).
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let hd = self.head_dim;
+        (0..hd / 2)
+            .map(|i| {
+                let base = 1.0 / self.rope_theta.powf((2 * i) as f64 / hd as f64);
+                let f = match &self.rope_scaling {
+                    None => base,
+                    Some(rs) => {
+                        let low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor;
+                        let high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor;
+                        let wavelen = 2.0 * std::f64::consts::PI / base;
+                        if wavelen < high_wavelen {
+                            base
+                        } else if wavelen > low_wavelen {
+                            base / rs.factor
+                        } else {
+                            let smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor)
+                                / (rs.high_freq_factor - rs.low_freq_factor);
+                            (1.0 - smooth) * base / rs.factor + smooth * base
+                        }
+                    }
+                };
+                f as f32
+            })
+            .collect()
+    }
+
+    /// Parameter count (embedding counted once when tied).
+    pub fn num_params(&self) -> usize {
+        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let attn = d * self.q_dim() + 2 * d * self.kv_dim() + self.q_dim() * d
+            + if self.attention_bias { self.q_dim() + 2 * self.kv_dim() } else { 0 };
+        let layer = attn + 3 * d * f + 2 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        v * d + self.num_hidden_layers * layer + d + head
+    }
+}
