@@ -4,5 +4,6 @@ pub mod config;
 pub mod convert;
 pub mod gguf;
 pub mod llama;
+pub mod load;
 pub mod tokenizer;
 pub mod weights;

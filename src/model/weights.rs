@@ -225,6 +225,24 @@ impl SafetensorsDir {
     }
 }
 
+impl SafetensorsDir {
+    /// The distinct dtypes stored (e.g. `["BF16"]`).
+    pub fn dtypes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (_, mmap) in &self.files {
+            if let Ok(st) = SafeTensors::deserialize(mmap) {
+                for (_, view) in st.tensors() {
+                    let d = format!("{:?}", view.dtype());
+                    if !out.contains(&d) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Converts raw little-endian bytes of a safetensors dtype to f32.
 pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8], what: &str) -> Result<Vec<f32>> {
     let chunks2 = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));

@@ -1,0 +1,66 @@
+//! `cada info`: architecture, parameter count, dtype and a training memory estimate.
+
+use crate::model::config::LlamaConfig;
+use crate::model::weights::{Params, SafetensorsDir};
+use anyhow::Result;
+use std::path::Path;
+
+pub struct ModelInfo {
+    pub cfg: LlamaConfig,
+    pub params: usize,
+    pub stored_dtype: String,
+}
+
+/// Reads only the config and tensor headers (no weights) for a directory; a GGUF is loaded.
+pub fn model_info(path: &Path) -> Result<ModelInfo> {
+    if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let m = crate::model::load::load_model(path)?;
+        return Ok(ModelInfo { params: m.cfg.num_params(), cfg: m.cfg, stored_dtype: "gguf (dequantised to f32)".into() });
+    }
+    let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
+    let st = SafetensorsDir::open(path)?;
+    let dtype = st.dtypes().join("+");
+    Ok(ModelInfo { params: cfg.num_params(), cfg, stored_dtype: dtype })
+}
+
+/// Bytes needed to train with f32 master weights, f32 gradients and two f32 AdamW moments,
+/// plus the activations cached for the backward of `tokens` tokens (the fused head keeps no
+/// logits).
+pub fn training_memory_bytes(cfg: &LlamaConfig, tokens: usize) -> (usize, usize) {
+    let p = Params::spec(cfg).tensors().iter().map(|t| t.numel()).sum::<usize>();
+    let state = p * 4 * 4;
+    let (d, f, qd, kvd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+    // per layer: x_in, n1, h, n2 (4d) + q, attn (2qd) + k, v (2kvd) + gate, up, act (3f) + stats
+    let per_token_layer = 4 * d + 2 * qd + 2 * kvd + 3 * f + 2 + cfg.num_attention_heads;
+    let acts = tokens * (cfg.num_hidden_layers * per_token_layer + 3 * d) * 4;
+    (state, acts)
+}
+
+pub fn format_info(info: &ModelInfo, tokens: usize) -> String {
+    let c = &info.cfg;
+    let (state, acts) = training_memory_bytes(c, tokens);
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    format!(
+        "architecture      {}\nparameters        {} ({:.1} M)\nstored dtype      {}\nlayers            {}\nhidden            {}\nintermediate      {}\nheads (q/kv)      {}/{} × head_dim {}\nvocab             {}\ntied embeddings   {}\nqkv bias          {}\nrope_theta        {}{}\nmax positions     {}\ntraining memory   {:.2} GiB weights+grads+AdamW (f32) + {:.2} GiB activations for {} tokens = {:.2} GiB",
+        c.architecture,
+        info.params,
+        info.params as f64 / 1e6,
+        info.stored_dtype,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.tie_word_embeddings,
+        c.attention_bias,
+        c.rope_theta,
+        if c.rope_scaling.is_some() { " (llama3 scaling)" } else { "" },
+        c.max_position_embeddings,
+        gib(state),
+        gib(acts),
+        tokens,
+        gib(state + acts)
+    )
+}

@@ -1,0 +1,67 @@
+//! Command bodies behind the CLI (`main.rs` only parses and prints), and device selection.
+
+pub mod info;
+pub mod run_generate;
+pub mod score;
+
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use anyhow::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// the GPU when a driver and a device are present, else the CPU
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Work that runs on whichever backend was chosen (the model code is generic over `Backend`).
+pub trait OnDevice {
+    type Output;
+    fn run<B: Backend>(self, be: &B) -> Result<Self::Output>;
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_present() -> bool {
+    crate::backend::cuda::cuda_available()
+}
+#[cfg(not(feature = "cuda"))]
+fn gpu_present() -> bool {
+    false
+}
+
+/// Resolves `auto` and checks that `cuda` is possible; returns the name of the device used.
+pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
+    match choice {
+        DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
+        DeviceChoice::Auto => Ok(if gpu_present() { DeviceChoice::Cuda } else { DeviceChoice::Cpu }),
+        DeviceChoice::Cuda => {
+            if !cfg!(feature = "cuda") {
+                anyhow::bail!("--device cuda: this binary was built without the GPU backend (rebuild with `--features cuda`, see README)");
+            }
+            if !gpu_present() {
+                anyhow::bail!("--device cuda: no CUDA driver (libcuda) or no GPU found on this machine");
+            }
+            Ok(DeviceChoice::Cuda)
+        }
+    }
+}
+
+pub fn run_on<T: OnDevice>(choice: DeviceChoice, task: T) -> Result<T::Output> {
+    match resolve_device(choice)? {
+        DeviceChoice::Cuda => run_cuda(task),
+        _ => task.run(&Cpu::new()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<T: OnDevice>(task: T) -> Result<T::Output> {
+    let be = crate::backend::cuda::Cuda::new(0)?;
+    task.run(&be)
+}
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<T: OnDevice>(_task: T) -> Result<T::Output> {
+    anyhow::bail!("the GPU backend is not compiled into this binary")
+}
