@@ -1,7 +1,9 @@
-//! The CADA method: spec (codes + cases), case retrieval, judges, data, evaluation, the loop.
+//! The CADA method: spec (codes + cases), case retrieval, judges, data, evaluation, the loop,
+//! SFT and DPO.
 pub mod corpus;
 pub mod data;
 pub mod eval;
 pub mod judge;
 pub mod retrieval;
+pub mod seqlogp;
 pub mod spec;

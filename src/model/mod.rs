@@ -5,5 +5,6 @@ pub mod convert;
 pub mod gguf;
 pub mod llama;
 pub mod load;
+pub mod save;
 pub mod tokenizer;
 pub mod weights;
