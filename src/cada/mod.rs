@@ -4,6 +4,7 @@ pub mod corpus;
 pub mod data;
 pub mod eval;
 pub mod judge;
+pub mod plot;
 pub mod retrieval;
 pub mod seqlogp;
 pub mod spec;
