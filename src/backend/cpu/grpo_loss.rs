@@ -1,0 +1,256 @@
+//! GRPO loss, f32 CPU reference (the oracle for `kernels/grpo_loss.cu`).
+//!
+//! Per completion token t of completion b (../shared/CADA.md, step 7):
+//! - ratio      `ρ = exp(logp − old_logp)`
+//! - surrogate  `S = −min(ρ·A_b, clip(ρ, 1−ε_low, 1+ε_high)·A_b)`
+//! - k3 KL      `KL = exp(ref − logp) − (ref − logp) − 1`, added as `β·KL`; with β = 0 the
+//!   reference log-probs are never read (the caller may pass anything of the right length)
+//! - token loss `L = S + β·KL`
+//!
+//! Aggregation, with `m` the mask (1 = counted, 0 = padding / masked out):
+//! - `grpo`:    `(1/B) Σ_b [ Σ_t m·L / max(Σ_t m, 1) ]` — a completion with no unmasked token
+//!   contributes 0 but still counts in the `1/B` (as TRL: per-sequence count clamped to ≥ 1,
+//!   divided by the number of sequences), so masking a completion never re-weights the others;
+//! - `dapo`/`bnpo`: `Σ m·L / max(Σ m, 1)`;
+//! - `dr_grpo`: `Σ m·L / (B · max_completion_len)`.
+//!
+//! Every aggregation is `Σ_{b,t} w_{b,t}·L_{b,t}` with a per-token weight `w` that does not
+//! depend on the log-probs, so forward and backward share [`token_weights`] and the backward
+//! is `dlogp = w · dL/dlogp` token by token.
+//!
+//! Per-token quantities are computed in f32 (as the kernel does); sums are accumulated in f64.
+
+use crate::backend::{GrpoLossConfig, GrpoLossMetrics, LossType};
+use anyhow::{bail, ensure, Result};
+
+/// Checks shapes and knobs before a call; the two ops themselves assume valid inputs (and
+/// panic on mismatched slice lengths, which is a programming error once this has passed).
+/// `what` names the caller's context for the message (e.g. "grpo_loss_forward").
+#[allow(clippy::too_many_arguments)]
+pub fn check_grpo_inputs(
+    what: &str,
+    logp_len: usize,
+    old_logp_len: usize,
+    ref_logp_len: usize,
+    mask_len: usize,
+    advantages_len: usize,
+    batch: usize,
+    len: usize,
+    cfg: &GrpoLossConfig,
+) -> Result<()> {
+    let tokens = batch * len;
+    for (field, got) in [
+        ("logp", logp_len),
+        ("old_logp", old_logp_len),
+        ("mask", mask_len),
+    ] {
+        ensure!(
+            got == tokens,
+            "{what}: `{field}` has {got} values, expected batch {batch} × len {len} = {tokens}"
+        );
+    }
+    // With β = 0 the reference model is skipped entirely, so its buffer may be a dummy.
+    if cfg.beta != 0.0 {
+        ensure!(
+            ref_logp_len == tokens,
+            "{what}: `ref_logp` has {ref_logp_len} values, expected {tokens} (beta = {} needs reference log-probs)",
+            cfg.beta
+        );
+    }
+    ensure!(
+        advantages_len == batch,
+        "{what}: `advantages` has {advantages_len} values, expected batch = {batch}"
+    );
+    for (field, value) in [
+        ("epsilon_low", cfg.epsilon_low),
+        ("epsilon_high", cfg.epsilon_high),
+        ("beta", cfg.beta),
+    ] {
+        if !(value.is_finite() && value >= 0.0) {
+            bail!("{what}: config field `{field}` = {value} must be finite and ≥ 0");
+        }
+    }
+    ensure!(
+        cfg.epsilon_low < 1.0,
+        "{what}: config field `epsilon_low` = {} must be < 1 (the lower clip bound 1−ε_low must stay positive)",
+        cfg.epsilon_low
+    );
+    if cfg.loss_type == LossType::DrGrpo {
+        ensure!(
+            cfg.max_completion_len > 0,
+            "{what}: config field `max_completion_len` must be > 0 for loss_type dr_grpo"
+        );
+    }
+    Ok(())
+}
+
+/// Per-token aggregation weights `w[b·len + t]` such that `loss = Σ w·L` (see module doc).
+fn token_weights(mask: &[f32], batch: usize, len: usize, cfg: &GrpoLossConfig) -> Vec<f64> {
+    let mut weights = vec![0.0f64; batch * len];
+    match cfg.loss_type {
+        LossType::Grpo => {
+            for b in 0..batch {
+                let row = b * len..(b + 1) * len;
+                let count: f64 = mask[row.clone()].iter().map(|&m| m as f64).sum();
+                let denom = count.max(1.0) * batch as f64;
+                for i in row {
+                    weights[i] = mask[i] as f64 / denom;
+                }
+            }
+        }
+        LossType::Dapo | LossType::DrGrpo => {
+            let denom = if cfg.loss_type == LossType::Dapo {
+                let count: f64 = mask.iter().map(|&m| m as f64).sum();
+                count.max(1.0)
+            } else {
+                // check_grpo_inputs rejects 0; the max keeps an unchecked call finite.
+                (batch * cfg.max_completion_len.max(1)) as f64
+            };
+            for (w, &m) in weights.iter_mut().zip(mask) {
+                *w = m as f64 / denom;
+            }
+        }
+    }
+    weights
+}
+
+/// Everything one token contributes, in f32.
+struct TokenTerms {
+    /// `S + β·KL`
+    loss: f32,
+    /// k3 KL (0 when β = 0)
+    kl: f32,
+    /// d(S + β·KL)/d(logp)
+    dloss: f32,
+    clipped_low: bool,
+    clipped_high: bool,
+}
+
+fn token_terms(
+    logp: f32,
+    old_logp: f32,
+    ref_logp: f32,
+    advantage: f32,
+    cfg: &GrpoLossConfig,
+) -> TokenTerms {
+    let ratio = (logp - old_logp).exp();
+    let clipped_ratio = ratio.clamp(1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high);
+    let unclipped = ratio * advantage;
+    let clipped = clipped_ratio * advantage;
+    // The clipped branch is the smaller one exactly in these two cases; there its value is
+    // constant in logp, so the surrogate's gradient vanishes.
+    let clipped_low = ratio < 1.0 - cfg.epsilon_low && advantage < 0.0;
+    let clipped_high = ratio > 1.0 + cfg.epsilon_high && advantage > 0.0;
+    let surrogate = -unclipped.min(clipped);
+    // d(−ρA)/d(logp) = −ρA, since dρ/d(logp) = ρ.
+    let dsurrogate = if clipped_low || clipped_high {
+        0.0
+    } else {
+        -unclipped
+    };
+    let (kl, dkl) = if cfg.beta != 0.0 {
+        let delta = ref_logp - logp;
+        let e = delta.exp();
+        // d(e^δ − δ − 1)/d(logp) with δ = ref − logp: −e^δ + 1
+        (e - delta - 1.0, 1.0 - e)
+    } else {
+        (0.0, 0.0)
+    };
+    TokenTerms {
+        loss: surrogate + cfg.beta * kl,
+        kl,
+        dloss: dsurrogate + cfg.beta * dkl,
+        clipped_low,
+        clipped_high,
+    }
+}
+
+/// The aggregated loss and its metrics over `[batch, len]` right-padded token grids.
+/// Metrics other than `loss` are mask-weighted means over unmasked tokens (0 when there are
+/// none); `kl_mean` is 0 when β = 0. Call [`check_grpo_inputs`] first.
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss_forward(
+    logp: &[f32],
+    old_logp: &[f32],
+    ref_logp: &[f32],
+    mask: &[f32],
+    advantages: &[f32],
+    batch: usize,
+    len: usize,
+    cfg: &GrpoLossConfig,
+) -> GrpoLossMetrics {
+    let tokens = batch * len;
+    assert!(logp.len() == tokens && old_logp.len() == tokens && mask.len() == tokens);
+    assert!(advantages.len() == batch);
+    let weights = token_weights(mask, batch, len, cfg);
+
+    let (mut loss, mut kl_sum, mut low, mut high, mut count) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for b in 0..batch {
+        for i in b * len..(b + 1) * len {
+            let m = mask[i] as f64;
+            if m == 0.0 {
+                continue; // padding: its log-probs may be garbage and must not leak in as NaN
+            }
+            let reference = if cfg.beta != 0.0 { ref_logp[i] } else { 0.0 };
+            let terms = token_terms(logp[i], old_logp[i], reference, advantages[b], cfg);
+            loss += weights[i] * terms.loss as f64;
+            kl_sum += m * terms.kl as f64;
+            low += m * terms.clipped_low as u8 as f64;
+            high += m * terms.clipped_high as u8 as f64;
+            count += m;
+        }
+    }
+    let mean = |sum: f64| {
+        if count > 0.0 {
+            (sum / count) as f32
+        } else {
+            0.0
+        }
+    };
+    GrpoLossMetrics {
+        loss: loss as f32,
+        kl_mean: mean(kl_sum),
+        clip_ratio_low: mean(low),
+        clip_ratio_high: mean(high),
+        // The two cases are disjoint (they need A < 0 and A > 0), so the union is the sum.
+        clip_ratio_region: mean(low + high),
+        tokens: count as f32,
+    }
+}
+
+/// Writes `dlogp[b·len + t] = d(loss)/d(logp[b·len + t])`; masked tokens get exactly 0.
+/// Call [`check_grpo_inputs`] first.
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss_backward(
+    dlogp: &mut [f32],
+    logp: &[f32],
+    old_logp: &[f32],
+    ref_logp: &[f32],
+    mask: &[f32],
+    advantages: &[f32],
+    batch: usize,
+    len: usize,
+    cfg: &GrpoLossConfig,
+) {
+    let tokens = batch * len;
+    assert!(
+        dlogp.len() == tokens
+            && logp.len() == tokens
+            && old_logp.len() == tokens
+            && mask.len() == tokens
+    );
+    assert!(advantages.len() == batch);
+    let weights = token_weights(mask, batch, len, cfg);
+    for b in 0..batch {
+        for i in b * len..(b + 1) * len {
+            if mask[i] == 0.0 {
+                dlogp[i] = 0.0;
+                continue;
+            }
+            let reference = if cfg.beta != 0.0 { ref_logp[i] } else { 0.0 };
+            let terms = token_terms(logp[i], old_logp[i], reference, advantages[b], cfg);
+            dlogp[i] = (weights[i] * terms.dloss as f64) as f32;
+        }
+    }
+}
