@@ -106,3 +106,149 @@ pub fn group_advantages(
     };
     Ok((advantages, stats))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hand-computed examples (population std, see the module doc).
+    use super::*;
+
+    fn assert_close(what: &str, got: f64, want: f64, abs: f64) {
+        assert!(
+            (got - want).abs() <= abs,
+            "{what}: got {got}, want {want} (tolerance {abs})"
+        );
+    }
+
+    fn assert_all_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert_close(&format!("{what}[{i}]"), g as f64, w, tol);
+        }
+    }
+
+    #[test]
+    fn group_scaling_uses_population_std_plus_eps() {
+        // [1, 0]: mean 0.5, population std 0.5 → ±0.5 / (0.5 + eps).
+        let (a, _) = group_advantages(&[1.0, 0.0], 2, ScaleRewards::Group, 0.0).unwrap();
+        assert_all_close("eps 0", &a, &[1.0, -1.0], 1e-7);
+        let (a, _) = group_advantages(&[1.0, 0.0], 2, ScaleRewards::Group, 1e-4).unwrap();
+        assert_all_close("eps 1e-4", &a, &[0.5 / 0.5001, -0.5 / 0.5001], 1e-7);
+        // [1, 0, 0, 0]: mean 0.25, population variance (0.75² + 3·0.25²)/4 = 0.1875.
+        let std = 0.1875f64.sqrt();
+        let (a, stats) = group_advantages(
+            &[1.0, 0.0, 0.0, 0.0, -1.0, 1.0, -1.0, 1.0],
+            4,
+            ScaleRewards::Group,
+            1e-4,
+        )
+        .unwrap();
+        let hi = 0.75 / (std + 1e-4);
+        let lo = -0.25 / (std + 1e-4);
+        let unit = 1.0 / (1.0 + 1e-4); // second group: mean 0, population std 1
+        assert_all_close("G=4", &a, &[hi, lo, lo, lo, -unit, unit, -unit, unit], 1e-6);
+        assert_eq!(stats.frac_reward_zero_std, 0.0);
+        assert_close("reward_mean", stats.reward_mean as f64, 0.125, 1e-7);
+        // Batch population std, written out from the eight rewards about their mean 0.125.
+        let values = [1.0, 0.0, 0.0, 0.0, -1.0, 1.0, -1.0, 1.0f64];
+        let var = values.iter().map(|v| (v - 0.125).powi(2)).sum::<f64>() / 8.0;
+        assert_close("reward_std", stats.reward_std as f64, var.sqrt(), 1e-6);
+    }
+
+    #[test]
+    fn batch_scaling_centres_per_group_and_divides_by_batch_std() {
+        // Groups [1, 0] and [3, 3]; batch mean 1.75, population variance 6.75/4 = 1.6875.
+        let (a, stats) =
+            group_advantages(&[1.0, 0.0, 3.0, 3.0], 2, ScaleRewards::Batch, 1e-4).unwrap();
+        let batch_std = 1.6875f64.sqrt();
+        assert_all_close(
+            "batch",
+            &a,
+            &[
+                0.5 / (batch_std + 1e-4),
+                -0.5 / (batch_std + 1e-4),
+                0.0,
+                0.0,
+            ],
+            1e-6,
+        );
+        assert_eq!(stats.frac_reward_zero_std, 0.5);
+        assert_close("reward_std", stats.reward_std as f64, batch_std, 1e-6);
+    }
+
+    #[test]
+    fn no_scaling_only_centres() {
+        let (a, _) = group_advantages(
+            &[2.0, 0.0, 1.0, 5.0, -1.0, 2.0],
+            3,
+            ScaleRewards::None,
+            1e-4,
+        )
+        .unwrap();
+        assert_all_close("none", &a, &[1.0, -1.0, 0.0, 3.0, -3.0, 0.0], 1e-6);
+    }
+
+    #[test]
+    fn zero_std_groups_get_exact_zeros_and_are_counted() {
+        // 0.1 is not exact in binary: r − mean could leave a residue; A must still be 0 exactly.
+        let rewards = [
+            0.1f32, 0.1, 0.1, 1.0, 0.0, 1.0, -0.3, -0.3, -0.3, 7.0, 7.0, 7.0,
+        ];
+        for scale in [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None] {
+            let (a, stats) = group_advantages(&rewards, 3, scale, 1e-4).unwrap();
+            for i in (0..3).chain(6..12) {
+                assert_eq!(a[i].to_bits(), 0.0f32.to_bits(), "{scale:?}: advantage {i}");
+            }
+            assert!(
+                a[3] > 0.0 && a[4] < 0.0,
+                "{scale:?}: the mixed group keeps its signal"
+            );
+            assert_eq!(
+                stats.frac_reward_zero_std, 0.75,
+                "{scale:?}: 3 of 4 groups have zero std"
+            );
+        }
+        // G = 1: each group is trivially all-equal (population std 0, no 0/0).
+        let (a, stats) = group_advantages(&[1.0, -1.0], 1, ScaleRewards::Group, 1e-4).unwrap();
+        assert_eq!(a, vec![0.0, 0.0]);
+        assert_eq!(stats.frac_reward_zero_std, 1.0);
+    }
+
+    #[test]
+    fn advantage_errors_name_the_problem() {
+        let message = |r: anyhow::Result<(Vec<f32>, _)>| format!("{:#}", r.unwrap_err());
+        assert!(
+            message(group_advantages(&[1.0, 2.0], 0, ScaleRewards::Group, 1e-4))
+                .contains("group_size")
+        );
+        assert!(message(group_advantages(
+            &[1.0, 2.0, 3.0],
+            2,
+            ScaleRewards::Group,
+            1e-4
+        ))
+        .contains("multiple"));
+        assert!(message(group_advantages(&[], 2, ScaleRewards::Group, 1e-4)).contains("no rewards"));
+        assert!(message(group_advantages(
+            &[1.0, f32::NAN],
+            2,
+            ScaleRewards::Group,
+            1e-4
+        ))
+        .contains("reward 1"));
+        assert!(
+            message(group_advantages(&[1.0, 0.0], 2, ScaleRewards::Group, -1.0)).contains("eps")
+        );
+    }
+
+    #[test]
+    fn scale_rewards_parses_snake_case() {
+        for (text, want) in [
+            ("\"group\"", ScaleRewards::Group),
+            ("\"batch\"", ScaleRewards::Batch),
+            ("\"none\"", ScaleRewards::None),
+        ] {
+            assert_eq!(serde_json::from_str::<ScaleRewards>(text).unwrap(), want);
+        }
+        assert!(serde_json::from_str::<ScaleRewards>("\"Group\"").is_err());
+    }
+}
