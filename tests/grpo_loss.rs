@@ -44,12 +44,12 @@ fn fixture() -> Batch {
     let mut old_logp = Vec::new();
     let mut ref_logp = Vec::new();
     let mut mask = Vec::new();
-    for b in 0..batch {
-        for t in 0..len {
+    for (b, row_deltas) in deltas.iter().enumerate() {
+        for (t, delta) in row_deltas.iter().enumerate() {
             let old = -0.3 - 0.37 * ((b * len + t) % 7) as f32;
             let valid = t < lengths[b];
             // Padding holds garbage the loss must ignore (a positive "log-prob").
-            logp.push(if valid { old + deltas[b][t] } else { 3.0 });
+            logp.push(if valid { old + delta } else { 3.0 });
             old_logp.push(if valid { old } else { 2.5 });
             ref_logp.push(if valid {
                 old - 0.25 + 0.11 * t as f32
@@ -283,12 +283,9 @@ fn padding_values_never_leak_into_loss_or_gradient() {
             backward(&clean, &cfg),
             "{loss_type:?}: padding changed the backward"
         );
-        for i in 0..grad.len() {
-            if x.mask[i] == 0.0 {
-                assert_eq!(
-                    grad[i], 0.0,
-                    "{loss_type:?}: masked token {i} got a gradient"
-                );
+        for (i, (&g, &m)) in grad.iter().zip(&x.mask).enumerate() {
+            if m == 0.0 {
+                assert_eq!(g, 0.0, "{loss_type:?}: masked token {i} got a gradient");
             }
         }
     }
@@ -347,9 +344,9 @@ fn backward_matches_central_finite_differences() {
                 let cfg = config(loss_type, beta, eps);
                 let grad = backward(&x, &cfg);
                 let mut nonzero = 0;
-                for i in 0..grad.len() {
+                for (i, &g) in grad.iter().enumerate() {
                     if x.mask[i] == 0.0 {
-                        assert_eq!(grad[i], 0.0);
+                        assert_eq!(g, 0.0);
                         continue;
                     }
                     let mut plus = fixture();
@@ -360,8 +357,8 @@ fn backward_matches_central_finite_differences() {
                         / (2.0 * h as f64);
                     // f32 loss rounding / 2h ≈ 3e-6, truncation h²/6·|f'''| ≈ 2e-5·|grad|.
                     let what = format!("{loss_type:?} β={beta} ε={eps:?} dlogp[{i}]");
-                    assert_close(&what, grad[i] as f64, fd, 2e-5, 1e-3);
-                    nonzero += (grad[i] != 0.0) as usize;
+                    assert_close(&what, g as f64, fd, 2e-5, 1e-3);
+                    nonzero += (g != 0.0) as usize;
                 }
                 // Clipped tokens (and A = 0 with β = 0) have zero gradient, most others do not.
                 assert!(
@@ -407,7 +404,7 @@ fn on_policy_ratio_is_one_but_gradient_is_minus_advantage_over_count() {
             len,
             &cfg,
         );
-        for i in 0..batch * len {
+        for (i, &g) in dlogp.iter().enumerate() {
             let (b, t) = (i / len, i % len);
             // −A / (count · batch): the per-completion mean, then the mean over completions.
             let want = if t < lengths[b] {
@@ -415,13 +412,7 @@ fn on_policy_ratio_is_one_but_gradient_is_minus_advantage_over_count() {
             } else {
                 0.0
             };
-            assert_close(
-                &format!("on-policy dlogp[{i}]"),
-                dlogp[i] as f64,
-                want,
-                1e-9,
-                1e-6,
-            );
+            assert_close(&format!("on-policy dlogp[{i}]"), g as f64, want, 1e-9, 1e-6);
         }
     }
     // A single completion: exactly −A / count.

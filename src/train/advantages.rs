@@ -65,7 +65,7 @@ pub fn group_advantages(
     ensure!(group_size > 0, "group_advantages: `group_size` must be > 0");
     ensure!(!rewards.is_empty(), "group_advantages: no rewards");
     ensure!(
-        rewards.len() % group_size == 0,
+        rewards.len().is_multiple_of(group_size),
         "group_advantages: {} rewards is not a multiple of `group_size` {group_size}",
         rewards.len()
     );
@@ -87,7 +87,7 @@ pub fn group_advantages(
         let all_equal = group.iter().all(|&r| r == group[0]);
         if all_equal {
             zero_std_groups += 1;
-            advantages.extend(std::iter::repeat(0.0f32).take(group_size));
+            advantages.extend(std::iter::repeat_n(0.0f32, group_size));
             continue;
         }
         let (mean, std) = mean_and_population_std(group);

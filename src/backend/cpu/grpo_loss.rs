@@ -186,14 +186,14 @@ pub fn grpo_loss_forward(
 
     let (mut loss, mut kl_sum, mut low, mut high, mut count) =
         (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    for b in 0..batch {
+    for (b, &advantage) in advantages.iter().enumerate() {
         for i in b * len..(b + 1) * len {
             let m = mask[i] as f64;
             if m == 0.0 {
                 continue; // padding: its log-probs may be garbage and must not leak in as NaN
             }
             let reference = if cfg.beta != 0.0 { ref_logp[i] } else { 0.0 };
-            let terms = token_terms(logp[i], old_logp[i], reference, advantages[b], cfg);
+            let terms = token_terms(logp[i], old_logp[i], reference, advantage, cfg);
             loss += weights[i] * terms.loss as f64;
             kl_sum += m * terms.kl as f64;
             low += m * terms.clipped_low as u8 as f64;
@@ -242,14 +242,14 @@ pub fn grpo_loss_backward(
     );
     assert!(advantages.len() == batch);
     let weights = token_weights(mask, batch, len, cfg);
-    for b in 0..batch {
+    for (b, &advantage) in advantages.iter().enumerate() {
         for i in b * len..(b + 1) * len {
             if mask[i] == 0.0 {
                 dlogp[i] = 0.0;
                 continue;
             }
             let reference = if cfg.beta != 0.0 { ref_logp[i] } else { 0.0 };
-            let terms = token_terms(logp[i], old_logp[i], reference, advantages[b], cfg);
+            let terms = token_terms(logp[i], old_logp[i], reference, advantage, cfg);
             dlogp[i] = (weights[i] * terms.dloss as f64) as f32;
         }
     }
