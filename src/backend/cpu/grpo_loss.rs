@@ -4,7 +4,7 @@
 //! - ratio      `ρ = exp(logp − old_logp)`
 //! - surrogate  `S = −min(ρ·A_b, clip(ρ, 1−ε_low, 1+ε_high)·A_b)`
 //! - k3 KL      `KL = exp(ref − logp) − (ref − logp) − 1`, added as `β·KL`; with β = 0 the
-//!   reference log-probs are never read (the caller may pass anything of the right length)
+//!   reference log-probs are never read (the buffer may have any length, even 0)
 //! - token loss `L = S + β·KL`
 //!
 //! Aggregation, with `m` the mask (1 = counted, 0 = padding / masked out):
@@ -15,7 +15,7 @@
 //! - `dr_grpo`: `Σ m·L / (B · max_completion_len)`.
 //!
 //! Every aggregation is `Σ_{b,t} w_{b,t}·L_{b,t}` with a per-token weight `w` that does not
-//! depend on the log-probs, so forward and backward share [`token_weights`] and the backward
+//! depend on the log-probs, so forward and backward share `token_weights` and the backward
 //! is `dlogp = w · dL/dlogp` token by token.
 //!
 //! Per-token quantities are computed in f32 (as the kernel does); sums are accumulated in f64.
