@@ -3,6 +3,7 @@
 //! Data flows one way: CLI (`main.rs`) → CADA loop (`cada`) → training glue (`train`)
 //! → model (`model`) → backend (`backend`) → kernels.
 
+pub mod app;
 pub mod backend;
 pub mod cada;
 pub mod model;

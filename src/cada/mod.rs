@@ -6,5 +6,7 @@ pub mod eval;
 pub mod judge;
 pub mod plot;
 pub mod retrieval;
+pub mod sft;
+pub mod dpo;
 pub mod seqlogp;
 pub mod spec;
