@@ -20,9 +20,60 @@ fn sgemm(m: usize, k: usize, n: usize, a: &[f32], rsa: isize, csa: isize, b: &[f
     }
 }
 
+/// Output columns per parallel task when there are too few rows to split (decode steps).
+const COL_BLOCK: usize = 256;
+/// Up to this many rows, the dot-product path is used instead of sgemm.
+const SMALL_N: usize = 16;
+
+/// Dot product with 8 independent accumulators (lets the compiler vectorise it).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `out[n, m] = x[n, k] · w[m, k]ᵀ + bias[m]`
 pub fn linear_forward(out: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k: usize, m: usize) {
     assert!(out.len() >= n * m && x.len() >= n * k && w.len() >= m * k);
+    if n <= SMALL_N {
+        // A handful of rows (decode steps, sampling logits): GEMM packing would copy all of W
+        // per call; plain dot products read each weight row once instead.
+        let tiles: Vec<Vec<f32>> = (0..m.div_ceil(COL_BLOCK))
+            .into_par_iter()
+            .map(|cb| {
+                let c0 = cb * COL_BLOCK;
+                let cols = COL_BLOCK.min(m - c0);
+                let mut t = vec![0f32; n * cols];
+                for j in 0..cols {
+                    let wj = &w[(c0 + j) * k..(c0 + j + 1) * k];
+                    for r in 0..n {
+                        t[r * cols + j] = dot(&x[r * k..(r + 1) * k], wj);
+                    }
+                }
+                t
+            })
+            .collect();
+        for (cb, t) in tiles.iter().enumerate() {
+            let c0 = cb * COL_BLOCK;
+            let cols = COL_BLOCK.min(m - c0);
+            for r in 0..n {
+                out[r * m + c0..r * m + c0 + cols].copy_from_slice(&t[r * cols..(r + 1) * cols]);
+            }
+        }
+        if let Some(b) = bias {
+            for row in out[..n * m].chunks_mut(m) {
+                row.iter_mut().zip(b).for_each(|(y, bb)| *y += bb);
+            }
+        }
+        return;
+    }
     out[..n * m].par_chunks_mut(ROW_BLOCK * m).enumerate().for_each(|(blk, o)| {
         let rows = o.len() / m;
         let xs = &x[blk * ROW_BLOCK * k..];
