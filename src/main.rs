@@ -61,6 +61,101 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// CADA training (GRPO on self-generated deliberation); no arguments = the default demo run
+    Train {
+        /// TOML config (every field optional; see README)
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// override any config field: --set loss.beta=0 --set rollout.temperature=0.9
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// continue the run in this directory from its last checkpoint
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceChoice>,
+        /// no progress bar
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Harmful-compliance and over-refusal rates of a model on a prompt set
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompts: PathBuf,
+        /// also write the report (with every completion) as JSON
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Supervised fine-tuning on (prompt, completion) JSONL; the prompt goes through the chat template
+    Sft {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-4)]
+        lr: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// DPO (sigmoid loss, frozen reference = the starting model) on (prompt, chosen, rejected) JSONL
+    Dpo {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-5)]
+        lr: f32,
+        #[arg(long, default_value_t = 0.1)]
+        beta: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Rebuild the default demonstration model (models/default) and prompt sets from scratch
+    BuildDefaultModel {
+        #[arg(long, default_value = "models/default")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 400)]
+        sft_steps: usize,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Per-token log-probs of completions given prompts (JSONL in, JSONL out)
     Score {
         #[arg(long)]
@@ -123,6 +218,56 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
+        }
+        Command::Train { config, mut sets, resume, model, steps, out, seed, device, quiet } => {
+            // named flags are shorthands for --set
+            if let Some(m) = model {
+                sets.push(format!("model=\"{}\"", m.display()));
+            }
+            if let Some(s) = steps {
+                sets.push(format!("steps={s}"));
+                sets.push(format!("optim.total_steps={s}"));
+            }
+            if let Some(o) = out {
+                sets.push(format!("out_dir=\"{}\"", o.display()));
+            }
+            if let Some(s) = seed {
+                sets.push(format!("seed={s}"));
+            }
+            if let Some(d) = device {
+                sets.push(format!("device=\"{}\"", serde_json::to_value(d)?.as_str().unwrap_or("auto")));
+            }
+            let cfg_path = match (&resume, &config) {
+                (Some(dir), _) => Some(dir.join("config.toml")),
+                (None, c) => c.clone(),
+            };
+            let cfg = cada::cada::config::TrainConfig::load(cfg_path.as_deref(), &sets)?;
+            let summary = app::run_on(cfg.device, app::train::TrainTask { cfg, resume: resume.is_some(), progress: !quiet })?;
+            eprintln!("{}", app::train::format_summary(&summary));
+        }
+        Command::Eval { model, prompts, json, max_new_tokens, temperature, seed, device } => {
+            let m = cada::model::load::load_model(&model)?;
+            let items = cada::cada::data::load_prompts(&prompts)?;
+            let opts = cada::cada::evaluate::EvalOptions { temperature, max_new_tokens, batch_size: 32, seed };
+            let report = app::run_on(device, app::train::EvalTask { model: &m, items, opts })?;
+            println!("{}", report.to_text());
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", p.display()))?;
+            }
+        }
+        Command::Sft { model, data, out, steps, batch_size, lr, seed, device } => {
+            let m = cada::model::load::load_model(&model)?;
+            let pairs = cada::cada::data::load_sft(&data)?;
+            app::run_on(device, app::train::SftTask { model: &m, pairs, out, steps, batch_size, lr, seed })?;
+        }
+        Command::Dpo { model, data, out, steps, batch_size, lr, beta, seed, device } => {
+            let m = cada::model::load::load_model(&model)?;
+            let triples = cada::cada::data::load_dpo(&data)?;
+            app::run_on(device, app::train::DpoTask { model: &m, triples, out, steps, batch_size, lr, beta, seed })?;
+        }
+        Command::BuildDefaultModel { out, sft_steps, seed, device } => {
+            let opts = cada::cada::default_model::BuildOptions { out, sft_steps, seed, ..Default::default() };
+            app::run_on(device, app::train::BuildDefaultTask { opts })?;
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 pub mod info;
 pub mod run_generate;
 pub mod score;
+pub mod train;
 
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
