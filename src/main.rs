@@ -102,6 +102,9 @@ enum Command {
         temperature: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// completions per prompt (use > 1 with --temperature > 0)
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
@@ -245,10 +248,10 @@ fn run(cli: Cli) -> Result<()> {
             let summary = app::run_on(cfg.device, app::train::TrainTask { cfg, resume: resume.is_some(), progress: !quiet })?;
             eprintln!("{}", app::train::format_summary(&summary));
         }
-        Command::Eval { model, prompts, json, max_new_tokens, temperature, seed, device } => {
+        Command::Eval { model, prompts, json, max_new_tokens, temperature, seed, samples, device } => {
             let m = cada::model::load::load_model(&model)?;
             let items = cada::cada::data::load_prompts(&prompts)?;
-            let opts = cada::cada::evaluate::EvalOptions { temperature, max_new_tokens, batch_size: 32, seed };
+            let opts = cada::cada::evaluate::EvalOptions { temperature, max_new_tokens, batch_size: 64, seed, samples };
             let report = app::run_on(device, app::train::EvalTask { model: &m, items, opts })?;
             println!("{}", report.to_text());
             if let Some(p) = json {

@@ -86,6 +86,10 @@ pub struct TrainConfig {
     pub eval_prompts: Option<PathBuf>,
     /// how many held-out prompts to evaluate (0 = all)
     pub eval_limit: usize,
+    /// sampling temperature of the evaluation (0 = greedy)
+    pub eval_temperature: f32,
+    /// completions per held-out prompt
+    pub eval_samples: usize,
     pub out_dir: PathBuf,
     pub seed: u64,
     pub steps: usize,
@@ -114,6 +118,8 @@ impl Default for TrainConfig {
             prompts: "models/prompts/train.jsonl".into(),
             eval_prompts: Some("models/prompts/heldout.jsonl".into()),
             eval_limit: 0,
+            eval_temperature: 1.0,
+            eval_samples: 8,
             out_dir: "runs/default".into(),
             seed: 0,
             steps: 40,

@@ -19,6 +19,8 @@ pub struct EvalOptions {
     pub max_new_tokens: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// completions per prompt (with temperature > 0 the rates estimate the policy's probabilities)
+    pub samples: usize,
 }
 
 /// Completions (text, stop token removed) for each prompt, in batches.
@@ -40,6 +42,7 @@ pub fn complete_prompts<B: Backend>(be: &B, model: &Llama<B>, base: &LoadedModel
 
 pub fn evaluate_model<B: Backend>(be: &B, model: &Llama<B>, base: &LoadedModel, items: &[PromptItem], opts: &EvalOptions) -> Result<EvalReport> {
     anyhow::ensure!(!items.is_empty(), "eval: no prompts");
-    let completions = complete_prompts(be, model, base, items, opts)?;
-    Ok(evaluate_completions(items, &completions))
+    let repeated: Vec<PromptItem> = items.iter().flat_map(|it| std::iter::repeat_n(it.clone(), opts.samples.max(1))).collect();
+    let completions = complete_prompts(be, model, base, &repeated, opts)?;
+    Ok(evaluate_completions(&repeated, &completions))
 }

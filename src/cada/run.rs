@@ -125,7 +125,7 @@ pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progre
         truncate_log(&samples_path, t.state.step)?;
         eprintln!("resumed {} at step {}", out.display(), t.state.step);
     }
-    let eval_opts = EvalOptions { temperature: 0.0, max_new_tokens: cfg.rollout.max_new_tokens, batch_size: 32, seed: cfg.seed };
+    let eval_opts = EvalOptions { temperature: cfg.eval_temperature, max_new_tokens: cfg.rollout.max_new_tokens, batch_size: 64, seed: cfg.seed, samples: cfg.eval_samples };
     let before = match (&eval_prompts, resume) {
         (Some(ep), false) => {
             let r = evaluate_model(be, &t.model, &base, ep, &eval_opts)?;
@@ -190,7 +190,7 @@ pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progre
 /// Greedy completions for the first few prompts of the current batch order, for reading.
 fn write_samples<B: Backend>(t: &mut Trainer<B>, path: &Path, step: usize) -> Result<()> {
     let items: Vec<_> = t.prompts.iter().take(4).cloned().collect();
-    let opts = EvalOptions { temperature: 0.0, max_new_tokens: t.cfg.rollout.max_new_tokens, batch_size: 4, seed: 0 };
+    let opts = EvalOptions { temperature: 0.0, max_new_tokens: t.cfg.rollout.max_new_tokens, batch_size: 4, seed: 0, samples: 1 };
     let outs = super::evaluate::complete_prompts(t.be, &t.model, t.base, &items, &opts)?;
     for (it, c) in items.iter().zip(outs) {
         let line = serde_json::json!({"step": step, "prompt": it.prompt, "label": it.label, "completion": c});

@@ -12,7 +12,9 @@ use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWra
 pub const DEFAULT_SPECIAL_TOKENS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"];
 
 pub fn train_bpe_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tokenizer> {
-    let specials: Vec<AddedToken> = DEFAULT_SPECIAL_TOKENS.iter().map(|t| AddedToken::from(t.to_string(), true)).collect();
+    // <think> and </think> are single tokens but not "special": decoding with
+    // skip_special_tokens keeps them, so judges can see the reasoning block.
+    let specials: Vec<AddedToken> = DEFAULT_SPECIAL_TOKENS.iter().map(|t| AddedToken::from(t.to_string(), !t.contains("think"))).collect();
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)

@@ -4,8 +4,12 @@
 
 use rayon::prelude::*;
 
-/// Rows per parallel task: large enough to keep sgemm efficient.
-const ROW_BLOCK: usize = 64;
+/// Rows per parallel task: large enough to keep sgemm efficient, small enough that a batch of
+/// a few dozen rows still spreads over the cores. Depends on nothing but `n`, and sgemm's
+/// per-element k-order does not depend on the row split, so results stay deterministic.
+fn row_block(n: usize) -> usize {
+    (n / 8).clamp(16, 64)
+}
 
 /// `c[m, n] (+)= a[m, k] · b[k, n]` with arbitrary strides (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
@@ -74,9 +78,10 @@ pub fn linear_forward(out: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]
         }
         return;
     }
-    out[..n * m].par_chunks_mut(ROW_BLOCK * m).enumerate().for_each(|(blk, o)| {
+    let rb = row_block(n);
+    out[..n * m].par_chunks_mut(rb * m).enumerate().for_each(|(blk, o)| {
         let rows = o.len() / m;
-        let xs = &x[blk * ROW_BLOCK * k..];
+        let xs = &x[blk * rb * k..];
         sgemm(rows, k, m, xs, k as isize, 1, w, 1, k as isize, o, m as isize, false);
         if let Some(b) = bias {
             for row in o.chunks_mut(m) {
@@ -89,19 +94,21 @@ pub fn linear_forward(out: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]
 /// `dx[n, k] = dout[n, m] · w[m, k]` (written)
 pub fn linear_backward_input(dx: &mut [f32], dout: &[f32], w: &[f32], n: usize, k: usize, m: usize) {
     assert!(dx.len() >= n * k && dout.len() >= n * m && w.len() >= m * k);
-    dx[..n * k].par_chunks_mut(ROW_BLOCK * k).enumerate().for_each(|(blk, d)| {
+    let rb = row_block(n);
+    dx[..n * k].par_chunks_mut(rb * k).enumerate().for_each(|(blk, d)| {
         let rows = d.len() / k;
-        sgemm(rows, m, k, &dout[blk * ROW_BLOCK * m..], m as isize, 1, w, k as isize, 1, d, k as isize, false);
+        sgemm(rows, m, k, &dout[blk * rb * m..], m as isize, 1, w, k as isize, 1, d, k as isize, false);
     });
 }
 
 /// `dw[m, k] += dout[n, m]ᵀ · x[n, k]`; `dbias[m] += Σₙ dout[n, m]` (accumulated)
 pub fn linear_backward_weight(dw: &mut [f32], dbias: Option<&mut [f32]>, dout: &[f32], x: &[f32], n: usize, k: usize, m: usize) {
     assert!(dw.len() >= m * k && dout.len() >= n * m && x.len() >= n * k);
-    dw[..m * k].par_chunks_mut(ROW_BLOCK * k).enumerate().for_each(|(blk, d)| {
+    let rb = row_block(m);
+    dw[..m * k].par_chunks_mut(rb * k).enumerate().for_each(|(blk, d)| {
         let rows = d.len() / k;
         // dwᵀ block: rows of W are columns of dout
-        sgemm(rows, n, k, &dout[blk * ROW_BLOCK..], 1, m as isize, x, k as isize, 1, d, k as isize, true);
+        sgemm(rows, n, k, &dout[blk * rb..], 1, m as isize, x, k as isize, 1, d, k as isize, true);
     });
     if let Some(db) = dbias {
         db[..m].par_iter_mut().enumerate().for_each(|(j, b)| {
