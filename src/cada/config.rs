@@ -122,7 +122,7 @@ impl Default for TrainConfig {
             eval_samples: 8,
             out_dir: "runs/default".into(),
             seed: 0,
-            steps: 40,
+            steps: 30,
             prompts_per_step: 8,
             group_size: 8,
             cases_k: 2,
@@ -134,7 +134,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             rollout: SamplingConfig { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 48 },
             loss: LossSection::default(),
-            optim: AdamWConfig { lr: 2e-4, warmup_steps: 2, total_steps: 40, ..AdamWConfig::default() },
+            optim: AdamWConfig { lr: 5e-4, warmup_steps: 2, total_steps: 30, ..AdamWConfig::default() },
             judge: JudgeConfig::default(),
         }
     }

@@ -98,14 +98,14 @@ pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progre
     let spec = load_spec(&cfg.spec)?;
     let prompts = load_prompts(&cfg.prompts)?;
     let eval_prompts = match &cfg.eval_prompts {
-        Some(p) => {
+        Some(p) if !p.as_os_str().is_empty() => {
             let mut v = load_prompts(p)?;
             if cfg.eval_limit > 0 {
                 v.truncate(cfg.eval_limit);
             }
             Some(v)
         }
-        None => None,
+        _ => None,
     };
     let metrics_path = out.join("metrics.jsonl");
     let samples_path = out.join("samples.jsonl");

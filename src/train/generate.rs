@@ -7,6 +7,7 @@ use anyhow::Result;
 use rand::Rng;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
     /// 0 = greedy
     pub temperature: f32,
