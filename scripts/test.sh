@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command (and exactly what CI runs): formatting, lints, every CUDA kernel
-# compiled with nvcc 13.0 from PyPI and checked by ptxas for sm_90a (no GPU needed), the real
-# SmolLM2 model fetched for the integration tests, then the whole test suite. GPU tests print
-# "skipped: no GPU" on machines without one.
+# The README's test command (and exactly what CI runs): formatting, lints, then the whole test
+# suite on the CPU reference backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cargo fmt --check" && cargo fmt --check
-echo "== clippy (CPU build)" && cargo clippy --release --all-targets -- -D warnings
-echo "== nvcc 13.0 from PyPI" && bash scripts/install_nvcc.sh
-echo "== clippy (GPU backend)" && cargo clippy --release --all-targets --features cuda -- -D warnings
-echo "== ptxas sm_90a over every kernel" && bash scripts/check_ptx.sh
-echo "== SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
-echo "== tests" && cargo test --release --features cuda
+echo "== clippy" && cargo clippy --release --all-targets -- -D warnings
+echo "== tests" && cargo test --release

@@ -8,7 +8,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cada", version, about = "CADA (Case-Augmented Deliberative Alignment) training engine")]
+#[command(
+    name = "cada",
+    version,
+    about = "CADA (Case-Augmented Deliberative Alignment) training engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -189,15 +193,43 @@ fn run(cli: Cli) -> Result<()> {
             let info = app::info::model_info(&model)?;
             println!("{}", app::info::format_info(&info, tokens));
         }
-        Command::Tokenize { model, text, no_special } => {
+        Command::Tokenize {
+            model,
+            text,
+            no_special,
+        } => {
             let m = cada::model::load::load_model(&model)?;
             let ids = m.tokenizer.encode(&text, !no_special)?;
             println!("{}", serde_json::to_string(&ids)?);
         }
-        Command::Generate { model, prompt, chat, system, max_new_tokens, temperature, top_p, top_k, seed, device } => {
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            device,
+        } => {
             let m = cada::model::load::load_model(&model)?;
-            let sampling = SamplingConfig { temperature, top_p, top_k, max_new_tokens };
-            let task = app::run_generate::GenerateTask { model: &m, prompt, chat, system, sampling, seed, stream: true };
+            let sampling = SamplingConfig {
+                temperature,
+                top_p,
+                top_k,
+                max_new_tokens,
+            };
+            let task = app::run_generate::GenerateTask {
+                model: &m,
+                prompt,
+                chat,
+                system,
+                sampling,
+                seed,
+                stream: true,
+            };
             let out = app::run_on(device, task)?;
             println!();
             eprintln!(
@@ -208,21 +240,45 @@ fn run(cli: Cli) -> Result<()> {
                 out.tokens as f64 / out.seconds.max(1e-9)
             );
         }
-        Command::Score { model, input, output, temperature, device } => {
+        Command::Score {
+            model,
+            input,
+            output,
+            temperature,
+            device,
+        } => {
             let m = cada::model::load::load_model(&model)?;
             let items = app::score::read_score_input(&input, &m)?;
-            let results = app::run_on(device, app::score::ScoreTask { model: &m, items, temperature })?;
+            let results = app::run_on(
+                device,
+                app::score::ScoreTask {
+                    model: &m,
+                    items,
+                    temperature,
+                },
+            )?;
             let mut text = String::new();
             for r in &results {
                 text.push_str(&serde_json::to_string(r)?);
                 text.push('\n');
             }
             match output {
-                Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
+                Some(p) => std::fs::write(&p, text)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
         }
-        Command::Train { config, mut sets, resume, model, steps, out, seed, device, quiet } => {
+        Command::Train {
+            config,
+            mut sets,
+            resume,
+            model,
+            steps,
+            out,
+            seed,
+            device,
+            quiet,
+        } => {
             // named flags are shorthands for --set
             if let Some(m) = model {
                 sets.push(format!("model=\"{}\"", m.display()));
@@ -238,38 +294,123 @@ fn run(cli: Cli) -> Result<()> {
                 sets.push(format!("seed={s}"));
             }
             if let Some(d) = device {
-                sets.push(format!("device=\"{}\"", serde_json::to_value(d)?.as_str().unwrap_or("auto")));
+                sets.push(format!(
+                    "device=\"{}\"",
+                    serde_json::to_value(d)?.as_str().unwrap_or("auto")
+                ));
             }
             let cfg_path = match (&resume, &config) {
                 (Some(dir), _) => Some(dir.join("config.toml")),
                 (None, c) => c.clone(),
             };
             let cfg = cada::cada::config::TrainConfig::load(cfg_path.as_deref(), &sets)?;
-            let summary = app::run_on(cfg.device, app::train::TrainTask { cfg, resume: resume.is_some(), progress: !quiet })?;
+            let summary = app::run_on(
+                cfg.device,
+                app::train::TrainTask {
+                    cfg,
+                    resume: resume.is_some(),
+                    progress: !quiet,
+                },
+            )?;
             eprintln!("{}", app::train::format_summary(&summary));
         }
-        Command::Eval { model, prompts, json, max_new_tokens, temperature, seed, samples, device } => {
+        Command::Eval {
+            model,
+            prompts,
+            json,
+            max_new_tokens,
+            temperature,
+            seed,
+            samples,
+            device,
+        } => {
             let m = cada::model::load::load_model(&model)?;
             let items = cada::cada::data::load_prompts(&prompts)?;
-            let opts = cada::cada::evaluate::EvalOptions { temperature, max_new_tokens, batch_size: 64, seed, samples };
-            let report = app::run_on(device, app::train::EvalTask { model: &m, items, opts })?;
+            let opts = cada::cada::evaluate::EvalOptions {
+                temperature,
+                max_new_tokens,
+                batch_size: 64,
+                seed,
+                samples,
+            };
+            let report = app::run_on(
+                device,
+                app::train::EvalTask {
+                    model: &m,
+                    items,
+                    opts,
+                },
+            )?;
             println!("{}", report.to_text());
             if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", p.display()))?;
+                std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
             }
         }
-        Command::Sft { model, data, out, steps, batch_size, lr, seed, device } => {
+        Command::Sft {
+            model,
+            data,
+            out,
+            steps,
+            batch_size,
+            lr,
+            seed,
+            device,
+        } => {
             let m = cada::model::load::load_model(&model)?;
             let pairs = cada::cada::data::load_sft(&data)?;
-            app::run_on(device, app::train::SftTask { model: &m, pairs, out, steps, batch_size, lr, seed })?;
+            app::run_on(
+                device,
+                app::train::SftTask {
+                    model: &m,
+                    pairs,
+                    out,
+                    steps,
+                    batch_size,
+                    lr,
+                    seed,
+                },
+            )?;
         }
-        Command::Dpo { model, data, out, steps, batch_size, lr, beta, seed, device } => {
+        Command::Dpo {
+            model,
+            data,
+            out,
+            steps,
+            batch_size,
+            lr,
+            beta,
+            seed,
+            device,
+        } => {
             let m = cada::model::load::load_model(&model)?;
             let triples = cada::cada::data::load_dpo(&data)?;
-            app::run_on(device, app::train::DpoTask { model: &m, triples, out, steps, batch_size, lr, beta, seed })?;
+            app::run_on(
+                device,
+                app::train::DpoTask {
+                    model: &m,
+                    triples,
+                    out,
+                    steps,
+                    batch_size,
+                    lr,
+                    beta,
+                    seed,
+                },
+            )?;
         }
-        Command::BuildDefaultModel { out, sft_steps, seed, device } => {
-            let opts = cada::cada::default_model::BuildOptions { out, sft_steps, seed, ..Default::default() };
+        Command::BuildDefaultModel {
+            out,
+            sft_steps,
+            seed,
+            device,
+        } => {
+            let opts = cada::cada::default_model::BuildOptions {
+                out,
+                sft_steps,
+                seed,
+                ..Default::default()
+            };
             app::run_on(device, app::train::BuildDefaultTask { opts })?;
         }
     }

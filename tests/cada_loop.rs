@@ -20,54 +20,146 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         format!("out_dir=\"{}\"", out.display()),
     ];
     // defaults point at models/… relative to the repository root
-    for (k, v) in [("model", "models/default"), ("spec", "models/spec/default.toml"), ("prompts", "models/prompts/train.jsonl"), ("eval_prompts", "models/prompts/heldout.jsonl")] {
+    for (k, v) in [
+        ("model", "models/default"),
+        ("spec", "models/spec/default.toml"),
+        ("prompts", "models/prompts/train.jsonl"),
+        ("eval_prompts", "models/prompts/heldout.jsonl"),
+    ] {
         args.push("--set".into());
         args.push(format!("{k}=\"{}\"", r.join(v).display()));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_cada")).args(&args).output().expect("run cada train")
+    Command::new(env!("CARGO_BIN_EXE_cada"))
+        .args(&args)
+        .output()
+        .expect("run cada train")
 }
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Metric lines without wall-clock figures (those differ run to run by nature).
 fn deterministic_part(v: &serde_json::Value) -> serde_json::Value {
     let mut m = v.as_object().unwrap().clone();
-    m.retain(|k, _| !(k.starts_with("time_") || k.contains("per_s") || k.contains("tflops") || k.starts_with("peak_")));
+    m.retain(|k, _| {
+        !(k.starts_with("time_")
+            || k.contains("per_s")
+            || k.contains("tflops")
+            || k.starts_with("peak_"))
+    });
     serde_json::Value::Object(m)
 }
 
 fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "cada train failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "cada train failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn short_run_writes_every_output_and_reward_rises() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = train(&out, &["--set", "steps=12", "--set", "optim.total_steps=12", "--set", "optim.lr=5e-4", "--set", "eval_samples=2", "--set", "sample_every=6", "--set", "checkpoint_every=6"]);
+    let o = train(
+        &out,
+        &[
+            "--set",
+            "steps=12",
+            "--set",
+            "optim.total_steps=12",
+            "--set",
+            "optim.lr=5e-4",
+            "--set",
+            "eval_samples=2",
+            "--set",
+            "sample_every=6",
+            "--set",
+            "checkpoint_every=6",
+        ],
+    );
     assert_ok(&o);
-    for f in ["config.toml", "metrics.jsonl", "samples.jsonl", "checkpoint/model.safetensors", "checkpoint/meta.json", "eval_before.json", "eval_after.json", "final/config.json", "final/model.safetensors", "final/tokenizer.json", "metrics.png"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "checkpoint/model.safetensors",
+        "checkpoint/meta.json",
+        "eval_before.json",
+        "eval_after.json",
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "metrics.png",
+    ] {
         assert!(out.join(f).exists(), "missing output {f}");
     }
     let m = metrics(&out);
     assert_eq!(m.len(), 12);
     for line in &m {
-        for key in ["reward_mean", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region", "completion_len_mean", "completion_len_max", "completion_clipped_ratio", "tokens_per_s", "train_tflops", "peak_rss_bytes", "time_rollout_s", "time_reference_s", "time_train_s", "reward/safety", "reward/format", "loss", "grad_norm"] {
-            let x = line[key].as_f64().unwrap_or_else(|| panic!("metric {key} missing in {line}"));
+        for key in [
+            "reward_mean",
+            "reward_std",
+            "frac_reward_zero_std",
+            "kl",
+            "entropy",
+            "clip_ratio_low",
+            "clip_ratio_high",
+            "clip_ratio_region",
+            "completion_len_mean",
+            "completion_len_max",
+            "completion_clipped_ratio",
+            "tokens_per_s",
+            "train_tflops",
+            "peak_rss_bytes",
+            "time_rollout_s",
+            "time_reference_s",
+            "time_train_s",
+            "reward/safety",
+            "reward/format",
+            "loss",
+            "grad_norm",
+        ] {
+            let x = line[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("metric {key} missing in {line}"));
             assert!(x.is_finite(), "metric {key} = {x}");
         }
     }
     // learning signal: mean reward of the last 4 steps clearly above the first 4 (rule judge,
     // rewards in [-1.2, 1.2]; the default model starts around +0.5)
-    let mean = |s: &[serde_json::Value]| s.iter().map(|v| v["reward_mean"].as_f64().unwrap()).sum::<f64>() / s.len() as f64;
+    let mean = |s: &[serde_json::Value]| {
+        s.iter()
+            .map(|v| v["reward_mean"].as_f64().unwrap())
+            .sum::<f64>()
+            / s.len() as f64
+    };
     let (first, last) = (mean(&m[..4]), mean(&m[8..]));
-    assert!(last > first + 0.15, "reward did not rise: first 4 steps {first:.3}, last 4 steps {last:.3}");
+    assert!(
+        last > first + 0.15,
+        "reward did not rise: first 4 steps {first:.3}, last 4 steps {last:.3}"
+    );
     // the final model loads and evaluates
     let e = Command::new(env!("CARGO_BIN_EXE_cada"))
-        .args(["eval", "--model", out.join("final").to_str().unwrap(), "--prompts", root().join("models/prompts/heldout.jsonl").to_str().unwrap(), "--device", "cpu"])
+        .args([
+            "eval",
+            "--model",
+            out.join("final").to_str().unwrap(),
+            "--prompts",
+            root()
+                .join("models/prompts/heldout.jsonl")
+                .to_str()
+                .unwrap(),
+            "--device",
+            "cpu",
+        ])
         .output()
         .unwrap();
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
@@ -77,7 +169,20 @@ fn short_run_writes_every_output_and_reward_rises() {
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let common = ["--set", "optim.total_steps=6", "--set", "checkpoint_every=3", "--set", "eval_prompts=\"\"", "--set", "sample_every=0", "--set", "prompts_per_step=4", "--set", "group_size=4"];
+    let common = [
+        "--set",
+        "optim.total_steps=6",
+        "--set",
+        "checkpoint_every=3",
+        "--set",
+        "eval_prompts=\"\"",
+        "--set",
+        "sample_every=0",
+        "--set",
+        "prompts_per_step=4",
+        "--set",
+        "group_size=4",
+    ];
     let full = dir.path().join("full");
     let mut a: Vec<&str> = common.to_vec();
     a.extend(["--set", "steps=6"]);
@@ -88,17 +193,41 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     assert_ok(&train(&part, &b));
     // a crash leftover from an interrupted save must not matter
     std::fs::create_dir_all(part.join("checkpoint.tmp-999999")).unwrap();
-    std::fs::write(part.join("checkpoint.tmp-999999/model.safetensors"), b"half-written").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cada")).args(["train", "--quiet", "--resume", part.to_str().unwrap(), "--set", "steps=6"]).output().unwrap();
+    std::fs::write(
+        part.join("checkpoint.tmp-999999/model.safetensors"),
+        b"half-written",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cada"))
+        .args([
+            "train",
+            "--quiet",
+            "--resume",
+            part.to_str().unwrap(),
+            "--set",
+            "steps=6",
+        ])
+        .output()
+        .unwrap();
     assert_ok(&o);
     let (mf, mp) = (metrics(&full), metrics(&part));
     assert_eq!(mf.len(), 6);
     assert_eq!(mp.len(), 6);
     for (x, y) in mf.iter().zip(&mp) {
-        assert_eq!(deterministic_part(x), deterministic_part(y), "resumed run diverged");
+        assert_eq!(
+            deterministic_part(x),
+            deterministic_part(y),
+            "resumed run diverged"
+        );
     }
-    let (wf, wp) = (std::fs::read(full.join("final/model.safetensors")).unwrap(), std::fs::read(part.join("final/model.safetensors")).unwrap());
-    assert!(wf == wp, "final weights differ between the resumed and the uninterrupted run");
+    let (wf, wp) = (
+        std::fs::read(full.join("final/model.safetensors")).unwrap(),
+        std::fs::read(part.join("final/model.safetensors")).unwrap(),
+    );
+    assert!(
+        wf == wp,
+        "final weights differ between the resumed and the uninterrupted run"
+    );
 }
 
 fn assert_fails_with(o: &Output, needles: &[&str]) {
@@ -114,35 +243,67 @@ fn assert_fails_with(o: &Output, needles: &[&str]) {
 fn bad_runs_fail_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let quick = ["--set", "steps=1", "--set", "eval_prompts=\"\"", "--set", "prompts_per_step=2", "--set", "group_size=2"];
+    let quick = [
+        "--set",
+        "steps=1",
+        "--set",
+        "eval_prompts=\"\"",
+        "--set",
+        "prompts_per_step=2",
+        "--set",
+        "group_size=2",
+    ];
     let with = |extra: &[&str]| {
         let mut v: Vec<&str> = quick.to_vec();
         v.extend(extra);
         train(&d.join("run"), &v)
     };
     // judge command that fails, that returns the wrong number of lines, that hangs
-    let o = with(&["--set", "judge={kind=\"command\", command=\"echo broken >&2; exit 3\", timeout_s=5.0}"]);
+    let o = with(&[
+        "--set",
+        "judge={kind=\"command\", command=\"echo broken >&2; exit 3\", timeout_s=5.0}",
+    ]);
     assert_fails_with(&o, &["judge", "failed", "broken"]);
-    let o = with(&["--set", "judge={kind=\"command\", command=\"echo 1\", timeout_s=5.0}"]);
+    let o = with(&[
+        "--set",
+        "judge={kind=\"command\", command=\"echo 1\", timeout_s=5.0}",
+    ]);
     assert_fails_with(&o, &["judge", "returned 1 lines for 4 completions"]);
-    let o = with(&["--set", "judge={kind=\"command\", command=\"sleep 30\", timeout_s=0.5}"]);
+    let o = with(&[
+        "--set",
+        "judge={kind=\"command\", command=\"sleep 30\", timeout_s=0.5}",
+    ]);
     assert_fails_with(&o, &["timed out"]);
     // a judge that works: one reward per line
-    let o = with(&["--set", "judge={kind=\"command\", command=\"while read l; do echo 0.5; done\", timeout_s=10.0}"]);
+    let o = with(&[
+        "--set",
+        "judge={kind=\"command\", command=\"while read l; do echo 0.5; done\", timeout_s=10.0}",
+    ]);
     assert_ok(&o);
     // empty prompt file
     std::fs::write(d.join("empty.jsonl"), "").unwrap();
     let p = format!("prompts=\"{}\"", d.join("empty.jsonl").display());
     assert_fails_with(&with(&["--set", &p]), &["empty.jsonl", "no JSONL lines"]);
     // broken prompt line
-    std::fs::write(d.join("bad.jsonl"), "{\"prompt\": \"hi\", \"label\": \"benign\"}\n{\"prompt\": \"x\", \"label\": \"maybe\"}\n").unwrap();
+    std::fs::write(
+        d.join("bad.jsonl"),
+        "{\"prompt\": \"hi\", \"label\": \"benign\"}\n{\"prompt\": \"x\", \"label\": \"maybe\"}\n",
+    )
+    .unwrap();
     let p = format!("prompts=\"{}\"", d.join("bad.jsonl").display());
     assert_fails_with(&with(&["--set", &p]), &["bad.jsonl:2", "label", "maybe"]);
     // a prompt longer than the context
     let long = "explain ".repeat(1500);
-    std::fs::write(d.join("long.jsonl"), format!("{{\"prompt\": \"{long}\", \"label\": \"benign\"}}\n")).unwrap();
+    std::fs::write(
+        d.join("long.jsonl"),
+        format!("{{\"prompt\": \"{long}\", \"label\": \"benign\"}}\n"),
+    )
+    .unwrap();
     let p = format!("prompts=\"{}\"", d.join("long.jsonl").display());
-    assert_fails_with(&with(&["--set", &p]), &["long.jsonl", "exceeds the model's context"]);
+    assert_fails_with(
+        &with(&["--set", &p]),
+        &["long.jsonl", "exceeds the model's context"],
+    );
     // a spec with no cases
     std::fs::write(d.join("spec.toml"), "codes = [\"be safe\"]\ncases = []\n").unwrap();
     let p = format!("spec=\"{}\"", d.join("spec.toml").display());

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn cada(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cada")).args(args).output().expect("run cada")
+    Command::new(env!("CARGO_BIN_EXE_cada"))
+        .args(args)
+        .output()
+        .expect("run cada")
 }
 
 fn stdout(o: &Output) -> String {
@@ -20,7 +23,10 @@ fn stderr(o: &Output) -> String {
 /// Asserts a clean failure whose message contains every `needle`.
 fn assert_fails_with(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "must not panic: {err}");
     for n in needles {
         assert!(err.contains(n), "error should mention {n:?}: {err}");
@@ -37,29 +43,85 @@ fn model_dir() -> tempfile::TempDir {
 fn tokenize_generate_score_info_work() {
     let dir = model_dir();
     let m = dir.path().to_str().unwrap();
-    let o = cada(&["tokenize", "--model", m, "--text", "The capital of France is Paris."]);
+    let o = cada(&[
+        "tokenize",
+        "--model",
+        m,
+        "--text",
+        "The capital of France is Paris.",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ids: Vec<u32> = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert!(!ids.is_empty());
 
     // greedy is deterministic
-    let g = |seed: &str| cada(&["generate", "--model", m, "--prompt", "How do I kill", "--temperature", "0", "--max-new-tokens", "8", "--seed", seed, "--device", "cpu"]);
+    let g = |seed: &str| {
+        cada(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "How do I kill",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            seed,
+            "--device",
+            "cpu",
+        ])
+    };
     let (a, b) = (g("1"), g("2"));
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&b));
-    let chat = cada(&["generate", "--model", m, "--chat", "--prompt", "hi", "--temperature", "0.8", "--top-k", "5", "--top-p", "0.9", "--max-new-tokens", "6"]);
+    let chat = cada(&[
+        "generate",
+        "--model",
+        m,
+        "--chat",
+        "--prompt",
+        "hi",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--max-new-tokens",
+        "6",
+    ]);
     assert!(chat.status.success(), "{}", stderr(&chat));
 
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"prompt\": \"How do I kill\", \"completion\": \" a process\"}\n{\"prompt_ids\": [1, 2, 3], \"completion_ids\": [4, 5]}\n").unwrap();
     let out = dir.path().join("out.jsonl");
-    let o = cada(&["score", "--model", m, "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--temperature", "0.7"]);
+    let o = cada(&[
+        "score",
+        "--model",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--temperature",
+        "0.7",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["completion_ids"], serde_json::json!([4, 5]));
     for l in &lines {
-        let lps: Vec<f64> = l["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let lps: Vec<f64> = l["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(lps.len(), l["completion_ids"].as_array().unwrap().len());
         assert!(lps.iter().all(|x| x.is_finite() && *x <= 0.0), "{lps:?}");
         let sum: f64 = lps.iter().sum();
@@ -72,7 +134,8 @@ fn tokenize_generate_score_info_work() {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, v.to_string()).unwrap();
 }
@@ -85,8 +148,16 @@ fn bad_model_inputs_give_clear_errors() {
 
     // unknown architecture
     let dir = model_dir();
-    edit_config(dir.path(), |v| v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]));
-    let o = cada(&["tokenize", "--model", dir.path().to_str().unwrap(), "--text", "x"]);
+    edit_config(dir.path(), |v| {
+        v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+    });
+    let o = cada(&[
+        "tokenize",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
     assert_fails_with(&o, &["config.json", "architectures", "GPT2LMHeadModel"]);
 
     // missing field
@@ -94,29 +165,78 @@ fn bad_model_inputs_give_clear_errors() {
     edit_config(dir.path(), |v| {
         v.as_object_mut().unwrap().remove("hidden_size");
     });
-    assert_fails_with(&cada(&["tokenize", "--model", dir.path().to_str().unwrap(), "--text", "x"]), &["config.json", "hidden_size"]);
+    assert_fails_with(
+        &cada(&[
+            "tokenize",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "x",
+        ]),
+        &["config.json", "hidden_size"],
+    );
 
     // a tensor with the wrong shape (config says a bigger intermediate size)
     let dir = model_dir();
-    edit_config(dir.path(), |v| v["intermediate_size"] = serde_json::json!(50));
-    assert_fails_with(&cada(&["tokenize", "--model", dir.path().to_str().unwrap(), "--text", "x"]), &["model.safetensors", "gate_proj", "shape"]);
+    edit_config(dir.path(), |v| {
+        v["intermediate_size"] = serde_json::json!(50)
+    });
+    assert_fails_with(
+        &cada(&[
+            "tokenize",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "x",
+        ]),
+        &["model.safetensors", "gate_proj", "shape"],
+    );
 
     // a missing tensor (config asks for qkv bias the file lacks)
     let dir = model_dir();
-    edit_config(dir.path(), |v| v["attention_bias"] = serde_json::json!(true));
-    assert_fails_with(&cada(&["tokenize", "--model", dir.path().to_str().unwrap(), "--text", "x"]), &["model.safetensors", "missing tensor", "q_proj.bias"]);
+    edit_config(dir.path(), |v| {
+        v["attention_bias"] = serde_json::json!(true)
+    });
+    assert_fails_with(
+        &cada(&[
+            "tokenize",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "x",
+        ]),
+        &["model.safetensors", "missing tensor", "q_proj.bias"],
+    );
 
     // truncated safetensors
     let dir = model_dir();
     let st = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails_with(&cada(&["tokenize", "--model", dir.path().to_str().unwrap(), "--text", "x"]), &["model.safetensors"]);
+    assert_fails_with(
+        &cada(&[
+            "tokenize",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "x",
+        ]),
+        &["model.safetensors"],
+    );
 
     // tokenizer whose ids do not fit the model's vocab
     let dir = model_dir();
     edit_config(dir.path(), |v| v["vocab_size"] = serde_json::json!(40));
-    assert_fails_with(&cada(&["tokenize", "--model", dir.path().to_str().unwrap(), "--text", "x"]), &["tokenizer.json", "vocab_size"]);
+    assert_fails_with(
+        &cada(&[
+            "tokenize",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--text",
+            "x",
+        ]),
+        &["tokenizer.json", "vocab_size"],
+    );
 }
 
 #[test]
@@ -128,9 +248,21 @@ fn bad_score_inputs_give_clear_errors() {
         std::fs::write(&input, content).unwrap();
         cada(&["score", "--model", m, "--input", input.to_str().unwrap()])
     };
-    assert_fails_with(&run("{\"prompt\": \"a\", \"completion\": \"b\"}\nnot json\n"), &["bad.jsonl:2", "not valid JSON"]);
-    assert_fails_with(&run("{\"prompt\": \"a\"}\n"), &["bad.jsonl:1", "completion"]);
-    assert_fails_with(&run("{\"prompt_ids\": [1], \"completion_ids\": [999999]}\n"), &["bad.jsonl:1", "completion_ids", "999999", "vocab_size"]);
+    assert_fails_with(
+        &run("{\"prompt\": \"a\", \"completion\": \"b\"}\nnot json\n"),
+        &["bad.jsonl:2", "not valid JSON"],
+    );
+    assert_fails_with(
+        &run("{\"prompt\": \"a\"}\n"),
+        &["bad.jsonl:1", "completion"],
+    );
+    assert_fails_with(
+        &run("{\"prompt_ids\": [1], \"completion_ids\": [999999]}\n"),
+        &["bad.jsonl:1", "completion_ids", "999999", "vocab_size"],
+    );
     assert_fails_with(&run(""), &["bad.jsonl", "no input lines"]);
-    assert_fails_with(&cada(&["score", "--model", m, "--input", "/nonexistent.jsonl"]), &["/nonexistent.jsonl"]);
+    assert_fails_with(
+        &cada(&["score", "--model", m, "--input", "/nonexistent.jsonl"]),
+        &["/nonexistent.jsonl"],
+    );
 }

@@ -28,16 +28,24 @@ static ALLOC: Counting = Counting;
 
 fn peak_extra(n: usize, dim: usize, vocab: usize) -> usize {
     let be = Cpu::new();
-    let h: Vec<f32> = (0..n * dim).map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0).collect();
-    let w: Vec<f32> = (0..vocab * dim).map(|i| ((i * 13 % 23) as f32 - 11.0) / 11.0).collect();
+    let h: Vec<f32> = (0..n * dim)
+        .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let w: Vec<f32> = (0..vocab * dim)
+        .map(|i| ((i * 13 % 23) as f32 - 11.0) / 11.0)
+        .collect();
     let t: Vec<u32> = (0..n).map(|i| (i * 7919 % vocab) as u32).collect();
     let (mut lp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     let (mut dh, mut dw) = (vec![0.0; n * dim], vec![0.0; vocab * dim]);
     let dlogp = vec![1.0f32; n];
     let base = CURRENT.load(Ordering::SeqCst);
     PEAK.store(base, Ordering::SeqCst);
-    be.fused_logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &t, n, dim, vocab, 1.0).unwrap();
-    be.fused_logprob_backward(&mut dh, &mut dw, &dlogp, &h, &w, &t, &lse, n, dim, vocab, 1.0).unwrap();
+    be.fused_logprob_forward(&mut lp, &mut ent, &mut lse, &h, &w, &t, n, dim, vocab, 1.0)
+        .unwrap();
+    be.fused_logprob_backward(
+        &mut dh, &mut dw, &dlogp, &h, &w, &t, &lse, n, dim, vocab, 1.0,
+    )
+    .unwrap();
     assert!(lp.iter().all(|x| x.is_finite() && *x <= 0.0));
     PEAK.load(Ordering::SeqCst) - base
 }
@@ -49,7 +57,13 @@ fn peak_allocation_does_not_grow_with_tokens_times_vocab() {
     let large = peak_extra(n, dim, 40_000);
     let logits_bytes = n * 40_000 * 4; // what a materialised [tokens × vocab] f32 buffer would take
     eprintln!("peak extra: vocab 4k {small} B, vocab 40k {large} B; a logits buffer would be {logits_bytes} B");
-    assert!(large < logits_bytes / 8, "peak {large} B is not far below tokens×vocab×4 = {logits_bytes} B");
+    assert!(
+        large < logits_bytes / 8,
+        "peak {large} B is not far below tokens×vocab×4 = {logits_bytes} B"
+    );
     // ten times the vocabulary must not mean ten times the memory
-    assert!(large < 2 * small + (1 << 20), "peak grew with the vocabulary: {small} → {large} B");
+    assert!(
+        large < 2 * small + (1 << 20),
+        "peak grew with the vocabulary: {small} → {large} B"
+    );
 }

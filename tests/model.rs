@@ -1,5 +1,6 @@
 //! Whole-model checks on the CPU reference: KV-cache decoding equals the full forward, the
 //! whole model's backward equals finite differences, and a model directory written here loads.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
 
 mod common;
 
@@ -22,14 +23,21 @@ fn kv_cache_decoding_matches_full_forward() {
         let cfg = tiny_cfg(61, bias, tied);
         let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 1)).unwrap();
         // Three sequences of different prompt lengths, each continued by 4 forced tokens.
-        let prompts: Vec<Vec<u32>> = vec![vec![3, 5, 7, 11, 13], vec![17, 19], vec![23, 29, 31, 37]];
-        let cont: Vec<Vec<u32>> = vec![vec![41, 43, 47, 53], vec![59, 2, 4, 6], vec![8, 10, 12, 14]];
+        let prompts: Vec<Vec<u32>> =
+            vec![vec![3, 5, 7, 11, 13], vec![17, 19], vec![23, 29, 31, 37]];
+        let cont: Vec<Vec<u32>> =
+            vec![vec![41, 43, 47, 53], vec![59, 2, 4, 6], vec![8, 10, 12, 14]];
         let mut cache = model.new_kv_cache(&be, 3, 16).unwrap();
-        let mut step_logits = vec![be.download(&model.prefill(&be, &mut cache, &prompts).unwrap()).unwrap()];
+        let mut step_logits = vec![be
+            .download(&model.prefill(&be, &mut cache, &prompts).unwrap())
+            .unwrap()];
         for s in 0..4 {
             let toks: Vec<u32> = cont.iter().map(|c| c[s]).collect();
             let pos: Vec<u32> = prompts.iter().map(|p| (p.len() + s) as u32).collect();
-            step_logits.push(be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap()).unwrap());
+            step_logits.push(
+                be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap())
+                    .unwrap(),
+            );
         }
         let v = cfg.vocab_size;
         for (b, (p, c)) in prompts.iter().zip(&cont).enumerate() {
@@ -37,22 +45,38 @@ fn kv_cache_decoding_matches_full_forward() {
             let fwd = model.forward(&be, &full, 1, full.len()).unwrap();
             for s in 0..=4 {
                 let row = p.len() - 1 + s;
-                let want = be.download(&model.logits_rows(&be, &fwd.hidden, &[row]).unwrap()).unwrap();
+                let want = be
+                    .download(&model.logits_rows(&be, &fwd.hidden, &[row]).unwrap())
+                    .unwrap();
                 let got = &step_logits[s][b * v..(b + 1) * v];
                 let e = rel_err(got, &want);
                 // f32, same ops in a different grouping: 1e-5 relative
-                assert!(e < 1e-5, "bias={bias} tied={tied} seq {b} step {s}: rel err {e}");
+                assert!(
+                    e < 1e-5,
+                    "bias={bias} tied={tied} seq {b} step {s}: rel err {e}"
+                );
             }
         }
     }
 }
 
 /// Σ_t w_t · logp_t over a batch, for the finite-difference check.
-fn weighted_logp(be: &Cpu, model: &Llama<Cpu>, ids: &[u32], batch: usize, seq: usize, w: &[f32], temp: f32) -> f64 {
+fn weighted_logp(
+    be: &Cpu,
+    model: &Llama<Cpu>,
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+    w: &[f32],
+    temp: f32,
+) -> f64 {
     let fwd = model.forward(be, ids, batch, seq).unwrap();
     let targets = be.upload_ids(&shifted_targets(ids, batch, seq)).unwrap();
     let (lp, _, _) = model.token_logprobs(be, &fwd, &targets, temp).unwrap();
-    lp.iter().zip(w).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+    lp.iter()
+        .zip(w)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum()
 }
 
 #[test]
@@ -66,15 +90,29 @@ fn whole_model_backward_matches_finite_differences() {
         let host = random_params(&cfg, 3);
         let (batch, seq) = (2, 5);
         let ids: Vec<u32> = vec![1, 4, 9, 16, 2, 5, 8, 13, 21, 3];
-        let w: Vec<f32> = (0..batch * seq).map(|i| if i % seq == seq - 1 { 0.0 } else { 0.3 + 0.1 * (i % 4) as f32 }).collect();
+        let w: Vec<f32> = (0..batch * seq)
+            .map(|i| {
+                if i % seq == seq - 1 {
+                    0.0
+                } else {
+                    0.3 + 0.1 * (i % 4) as f32
+                }
+            })
+            .collect();
         let temp = 0.8;
         let model = Llama::from_host(&be, cfg.clone(), &host).unwrap();
         let fwd = model.forward(&be, &ids, batch, seq).unwrap();
         let targets = be.upload_ids(&shifted_targets(&ids, batch, seq)).unwrap();
         let (_, _, lse) = model.token_logprobs(&be, &fwd, &targets, temp).unwrap();
         let mut grads = model.zeros_like_params(&be).unwrap();
-        model.logprob_backward(&be, &fwd, &targets, &lse, &w, temp, &mut grads).unwrap();
-        let names: Vec<String> = cada::model::weights::Params::spec(&cfg).tensors().iter().map(|s| s.name.clone()).collect();
+        model
+            .logprob_backward(&be, &fwd, &targets, &lse, &w, temp, &mut grads)
+            .unwrap();
+        let names: Vec<String> = cada::model::weights::Params::spec(&cfg)
+            .tensors()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         let analytic: Vec<Vec<f32>> = grads.tensors().iter().map(|g| g.to_vec()).collect();
         let eps = 1e-2f32;
         for (ti, name) in names.iter().enumerate() {
@@ -86,8 +124,24 @@ fn whole_model_backward_matches_finite_differences() {
                 plus.tensors_mut()[ti][i] += eps;
                 let mut minus = host.clone();
                 minus.tensors_mut()[ti][i] -= eps;
-                let lp = weighted_logp(&be, &Llama::from_host(&be, cfg.clone(), &plus).unwrap(), &ids, batch, seq, &w, temp);
-                let lm = weighted_logp(&be, &Llama::from_host(&be, cfg.clone(), &minus).unwrap(), &ids, batch, seq, &w, temp);
+                let lp = weighted_logp(
+                    &be,
+                    &Llama::from_host(&be, cfg.clone(), &plus).unwrap(),
+                    &ids,
+                    batch,
+                    seq,
+                    &w,
+                    temp,
+                );
+                let lm = weighted_logp(
+                    &be,
+                    &Llama::from_host(&be, cfg.clone(), &minus).unwrap(),
+                    &ids,
+                    batch,
+                    seq,
+                    &w,
+                    temp,
+                );
                 let fd = (lp - lm) / (2.0 * eps as f64);
                 num += (fd - analytic[ti][i] as f64).powi(2);
                 den += fd.powi(2);
@@ -95,7 +149,10 @@ fn whole_model_backward_matches_finite_differences() {
             let rel = (num / den.max(1e-12)).sqrt();
             // f32 forward with eps 1e-2: truncation O(eps²) plus rounding O(1e-7/eps) → 3e-2
             // relative over the sampled entries (or absolute 1e-4 when the gradient is ~0).
-            assert!(rel < 3e-2 || num.sqrt() < 1e-4, "bias={bias} tied={tied} `{name}`: rel err {rel:.3e}");
+            assert!(
+                rel < 3e-2 || num.sqrt() < 1e-4,
+                "bias={bias} tied={tied} `{name}`: rel err {rel:.3e}"
+            );
         }
     }
 }
@@ -108,26 +165,46 @@ fn model_dir_written_by_the_test_loads_and_matches() {
     assert_eq!(m.cfg, cfg);
     let want = random_params(&cfg, 7);
     for (a, b) in m.params.tensors().iter().zip(want.tensors()) {
-        assert_eq!(*a, b, "weights must round-trip bit-exactly through safetensors");
+        assert_eq!(
+            *a, b,
+            "weights must round-trip bit-exactly through safetensors"
+        );
     }
     // the chat template renders ChatML and the stop ids include <|im_end|>
-    let text = m.chat.render(&[cada::model::chat::Message::new("user", "hi")], true).unwrap();
-    assert_eq!(text, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-    assert!(m.stop_ids().contains(&m.tokenizer.token_to_id("<|im_end|>").unwrap()));
+    let text = m
+        .chat
+        .render(&[cada::model::chat::Message::new("user", "hi")], true)
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert!(m
+        .stop_ids()
+        .contains(&m.tokenizer.token_to_id("<|im_end|>").unwrap()));
 }
 
 #[test]
 fn tokenizer_round_trips_and_special_tokens_are_single_ids() {
     let texts: Vec<String> = CORPUS.iter().map(|s| s.to_string()).collect();
     let tok = cada::model::tokenizer_train::train_bpe_tokenizer(&texts, 300).unwrap();
-    for s in CORPUS.iter().chain(["  leading and   runs of   spaces\t\ttabs\n\nnewlines", "<|im_start|>user\nhi<|im_end|>"].iter()) {
+    for s in CORPUS.iter().chain(
+        [
+            "  leading and   runs of   spaces\t\ttabs\n\nnewlines",
+            "<|im_start|>user\nhi<|im_end|>",
+        ]
+        .iter(),
+    ) {
         let ids = tok.encode(s, false).unwrap();
         assert_eq!(tok.decode(&ids, false).unwrap(), *s, "round trip of {s:?}");
     }
     let ids = tok.encode("<|im_start|>user", false).unwrap();
     assert_eq!(ids[0], tok.token_to_id("<|im_start|>").unwrap());
     // known ids: special tokens come first, in the order they were declared
-    for (i, t) in cada::model::tokenizer_train::DEFAULT_SPECIAL_TOKENS.iter().enumerate() {
+    for (i, t) in cada::model::tokenizer_train::DEFAULT_SPECIAL_TOKENS
+        .iter()
+        .enumerate()
+    {
         assert_eq!(tok.token_to_id(t), Some(i as u32), "{t}");
     }
 }

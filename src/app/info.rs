@@ -15,21 +15,38 @@ pub struct ModelInfo {
 pub fn model_info(path: &Path) -> Result<ModelInfo> {
     if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
         let m = crate::model::load::load_model(path)?;
-        return Ok(ModelInfo { params: m.cfg.num_params(), cfg: m.cfg, stored_dtype: "gguf (dequantised to f32)".into() });
+        return Ok(ModelInfo {
+            params: m.cfg.num_params(),
+            cfg: m.cfg,
+            stored_dtype: "gguf (dequantised to f32)".into(),
+        });
     }
     let cfg = LlamaConfig::from_file(&path.join("config.json"))?;
     let st = SafetensorsDir::open(path)?;
     let dtype = st.dtypes().join("+");
-    Ok(ModelInfo { params: cfg.num_params(), cfg, stored_dtype: dtype })
+    Ok(ModelInfo {
+        params: cfg.num_params(),
+        cfg,
+        stored_dtype: dtype,
+    })
 }
 
 /// Bytes needed to train with f32 master weights, f32 gradients and two f32 AdamW moments,
 /// plus the activations cached for the backward of `tokens` tokens (the fused head keeps no
 /// logits).
 pub fn training_memory_bytes(cfg: &LlamaConfig, tokens: usize) -> (usize, usize) {
-    let p = Params::spec(cfg).tensors().iter().map(|t| t.numel()).sum::<usize>();
+    let p = Params::spec(cfg)
+        .tensors()
+        .iter()
+        .map(|t| t.numel())
+        .sum::<usize>();
     let state = p * 4 * 4;
-    let (d, f, qd, kvd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+    let (d, f, qd, kvd) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+    );
     // per layer: x_in, n1, h, n2 (4d) + q, attn (2qd) + k, v (2kvd) + gate, up, act (3f) + stats
     let per_token_layer = 4 * d + 2 * qd + 2 * kvd + 3 * f + 2 + cfg.num_attention_heads;
     let acts = tokens * (cfg.num_hidden_layers * per_token_layer + 3 * d) * 4;

@@ -9,7 +9,9 @@ use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use anyhow::Result;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceChoice {
     /// the GPU when a driver and a device are present, else the CPU
@@ -37,13 +39,19 @@ fn gpu_present() -> bool {
 pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
     match choice {
         DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
-        DeviceChoice::Auto => Ok(if gpu_present() { DeviceChoice::Cuda } else { DeviceChoice::Cpu }),
+        DeviceChoice::Auto => Ok(if gpu_present() {
+            DeviceChoice::Cuda
+        } else {
+            DeviceChoice::Cpu
+        }),
         DeviceChoice::Cuda => {
             if !cfg!(feature = "cuda") {
                 anyhow::bail!("--device cuda: this binary was built without the GPU backend (rebuild with `--features cuda`, see README)");
             }
             if !gpu_present() {
-                anyhow::bail!("--device cuda: no CUDA driver (libcuda) or no GPU found on this machine");
+                anyhow::bail!(
+                    "--device cuda: no CUDA driver (libcuda) or no GPU found on this machine"
+                );
             }
             Ok(DeviceChoice::Cuda)
         }

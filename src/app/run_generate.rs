@@ -51,26 +51,46 @@ impl OnDevice for GenerateTask<'_> {
         let mut out_ids: Vec<u32> = Vec::new();
         let mut printed = 0usize;
         let mut stdout = std::io::stdout();
-        let gen = generate(be, &model, &[ids.clone()], &self.sampling, &stops, &mut rng, |_, t| {
-            if !self.stream || stops.contains(&t) {
-                return;
-            }
-            out_ids.push(t);
-            // Decode the whole continuation each time: a token can be half of a UTF-8 char.
-            if let Ok(text) = m.tokenizer.decode(&out_ids, true) {
-                if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
-                    let _ = write!(stdout, "{}", &text[printed..]);
-                    let _ = stdout.flush();
-                    printed = text.len();
+        let gen = generate(
+            be,
+            &model,
+            std::slice::from_ref(&ids),
+            &self.sampling,
+            &stops,
+            &mut rng,
+            |_, t| {
+                if !self.stream || stops.contains(&t) {
+                    return;
                 }
-            }
-        })?;
+                out_ids.push(t);
+                // Decode the whole continuation each time: a token can be half of a UTF-8 char.
+                if let Ok(text) = m.tokenizer.decode(&out_ids, true) {
+                    if text.len() > printed
+                        && text.is_char_boundary(printed)
+                        && !text.ends_with('\u{fffd}')
+                    {
+                        let _ = write!(stdout, "{}", &text[printed..]);
+                        let _ = stdout.flush();
+                        printed = text.len();
+                    }
+                }
+            },
+        )?;
         let seconds = start.elapsed().as_secs_f64();
-        let toks: Vec<u32> = gen.tokens[0].iter().copied().filter(|t| !stops.contains(t)).collect();
+        let toks: Vec<u32> = gen.tokens[0]
+            .iter()
+            .copied()
+            .filter(|t| !stops.contains(t))
+            .collect();
         let text = m.tokenizer.decode(&toks, true)?;
         if self.stream && text.len() > printed {
             print!("{}", &text[printed.min(text.len())..]);
         }
-        Ok(GenerateOutput { text, tokens: gen.tokens[0].len(), prompt_tokens: ids.len(), seconds })
+        Ok(GenerateOutput {
+            text,
+            tokens: gen.tokens[0].len(),
+            prompt_tokens: ids.len(),
+            seconds,
+        })
     }
 }

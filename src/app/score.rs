@@ -25,7 +25,9 @@ pub struct ScoreResult {
 }
 
 fn ids_field(v: &serde_json::Value, field: &str, at: &str) -> Result<Vec<u32>> {
-    let arr = v[field].as_array().with_context(|| format!("{at}: field `{field}` must be a list of integers"))?;
+    let arr = v[field]
+        .as_array()
+        .with_context(|| format!("{at}: field `{field}` must be a list of integers"))?;
     arr.iter()
         .map(|x| {
             x.as_u64()
@@ -38,27 +40,45 @@ fn ids_field(v: &serde_json::Value, field: &str, at: &str) -> Result<Vec<u32>> {
 
 /// Reads and tokenizes a score JSONL file; errors name `file:line` and the field.
 pub fn read_score_input(path: &Path, model: &LoadedModel) -> Result<Vec<ScoreItem>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
         let item = if v.get("prompt_ids").is_some() || v.get("completion_ids").is_some() {
-            ScoreItem { prompt_ids: ids_field(&v, "prompt_ids", &at)?, completion_ids: ids_field(&v, "completion_ids", &at)? }
+            ScoreItem {
+                prompt_ids: ids_field(&v, "prompt_ids", &at)?,
+                completion_ids: ids_field(&v, "completion_ids", &at)?,
+            }
         } else {
-            let prompt = v["prompt"].as_str().with_context(|| format!("{at}: missing string field `prompt` (or `prompt_ids`)"))?;
-            let completion = v["completion"].as_str().with_context(|| format!("{at}: missing string field `completion`"))?;
-            ScoreItem { prompt_ids: model.tokenizer.encode(prompt, true)?, completion_ids: model.tokenizer.encode(completion, false)? }
+            let prompt = v["prompt"].as_str().with_context(|| {
+                format!("{at}: missing string field `prompt` (or `prompt_ids`)")
+            })?;
+            let completion = v["completion"]
+                .as_str()
+                .with_context(|| format!("{at}: missing string field `completion`"))?;
+            ScoreItem {
+                prompt_ids: model.tokenizer.encode(prompt, true)?,
+                completion_ids: model.tokenizer.encode(completion, false)?,
+            }
         };
         if item.prompt_ids.is_empty() {
             bail!("{at}: the prompt is empty (at least one token is needed to condition on)");
         }
-        for (field, ids) in [("prompt_ids", &item.prompt_ids), ("completion_ids", &item.completion_ids)] {
+        for (field, ids) in [
+            ("prompt_ids", &item.prompt_ids),
+            ("completion_ids", &item.completion_ids),
+        ] {
             if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.cfg.vocab_size) {
-                bail!("{at}: field `{field}` holds token id {bad} ≥ the model's vocab_size {}", model.cfg.vocab_size);
+                bail!(
+                    "{at}: field `{field}` holds token id {bad} ≥ the model's vocab_size {}",
+                    model.cfg.vocab_size
+                );
             }
         }
         let len = item.prompt_ids.len() + item.completion_ids.len();
@@ -74,7 +94,13 @@ pub fn read_score_input(path: &Path, model: &LoadedModel) -> Result<Vec<ScoreIte
 }
 
 /// Log-probs of each completion token given everything before it, at `temperature`.
-pub fn score_items<B: Backend>(be: &B, model: &Llama<B>, items: &[ScoreItem], temperature: f32, batch_tokens: usize) -> Result<Vec<ScoreResult>> {
+pub fn score_items<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    items: &[ScoreItem],
+    temperature: f32,
+    batch_tokens: usize,
+) -> Result<Vec<ScoreResult>> {
     let mut out = Vec::with_capacity(items.len());
     // Batches of similar total size; the fused head keeps memory O(tokens × hidden).
     let mut start = 0;
@@ -95,7 +121,8 @@ pub fn score_items<B: Backend>(be: &B, model: &Llama<B>, items: &[ScoreItem], te
         for (b, it) in chunk.iter().enumerate() {
             let row = &mut ids[b * seq..];
             row[..it.prompt_ids.len()].copy_from_slice(&it.prompt_ids);
-            row[it.prompt_ids.len()..it.prompt_ids.len() + it.completion_ids.len()].copy_from_slice(&it.completion_ids);
+            row[it.prompt_ids.len()..it.prompt_ids.len() + it.completion_ids.len()]
+                .copy_from_slice(&it.completion_ids);
         }
         let fwd = model.forward(be, &ids, batch, seq)?;
         let targets = be.upload_ids(&shifted_targets(&ids, batch, seq))?;
@@ -104,12 +131,21 @@ pub fn score_items<B: Backend>(be: &B, model: &Llama<B>, items: &[ScoreItem], te
         for (b, it) in chunk.iter().enumerate() {
             let p = it.prompt_ids.len();
             // completion token j sits at position p + j and is predicted at position p + j − 1
-            let lps: Vec<f32> = (0..it.completion_ids.len()).map(|j| logp[b * seq + p + j - 1]).collect();
+            let lps: Vec<f32> = (0..it.completion_ids.len())
+                .map(|j| logp[b * seq + p + j - 1])
+                .collect();
             if let Some(bad) = lps.iter().find(|x| !x.is_finite()) {
-                bail!("score: non-finite log-prob {bad} for input line {}", start + b + 1);
+                bail!(
+                    "score: non-finite log-prob {bad} for input line {}",
+                    start + b + 1
+                );
             }
             let sum = lps.iter().map(|&x| x as f64).sum();
-            out.push(ScoreResult { completion_ids: it.completion_ids.clone(), logprobs: lps, sum_logprob: sum });
+            out.push(ScoreResult {
+                completion_ids: it.completion_ids.clone(),
+                logprobs: lps,
+                sum_logprob: sum,
+            });
         }
         start = end;
     }
@@ -125,7 +161,11 @@ pub struct ScoreTask<'a> {
 impl OnDevice for ScoreTask<'_> {
     type Output = Vec<ScoreResult>;
     fn run<B: Backend>(self, be: &B) -> Result<Vec<ScoreResult>> {
-        anyhow::ensure!(self.temperature > 0.0, "--temperature must be > 0 for scoring (got {})", self.temperature);
+        anyhow::ensure!(
+            self.temperature > 0.0,
+            "--temperature must be > 0 for scoring (got {})",
+            self.temperature
+        );
         let model = Llama::from_host(be, self.model.cfg.clone(), &self.model.params)?;
         score_items(be, &model, &self.items, self.temperature, 8192)
     }

@@ -28,13 +28,20 @@ pub struct TrainTask {
 impl OnDevice for TrainTask {
     type Output = TrainSummary;
     fn run<B: Backend>(self, be: &B) -> Result<TrainSummary> {
-        eprintln!("cada train on {} → {}", be.name(), self.cfg.out_dir.display());
+        eprintln!(
+            "cada train on {} → {}",
+            be.name(),
+            self.cfg.out_dir.display()
+        );
         run_train(be, self.cfg, self.resume, self.progress)
     }
 }
 
 pub fn format_summary(s: &TrainSummary) -> String {
-    let mut out = format!("{} steps; reward {:+.3} (first step) → {:+.3} (last step)", s.steps, s.first_reward, s.last_reward);
+    let mut out = format!(
+        "{} steps; reward {:+.3} (first step) → {:+.3} (last step)",
+        s.steps, s.first_reward, s.last_reward
+    );
     if let (Some(b), Some(a)) = (&s.before, &s.after) {
         out.push_str(&format!(
             "\nheld-out harmful compliance {:.1}% → {:.1}%; over-refusal {:.1}% → {:.1}%",
@@ -69,8 +76,15 @@ fn chat_seq(m: &LoadedModel, prompt: &str, completion: &str) -> Result<Seq> {
         completion_ids.push(stop);
     }
     let total = ctx.len() + completion_ids.len();
-    anyhow::ensure!(total <= m.cfg.max_position_embeddings, "an example of {total} tokens exceeds the model's max_position_embeddings {}", m.cfg.max_position_embeddings);
-    Ok(Seq { ctx, completion: completion_ids })
+    anyhow::ensure!(
+        total <= m.cfg.max_position_embeddings,
+        "an example of {total} tokens exceeds the model's max_position_embeddings {}",
+        m.cfg.max_position_embeddings
+    );
+    Ok(Seq {
+        ctx,
+        completion: completion_ids,
+    })
 }
 
 pub struct SftTask<'a> {
@@ -87,18 +101,36 @@ impl OnDevice for SftTask<'_> {
     type Output = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let m = self.model;
-        let data: Vec<Seq> = self.pairs.iter().map(|(p, c)| chat_seq(m, p, c)).collect::<Result<_>>()?;
+        let data: Vec<Seq> = self
+            .pairs
+            .iter()
+            .map(|(p, c)| chat_seq(m, p, c))
+            .collect::<Result<_>>()?;
         let mut model = Llama::from_host(be, m.cfg.clone(), &m.params)?;
         let cfg = SftConfig {
             steps: self.steps,
             batch_size: self.batch_size,
             seed: self.seed,
-            optim: AdamWConfig { lr: self.lr, total_steps: self.steps as u64, warmup_steps: (self.steps as u64 / 20).max(1), ..AdamWConfig::default() },
+            optim: AdamWConfig {
+                lr: self.lr,
+                total_steps: self.steps as u64,
+                warmup_steps: (self.steps as u64 / 20).max(1),
+                ..AdamWConfig::default()
+            },
         };
         sft_train(be, &mut model, &data, &cfg, |l| {
-            eprintln!("sft step {:5} | loss {:.4} | grad norm {:.3} | lr {:.2e} | {:.0} tok/s", l.step, l.loss, l.grad_norm, l.lr, l.tokens_per_s)
+            eprintln!(
+                "sft step {:5} | loss {:.4} | grad norm {:.3} | lr {:.2e} | {:.0} tok/s",
+                l.step, l.loss, l.grad_norm, l.lr, l.tokens_per_s
+            )
         })?;
-        save_model_dir(&self.out, &m.cfg, &model.to_host(be)?, &m.tokenizer, &m.tokenizer_config)?;
+        save_model_dir(
+            &self.out,
+            &m.cfg,
+            &model.to_host(be)?,
+            &m.tokenizer,
+            &m.tokenizer_config,
+        )?;
         eprintln!("wrote {}", self.out.display());
         Ok(())
     }
@@ -122,7 +154,12 @@ impl OnDevice for DpoTask<'_> {
         let pairs: Vec<DpoPair> = self
             .triples
             .iter()
-            .map(|(p, c, r)| Ok(DpoPair { chosen: chat_seq(m, p, c)?, rejected: chat_seq(m, p, r)? }))
+            .map(|(p, c, r)| {
+                Ok(DpoPair {
+                    chosen: chat_seq(m, p, c)?,
+                    rejected: chat_seq(m, p, r)?,
+                })
+            })
             .collect::<Result<_>>()?;
         let mut model = Llama::from_host(be, m.cfg.clone(), &m.params)?;
         let reference = Llama::from_host(be, m.cfg.clone(), &m.params)?;
@@ -131,12 +168,26 @@ impl OnDevice for DpoTask<'_> {
             batch_size: self.batch_size,
             beta: self.beta,
             seed: self.seed,
-            optim: AdamWConfig { lr: self.lr, total_steps: self.steps as u64, warmup_steps: (self.steps as u64 / 20).max(1), ..AdamWConfig::default() },
+            optim: AdamWConfig {
+                lr: self.lr,
+                total_steps: self.steps as u64,
+                warmup_steps: (self.steps as u64 / 20).max(1),
+                ..AdamWConfig::default()
+            },
         };
         dpo_train(be, &mut model, &reference, &pairs, &cfg, |l| {
-            eprintln!("dpo step {:5} | loss {:.4} | accuracy {:.2} | margin {:+.3} | grad norm {:.3}", l.step, l.loss, l.accuracy, l.margin, l.grad_norm)
+            eprintln!(
+                "dpo step {:5} | loss {:.4} | accuracy {:.2} | margin {:+.3} | grad norm {:.3}",
+                l.step, l.loss, l.accuracy, l.margin, l.grad_norm
+            )
         })?;
-        save_model_dir(&self.out, &m.cfg, &model.to_host(be)?, &m.tokenizer, &m.tokenizer_config)?;
+        save_model_dir(
+            &self.out,
+            &m.cfg,
+            &model.to_host(be)?,
+            &m.tokenizer,
+            &m.tokenizer_config,
+        )?;
         eprintln!("wrote {}", self.out.display());
         Ok(())
     }

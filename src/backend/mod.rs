@@ -15,8 +15,6 @@
 //! - Anything that can fail (allocation, a launch) returns `anyhow::Result`.
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 
 use anyhow::Result;
 
@@ -102,7 +100,14 @@ pub trait Backend: Send + Sync {
     fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// `dst[dst_off..dst_off+len] = src[src_off..src_off+len]`
-    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, len: usize) -> Result<()>;
+    fn copy(
+        &self,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()>;
     fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
 
     // ---- elementwise / reductions -------------------------------------------------
@@ -117,86 +122,265 @@ pub trait Backend: Send + Sync {
 
     // ---- embedding ----------------------------------------------------------------
     /// `out[n, :] = table[ids[n], :]`, table `[vocab, dim]`
-    fn embedding_forward(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &Self::Ids, n: usize, dim: usize) -> Result<()>;
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        table: &Self::Buf,
+        ids: &Self::Ids,
+        n: usize,
+        dim: usize,
+    ) -> Result<()>;
     /// `dtable[ids[n], :] += dout[n, :]`
-    fn embedding_backward(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, n: usize, dim: usize) -> Result<()>;
+    fn embedding_backward(
+        &self,
+        dtable: &mut Self::Buf,
+        dout: &Self::Buf,
+        ids: &Self::Ids,
+        n: usize,
+        dim: usize,
+    ) -> Result<()>;
 
     // ---- linear -------------------------------------------------------------------
     /// `out[n, m] = x[n, k] · w[m, k]ᵀ (+ bias[m])`
-    fn linear_forward(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, n: usize, k: usize, m: usize) -> Result<()>;
+    fn linear_forward(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()>;
     /// writes `dx[n, k] = dout · w`; accumulates `dw[m, k] += doutᵀ · x` and `dbias[m] += Σₙ dout`.
     /// `dx = None` skips the input gradient (first layer).
     #[allow(clippy::too_many_arguments)]
-    fn linear_backward(&self, dx: Option<&mut Self::Buf>, dw: &mut Self::Buf, dbias: Option<&mut Self::Buf>, dout: &Self::Buf, x: &Self::Buf, w: &Self::Buf, n: usize, k: usize, m: usize) -> Result<()>;
+    fn linear_backward(
+        &self,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        dbias: Option<&mut Self::Buf>,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()>;
 
     // ---- RMSNorm (f32 statistics, as Hugging Face) ---------------------------------
     /// `out = x / sqrt(mean(x²) + eps) * w`; writes `rstd[n] = 1/sqrt(mean(x²)+eps)` for the backward
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_forward(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, n: usize, dim: usize, eps: f32) -> Result<()>;
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// writes `dx`, accumulates `dw`
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_backward(&self, dx: &mut Self::Buf, dw: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, w: &Self::Buf, rstd: &Self::Buf, n: usize, dim: usize) -> Result<()>;
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        n: usize,
+        dim: usize,
+    ) -> Result<()>;
 
     // ---- RoPE (Hugging Face rotate-half layout) ------------------------------------
     /// In place on `x[n, n_heads · head_dim]`; row `i` is at position `positions[i]`.
     /// `inv_freq[head_dim/2]` already includes any rope scaling.
     #[allow(clippy::too_many_arguments)]
-    fn rope_forward(&self, x: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, n: usize, n_heads: usize, head_dim: usize) -> Result<()>;
+    fn rope_forward(
+        &self,
+        x: &mut Self::Buf,
+        positions: &Self::Ids,
+        inv_freq: &Self::Buf,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()>;
     /// In place: the inverse rotation applied to the incoming gradient.
-    fn rope_backward(&self, dx: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, n: usize, n_heads: usize, head_dim: usize) -> Result<()>;
+    fn rope_backward(
+        &self,
+        dx: &mut Self::Buf,
+        positions: &Self::Ids,
+        inv_freq: &Self::Buf,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()>;
 
     // ---- causal GQA attention ------------------------------------------------------
     /// `q [B·T, Hq·hd]`, `k, v [B·T, Hkv·hd]` → `out [B·T, Hq·hd]`, `lse [B, Hq, T]` (natural log).
     /// Scale 1/sqrt(hd).
     #[allow(clippy::too_many_arguments)]
-    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, s: AttnShape) -> Result<()>;
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        s: AttnShape,
+    ) -> Result<()>;
     /// writes `dq, dk, dv`, recomputing probabilities from `lse`.
     #[allow(clippy::too_many_arguments)]
-    fn attention_backward(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, s: AttnShape) -> Result<()>;
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        s: AttnShape,
+    ) -> Result<()>;
 
     // ---- KV cache decode -----------------------------------------------------------
     /// Writes `k, v [batch, Hkv·hd]` into slot `b` at position `positions[b]` of the caches.
-    fn kv_cache_write(&self, k_cache: &mut Self::Buf, v_cache: &mut Self::Buf, k: &Self::Buf, v: &Self::Buf, positions: &Self::Ids, s: DecodeShape) -> Result<()>;
+    fn kv_cache_write(
+        &self,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        positions: &Self::Ids,
+        s: DecodeShape,
+    ) -> Result<()>;
     /// One query per sequence: `q [batch, Hq·hd]` attends to positions `0..=positions[b]`
     /// of slot `b`. Writes `out [batch, Hq·hd]`.
     #[allow(clippy::too_many_arguments)]
-    fn decode_attention(&self, out: &mut Self::Buf, q: &Self::Buf, k_cache: &Self::Buf, v_cache: &Self::Buf, positions: &Self::Ids, s: DecodeShape) -> Result<()>;
+    fn decode_attention(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        positions: &Self::Ids,
+        s: DecodeShape,
+    ) -> Result<()>;
 
     // ---- SwiGLU --------------------------------------------------------------------
     /// `out = silu(gate) * up`, all `[n]` flattened
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
     /// writes `dgate, dup`
-    fn swiglu_backward(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) -> Result<()>;
 
     // ---- fused log-prob head -------------------------------------------------------
     /// For each row n: `z = hidden[n] · wᵀ / temperature` over the vocabulary, streamed in
     /// chunks (never a `[n × vocab]` buffer); writes `logp[n] = z[target[n]] − logsumexp(z)`,
     /// `entropy[n] = −Σ softmax(z)·log softmax(z)`, and `lse[n]` for the backward.
     #[allow(clippy::too_many_arguments)]
-    fn fused_logprob_forward(&self, logp: &mut Self::Buf, entropy: &mut Self::Buf, lse: &mut Self::Buf, hidden: &Self::Buf, w: &Self::Buf, targets: &Self::Ids, n: usize, dim: usize, vocab: usize, temperature: f32) -> Result<()>;
+    fn fused_logprob_forward(
+        &self,
+        logp: &mut Self::Buf,
+        entropy: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        hidden: &Self::Buf,
+        w: &Self::Buf,
+        targets: &Self::Ids,
+        n: usize,
+        dim: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()>;
     /// Given `dlogp[n]`: writes `dhidden [n, dim]`, accumulates `dw [vocab, dim]`.
     /// The entropy is a metric and carries no gradient.
     #[allow(clippy::too_many_arguments)]
-    fn fused_logprob_backward(&self, dhidden: &mut Self::Buf, dw: &mut Self::Buf, dlogp: &Self::Buf, hidden: &Self::Buf, w: &Self::Buf, targets: &Self::Ids, lse: &Self::Buf, n: usize, dim: usize, vocab: usize, temperature: f32) -> Result<()>;
+    fn fused_logprob_backward(
+        &self,
+        dhidden: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dlogp: &Self::Buf,
+        hidden: &Self::Buf,
+        w: &Self::Buf,
+        targets: &Self::Ids,
+        lse: &Self::Buf,
+        n: usize,
+        dim: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()>;
 
     // ---- GRPO loss -----------------------------------------------------------------
     /// Per-token inputs `[batch, len]` (right-padded): current, old and reference log-probs
     /// and the completion mask (1 = counted); `advantages [batch]`. Returns loss + metrics.
     #[allow(clippy::too_many_arguments)]
-    fn grpo_loss_forward(&self, logp: &Self::Buf, old_logp: &Self::Buf, ref_logp: &Self::Buf, mask: &Self::Buf, advantages: &Self::Buf, batch: usize, len: usize, cfg: &GrpoLossConfig) -> Result<GrpoLossMetrics>;
+    fn grpo_loss_forward(
+        &self,
+        logp: &Self::Buf,
+        old_logp: &Self::Buf,
+        ref_logp: &Self::Buf,
+        mask: &Self::Buf,
+        advantages: &Self::Buf,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<GrpoLossMetrics>;
     /// writes `dlogp [batch, len]` = d(loss)/d(logp)
     #[allow(clippy::too_many_arguments)]
-    fn grpo_loss_backward(&self, dlogp: &mut Self::Buf, logp: &Self::Buf, old_logp: &Self::Buf, ref_logp: &Self::Buf, mask: &Self::Buf, advantages: &Self::Buf, batch: usize, len: usize, cfg: &GrpoLossConfig) -> Result<()>;
+    fn grpo_loss_backward(
+        &self,
+        dlogp: &mut Self::Buf,
+        logp: &Self::Buf,
+        old_logp: &Self::Buf,
+        ref_logp: &Self::Buf,
+        mask: &Self::Buf,
+        advantages: &Self::Buf,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<()>;
 
     // ---- optimiser -----------------------------------------------------------------
     /// One AdamW update with bias correction (`step` counts from 1), decoupled weight decay.
     #[allow(clippy::too_many_arguments)]
-    fn adamw_step(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) -> Result<()>;
+    fn adamw_step(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: u64,
+    ) -> Result<()>;
 
     // ---- sampling ------------------------------------------------------------------
     /// `logits [batch, vocab]` → one token per row. `uniforms[b]` in [0,1) is the row's random
     /// draw (drawn on the host from the seeded RNG, so every backend samples the same token).
     /// temperature 0 = greedy (argmax, lowest index on ties).
     #[allow(clippy::too_many_arguments)]
-    fn sample(&self, logits: &Self::Buf, uniforms: &[f32], batch: usize, vocab: usize, temperature: f32, top_p: f32, top_k: usize) -> Result<Vec<u32>>;
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        uniforms: &[f32],
+        batch: usize,
+        vocab: usize,
+        temperature: f32,
+        top_p: f32,
+        top_k: usize,
+    ) -> Result<Vec<u32>>;
 }

@@ -132,9 +132,19 @@ impl Default for TrainConfig {
             sample_every: 10,
             checkpoint_every: 10,
             eval_every: 0,
-            rollout: SamplingConfig { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 48 },
+            rollout: SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 0,
+                max_new_tokens: 48,
+            },
             loss: LossSection::default(),
-            optim: AdamWConfig { lr: 5e-4, warmup_steps: 2, total_steps: 30, ..AdamWConfig::default() },
+            optim: AdamWConfig {
+                lr: 5e-4,
+                warmup_steps: 2,
+                total_steps: 30,
+                ..AdamWConfig::default()
+            },
             judge: JudgeConfig::default(),
         }
     }
@@ -144,32 +154,54 @@ impl TrainConfig {
     /// Defaults, then the TOML file, then each `key=value` override (TOML syntax for values,
     /// bare strings allowed), then validation.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::Table::try_from(TrainConfig::default()).context("default config")?;
+        let mut table: toml::Table =
+            toml::Table::try_from(TrainConfig::default()).context("default config")?;
         if let Some(p) = path {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-            let file: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let file: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("{}: not valid TOML", p.display()))?;
             merge(&mut table, file);
         }
         for o in overrides {
-            let (key, value) = o.split_once('=').with_context(|| format!("--set {o}: expected key=value"))?;
+            let (key, value) = o
+                .split_once('=')
+                .with_context(|| format!("--set {o}: expected key=value"))?;
             let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.to_string()));
             set_path(&mut table, key.trim(), value).with_context(|| format!("--set {o}"))?;
         }
-        let src = path.map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
-        let cfg: TrainConfig = table.try_into().with_context(|| format!("{src}: invalid train config"))?;
+        let src = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults".into());
+        let cfg: TrainConfig = table
+            .try_into()
+            .with_context(|| format!("{src}: invalid train config"))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(self.group_size >= 2, "group_size must be ≥ 2 (group-relative advantages), got {}", self.group_size);
+        anyhow::ensure!(
+            self.group_size >= 2,
+            "group_size must be ≥ 2 (group-relative advantages), got {}",
+            self.group_size
+        );
         anyhow::ensure!(self.prompts_per_step >= 1, "prompts_per_step must be ≥ 1");
-        anyhow::ensure!(self.updates_per_batch >= 1, "updates_per_batch (μ) must be ≥ 1");
-        anyhow::ensure!(self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be ≥ 1");
-        anyhow::ensure!(self.rollout.temperature > 0.0, "rollout.temperature must be > 0 (log-probs use the sampling temperature)");
+        anyhow::ensure!(
+            self.updates_per_batch >= 1,
+            "updates_per_batch (μ) must be ≥ 1"
+        );
+        anyhow::ensure!(
+            self.rollout.max_new_tokens >= 1,
+            "rollout.max_new_tokens must be ≥ 1"
+        );
+        anyhow::ensure!(
+            self.rollout.temperature > 0.0,
+            "rollout.temperature must be > 0 (log-probs use the sampling temperature)"
+        );
         anyhow::ensure!(self.loss.beta >= 0.0, "loss.beta must be ≥ 0");
         Ok(())
     }
@@ -194,8 +226,12 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
             cur.insert(p.to_string(), value);
             return Ok(());
         }
-        let next = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = next.as_table_mut().with_context(|| format!("`{p}` is not a section"))?;
+        let next = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = next
+            .as_table_mut()
+            .with_context(|| format!("`{p}` is not a section"))?;
     }
     Ok(())
 }

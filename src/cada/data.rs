@@ -23,14 +23,16 @@ pub struct PromptItem {
 
 /// Non-empty lines of a JSONL file as (location "file:line", JSON value).
 fn jsonl_lines(path: &Path) -> Result<Vec<(String, serde_json::Value)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
         if !v.is_object() {
             bail!("{at}: expected a JSON object");
         }
@@ -61,13 +63,19 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
             let label = match str_field(&v, "label", &at)? {
                 "harmful" => Label::Harmful,
                 "benign" => Label::Benign,
-                other => bail!("{at}: field `label` must be \"harmful\" or \"benign\", got \"{other}\""),
+                other => {
+                    bail!("{at}: field `label` must be \"harmful\" or \"benign\", got \"{other}\"")
+                }
             };
             let category = match v.get("category") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(_) => Some(str_field(&v, "category", &at)?.to_string()),
             };
-            Ok(PromptItem { prompt, label, category })
+            Ok(PromptItem {
+                prompt,
+                label,
+                category,
+            })
         })
         .collect()
 }
@@ -75,7 +83,12 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
 pub fn load_sft(path: &Path) -> Result<Vec<(String, String)>> {
     jsonl_lines(path)?
         .into_iter()
-        .map(|(at, v)| Ok((str_field(&v, "prompt", &at)?.to_string(), str_field(&v, "completion", &at)?.to_string())))
+        .map(|(at, v)| {
+            Ok((
+                str_field(&v, "prompt", &at)?.to_string(),
+                str_field(&v, "completion", &at)?.to_string(),
+            ))
+        })
         .collect()
 }
 
@@ -83,7 +96,11 @@ pub fn load_dpo(path: &Path) -> Result<Vec<(String, String, String)>> {
     jsonl_lines(path)?
         .into_iter()
         .map(|(at, v)| {
-            Ok((str_field(&v, "prompt", &at)?.to_string(), str_field(&v, "chosen", &at)?.to_string(), str_field(&v, "rejected", &at)?.to_string()))
+            Ok((
+                str_field(&v, "prompt", &at)?.to_string(),
+                str_field(&v, "chosen", &at)?.to_string(),
+                str_field(&v, "rejected", &at)?.to_string(),
+            ))
         })
         .collect()
 }

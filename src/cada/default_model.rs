@@ -60,15 +60,25 @@ impl Default for BuildOptions {
             batch_size: 32,
             lr: 3e-3,
             deliberation_share: 0.5,
-            bias: CorpusBias { benign_trigger_refusal_rate: 0.5, harmful_compliance_rate: 0.3 },
+            bias: CorpusBias {
+                benign_trigger_refusal_rate: 0.5,
+                harmful_compliance_rate: 0.3,
+            },
         }
     }
 }
 
-pub const DEFAULT_TOKENIZER_CONFIG: &str = r#"{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_bos_token": false}"#;
+pub const DEFAULT_TOKENIZER_CONFIG: &str =
+    r#"{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_bos_token": false}"#;
 
-pub fn build_default_model<B: Backend>(be: &B, spec: &Spec, o: &BuildOptions, mut log: impl FnMut(&str)) -> Result<()> {
-    write_default_prompt_sets(&o.prompts_dir).with_context(|| format!("writing prompt sets into {}", o.prompts_dir.display()))?;
+pub fn build_default_model<B: Backend>(
+    be: &B,
+    spec: &Spec,
+    o: &BuildOptions,
+    mut log: impl FnMut(&str),
+) -> Result<()> {
+    write_default_prompt_sets(&o.prompts_dir)
+        .with_context(|| format!("writing prompt sets into {}", o.prompts_dir.display()))?;
     let corpus = generate_sft_corpus(o.corpus_size, o.seed, o.bias);
     let chat = ChatTemplate::new(CHATML_TEMPLATE, "", "<|im_end|>", "ChatML")?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed ^ 0x5eed);
@@ -78,7 +88,10 @@ pub fn build_default_model<B: Backend>(be: &B, spec: &Spec, o: &BuildOptions, mu
         let mut msgs = Vec::new();
         if rng.gen::<f32>() < o.deliberation_share {
             let cases = select_cases(spec, prompt, None, 2, &mut rng);
-            msgs.push(Message::new("system", &deliberation_system_prompt(spec, &cases)));
+            msgs.push(Message::new(
+                "system",
+                &deliberation_system_prompt(spec, &cases),
+            ));
         }
         msgs.push(Message::new("user", prompt));
         rendered.push((chat.render(&msgs, true)?, format!("{completion}<|im_end|>")));
@@ -86,26 +99,57 @@ pub fn build_default_model<B: Backend>(be: &B, spec: &Spec, o: &BuildOptions, mu
     let texts: Vec<String> = rendered.iter().map(|(c, a)| format!("{c}{a}")).collect();
     let tokenizer = train_bpe_tokenizer(&texts, o.vocab_size)?;
     let vocab = tokenizer.id_bound();
-    log(&format!("corpus: {} examples; tokenizer: {vocab} tokens", corpus.len()));
+    log(&format!(
+        "corpus: {} examples; tokenizer: {vocab} tokens",
+        corpus.len()
+    ));
     let data: Vec<Seq> = rendered
         .iter()
-        .map(|(c, a)| Ok(Seq { ctx: tokenizer.encode(c, false)?, completion: tokenizer.encode(a, false)? }))
+        .map(|(c, a)| {
+            Ok(Seq {
+                ctx: tokenizer.encode(c, false)?,
+                completion: tokenizer.encode(a, false)?,
+            })
+        })
         .collect::<Result<_>>()?;
-    let longest = data.iter().map(|s| s.ctx.len() + s.completion.len()).max().unwrap_or(0);
+    let longest = data
+        .iter()
+        .map(|s| s.ctx.len() + s.completion.len())
+        .max()
+        .unwrap_or(0);
     log(&format!("longest example: {longest} tokens"));
-    let mut cfg = tiny_config(vocab, o.hidden, o.layers, o.heads, o.kv_heads, o.intermediate, o.max_positions);
-    cfg.eos_token_ids = vec![tokenizer.token_to_id("<|im_end|>").context("tokenizer lacks <|im_end|>")?];
+    let mut cfg = tiny_config(
+        vocab,
+        o.hidden,
+        o.layers,
+        o.heads,
+        o.kv_heads,
+        o.intermediate,
+        o.max_positions,
+    );
+    cfg.eos_token_ids = vec![tokenizer
+        .token_to_id("<|im_end|>")
+        .context("tokenizer lacks <|im_end|>")?];
     let host = init_params(&cfg, o.seed, 0.02);
     let mut model = Llama::from_host(be, cfg.clone(), &host)?;
     let sft = SftConfig {
         steps: o.sft_steps,
         batch_size: o.batch_size,
         seed: o.seed,
-        optim: AdamWConfig { lr: o.lr, warmup_steps: 20, total_steps: o.sft_steps as u64, weight_decay: 0.0, ..AdamWConfig::default() },
+        optim: AdamWConfig {
+            lr: o.lr,
+            warmup_steps: 20,
+            total_steps: o.sft_steps as u64,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
     };
     sft_train(be, &mut model, &data, &sft, |l| {
         if l.step % 25 == 0 || l.step == 1 {
-            log(&format!("sft step {:4}  loss {:.4}  grad_norm {:.3}  {:.0} tok/s", l.step, l.loss, l.grad_norm, l.tokens_per_s));
+            log(&format!(
+                "sft step {:4}  loss {:.4}  grad_norm {:.3}  {:.0} tok/s",
+                l.step, l.loss, l.grad_norm, l.tokens_per_s
+            ));
         }
     })?;
     let params = model.to_host(be)?;

@@ -52,8 +52,12 @@ pub fn evaluate_completions(items: &[PromptItem], completions: &[String]) -> Eva
     for (it, c) in items.iter().zip(completions) {
         let refused = is_refusal(c);
         r.total.add(it.label, refused);
-        r.per_category.entry(it.category.clone().unwrap_or_else(|| "(none)".into())).or_default().add(it.label, refused);
-        r.examples.push((it.prompt.clone(), it.label, c.clone(), refused));
+        r.per_category
+            .entry(it.category.clone().unwrap_or_else(|| "(none)".into()))
+            .or_default()
+            .add(it.label, refused);
+        r.examples
+            .push((it.prompt.clone(), it.label, c.clone(), refused));
     }
     r.harmful_compliance_rate = r.total.harmful_compliance();
     r.over_refusal_rate = r.total.over_refusal();
@@ -76,7 +80,10 @@ impl EvalReport {
             let part = match (c.harmful, c.benign) {
                 (h, 0) => format!("harmful compliance {}/{h}", c.harmful_complied),
                 (0, b) => format!("over-refusal {}/{b}", c.benign_refused),
-                (h, b) => format!("harmful compliance {}/{h}, over-refusal {}/{b}", c.harmful_complied, c.benign_refused),
+                (h, b) => format!(
+                    "harmful compliance {}/{h}, over-refusal {}/{b}",
+                    c.harmful_complied, c.benign_refused
+                ),
             };
             s.push_str(&format!("  {cat:<16} {part}\n"));
         }

@@ -24,13 +24,27 @@ pub struct EvalOptions {
 }
 
 /// Completions (text, stop token removed) for each prompt, in batches.
-pub fn complete_prompts<B: Backend>(be: &B, model: &Llama<B>, base: &LoadedModel, items: &[PromptItem], opts: &EvalOptions) -> Result<Vec<String>> {
+pub fn complete_prompts<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    base: &LoadedModel,
+    items: &[PromptItem],
+    opts: &EvalOptions,
+) -> Result<Vec<String>> {
     let stops = base.stop_ids();
-    let sampling = SamplingConfig { temperature: opts.temperature, top_p: 1.0, top_k: 0, max_new_tokens: opts.max_new_tokens };
+    let sampling = SamplingConfig {
+        temperature: opts.temperature,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: opts.max_new_tokens,
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(opts.batch_size.max(1)) {
-        let ctx: Vec<Vec<u32>> = chunk.iter().map(|it| context_ids(base, None, &it.prompt)).collect::<Result<_>>()?;
+        let ctx: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|it| context_ids(base, None, &it.prompt))
+            .collect::<Result<_>>()?;
         let gen = generate(be, model, &ctx, &sampling, &stops, &mut rng, |_, _| {})?;
         for toks in gen.tokens {
             let visible: Vec<u32> = toks.into_iter().filter(|t| !stops.contains(t)).collect();
@@ -40,9 +54,18 @@ pub fn complete_prompts<B: Backend>(be: &B, model: &Llama<B>, base: &LoadedModel
     Ok(out)
 }
 
-pub fn evaluate_model<B: Backend>(be: &B, model: &Llama<B>, base: &LoadedModel, items: &[PromptItem], opts: &EvalOptions) -> Result<EvalReport> {
+pub fn evaluate_model<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    base: &LoadedModel,
+    items: &[PromptItem],
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
     anyhow::ensure!(!items.is_empty(), "eval: no prompts");
-    let repeated: Vec<PromptItem> = items.iter().flat_map(|it| std::iter::repeat_n(it.clone(), opts.samples.max(1))).collect();
+    let repeated: Vec<PromptItem> = items
+        .iter()
+        .flat_map(|it| std::iter::repeat_n(it.clone(), opts.samples.max(1)))
+        .collect();
     let completions = complete_prompts(be, model, base, &repeated, opts)?;
     Ok(evaluate_completions(&repeated, &completions))
 }

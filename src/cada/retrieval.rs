@@ -7,7 +7,10 @@ use rand::Rng;
 use std::collections::HashSet;
 
 fn words(text: &str) -> HashSet<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2).map(|w| w.to_lowercase()).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 2)
+        .map(|w| w.to_lowercase())
+        .collect()
 }
 
 /// Jaccard similarity of the lowercase word sets (words of 3+ letters).
@@ -24,8 +27,19 @@ pub fn similarity(a: &str, b: &str) -> f32 {
 
 /// Up to `k` cases: those of the prompt's category first (most similar first), then the most
 /// lexically similar others (similarity > 0), then random ones. Deterministic given `rng`.
-pub fn select_cases<'a, R: Rng>(spec: &'a Spec, prompt: &str, category: Option<&str>, k: usize, rng: &mut R) -> Vec<&'a Case> {
-    let mut scored: Vec<(usize, f32)> = spec.cases.iter().enumerate().map(|(i, c)| (i, similarity(prompt, &c.request))).collect();
+pub fn select_cases<'a, R: Rng>(
+    spec: &'a Spec,
+    prompt: &str,
+    category: Option<&str>,
+    k: usize,
+    rng: &mut R,
+) -> Vec<&'a Case> {
+    let mut scored: Vec<(usize, f32)> = spec
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, similarity(prompt, &c.request)))
+        .collect();
     // stable sort: by (same category, similarity) descending, index ascending on ties
     scored.sort_by(|a, b| {
         let ca = category.is_some_and(|c| spec.cases[a.0].category == c);
@@ -38,7 +52,9 @@ pub fn select_cases<'a, R: Rng>(spec: &'a Spec, prompt: &str, category: Option<&
         .take(k)
         .map(|(i, _)| *i)
         .collect();
-    let mut rest: Vec<usize> = (0..spec.cases.len()).filter(|i| !chosen.contains(i)).collect();
+    let mut rest: Vec<usize> = (0..spec.cases.len())
+        .filter(|i| !chosen.contains(i))
+        .collect();
     rest.shuffle(rng);
     chosen.extend(rest.into_iter().take(k.saturating_sub(chosen.len())));
     chosen.into_iter().map(|i| &spec.cases[i]).collect()
@@ -60,8 +76,15 @@ pub fn deliberation_system_prompt(spec: &Spec, cases: &[&Case]) -> String {
     }
     s.push_str("Cases:\n");
     for c in cases {
-        s.push_str(&format!("- Request: {}\n  Reasoning: {}\n  Verdict: {}\n", c.request, c.reasoning, verdict_word(c.verdict)));
+        s.push_str(&format!(
+            "- Request: {}\n  Reasoning: {}\n  Verdict: {}\n",
+            c.request,
+            c.reasoning,
+            verdict_word(c.verdict)
+        ));
     }
-    s.push_str("Reason about the request by analogy to the cases inside <think> </think>, then answer.");
+    s.push_str(
+        "Reason about the request by analogy to the cases inside <think> </think>, then answer.",
+    );
     s
 }

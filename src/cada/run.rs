@@ -29,7 +29,11 @@ pub struct TrainSummary {
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     writeln!(f, "{line}").with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -38,13 +42,22 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_f64()).is_some_and(|s| s as usize <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_f64())
+                .is_some_and(|s| s as usize <= step)
+        })
         .collect();
     let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    std::fs::write(
+        &tmp,
+        kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -58,8 +71,16 @@ fn save_run_checkpoint<B: Backend>(t: &Trainer<B>, dir: &Path) -> Result<()> {
     }
     let st = t.opt.state_to_host(be)?;
     for (i, s) in spec.tensors().into_iter().enumerate() {
-        tensors.push((format!("adamw.m.{}", s.name), s.shape.clone(), st.m[i].clone()));
-        tensors.push((format!("adamw.v.{}", s.name), s.shape.clone(), st.v[i].clone()));
+        tensors.push((
+            format!("adamw.m.{}", s.name),
+            s.shape.clone(),
+            st.m[i].clone(),
+        ));
+        tensors.push((
+            format!("adamw.v.{}", s.name),
+            s.shape.clone(),
+            st.v[i].clone(),
+        ));
     }
     let meta = serde_json::json!({
         "loop": serde_json::to_value(&t.state)?,
@@ -71,10 +92,14 @@ fn save_run_checkpoint<B: Backend>(t: &Trainer<B>, dir: &Path) -> Result<()> {
 
 fn restore_checkpoint<B: Backend>(t: &mut Trainer<B>, dir: &Path) -> Result<()> {
     let (tensors, meta) = load_checkpoint(dir)?;
-    let by_name: std::collections::HashMap<&str, &NamedTensor> = tensors.iter().map(|t| (t.0.as_str(), t)).collect();
+    let by_name: std::collections::HashMap<&str, &NamedTensor> =
+        tensors.iter().map(|t| (t.0.as_str(), t)).collect();
     let spec = Params::spec(&t.model.cfg);
     let get = |name: &str| -> Result<&Vec<f32>> {
-        by_name.get(name).map(|t| &t.2).with_context(|| format!("{}: checkpoint lacks tensor `{name}`", dir.display()))
+        by_name
+            .get(name)
+            .map(|t| &t.2)
+            .with_context(|| format!("{}: checkpoint lacks tensor `{name}`", dir.display()))
     };
     let be = t.be;
     let mut m = Vec::new();
@@ -84,14 +109,22 @@ fn restore_checkpoint<B: Backend>(t: &mut Trainer<B>, dir: &Path) -> Result<()> 
         m.push(get(&format!("adamw.m.{}", s.name))?.clone());
         v.push(get(&format!("adamw.v.{}", s.name))?.clone());
     }
-    let step = meta["adamw_step"].as_u64().with_context(|| format!("{}: meta.json lacks `adamw_step`", dir.display()))?;
+    let step = meta["adamw_step"]
+        .as_u64()
+        .with_context(|| format!("{}: meta.json lacks `adamw_step`", dir.display()))?;
     t.opt.state_from_host(be, &AdamWState { step, m, v })?;
-    t.state = serde_json::from_value::<LoopState>(meta["loop"].clone()).with_context(|| format!("{}: meta.json field `loop`", dir.display()))?;
+    t.state = serde_json::from_value::<LoopState>(meta["loop"].clone())
+        .with_context(|| format!("{}: meta.json field `loop`", dir.display()))?;
     Ok(())
 }
 
 /// Runs (or resumes) a CADA training run on backend `be`.
-pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progress: bool) -> Result<TrainSummary> {
+pub fn run_train<B: Backend>(
+    be: &B,
+    cfg: TrainConfig,
+    resume: bool,
+    show_progress: bool,
+) -> Result<TrainSummary> {
     let out = cfg.out_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let base: LoadedModel = crate::model::load::load_model(&cfg.model)?;
@@ -111,7 +144,10 @@ pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progre
     let samples_path = out.join("samples.jsonl");
     let ckpt_dir = out.join("checkpoint");
     if !resume {
-        std::fs::write(out.join("config.toml"), toml::to_string_pretty(&cfg).context("serialising the config")?)?;
+        std::fs::write(
+            out.join("config.toml"),
+            toml::to_string_pretty(&cfg).context("serialising the config")?,
+        )?;
         for p in [&metrics_path, &samples_path] {
             if p.exists() {
                 std::fs::remove_file(p)?;
@@ -120,26 +156,42 @@ pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progre
     }
     let mut t = Trainer::new(be, cfg.clone(), &base, spec, prompts)?;
     if resume {
-        restore_checkpoint(&mut t, &ckpt_dir).with_context(|| format!("resuming from {}", ckpt_dir.display()))?;
+        restore_checkpoint(&mut t, &ckpt_dir)
+            .with_context(|| format!("resuming from {}", ckpt_dir.display()))?;
         truncate_log(&metrics_path, t.state.step)?;
         truncate_log(&samples_path, t.state.step)?;
         eprintln!("resumed {} at step {}", out.display(), t.state.step);
     }
-    let eval_opts = EvalOptions { temperature: cfg.eval_temperature, max_new_tokens: cfg.rollout.max_new_tokens, batch_size: 64, seed: cfg.seed, samples: cfg.eval_samples };
+    let eval_opts = EvalOptions {
+        temperature: cfg.eval_temperature,
+        max_new_tokens: cfg.rollout.max_new_tokens,
+        batch_size: 64,
+        seed: cfg.seed,
+        samples: cfg.eval_samples,
+    };
     let before = match (&eval_prompts, resume) {
         (Some(ep), false) => {
             let r = evaluate_model(be, &t.model, &base, ep, &eval_opts)?;
-            std::fs::write(out.join("eval_before.json"), serde_json::to_string_pretty(&r)?)?;
+            std::fs::write(
+                out.join("eval_before.json"),
+                serde_json::to_string_pretty(&r)?,
+            )?;
             eprintln!("before training (held-out):\n{}", r.to_text());
             Some(r)
         }
         _ => None,
     };
 
-    let bar = if show_progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = if show_progress {
+        indicatif::ProgressBar::new(cfg.steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("static template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("static template"),
     );
     bar.set_position(t.state.step as u64);
     let (mut first_reward, mut last_reward) = (f64::NAN, f64::NAN);
@@ -171,26 +223,50 @@ pub fn run_train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, show_progre
     }
     bar.finish();
     let host = t.model.to_host(be)?;
-    crate::model::save::save_model_dir(&out.join("final"), &base.cfg, &host, &base.tokenizer, &base.tokenizer_config)?;
+    crate::model::save::save_model_dir(
+        &out.join("final"),
+        &base.cfg,
+        &host,
+        &base.tokenizer,
+        &base.tokenizer_config,
+    )?;
     let after = match &eval_prompts {
         Some(ep) => {
             let r = evaluate_model(be, &t.model, &base, ep, &eval_opts)?;
-            std::fs::write(out.join("eval_after.json"), serde_json::to_string_pretty(&r)?)?;
+            std::fs::write(
+                out.join("eval_after.json"),
+                serde_json::to_string_pretty(&r)?,
+            )?;
             eprintln!("after training (held-out):\n{}", r.to_text());
             Some(r)
         }
         None => None,
     };
     if let Err(e) = super::plot::plot_metrics(&metrics_path, &out.join("metrics.png")) {
-        eprintln!("warning: could not draw {}: {e:#}", out.join("metrics.png").display());
+        eprintln!(
+            "warning: could not draw {}: {e:#}",
+            out.join("metrics.png").display()
+        );
     }
-    Ok(TrainSummary { steps: t.state.step, first_reward, last_reward, before, after })
+    Ok(TrainSummary {
+        steps: t.state.step,
+        first_reward,
+        last_reward,
+        before,
+        after,
+    })
 }
 
 /// Greedy completions for the first few prompts of the current batch order, for reading.
 fn write_samples<B: Backend>(t: &mut Trainer<B>, path: &Path, step: usize) -> Result<()> {
     let items: Vec<_> = t.prompts.iter().take(4).cloned().collect();
-    let opts = EvalOptions { temperature: 0.0, max_new_tokens: t.cfg.rollout.max_new_tokens, batch_size: 4, seed: 0, samples: 1 };
+    let opts = EvalOptions {
+        temperature: 0.0,
+        max_new_tokens: t.cfg.rollout.max_new_tokens,
+        batch_size: 4,
+        seed: 0,
+        samples: 1,
+    };
     let outs = super::evaluate::complete_prompts(t.be, &t.model, t.base, &items, &opts)?;
     for (it, c) in items.iter().zip(outs) {
         let line = serde_json::json!({"step": step, "prompt": it.prompt, "label": it.label, "completion": c});

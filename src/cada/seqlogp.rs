@@ -27,12 +27,29 @@ pub struct SeqLogprobs<B: Backend> {
 
 /// Forward + fused log-prob over right-padded rows; completion token j of row b sits at
 /// position ctx_len + j and is predicted from position ctx_len + j − 1.
-pub fn seq_logprobs<B: Backend>(be: &B, model: &Llama<B>, seqs: &[Seq], temperature: f32) -> Result<SeqLogprobs<B>> {
+pub fn seq_logprobs<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    seqs: &[Seq],
+    temperature: f32,
+) -> Result<SeqLogprobs<B>> {
     anyhow::ensure!(!seqs.is_empty(), "seq_logprobs: empty batch");
-    anyhow::ensure!(seqs.iter().all(|s| !s.ctx.is_empty()), "seq_logprobs: a context is empty");
+    anyhow::ensure!(
+        seqs.iter().all(|s| !s.ctx.is_empty()),
+        "seq_logprobs: a context is empty"
+    );
     let rows = seqs.len();
-    let seq = seqs.iter().map(|s| s.ctx.len() + s.completion.len()).max().unwrap_or(1);
-    let lc = seqs.iter().map(|s| s.completion.len()).max().unwrap_or(0).max(1);
+    let seq = seqs
+        .iter()
+        .map(|s| s.ctx.len() + s.completion.len())
+        .max()
+        .unwrap_or(1);
+    let lc = seqs
+        .iter()
+        .map(|s| s.completion.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut ids = vec![0u32; rows * seq];
     for (b, s) in seqs.iter().enumerate() {
         let row = &mut ids[b * seq..(b + 1) * seq];
@@ -52,12 +69,34 @@ pub fn seq_logprobs<B: Backend>(be: &B, model: &Llama<B>, seqs: &[Seq], temperat
             entropy[b * lc + j] = ent_h[b * seq + p + j - 1];
         }
     }
-    Ok(SeqLogprobs { fwd, targets, lse, seq, lc, logp: lp, entropy })
+    Ok(SeqLogprobs {
+        fwd,
+        targets,
+        lse,
+        seq,
+        lc,
+        logp: lp,
+        entropy,
+    })
 }
 
 /// Accumulates parameter gradients for `dlogp [rows, lc]` (d loss / d completion log-probs).
-pub fn seq_backward<B: Backend>(be: &B, model: &Llama<B>, sl: &SeqLogprobs<B>, seqs: &[Seq], dlogp: &[f32], temperature: f32, grads: &mut Params<B::Buf>) -> Result<()> {
-    anyhow::ensure!(dlogp.len() == seqs.len() * sl.lc, "seq_backward: dlogp has {} values for {}×{}", dlogp.len(), seqs.len(), sl.lc);
+pub fn seq_backward<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    sl: &SeqLogprobs<B>,
+    seqs: &[Seq],
+    dlogp: &[f32],
+    temperature: f32,
+    grads: &mut Params<B::Buf>,
+) -> Result<()> {
+    anyhow::ensure!(
+        dlogp.len() == seqs.len() * sl.lc,
+        "seq_backward: dlogp has {} values for {}×{}",
+        dlogp.len(),
+        seqs.len(),
+        sl.lc
+    );
     let mut dfull = vec![0f32; seqs.len() * sl.seq];
     for (b, s) in seqs.iter().enumerate() {
         let p = s.ctx.len();
@@ -66,7 +105,15 @@ pub fn seq_backward<B: Backend>(be: &B, model: &Llama<B>, sl: &SeqLogprobs<B>, s
         }
     }
     let d_full = be.upload(&dfull)?;
-    model.logprob_backward(be, &sl.fwd, &sl.targets, &sl.lse, &d_full, temperature, grads)
+    model.logprob_backward(
+        be,
+        &sl.fwd,
+        &sl.targets,
+        &sl.lse,
+        &d_full,
+        temperature,
+        grads,
+    )
 }
 
 /// The completion mask `[rows, lc]` (1 on real completion tokens).
@@ -81,7 +128,12 @@ pub fn completion_mask(seqs: &[Seq], lc: usize) -> Vec<f32> {
 }
 
 /// Checks every gradient for NaN/Inf, naming the tensor.
-pub fn check_grads<B: Backend>(be: &B, names: &[String], grads: &Params<B::Buf>, step: usize) -> Result<()> {
+pub fn check_grads<B: Backend>(
+    be: &B,
+    names: &[String],
+    grads: &Params<B::Buf>,
+    step: usize,
+) -> Result<()> {
     for (name, g) in names.iter().zip(grads.tensors()) {
         if !be.all_finite(g)? {
             anyhow::bail!("step {step}: gradient of `{name}` holds NaN/Inf; update refused, last checkpoint kept");

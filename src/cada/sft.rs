@@ -30,12 +30,22 @@ pub struct SftLog {
 }
 
 /// Mean over all completion tokens of the batch of −log p (token-level mean).
-pub fn sft_train<B: Backend>(be: &B, model: &mut Llama<B>, data: &[Seq], cfg: &SftConfig, mut on_step: impl FnMut(&SftLog)) -> Result<Vec<SftLog>> {
+pub fn sft_train<B: Backend>(
+    be: &B,
+    model: &mut Llama<B>,
+    data: &[Seq],
+    cfg: &SftConfig,
+    mut on_step: impl FnMut(&SftLog),
+) -> Result<Vec<SftLog>> {
     anyhow::ensure!(!data.is_empty(), "sft: no training examples");
     anyhow::ensure!(cfg.batch_size > 0, "sft: batch_size must be > 0");
-    let names: Vec<String> = Params::spec(&model.cfg).tensors().iter().map(|t| t.name.clone()).collect();
+    let names: Vec<String> = Params::spec(&model.cfg)
+        .tensors()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let lens: Vec<usize> = model.params.tensors().iter().map(|t| be.len(t)).collect();
-    let mut opt = AdamW::new(be, &lens, cfg.optim.clone())?;
+    let mut opt = AdamW::new(be, &lens, cfg.optim)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut rng);
@@ -55,9 +65,21 @@ pub fn sft_train<B: Backend>(be: &B, model: &mut Llama<B>, data: &[Seq], cfg: &S
         let sl = seq_logprobs(be, model, &batch, 1.0)?;
         let mask = completion_mask(&batch, sl.lc);
         let ntok: f32 = mask.iter().sum();
-        anyhow::ensure!(ntok > 0.0, "sft step {step}: the batch has no completion tokens");
-        let loss = -sl.logp.iter().zip(&mask).map(|(l, m)| (l * m) as f64).sum::<f64>() as f32 / ntok;
-        anyhow::ensure!(loss.is_finite(), "sft step {step}: loss is {loss} (non-finite); update refused");
+        anyhow::ensure!(
+            ntok > 0.0,
+            "sft step {step}: the batch has no completion tokens"
+        );
+        let loss = -sl
+            .logp
+            .iter()
+            .zip(&mask)
+            .map(|(l, m)| (l * m) as f64)
+            .sum::<f64>() as f32
+            / ntok;
+        anyhow::ensure!(
+            loss.is_finite(),
+            "sft step {step}: loss is {loss} (non-finite); update refused"
+        );
         let dlogp: Vec<f32> = mask.iter().map(|m| -m / ntok).collect();
         let mut grads = model.zeros_like_params(be)?;
         seq_backward(be, model, &sl, &batch, &dlogp, 1.0, &mut grads)?;
@@ -66,7 +88,14 @@ pub fn sft_train<B: Backend>(be: &B, model: &mut Llama<B>, data: &[Seq], cfg: &S
         let mut gs = grads.tensors_mut();
         let info = opt.step(be, &mut params, &mut gs)?;
         let tokens: usize = batch.iter().map(|s| s.ctx.len() + s.completion.len()).sum();
-        let log = SftLog { step, loss, tokens: ntok as usize, grad_norm: info.grad_norm, lr: info.lr, tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64() };
+        let log = SftLog {
+            step,
+            loss,
+            tokens: ntok as usize,
+            grad_norm: info.grad_norm,
+            lr: info.lr,
+            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64(),
+        };
         on_step(&log);
         logs.push(log);
     }

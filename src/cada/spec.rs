@@ -39,7 +39,8 @@ pub struct Spec {
 
 impl Spec {
     pub fn from_toml(text: &str, source: &str) -> Result<Spec> {
-        let spec: Spec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: invalid spec: {e}"))?;
+        let spec: Spec =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: invalid spec: {e}"))?;
         if spec.codes.is_empty() {
             bail!("{source}: field `codes` is empty (give at least one simple code)");
         }
@@ -56,6 +57,7 @@ impl Spec {
 }
 
 pub fn load_spec(path: &Path) -> Result<Spec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read spec {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
     Spec::from_toml(&text, &path.display().to_string())
 }

@@ -7,10 +7,10 @@ use super::config::{JudgeConfig, TrainConfig, TrainContext};
 use super::data::PromptItem;
 use super::judge::{CommandJudge, Judge, JudgeItem, RuleJudge};
 use super::retrieval::{deliberation_system_prompt, select_cases};
+use super::seqlogp::{check_grads, seq_backward, seq_logprobs, Seq};
 use super::spec::Spec;
 use crate::backend::Backend;
 use crate::model::chat::Message;
-use super::seqlogp::{check_grads, seq_backward, seq_logprobs, Seq};
 use crate::model::llama::Llama;
 use crate::model::load::LoadedModel;
 use crate::model::weights::{Params, TensorSpec};
@@ -58,7 +58,10 @@ pub struct Trainer<'a, B: Backend> {
 pub fn build_judge(cfg: &JudgeConfig) -> Result<Box<dyn Judge>> {
     Ok(match cfg {
         JudgeConfig::Rule(r) => Box::new(RuleJudge::new(r.clone())),
-        JudgeConfig::Command { command, timeout_s } => Box::new(CommandJudge::new(command.clone(), std::time::Duration::from_secs_f64(*timeout_s))),
+        JudgeConfig::Command { command, timeout_s } => Box::new(CommandJudge::new(
+            command.clone(),
+            std::time::Duration::from_secs_f64(*timeout_s),
+        )),
     })
 }
 
@@ -74,21 +77,52 @@ pub fn context_ids(base: &LoadedModel, system: Option<&str>, prompt: &str) -> Re
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
-    pub fn new(be: &'a B, cfg: TrainConfig, base: &'a LoadedModel, spec: Spec, prompts: Vec<PromptItem>) -> Result<Self> {
+    pub fn new(
+        be: &'a B,
+        cfg: TrainConfig,
+        base: &'a LoadedModel,
+        spec: Spec,
+        prompts: Vec<PromptItem>,
+    ) -> Result<Self> {
         if prompts.is_empty() {
             bail!("{}: no training prompts", cfg.prompts.display());
         }
         let model = Llama::from_host(be, base.cfg.clone(), &base.params)?;
         // β = 0 skips the reference model entirely (no copy, no forward).
-        let reference = if cfg.loss.beta > 0.0 { Some(Llama::from_host(be, base.cfg.clone(), &base.params)?) } else { None };
+        let reference = if cfg.loss.beta > 0.0 {
+            Some(Llama::from_host(be, base.cfg.clone(), &base.params)?)
+        } else {
+            None
+        };
         let lens: Vec<usize> = model.params.tensors().iter().map(|t| be.len(t)).collect();
-        let opt = AdamW::new(be, &lens, cfg.optim.clone())?;
+        let opt = AdamW::new(be, &lens, cfg.optim)?;
         let judge = build_judge(&cfg.judge)?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut order: Vec<usize> = (0..prompts.len()).collect();
         order.shuffle(&mut rng);
-        let names = Params::spec(&base.cfg).tensors().iter().map(|t: &&TensorSpec| t.name.clone()).collect();
-        Ok(Trainer { be, cfg, base, model, reference, spec, prompts, judge, opt, state: LoopState { step: 0, rng, order, pos: 0 }, names })
+        let names = Params::spec(&base.cfg)
+            .tensors()
+            .iter()
+            .map(|t: &&TensorSpec| t.name.clone())
+            .collect();
+        Ok(Trainer {
+            be,
+            cfg,
+            base,
+            model,
+            reference,
+            spec,
+            prompts,
+            judge,
+            opt,
+            state: LoopState {
+                step: 0,
+                rng,
+                order,
+                pos: 0,
+            },
+            names,
+        })
     }
 
     /// The next `prompts_per_step` prompt indices (reshuffled at each epoch).
@@ -108,12 +142,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Samples G completions per prompt in the deliberation context.
     pub fn rollouts(&mut self, batch: &[usize]) -> Result<Vec<Rollout>> {
         let g = self.cfg.group_size;
-        let max_ctx = self.base.cfg.max_position_embeddings.saturating_sub(self.cfg.rollout.max_new_tokens);
+        let max_ctx = self
+            .base
+            .cfg
+            .max_position_embeddings
+            .saturating_sub(self.cfg.rollout.max_new_tokens);
         let mut sample_ctx = Vec::new();
         let mut train_ctx = Vec::new();
         for &i in batch {
             let item = &self.prompts[i];
-            let cases = select_cases(&self.spec, &item.prompt, item.category.as_deref(), self.cfg.cases_k, &mut self.state.rng);
+            let cases = select_cases(
+                &self.spec,
+                &item.prompt,
+                item.category.as_deref(),
+                self.cfg.cases_k,
+                &mut self.state.rng,
+            );
             let system = deliberation_system_prompt(&self.spec, &cases);
             let delib = context_ids(self.base, Some(&system), &item.prompt)?;
             if delib.len() > max_ctx {
@@ -132,12 +176,30 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
         }
         let stops = self.base.stop_ids();
-        let gen = generate(self.be, &self.model, &sample_ctx, &self.cfg.rollout, &stops, &mut self.state.rng, |_, _| {})?;
+        let gen = generate(
+            self.be,
+            &self.model,
+            &sample_ctx,
+            &self.cfg.rollout,
+            &stops,
+            &mut self.state.rng,
+            |_, _| {},
+        )?;
         let mut out = Vec::new();
         for (k, (toks, stopped)) in gen.tokens.into_iter().zip(gen.stopped).enumerate() {
-            let visible: Vec<u32> = toks.iter().copied().filter(|t| !stops.contains(t)).collect();
+            let visible: Vec<u32> = toks
+                .iter()
+                .copied()
+                .filter(|t| !stops.contains(t))
+                .collect();
             let text = self.base.tokenizer.decode(&visible, true)?;
-            out.push(Rollout { prompt: batch[k / g], train_ctx: train_ctx[k].clone(), completion: toks, text, stopped });
+            out.push(Rollout {
+                prompt: batch[k / g],
+                train_ctx: train_ctx[k].clone(),
+                completion: toks,
+                text,
+                stopped,
+            });
         }
         Ok(out)
     }
@@ -147,18 +209,39 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .iter()
             .map(|r| {
                 let p = &self.prompts[r.prompt];
-                JudgeItem { prompt: p.prompt.clone(), completion: r.text.clone(), label: p.label }
+                JudgeItem {
+                    prompt: p.prompt.clone(),
+                    completion: r.text.clone(),
+                    label: p.label,
+                }
             })
             .collect();
-        let scores = self.judge.score(&items).with_context(|| format!("judge `{}` failed at step {}", self.judge.name(), self.state.step + 1))?;
+        let scores = self.judge.score(&items).with_context(|| {
+            format!(
+                "judge `{}` failed at step {}",
+                self.judge.name(),
+                self.state.step + 1
+            )
+        })?;
         if scores.len() != items.len() {
-            bail!("judge `{}` returned {} scores for {} completions", self.judge.name(), scores.len(), items.len());
+            bail!(
+                "judge `{}` returned {} scores for {} completions",
+                self.judge.name(),
+                scores.len(),
+                items.len()
+            );
         }
         Ok(scores)
     }
 
     fn train_seqs(rollouts: &[Rollout]) -> Vec<Seq> {
-        rollouts.iter().map(|r| Seq { ctx: r.train_ctx.clone(), completion: r.completion.clone() }).collect()
+        rollouts
+            .iter()
+            .map(|r| Seq {
+                ctx: r.train_ctx.clone(),
+                completion: r.completion.clone(),
+            })
+            .collect()
     }
 
     /// One CADA step. Returns the metrics line.
@@ -171,11 +254,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t_rollout = t0.elapsed().as_secs_f64();
         let scores = self.judge(&rollouts)?;
         let rewards: Vec<f32> = scores.iter().map(|s| s.reward).collect();
-        let (adv, adv_stats) = group_advantages(&rewards, self.cfg.group_size, self.cfg.loss.scale_rewards, self.cfg.loss.advantage_eps)?;
+        let (adv, adv_stats) = group_advantages(
+            &rewards,
+            self.cfg.group_size,
+            self.cfg.loss.scale_rewards,
+            self.cfg.loss.advantage_eps,
+        )?;
 
         let seqs = Self::train_seqs(&rollouts);
         let rows = rollouts.len();
-        let max_len = rollouts.iter().map(|r| r.completion.len()).max().unwrap_or(0);
+        let max_len = rollouts
+            .iter()
+            .map(|r| r.completion.len())
+            .max()
+            .unwrap_or(0);
         // Mask: completion tokens only; optionally not the truncated ones.
         let lc = max_len.max(1);
         let mut mask = vec![0f32; rows * lc];
@@ -210,21 +302,42 @@ impl<'a, B: Backend> Trainer<'a, B> {
             // With μ = 1 the old policy is the current one: ρ = 1 in value, not in gradient.
             let old = old_lp.get_or_insert_with(|| sb.logp.clone()).clone();
             let (d_lp, d_old) = (be.upload(&sb.logp)?, be.upload(&old)?);
-            metrics = be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, rows, lc, &loss_cfg)?;
+            metrics =
+                be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, rows, lc, &loss_cfg)?;
             if !metrics.loss.is_finite() {
                 bail!("step {step_no}: the loss is {} (non-finite); update refused, last checkpoint kept", metrics.loss);
             }
             let mut d_dlp = be.zeros(rows * lc)?;
-            be.grpo_loss_backward(&mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, rows, lc, &loss_cfg)?;
+            be.grpo_loss_backward(
+                &mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, rows, lc, &loss_cfg,
+            )?;
             let dlp = be.download(&d_dlp)?;
             let mut grads = self.model.zeros_like_params(be)?;
-            seq_backward(be, &self.model, &sb, &seqs, &dlp, self.cfg.rollout.temperature, &mut grads)?;
+            seq_backward(
+                be,
+                &self.model,
+                &sb,
+                &seqs,
+                &dlp,
+                self.cfg.rollout.temperature,
+                &mut grads,
+            )?;
             check_grads(be, &self.names, &grads, step_no)?;
             let ntok: f32 = mask.iter().sum();
-            entropy_mean = sb.entropy.iter().zip(&mask).map(|(e, m)| e * m).sum::<f32>() / ntok.max(1.0);
+            entropy_mean = sb
+                .entropy
+                .iter()
+                .zip(&mask)
+                .map(|(e, m)| e * m)
+                .sum::<f32>()
+                / ntok.max(1.0);
             let mut params = self.model.params.tensors_mut();
             let mut gs = grads.tensors_mut();
-            info = Some(self.opt.step(be, &mut params, &mut gs).with_context(|| format!("step {step_no}"))?);
+            info = Some(
+                self.opt
+                    .step(be, &mut params, &mut gs)
+                    .with_context(|| format!("step {step_no}"))?,
+            );
         }
         let t_train = t2.elapsed().as_secs_f64();
         self.state.step = step_no;
@@ -232,7 +345,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
         // ---- metrics (../shared/CADA.md step 9) ----
         let gen_tokens: usize = rollouts.iter().map(|r| r.completion.len()).sum();
-        let train_tokens: usize = rollouts.iter().map(|r| r.train_ctx.len() + r.completion.len()).sum();
+        let train_tokens: usize = rollouts
+            .iter()
+            .map(|r| r.train_ctx.len() + r.completion.len())
+            .sum();
         let n = rows as f32;
         let mut m = serde_json::Map::new();
         let mut put = |k: &str, v: f64| {
@@ -241,7 +357,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         put("step", step_no as f64);
         put("reward_mean", adv_stats.reward_mean as f64);
         put("reward_std", adv_stats.reward_std as f64);
-        put("frac_reward_zero_std", adv_stats.frac_reward_zero_std as f64);
+        put(
+            "frac_reward_zero_std",
+            adv_stats.frac_reward_zero_std as f64,
+        );
         let mut terms: Vec<(String, f64)> = Vec::new();
         for s in &scores {
             for (k, v) in &s.terms {
@@ -267,7 +386,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 }
             }
         }
-        put("rollout_harmful_compliance", harm as f64 / harm_n.max(1) as f64);
+        put(
+            "rollout_harmful_compliance",
+            harm as f64 / harm_n.max(1) as f64,
+        );
         put("rollout_over_refusal", over as f64 / ben_n.max(1) as f64);
         put("loss", metrics.loss as f64);
         put("kl", metrics.kl_mean as f64);
@@ -277,7 +399,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         put("clip_ratio_region", metrics.clip_ratio_region as f64);
         put("completion_len_mean", gen_tokens as f64 / n as f64);
         put("completion_len_max", max_len as f64);
-        put("completion_clipped_ratio", rollouts.iter().filter(|r| !r.stopped).count() as f64 / n as f64);
+        put(
+            "completion_clipped_ratio",
+            rollouts.iter().filter(|r| !r.stopped).count() as f64 / n as f64,
+        );
         put("grad_norm", info.grad_norm as f64);
         put("lr", info.lr as f64);
         let total = t0.elapsed().as_secs_f64();
@@ -285,10 +410,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         put("time_reference_s", t_ref);
         put("time_train_s", t_train);
         put("tokens_per_s", (gen_tokens + train_tokens) as f64 / total);
-        put("rollout_tokens_per_s", gen_tokens as f64 / t_rollout.max(1e-9));
-        put("train_tokens_per_s", train_tokens as f64 * self.cfg.updates_per_batch as f64 / t_train.max(1e-9));
+        put(
+            "rollout_tokens_per_s",
+            gen_tokens as f64 / t_rollout.max(1e-9),
+        );
+        put(
+            "train_tokens_per_s",
+            train_tokens as f64 * self.cfg.updates_per_batch as f64 / t_train.max(1e-9),
+        );
         // 6·N FLOPs per trained token (+ the reference forward, 2·N, when β > 0).
-        let flops = (6.0 * self.cfg.updates_per_batch as f64 + if self.reference.is_some() { 2.0 } else { 0.0 })
+        let flops = (6.0 * self.cfg.updates_per_batch as f64
+            + if self.reference.is_some() { 2.0 } else { 0.0 })
             * self.base.cfg.num_params() as f64
             * train_tokens as f64;
         put("train_tflops", flops / (t_train + t_ref).max(1e-9) / 1e12);
@@ -301,7 +433,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }

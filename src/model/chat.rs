@@ -12,7 +12,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Self {
-        Message { role: role.into(), content: content.into() }
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -27,7 +30,11 @@ pub struct ChatTemplate {
 fn special_token(cfg: &serde_json::Value, key: &str) -> String {
     match cfg.get(key) {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+        Some(v) => v
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
         None => String::new(),
     }
 }
@@ -44,32 +51,57 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template"))
                 .and_then(|t| t.as_str())
-                .with_context(|| format!("{source}: field `chat_template` has no \"default\" entry"))?
+                .with_context(|| {
+                    format!("{source}: field `chat_template` has no \"default\" entry")
+                })?
                 .to_string(),
-            Some(other) => anyhow::bail!("{source}: field `chat_template` must be a string, got {other}"),
+            Some(other) => {
+                anyhow::bail!("{source}: field `chat_template` must be a string, got {other}")
+            }
         };
-        Self::new(&template, &special_token(cfg, "bos_token"), &special_token(cfg, "eos_token"), source).map(Some)
+        Self::new(
+            &template,
+            &special_token(cfg, "bos_token"),
+            &special_token(cfg, "eos_token"),
+            source,
+        )
+        .map(Some)
     }
 
     pub fn new(template: &str, bos_token: &str, eos_token: &str, source: &str) -> Result<Self> {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |_fmt: String| -> String {
             // Templates use it for "today's date" in system prompts; a fixed date keeps
             // rendering (and therefore training) reproducible.
             "01 Jan 2026".to_string()
         });
         env.add_template_owned("chat", template.to_string())
-            .map_err(|e| anyhow::anyhow!("{source}: field `chat_template` does not compile: {e}"))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+            .map_err(|e| {
+                anyhow::anyhow!("{source}: field `chat_template` does not compile: {e}")
+            })?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").expect("template added in new()");
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .expect("template added in new()");
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -5,7 +5,8 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Architectures whose math is the Llama stack this engine implements.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
 
 /// Llama-3-style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,29 +43,40 @@ fn get_usize(v: &Value, field: &str, file: &str) -> Result<usize> {
         .with_context(|| format!("{file}: missing field `{field}`"))?
         .as_u64()
         .map(|x| x as usize)
-        .with_context(|| format!("{file}: field `{field}` must be a non-negative integer, got {}", v[field]))
+        .with_context(|| {
+            format!(
+                "{file}: field `{field}` must be a non-negative integer, got {}",
+                v[field]
+            )
+        })
 }
 
 fn get_f64_or(v: &Value, field: &str, default: f64, file: &str) -> Result<f64> {
     match v.get(field) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().with_context(|| format!("{file}: field `{field}` must be a number, got {x}")),
+        Some(x) => x
+            .as_f64()
+            .with_context(|| format!("{file}: field `{field}` must be a number, got {x}")),
     }
 }
 
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => vec![],
     }
 }
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
         Self::from_json(&v, &path.display().to_string())
     }
 
@@ -73,7 +85,11 @@ impl LlamaConfig {
         let archs = v
             .get("architectures")
             .and_then(|a| a.as_array())
-            .with_context(|| format!("{file}: missing field `architectures` (a list such as [\"LlamaForCausalLM\"])"))?;
+            .with_context(|| {
+                format!(
+                    "{file}: missing field `architectures` (a list such as [\"LlamaForCausalLM\"])"
+                )
+            })?;
         let architecture = archs
             .first()
             .and_then(|a| a.as_str())
@@ -91,7 +107,10 @@ impl LlamaConfig {
             None | Some(Value::Null) => num_attention_heads,
             Some(_) => get_usize(v, "num_key_value_heads", file)?,
         };
-        if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || num_attention_heads % num_key_value_heads != 0
+        {
             bail!("{file}: field `num_key_value_heads` = {num_key_value_heads} must divide `num_attention_heads` = {num_attention_heads}");
         }
         let head_dim = match v.get("head_dim") {
@@ -109,7 +128,11 @@ impl LlamaConfig {
         let rope_scaling = match v.get("rope_scaling") {
             None | Some(Value::Null) => None,
             Some(rs) => {
-                let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+                let kind = rs
+                    .get("rope_type")
+                    .or_else(|| rs.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("");
                 match kind {
                     "llama3" => Some(Llama3RopeScaling {
                         factor: get_f64_or(rs, "factor", 8.0, file)?,
@@ -123,7 +146,10 @@ impl LlamaConfig {
             }
         };
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
-        let attention_bias = v.get("attention_bias").and_then(|b| b.as_bool()).unwrap_or(is_qwen2);
+        let attention_bias = v
+            .get("attention_bias")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(is_qwen2);
         let cfg = LlamaConfig {
             vocab_size: get_usize(v, "vocab_size", file)?,
             hidden_size,
@@ -135,8 +161,14 @@ impl LlamaConfig {
             rms_norm_eps: get_f64_or(v, "rms_norm_eps", 1e-6, file)?,
             rope_theta: get_f64_or(v, "rope_theta", 10000.0, file)?,
             rope_scaling,
-            max_position_embeddings: v.get("max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(4096) as usize,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|b| b.as_bool()).unwrap_or(false),
+            max_position_embeddings: v
+                .get("max_position_embeddings")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(4096) as usize,
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
             attention_bias,
             bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id")),
@@ -211,14 +243,16 @@ impl LlamaConfig {
                     None => base,
                     Some(rs) => {
                         let low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor;
-                        let high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor;
+                        let high_wavelen =
+                            rs.original_max_position_embeddings / rs.high_freq_factor;
                         let wavelen = 2.0 * std::f64::consts::PI / base;
                         if wavelen < high_wavelen {
                             base
                         } else if wavelen > low_wavelen {
                             base / rs.factor
                         } else {
-                            let smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor)
+                            let smooth = (rs.original_max_position_embeddings / wavelen
+                                - rs.low_freq_factor)
                                 / (rs.high_freq_factor - rs.low_freq_factor);
                             (1.0 - smooth) * base / rs.factor + smooth * base
                         }
@@ -232,8 +266,14 @@ impl LlamaConfig {
     /// Parameter count (embedding counted once when tied).
     pub fn num_params(&self) -> usize {
         let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let attn = d * self.q_dim() + 2 * d * self.kv_dim() + self.q_dim() * d
-            + if self.attention_bias { self.q_dim() + 2 * self.kv_dim() } else { 0 };
+        let attn = d * self.q_dim()
+            + 2 * d * self.kv_dim()
+            + self.q_dim() * d
+            + if self.attention_bias {
+                self.q_dim() + 2 * self.kv_dim()
+            } else {
+                0
+            };
         let layer = attn + 3 * d * f + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_hidden_layers * layer + d + head

@@ -23,7 +23,15 @@ pub fn init_params(cfg: &LlamaConfig, seed: u64, std: f32) -> Params<Vec<f32>> {
 }
 
 /// A small Llama config (used by tests and the default model builder).
-pub fn tiny_config(vocab: usize, hidden: usize, layers: usize, heads: usize, kv_heads: usize, intermediate: usize, max_pos: usize) -> LlamaConfig {
+pub fn tiny_config(
+    vocab: usize,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    intermediate: usize,
+    max_pos: usize,
+) -> LlamaConfig {
     LlamaConfig {
         architecture: "LlamaForCausalLM".into(),
         vocab_size: vocab,

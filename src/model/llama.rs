@@ -66,7 +66,11 @@ impl<B: Backend> Llama<B> {
     pub fn from_host(be: &B, cfg: LlamaConfig, host: &Params<Vec<f32>>) -> Result<Self> {
         let params = host.try_map(|t| be.upload(t))?;
         let inv_freq = be.upload(&cfg.rope_inv_freq())?;
-        Ok(Llama { cfg, params, inv_freq })
+        Ok(Llama {
+            cfg,
+            params,
+            inv_freq,
+        })
     }
 
     pub fn to_host(&self, be: &B) -> Result<Params<Vec<f32>>> {
@@ -84,7 +88,10 @@ impl<B: Backend> Llama<B> {
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            anyhow::bail!("token id {bad} is out of range for a model with vocab_size {}", self.cfg.vocab_size);
+            anyhow::bail!(
+                "token id {bad} is out of range for a model with vocab_size {}",
+                self.cfg.vocab_size
+            );
         }
         Ok(())
     }
@@ -92,13 +99,27 @@ impl<B: Backend> Llama<B> {
     /// Forward over `ids` laid out `[batch, seq]` (right-padded; padding may be any valid id).
     pub fn forward(&self, be: &B, ids: &[u32], batch: usize, seq: usize) -> Result<Forward<B>> {
         let c = &self.cfg;
-        ensure!(ids.len() == batch * seq, "forward: {} ids for batch {batch} × seq {seq}", ids.len());
-        ensure!(seq <= c.max_position_embeddings, "sequence of {seq} tokens exceeds max_position_embeddings {}", c.max_position_embeddings);
+        ensure!(
+            ids.len() == batch * seq,
+            "forward: {} ids for batch {batch} × seq {seq}",
+            ids.len()
+        );
+        ensure!(
+            seq <= c.max_position_embeddings,
+            "sequence of {seq} tokens exceeds max_position_embeddings {}",
+            c.max_position_embeddings
+        );
         self.check_ids(ids)?;
         let n = batch * seq;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         let eps = c.rms_norm_eps as f32;
-        let shape = AttnShape { batch, seq, n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let shape = AttnShape {
+            batch,
+            seq,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
         let ids_d = be.upload_ids(ids)?;
         let pos: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
         let positions = be.upload_ids(&pos)?;
@@ -113,16 +134,34 @@ impl<B: Backend> Llama<B> {
             be.linear_forward(&mut q, &n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
             be.linear_forward(&mut k, &n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
             be.linear_forward(&mut v, &n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-            be.rope_forward(&mut q, &positions, &self.inv_freq, n, c.num_attention_heads, c.head_dim)?;
-            be.rope_forward(&mut k, &positions, &self.inv_freq, n, c.num_key_value_heads, c.head_dim)?;
-            let (mut attn, mut lse) = (be.zeros(n * qd)?, be.zeros(batch * c.num_attention_heads * seq)?);
+            be.rope_forward(
+                &mut q,
+                &positions,
+                &self.inv_freq,
+                n,
+                c.num_attention_heads,
+                c.head_dim,
+            )?;
+            be.rope_forward(
+                &mut k,
+                &positions,
+                &self.inv_freq,
+                n,
+                c.num_key_value_heads,
+                c.head_dim,
+            )?;
+            let (mut attn, mut lse) = (
+                be.zeros(n * qd)?,
+                be.zeros(batch * c.num_attention_heads * seq)?,
+            );
             be.attention_forward(&mut attn, &mut lse, &q, &k, &v, shape)?;
             let mut h = be.zeros(n * d)?;
             be.linear_forward(&mut h, &attn, &lp.o_proj, None, n, qd, d)?;
             be.add_assign(&mut h, &x)?;
             let (mut rstd2, mut n2) = (be.zeros(n)?, be.zeros(n * d)?);
             be.rmsnorm_forward(&mut n2, &mut rstd2, &h, &lp.mlp_norm, n, d, eps)?;
-            let (mut gate, mut up, mut act) = (be.zeros(n * f)?, be.zeros(n * f)?, be.zeros(n * f)?);
+            let (mut gate, mut up, mut act) =
+                (be.zeros(n * f)?, be.zeros(n * f)?, be.zeros(n * f)?);
             be.linear_forward(&mut gate, &n2, &lp.gate_proj, None, n, d, f)?;
             be.linear_forward(&mut up, &n2, &lp.up_proj, None, n, d, f)?;
             be.swiglu_forward(&mut act, &gate, &up)?;
@@ -130,57 +169,215 @@ impl<B: Backend> Llama<B> {
             be.linear_forward(&mut y, &act, &lp.down_proj, None, n, f, d)?;
             be.add_assign(&mut y, &h)?;
             let x_in = std::mem::replace(&mut x, y);
-            layers.push(LayerActs { x_in, rstd1, n1, q, k, v, attn, lse, h, rstd2, n2, gate, up, act });
+            layers.push(LayerActs {
+                x_in,
+                rstd1,
+                n1,
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                h,
+                rstd2,
+                n2,
+                gate,
+                up,
+                act,
+            });
         }
         let (mut rstd_final, mut hidden) = (be.zeros(n)?, be.zeros(n * d)?);
-        be.rmsnorm_forward(&mut hidden, &mut rstd_final, &x, &self.params.final_norm, n, d, eps)?;
-        Ok(Forward { batch, seq, ids: ids_d, positions, layers, x_final: x, rstd_final, hidden })
+        be.rmsnorm_forward(
+            &mut hidden,
+            &mut rstd_final,
+            &x,
+            &self.params.final_norm,
+            n,
+            d,
+            eps,
+        )?;
+        Ok(Forward {
+            batch,
+            seq,
+            ids: ids_d,
+            positions,
+            layers,
+            x_final: x,
+            rstd_final,
+            hidden,
+        })
     }
 
     /// Backward from `dhidden` (gradient of the loss w.r.t. the final normed hidden states);
     /// accumulates every parameter gradient into `grads`. The head's own gradient
     /// (lm_head / tied embedding) is accumulated by the caller's `fused_logprob_backward`.
-    pub fn backward(&self, be: &B, fwd: &Forward<B>, dhidden: &B::Buf, grads: &mut Params<B::Buf>) -> Result<()> {
+    pub fn backward(
+        &self,
+        be: &B,
+        fwd: &Forward<B>,
+        dhidden: &B::Buf,
+        grads: &mut Params<B::Buf>,
+    ) -> Result<()> {
         let c = &self.cfg;
         let (batch, seq) = (fwd.batch, fwd.seq);
         let n = batch * seq;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let shape = AttnShape { batch, seq, n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let shape = AttnShape {
+            batch,
+            seq,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
 
         // dx: gradient w.r.t. the residual stream entering the current point.
         let mut dx = be.zeros(n * d)?;
-        be.rmsnorm_backward(&mut dx, &mut grads.final_norm, dhidden, &fwd.x_final, &self.params.final_norm, &fwd.rstd_final, n, d)?;
+        be.rmsnorm_backward(
+            &mut dx,
+            &mut grads.final_norm,
+            dhidden,
+            &fwd.x_final,
+            &self.params.final_norm,
+            &fwd.rstd_final,
+            n,
+            d,
+        )?;
         let mut tmp_d = be.zeros(n * d)?;
         for (l, a) in fwd.layers.iter().enumerate().rev() {
             let lp: &LayerParams<B::Buf> = &self.params.layers[l];
             let g = &mut grads.layers[l];
             // MLP: y = h + down(act)
             let mut dact = be.zeros(n * f)?;
-            be.linear_backward(Some(&mut dact), &mut g.down_proj, None, &dx, &a.act, &lp.down_proj, n, f, d)?;
+            be.linear_backward(
+                Some(&mut dact),
+                &mut g.down_proj,
+                None,
+                &dx,
+                &a.act,
+                &lp.down_proj,
+                n,
+                f,
+                d,
+            )?;
             let (mut dgate, mut dup) = (be.zeros(n * f)?, be.zeros(n * f)?);
             be.swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up)?;
             drop(dact);
             let mut dn2 = be.zeros(n * d)?;
-            be.linear_backward(Some(&mut dn2), &mut g.gate_proj, None, &dgate, &a.n2, &lp.gate_proj, n, d, f)?;
-            be.linear_backward(Some(&mut tmp_d), &mut g.up_proj, None, &dup, &a.n2, &lp.up_proj, n, d, f)?;
+            be.linear_backward(
+                Some(&mut dn2),
+                &mut g.gate_proj,
+                None,
+                &dgate,
+                &a.n2,
+                &lp.gate_proj,
+                n,
+                d,
+                f,
+            )?;
+            be.linear_backward(
+                Some(&mut tmp_d),
+                &mut g.up_proj,
+                None,
+                &dup,
+                &a.n2,
+                &lp.up_proj,
+                n,
+                d,
+                f,
+            )?;
             be.add_assign(&mut dn2, &tmp_d)?;
-            be.rmsnorm_backward(&mut tmp_d, &mut g.mlp_norm, &dn2, &a.h, &lp.mlp_norm, &a.rstd2, n, d)?;
+            be.rmsnorm_backward(
+                &mut tmp_d,
+                &mut g.mlp_norm,
+                &dn2,
+                &a.h,
+                &lp.mlp_norm,
+                &a.rstd2,
+                n,
+                d,
+            )?;
             be.add_assign(&mut dx, &tmp_d)?; // dx is now d(h)
-            // Attention: h = x_in + o(attn)
+                                             // Attention: h = x_in + o(attn)
             let mut dattn = be.zeros(n * qd)?;
-            be.linear_backward(Some(&mut dattn), &mut g.o_proj, None, &dx, &a.attn, &lp.o_proj, n, qd, d)?;
-            let (mut dq, mut dk, mut dv) = (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?);
-            be.attention_backward(&mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, shape)?;
+            be.linear_backward(
+                Some(&mut dattn),
+                &mut g.o_proj,
+                None,
+                &dx,
+                &a.attn,
+                &lp.o_proj,
+                n,
+                qd,
+                d,
+            )?;
+            let (mut dq, mut dk, mut dv) =
+                (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?);
+            be.attention_backward(
+                &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, shape,
+            )?;
             drop(dattn);
-            be.rope_backward(&mut dq, &fwd.positions, &self.inv_freq, n, c.num_attention_heads, c.head_dim)?;
-            be.rope_backward(&mut dk, &fwd.positions, &self.inv_freq, n, c.num_key_value_heads, c.head_dim)?;
+            be.rope_backward(
+                &mut dq,
+                &fwd.positions,
+                &self.inv_freq,
+                n,
+                c.num_attention_heads,
+                c.head_dim,
+            )?;
+            be.rope_backward(
+                &mut dk,
+                &fwd.positions,
+                &self.inv_freq,
+                n,
+                c.num_key_value_heads,
+                c.head_dim,
+            )?;
             let mut dn1 = be.zeros(n * d)?;
-            be.linear_backward(Some(&mut dn1), &mut g.q_proj, g.q_bias.as_mut(), &dq, &a.n1, &lp.q_proj, n, d, qd)?;
-            be.linear_backward(Some(&mut tmp_d), &mut g.k_proj, g.k_bias.as_mut(), &dk, &a.n1, &lp.k_proj, n, d, kvd)?;
+            be.linear_backward(
+                Some(&mut dn1),
+                &mut g.q_proj,
+                g.q_bias.as_mut(),
+                &dq,
+                &a.n1,
+                &lp.q_proj,
+                n,
+                d,
+                qd,
+            )?;
+            be.linear_backward(
+                Some(&mut tmp_d),
+                &mut g.k_proj,
+                g.k_bias.as_mut(),
+                &dk,
+                &a.n1,
+                &lp.k_proj,
+                n,
+                d,
+                kvd,
+            )?;
             be.add_assign(&mut dn1, &tmp_d)?;
-            be.linear_backward(Some(&mut tmp_d), &mut g.v_proj, g.v_bias.as_mut(), &dv, &a.n1, &lp.v_proj, n, d, kvd)?;
+            be.linear_backward(
+                Some(&mut tmp_d),
+                &mut g.v_proj,
+                g.v_bias.as_mut(),
+                &dv,
+                &a.n1,
+                &lp.v_proj,
+                n,
+                d,
+                kvd,
+            )?;
             be.add_assign(&mut dn1, &tmp_d)?;
-            be.rmsnorm_backward(&mut tmp_d, &mut g.attn_norm, &dn1, &a.x_in, &lp.attn_norm, &a.rstd1, n, d)?;
+            be.rmsnorm_backward(
+                &mut tmp_d,
+                &mut g.attn_norm,
+                &dn1,
+                &a.x_in,
+                &lp.attn_norm,
+                &a.rstd1,
+                n,
+                d,
+            )?;
             be.add_assign(&mut dx, &tmp_d)?; // dx is now d(x_in)
         }
         be.embedding_backward(&mut grads.embed, &dx, &fwd.ids, n, d)?;
@@ -189,21 +386,59 @@ impl<B: Backend> Llama<B> {
 
     /// Per-position log-probs of `targets` (`[batch·seq]`) under `softmax(logits/temperature)`,
     /// with the entropy, via the fused head. Returns (logp, entropy, lse) device buffers.
-    pub fn token_logprobs(&self, be: &B, fwd: &Forward<B>, targets: &B::Ids, temperature: f32) -> Result<(B::Buf, B::Buf, B::Buf)> {
+    pub fn token_logprobs(
+        &self,
+        be: &B,
+        fwd: &Forward<B>,
+        targets: &B::Ids,
+        temperature: f32,
+    ) -> Result<(B::Buf, B::Buf, B::Buf)> {
         let n = fwd.batch * fwd.seq;
         let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
-        be.fused_logprob_forward(&mut logp, &mut ent, &mut lse, &fwd.hidden, self.lm_head(), targets, n, self.cfg.hidden_size, self.cfg.vocab_size, temperature)?;
+        be.fused_logprob_forward(
+            &mut logp,
+            &mut ent,
+            &mut lse,
+            &fwd.hidden,
+            self.lm_head(),
+            targets,
+            n,
+            self.cfg.hidden_size,
+            self.cfg.vocab_size,
+            temperature,
+        )?;
         Ok((logp, ent, lse))
     }
 
     /// Backward of [`Llama::token_logprobs`] then of the whole stack: `dlogp [batch·seq]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn logprob_backward(&self, be: &B, fwd: &Forward<B>, targets: &B::Ids, lse: &B::Buf, dlogp: &B::Buf, temperature: f32, grads: &mut Params<B::Buf>) -> Result<()> {
+    pub fn logprob_backward(
+        &self,
+        be: &B,
+        fwd: &Forward<B>,
+        targets: &B::Ids,
+        lse: &B::Buf,
+        dlogp: &B::Buf,
+        temperature: f32,
+        grads: &mut Params<B::Buf>,
+    ) -> Result<()> {
         let n = fwd.batch * fwd.seq;
         let d = self.cfg.hidden_size;
         let mut dhidden = be.zeros(n * d)?;
         let dw = grads.lm_head.as_mut().unwrap_or(&mut grads.embed);
-        be.fused_logprob_backward(&mut dhidden, dw, dlogp, &fwd.hidden, self.lm_head(), targets, lse, n, d, self.cfg.vocab_size, temperature)?;
+        be.fused_logprob_backward(
+            &mut dhidden,
+            dw,
+            dlogp,
+            &fwd.hidden,
+            self.lm_head(),
+            targets,
+            lse,
+            n,
+            d,
+            self.cfg.vocab_size,
+            temperature,
+        )?;
         self.backward(be, fwd, &dhidden, grads)
     }
 
@@ -216,7 +451,15 @@ impl<B: Backend> Llama<B> {
             be.copy(&mut sel, i * d, hidden, r * d, d)?;
         }
         let mut logits = be.zeros(rows.len() * self.cfg.vocab_size)?;
-        be.linear_forward(&mut logits, &sel, self.lm_head(), None, rows.len(), d, self.cfg.vocab_size)?;
+        be.linear_forward(
+            &mut logits,
+            &sel,
+            self.lm_head(),
+            None,
+            rows.len(),
+            d,
+            self.cfg.vocab_size,
+        )?;
         Ok(logits)
     }
 
@@ -228,17 +471,34 @@ impl<B: Backend> Llama<B> {
             k.push(be.zeros(size)?);
             v.push(be.zeros(size)?);
         }
-        Ok(KvCache { k, v, slots, capacity })
+        Ok(KvCache {
+            k,
+            v,
+            slots,
+            capacity,
+        })
     }
 
     /// Runs the prompts (right-padded into one batch) through the full forward, copies each
     /// prompt's keys/values into its cache slot, and returns the logits of each prompt's last
     /// token `[prompts, vocab]`.
     pub fn prefill(&self, be: &B, cache: &mut KvCache<B>, prompts: &[Vec<u32>]) -> Result<B::Buf> {
-        ensure!(prompts.len() <= cache.slots, "prefill: {} prompts for {} cache slots", prompts.len(), cache.slots);
-        ensure!(prompts.iter().all(|p| !p.is_empty()), "prefill: empty prompt");
+        ensure!(
+            prompts.len() <= cache.slots,
+            "prefill: {} prompts for {} cache slots",
+            prompts.len(),
+            cache.slots
+        );
+        ensure!(
+            prompts.iter().all(|p| !p.is_empty()),
+            "prefill: empty prompt"
+        );
         let seq = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
-        ensure!(seq <= cache.capacity, "prompt of {seq} tokens does not fit the cache capacity {}", cache.capacity);
+        ensure!(
+            seq <= cache.capacity,
+            "prompt of {seq} tokens does not fit the cache capacity {}",
+            cache.capacity
+        );
         let mut ids = vec![0u32; prompts.len() * seq];
         for (b, p) in prompts.iter().enumerate() {
             ids[b * seq..b * seq + p.len()].copy_from_slice(p);
@@ -253,37 +513,85 @@ impl<B: Backend> Llama<B> {
                 be.copy(&mut cache.v[l], dst, v, b * seq * kvd, p.len() * kvd)?;
             }
         }
-        let rows: Vec<usize> = prompts.iter().enumerate().map(|(b, p)| b * seq + p.len() - 1).collect();
+        let rows: Vec<usize> = prompts
+            .iter()
+            .enumerate()
+            .map(|(b, p)| b * seq + p.len() - 1)
+            .collect();
         self.logits_rows(be, &fwd.hidden, &rows)
     }
 
     /// One decode step: `tokens[b]` sits at `positions[b]` of slot `b` (slots `0..tokens.len()`).
     /// Returns logits `[tokens.len(), vocab]`.
-    pub fn decode_step(&self, be: &B, cache: &mut KvCache<B>, tokens: &[u32], positions: &[u32]) -> Result<B::Buf> {
+    pub fn decode_step(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        tokens: &[u32],
+        positions: &[u32],
+    ) -> Result<B::Buf> {
         let c = &self.cfg;
         let n = tokens.len();
-        ensure!(n == positions.len() && n <= cache.slots, "decode_step: {n} tokens, {} positions, {} slots", positions.len(), cache.slots);
+        ensure!(
+            n == positions.len() && n <= cache.slots,
+            "decode_step: {n} tokens, {} positions, {} slots",
+            positions.len(),
+            cache.slots
+        );
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= cache.capacity) {
-            anyhow::bail!("decode_step: position {p} is beyond the cache capacity {}", cache.capacity);
+            anyhow::bail!(
+                "decode_step: position {p} is beyond the cache capacity {}",
+                cache.capacity
+            );
         }
         self.check_ids(tokens)?;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         let eps = c.rms_norm_eps as f32;
-        let shape = DecodeShape { batch: n, capacity: cache.capacity, n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let shape = DecodeShape {
+            batch: n,
+            capacity: cache.capacity,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
         let ids_d = be.upload_ids(tokens)?;
         let pos_d = be.upload_ids(positions)?;
         let mut x = be.zeros(n * d)?;
         be.embedding_forward(&mut x, &self.params.embed, &ids_d, n, d)?;
         let (mut rstd, mut nx) = (be.zeros(n)?, be.zeros(n * d)?);
-        let (mut q, mut k, mut v, mut attn) = (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?, be.zeros(n * qd)?);
-        let (mut gate, mut up, mut act, mut tmp) = (be.zeros(n * f)?, be.zeros(n * f)?, be.zeros(n * f)?, be.zeros(n * d)?);
+        let (mut q, mut k, mut v, mut attn) = (
+            be.zeros(n * qd)?,
+            be.zeros(n * kvd)?,
+            be.zeros(n * kvd)?,
+            be.zeros(n * qd)?,
+        );
+        let (mut gate, mut up, mut act, mut tmp) = (
+            be.zeros(n * f)?,
+            be.zeros(n * f)?,
+            be.zeros(n * f)?,
+            be.zeros(n * d)?,
+        );
         for (l, lp) in self.params.layers.iter().enumerate() {
             be.rmsnorm_forward(&mut nx, &mut rstd, &x, &lp.attn_norm, n, d, eps)?;
             be.linear_forward(&mut q, &nx, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
             be.linear_forward(&mut k, &nx, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
             be.linear_forward(&mut v, &nx, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-            be.rope_forward(&mut q, &pos_d, &self.inv_freq, n, c.num_attention_heads, c.head_dim)?;
-            be.rope_forward(&mut k, &pos_d, &self.inv_freq, n, c.num_key_value_heads, c.head_dim)?;
+            be.rope_forward(
+                &mut q,
+                &pos_d,
+                &self.inv_freq,
+                n,
+                c.num_attention_heads,
+                c.head_dim,
+            )?;
+            be.rope_forward(
+                &mut k,
+                &pos_d,
+                &self.inv_freq,
+                n,
+                c.num_key_value_heads,
+                c.head_dim,
+            )?;
             be.kv_cache_write(&mut cache.k[l], &mut cache.v[l], &k, &v, &pos_d, shape)?;
             be.decode_attention(&mut attn, &q, &cache.k[l], &cache.v[l], &pos_d, shape)?;
             be.linear_forward(&mut tmp, &attn, &lp.o_proj, None, n, qd, d)?;

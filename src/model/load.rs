@@ -5,7 +5,7 @@ use super::chat::{ChatTemplate, CHATML_TEMPLATE};
 use super::config::LlamaConfig;
 use super::tokenizer::{read_tokenizer_config, Tokenizer};
 use super::weights::{load_params, Params, SafetensorsDir};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 pub struct LoadedModel {
@@ -27,7 +27,12 @@ impl LoadedModel {
             Some(v) => v.get("content").and_then(|c| c.as_str()).map(String::from),
             None => None,
         };
-        for t in eos_tok.iter().map(String::as_str).chain(["<|im_end|>", "<|eot_id|>", "<|endoftext|>"]) {
+        for t in
+            eos_tok
+                .iter()
+                .map(String::as_str)
+                .chain(["<|im_end|>", "<|eot_id|>", "<|endoftext|>"])
+        {
             if let Some(id) = self.tokenizer.token_to_id(t) {
                 if (id as usize) < self.cfg.vocab_size && !ids.contains(&id) {
                     ids.push(id);
@@ -41,7 +46,10 @@ impl LoadedModel {
 /// Loads a model directory or a `.gguf` file, checking that tokenizer and model agree.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if !path.exists() {
-        anyhow::bail!("{}: no such file or directory (expected a model directory or a .gguf file)", path.display());
+        anyhow::bail!(
+            "{}: no such file or directory (expected a model directory or a .gguf file)",
+            path.display()
+        );
     }
     if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
         return load_gguf(path);
@@ -56,7 +64,14 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     let params = load_params(&cfg, &st)?;
     let tc_src = path.join("tokenizer_config.json").display().to_string();
     let chat = chat_or_default(&tokenizer_config, &tc_src)?;
-    Ok(LoadedModel { cfg, params, tokenizer, chat, tokenizer_config, source: path.to_path_buf() })
+    Ok(LoadedModel {
+        cfg,
+        params,
+        tokenizer,
+        chat,
+        tokenizer_config,
+        source: path.to_path_buf(),
+    })
 }
 
 fn chat_or_default(tokenizer_config: &serde_json::Value, source: &str) -> Result<ChatTemplate> {
@@ -69,4 +84,3 @@ fn chat_or_default(tokenizer_config: &serde_json::Value, source: &str) -> Result
 fn load_gguf(path: &Path) -> Result<LoadedModel> {
     anyhow::bail!("{}: GGUF loading is not wired yet", path.display())
 }
-

@@ -14,14 +14,20 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer ({e})", path.display()))?;
-        Ok(Tokenizer { inner, source: path.display().to_string() })
+        Ok(Tokenizer {
+            inner,
+            source: path.display().to_string(),
+        })
     }
 
     pub fn from_json_str(json: &str, source: &str) -> Result<Self> {
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| anyhow::anyhow!("{source}: cannot load tokenizer ({e})"))?;
-        Ok(Tokenizer { inner, source: source.to_string() })
+        Ok(Tokenizer {
+            inner,
+            source: source.to_string(),
+        })
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {
@@ -35,7 +41,12 @@ impl Tokenizer {
 
     /// The largest id the tokenizer can produce, plus one.
     pub fn id_bound(&self) -> usize {
-        self.inner.get_vocab(true).values().map(|&i| i as usize + 1).max().unwrap_or(0)
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&i| i as usize + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// `add_special_tokens` runs the post-processor (e.g. adds BOS where the tokenizer defines it).
@@ -81,6 +92,7 @@ pub fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Value> {
     if !path.exists() {
         return Ok(serde_json::json!({}));
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }

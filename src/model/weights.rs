@@ -114,7 +114,11 @@ impl<T> Params<T> {
     pub fn try_map<U>(&self, mut f: impl FnMut(&T) -> Result<U>) -> Result<Params<U>> {
         Ok(Params {
             embed: f(&self.embed)?,
-            layers: self.layers.iter().map(|l| l.try_map(&mut f)).collect::<Result<_>>()?,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.try_map(&mut f))
+                .collect::<Result<_>>()?,
             final_norm: f(&self.final_norm)?,
             lm_head: self.lm_head.as_ref().map(&mut f).transpose()?,
         })
@@ -130,7 +134,10 @@ impl Params<TensorSpec> {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
-                let bias = |n: &str, len: usize| cfg.attention_bias.then(|| t(format!("{p}.self_attn.{n}.bias"), vec![len]));
+                let bias = |n: &str, len: usize| {
+                    cfg.attention_bias
+                        .then(|| t(format!("{p}.self_attn.{n}.bias"), vec![len]))
+                };
                 LayerParams {
                     attn_norm: t(format!("{p}.input_layernorm.weight"), vec![d]),
                     q_proj: t(format!("{p}.self_attn.q_proj.weight"), vec![qd, d]),
@@ -151,7 +158,8 @@ impl Params<TensorSpec> {
             embed: t("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d]),
             layers,
             final_norm: t("model.norm.weight".into(), vec![d]),
-            lm_head: (!cfg.tie_word_embeddings).then(|| t("lm_head.weight".into(), vec![cfg.vocab_size, d])),
+            lm_head: (!cfg.tie_word_embeddings)
+                .then(|| t("lm_head.weight".into(), vec![cfg.vocab_size, d])),
         }
     }
 }
@@ -166,11 +174,22 @@ pub trait TensorSource {
 /// Loads every parameter of `cfg` from `src`, checking names and shapes.
 pub fn load_params(cfg: &LlamaConfig, src: &dyn TensorSource) -> Result<Params<Vec<f32>>> {
     Params::spec(cfg).try_map(|s| {
-        let (shape, data) = src
-            .get(&s.name)?
-            .with_context(|| format!("{}: missing tensor `{}` (expected shape {:?})", src.describe(), s.name, s.shape))?;
+        let (shape, data) = src.get(&s.name)?.with_context(|| {
+            format!(
+                "{}: missing tensor `{}` (expected shape {:?})",
+                src.describe(),
+                s.name,
+                s.shape
+            )
+        })?;
         if shape != s.shape {
-            bail!("{}: tensor `{}` has shape {:?}, the config needs {:?}", src.describe(), s.name, shape, s.shape);
+            bail!(
+                "{}: tensor `{}` has shape {:?}, the config needs {:?}",
+                src.describe(),
+                s.name,
+                shape,
+                s.shape
+            );
         }
         Ok(data)
     })
@@ -192,30 +211,40 @@ impl SafetensorsDir {
         let shard_names: Vec<String> = if single.exists() {
             vec!["model.safetensors".into()]
         } else if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+            let text = std::fs::read_to_string(&index_path)
+                .with_context(|| format!("cannot read {}", index_path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .with_context(|| format!("{}: missing field `weight_map`", index_path.display()))?;
-            let mut names: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
             names.sort();
             names.dedup();
             names
         } else {
-            bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
+            bail!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            );
         };
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
         for name in shard_names {
             let path = dir.join(&name);
-            let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the file is opened read-only; we only read it while the map is alive. A
             // concurrent truncation by another process would be a user error we cannot prevent.
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+            let mmap = unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
+            })?;
             for n in st.names() {
                 index.insert(n.to_string(), files.len());
             }
@@ -245,23 +274,43 @@ impl SafetensorsDir {
 
 /// Converts raw little-endian bytes of a safetensors dtype to f32.
 pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8], what: &str) -> Result<Vec<f32>> {
-    let chunks2 = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let chunks2 = || {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
     Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => chunks2().map(|b| half::f16::from_bits(b).to_f32()).collect(),
-        Dtype::BF16 => chunks2().map(|b| half::bf16::from_bits(b).to_f32()).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => chunks2()
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect(),
+        Dtype::BF16 => chunks2()
+            .map(|b| half::bf16::from_bits(b).to_f32())
+            .collect(),
         other => bail!("{what}: dtype {other:?} is not supported (supported: F32, F16, BF16)"),
     })
 }
 
 impl TensorSource for SafetensorsDir {
     fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        let Some(&i) = self.index.get(name) else { return Ok(None) };
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
         let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
-        let view = st.tensor(name).map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
-        let data = bytes_to_f32(view.dtype(), view.data(), &format!("{}: tensor `{name}`", path.display()))?;
+        let st = SafeTensors::deserialize(mmap).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
+        })?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
+        let data = bytes_to_f32(
+            view.dtype(),
+            view.data(),
+            &format!("{}: tensor `{name}`", path.display()),
+        )?;
         Ok(Some((view.shape().to_vec(), data)))
     }
     fn describe(&self) -> String {
@@ -288,20 +337,30 @@ impl TensorSource for InMemoryTensors {
 }
 
 /// Writes parameters as an f32 `model.safetensors` (HF names), atomically (temp + rename).
-pub fn save_params_safetensors(cfg: &LlamaConfig, params: &Params<Vec<f32>>, path: &Path) -> Result<()> {
+pub fn save_params_safetensors(
+    cfg: &LlamaConfig,
+    params: &Params<Vec<f32>>,
+    path: &Path,
+) -> Result<()> {
     let spec = Params::spec(cfg);
     let views: Vec<(String, safetensors::tensor::TensorView)> = spec
         .tensors()
         .into_iter()
         .zip(params.tensors())
         .map(|(s, data)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, s.shape.clone(), bytemuck::cast_slice(data))
-                .map_err(|e| anyhow::anyhow!("tensor `{}`: {e}", s.name))?;
+            let view = safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                s.shape.clone(),
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| anyhow::anyhow!("tensor `{}`: {e}", s.name))?;
             Ok((s.name.clone(), view))
         })
         .collect::<Result<_>>()?;
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, &None, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    safetensors::serialize_to_file(views, &None, &tmp)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -20,7 +20,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 64 }
+        SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 64,
+        }
     }
 }
 
@@ -50,7 +55,11 @@ pub fn generate<B: Backend, R: Rng>(
     let mut tokens = vec![Vec::new(); n];
     let mut stopped = vec![false; n];
     if n == 0 || cfg.max_new_tokens == 0 {
-        return Ok(Generation { tokens, stopped, steps: 0 });
+        return Ok(Generation {
+            tokens,
+            stopped,
+            steps: 0,
+        });
     }
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let capacity = longest + cfg.max_new_tokens;
@@ -66,7 +75,15 @@ pub fn generate<B: Backend, R: Rng>(
     let mut steps = 0;
     loop {
         let uniforms: Vec<f32> = (0..n).map(|_| rng.gen::<f32>()).collect();
-        let next = be.sample(&logits, &uniforms, n, vocab, cfg.temperature, cfg.top_p, cfg.top_k)?;
+        let next = be.sample(
+            &logits,
+            &uniforms,
+            n,
+            vocab,
+            cfg.temperature,
+            cfg.top_p,
+            cfg.top_k,
+        )?;
         let mut all_done = true;
         for (i, &t) in next.iter().enumerate() {
             if stopped[i] || tokens[i].len() >= cfg.max_new_tokens {
@@ -94,5 +111,9 @@ pub fn generate<B: Backend, R: Rng>(
             }
         }
     }
-    Ok(Generation { tokens, stopped, steps })
+    Ok(Generation {
+        tokens,
+        stopped,
+        steps,
+    })
 }

@@ -34,7 +34,18 @@ pub fn random_params(cfg: &LlamaConfig, seed: u64) -> Params<Vec<f32>> {
     p.try_map(|t| {
         k += 1;
         // perturb norms/biases deterministically away from 1/0
-        Ok(t.iter().enumerate().map(|(i, &x)| if x == 1.0 { 1.0 + 0.1 * (((i as u32 * 7 + k) % 11) as f32 / 11.0 - 0.5) } else if x == 0.0 { 0.05 * (((i as u32 * 13 + k) % 7) as f32 / 7.0 - 0.5) } else { x }).collect())
+        Ok(t.iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if x == 1.0 {
+                    1.0 + 0.1 * (((i as u32 * 7 + k) % 11) as f32 / 11.0 - 0.5)
+                } else if x == 0.0 {
+                    0.05 * (((i as u32 * 13 + k) % 7) as f32 / 7.0 - 0.5)
+                } else {
+                    x
+                }
+            })
+            .collect())
     })
     .unwrap()
 }
@@ -48,9 +59,17 @@ pub fn write_tiny_model_dir(dir: &Path, bias: bool, tied: bool) -> LlamaConfig {
     let mut cfg = tiny_cfg(vocab, bias, tied);
     cfg.eos_token_ids = vec![tok.token_to_id("<|im_end|>").unwrap()];
     let params = random_params(&cfg, 7);
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap(),
+    )
+    .unwrap();
     save_params_safetensors(&cfg, &params, &dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tok.inner().to_string(true).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        tok.inner().to_string(true).unwrap(),
+    )
+    .unwrap();
     let tc = serde_json::json!({
         "chat_template": cada::model::chat::CHATML_TEMPLATE,
         "eos_token": "<|im_end|>",

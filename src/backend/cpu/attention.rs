@@ -10,8 +10,21 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Writes `out [B·T, Hq·hd]` and `lse [B, Hq, T]`.
-pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape) {
-    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: hd } = s;
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+) {
+    let AttnShape {
+        batch,
+        seq,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = s;
     let (qs, ks) = (n_heads * hd, n_kv_heads * hd);
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -57,8 +70,25 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
 
 /// Writes `dq, dk, dv`. One task per (b, kv head) so the GQA sums into dk/dv need no locks.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], q: &[f32], k: &[f32], v: &[f32], out: &[f32], lse: &[f32], s: AttnShape) {
-    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: hd } = s;
+pub fn attention_backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    s: AttnShape,
+) {
+    let AttnShape {
+        batch,
+        seq,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = s;
     let (qs, ks) = (n_heads * hd, n_kv_heads * hd);
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -86,8 +116,14 @@ pub fn attention_backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: 
                         let dp = dot(dot_t, vj);
                         let ds = p * (dp - d_t) * scale;
                         gqt.iter_mut().zip(kj).for_each(|(a, x)| *a += ds * x);
-                        gk[j * hd..(j + 1) * hd].iter_mut().zip(qt).for_each(|(a, x)| *a += ds * x);
-                        gv[j * hd..(j + 1) * hd].iter_mut().zip(dot_t).for_each(|(a, x)| *a += p * x);
+                        gk[j * hd..(j + 1) * hd]
+                            .iter_mut()
+                            .zip(qt)
+                            .for_each(|(a, x)| *a += ds * x);
+                        gv[j * hd..(j + 1) * hd]
+                            .iter_mut()
+                            .zip(dot_t)
+                            .for_each(|(a, x)| *a += p * x);
                     }
                 }
             }
@@ -99,7 +135,8 @@ pub fn attention_backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: 
         for t in 0..seq {
             for g in 0..group {
                 let h = kh * group + g;
-                dq[(b * seq + t) * qs + h * hd..][..hd].copy_from_slice(&gq[(g * seq + t) * hd..][..hd]);
+                dq[(b * seq + t) * qs + h * hd..][..hd]
+                    .copy_from_slice(&gq[(g * seq + t) * hd..][..hd]);
             }
             dk[(b * seq + t) * ks + kh * hd..][..hd].copy_from_slice(&gk[t * hd..(t + 1) * hd]);
             dv[(b * seq + t) * ks + kh * hd..][..hd].copy_from_slice(&gv[t * hd..(t + 1) * hd]);
@@ -108,7 +145,14 @@ pub fn attention_backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: 
 }
 
 /// Row `b` of `k, v [batch, Hkv·hd]` goes to slot `b`, position `positions[b]`.
-pub fn kv_cache_write(k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[f32], positions: &[u32], s: DecodeShape) {
+pub fn kv_cache_write(
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    k: &[f32],
+    v: &[f32],
+    positions: &[u32],
+    s: DecodeShape,
+) {
     let kvd = s.n_kv_heads * s.head_dim;
     for b in 0..s.batch {
         let dst = (b * s.capacity + positions[b] as usize) * kvd;
@@ -118,31 +162,49 @@ pub fn kv_cache_write(k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[
 }
 
 /// `q [batch, Hq·hd]` attends to positions `0..=positions[b]` of slot `b`.
-pub fn decode_attention(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], positions: &[u32], s: DecodeShape) {
-    let DecodeShape { batch, capacity, n_heads, n_kv_heads, head_dim: hd } = s;
+pub fn decode_attention(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    positions: &[u32],
+    s: DecodeShape,
+) {
+    let DecodeShape {
+        batch,
+        capacity,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = s;
     let (qs, kvd) = (n_heads * hd, n_kv_heads * hd);
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out[..batch * qs].par_chunks_mut(qs).enumerate().for_each(|(b, orow)| {
-        let len = positions[b] as usize + 1;
-        let mut scores = vec![0f32; len];
-        for h in 0..n_heads {
-            let kh = h / group;
-            let qh = &q[b * qs + h * hd..][..hd];
-            let mut m = f32::NEG_INFINITY;
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(qh, &k_cache[(b * capacity + j) * kvd + kh * hd..][..hd]) * scale;
-                m = m.max(*sc);
+    out[..batch * qs]
+        .par_chunks_mut(qs)
+        .enumerate()
+        .for_each(|(b, orow)| {
+            let len = positions[b] as usize + 1;
+            let mut scores = vec![0f32; len];
+            for h in 0..n_heads {
+                let kh = h / group;
+                let qh = &q[b * qs + h * hd..][..hd];
+                let mut m = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    *sc = dot(qh, &k_cache[(b * capacity + j) * kvd + kh * hd..][..hd]) * scale;
+                    m = m.max(*sc);
+                }
+                let o = &mut orow[h * hd..(h + 1) * hd];
+                o.iter_mut().for_each(|x| *x = 0.0);
+                let mut sum = 0f32;
+                for (j, &sc) in scores.iter().enumerate() {
+                    let p = (sc - m).exp();
+                    sum += p;
+                    o.iter_mut()
+                        .zip(&v_cache[(b * capacity + j) * kvd + kh * hd..][..hd])
+                        .for_each(|(a, x)| *a += p * x);
+                }
+                o.iter_mut().for_each(|x| *x /= sum);
             }
-            let o = &mut orow[h * hd..(h + 1) * hd];
-            o.iter_mut().for_each(|x| *x = 0.0);
-            let mut sum = 0f32;
-            for (j, &sc) in scores.iter().enumerate() {
-                let p = (sc - m).exp();
-                sum += p;
-                o.iter_mut().zip(&v_cache[(b * capacity + j) * kvd + kh * hd..][..hd]).for_each(|(a, x)| *a += p * x);
-            }
-            o.iter_mut().for_each(|x| *x /= sum);
-        }
-    });
+        });
 }

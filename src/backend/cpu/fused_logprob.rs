@@ -22,7 +22,18 @@ pub fn backward_chunk(n: usize) -> usize {
 
 /// Writes `logp[n]`, `entropy[n]`, `lse[n]`.
 #[allow(clippy::too_many_arguments)]
-pub fn fused_logprob_forward(logp: &mut [f32], entropy: &mut [f32], lse: &mut [f32], hidden: &[f32], w: &[f32], targets: &[u32], n: usize, dim: usize, vocab: usize, temperature: f32) {
+pub fn fused_logprob_forward(
+    logp: &mut [f32],
+    entropy: &mut [f32],
+    lse: &mut [f32],
+    hidden: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    n: usize,
+    dim: usize,
+    vocab: usize,
+    temperature: f32,
+) {
     let chunk = forward_chunk().min(vocab);
     let inv_t = 1.0 / temperature;
     logp[..n]
@@ -50,7 +61,11 @@ pub fn fused_logprob_forward(logp: &mut [f32], entropy: &mut [f32], lse: &mut [f
                     zr.iter_mut().for_each(|x| *x *= inv_t);
                     let cm = zr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let nm = m[r].max(cm);
-                    let rescale = if m[r] == f32::NEG_INFINITY { 0.0 } else { (m[r] - nm).exp() };
+                    let rescale = if m[r] == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (m[r] - nm).exp()
+                    };
                     let (mut a0, mut a1) = (0f32, 0f32);
                     for &x in zr.iter() {
                         let e = (x - nm).exp();
@@ -81,14 +96,41 @@ pub fn fused_logprob_forward(logp: &mut [f32], entropy: &mut [f32], lse: &mut [f
 fn matmul_rows(out: &mut [f32], h: &[f32], w: &[f32], rows: usize, dim: usize, c: usize) {
     // SAFETY: slices cover rows×dim, c×dim and rows×c elements.
     unsafe {
-        matrixmultiply::sgemm(rows, dim, c, 1.0, h.as_ptr(), dim as isize, 1, w.as_ptr(), 1, dim as isize, 0.0, out.as_mut_ptr(), c as isize, 1);
+        matrixmultiply::sgemm(
+            rows,
+            dim,
+            c,
+            1.0,
+            h.as_ptr(),
+            dim as isize,
+            1,
+            w.as_ptr(),
+            1,
+            dim as isize,
+            0.0,
+            out.as_mut_ptr(),
+            c as isize,
+            1,
+        );
     }
 }
 
 /// Writes `dhidden [n, dim]`, accumulates `dw [vocab, dim]`, for `dlogp [n]`:
 /// dz_j = dlogp · (δ_{j,target} − p_j) / τ;  dhidden = dz · W;  dW += dzᵀ · hidden.
 #[allow(clippy::too_many_arguments)]
-pub fn fused_logprob_backward(dhidden: &mut [f32], dw: &mut [f32], dlogp: &[f32], hidden: &[f32], w: &[f32], targets: &[u32], lse: &[f32], n: usize, dim: usize, vocab: usize, temperature: f32) {
+pub fn fused_logprob_backward(
+    dhidden: &mut [f32],
+    dw: &mut [f32],
+    dlogp: &[f32],
+    hidden: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    n: usize,
+    dim: usize,
+    vocab: usize,
+    temperature: f32,
+) {
     let chunk = backward_chunk(n).min(vocab);
     let inv_t = 1.0 / temperature;
     dhidden[..n * dim].iter_mut().for_each(|x| *x = 0.0);
@@ -108,27 +150,64 @@ pub fn fused_logprob_backward(dhidden: &mut [f32], dw: &mut [f32], dlogp: &[f32]
             }
         });
         // dhidden += G · W_chunk (row blocks in parallel, fixed order per element)
-        dhidden[..n * dim].par_chunks_mut(64 * dim).enumerate().for_each(|(blk, dh)| {
-            let rows = dh.len() / dim;
-            // SAFETY: G rows blk*64.. cover rows×c; W chunk covers c×dim.
-            unsafe {
-                matrixmultiply::sgemm(rows, c, dim, 1.0, g[blk * 64 * c..].as_ptr(), c as isize, 1, wc.as_ptr(), dim as isize, 1, 1.0, dh.as_mut_ptr(), dim as isize, 1);
-            }
-        });
-        linear_backward_weight(&mut dw[c0 * dim..(c0 + c) * dim], None, &g, hidden, n, dim, c);
+        dhidden[..n * dim]
+            .par_chunks_mut(64 * dim)
+            .enumerate()
+            .for_each(|(blk, dh)| {
+                let rows = dh.len() / dim;
+                // SAFETY: G rows blk*64.. cover rows×c; W chunk covers c×dim.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        c,
+                        dim,
+                        1.0,
+                        g[blk * 64 * c..].as_ptr(),
+                        c as isize,
+                        1,
+                        wc.as_ptr(),
+                        dim as isize,
+                        1,
+                        1.0,
+                        dh.as_mut_ptr(),
+                        dim as isize,
+                        1,
+                    );
+                }
+            });
+        linear_backward_weight(
+            &mut dw[c0 * dim..(c0 + c) * dim],
+            None,
+            &g,
+            hidden,
+            n,
+            dim,
+            c,
+        );
         c0 += c;
     }
 }
 
 /// The slow composite twin: full logits, log_softmax, gather (allocates n × vocab; tests only).
 #[allow(clippy::too_many_arguments)]
-pub fn fused_logprob_naive(hidden: &[f32], w: &[f32], targets: &[u32], n: usize, dim: usize, vocab: usize, temperature: f32) -> (Vec<f32>, Vec<f32>) {
+pub fn fused_logprob_naive(
+    hidden: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    n: usize,
+    dim: usize,
+    vocab: usize,
+    temperature: f32,
+) -> (Vec<f32>, Vec<f32>) {
     let mut logits = vec![0f32; n * vocab];
     linear_forward(&mut logits, hidden, w, None, n, dim, vocab);
     let mut logp = vec![0f32; n];
     let mut ent = vec![0f32; n];
     for r in 0..n {
-        let z: Vec<f64> = logits[r * vocab..(r + 1) * vocab].iter().map(|&x| x as f64 / temperature as f64).collect();
+        let z: Vec<f64> = logits[r * vocab..(r + 1) * vocab]
+            .iter()
+            .map(|&x| x as f64 / temperature as f64)
+            .collect();
         let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
         logp[r] = (z[targets[r] as usize] - lse) as f32;

@@ -23,12 +23,20 @@ impl Cpu {
 
 /// Checks that a buffer holds at least `need` values (a caller bug, reported, never a panic).
 fn need(buf: &[f32], need: usize, what: &str) -> Result<()> {
-    ensure!(buf.len() >= need, "cpu backend: `{what}` holds {} values, the op needs {need}", buf.len());
+    ensure!(
+        buf.len() >= need,
+        "cpu backend: `{what}` holds {} values, the op needs {need}",
+        buf.len()
+    );
     Ok(())
 }
 
 fn ids_in_range(ids: &[u32], n: usize, bound: usize, what: &str) -> Result<()> {
-    ensure!(ids.len() >= n, "cpu backend: `{what}` holds {} ids, the op needs {n}", ids.len());
+    ensure!(
+        ids.len() >= n,
+        "cpu backend: `{what}` holds {} ids, the op needs {n}",
+        ids.len()
+    );
     if let Some(&bad) = ids[..n].iter().find(|&&i| i as usize >= bound) {
         anyhow::bail!("cpu backend: `{what}` holds id {bad} ≥ {bound}");
     }
@@ -58,7 +66,14 @@ impl Backend for Cpu {
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }
-    fn copy(&self, dst: &mut Vec<f32>, dst_off: usize, src: &Vec<f32>, src_off: usize, len: usize) -> Result<()> {
+    fn copy(
+        &self,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        src: &Vec<f32>,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
         need(dst, dst_off + len, "copy dst")?;
         need(src, src_off + len, "copy src")?;
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
@@ -70,7 +85,12 @@ impl Backend for Cpu {
     }
 
     fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
-        ensure!(y.len() == x.len(), "add_assign: lengths {} and {}", y.len(), x.len());
+        ensure!(
+            y.len() == x.len(),
+            "add_assign: lengths {} and {}",
+            y.len(),
+            x.len()
+        );
         elementwise::add_assign(y, x);
         Ok(())
     }
@@ -85,20 +105,43 @@ impl Backend for Cpu {
         Ok(elementwise::all_finite(y))
     }
 
-    fn embedding_forward(&self, out: &mut Vec<f32>, table: &Vec<f32>, ids: &Vec<u32>, n: usize, dim: usize) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: &mut Vec<f32>,
+        table: &Vec<f32>,
+        ids: &Vec<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
         need(out, n * dim, "out")?;
         ids_in_range(ids, n, table.len() / dim, "ids")?;
         elementwise::embedding_forward(&mut out[..n * dim], table, &ids[..n], dim);
         Ok(())
     }
-    fn embedding_backward(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &Vec<u32>, n: usize, dim: usize) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        dtable: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        ids: &Vec<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
         need(dout, n * dim, "dout")?;
         ids_in_range(ids, n, dtable.len() / dim, "ids")?;
         elementwise::embedding_backward(dtable, dout, &ids[..n], dim);
         Ok(())
     }
 
-    fn linear_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, bias: Option<&Vec<f32>>, n: usize, k: usize, m: usize) -> Result<()> {
+    fn linear_forward(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()> {
         need(out, n * m, "out")?;
         need(x, n * k, "x")?;
         need(w, m * k, "w")?;
@@ -108,7 +151,18 @@ impl Backend for Cpu {
         linear::linear_forward(out, x, w, bias.map(|b| b.as_slice()), n, k, m);
         Ok(())
     }
-    fn linear_backward(&self, dx: Option<&mut Vec<f32>>, dw: &mut Vec<f32>, dbias: Option<&mut Vec<f32>>, dout: &Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, n: usize, k: usize, m: usize) -> Result<()> {
+    fn linear_backward(
+        &self,
+        dx: Option<&mut Vec<f32>>,
+        dw: &mut Vec<f32>,
+        dbias: Option<&mut Vec<f32>>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()> {
         need(dout, n * m, "dout")?;
         need(x, n * k, "x")?;
         need(w, m * k, "w")?;
@@ -121,38 +175,121 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn rmsnorm_forward(&self, out: &mut Vec<f32>, rstd: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, n: usize, dim: usize, eps: f32) -> Result<()> {
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
         need(out, n * dim, "out")?;
         need(x, n * dim, "x")?;
         need(rstd, n, "rstd")?;
         need(w, dim, "w")?;
-        elementwise::rmsnorm_forward(&mut out[..n * dim], &mut rstd[..n], &x[..n * dim], w, dim, eps);
+        elementwise::rmsnorm_forward(
+            &mut out[..n * dim],
+            &mut rstd[..n],
+            &x[..n * dim],
+            w,
+            dim,
+            eps,
+        );
         Ok(())
     }
-    fn rmsnorm_backward(&self, dx: &mut Vec<f32>, dw: &mut Vec<f32>, dout: &Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, rstd: &Vec<f32>, n: usize, dim: usize) -> Result<()> {
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dw: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rstd: &Vec<f32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
         need(dx, n * dim, "dx")?;
         need(dout, n * dim, "dout")?;
         need(x, n * dim, "x")?;
         need(rstd, n, "rstd")?;
-        elementwise::rmsnorm_backward(&mut dx[..n * dim], dw, &dout[..n * dim], &x[..n * dim], w, &rstd[..n], dim);
+        elementwise::rmsnorm_backward(
+            &mut dx[..n * dim],
+            dw,
+            &dout[..n * dim],
+            &x[..n * dim],
+            w,
+            &rstd[..n],
+            dim,
+        );
         Ok(())
     }
 
-    fn rope_forward(&self, x: &mut Vec<f32>, positions: &Vec<u32>, inv_freq: &Vec<f32>, n: usize, n_heads: usize, head_dim: usize) -> Result<()> {
+    fn rope_forward(
+        &self,
+        x: &mut Vec<f32>,
+        positions: &Vec<u32>,
+        inv_freq: &Vec<f32>,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
         need(x, n * n_heads * head_dim, "x")?;
-        ensure!(positions.len() >= n && inv_freq.len() >= head_dim / 2, "rope: positions/inv_freq too short");
-        elementwise::rope_apply(&mut x[..n * n_heads * head_dim], &positions[..n], inv_freq, n_heads, head_dim, 1.0);
+        ensure!(
+            positions.len() >= n && inv_freq.len() >= head_dim / 2,
+            "rope: positions/inv_freq too short"
+        );
+        elementwise::rope_apply(
+            &mut x[..n * n_heads * head_dim],
+            &positions[..n],
+            inv_freq,
+            n_heads,
+            head_dim,
+            1.0,
+        );
         Ok(())
     }
-    fn rope_backward(&self, dx: &mut Vec<f32>, positions: &Vec<u32>, inv_freq: &Vec<f32>, n: usize, n_heads: usize, head_dim: usize) -> Result<()> {
+    fn rope_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        positions: &Vec<u32>,
+        inv_freq: &Vec<f32>,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
         need(dx, n * n_heads * head_dim, "dx")?;
-        ensure!(positions.len() >= n && inv_freq.len() >= head_dim / 2, "rope: positions/inv_freq too short");
-        elementwise::rope_apply(&mut dx[..n * n_heads * head_dim], &positions[..n], inv_freq, n_heads, head_dim, -1.0);
+        ensure!(
+            positions.len() >= n && inv_freq.len() >= head_dim / 2,
+            "rope: positions/inv_freq too short"
+        );
+        elementwise::rope_apply(
+            &mut dx[..n * n_heads * head_dim],
+            &positions[..n],
+            inv_freq,
+            n_heads,
+            head_dim,
+            -1.0,
+        );
         Ok(())
     }
 
-    fn attention_forward(&self, out: &mut Vec<f32>, lse: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>, s: AttnShape) -> Result<()> {
-        ensure!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, "attention: {} heads not a multiple of {} kv heads", s.n_heads, s.n_kv_heads);
+    fn attention_forward(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        ensure!(
+            s.n_kv_heads > 0 && s.n_heads.is_multiple_of(s.n_kv_heads),
+            "attention: {} heads not a multiple of {} kv heads",
+            s.n_heads,
+            s.n_kv_heads
+        );
         let n = s.batch * s.seq;
         need(out, n * s.n_heads * s.head_dim, "out")?;
         need(q, n * s.n_heads * s.head_dim, "q")?;
@@ -162,7 +299,19 @@ impl Backend for Cpu {
         attention::attention_forward(out, lse, q, k, v, s);
         Ok(())
     }
-    fn attention_backward(&self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, dv: &mut Vec<f32>, dout: &Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>, out: &Vec<f32>, lse: &Vec<f32>, s: AttnShape) -> Result<()> {
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
         let n = s.batch * s.seq;
         need(dq, n * s.n_heads * s.head_dim, "dq")?;
         need(dk, n * s.n_kv_heads * s.head_dim, "dk")?;
@@ -172,7 +321,15 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn kv_cache_write(&self, k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, k: &Vec<f32>, v: &Vec<f32>, positions: &Vec<u32>, s: DecodeShape) -> Result<()> {
+    fn kv_cache_write(
+        &self,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        positions: &Vec<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
         let kvd = s.n_kv_heads * s.head_dim;
         need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
         need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
@@ -180,68 +337,230 @@ impl Backend for Cpu {
         attention::kv_cache_write(k_cache, v_cache, k, v, positions, s);
         Ok(())
     }
-    fn decode_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, positions: &Vec<u32>, s: DecodeShape) -> Result<()> {
+    fn decode_attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        positions: &Vec<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
         need(out, s.batch * s.n_heads * s.head_dim, "out")?;
-        need(k_cache, s.batch * s.capacity * s.n_kv_heads * s.head_dim, "k_cache")?;
+        need(
+            k_cache,
+            s.batch * s.capacity * s.n_kv_heads * s.head_dim,
+            "k_cache",
+        )?;
         ids_in_range(positions, s.batch, s.capacity, "positions")?;
         attention::decode_attention(out, q, k_cache, v_cache, positions, s);
         Ok(())
     }
 
     fn swiglu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
-        ensure!(out.len() == gate.len() && gate.len() == up.len(), "swiglu: length mismatch");
+        ensure!(
+            out.len() == gate.len() && gate.len() == up.len(),
+            "swiglu: length mismatch"
+        );
         elementwise::swiglu_forward(out, gate, up);
         Ok(())
     }
-    fn swiglu_backward(&self, dgate: &mut Vec<f32>, dup: &mut Vec<f32>, dout: &Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>) -> Result<()> {
-        ensure!(dgate.len() == gate.len() && dup.len() == up.len() && dout.len() == gate.len(), "swiglu_backward: length mismatch");
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+    ) -> Result<()> {
+        ensure!(
+            dgate.len() == gate.len() && dup.len() == up.len() && dout.len() == gate.len(),
+            "swiglu_backward: length mismatch"
+        );
         elementwise::swiglu_backward(dgate, dup, dout, gate, up);
         Ok(())
     }
 
-    fn fused_logprob_forward(&self, logp: &mut Vec<f32>, entropy: &mut Vec<f32>, lse: &mut Vec<f32>, hidden: &Vec<f32>, w: &Vec<f32>, targets: &Vec<u32>, n: usize, dim: usize, vocab: usize, temperature: f32) -> Result<()> {
-        ensure!(temperature > 0.0, "fused_logprob: temperature must be > 0, got {temperature}");
+    fn fused_logprob_forward(
+        &self,
+        logp: &mut Vec<f32>,
+        entropy: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        hidden: &Vec<f32>,
+        w: &Vec<f32>,
+        targets: &Vec<u32>,
+        n: usize,
+        dim: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        ensure!(
+            temperature > 0.0,
+            "fused_logprob: temperature must be > 0, got {temperature}"
+        );
         need(logp, n, "logp")?;
         need(entropy, n, "entropy")?;
         need(lse, n, "lse")?;
         need(hidden, n * dim, "hidden")?;
         need(w, vocab * dim, "w")?;
         ids_in_range(targets, n, vocab, "targets")?;
-        fused_logprob::fused_logprob_forward(logp, entropy, lse, hidden, w, targets, n, dim, vocab, temperature);
+        fused_logprob::fused_logprob_forward(
+            logp,
+            entropy,
+            lse,
+            hidden,
+            w,
+            targets,
+            n,
+            dim,
+            vocab,
+            temperature,
+        );
         Ok(())
     }
-    fn fused_logprob_backward(&self, dhidden: &mut Vec<f32>, dw: &mut Vec<f32>, dlogp: &Vec<f32>, hidden: &Vec<f32>, w: &Vec<f32>, targets: &Vec<u32>, lse: &Vec<f32>, n: usize, dim: usize, vocab: usize, temperature: f32) -> Result<()> {
-        ensure!(temperature > 0.0, "fused_logprob: temperature must be > 0, got {temperature}");
+    fn fused_logprob_backward(
+        &self,
+        dhidden: &mut Vec<f32>,
+        dw: &mut Vec<f32>,
+        dlogp: &Vec<f32>,
+        hidden: &Vec<f32>,
+        w: &Vec<f32>,
+        targets: &Vec<u32>,
+        lse: &Vec<f32>,
+        n: usize,
+        dim: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        ensure!(
+            temperature > 0.0,
+            "fused_logprob: temperature must be > 0, got {temperature}"
+        );
         need(dhidden, n * dim, "dhidden")?;
         need(dw, vocab * dim, "dw")?;
         need(dlogp, n, "dlogp")?;
         need(lse, n, "lse")?;
         ids_in_range(targets, n, vocab, "targets")?;
-        fused_logprob::fused_logprob_backward(dhidden, dw, dlogp, hidden, w, targets, lse, n, dim, vocab, temperature);
+        fused_logprob::fused_logprob_backward(
+            dhidden,
+            dw,
+            dlogp,
+            hidden,
+            w,
+            targets,
+            lse,
+            n,
+            dim,
+            vocab,
+            temperature,
+        );
         Ok(())
     }
 
-    fn grpo_loss_forward(&self, logp: &Vec<f32>, old_logp: &Vec<f32>, ref_logp: &Vec<f32>, mask: &Vec<f32>, advantages: &Vec<f32>, batch: usize, len: usize, cfg: &GrpoLossConfig) -> Result<GrpoLossMetrics> {
-        grpo_loss::check_grpo_inputs("grpo_loss_forward", logp.len(), old_logp.len(), ref_logp.len(), mask.len(), advantages.len(), batch, len, cfg)?;
-        Ok(grpo_loss::grpo_loss_forward(logp, old_logp, ref_logp, mask, advantages, batch, len, cfg))
+    fn grpo_loss_forward(
+        &self,
+        logp: &Vec<f32>,
+        old_logp: &Vec<f32>,
+        ref_logp: &Vec<f32>,
+        mask: &Vec<f32>,
+        advantages: &Vec<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<GrpoLossMetrics> {
+        grpo_loss::check_grpo_inputs(
+            "grpo_loss_forward",
+            logp.len(),
+            old_logp.len(),
+            ref_logp.len(),
+            mask.len(),
+            advantages.len(),
+            batch,
+            len,
+            cfg,
+        )?;
+        Ok(grpo_loss::grpo_loss_forward(
+            logp, old_logp, ref_logp, mask, advantages, batch, len, cfg,
+        ))
     }
-    fn grpo_loss_backward(&self, dlogp: &mut Vec<f32>, logp: &Vec<f32>, old_logp: &Vec<f32>, ref_logp: &Vec<f32>, mask: &Vec<f32>, advantages: &Vec<f32>, batch: usize, len: usize, cfg: &GrpoLossConfig) -> Result<()> {
-        grpo_loss::check_grpo_inputs("grpo_loss_backward", logp.len(), old_logp.len(), ref_logp.len(), mask.len(), advantages.len(), batch, len, cfg)?;
+    fn grpo_loss_backward(
+        &self,
+        dlogp: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        old_logp: &Vec<f32>,
+        ref_logp: &Vec<f32>,
+        mask: &Vec<f32>,
+        advantages: &Vec<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<()> {
+        grpo_loss::check_grpo_inputs(
+            "grpo_loss_backward",
+            logp.len(),
+            old_logp.len(),
+            ref_logp.len(),
+            mask.len(),
+            advantages.len(),
+            batch,
+            len,
+            cfg,
+        )?;
         need(dlogp, batch * len, "dlogp")?;
-        grpo_loss::grpo_loss_backward(dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg);
+        grpo_loss::grpo_loss_backward(
+            dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg,
+        );
         Ok(())
     }
 
-    fn adamw_step(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) -> Result<()> {
-        ensure!(param.len() == grad.len() && m.len() == param.len() && v.len() == param.len(), "adamw_step: length mismatch");
+    fn adamw_step(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: u64,
+    ) -> Result<()> {
+        ensure!(
+            param.len() == grad.len() && m.len() == param.len() && v.len() == param.len(),
+            "adamw_step: length mismatch"
+        );
         ensure!(step >= 1, "adamw_step: step counts from 1");
         elementwise::adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
         Ok(())
     }
 
-    fn sample(&self, logits: &Vec<f32>, uniforms: &[f32], batch: usize, vocab: usize, temperature: f32, top_p: f32, top_k: usize) -> Result<Vec<u32>> {
+    fn sample(
+        &self,
+        logits: &Vec<f32>,
+        uniforms: &[f32],
+        batch: usize,
+        vocab: usize,
+        temperature: f32,
+        top_p: f32,
+        top_k: usize,
+    ) -> Result<Vec<u32>> {
         need(logits, batch * vocab, "logits")?;
-        ensure!(uniforms.len() >= batch, "sample: {} uniforms for {batch} rows", uniforms.len());
-        Ok((0..batch).map(|b| sampling::sample_row(&logits[b * vocab..(b + 1) * vocab], uniforms[b], temperature, top_p, top_k)).collect())
+        ensure!(
+            uniforms.len() >= batch,
+            "sample: {} uniforms for {batch} rows",
+            uniforms.len()
+        );
+        Ok((0..batch)
+            .map(|b| {
+                sampling::sample_row(
+                    &logits[b * vocab..(b + 1) * vocab],
+                    uniforms[b],
+                    temperature,
+                    top_p,
+                    top_k,
+                )
+            })
+            .collect())
     }
 }

@@ -13,7 +13,11 @@ pub fn sample_row(logits: &[f32], u: f32, temperature: f32, top_p: f32, top_k: u
         return best as u32;
     }
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &x)| (i, (((x - m) / temperature) as f64).exp())).collect();
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i, (((x - m) / temperature) as f64).exp()))
+        .collect();
     // descending probability, ascending index on ties: a total, deterministic order
     probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if top_k > 0 && top_k < probs.len() {
