@@ -65,6 +65,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Convert a GGUF file into a Hugging Face model directory
+    Convert {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: cada::model::convert::SaveDtype,
+    },
     /// CADA training (GRPO on self-generated deliberation); no arguments = the default demo run
     Train {
         /// TOML config (every field optional; see README)
@@ -267,6 +276,10 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("cannot write {}", p.display()))?,
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
+        }
+        Command::Convert { from, to, dtype } => {
+            let secs = cada::model::convert::run_convert(&from, &to, dtype)?;
+            eprintln!("converted {} → {} in {secs:.2} s", from.display(), to.display());
         }
         Command::Train {
             config,

@@ -1,1 +1,279 @@
-//! (in progress)
+//! The Hugging Face view of a GGUF file (config, tensors with HF names in HF layout, tokenizer
+//! files), and `cada convert`, which writes it as a model directory that this engine and other
+//! Hugging Face-compatible tools load.
+
+use super::gguf::{GgufFile, Value};
+use anyhow::{bail, Context, Result};
+use safetensors::Dtype;
+use serde_json::json;
+use std::path::Path;
+
+pub struct HfModel {
+    pub config: serde_json::Value,
+    /// HF names and row-major shapes (`[out, in]` for linears), f32
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub tokenizer_json: String,
+    pub tokenizer_config: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// llama.cpp's converter permutes Q and K rows (per head: `[2, hd/2] → [hd/2, 2]`) for its RoPE
+/// kernel; this is the inverse, back to Hugging Face's rotate-half layout.
+pub fn unpermute_qk(w: &[f32], n_heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let hd = rows / n_heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * hd + 2 * i + j;
+                let dst = h * hd + j * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The forward permutation (HF → GGUF), for tests.
+pub fn permute_qk(w: &[f32], n_heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let hd = rows / n_heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * hd + j * half + i;
+                let dst = h * hd + 2 * i + j;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn meta_u64(g: &GgufFile, key: &str) -> Result<u64> {
+    g.get(key).and_then(|v| v.as_u64()).with_context(|| format!("{}: missing or non-integer metadata `{key}`", g.path.display()))
+}
+
+fn meta_f64(g: &GgufFile, key: &str) -> Option<f64> {
+    g.get(key).and_then(|v| v.as_f64())
+}
+
+/// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE) and tokenizer_config.json.
+fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
+    let src = g.path.display().to_string();
+    let model = g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).with_context(|| format!("{src}: missing metadata `tokenizer.ggml.model`"))?;
+    if model != "gpt2" {
+        bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2 byte-level BPE)");
+    }
+    let tokens: Vec<&str> = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.tokens`"))?
+        .iter()
+        .map(|t| t.as_str().with_context(|| format!("{src}: `tokenizer.ggml.tokens` holds a non-string")))
+        .collect::<Result<_>>()?;
+    let types: Vec<u64> = g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()).map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect()).unwrap_or_default();
+    let merges: Vec<&str> = g.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+    let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    // control (3) and user-defined (4) tokens are matched whole, before the BPE
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    // llama.cpp's pre-tokenizer names: these split every digit on its own before the GPT-2 regex
+    let pre_tokenizer = match pre {
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => {
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+        }
+        "gpt-2" | "gpt2" | "default" => byte_level.clone(),
+        other => bail!("{src}: metadata `tokenizer.ggml.pre` = \"{other}\" is not supported (supported: smollm, starcoder, refact, gpt-2, default)"),
+    };
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    let name_of = |key: &str| g.get(key).and_then(|v| v.as_u64()).and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+    let mut cfg = json!({
+        "tokenizer_class": "GPT2Tokenizer",
+        "add_bos_token": g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": meta_u64(g, &format!("{}.context_length", arch(g)?)).unwrap_or(2048),
+    });
+    for (field, key) in [("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id"), ("pad_token", "tokenizer.ggml.padding_token_id"), ("unk_token", "tokenizer.ggml.unknown_token_id")] {
+        if let Some(t) = name_of(key) {
+            cfg[field] = json!(t);
+        }
+    }
+    if let Some(t) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        cfg["chat_template"] = json!(t);
+    }
+    Ok((serde_json::to_string(&tok)?, cfg))
+}
+
+fn arch(g: &GgufFile) -> Result<String> {
+    let a = g.get("general.architecture").and_then(|v| v.as_str()).with_context(|| format!("{}: missing metadata `general.architecture`", g.path.display()))?;
+    match a {
+        "llama" | "qwen2" | "mistral" => Ok(a.to_string()),
+        other => bail!("{}: metadata `general.architecture` = \"{other}\" is not supported (supported: llama, qwen2, mistral)", g.path.display()),
+    }
+}
+
+pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
+    let g = GgufFile::open(path)?;
+    let src = path.display().to_string();
+    let a = arch(&g)?;
+    let k = |s: &str| format!("{a}.{s}");
+    let hidden = meta_u64(&g, &k("embedding_length"))? as usize;
+    let layers = meta_u64(&g, &k("block_count"))? as usize;
+    let heads = meta_u64(&g, &k("attention.head_count"))? as usize;
+    let kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(heads as u64) as usize;
+    let embd = g.tensor_info("token_embd.weight").with_context(|| format!("{src}: missing tensor `token_embd.weight`"))?;
+    let vocab = embd.shape()[0];
+    let tied = g.tensor_info("output.weight").is_none();
+    let has_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
+    let head_dim = g.get(&k("attention.key_length")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(hidden / heads);
+    let hf_arch = match a.as_str() {
+        "qwen2" => "Qwen2ForCausalLM",
+        "mistral" => "MistralForCausalLM",
+        _ => "LlamaForCausalLM",
+    };
+    let mut config = json!({
+        "architectures": [hf_arch],
+        "model_type": if a == "qwen2" { "qwen2" } else { "llama" },
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": meta_u64(&g, &k("feed_forward_length"))?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": meta_f64(&g, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        "rope_theta": meta_f64(&g, &k("rope.freq_base")).unwrap_or(10000.0),
+        "max_position_embeddings": meta_u64(&g, &k("context_length")).unwrap_or(2048),
+        "tie_word_embeddings": tied,
+        "attention_bias": has_bias,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    });
+    if let Some(b) = g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()) {
+        config["bos_token_id"] = json!(b);
+    }
+    if let Some(e) = g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()) {
+        config["eos_token_id"] = json!(e);
+    }
+    // GGUF name → HF name, and whether llama.cpp permuted its rows (Q with `heads`, K with `kv_heads`)
+    let mut names: Vec<(String, String, Option<usize>)> = vec![("token_embd.weight".into(), "model.embed_tokens.weight".into(), None), ("output_norm.weight".into(), "model.norm.weight".into(), None)];
+    if !tied {
+        names.push(("output.weight".into(), "lm_head.weight".into(), None));
+    }
+    // Qwen2's converter does not permute Q/K (its RoPE is rotate-half already in llama.cpp).
+    let permuted = a != "qwen2";
+    for i in 0..layers {
+        let (b, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
+        for (gg, hf, perm) in [
+            ("attn_norm.weight", "input_layernorm.weight", None),
+            ("attn_q.weight", "self_attn.q_proj.weight", permuted.then_some(heads)),
+            ("attn_k.weight", "self_attn.k_proj.weight", permuted.then_some(kv_heads)),
+            ("attn_v.weight", "self_attn.v_proj.weight", None),
+            ("attn_output.weight", "self_attn.o_proj.weight", None),
+            ("ffn_norm.weight", "post_attention_layernorm.weight", None),
+            ("ffn_gate.weight", "mlp.gate_proj.weight", None),
+            ("ffn_up.weight", "mlp.up_proj.weight", None),
+            ("ffn_down.weight", "mlp.down_proj.weight", None),
+        ] {
+            names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), perm));
+        }
+        if has_bias {
+            for (gg, hf) in [("attn_q.bias", "self_attn.q_proj.bias"), ("attn_k.bias", "self_attn.k_proj.bias"), ("attn_v.bias", "self_attn.v_proj.bias")] {
+                names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), None));
+            }
+        }
+    }
+    let mut tensors = Vec::with_capacity(names.len());
+    for (gname, hname, perm) in names {
+        let info = g.tensor_info(&gname).with_context(|| format!("{src}: missing tensor `{gname}`"))?;
+        let shape = info.shape();
+        let mut data = g.tensor_f32(info)?;
+        if let Some(nh) = perm {
+            let (rows, cols) = (shape[0], shape.iter().skip(1).product::<usize>().max(1));
+            data = unpermute_qk(&data, nh, rows, cols);
+        }
+        tensors.push((hname, shape, data));
+    }
+    let (tokenizer_json, tokenizer_config) = tokenizer_files(&g)?;
+    Ok(HfModel { config, tensors, tokenizer_json, tokenizer_config })
+}
+
+/// Writes `config.json`, `model.safetensors` (in `dtype`), `tokenizer.json` and
+/// `tokenizer_config.json` into `dir`.
+pub fn write_hf_dir(model: &HfModel, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut config = model.config.clone();
+    config["torch_dtype"] = json!(match dtype {
+        SaveDtype::F32 => "float32",
+        SaveDtype::F16 => "float16",
+        SaveDtype::Bf16 => "bfloat16",
+    });
+    let bytes: Vec<Vec<u8>> = model
+        .tensors
+        .iter()
+        .map(|(_, _, d)| match dtype {
+            SaveDtype::F32 => bytemuck::cast_slice(d).to_vec(),
+            SaveDtype::F16 => d.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            SaveDtype::Bf16 => d.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+        })
+        .collect();
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::F16 => Dtype::F16,
+        SaveDtype::Bf16 => Dtype::BF16,
+    };
+    let views: Vec<(String, safetensors::tensor::TensorView)> = model
+        .tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).map_err(|e| anyhow::anyhow!("tensor `{n}`: {e}"))?)))
+        .collect::<Result<_>>()?;
+    let st = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    safetensors::serialize_to_file(views, &None, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &st)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(dir.join("tokenizer.json"), &model.tokenizer_json)?;
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&model.tokenizer_config)?)?;
+    Ok(())
+}
+
+pub fn run_convert(from: &Path, to: &Path, dtype: SaveDtype) -> Result<f64> {
+    let t0 = std::time::Instant::now();
+    let hf = gguf_to_hf(from)?;
+    write_hf_dir(&hf, to, dtype)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Metadata value as text (for `cada info` on a GGUF file and debugging).
+pub fn describe_value(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!("[{} values]", a.len()),
+        Value::String(s) if s.len() > 60 => format!("\"{}…\"", &s[..s.char_indices().nth(60).map(|c| c.0).unwrap_or(s.len())]),
+        other => format!("{other:?}"),
+    }
+}

@@ -4,7 +4,7 @@
 use super::chat::{ChatTemplate, CHATML_TEMPLATE};
 use super::config::LlamaConfig;
 use super::tokenizer::{read_tokenizer_config, Tokenizer};
-use super::weights::{load_params, Params, SafetensorsDir};
+use super::weights::{load_params, InMemoryTensors, Params, SafetensorsDir};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -82,5 +82,13 @@ fn chat_or_default(tokenizer_config: &serde_json::Value, source: &str) -> Result
 }
 
 fn load_gguf(path: &Path) -> Result<LoadedModel> {
-    anyhow::bail!("{}: GGUF loading is not wired yet", path.display())
+    let hf = super::convert::gguf_to_hf(path)?;
+    let src = path.display().to_string();
+    let cfg = LlamaConfig::from_json(&hf.config, &format!("{src} (config from GGUF metadata)"))?;
+    let tokenizer = Tokenizer::from_json_str(&hf.tokenizer_json, &format!("{src} (tokenizer from GGUF metadata)"))?;
+    tokenizer.check_fits(cfg.vocab_size, &src)?;
+    let tensors = InMemoryTensors { source: src.clone(), tensors: hf.tensors.into_iter().map(|(n, s, d)| (n, (s, d))).collect() };
+    let params = load_params(&cfg, &tensors)?;
+    let chat = chat_or_default(&hf.tokenizer_config, &src)?;
+    Ok(LoadedModel { cfg, params, tokenizer, chat, tokenizer_config: hf.tokenizer_config, source: path.to_path_buf() })
 }
