@@ -193,7 +193,7 @@ impl<'a> Cursor<'a> {
         let n = self.u64(what)?;
         let left = self.buf.len().saturating_sub(self.pos) as u64;
         if n.saturating_mul(unit as u64) > left {
-            bail!("{}: {what} claims {n} elements but only {left} bytes remain (corrupt or forged length)", self.file);
+            bail!("{}: {what} claims {n} elements but only {left} bytes remain (file truncated, or a forged length)", self.file);
         }
         Ok(n as usize)
     }

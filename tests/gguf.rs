@@ -1,0 +1,306 @@
+//! GGUF reader tests on small files written here: every supported tensor type (quantised by
+//! the format's definition, then dequantised), v2 and v3 headers, the Q/K un-permutation, and
+//! bad files (bad magic, truncation, unknown type, data out of bounds, forged lengths, non-UTF-8)
+//! giving errors, never panics.
+
+use cada::model::convert::{permute_qk, unpermute_qk};
+use cada::model::gguf::{GgmlType, GgufFile, Value};
+use half::f16;
+
+/// Minimal GGUF writer: metadata (string/u32/f32/array of strings) and raw tensor blocks.
+struct Writer {
+    version: u32,
+    kv: Vec<(String, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+}
+
+fn gstr(s: &[u8]) -> Vec<u8> {
+    let mut v = (s.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(s);
+    v
+}
+
+impl Writer {
+    fn new(version: u32) -> Self {
+        Writer { version, kv: vec![], tensors: vec![] }
+    }
+    fn kv_str(&mut self, k: &str, v: &str) {
+        let mut b = 8u32.to_le_bytes().to_vec();
+        b.extend(gstr(v.as_bytes()));
+        self.kv.push((k.into(), b));
+    }
+    fn kv_u32(&mut self, k: &str, v: u32) {
+        let mut b = 4u32.to_le_bytes().to_vec();
+        b.extend(v.to_le_bytes());
+        self.kv.push((k.into(), b));
+    }
+    fn kv_f32(&mut self, k: &str, v: f32) {
+        let mut b = 6u32.to_le_bytes().to_vec();
+        b.extend(v.to_le_bytes());
+        self.kv.push((k.into(), b));
+    }
+    fn kv_strs(&mut self, k: &str, v: &[&str]) {
+        let mut b = 9u32.to_le_bytes().to_vec();
+        b.extend(8u32.to_le_bytes());
+        b.extend((v.len() as u64).to_le_bytes());
+        for s in v {
+            b.extend(gstr(s.as_bytes()));
+        }
+        self.kv.push((k.into(), b));
+    }
+    fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) {
+        self.tensors.push((name.into(), dims.to_vec(), ty.id(), data));
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(self.version.to_le_bytes());
+        b.extend((self.tensors.len() as u64).to_le_bytes());
+        b.extend((self.kv.len() as u64).to_le_bytes());
+        for (k, v) in &self.kv {
+            b.extend(gstr(k.as_bytes()));
+            b.extend(v);
+        }
+        let mut offset = 0u64;
+        let mut offsets = vec![];
+        for (name, dims, ty, data) in &self.tensors {
+            b.extend(gstr(name.as_bytes()));
+            b.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend(d.to_le_bytes());
+            }
+            b.extend(ty.to_le_bytes());
+            b.extend(offset.to_le_bytes());
+            offsets.push(offset);
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        for (_, _, _, data) in &self.tensors {
+            b.extend(data);
+            while b.len() % 32 != 0 {
+                b.push(0);
+            }
+        }
+        b
+    }
+}
+
+fn write(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    (dir, p)
+}
+
+fn h(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// 64 test values in [-1, 1].
+fn values() -> Vec<f32> {
+    (0..64).map(|i| ((i * 37 % 64) as f32 / 31.5) - 1.0).collect()
+}
+
+/// Quantisers written from the format definitions (symmetric 8/4/5-bit, and 4-bit with a min).
+fn quantize(ty: GgmlType, v: &[f32]) -> Vec<u8> {
+    let mut out = vec![];
+    for blk in v.chunks(32) {
+        let amax = blk.iter().fold(0f32, |a, x| a.max(x.abs()));
+        match ty {
+            GgmlType::Q8_0 => {
+                let d = amax / 127.0;
+                out.extend(h(d));
+                out.extend(blk.iter().map(|x| (x / d).round() as i8 as u8));
+            }
+            GgmlType::Q4_0 => {
+                let d = amax / 7.0;
+                out.extend(h(d));
+                let q: Vec<u8> = blk.iter().map(|x| ((x / d).round() + 8.0).clamp(0.0, 15.0) as u8).collect();
+                out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+            }
+            GgmlType::Q4_1 | GgmlType::Q5_1 => {
+                let (mn, mx) = blk.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                let levels = if ty == GgmlType::Q4_1 { 15.0 } else { 31.0 };
+                let d = (mx - mn) / levels;
+                out.extend(h(d));
+                out.extend(h(mn));
+                let q: Vec<u32> = blk.iter().map(|x| ((x - mn) / d).round().clamp(0.0, levels) as u32).collect();
+                if ty == GgmlType::Q5_1 {
+                    let qh: u32 = (0..32).map(|j| ((q[j] >> 4) & 1) << j).sum();
+                    out.extend(qh.to_le_bytes());
+                }
+                out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
+            }
+            GgmlType::Q5_0 => {
+                let d = amax / 15.0;
+                out.extend(h(d));
+                let q: Vec<u32> = blk.iter().map(|x| ((x / d).round() + 16.0).clamp(0.0, 31.0) as u32).collect();
+                let qh: u32 = (0..32).map(|j| ((q[j] >> 4) & 1) << j).sum();
+                out.extend(qh.to_le_bytes());
+                out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
+            }
+            _ => unreachable!(),
+        }
+    }
+    out
+}
+
+#[test]
+fn every_simple_type_dequantises_within_its_precision_in_v2_and_v3() {
+    let v = values();
+    for version in [2u32, 3] {
+        let mut w = Writer::new(version);
+        w.kv_str("general.architecture", "llama");
+        w.kv_u32("llama.block_count", 1);
+        w.kv_f32("llama.rope.freq_base", 100000.0);
+        w.kv_strs("tokenizer.ggml.tokens", &["a", "b"]);
+        w.tensor("f32", &[64], GgmlType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        w.tensor("f16", &[32, 2], GgmlType::F16, v.iter().flat_map(|x| h(*x)).collect());
+        w.tensor("bf16", &[64], GgmlType::BF16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect());
+        // (type, max error allowed relative to the block's range: half a quantisation step + f16 rounding)
+        let quants = [(GgmlType::Q8_0, 1.0 / 127.0), (GgmlType::Q4_0, 1.0 / 7.0), (GgmlType::Q4_1, 2.0 / 15.0), (GgmlType::Q5_0, 1.0 / 15.0), (GgmlType::Q5_1, 2.0 / 31.0)];
+        for (ty, _) in quants {
+            w.tensor(&format!("{ty:?}"), &[64], ty, quantize(ty, &v));
+        }
+        let (_d, p) = write(&w.bytes());
+        let g = GgufFile::open(&p).unwrap();
+        assert_eq!(g.version, version);
+        assert_eq!(g.get("general.architecture"), Some(&Value::String("llama".into())));
+        assert_eq!(g.get("llama.block_count").and_then(|x| x.as_u64()), Some(1));
+        assert_eq!(g.get("tokenizer.ggml.tokens").and_then(|x| x.as_array()).map(|a| a.len()), Some(2));
+        let get = |n: &str| g.tensor_f32(g.tensor_info(n).unwrap()).unwrap();
+        assert_eq!(get("f32"), v);
+        assert_eq!(g.tensor_info("f16").unwrap().shape(), vec![2, 32]);
+        assert!(get("f16").iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-3));
+        assert!(get("bf16").iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-2));
+        for (ty, step) in quants {
+            let got = get(&format!("{ty:?}"));
+            let err = got.iter().zip(&v).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= step * 0.5 + 2e-3, "{ty:?}: max error {err} exceeds half a step {}", step * 0.5);
+        }
+    }
+}
+
+#[test]
+fn k_quant_blocks_decode_to_hand_computed_values() {
+    // Q4_K: d = 0.5, dmin = 0.25; sub-block scales 1..8 and mins 0..7 packed in 12 bytes
+    let (sc, mn): ([u8; 8], [u8; 8]) = ([1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7]);
+    let mut scales = [0u8; 12];
+    for j in 0..4 {
+        scales[j] = sc[j];
+        scales[j + 4] = mn[j];
+        scales[j + 8] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
+    }
+    let qs: Vec<u8> = (0..128).map(|i| ((i % 16) as u8) | ((((i + 3) % 16) as u8) << 4)).collect();
+    let mut blk = vec![];
+    blk.extend(h(0.5));
+    blk.extend(h(0.25));
+    blk.extend(scales);
+    blk.extend(&qs);
+    let got = cada::model::gguf::dequantize(GgmlType::Q4K, &blk, 256);
+    for g in 0..4 {
+        for l in 0..32 {
+            let q = qs[g * 32 + l];
+            let lo = 0.5 * sc[2 * g] as f32 * (q & 15) as f32 - 0.25 * mn[2 * g] as f32;
+            let hi = 0.5 * sc[2 * g + 1] as f32 * (q >> 4) as f32 - 0.25 * mn[2 * g + 1] as f32;
+            assert_eq!(got[g * 64 + l], lo);
+            assert_eq!(got[g * 64 + 32 + l], hi);
+        }
+    }
+    // Q6_K: 6-bit q = low 4 bits (ql) | 2 high bits (qh), minus 32, times d · scale[i/16]
+    let q6: Vec<i32> = (0..256).map(|i| (i * 7 % 64) as i32).collect();
+    let (mut ql, mut qh) = (vec![0u8; 128], vec![0u8; 64]);
+    for half in 0..2 {
+        for l in 0..32 {
+            let base = half * 128;
+            let (a, b, c, d) = (q6[base + l], q6[base + l + 32], q6[base + l + 64], q6[base + l + 96]);
+            ql[half * 64 + l] = ((a & 15) | ((c & 15) << 4)) as u8;
+            ql[half * 64 + l + 32] = ((b & 15) | ((d & 15) << 4)) as u8;
+            qh[half * 32 + l] = ((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((d >> 4) << 6)) as u8;
+        }
+    }
+    let scales6: Vec<i8> = (0..16).map(|i| i as i8 - 8).collect();
+    let mut blk = vec![];
+    blk.extend(&ql);
+    blk.extend(&qh);
+    blk.extend(scales6.iter().map(|&s| s as u8));
+    blk.extend(h(0.125));
+    let got = cada::model::gguf::dequantize(GgmlType::Q6K, &blk, 256);
+    for i in 0..256 {
+        let want = 0.125 * scales6[i / 16] as f32 * (q6[i] - 32) as f32;
+        assert_eq!(got[i], want, "element {i}");
+    }
+}
+
+#[test]
+fn qk_unpermute_inverts_llama_cpp_permutation() {
+    let (heads, hd, cols) = (3, 8, 5);
+    let w: Vec<f32> = (0..heads * hd * cols).map(|i| i as f32).collect();
+    let p = permute_qk(&w, heads, heads * hd, cols);
+    assert_ne!(p, w);
+    assert_eq!(unpermute_qk(&p, heads, heads * hd, cols), w);
+    // HF row (head 0, first half, i=1) comes from GGUF row 2·1 + 0 = 2
+    assert_eq!(&unpermute_qk(&w, heads, heads * hd, cols)[cols..2 * cols], &w[2 * cols..3 * cols]);
+}
+
+fn expect_err(bytes: &[u8], needle: &str) {
+    let (_d, p) = write(bytes);
+    match GgufFile::open(&p) {
+        Ok(_) => panic!("expected an error containing {needle:?}"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(msg.contains(needle) && msg.contains("t.gguf"), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let mut w = Writer::new(3);
+    w.kv_str("general.architecture", "llama");
+    w.tensor("x", &[32], GgmlType::Q8_0, quantize(GgmlType::Q8_0, &values()[..32]));
+    let good = w.bytes();
+    assert!(GgufFile::open(&write(&good).1).is_ok());
+
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    expect_err(&bad, "not a GGUF file");
+    expect_err(&good[..good.len() / 3], "truncated");
+    let mut v1 = good.clone();
+    v1[4] = 1;
+    expect_err(&v1, "version 1");
+    // unknown tensor type 99
+    let mut w2 = Writer::new(3);
+    w2.tensors.push(("q".into(), vec![32], 99, vec![0; 34]));
+    expect_err(&w2.bytes(), "ggml type 99");
+    // data beyond the end of the file
+    let mut w3 = Writer::new(3);
+    w3.tensors.push(("big".into(), vec![1 << 20], GgmlType::F32.id(), vec![0; 64]));
+    expect_err(&w3.bytes(), "beyond the end of the file");
+    // forged huge array length: must not allocate, must error
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(gstr(b"tokenizer.ggml.tokens"));
+    b.extend(9u32.to_le_bytes());
+    b.extend(8u32.to_le_bytes());
+    b.extend(u64::MAX.to_le_bytes());
+    expect_err(&b, "forged length");
+    // forged tensor count
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((1u64 << 60).to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    expect_err(&b, "tensor_count");
+    // a metadata string that is not UTF-8
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(gstr(b"general.name"));
+    b.extend(8u32.to_le_bytes());
+    b.extend(gstr(&[0xff, 0xfe, 0x41]));
+    expect_err(&b, "not valid UTF-8");
+}
