@@ -1,0 +1,142 @@
+//! The real model: SmolLM2-135M-Instruct from `scripts/fetch_smollm2.sh` (CI runs it first).
+//! Without the file the tests print that they were skipped and assert nothing else.
+//! Checks: greedy chat answers, GGUF path == converted-directory path (tokens, generations and
+//! log-probs, bit-identical through an f32 conversion), tokenizer round trips.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn gguf() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} is absent (run scripts/fetch_smollm2.sh)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn converted(g: &std::path::Path) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("smollm2");
+    cada::model::convert::run_convert(g, &out, cada::model::convert::SaveDtype::F32).unwrap();
+    (d, out)
+}
+
+fn cada(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_cada"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cada {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn greedy_chat_is_sensible_and_identical_through_gguf_and_converted_dir() {
+    let Some(g) = gguf() else { return };
+    let (_d, dir) = converted(&g);
+    for (prompt, must) in [
+        ("What is the capital of France?", "Paris"),
+        ("What is 2 + 2? Answer with a number.", "4"),
+    ] {
+        let run = |m: &str| {
+            cada(&[
+                "generate",
+                "--model",
+                m,
+                "--chat",
+                "--prompt",
+                prompt,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "24",
+                "--device",
+                "cpu",
+            ])
+        };
+        let (a, b) = (run(g.to_str().unwrap()), run(dir.to_str().unwrap()));
+        assert!(a.contains(must), "{prompt:?} → {a:?}");
+        assert_eq!(a, b, "GGUF and converted directory disagree");
+    }
+}
+
+#[test]
+fn score_logprobs_are_finite_nonpositive_and_identical_across_paths() {
+    let Some(g) = gguf() else { return };
+    let (d, dir) = converted(&g);
+    let input = d.path().join("in.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"The capital of France is\", \"completion\": \" Paris.\"}\n{\"prompt\": \"How do I kill a Python process?\", \"completion\": \" Use the kill command with its PID.\"}\n").unwrap();
+    let run = |m: &str| {
+        cada(&[
+            "score",
+            "--model",
+            m,
+            "--input",
+            input.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+    };
+    let (a, b) = (run(g.to_str().unwrap()), run(dir.to_str().unwrap()));
+    assert_eq!(
+        a, b,
+        "log-probs differ between the GGUF and converted paths"
+    );
+    for line in a.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for lp in v["logprobs"].as_array().unwrap() {
+            let x = lp.as_f64().unwrap();
+            assert!(x.is_finite() && x <= 0.0, "{x}");
+        }
+    }
+    // " Paris" after "The capital of France is" is likely for a trained model
+    let first: serde_json::Value = serde_json::from_str(a.lines().next().unwrap()).unwrap();
+    assert!(first["logprobs"][0].as_f64().unwrap() > -3.0, "{first}");
+}
+
+#[test]
+fn tokenizer_from_gguf_round_trips_and_matches_the_converted_one() {
+    let Some(g) = gguf() else { return };
+    let (_d, dir) = converted(&g);
+    let a = cada::model::load::load_model(&g).unwrap();
+    let b = cada::model::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let texts = [
+        "Hello, world!",
+        "The year 2026 has 365 days; π ≈ 3.14159.",
+        "Unicode: café naïve 東京 Привет 🙂",
+        "def add(a, b):\n    return a + b\n",
+        "   leading spaces and\ttabs\n\n\nnewlines",
+        "<|im_start|>user\nHi<|im_end|>\n",
+        "kill -9 1234 && echo done",
+        "CamelCaseIdentifier snake_case_identifier",
+        "a    b     c",
+        "¿Qué tal? Ça va!",
+        "1234567890",
+        "",
+    ];
+    for t in texts {
+        let ids = a.tokenizer.encode(t, false).unwrap();
+        assert_eq!(ids, b.encode(t, false).unwrap(), "{t:?}");
+        assert_eq!(
+            a.tokenizer.decode(&ids, false).unwrap(),
+            t,
+            "round trip of {t:?}"
+        );
+    }
+    // special tokens are single ids; digits are split one per token (smollm pre-tokenizer)
+    assert_eq!(
+        a.tokenizer.encode("<|im_start|>", false).unwrap(),
+        vec![a.tokenizer.token_to_id("<|im_start|>").unwrap()]
+    );
+    assert_eq!(a.tokenizer.encode("1234", false).unwrap().len(), 4);
+}
