@@ -279,7 +279,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Convert { from, to, dtype } => {
             let secs = cada::model::convert::run_convert(&from, &to, dtype)?;
-            eprintln!("converted {} → {} in {secs:.2} s", from.display(), to.display());
+            eprintln!(
+                "converted {} → {} in {secs:.2} s",
+                from.display(),
+                to.display()
+            );
         }
         Command::Train {
             config,

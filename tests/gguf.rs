@@ -22,7 +22,11 @@ fn gstr(s: &[u8]) -> Vec<u8> {
 
 impl Writer {
     fn new(version: u32) -> Self {
-        Writer { version, kv: vec![], tensors: vec![] }
+        Writer {
+            version,
+            kv: vec![],
+            tensors: vec![],
+        }
     }
     fn kv_str(&mut self, k: &str, v: &str) {
         let mut b = 8u32.to_le_bytes().to_vec();
@@ -49,7 +53,8 @@ impl Writer {
         self.kv.push((k.into(), b));
     }
     fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) {
-        self.tensors.push((name.into(), dims.to_vec(), ty.id(), data));
+        self.tensors
+            .push((name.into(), dims.to_vec(), ty.id(), data));
     }
     fn bytes(&self) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
@@ -99,7 +104,9 @@ fn h(x: f32) -> [u8; 2] {
 
 /// 64 test values in [-1, 1].
 fn values() -> Vec<f32> {
-    (0..64).map(|i| ((i * 37 % 64) as f32 / 31.5) - 1.0).collect()
+    (0..64)
+        .map(|i| ((i * 37 % 64) as f32 / 31.5) - 1.0)
+        .collect()
 }
 
 /// Quantisers written from the format definitions (symmetric 8/4/5-bit, and 4-bit with a min).
@@ -116,16 +123,24 @@ fn quantize(ty: GgmlType, v: &[f32]) -> Vec<u8> {
             GgmlType::Q4_0 => {
                 let d = amax / 7.0;
                 out.extend(h(d));
-                let q: Vec<u8> = blk.iter().map(|x| ((x / d).round() + 8.0).clamp(0.0, 15.0) as u8).collect();
+                let q: Vec<u8> = blk
+                    .iter()
+                    .map(|x| ((x / d).round() + 8.0).clamp(0.0, 15.0) as u8)
+                    .collect();
                 out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
             }
             GgmlType::Q4_1 | GgmlType::Q5_1 => {
-                let (mn, mx) = blk.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                let (mn, mx) = blk
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
                 let levels = if ty == GgmlType::Q4_1 { 15.0 } else { 31.0 };
                 let d = (mx - mn) / levels;
                 out.extend(h(d));
                 out.extend(h(mn));
-                let q: Vec<u32> = blk.iter().map(|x| ((x - mn) / d).round().clamp(0.0, levels) as u32).collect();
+                let q: Vec<u32> = blk
+                    .iter()
+                    .map(|x| ((x - mn) / d).round().clamp(0.0, levels) as u32)
+                    .collect();
                 if ty == GgmlType::Q5_1 {
                     let qh: u32 = (0..32).map(|j| ((q[j] >> 4) & 1) << j).sum();
                     out.extend(qh.to_le_bytes());
@@ -135,7 +150,10 @@ fn quantize(ty: GgmlType, v: &[f32]) -> Vec<u8> {
             GgmlType::Q5_0 => {
                 let d = amax / 15.0;
                 out.extend(h(d));
-                let q: Vec<u32> = blk.iter().map(|x| ((x / d).round() + 16.0).clamp(0.0, 31.0) as u32).collect();
+                let q: Vec<u32> = blk
+                    .iter()
+                    .map(|x| ((x / d).round() + 16.0).clamp(0.0, 31.0) as u32)
+                    .collect();
                 let qh: u32 = (0..32).map(|j| ((q[j] >> 4) & 1) << j).sum();
                 out.extend(qh.to_le_bytes());
                 out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
@@ -155,29 +173,70 @@ fn every_simple_type_dequantises_within_its_precision_in_v2_and_v3() {
         w.kv_u32("llama.block_count", 1);
         w.kv_f32("llama.rope.freq_base", 100000.0);
         w.kv_strs("tokenizer.ggml.tokens", &["a", "b"]);
-        w.tensor("f32", &[64], GgmlType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect());
-        w.tensor("f16", &[32, 2], GgmlType::F16, v.iter().flat_map(|x| h(*x)).collect());
-        w.tensor("bf16", &[64], GgmlType::BF16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect());
+        w.tensor(
+            "f32",
+            &[64],
+            GgmlType::F32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        );
+        w.tensor(
+            "f16",
+            &[32, 2],
+            GgmlType::F16,
+            v.iter().flat_map(|x| h(*x)).collect(),
+        );
+        w.tensor(
+            "bf16",
+            &[64],
+            GgmlType::BF16,
+            v.iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+                .collect(),
+        );
         // (type, max error allowed relative to the block's range: half a quantisation step + f16 rounding)
-        let quants = [(GgmlType::Q8_0, 1.0 / 127.0), (GgmlType::Q4_0, 1.0 / 7.0), (GgmlType::Q4_1, 2.0 / 15.0), (GgmlType::Q5_0, 1.0 / 15.0), (GgmlType::Q5_1, 2.0 / 31.0)];
+        let quants = [
+            (GgmlType::Q8_0, 1.0 / 127.0),
+            (GgmlType::Q4_0, 1.0 / 7.0),
+            (GgmlType::Q4_1, 2.0 / 15.0),
+            (GgmlType::Q5_0, 1.0 / 15.0),
+            (GgmlType::Q5_1, 2.0 / 31.0),
+        ];
         for (ty, _) in quants {
             w.tensor(&format!("{ty:?}"), &[64], ty, quantize(ty, &v));
         }
         let (_d, p) = write(&w.bytes());
         let g = GgufFile::open(&p).unwrap();
         assert_eq!(g.version, version);
-        assert_eq!(g.get("general.architecture"), Some(&Value::String("llama".into())));
+        assert_eq!(
+            g.get("general.architecture"),
+            Some(&Value::String("llama".into()))
+        );
         assert_eq!(g.get("llama.block_count").and_then(|x| x.as_u64()), Some(1));
-        assert_eq!(g.get("tokenizer.ggml.tokens").and_then(|x| x.as_array()).map(|a| a.len()), Some(2));
+        assert_eq!(
+            g.get("tokenizer.ggml.tokens")
+                .and_then(|x| x.as_array())
+                .map(|a| a.len()),
+            Some(2)
+        );
         let get = |n: &str| g.tensor_f32(g.tensor_info(n).unwrap()).unwrap();
         assert_eq!(get("f32"), v);
         assert_eq!(g.tensor_info("f16").unwrap().shape(), vec![2, 32]);
         assert!(get("f16").iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-3));
-        assert!(get("bf16").iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-2));
+        assert!(get("bf16")
+            .iter()
+            .zip(&v)
+            .all(|(a, b)| (a - b).abs() < 1e-2));
         for (ty, step) in quants {
             let got = get(&format!("{ty:?}"));
-            let err = got.iter().zip(&v).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= step * 0.5 + 2e-3, "{ty:?}: max error {err} exceeds half a step {}", step * 0.5);
+            let err = got
+                .iter()
+                .zip(&v)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= step * 0.5 + 2e-3,
+                "{ty:?}: max error {err} exceeds half a step {}",
+                step * 0.5
+            );
         }
     }
 }
@@ -192,7 +251,9 @@ fn k_quant_blocks_decode_to_hand_computed_values() {
         scales[j + 4] = mn[j];
         scales[j + 8] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
     }
-    let qs: Vec<u8> = (0..128).map(|i| ((i % 16) as u8) | ((((i + 3) % 16) as u8) << 4)).collect();
+    let qs: Vec<u8> = (0..128)
+        .map(|i| ((i % 16) as u8) | ((((i + 3) % 16) as u8) << 4))
+        .collect();
     let mut blk = vec![];
     blk.extend(h(0.5));
     blk.extend(h(0.25));
@@ -214,10 +275,16 @@ fn k_quant_blocks_decode_to_hand_computed_values() {
     for half in 0..2 {
         for l in 0..32 {
             let base = half * 128;
-            let (a, b, c, d) = (q6[base + l], q6[base + l + 32], q6[base + l + 64], q6[base + l + 96]);
+            let (a, b, c, d) = (
+                q6[base + l],
+                q6[base + l + 32],
+                q6[base + l + 64],
+                q6[base + l + 96],
+            );
             ql[half * 64 + l] = ((a & 15) | ((c & 15) << 4)) as u8;
             ql[half * 64 + l + 32] = ((b & 15) | ((d & 15) << 4)) as u8;
-            qh[half * 32 + l] = ((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((d >> 4) << 6)) as u8;
+            qh[half * 32 + l] =
+                ((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((d >> 4) << 6)) as u8;
         }
     }
     let scales6: Vec<i8> = (0..16).map(|i| i as i8 - 8).collect();
@@ -241,7 +308,10 @@ fn qk_unpermute_inverts_llama_cpp_permutation() {
     assert_ne!(p, w);
     assert_eq!(unpermute_qk(&p, heads, heads * hd, cols), w);
     // HF row (head 0, first half, i=1) comes from GGUF row 2·1 + 0 = 2
-    assert_eq!(&unpermute_qk(&w, heads, heads * hd, cols)[cols..2 * cols], &w[2 * cols..3 * cols]);
+    assert_eq!(
+        &unpermute_qk(&w, heads, heads * hd, cols)[cols..2 * cols],
+        &w[2 * cols..3 * cols]
+    );
 }
 
 fn expect_err(bytes: &[u8], needle: &str) {
@@ -259,7 +329,12 @@ fn expect_err(bytes: &[u8], needle: &str) {
 fn bad_files_are_clear_errors() {
     let mut w = Writer::new(3);
     w.kv_str("general.architecture", "llama");
-    w.tensor("x", &[32], GgmlType::Q8_0, quantize(GgmlType::Q8_0, &values()[..32]));
+    w.tensor(
+        "x",
+        &[32],
+        GgmlType::Q8_0,
+        quantize(GgmlType::Q8_0, &values()[..32]),
+    );
     let good = w.bytes();
     assert!(GgufFile::open(&write(&good).1).is_ok());
 
@@ -276,7 +351,8 @@ fn bad_files_are_clear_errors() {
     expect_err(&w2.bytes(), "ggml type 99");
     // data beyond the end of the file
     let mut w3 = Writer::new(3);
-    w3.tensors.push(("big".into(), vec![1 << 20], GgmlType::F32.id(), vec![0; 64]));
+    w3.tensors
+        .push(("big".into(), vec![1 << 20], GgmlType::F32.id(), vec![0; 64]));
     expect_err(&w3.bytes(), "beyond the end of the file");
     // forged huge array length: must not allocate, must error
     let mut b = b"GGUF".to_vec();

@@ -59,7 +59,12 @@ pub fn permute_qk(w: &[f32], n_heads: usize, rows: usize, cols: usize) -> Vec<f3
 }
 
 fn meta_u64(g: &GgufFile, key: &str) -> Result<u64> {
-    g.get(key).and_then(|v| v.as_u64()).with_context(|| format!("{}: missing or non-integer metadata `{key}`", g.path.display()))
+    g.get(key).and_then(|v| v.as_u64()).with_context(|| {
+        format!(
+            "{}: missing or non-integer metadata `{key}`",
+            g.path.display()
+        )
+    })
 }
 
 fn meta_f64(g: &GgufFile, key: &str) -> Option<f64> {
@@ -69,7 +74,10 @@ fn meta_f64(g: &GgufFile, key: &str) -> Option<f64> {
 /// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE) and tokenizer_config.json.
 fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
     let src = g.path.display().to_string();
-    let model = g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).with_context(|| format!("{src}: missing metadata `tokenizer.ggml.model`"))?;
+    let model = g
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.as_str())
+        .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.model`"))?;
     if model != "gpt2" {
         bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2 byte-level BPE)");
     }
@@ -78,12 +86,30 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         .and_then(|v| v.as_array())
         .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.tokens`"))?
         .iter()
-        .map(|t| t.as_str().with_context(|| format!("{src}: `tokenizer.ggml.tokens` holds a non-string")))
+        .map(|t| {
+            t.as_str()
+                .with_context(|| format!("{src}: `tokenizer.ggml.tokens` holds a non-string"))
+        })
         .collect::<Result<_>>()?;
-    let types: Vec<u64> = g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()).map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect()).unwrap_or_default();
-    let merges: Vec<&str> = g.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
-    let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let types: Vec<u64> = g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let merges: Vec<&str> = g
+        .get("tokenizer.ggml.merges")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+        .unwrap_or_default();
+    let pre = g
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
     // control (3) and user-defined (4) tokens are matched whole, before the BPE
     let added: Vec<serde_json::Value> = tokens
         .iter()
@@ -110,14 +136,24 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
     });
-    let name_of = |key: &str| g.get(key).and_then(|v| v.as_u64()).and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+    let name_of = |key: &str| {
+        g.get(key)
+            .and_then(|v| v.as_u64())
+            .and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
     let mut cfg = json!({
         "tokenizer_class": "GPT2Tokenizer",
         "add_bos_token": g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
         "clean_up_tokenization_spaces": false,
         "model_max_length": meta_u64(g, &format!("{}.context_length", arch(g)?)).unwrap_or(2048),
     });
-    for (field, key) in [("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id"), ("pad_token", "tokenizer.ggml.padding_token_id"), ("unk_token", "tokenizer.ggml.unknown_token_id")] {
+    for (field, key) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+    ] {
         if let Some(t) = name_of(key) {
             cfg[field] = json!(t);
         }
@@ -129,7 +165,15 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
 }
 
 fn arch(g: &GgufFile) -> Result<String> {
-    let a = g.get("general.architecture").and_then(|v| v.as_str()).with_context(|| format!("{}: missing metadata `general.architecture`", g.path.display()))?;
+    let a = g
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .with_context(|| {
+            format!(
+                "{}: missing metadata `general.architecture`",
+                g.path.display()
+            )
+        })?;
     match a {
         "llama" | "qwen2" | "mistral" => Ok(a.to_string()),
         other => bail!("{}: metadata `general.architecture` = \"{other}\" is not supported (supported: llama, qwen2, mistral)", g.path.display()),
@@ -144,12 +188,21 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
     let hidden = meta_u64(&g, &k("embedding_length"))? as usize;
     let layers = meta_u64(&g, &k("block_count"))? as usize;
     let heads = meta_u64(&g, &k("attention.head_count"))? as usize;
-    let kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(heads as u64) as usize;
-    let embd = g.tensor_info("token_embd.weight").with_context(|| format!("{src}: missing tensor `token_embd.weight`"))?;
+    let kv_heads = g
+        .get(&k("attention.head_count_kv"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(heads as u64) as usize;
+    let embd = g
+        .tensor_info("token_embd.weight")
+        .with_context(|| format!("{src}: missing tensor `token_embd.weight`"))?;
     let vocab = embd.shape()[0];
     let tied = g.tensor_info("output.weight").is_none();
     let has_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
-    let head_dim = g.get(&k("attention.key_length")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(hidden / heads);
+    let head_dim = g
+        .get(&k("attention.key_length"))
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize)
+        .unwrap_or(hidden / heads);
     let hf_arch = match a.as_str() {
         "qwen2" => "Qwen2ForCausalLM",
         "mistral" => "MistralForCausalLM",
@@ -173,14 +226,31 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         "hidden_act": "silu",
         "torch_dtype": "float32",
     });
-    if let Some(b) = g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()) {
+    if let Some(b) = g
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u64())
+    {
         config["bos_token_id"] = json!(b);
     }
-    if let Some(e) = g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()) {
+    if let Some(e) = g
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_u64())
+    {
         config["eos_token_id"] = json!(e);
     }
     // GGUF name → HF name, and whether llama.cpp permuted its rows (Q with `heads`, K with `kv_heads`)
-    let mut names: Vec<(String, String, Option<usize>)> = vec![("token_embd.weight".into(), "model.embed_tokens.weight".into(), None), ("output_norm.weight".into(), "model.norm.weight".into(), None)];
+    let mut names: Vec<(String, String, Option<usize>)> = vec![
+        (
+            "token_embd.weight".into(),
+            "model.embed_tokens.weight".into(),
+            None,
+        ),
+        (
+            "output_norm.weight".into(),
+            "model.norm.weight".into(),
+            None,
+        ),
+    ];
     if !tied {
         names.push(("output.weight".into(), "lm_head.weight".into(), None));
     }
@@ -190,8 +260,16 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         let (b, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
         for (gg, hf, perm) in [
             ("attn_norm.weight", "input_layernorm.weight", None),
-            ("attn_q.weight", "self_attn.q_proj.weight", permuted.then_some(heads)),
-            ("attn_k.weight", "self_attn.k_proj.weight", permuted.then_some(kv_heads)),
+            (
+                "attn_q.weight",
+                "self_attn.q_proj.weight",
+                permuted.then_some(heads),
+            ),
+            (
+                "attn_k.weight",
+                "self_attn.k_proj.weight",
+                permuted.then_some(kv_heads),
+            ),
             ("attn_v.weight", "self_attn.v_proj.weight", None),
             ("attn_output.weight", "self_attn.o_proj.weight", None),
             ("ffn_norm.weight", "post_attention_layernorm.weight", None),
@@ -202,14 +280,20 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
             names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), perm));
         }
         if has_bias {
-            for (gg, hf) in [("attn_q.bias", "self_attn.q_proj.bias"), ("attn_k.bias", "self_attn.k_proj.bias"), ("attn_v.bias", "self_attn.v_proj.bias")] {
+            for (gg, hf) in [
+                ("attn_q.bias", "self_attn.q_proj.bias"),
+                ("attn_k.bias", "self_attn.k_proj.bias"),
+                ("attn_v.bias", "self_attn.v_proj.bias"),
+            ] {
                 names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), None));
             }
         }
     }
     let mut tensors = Vec::with_capacity(names.len());
     for (gname, hname, perm) in names {
-        let info = g.tensor_info(&gname).with_context(|| format!("{src}: missing tensor `{gname}`"))?;
+        let info = g
+            .tensor_info(&gname)
+            .with_context(|| format!("{src}: missing tensor `{gname}`"))?;
         let shape = info.shape();
         let mut data = g.tensor_f32(info)?;
         if let Some(nh) = perm {
@@ -219,7 +303,12 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         tensors.push((hname, shape, data));
     }
     let (tokenizer_json, tokenizer_config) = tokenizer_files(&g)?;
-    Ok(HfModel { config, tensors, tokenizer_json, tokenizer_config })
+    Ok(HfModel {
+        config,
+        tensors,
+        tokenizer_json,
+        tokenizer_config,
+    })
 }
 
 /// Writes `config.json`, `model.safetensors` (in `dtype`), `tokenizer.json` and
@@ -237,8 +326,14 @@ pub fn write_hf_dir(model: &HfModel, dir: &Path, dtype: SaveDtype) -> Result<()>
         .iter()
         .map(|(_, _, d)| match dtype {
             SaveDtype::F32 => bytemuck::cast_slice(d).to_vec(),
-            SaveDtype::F16 => d.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
-            SaveDtype::Bf16 => d.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            SaveDtype::F16 => d
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            SaveDtype::Bf16 => d
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
         })
         .collect();
     let st_dtype = match dtype {
@@ -250,15 +345,28 @@ pub fn write_hf_dir(model: &HfModel, dir: &Path, dtype: SaveDtype) -> Result<()>
         .tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).map_err(|e| anyhow::anyhow!("tensor `{n}`: {e}"))?)))
+        .map(|((n, s, _), b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
+                    .map_err(|e| anyhow::anyhow!("tensor `{n}`: {e}"))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let st = dir.join("model.safetensors");
     let tmp = dir.join("model.safetensors.tmp");
-    safetensors::serialize_to_file(views, &None, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    safetensors::serialize_to_file(views, &None, &tmp)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &st)?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     std::fs::write(dir.join("tokenizer.json"), &model.tokenizer_json)?;
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&model.tokenizer_config)?)?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&model.tokenizer_config)?,
+    )?;
     Ok(())
 }
 
@@ -273,7 +381,10 @@ pub fn run_convert(from: &Path, to: &Path, dtype: SaveDtype) -> Result<f64> {
 pub fn describe_value(v: &Value) -> String {
     match v {
         Value::Array(a) => format!("[{} values]", a.len()),
-        Value::String(s) if s.len() > 60 => format!("\"{}…\"", &s[..s.char_indices().nth(60).map(|c| c.0).unwrap_or(s.len())]),
+        Value::String(s) if s.len() > 60 => format!(
+            "\"{}…\"",
+            &s[..s.char_indices().nth(60).map(|c| c.0).unwrap_or(s.len())]
+        ),
         other => format!("{other:?}"),
     }
 }

@@ -170,7 +170,12 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if n > self.buf.len().saturating_sub(self.pos) {
-            bail!("{}: truncated while reading {what} at byte {} (needs {n} bytes, {} left)", self.file, self.pos, self.buf.len().saturating_sub(self.pos));
+            bail!(
+                "{}: truncated while reading {what} at byte {} (needs {n} bytes, {} left)",
+                self.file,
+                self.pos,
+                self.buf.len().saturating_sub(self.pos)
+            );
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -180,13 +185,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, what)?[0])
     }
     fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
     /// A length that must fit in what is left of the file, `unit` bytes per element at least.
     fn len(&mut self, unit: usize, what: &str) -> Result<usize> {
@@ -200,7 +211,8 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.len(1, what)?;
         let bytes = self.take(n, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| anyhow::anyhow!("{}: {what} is not valid UTF-8", self.file))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| anyhow::anyhow!("{}: {what} is not valid UTF-8", self.file))
     }
     fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<Value> {
         Ok(match ty {
@@ -228,21 +240,33 @@ impl<'a> Cursor<'a> {
             10 => Value::U64(self.u64(what)?),
             11 => Value::I64(self.u64(what)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(what)?)),
-            other => bail!("{}: {what} has unknown metadata value type {other}", self.file),
+            other => bail!(
+                "{}: {what} has unknown metadata value type {other}",
+                self.file
+            ),
         })
     }
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: read-only map; the file is not modified while we hold it.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
         let name = path.display().to_string();
-        let mut c = Cursor { buf: &mmap, pos: 0, file: name.clone() };
+        let mut c = Cursor {
+            buf: &mmap,
+            pos: 0,
+            file: name.clone(),
+        };
         let magic = c.take(4, "magic")?;
         if magic != GGUF_MAGIC {
-            bail!("{name}: not a GGUF file (magic {:?}, expected \"GGUF\")", String::from_utf8_lossy(magic));
+            bail!(
+                "{name}: not a GGUF file (magic {:?}, expected \"GGUF\")",
+                String::from_utf8_lossy(magic)
+            );
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
@@ -265,18 +289,35 @@ impl GgufFile {
             if nd == 0 || nd > 4 {
                 bail!("{name}: tensor `{tname}` has {nd} dimensions (1 to 4 expected)");
             }
-            let dims = (0..nd).map(|_| c.u64(&format!("tensor `{tname}` dims"))).collect::<Result<Vec<_>>>()?;
+            let dims = (0..nd)
+                .map(|_| c.u64(&format!("tensor `{tname}` dims")))
+                .collect::<Result<Vec<_>>>()?;
             let tid = c.u32(&format!("tensor `{tname}` type"))?;
             let ty = GgmlType::from_id(tid).with_context(|| format!("{name}: tensor `{tname}` has ggml type {tid}, which this reader does not dequantise (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K)"))?;
             let offset = c.u64(&format!("tensor `{tname}` offset"))?;
-            tensors.push(TensorInfo { name: tname, dims, ty, offset });
+            tensors.push(TensorInfo {
+                name: tname,
+                dims,
+                ty,
+                offset,
+            });
         }
-        let align = metadata.get("general.alignment").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
+        let align = metadata
+            .get("general.alignment")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(32) as usize;
         if align == 0 || !align.is_power_of_two() {
             bail!("{name}: metadata `general.alignment` = {align} is not a power of two");
         }
         let data_start = c.pos.div_ceil(align) * align;
-        let f = GgufFile { path: path.to_path_buf(), version, metadata, tensors, data_start, mmap };
+        let f = GgufFile {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            data_start,
+            mmap,
+        };
         for t in &f.tensors {
             f.tensor_bytes(t)?; // validates every tensor's extent now, not on first use
         }
@@ -286,14 +327,23 @@ impl GgufFile {
     fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
         let (per_block, block_bytes) = t.ty.block();
         let n = t.numel();
-        if n % per_block as u64 != 0 {
+        if !n.is_multiple_of(per_block as u64) {
             bail!("{}: tensor `{}` has {n} elements, not a multiple of its {:?} block size {per_block}", self.path.display(), t.name, t.ty);
         }
-        let size = (n / per_block as u64).checked_mul(block_bytes as u64).context("tensor size overflows")?;
-        let start = (self.data_start as u64).checked_add(t.offset).context("tensor offset overflows")?;
+        let size = (n / per_block as u64)
+            .checked_mul(block_bytes as u64)
+            .context("tensor size overflows")?;
+        let start = (self.data_start as u64)
+            .checked_add(t.offset)
+            .context("tensor offset overflows")?;
         let end = start.checked_add(size).context("tensor end overflows")?;
         if end > self.mmap.len() as u64 {
-            bail!("{}: tensor `{}` data [{start}, {end}) lies beyond the end of the file ({} bytes)", self.path.display(), t.name, self.mmap.len());
+            bail!(
+                "{}: tensor `{}` data [{start}, {end}) lies beyond the end of the file ({} bytes)",
+                self.path.display(),
+                t.name,
+                self.mmap.len()
+            );
         }
         Ok(&self.mmap[start as usize..end as usize])
     }
@@ -322,9 +372,21 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     let (_, bb) = ty.block();
     match ty {
-        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())),
-        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())),
+        GgmlType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        GgmlType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
+        GgmlType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             for b in bytes.chunks_exact(bb) {
                 let d = f16_at(b, 0);
@@ -335,7 +397,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
             for b in bytes.chunks_exact(bb) {
                 let d = f16_at(b, 0);
                 // Q4_0: x = (q − 8)·d; Q4_1: x = q·d + m
-                let (m, qs, off) = if ty == GgmlType::Q4_1 { (f16_at(b, 2), &b[4..20], 0.0) } else { (0.0, &b[2..18], 8.0) };
+                let (m, qs, off) = if ty == GgmlType::Q4_1 {
+                    (f16_at(b, 2), &b[4..20], 0.0)
+                } else {
+                    (0.0, &b[2..18], 8.0)
+                };
                 let lo = qs.iter().map(|&q| ((q & 0x0F) as f32 - off) * d + m);
                 let hi = qs.iter().map(|&q| ((q >> 4) as f32 - off) * d + m);
                 out.extend(lo.collect::<Vec<_>>());
@@ -345,7 +411,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             for b in bytes.chunks_exact(bb) {
                 let d = f16_at(b, 0);
-                let (m, qh_at, off) = if ty == GgmlType::Q5_1 { (f16_at(b, 2), 4, 0.0) } else { (0.0, 2, 16.0) };
+                let (m, qh_at, off) = if ty == GgmlType::Q5_1 {
+                    (f16_at(b, 2), 4, 0.0)
+                } else {
+                    (0.0, 2, 16.0)
+                };
                 let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
                 let qs = &b[qh_at + 4..qh_at + 20];
                 let mut blk = [0f32; 32];
@@ -368,15 +438,26 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
                     if j < 4 {
                         ((scales[j] & 63) as f32, (scales[j + 4] & 63) as f32)
                     } else {
-                        (((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4)) as f32, ((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)) as f32)
+                        (
+                            ((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4)) as f32,
+                            ((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)) as f32,
+                        )
                     }
                 };
                 for g in 0..4 {
                     let q = &qs[g * 32..(g + 1) * 32];
                     let (s1, m1) = scale_min(2 * g);
                     let (s2, m2) = scale_min(2 * g + 1);
-                    out.extend(q.iter().map(|&x| d * s1 * (x & 0x0F) as f32 - dmin * m1).collect::<Vec<_>>());
-                    out.extend(q.iter().map(|&x| d * s2 * (x >> 4) as f32 - dmin * m2).collect::<Vec<_>>());
+                    out.extend(
+                        q.iter()
+                            .map(|&x| d * s1 * (x & 0x0F) as f32 - dmin * m1)
+                            .collect::<Vec<_>>(),
+                    );
+                    out.extend(
+                        q.iter()
+                            .map(|&x| d * s2 * (x >> 4) as f32 - dmin * m2)
+                            .collect::<Vec<_>>(),
+                    );
                 }
             }
         }

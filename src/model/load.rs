@@ -85,10 +85,27 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
     let hf = super::convert::gguf_to_hf(path)?;
     let src = path.display().to_string();
     let cfg = LlamaConfig::from_json(&hf.config, &format!("{src} (config from GGUF metadata)"))?;
-    let tokenizer = Tokenizer::from_json_str(&hf.tokenizer_json, &format!("{src} (tokenizer from GGUF metadata)"))?;
+    let tokenizer = Tokenizer::from_json_str(
+        &hf.tokenizer_json,
+        &format!("{src} (tokenizer from GGUF metadata)"),
+    )?;
     tokenizer.check_fits(cfg.vocab_size, &src)?;
-    let tensors = InMemoryTensors { source: src.clone(), tensors: hf.tensors.into_iter().map(|(n, s, d)| (n, (s, d))).collect() };
+    let tensors = InMemoryTensors {
+        source: src.clone(),
+        tensors: hf
+            .tensors
+            .into_iter()
+            .map(|(n, s, d)| (n, (s, d)))
+            .collect(),
+    };
     let params = load_params(&cfg, &tensors)?;
     let chat = chat_or_default(&hf.tokenizer_config, &src)?;
-    Ok(LoadedModel { cfg, params, tokenizer, chat, tokenizer_config: hf.tokenizer_config, source: path.to_path_buf() })
+    Ok(LoadedModel {
+        cfg,
+        params,
+        tokenizer,
+        chat,
+        tokenizer_config: hf.tokenizer_config,
+        source: path.to_path_buf(),
+    })
 }
