@@ -78,12 +78,12 @@ impl Writer {
             offsets.push(offset);
             offset += (data.len() as u64).div_ceil(32) * 32;
         }
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         for (_, _, _, data) in &self.tensors {
             b.extend(data);
-            while b.len() % 32 != 0 {
+            while !b.len().is_multiple_of(32) {
                 b.push(0);
             }
         }
@@ -270,7 +270,7 @@ fn k_quant_blocks_decode_to_hand_computed_values() {
         }
     }
     // Q6_K: 6-bit q = low 4 bits (ql) | 2 high bits (qh), minus 32, times d · scale[i/16]
-    let q6: Vec<i32> = (0..256).map(|i| (i * 7 % 64) as i32).collect();
+    let q6: Vec<i32> = (0..256i32).map(|i| i * 7 % 64).collect();
     let (mut ql, mut qh) = (vec![0u8; 128], vec![0u8; 64]);
     for half in 0..2 {
         for l in 0..32 {
