@@ -65,6 +65,23 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Whole-model timings: forward, forward+backward and batched decode tokens/s
+    Bench {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Convert a GGUF file into a Hugging Face model directory
     Convert {
         #[arg(long)]
@@ -275,6 +292,14 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => std::fs::write(&p, text)
                     .with_context(|| format!("cannot write {}", p.display()))?,
                 None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+        }
+        Command::Bench { model, batch, seq, new_tokens, repeats, json, device } => {
+            let m = cada::model::load::load_model(&model)?;
+            let r = app::run_on(device, app::bench::ModelBench { model: &m, batch, seq, new_tokens, repeats })?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?).with_context(|| format!("cannot write {}", p.display()))?;
             }
         }
         Command::Convert { from, to, dtype } => {

@@ -1,5 +1,6 @@
 //! Command bodies behind the CLI (`main.rs` only parses and prints), and device selection.
 
+pub mod bench;
 pub mod info;
 pub mod run_generate;
 pub mod score;
