@@ -100,6 +100,8 @@ pub struct TrainConfig {
     pub train_context: TrainContext,
     /// μ: gradient steps per batch of rollouts
     pub updates_per_batch: usize,
+    /// sequences per forward/backward in the update (gradients accumulate across them)
+    pub micro_batch_rows: usize,
     pub device: DeviceChoice,
     pub sample_every: usize,
     pub checkpoint_every: usize,
@@ -128,6 +130,7 @@ impl Default for TrainConfig {
             cases_k: 2,
             train_context: TrainContext::Raw,
             updates_per_batch: 1,
+            micro_batch_rows: 16,
             device: DeviceChoice::Auto,
             sample_every: 10,
             checkpoint_every: 10,

@@ -281,64 +281,80 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
 
         // Reference log-probs (frozen starting model), in the training context.
+        let mb = self.cfg.micro_batch_rows.max(1);
+        let chunks: Vec<(usize, usize)> = (0..rows).step_by(mb).map(|r0| (r0, (r0 + mb).min(rows))).collect();
         let t1 = Instant::now();
-        let ref_lp = match &self.reference {
-            Some(r) => seq_logprobs(be, r, &seqs, self.cfg.rollout.temperature)?.logp,
-            None => vec![0f32; rows * lc],
-        };
+        let mut ref_lp = vec![0f32; rows * lc];
+        if let Some(r) = &self.reference {
+            for &(r0, r1) in &chunks {
+                let sl = seq_logprobs(be, r, &seqs[r0..r1], self.cfg.rollout.temperature)?;
+                relayout_into(&mut ref_lp[r0 * lc..r1 * lc], &sl.logp, r1 - r0, sl.lc, lc);
+            }
+        }
         let t_ref = t1.elapsed().as_secs_f64();
 
+        // The update, in micro-batches of rows: each chunk's forward is kept only for its own
+        // backward, gradients accumulate, and the loss is normalised over the whole batch (the
+        // per-chunk loss normalises over the chunk; `chunk_weight` rescales it).
         let t2 = Instant::now();
         let loss_cfg = self.cfg.loss.grpo(self.cfg.rollout.max_new_tokens);
-        let d_mask = be.upload(&mask)?;
-        let d_adv = be.upload(&adv)?;
-        let d_ref = be.upload(&ref_lp)?;
-        let mut old_lp: Option<Vec<f32>> = None;
+        let total_tokens: f32 = mask.iter().sum();
+        let mut old_lp = vec![0f32; rows * lc];
         let mut metrics = crate::backend::GrpoLossMetrics::default();
-        let mut entropy_mean = 0.0;
+        let mut entropy_sum = 0.0f64;
         let mut info = None;
-        for _ in 0..self.cfg.updates_per_batch {
-            let sb = seq_logprobs(be, &self.model, &seqs, self.cfg.rollout.temperature)?;
-            // With μ = 1 the old policy is the current one: ρ = 1 in value, not in gradient.
-            let old = old_lp.get_or_insert_with(|| sb.logp.clone()).clone();
-            let (d_lp, d_old) = (be.upload(&sb.logp)?, be.upload(&old)?);
-            metrics =
-                be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, rows, lc, &loss_cfg)?;
-            if !metrics.loss.is_finite() {
-                bail!("step {step_no}: the loss is {} (non-finite); update refused, last checkpoint kept", metrics.loss);
-            }
-            let mut d_dlp = be.zeros(rows * lc)?;
-            be.grpo_loss_backward(
-                &mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, rows, lc, &loss_cfg,
-            )?;
-            let dlp = be.download(&d_dlp)?;
+        for u in 0..self.cfg.updates_per_batch {
             let mut grads = self.model.zeros_like_params(be)?;
-            seq_backward(
-                be,
-                &self.model,
-                &sb,
-                &seqs,
-                &dlp,
-                self.cfg.rollout.temperature,
-                &mut grads,
-            )?;
+            let mut agg = crate::backend::GrpoLossMetrics::default();
+            entropy_sum = 0.0;
+            for &(r0, r1) in &chunks {
+                let b = r1 - r0;
+                let sb = seq_logprobs(be, &self.model, &seqs[r0..r1], self.cfg.rollout.temperature)?;
+                let mut lp = vec![0f32; b * lc];
+                relayout_into(&mut lp, &sb.logp, b, sb.lc, lc);
+                // With μ = 1 the old policy is the current one: ρ = 1 in value, not in gradient.
+                if u == 0 {
+                    old_lp[r0 * lc..r1 * lc].copy_from_slice(&lp);
+                }
+                let m = &mask[r0 * lc..r1 * lc];
+                let chunk_tokens: f32 = m.iter().sum();
+                let weight = match loss_cfg.loss_type {
+                    crate::backend::LossType::Dapo => chunk_tokens / total_tokens.max(1.0),
+                    _ => b as f32 / rows as f32,
+                };
+                let d_lp = be.upload(&lp)?;
+                let d_old = be.upload(&old_lp[r0 * lc..r1 * lc])?;
+                let d_ref = be.upload(&ref_lp[r0 * lc..r1 * lc])?;
+                let d_mask = be.upload(m)?;
+                let d_adv = be.upload(&adv[r0..r1])?;
+                let mc = be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg)?;
+                if !mc.loss.is_finite() {
+                    bail!("step {step_no}: the loss is {} (non-finite); update refused, last checkpoint kept", mc.loss);
+                }
+                let tw = chunk_tokens / total_tokens.max(1.0);
+                agg.loss += weight * mc.loss;
+                agg.kl_mean += tw * mc.kl_mean;
+                agg.clip_ratio_low += tw * mc.clip_ratio_low;
+                agg.clip_ratio_high += tw * mc.clip_ratio_high;
+                agg.clip_ratio_region += tw * mc.clip_ratio_region;
+                agg.tokens += mc.tokens;
+                let mut d_dlp = be.zeros(b * lc)?;
+                be.grpo_loss_backward(&mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg)?;
+                let dl: Vec<f32> = be.download(&d_dlp)?.iter().map(|x| x * weight).collect();
+                let mut dl_chunk = vec![0f32; b * sb.lc];
+                relayout_into(&mut dl_chunk, &dl, b, lc, sb.lc);
+                seq_backward(be, &self.model, &sb, &seqs[r0..r1], &dl_chunk, self.cfg.rollout.temperature, &mut grads)?;
+                let mut ent = vec![0f32; b * lc];
+                relayout_into(&mut ent, &sb.entropy, b, sb.lc, lc);
+                entropy_sum += ent.iter().zip(m).map(|(e, mm)| (e * mm) as f64).sum::<f64>();
+            }
+            metrics = agg;
             check_grads(be, &self.names, &grads, step_no)?;
-            let ntok: f32 = mask.iter().sum();
-            entropy_mean = sb
-                .entropy
-                .iter()
-                .zip(&mask)
-                .map(|(e, m)| e * m)
-                .sum::<f32>()
-                / ntok.max(1.0);
             let mut params = self.model.params.tensors_mut();
             let mut gs = grads.tensors_mut();
-            info = Some(
-                self.opt
-                    .step(be, &mut params, &mut gs)
-                    .with_context(|| format!("step {step_no}"))?,
-            );
+            info = Some(self.opt.step(be, &mut params, &mut gs).with_context(|| format!("step {step_no}"))?);
         }
+        let entropy_mean = (entropy_sum / total_tokens.max(1.0) as f64) as f32;
         let t_train = t2.elapsed().as_secs_f64();
         self.state.step = step_no;
         let info = info.expect("updates_per_batch ≥ 1");
@@ -441,4 +457,12 @@ pub fn peak_rss_bytes() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Copies `[rows, from_lc]` into `[rows, to_lc]` (truncating or zero-padding each row).
+fn relayout_into(dst: &mut [f32], src: &[f32], rows: usize, from_lc: usize, to_lc: usize) {
+    let n = from_lc.min(to_lc);
+    for b in 0..rows {
+        dst[b * to_lc..b * to_lc + n].copy_from_slice(&src[b * from_lc..b * from_lc + n]);
+    }
 }
