@@ -16,10 +16,14 @@ fn model_benches(c: &mut Criterion) {
     cfg.head_dim = 64;
     let model = Llama::from_host(&be, cfg.clone(), &init_params(&cfg, 0, 0.02)).unwrap();
     let (batch, seq) = (2, 128);
-    let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % 49152) as u32).collect();
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|i| (i * 7919 % 49152) as u32)
+        .collect();
     let targets = shifted_targets(&ids, batch, seq);
     let mut g = c.benchmark_group("model_smollm2_4layers");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements((batch * seq) as u64));
     g.bench_function("forward_logprob_256tok", |b| {
         b.iter(|| {
@@ -33,7 +37,9 @@ fn model_benches(c: &mut Criterion) {
             let (_, _, lse) = model.token_logprobs(&be, &fwd, &targets, 1.0).unwrap();
             let mut grads = model.zeros_like_params(&be).unwrap();
             let dlogp = vec![-1.0 / (batch * seq) as f32; batch * seq];
-            model.logprob_backward(&be, &fwd, &targets, &lse, &dlogp, 1.0, &mut grads).unwrap();
+            model
+                .logprob_backward(&be, &fwd, &targets, &lse, &dlogp, 1.0, &mut grads)
+                .unwrap();
             grads
         })
     });
@@ -44,7 +50,10 @@ fn model_benches(c: &mut Criterion) {
     g.bench_function("decode_step_batch8", |b| {
         let toks = vec![5u32; 8];
         let pos = vec![16u32; 8];
-        b.iter(|| be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap()).unwrap())
+        b.iter(|| {
+            be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap())
+                .unwrap()
+        })
     });
     g.finish();
 }

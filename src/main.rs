@@ -294,12 +294,30 @@ fn run(cli: Cli) -> Result<()> {
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
         }
-        Command::Bench { model, batch, seq, new_tokens, repeats, json, device } => {
+        Command::Bench {
+            model,
+            batch,
+            seq,
+            new_tokens,
+            repeats,
+            json,
+            device,
+        } => {
             let m = cada::model::load::load_model(&model)?;
-            let r = app::run_on(device, app::bench::ModelBench { model: &m, batch, seq, new_tokens, repeats })?;
+            let r = app::run_on(
+                device,
+                app::bench::ModelBench {
+                    model: &m,
+                    batch,
+                    seq,
+                    new_tokens,
+                    repeats,
+                },
+            )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_string_pretty(&r)?).with_context(|| format!("cannot write {}", p.display()))?;
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
             }
         }
         Command::Convert { from, to, dtype } => {

@@ -319,7 +319,21 @@ fn micro_batches_give_the_same_update_as_one_batch() {
         let out = dir.path().join(format!("mb{mb}{lt}"));
         let set_mb = format!("micro_batch_rows={mb}");
         let set_lt = format!("loss.loss_type=\"{lt}\"");
-        assert_ok(&train(&out, &["--set", "steps=2", "--set", "eval_prompts=\"\"", "--set", "sample_every=0", "--set", &set_mb, "--set", &set_lt]));
+        assert_ok(&train(
+            &out,
+            &[
+                "--set",
+                "steps=2",
+                "--set",
+                "eval_prompts=\"\"",
+                "--set",
+                "sample_every=0",
+                "--set",
+                &set_mb,
+                "--set",
+                &set_lt,
+            ],
+        ));
         metrics(&out)
     };
     for lt in ["grpo", "dapo", "dr_grpo"] {
@@ -328,7 +342,10 @@ fn micro_batches_give_the_same_update_as_one_batch() {
             for key in ["loss", "grad_norm", "kl", "entropy", "clip_ratio_region"] {
                 let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
                 // same math, different summation grouping: f32 rounding only
-                assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{lt} {key}: {x} (one batch) vs {y} (micro-batches)");
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                    "{lt} {key}: {x} (one batch) vs {y} (micro-batches)"
+                );
             }
         }
     }

@@ -45,7 +45,9 @@ impl OnDevice for ModelBench<'_> {
         let m = self.model;
         let model = Llama::from_host(be, m.cfg.clone(), &m.params)?;
         let v = m.cfg.vocab_size as u32;
-        let ids: Vec<u32> = (0..self.batch * self.seq).map(|i| (i as u32).wrapping_mul(2654435761) % v).collect();
+        let ids: Vec<u32> = (0..self.batch * self.seq)
+            .map(|i| (i as u32).wrapping_mul(2654435761) % v)
+            .collect();
         let targets = be.upload_ids(&shifted_targets(&ids, self.batch, self.seq))?;
         let n = self.batch * self.seq;
         let (mut fwd_t, mut bwd_t) = (Vec::new(), Vec::new());
@@ -66,8 +68,15 @@ impl OnDevice for ModelBench<'_> {
             bwd_t.push(t1.elapsed().as_secs_f64());
         }
         let decode = |batch: usize| -> Result<f64> {
-            let prompts: Vec<Vec<u32>> = (0..batch).map(|b| ids[b % self.batch * self.seq..][..16.min(self.seq)].to_vec()).collect();
-            let cfg = SamplingConfig { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: self.new_tokens };
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|b| ids[b % self.batch * self.seq..][..16.min(self.seq)].to_vec())
+                .collect();
+            let cfg = SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 0,
+                max_new_tokens: self.new_tokens,
+            };
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let t0 = Instant::now();
             // no stop ids: every sequence generates exactly `new_tokens`

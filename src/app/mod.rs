@@ -27,51 +27,25 @@ pub trait OnDevice {
     fn run<B: Backend>(self, be: &B) -> Result<Self::Output>;
 }
 
-#[cfg(feature = "cuda")]
-fn gpu_present() -> bool {
-    crate::backend::cuda::cuda_available()
-}
-#[cfg(not(feature = "cuda"))]
+/// True when a GPU backend is compiled in and finds a device. No GPU backend exists yet
+/// (issue 5), so `auto` always resolves to the CPU.
 fn gpu_present() -> bool {
     false
 }
 
-/// Resolves `auto` and checks that `cuda` is possible; returns the name of the device used.
+/// Resolves `auto`; `cuda` is refused with a clear message until the GPU backend exists.
 pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
     match choice {
         DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
-        DeviceChoice::Auto => Ok(if gpu_present() {
-            DeviceChoice::Cuda
-        } else {
-            DeviceChoice::Cpu
-        }),
-        DeviceChoice::Cuda => {
-            if !cfg!(feature = "cuda") {
-                anyhow::bail!("--device cuda: this binary was built without the GPU backend (rebuild with `--features cuda`, see README)");
-            }
-            if !gpu_present() {
-                anyhow::bail!(
-                    "--device cuda: no CUDA driver (libcuda) or no GPU found on this machine"
-                );
-            }
-            Ok(DeviceChoice::Cuda)
-        }
+        DeviceChoice::Auto if gpu_present() => Ok(DeviceChoice::Cuda),
+        DeviceChoice::Auto => Ok(DeviceChoice::Cpu),
+        DeviceChoice::Cuda => anyhow::bail!(
+            "--device cuda: the CUDA backend is not part of this build yet (only the CPU reference backend exists; see README)"
+        ),
     }
 }
 
 pub fn run_on<T: OnDevice>(choice: DeviceChoice, task: T) -> Result<T::Output> {
-    match resolve_device(choice)? {
-        DeviceChoice::Cuda => run_cuda(task),
-        _ => task.run(&Cpu::new()),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn run_cuda<T: OnDevice>(task: T) -> Result<T::Output> {
-    let be = crate::backend::cuda::Cuda::new(0)?;
-    task.run(&be)
-}
-#[cfg(not(feature = "cuda"))]
-fn run_cuda<T: OnDevice>(_task: T) -> Result<T::Output> {
-    anyhow::bail!("the GPU backend is not compiled into this binary")
+    resolve_device(choice)?;
+    task.run(&Cpu::new())
 }

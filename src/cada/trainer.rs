@@ -282,7 +282,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
         // Reference log-probs (frozen starting model), in the training context.
         let mb = self.cfg.micro_batch_rows.max(1);
-        let chunks: Vec<(usize, usize)> = (0..rows).step_by(mb).map(|r0| (r0, (r0 + mb).min(rows))).collect();
+        let chunks: Vec<(usize, usize)> = (0..rows)
+            .step_by(mb)
+            .map(|r0| (r0, (r0 + mb).min(rows)))
+            .collect();
         let t1 = Instant::now();
         let mut ref_lp = vec![0f32; rows * lc];
         if let Some(r) = &self.reference {
@@ -309,7 +312,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             entropy_sum = 0.0;
             for &(r0, r1) in &chunks {
                 let b = r1 - r0;
-                let sb = seq_logprobs(be, &self.model, &seqs[r0..r1], self.cfg.rollout.temperature)?;
+                let sb =
+                    seq_logprobs(be, &self.model, &seqs[r0..r1], self.cfg.rollout.temperature)?;
                 let mut lp = vec![0f32; b * lc];
                 relayout_into(&mut lp, &sb.logp, b, sb.lc, lc);
                 // With μ = 1 the old policy is the current one: ρ = 1 in value, not in gradient.
@@ -327,7 +331,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let d_ref = be.upload(&ref_lp[r0 * lc..r1 * lc])?;
                 let d_mask = be.upload(m)?;
                 let d_adv = be.upload(&adv[r0..r1])?;
-                let mc = be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg)?;
+                let mc =
+                    be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg)?;
                 if !mc.loss.is_finite() {
                     bail!("step {step_no}: the loss is {} (non-finite); update refused, last checkpoint kept", mc.loss);
                 }
@@ -339,20 +344,38 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 agg.clip_ratio_region += tw * mc.clip_ratio_region;
                 agg.tokens += mc.tokens;
                 let mut d_dlp = be.zeros(b * lc)?;
-                be.grpo_loss_backward(&mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg)?;
+                be.grpo_loss_backward(
+                    &mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg,
+                )?;
                 let dl: Vec<f32> = be.download(&d_dlp)?.iter().map(|x| x * weight).collect();
                 let mut dl_chunk = vec![0f32; b * sb.lc];
                 relayout_into(&mut dl_chunk, &dl, b, lc, sb.lc);
-                seq_backward(be, &self.model, &sb, &seqs[r0..r1], &dl_chunk, self.cfg.rollout.temperature, &mut grads)?;
+                seq_backward(
+                    be,
+                    &self.model,
+                    &sb,
+                    &seqs[r0..r1],
+                    &dl_chunk,
+                    self.cfg.rollout.temperature,
+                    &mut grads,
+                )?;
                 let mut ent = vec![0f32; b * lc];
                 relayout_into(&mut ent, &sb.entropy, b, sb.lc, lc);
-                entropy_sum += ent.iter().zip(m).map(|(e, mm)| (e * mm) as f64).sum::<f64>();
+                entropy_sum += ent
+                    .iter()
+                    .zip(m)
+                    .map(|(e, mm)| (e * mm) as f64)
+                    .sum::<f64>();
             }
             metrics = agg;
             check_grads(be, &self.names, &grads, step_no)?;
             let mut params = self.model.params.tensors_mut();
             let mut gs = grads.tensors_mut();
-            info = Some(self.opt.step(be, &mut params, &mut gs).with_context(|| format!("step {step_no}"))?);
+            info = Some(
+                self.opt
+                    .step(be, &mut params, &mut gs)
+                    .with_context(|| format!("step {step_no}"))?,
+            );
         }
         let entropy_mean = (entropy_sum / total_tokens.max(1.0) as f64) as f32;
         let t_train = t2.elapsed().as_secs_f64();
