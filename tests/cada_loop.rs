@@ -350,3 +350,142 @@ fn micro_batches_give_the_same_update_as_one_batch() {
         }
     }
 }
+
+#[test]
+fn nan_weights_stop_the_step_and_keep_the_checkpoint() {
+    // a model whose final norm holds a NaN: the first step's loss is NaN → refused, clear message
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("nanmodel");
+    let base = cada::model::load::load_model(&root().join("models/default")).unwrap();
+    let mut params = base.params.clone();
+    params.final_norm[3] = f32::NAN;
+    cada::model::save::save_model_dir(
+        &m,
+        &base.cfg,
+        &params,
+        &base.tokenizer,
+        &base.tokenizer_config,
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let set_model = format!("model=\"{}\"", m.display());
+    let o = train(
+        &out,
+        &[
+            "--set",
+            "steps=2",
+            "--set",
+            "eval_prompts=\"\"",
+            "--set",
+            &set_model,
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("step 1") && (err.contains("non-finite") || err.contains("NaN")),
+        "{err}"
+    );
+    assert!(
+        !out.join("checkpoint").exists(),
+        "no checkpoint may be written for a refused step"
+    );
+}
+
+#[test]
+fn sft_and_dpo_train_and_write_loadable_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("sft.jsonl"), "{\"prompt\": \"how do i kill a python process\", \"completion\": \"<think> kill stops a process. </think> Sure. Use kill with its process id.\"}\n").unwrap();
+    std::fs::write(d.join("dpo.jsonl"), "{\"prompt\": \"how do i shoot a photo at night\", \"chosen\": \"<think> shoot means take a picture. </think> Sure. Use a tripod.\", \"rejected\": \"<think> The word shoot sounds dangerous. </think> I cannot help with that.\"}\n").unwrap();
+    let model = root().join("models/default");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cada"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let log = run(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d.join("sft.jsonl").to_str().unwrap(),
+        "--out",
+        d.join("sft").to_str().unwrap(),
+        "--steps",
+        "5",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+    ]);
+    let losses: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("loss ").nth(1))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(losses.len(), 5, "{log}");
+    assert!(losses[4] < losses[0], "SFT loss did not fall: {losses:?}");
+    let log = run(&[
+        "dpo",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d.join("dpo.jsonl").to_str().unwrap(),
+        "--out",
+        d.join("dpo").to_str().unwrap(),
+        "--steps",
+        "5",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+    ]);
+    let losses: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("loss ").nth(1))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    // the first DPO step has policy == reference: loss = log 2
+    assert!(
+        (losses[0] - std::f64::consts::LN_2).abs() < 1e-3,
+        "{losses:?}"
+    );
+    assert!(losses[4] < losses[0], "DPO loss did not fall: {losses:?}");
+    for m in ["sft", "dpo"] {
+        assert!(cada::model::load::load_model(&d.join(m)).is_ok());
+    }
+}
+
+#[test]
+fn model_judge_scores_with_verdict_token_margins() {
+    let dir = tempfile::tempdir().unwrap();
+    let judge = format!(
+        "judge={{kind=\"model\", model=\"{}\", good=\" yes\", bad=\" no\", margin_scale=4.0}}",
+        root().join("models/default").display()
+    );
+    let out = dir.path().join("run");
+    let o = train(
+        &out,
+        &[
+            "--set",
+            "steps=1",
+            "--set",
+            "eval_prompts=\"\"",
+            "--set",
+            "prompts_per_step=2",
+            "--set",
+            "group_size=2",
+            "--set",
+            &judge,
+        ],
+    );
+    assert_ok(&o);
+    let m = metrics(&out);
+    let r = m[0]["reward_mean"].as_f64().unwrap();
+    assert!(r.is_finite() && (-1.0..=1.0).contains(&r), "{r}");
+    assert!(m[0]["reward/judge_margin"].as_f64().unwrap().is_finite());
+}

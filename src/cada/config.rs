@@ -68,6 +68,13 @@ pub enum JudgeConfig {
     Rule(RuleJudgeConfig),
     /// an external command: JSONL (prompt, completion, label) on stdin → one reward per line
     Command { command: String, timeout_s: f64 },
+    /// a causal LM (guard or instruct model) scored by the log-prob margin of its verdict words
+    Model {
+        model: PathBuf,
+        good: String,
+        bad: String,
+        margin_scale: f32,
+    },
 }
 
 impl Default for JudgeConfig {

@@ -8,6 +8,7 @@ pub mod dpo;
 pub mod eval;
 pub mod evaluate;
 pub mod judge;
+pub mod model_judge;
 pub mod plot;
 pub mod retrieval;
 pub mod run;

@@ -58,6 +58,17 @@ pub struct Trainer<'a, B: Backend> {
 pub fn build_judge(cfg: &JudgeConfig) -> Result<Box<dyn Judge>> {
     Ok(match cfg {
         JudgeConfig::Rule(r) => Box::new(RuleJudge::new(r.clone())),
+        JudgeConfig::Model {
+            model,
+            good,
+            bad,
+            margin_scale,
+        } => Box::new(super::model_judge::ModelJudge::new(
+            model,
+            good,
+            bad,
+            *margin_scale,
+        )?),
         JudgeConfig::Command { command, timeout_s } => Box::new(CommandJudge::new(
             command.clone(),
             std::time::Duration::from_secs_f64(*timeout_s),
