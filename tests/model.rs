@@ -208,3 +208,57 @@ fn tokenizer_round_trips_and_special_tokens_are_single_ids() {
         assert_eq!(tok.token_to_id(t), Some(i as u32), "{t}");
     }
 }
+
+#[test]
+fn config_parsing_llama3_rope_scaling_and_errors() {
+    let base = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    });
+    let c = cada::model::config::LlamaConfig::from_json(&base, "config.json").unwrap();
+    assert_eq!(c.head_dim, 16);
+    let inv = c.rope_inv_freq();
+    // transformers' llama3 rule, per frequency: high frequencies kept, low ones divided by
+    // `factor`, smooth interpolation between (wavelengths vs 8192/4 and 8192/1)
+    for (i, &f) in inv.iter().enumerate() {
+        let b = 1.0 / 500000f64.powf(2.0 * i as f64 / 16.0);
+        let wl = 2.0 * std::f64::consts::PI / b;
+        let want = if wl < 2048.0 {
+            b
+        } else if wl > 8192.0 {
+            b / 8.0
+        } else {
+            let s = (8192.0 / wl - 1.0) / 3.0;
+            (1.0 - s) * b / 8.0 + s * b
+        };
+        assert!(
+            (f as f64 - want).abs() <= 1e-6 * want,
+            "freq {i}: {f} vs {want}"
+        );
+    }
+    let mut q = base.clone();
+    q["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    q.as_object_mut().unwrap().remove("rope_scaling");
+    assert!(
+        cada::model::config::LlamaConfig::from_json(&q, "config.json")
+            .unwrap()
+            .attention_bias,
+        "Qwen2 has qkv bias by default"
+    );
+    let mut bad = base.clone();
+    bad["num_key_value_heads"] = serde_json::json!(3);
+    let e = cada::model::config::LlamaConfig::from_json(&bad, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("num_key_value_heads"),
+        "{e}"
+    );
+    let mut bad = base.clone();
+    bad["rope_scaling"]["rope_type"] = serde_json::json!("yarn");
+    let e = cada::model::config::LlamaConfig::from_json(&bad, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
+}
