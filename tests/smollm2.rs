@@ -133,6 +133,17 @@ fn tokenizer_from_gguf_round_trips_and_matches_the_converted_one() {
             "round trip of {t:?}"
         );
     }
+    // known ids: SmolLM2's config.json has bos_token_id 1 (<|im_start|>), eos_token_id 2 (<|im_end|>),
+    // and <|endoftext|> is id 0; common words are single tokens
+    let t = &a.tokenizer;
+    assert_eq!(
+        t.encode("<|endoftext|><|im_start|><|im_end|>", false)
+            .unwrap(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(a.cfg.bos_token_id, Some(1));
+    assert_eq!(a.cfg.eos_token_ids, vec![2]);
+    assert_eq!(t.encode("Hello world", false).unwrap().len(), 2);
     // special tokens are single ids; digits are split one per token (smollm pre-tokenizer)
     assert_eq!(
         a.tokenizer.encode("<|im_start|>", false).unwrap(),
