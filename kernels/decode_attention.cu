@@ -1,0 +1,94 @@
+// Batched single-token decode over a KV cache [slots, capacity, Hkv·hd]; row b uses slot b and
+// attends to positions 0..=positions[b]. f32, online softmax per warp, warps merged at the end.
+#include "common.cuh"
+
+#define DEC_MAX_HD 128
+#define DEC_PER_LANE (DEC_MAX_HD / 32)
+#define DEC_WARPS 4
+
+struct DecodeDims {
+    int batch, capacity, n_heads, n_kv_heads, head_dim;
+};
+
+// Thread per element of k/v [batch, Hkv·hd].
+CADA_KERNEL void kv_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,
+                                const unsigned int* positions, DecodeDims s) {
+    const int64_t kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    GRID_STRIDE(i, (int64_t)s.batch * kvd) {
+        const int64_t b = i / kvd, c = i % kvd;
+        if ((int64_t)positions[b] >= s.capacity) continue;  // caller bug: never write past the slot
+        const int64_t dst = (b * s.capacity + positions[b]) * kvd + c;
+        k_cache[dst] = k[i];
+        v_cache[dst] = v[i];
+    }
+}
+
+// grid = (Hq, batch), block = 32·DEC_WARPS. Warp w scores keys w, w + DEC_WARPS, ...
+// (one warp-wide dot product per key), keeping its own running max/sum/output.
+CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cache,
+                                  const float* v_cache, const unsigned int* positions,
+                                  DecodeDims s, float scale) {
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
+    __shared__ float wo[DEC_WARPS * DEC_MAX_HD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = blockIdx.x, b = blockIdx.y;
+    const int kh = h / (s.n_heads / s.n_kv_heads);
+    const int hd = s.head_dim;
+    const int64_t kvd = (int64_t)s.n_kv_heads * hd;
+    if ((int64_t)positions[b] >= s.capacity) {  // caller bug: NaN instead of reading past the slot
+        for (int d = threadIdx.x; d < hd; d += blockDim.x)
+            out[((int64_t)b * s.n_heads + h) * hd + d] = CUDART_NAN_F;
+        return;
+    }
+    const int len = (int)positions[b] + 1;
+    const float* qh = q + ((int64_t)b * s.n_heads + h) * hd;
+    float qr[DEC_PER_LANE], o[DEC_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < DEC_PER_LANE; ++i) {
+        const int d = lane + 32 * i;
+        qr[i] = d < hd ? qh[d] : 0.f;
+        o[i] = 0.f;
+    }
+    float m = -CUDART_INF_F, l = 0.f;
+    for (int j = warp; j < len; j += DEC_WARPS) {
+        const float* kr = k_cache + ((int64_t)b * s.capacity + j) * kvd + (int64_t)kh * hd;
+        const float* vr = v_cache + ((int64_t)b * s.capacity + j) * kvd + (int64_t)kh * hd;
+        float acc = 0.f;
+#pragma unroll
+        for (int i = 0; i < DEC_PER_LANE; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) acc += qr[i] * kr[d];
+        }
+        const float score = warp_sum(acc) * scale;
+        const float m_new = fmaxf(m, score);
+        const float alpha = expf(m - m_new), p = expf(score - m_new);
+        l = l * alpha + p;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < DEC_PER_LANE; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) o[i] = o[i] * alpha + p * vr[d];
+        }
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < DEC_PER_LANE; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) wo[warp * DEC_MAX_HD + d] = o[i];
+    }
+    __syncthreads();
+    // Merge the warps' partial softmaxes (a warp with no keys has m = -inf and weight 0).
+    float gm = -CUDART_INF_F;
+    for (int w = 0; w < DEC_WARPS; ++w) gm = fmaxf(gm, wm[w]);
+    float total = 0.f;
+    for (int w = 0; w < DEC_WARPS; ++w) total += wl[w] * expf(wm[w] - gm);
+    float* oh = out + ((int64_t)b * s.n_heads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int w = 0; w < DEC_WARPS; ++w) acc += wo[w * DEC_MAX_HD + d] * expf(wm[w] - gm);
+        oh[d] = acc / total;
+    }
+}

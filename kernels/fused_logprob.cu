@@ -1,0 +1,72 @@
+// Fused log-prob head: the vocabulary is streamed in chunks. For each chunk the host runs one
+// cuBLAS GEMM z[n, c] = hidden · W[c0:c0+c]ᵀ into a [n × chunk] scratch, then these kernels fold
+// the chunk into per-row running statistics (online log-sum-exp): m (max), s0 = Σ e^(z−m),
+// s1 = Σ e^(z−m)·z and the target's logit. Nothing of size n × vocab is ever allocated.
+// Rows go on grid.x (limit 2^31−1), never on grid.y/z (limit 65535).
+#include "common.cuh"
+
+CADA_KERNEL void logprob_state_init(float* m, float* s0, float* s1, float* zt, int64_t n) {
+    GRID_STRIDE(i, n) {
+        m[i] = -CUDART_INF_F;
+        s0[i] = 0.f;
+        s1[i] = 0.f;
+        zt[i] = 0.f;
+    }
+}
+
+// One block per row; z is the chunk's raw logits [rows, c] (scaled by 1/T here).
+CADA_KERNEL void logprob_chunk_update(const float* z, int c, int c0, const unsigned int* targets,
+                                      float inv_t, float* m, float* s0, float* s1, float* zt) {
+    __shared__ float scratch[32];
+    const int64_t row = blockIdx.x;
+    const float* zr = z + row * c;
+    float cm = -CUDART_INF_F;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) cm = fmaxf(cm, zr[j] * inv_t);
+    cm = block_max(cm, scratch);
+    const float old_m = m[row];
+    const float nm = fmaxf(old_m, cm);
+    float a0 = 0.f, a1 = 0.f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        const float x = zr[j] * inv_t;
+        const float e = expf(x - nm);
+        a0 += e;
+        a1 += e * x;
+    }
+    a0 = block_sum(a0, scratch);
+    a1 = block_sum(a1, scratch);
+    if (threadIdx.x == 0) {
+        const float rescale = old_m == -CUDART_INF_F ? 0.f : expf(old_m - nm);
+        s0[row] = s0[row] * rescale + a0;
+        s1[row] = s1[row] * rescale + a1;
+        m[row] = nm;
+        const int t = (int)targets[row] - c0;
+        if (t >= 0 && t < c) zt[row] = zr[t] * inv_t;
+    }
+}
+
+// lse = m + log s0; logp = min(z_target − lse, 0) (rounding can push it a hair above 0);
+// entropy = lse − E[z] = lse − s1/s0.
+CADA_KERNEL void logprob_finish(float* logp, float* entropy, float* lse, const float* m,
+                                const float* s0, const float* s1, const float* zt, int64_t n) {
+    GRID_STRIDE(i, n) {
+        const float l = m[i] + logf(s0[i]);
+        lse[i] = l;
+        logp[i] = fminf(zt[i] - l, 0.f);
+        entropy[i] = l - s1[i] / s0[i];
+    }
+}
+
+// Backward, in place on the chunk's recomputed raw logits [rows, c]:
+// g = dlogp·(onehot(target) − softmax(z/T))/T. The host then runs dhidden += g·W_chunk and
+// dW_chunk += gᵀ·hidden with cuBLAS.
+CADA_KERNEL void logprob_chunk_grad(float* z, int64_t rows, int c, int c0,
+                                    const unsigned int* targets, const float* lse,
+                                    const float* dlogp, float inv_t) {
+    GRID_STRIDE(i, rows * c) {
+        const int64_t r = i / c;
+        const int j = (int)(i % c);
+        const float p = expf(z[i] * inv_t - lse[r]);
+        const float delta = (int64_t)targets[r] == (int64_t)c0 + j ? 1.f : 0.f;
+        z[i] = dlogp[r] * (delta - p) * inv_t;
+    }
+}

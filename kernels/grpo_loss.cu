@@ -1,0 +1,123 @@
+// GRPO/DAPO/Dr.GRPO clipped-ratio loss with the k3 KL term (../shared/CADA.md step 7).
+// Inputs [batch, len] right-padded; mask 1 = counted; advantages [batch].
+// Forward: one block per completion writes 5 f64 row partials (Σm·loss, Σm·kl, Σm·clip_low,
+// Σm·clip_high, Σm); the host divides by the loss type's denominator (the metric reduction).
+// Backward: one block per completion; the denominators are recomputed on the device.
+#include "common.cuh"
+
+#define GRPO_LOSS_GRPO 0
+#define GRPO_LOSS_DAPO 1
+#define GRPO_LOSS_DR_GRPO 2
+
+struct GrpoParams {
+    float epsilon_low, epsilon_high, beta;
+    int use_ref;  // 0 when beta == 0: ref_logp is not read
+    int loss_type;
+    int max_completion_len;
+};
+
+struct TokenTerms {
+    float loss, kl, dloss;
+    bool low, high;
+};
+
+__device__ __forceinline__ TokenTerms token_terms(float logp, float old_logp, float ref_logp,
+                                                  float adv, const GrpoParams& p) {
+    TokenTerms r;
+    const float ratio = expf(logp - old_logp);
+    const float clipped_ratio = fminf(fmaxf(ratio, 1.f - p.epsilon_low), 1.f + p.epsilon_high);
+    const float unclipped = ratio * adv, clipped = clipped_ratio * adv;
+    r.low = ratio < 1.f - p.epsilon_low && adv < 0.f;
+    r.high = ratio > 1.f + p.epsilon_high && adv > 0.f;
+    const float surrogate = -fminf(unclipped, clipped);
+    // d(-min(ρA, clip(ρ)A))/d logp: zero where the clipped branch is taken, else -ρA.
+    const float dsurrogate = (r.low || r.high) ? 0.f : -unclipped;
+    float kl = 0.f, dkl = 0.f;
+    if (p.use_ref) {
+        const float delta = ref_logp - logp;
+        const float e = expf(delta);
+        kl = e - delta - 1.f;
+        dkl = 1.f - e;
+    }
+    r.loss = surrogate + p.beta * kl;
+    r.kl = kl;
+    r.dloss = dsurrogate + p.beta * dkl;
+    return r;
+}
+
+// grid.x = batch; partials [batch, 5].
+CADA_KERNEL void grpo_loss_forward(double* partials, const float* logp, const float* old_logp,
+                                   const float* ref_logp, const float* mask,
+                                   const float* advantages, int len, GrpoParams p) {
+    __shared__ double scratch[32];
+    const int64_t b = blockIdx.x;
+    const float adv = advantages[b];
+    double loss = 0, kl = 0, low = 0, high = 0, count = 0;
+    for (int t = threadIdx.x; t < len; t += blockDim.x) {
+        const int64_t i = b * len + t;
+        const double m = mask[i];
+        if (m == 0.0) continue;  // padding log-probs may be garbage: never read them into a sum
+        const TokenTerms r =
+            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p);
+        loss += m * r.loss;
+        kl += m * r.kl;
+        low += m * (double)r.low;
+        high += m * (double)r.high;
+        count += m;
+    }
+    loss = block_sum_d(loss, scratch);
+    kl = block_sum_d(kl, scratch);
+    low = block_sum_d(low, scratch);
+    high = block_sum_d(high, scratch);
+    count = block_sum_d(count, scratch);
+    if (threadIdx.x == 0) {
+        double* out = partials + b * 5;
+        out[0] = loss;
+        out[1] = kl;
+        out[2] = low;
+        out[3] = high;
+        out[4] = count;
+    }
+}
+
+// Backward step 1: row_count[b] = Σ_t mask[b, t] (one block per row).
+CADA_KERNEL void grpo_mask_count(double* row_count, const float* mask, int len) {
+    __shared__ double scratch[32];
+    const int64_t b = blockIdx.x;
+    double c = 0;
+    for (int t = threadIdx.x; t < len; t += blockDim.x) c += mask[b * len + t];
+    c = block_sum_d(c, scratch);
+    if (threadIdx.x == 0) row_count[b] = c;
+}
+
+// Backward step 2: dlogp = weight·dloss, weight = mask/denominator (grpo: per-row count × batch;
+// dapo: total count; dr_grpo: batch × max_completion_len). grid.x = batch.
+CADA_KERNEL void grpo_loss_backward(float* dlogp, const float* logp, const float* old_logp,
+                                    const float* ref_logp, const float* mask,
+                                    const float* advantages, const double* row_count, int batch,
+                                    int len, GrpoParams p) {
+    __shared__ double scratch[32];
+    const int64_t b = blockIdx.x;
+    double denom;
+    if (p.loss_type == GRPO_LOSS_GRPO) {
+        denom = fmax(row_count[b], 1.0) * (double)batch;
+    } else if (p.loss_type == GRPO_LOSS_DAPO) {
+        double total = 0;
+        for (int i = threadIdx.x; i < batch; i += blockDim.x) total += row_count[i];
+        denom = fmax(block_sum_d(total, scratch), 1.0);
+    } else {
+        denom = (double)batch * (double)max(p.max_completion_len, 1);
+    }
+    const float adv = advantages[b];
+    for (int t = threadIdx.x; t < len; t += blockDim.x) {
+        const int64_t i = b * len + t;
+        const float m = mask[i];
+        if (m == 0.f) {
+            dlogp[i] = 0.f;
+            continue;
+        }
+        const TokenTerms r =
+            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p);
+        dlogp[i] = (float)((double)m / denom * (double)r.dloss);
+    }
+}

@@ -1,0 +1,167 @@
+// Token sampling on the device with the host-drawn uniforms, reproducing the CPU reference
+// (src/backend/cpu/sampling.rs) without sorting the vocabulary:
+//   z = (x − max)/T in f32, p = exp(z) in f64, tokens ordered by (p desc, index asc);
+//   keep the first top_k; then the shortest prefix whose mass reaches top_p; then the first
+//   token whose cumulative mass exceeds u·(kept mass).
+// Each "first token in sorted order whose running total reaches a target" is found by bisection
+// over the f32 bit pattern of t = −z ≥ 0 (p is monotone in t, and the bits of non-negative floats
+// are ordered like their values), then a scan in index order over the tokens tied at the found t.
+// One block of SAMPLE_THREADS per row; `t_scratch` is [batch, vocab].
+#include "common.cuh"
+#include <limits.h>
+
+#define SAMPLE_THREADS 1024
+
+// The kept set: tokens before (bt, bi) in sorted order, inclusive.
+struct Kept {
+    float bt;
+    int bi;
+};
+
+__device__ __forceinline__ bool is_kept(float t, int i, Kept k) {
+    return t < k.bt || (t == k.bt && i <= k.bi);
+}
+
+__device__ __forceinline__ double weight(float t, bool count) {
+    return count ? 1.0 : exp(-(double)t);
+}
+
+// Σ over kept tokens with t ≤ tv (or t < tv when `strictly_below`) of the weight.
+__device__ double total_upto(const float* tr, int vocab, Kept k, float tv, bool strictly_below,
+                             bool count, double* scratch) {
+    double acc = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float t = tr[i];
+        const bool in = strictly_below ? t < tv : t <= tv;
+        if (in && is_kept(t, i, k)) acc += weight(t, count);
+    }
+    return block_sum_d(acc, scratch);
+}
+
+__device__ __forceinline__ bool reaches(double running, double target, bool strict) {
+    return strict ? running > target : running >= target;
+}
+
+// First kept token, in sorted order, at which the running total of weights reaches the target.
+// Returns false when even the whole kept set does not reach it.
+__device__ bool select_token(const float* tr, int vocab, Kept k, double target, bool count,
+                             bool strict, Kept* found, double* scratch, double* scan) {
+    __shared__ int first, last_tie;
+    if (!reaches(total_upto(tr, vocab, k, CUDART_INF_F, false, count, scratch), target, strict))
+        return false;
+    unsigned int lo = 0, hi = 0x7f800000u;  // +0 .. +inf
+    while (lo < hi) {
+        const unsigned int mid = lo + (hi - lo) / 2;
+        if (reaches(total_upto(tr, vocab, k, __uint_as_float(mid), false, count, scratch), target,
+                    strict))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    const float tv = __uint_as_float(lo);
+    double before = total_upto(tr, vocab, k, tv, true, count, scratch);
+    if (threadIdx.x == 0) last_tie = 0;
+    // Tokens tied at tv are ordered by index: an inclusive block scan per tile of indices.
+    for (int base = 0; base < vocab; base += blockDim.x) {
+        const int i = base + threadIdx.x;
+        const bool tie = i < vocab && tr[i] == tv && is_kept(tr[i], i, k);
+        __syncthreads();
+        scan[threadIdx.x] = tie ? weight(tv, count) : 0.0;
+        if (threadIdx.x == 0) first = INT_MAX;
+        __syncthreads();
+        for (int off = 1; off < blockDim.x; off <<= 1) {
+            const double add = threadIdx.x >= off ? scan[threadIdx.x - off] : 0.0;
+            __syncthreads();
+            scan[threadIdx.x] += add;
+            __syncthreads();
+        }
+        if (tie && reaches(before + scan[threadIdx.x], target, strict)) atomicMin(&first, i);
+        if (tie) atomicMax(&last_tie, i);
+        __syncthreads();
+        if (first != INT_MAX) {
+            found->bt = tv;
+            found->bi = first;
+            return true;
+        }
+        before += scan[blockDim.x - 1];
+    }
+    // Rounding left the target between the bisection's total and the tie scan: take the last tie.
+    found->bt = tv;
+    found->bi = last_tie;
+    return true;
+}
+
+// grid.x = batch, block = SAMPLE_THREADS.
+CADA_KERNEL void sample_rows(unsigned int* tokens, float* t_scratch, const float* logits,
+                             const float* uniforms, int vocab, float temperature, float top_p,
+                             int top_k) {
+    __shared__ float fscratch[32];
+    __shared__ double scratch[32];
+    __shared__ double scan[SAMPLE_THREADS];
+    __shared__ float best_val[32];
+    __shared__ int best_idx[32];
+    const int64_t row = blockIdx.x;
+    const float* x = logits + row * vocab;
+    float* tr = t_scratch + row * vocab;
+
+    if (temperature <= 0.f) {
+        // argmax, lowest index on ties
+        float bv = -CUDART_INF_F;
+        int bi = INT_MAX;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+            if (x[i] > bv || (bi == INT_MAX && x[i] == bv)) {
+                bv = x[i];
+                bi = i;
+            }
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
+            if (ov > bv || (ov == bv && oi < bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if ((threadIdx.x & 31) == 0) {
+            best_val[threadIdx.x >> 5] = bv;
+            best_idx[threadIdx.x >> 5] = bi;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+                if (best_val[w] > bv || (best_val[w] == bv && best_idx[w] < bi)) {
+                    bv = best_val[w];
+                    bi = best_idx[w];
+                }
+            tokens[row] = bi == INT_MAX ? 0u : (unsigned int)bi;
+        }
+        return;
+    }
+
+    float m = -CUDART_INF_F;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, x[i]);
+    m = block_max(m, fscratch);
+    // t = 0 − z keeps +0 for the max token (−z would give −0, whose bits sort last)
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) tr[i] = 0.f - (x[i] - m) / temperature;
+    __syncthreads();
+
+    Kept kept = {CUDART_INF_F, INT_MAX};
+    Kept boundary;
+    if (top_k > 0 && top_k < vocab &&
+        select_token(tr, vocab, kept, (double)top_k, true, false, &boundary, scratch, scan))
+        kept = boundary;
+    if (top_p < 1.f) {
+        const double total = total_upto(tr, vocab, kept, CUDART_INF_F, false, false, scratch);
+        if (select_token(tr, vocab, kept, (double)top_p * total, false, false, &boundary, scratch,
+                         scan))
+            kept = boundary;
+    }
+    const double total = total_upto(tr, vocab, kept, CUDART_INF_F, false, false, scratch);
+    Kept pick;
+    if (!select_token(tr, vocab, kept, (double)uniforms[row] * total, false, true, &pick, scratch,
+                      scan)) {
+        // u·total ≥ the whole kept mass (rounding): the CPU returns the last kept token.
+        const double n_kept = total_upto(tr, vocab, kept, CUDART_INF_F, false, true, scratch);
+        select_token(tr, vocab, kept, n_kept, true, false, &pick, scratch, scan);
+    }
+    if (threadIdx.x == 0) tokens[row] = (unsigned int)pick.bi;
+}

@@ -1,0 +1,287 @@
+//! Launchers for kernels/attention.cu (causal GQA training attention) and
+//! kernels/decode_attention.cu (KV-cache write and single-token decode).
+
+use super::{dim_i32, launch, need, need_ids, Cuda};
+use crate::backend::{AttnShape, Backend, DecodeShape};
+use anyhow::{ensure, Result};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+/// Largest head_dim the kernels hold in registers/shared memory (`ATTN_MAX_HD`, `DEC_MAX_HD`).
+const MAX_HEAD_DIM: usize = 128;
+/// Query rows per forward/dq block (`ATTN_ROWS`) and keys per dk/dv block (`DKV_KEYS`).
+const ATTN_ROWS: usize = 8;
+const DKV_KEYS: usize = 8;
+const DEC_WARPS: u32 = 4;
+
+/// Mirrors `struct AttnDims` in attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnDims {
+    batch: i32,
+    seq: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+}
+// SAFETY: plain #[repr(C)] struct of i32, identical layout to the C struct.
+unsafe impl DeviceRepr for AttnDims {}
+
+/// Mirrors `struct DecodeDims` in decode_attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DecodeDims {
+    batch: i32,
+    capacity: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+}
+// SAFETY: as above.
+unsafe impl DeviceRepr for DecodeDims {}
+
+fn check_heads(op: &str, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<()> {
+    ensure!(
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        "cuda backend: {op}: {n_heads} heads not a multiple of {n_kv_heads} kv heads"
+    );
+    ensure!(
+        (1..=MAX_HEAD_DIM).contains(&head_dim),
+        "cuda backend: {op}: head_dim {head_dim} outside 1..={MAX_HEAD_DIM}"
+    );
+    Ok(())
+}
+
+fn attn_dims(s: AttnShape) -> Result<AttnDims> {
+    Ok(AttnDims {
+        batch: dim_i32(s.batch, "batch")?,
+        seq: dim_i32(s.seq, "seq")?,
+        n_heads: dim_i32(s.n_heads, "n_heads")?,
+        n_kv_heads: dim_i32(s.n_kv_heads, "n_kv_heads")?,
+        head_dim: dim_i32(s.head_dim, "head_dim")?,
+    })
+}
+
+fn decode_dims(s: DecodeShape) -> Result<DecodeDims> {
+    Ok(DecodeDims {
+        batch: dim_i32(s.batch, "batch")?,
+        capacity: dim_i32(s.capacity, "capacity")?,
+        n_heads: dim_i32(s.n_heads, "n_heads")?,
+        n_kv_heads: dim_i32(s.n_kv_heads, "n_kv_heads")?,
+        head_dim: dim_i32(s.head_dim, "head_dim")?,
+    })
+}
+
+/// grid.y/z carry heads and batch (limit 65535 each).
+fn grid_3d(x: usize, y: usize, z: usize, threads: u32) -> Result<LaunchConfig> {
+    ensure!(
+        y <= 65535 && z <= 65535,
+        "cuda backend: attention grid ({y} heads, {z} sequences) exceeds 65535"
+    );
+    Ok(LaunchConfig {
+        grid_dim: (x as u32, y as u32, z as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+impl Cuda {
+    pub(super) fn attention_forward_impl(
+        &self,
+        out: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        check_heads("attention_forward", s.n_heads, s.n_kv_heads, s.head_dim)?;
+        let n = s.batch * s.seq;
+        need(out, n * s.n_heads * s.head_dim, "out")?;
+        need(q, n * s.n_heads * s.head_dim, "q")?;
+        need(k, n * s.n_kv_heads * s.head_dim, "k")?;
+        need(v, n * s.n_kv_heads * s.head_dim, "v")?;
+        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dims = attn_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let cfg = grid_3d(
+            s.seq.div_ceil(ATTN_ROWS),
+            s.n_heads,
+            s.batch,
+            32 * ATTN_ROWS as u32,
+        )?;
+        launch!(
+            self,
+            "attention_forward",
+            cfg,
+            out,
+            lse,
+            q,
+            k,
+            v,
+            &dims,
+            &scale
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_backward_impl(
+        &self,
+        dq: &mut CudaSlice<f32>,
+        dk: &mut CudaSlice<f32>,
+        dv: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        check_heads("attention_backward", s.n_heads, s.n_kv_heads, s.head_dim)?;
+        let n = s.batch * s.seq;
+        let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        need(dq, n * qd, "dq")?;
+        need(dk, n * kd, "dk")?;
+        need(dv, n * kd, "dv")?;
+        need(dout, n * qd, "dout")?;
+        need(q, n * qd, "q")?;
+        need(k, n * kd, "k")?;
+        need(v, n * kd, "v")?;
+        need(out, n * qd, "out")?;
+        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dims = attn_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let rows = s.batch * s.n_heads * s.seq;
+        let mut delta = self.zeros(rows)?;
+        let warps_per_block = 8;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(warps_per_block) as u32, 1, 1),
+            block_dim: (32 * warps_per_block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "attention_backward_delta",
+            cfg,
+            &mut delta,
+            dout,
+            out,
+            &dims
+        )?;
+        let cfg = grid_3d(
+            s.seq.div_ceil(ATTN_ROWS),
+            s.n_heads,
+            s.batch,
+            32 * ATTN_ROWS as u32,
+        )?;
+        launch!(
+            self,
+            "attention_backward_dq",
+            cfg,
+            dq,
+            dout,
+            q,
+            k,
+            v,
+            lse,
+            &delta,
+            &dims,
+            &scale
+        )?;
+        let cfg = grid_3d(
+            s.seq.div_ceil(DKV_KEYS),
+            s.n_kv_heads,
+            s.batch,
+            32 * DKV_KEYS as u32,
+        )?;
+        launch!(
+            self,
+            "attention_backward_dkv",
+            cfg,
+            dk,
+            dv,
+            dout,
+            q,
+            k,
+            v,
+            lse,
+            &delta,
+            &dims,
+            &scale
+        )
+    }
+
+    pub(super) fn kv_cache_write_impl(
+        &self,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let kvd = s.n_kv_heads * s.head_dim;
+        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
+        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
+        need(k, s.batch * kvd, "k")?;
+        need(v, s.batch * kvd, "v")?;
+        need_ids(positions, s.batch, "positions")?;
+        if s.batch * kvd == 0 {
+            return Ok(());
+        }
+        let dims = decode_dims(s)?;
+        launch!(
+            self,
+            "kv_cache_write",
+            super::grid_1d(s.batch * kvd),
+            k_cache,
+            v_cache,
+            k,
+            v,
+            positions,
+            &dims
+        )
+    }
+
+    pub(super) fn decode_attention_impl(
+        &self,
+        out: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        check_heads("decode_attention", s.n_heads, s.n_kv_heads, s.head_dim)?;
+        let kvd = s.n_kv_heads * s.head_dim;
+        need(out, s.batch * s.n_heads * s.head_dim, "out")?;
+        need(q, s.batch * s.n_heads * s.head_dim, "q")?;
+        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
+        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
+        need_ids(positions, s.batch, "positions")?;
+        if s.batch == 0 {
+            return Ok(());
+        }
+        let dims = decode_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
+        launch!(
+            self,
+            "decode_attention",
+            cfg,
+            out,
+            q,
+            k_cache,
+            v_cache,
+            positions,
+            &dims,
+            &scale
+        )
+    }
+}

@@ -1,0 +1,543 @@
+//! `impl Backend for Cuda`: memory and small elementwise ops inline, the rest delegated to
+//! the launchers in `dense.rs`, `attention.rs` and `head.rs`.
+
+use super::{
+    dim_i32, grid_1d, grid_cols, grid_rows, launch, need, need_ids, row_threads, Cuda, BLOCK,
+};
+use crate::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics};
+use anyhow::{ensure, Context, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+impl Backend for Cuda {
+    type Buf = CudaSlice<f32>;
+    type Ids = CudaSlice<u32>;
+
+    fn name(&self) -> String {
+        let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
+        format!(
+            "cuda ({device}, {})",
+            if self.tf32 { "tf32 gemm" } else { "f32 gemm" }
+        )
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        if data.is_empty() {
+            return self.stream.null().context("cuda backend: empty buffer");
+        }
+        self.stream.clone_htod(data).context("cuda backend: upload")
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        if buf.is_empty() {
+            return Ok(Vec::new());
+        }
+        let host = self
+            .stream
+            .clone_dtoh(buf)
+            .context("cuda backend: download")?;
+        self.synchronize()?;
+        Ok(host)
+    }
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        if len == 0 {
+            return self.stream.null().context("cuda backend: empty buffer");
+        }
+        self.stream
+            .alloc_zeros::<f32>(len)
+            .with_context(|| format!("cuda backend: allocating {len} floats"))
+    }
+    fn upload_ids(&self, ids: &[u32]) -> Result<CudaSlice<u32>> {
+        if ids.is_empty() {
+            return self.stream.null().context("cuda backend: empty buffer");
+        }
+        self.stream
+            .clone_htod(ids)
+            .context("cuda backend: upload ids")
+    }
+    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn copy(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        dst_off: usize,
+        src: &CudaSlice<f32>,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        need(dst, dst_off + len, "copy dst")?;
+        need(src, src_off + len, "copy src")?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(
+                &src.slice(src_off..src_off + len),
+                &mut dst.slice_mut(dst_off..dst_off + len),
+            )
+            .context("cuda backend: copy")
+    }
+    fn fill(&self, buf: &mut CudaSlice<f32>, value: f32) -> Result<()> {
+        let n = buf.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(self, "fill_f32", grid_1d(n as usize), buf, &value, &n)
+    }
+
+    fn add_assign(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        ensure!(
+            y.len() == x.len(),
+            "add_assign: lengths {} and {}",
+            y.len(),
+            x.len()
+        );
+        let n = y.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(self, "add_assign_f32", grid_1d(n as usize), y, x, &n)
+    }
+    fn scale(&self, y: &mut CudaSlice<f32>, s: f32) -> Result<()> {
+        let n = y.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(self, "scale_f32", grid_1d(n as usize), y, &s, &n)
+    }
+    fn sum_squares(&self, y: &CudaSlice<f32>) -> Result<f64> {
+        let n = y.len() as i64;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: ((n as usize).div_ceil(BLOCK as usize).min(1024) as u32, 1, 1),
+            ..grid_1d(n as usize)
+        };
+        let mut partials = self.zeros(cfg.grid_dim.0 as usize)?;
+        launch!(self, "sum_squares_partial", cfg, y, &n, &mut partials)?;
+        Ok(self.download(&partials)?.iter().map(|&p| p as f64).sum())
+    }
+    fn all_finite(&self, y: &CudaSlice<f32>) -> Result<bool> {
+        let n = y.len() as i64;
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut flag = self.alloc_u32(1)?;
+        launch!(self, "any_nonfinite", grid_1d(n as usize), y, &n, &mut flag)?;
+        let host = self
+            .stream
+            .clone_dtoh(&flag)
+            .context("cuda backend: download")?;
+        self.synchronize()?;
+        Ok(host[0] == 0)
+    }
+
+    fn embedding_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        table: &CudaSlice<f32>,
+        ids: &CudaSlice<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        need(out, n * dim, "out")?;
+        need_ids(ids, n, "ids")?;
+        if n == 0 || dim == 0 {
+            return Ok(());
+        }
+        let d = dim_i32(dim, "dim")?;
+        let cfg = grid_rows(n, row_threads(dim).min(256))?;
+        let vocab = (table.len() / dim) as i64;
+        launch!(self, "embedding_forward", cfg, out, table, ids, &d, &vocab)
+    }
+    fn embedding_backward(
+        &self,
+        dtable: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        ids: &CudaSlice<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        need(dout, n * dim, "dout")?;
+        need_ids(ids, n, "ids")?;
+        if n == 0 || dim == 0 {
+            return Ok(());
+        }
+        let d = dim_i32(dim, "dim")?;
+        let cfg = grid_rows(n, row_threads(dim).min(256))?;
+        let vocab = (dtable.len() / dim) as i64;
+        launch!(
+            self,
+            "embedding_backward",
+            cfg,
+            dtable,
+            dout,
+            ids,
+            &d,
+            &vocab
+        )
+    }
+
+    fn linear_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()> {
+        self.linear_forward_impl(out, x, w, bias, n, k, m)
+    }
+    fn linear_backward(
+        &self,
+        dx: Option<&mut CudaSlice<f32>>,
+        dw: &mut CudaSlice<f32>,
+        dbias: Option<&mut CudaSlice<f32>>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()> {
+        self.linear_backward_impl(dx, dw, dbias, dout, x, w, n, k, m)
+    }
+    fn rmsnorm_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        need(out, n * dim, "out")?;
+        need(x, n * dim, "x")?;
+        need(rstd, n, "rstd")?;
+        need(w, dim, "w")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let d = dim_i32(dim, "dim")?;
+        let cfg = grid_rows(n, row_threads(dim))?;
+        launch!(self, "rmsnorm_forward", cfg, out, rstd, x, w, &d, &eps)
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        need(dx, n * dim, "dx")?;
+        need(dout, n * dim, "dout")?;
+        need(x, n * dim, "x")?;
+        need(rstd, n, "rstd")?;
+        need(w, dim, "w")?;
+        need(dw, dim, "dw")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let d = dim_i32(dim, "dim")?;
+        let cfg = grid_rows(n, row_threads(dim))?;
+        launch!(
+            self,
+            "rmsnorm_backward_input",
+            cfg,
+            dx,
+            dout,
+            x,
+            w,
+            rstd,
+            &d
+        )?;
+        let (cfg, per_slice) = grid_cols(dim, n);
+        let rows = n as i64;
+        launch!(
+            self,
+            "rmsnorm_backward_weight",
+            cfg,
+            dw,
+            dout,
+            x,
+            rstd,
+            &rows,
+            &d,
+            &per_slice
+        )
+    }
+
+    fn rope_forward(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.rope(x, positions, inv_freq, n, n_heads, head_dim, 1.0)
+    }
+    fn rope_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.rope(dx, positions, inv_freq, n, n_heads, head_dim, -1.0)
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        self.attention_forward_impl(out, lse, q, k, v, s)
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut CudaSlice<f32>,
+        dk: &mut CudaSlice<f32>,
+        dv: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
+    }
+
+    fn kv_cache_write(
+        &self,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        self.kv_cache_write_impl(k_cache, v_cache, k, v, positions, s)
+    }
+    fn decode_attention(
+        &self,
+        out: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        self.decode_attention_impl(out, q, k_cache, v_cache, positions, s)
+    }
+
+    fn swiglu_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+    ) -> Result<()> {
+        ensure!(
+            out.len() == gate.len() && gate.len() == up.len(),
+            "swiglu: length mismatch ({}, {}, {})",
+            out.len(),
+            gate.len(),
+            up.len()
+        );
+        let n = out.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(
+            self,
+            "swiglu_forward",
+            grid_1d(n as usize),
+            out,
+            gate,
+            up,
+            &n
+        )
+    }
+    fn swiglu_backward(
+        &self,
+        dgate: &mut CudaSlice<f32>,
+        dup: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+    ) -> Result<()> {
+        ensure!(
+            dgate.len() == gate.len() && dup.len() == up.len() && dout.len() == gate.len(),
+            "swiglu_backward: length mismatch"
+        );
+        let n = gate.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(
+            self,
+            "swiglu_backward",
+            grid_1d(n as usize),
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            &n
+        )
+    }
+
+    fn fused_logprob_forward(
+        &self,
+        logp: &mut CudaSlice<f32>,
+        entropy: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        hidden: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        targets: &CudaSlice<u32>,
+        n: usize,
+        dim: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        self.fused_logprob_forward_impl(
+            logp,
+            entropy,
+            lse,
+            hidden,
+            w,
+            targets,
+            (n, dim, vocab),
+            temperature,
+        )
+    }
+    fn fused_logprob_backward(
+        &self,
+        dhidden: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dlogp: &CudaSlice<f32>,
+        hidden: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        targets: &CudaSlice<u32>,
+        lse: &CudaSlice<f32>,
+        n: usize,
+        dim: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        self.fused_logprob_backward_impl(
+            dhidden,
+            dw,
+            dlogp,
+            hidden,
+            w,
+            targets,
+            lse,
+            (n, dim, vocab),
+            temperature,
+        )
+    }
+
+    fn grpo_loss_forward(
+        &self,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        ref_logp: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<GrpoLossMetrics> {
+        self.grpo_loss_forward_impl(logp, old_logp, ref_logp, mask, advantages, batch, len, cfg)
+    }
+    fn grpo_loss_backward(
+        &self,
+        dlogp: &mut CudaSlice<f32>,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        ref_logp: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<()> {
+        self.grpo_loss_backward_impl(
+            dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg,
+        )
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: u64,
+    ) -> Result<()> {
+        ensure!(
+            param.len() == grad.len() && m.len() == param.len() && v.len() == param.len(),
+            "adamw_step: length mismatch"
+        );
+        ensure!(step >= 1, "adamw_step: step counts from 1");
+        let n = param.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        // Same f32 bias corrections as the CPU reference.
+        let exp = i32::try_from(step).unwrap_or(i32::MAX);
+        let (bc1, bc2) = (1.0 - beta1.powi(exp), 1.0 - beta2.powi(exp));
+        launch!(
+            self,
+            "adamw_step",
+            grid_1d(n as usize),
+            param,
+            grad,
+            m,
+            v,
+            &lr,
+            &beta1,
+            &beta2,
+            &eps,
+            &weight_decay,
+            &bc1,
+            &bc2,
+            &n
+        )
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaSlice<f32>,
+        uniforms: &[f32],
+        batch: usize,
+        vocab: usize,
+        temperature: f32,
+        top_p: f32,
+        top_k: usize,
+    ) -> Result<Vec<u32>> {
+        self.sample_impl(logits, uniforms, batch, vocab, temperature, top_p, top_k)
+    }
+}

@@ -1,0 +1,122 @@
+//! Launchers for the dense layers: linear (cuBLAS GEMM + bias kernels in elementwise.cu) and
+//! RoPE (rope.cu).
+
+use super::{dim_i32, grid_1d, grid_cols, launch, need, need_ids, Cuda};
+use anyhow::{ensure, Result};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+impl Cuda {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_forward_impl(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()> {
+        need(out, n * m, "out")?;
+        need(x, n * k, "x")?;
+        need(w, m * k, "w")?;
+        self.gemm(false, true, (n, m, k), 1.0, (x, k), (w, k), 0.0, (out, m))?;
+        if let Some(b) = bias {
+            need(b, m, "bias")?;
+            let (rows, cols) = (n as i64, dim_i32(m, "m")?);
+            if n * m > 0 {
+                launch!(self, "add_bias_rows", grid_1d(n * m), out, b, &rows, &cols)?;
+            }
+        }
+        Ok(())
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_backward_impl(
+        &self,
+        dx: Option<&mut CudaSlice<f32>>,
+        dw: &mut CudaSlice<f32>,
+        dbias: Option<&mut CudaSlice<f32>>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<()> {
+        need(dout, n * m, "dout")?;
+        need(x, n * k, "x")?;
+        need(w, m * k, "w")?;
+        need(dw, m * k, "dw")?;
+        if let Some(dx) = dx {
+            need(dx, n * k, "dx")?;
+            self.gemm(
+                false,
+                false,
+                (n, k, m),
+                1.0,
+                (dout, m),
+                (w, k),
+                0.0,
+                (dx, k),
+            )?;
+        }
+        // dw[m, k] += doutᵀ · x
+        self.gemm(true, false, (m, k, n), 1.0, (dout, m), (x, k), 1.0, (dw, k))?;
+        if let Some(db) = dbias {
+            need(db, m, "dbias")?;
+            if n * m > 0 {
+                let (cfg, per_slice) = grid_cols(m, n);
+                let (rows, cols) = (n as i64, dim_i32(m, "m")?);
+                launch!(
+                    self,
+                    "bias_grad_cols",
+                    cfg,
+                    db,
+                    dout,
+                    &rows,
+                    &cols,
+                    &per_slice
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        sign: f32,
+    ) -> Result<()> {
+        need(x, n * n_heads * head_dim, "x")?;
+        need_ids(positions, n, "positions")?;
+        need(inv_freq, head_dim / 2, "inv_freq")?;
+        ensure!(
+            head_dim.is_multiple_of(2),
+            "rope: head_dim {head_dim} must be even"
+        );
+        if n * n_heads * head_dim == 0 {
+            return Ok(());
+        }
+        let rows = n as i64;
+        let (h, hd) = (dim_i32(n_heads, "n_heads")?, dim_i32(head_dim, "head_dim")?);
+        let cfg = grid_1d(n * n_heads * head_dim / 2);
+        launch!(
+            self,
+            "rope_apply",
+            cfg,
+            x,
+            positions,
+            inv_freq,
+            &rows,
+            &h,
+            &hd,
+            &sign
+        )
+    }
+}

@@ -1,0 +1,341 @@
+//! The CUDA backend: the kernels of `kernels/*.cu` (compiled by build.rs into PTX for
+//! `compute_80` and a cubin for `sm_90a`, embedded in the binary) driven through cudarc 0.19,
+//! plus cuBLAS for the GEMMs.
+//!
+//! Precision: every buffer is f32. GEMMs run in plain f32 (`CUBLAS_DEFAULT_MATH`, results match
+//! the CPU to ~1e-6) unless `set_tf32(true)` switches cuBLAS to TF32 tensor cores (~1e-3
+//! relative error, several times the throughput). The kernels compute in f32 (attention's
+//! softmax statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as
+//! documented in kernels/README.md.
+//!
+//! One stream per `Cuda`; every op is enqueued on it, so ops run in call order. Downloads and
+//! scalar results synchronise the stream.
+
+mod attention;
+mod backend_impl;
+mod dense;
+mod head;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use cudarc::cublas::{sys as cublas_sys, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One kernel file compiled by build.rs.
+pub struct KernelModule {
+    pub name: &'static str,
+    /// PTX for `compute_80` (JIT-compiled by the driver on any Ampere-or-newer GPU)
+    pub ptx: &'static str,
+    /// native code for H100/H200 (`sm_90a`), loaded without JIT
+    pub cubin_sm90a: &'static [u8],
+}
+
+// Defines `KERNELS_BUILT` and `KERNEL_MODULES` (empty when nvcc was missing at build time).
+include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
+
+/// Threads per block of the 1-D elementwise kernels (`CADA_BLOCK` in kernels/common.cuh).
+const BLOCK: u32 = 256;
+
+/// True when the CUDA driver library can be loaded and reports at least one device.
+/// Never panics: cudarc's dynamic loader panics when libcuda is missing, so the library is
+/// probed first and the rest runs under `catch_unwind`.
+pub fn cuda_available() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return false;
+    }
+    std::panic::catch_unwind(|| matches!(CudaContext::device_count(), Ok(n) if n > 0))
+        .unwrap_or(false)
+}
+
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    tf32: bool,
+}
+
+impl Cuda {
+    /// Opens device `ordinal`, loads every kernel module and creates the cuBLAS handle.
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        ensure!(
+            KERNELS_BUILT,
+            "cuda backend: this binary was built with the `cuda` feature but without nvcc, so it \
+             holds no kernels; run scripts/install_nvcc.sh (or set NVCC / CUDA_HOME) and rebuild"
+        );
+        ensure!(
+            cuda_available(),
+            "cuda backend: no CUDA driver (libcuda) or no GPU on this machine"
+        );
+        let count = CudaContext::device_count().context("cuda backend: counting devices")?;
+        ensure!(
+            (ordinal as i64) < count as i64,
+            "cuda backend: device {ordinal} requested, {count} present"
+        );
+        let ctx = CudaContext::new(ordinal)
+            .with_context(|| format!("cuda backend: opening device {ordinal}"))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).context("cuda backend: creating cuBLAS handle")?;
+        let cc = ctx
+            .compute_capability()
+            .context("cuda backend: reading the compute capability")?;
+        ensure!(
+            cc.0 >= 8,
+            "cuda backend: device {ordinal} has compute capability {}.{}, the kernels need 8.0+",
+            cc.0,
+            cc.1
+        );
+        let mut functions = HashMap::new();
+        for module in KERNEL_MODULES {
+            // The sm_90a cubin runs only on 9.0 devices; anything else JIT-compiles the PTX.
+            let image = if cc == (9, 0) {
+                Ptx::from_binary(module.cubin_sm90a.to_vec())
+            } else {
+                Ptx::from_src(module.ptx)
+            };
+            let loaded = ctx
+                .load_module(image)
+                .with_context(|| format!("cuda backend: loading kernels/{}.cu", module.name))?;
+            for &name in kernel_names(module.name) {
+                let f = loaded.load_function(name).with_context(|| {
+                    format!(
+                        "cuda backend: kernel `{name}` missing from kernels/{}.cu",
+                        module.name
+                    )
+                })?;
+                functions.insert(name, f);
+            }
+        }
+        let cuda = Cuda {
+            ctx,
+            stream,
+            blas,
+            functions,
+            tf32: false,
+        };
+        cuda.set_math_mode()?;
+        Ok(cuda)
+    }
+
+    /// TF32 tensor cores for the GEMMs (linear layers, the log-prob head's chunks).
+    pub fn set_tf32(&mut self, on: bool) -> Result<()> {
+        self.tf32 = on;
+        self.set_math_mode()
+    }
+
+    fn set_math_mode(&self) -> Result<()> {
+        let mode = if self.tf32 {
+            cublas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: the handle is alive for as long as `self.blas`.
+        let status = unsafe { cublas_sys::cublasSetMathMode(*self.blas.handle(), mode) };
+        status
+            .result()
+            .map_err(|e| anyhow!("cuda backend: cublasSetMathMode: {e:?}"))
+    }
+
+    pub fn device_name(&self) -> Result<String> {
+        self.ctx.name().context("cuda backend: device name")
+    }
+
+    /// Waits for every queued op; surfaces asynchronous kernel faults.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .context("cuda backend: stream synchronize (a kernel failed)")
+    }
+
+    fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| anyhow!("cuda backend: kernel `{name}` not loaded"))
+    }
+
+    fn alloc_f64(&self, len: usize) -> Result<CudaSlice<f64>> {
+        self.stream
+            .alloc_zeros::<f64>(len.max(1))
+            .context("cuda backend: allocating scratch")
+    }
+
+    fn alloc_u32(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.stream
+            .alloc_zeros::<u32>(len.max(1))
+            .context("cuda backend: allocating scratch")
+    }
+
+    /// Row-major GEMM: `c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c`, where
+    /// `op(x) = xᵀ` when the flag is set; `lda`, `ldb`, `ldc` are row strides. cuBLAS is
+    /// column-major, so this computes `cᵀ = op(b)ᵀ · op(a)ᵀ` with the operands swapped.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (&A, usize),
+        (b, ldb): (&B, usize),
+        beta: f32,
+        (c, ldc): (&mut C, usize),
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let op = |t: bool| {
+            if t {
+                cublas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(trans_b),
+            transb: op(trans_a),
+            m: dim_i32(n, "gemm n")?,
+            n: dim_i32(m, "gemm m")?,
+            k: dim_i32(k.max(1), "gemm k")?,
+            alpha: if k == 0 { 0.0 } else { alpha },
+            lda: dim_i32(ldb.max(1), "gemm ldb")?,
+            ldb: dim_i32(lda.max(1), "gemm lda")?,
+            beta,
+            ldc: dim_i32(ldc.max(1), "gemm ldc")?,
+        };
+        // SAFETY: callers check every buffer holds the rows × stride the shapes imply.
+        unsafe { self.blas.gemm(cfg, b, a, c) }
+            .map_err(|e| anyhow!("cuda backend: cuBLAS sgemm failed: {e:?}"))
+    }
+}
+
+/// Kernel names per module (they are `extern "C"` in the .cu files).
+fn kernel_names(module: &str) -> &'static [&'static str] {
+    match module {
+        "adamw" => &["adamw_step"],
+        "attention" => &[
+            "attention_forward",
+            "attention_backward_delta",
+            "attention_backward_dq",
+            "attention_backward_dkv",
+        ],
+        "decode_attention" => &["kv_cache_write", "decode_attention"],
+        "elementwise" => &[
+            "fill_f32",
+            "add_assign_f32",
+            "scale_f32",
+            "sum_squares_partial",
+            "any_nonfinite",
+            "add_bias_rows",
+            "bias_grad_cols",
+        ],
+        "embedding" => &["embedding_forward", "embedding_backward"],
+        "fused_logprob" => &[
+            "logprob_state_init",
+            "logprob_chunk_update",
+            "logprob_finish",
+            "logprob_chunk_grad",
+        ],
+        "grpo_loss" => &["grpo_loss_forward", "grpo_mask_count", "grpo_loss_backward"],
+        "rmsnorm" => &[
+            "rmsnorm_forward",
+            "rmsnorm_backward_input",
+            "rmsnorm_backward_weight",
+        ],
+        "rope" => &["rope_apply"],
+        "sampling" => &["sample_rows"],
+        "swiglu" => &["swiglu_forward", "swiglu_backward"],
+        _ => &[],
+    }
+}
+
+/// Kernel dimension arguments are 32-bit: larger values are a caller error, reported.
+fn dim_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow!("cuda backend: {what} = {v} exceeds the i32 range"))
+}
+
+/// Checks that a device buffer holds at least `need` values.
+fn need<T>(buf: &CudaSlice<T>, need: usize, what: &str) -> Result<()> {
+    ensure!(
+        buf.len() >= need,
+        "cuda backend: `{what}` holds {} values, the op needs {need}",
+        buf.len()
+    );
+    Ok(())
+}
+
+/// Grid for a grid-stride loop over `n` elements (the kernels loop, so the grid is capped).
+fn grid_1d(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block per row; rows go on grid.x (limit 2^31 − 1).
+fn grid_rows(rows: usize, threads: u32) -> Result<LaunchConfig> {
+    ensure!(
+        rows < i32::MAX as usize,
+        "cuda backend: {rows} rows exceed one launch"
+    );
+    Ok(LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Threads for a one-block-per-row kernel whose row has `width` elements.
+fn row_threads(width: usize) -> u32 {
+    (width.next_multiple_of(32)).clamp(32, 1024) as u32
+}
+
+/// Grid for the column-parallel weight/bias gradient kernels: `cols` threads across
+/// blockIdx.x, rows split into slices of `rows_per_slice` across blockIdx.y.
+fn grid_cols(cols: usize, rows: usize) -> (LaunchConfig, i64) {
+    let rows_per_slice = 256usize;
+    let slices = rows.div_ceil(rows_per_slice).clamp(1, 65535);
+    let rows_per_slice = rows.div_ceil(slices).max(1);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            (cols.div_ceil(BLOCK as usize)).max(1) as u32,
+            slices as u32,
+            1,
+        ),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (cfg, rows_per_slice as i64)
+}
+
+/// Maps a driver error into anyhow with the op's name.
+macro_rules! launch {
+    ($cuda:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $cuda.function($name)?;
+        let mut builder = $cuda.stream.launch_builder(f);
+        $( builder.arg($arg); )+
+        // SAFETY: argument types and order follow the kernel's signature in kernels/*.cu and
+        // the callers check that every buffer covers the shapes the kernel indexes.
+        unsafe { builder.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| ::anyhow::anyhow!("cuda backend: launching `{}`: {e:?}", $name))
+    }};
+}
+pub(crate) use launch;
+
+/// Rejects id buffers shorter than `n` (values are checked on the device side by bounds
+/// the caller guarantees: the model only feeds ids below the vocabulary).
+fn need_ids(ids: &CudaSlice<u32>, n: usize, what: &str) -> Result<()> {
+    ensure!(
+        ids.len() >= n,
+        "cuda backend: `{what}` holds {} ids, the op needs {n}",
+        ids.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,593 @@
+//! Every CUDA op against the CPU reference backend (the oracle), on fresh random inputs each run
+//! (the seed is printed), odd sizes that are not tile multiples, and outputs poisoned with NaN
+//! before the launch so a kernel that skips an element can never pass.
+//!
+//! Error measure: ‖gpu − cpu‖ / ‖cpu‖ over the whole output (any non-finite GPU value counts as
+//! an infinite error). Bounds sit beside each check: f32 kernels that only reorder f32 sums get
+//! 1e-5 (about 100 ulps of accumulated reassociation over sums of ≤ 100 terms); ops whose outputs
+//! are differences of nearly equal terms (backward passes, entropies) get 1e-4.
+//!
+//! Without the `cuda` feature, or without a GPU, each test prints "skipped: no GPU" and returns:
+//! it reports no pass it did not run.
+#![allow(clippy::too_many_arguments)]
+
+use cada::backend::cpu::Cpu;
+use cada::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, LossType};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+type Rand = ChaCha8Rng;
+
+/// f32 reassociation bound (see the header)
+const F32_TOL: f64 = 1e-5;
+/// cancellation-prone outputs (backward passes, entropies)
+const GRAD_TOL: f64 = 1e-4;
+
+#[cfg(feature = "cuda")]
+fn setup(name: &str) -> Option<(cada::backend::cuda::Cuda, Rand)> {
+    if !cada::backend::cuda::cuda_available() {
+        println!("{name}: skipped: no GPU (no CUDA driver or device)");
+        return None;
+    }
+    let gpu =
+        cada::backend::cuda::Cuda::new(0).expect("CUDA device 0 present but Cuda::new failed");
+    let seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("{name}: seed {seed} on {}", gpu.name());
+    Some((gpu, <Rand as rand::SeedableRng>::seed_from_u64(seed)))
+}
+
+/// One #[test] per op; the body is a case generic over the backend under test.
+macro_rules! gpu_test {
+    ($name:ident, $case:ident) => {
+        #[test]
+        fn $name() {
+            #[cfg(feature = "cuda")]
+            {
+                if let Some((gpu, mut rng)) = setup(stringify!($name)) {
+                    $case(&gpu, &mut rng);
+                    println!("{}: ran on the GPU and matched the CPU", stringify!($name));
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                println!(
+                    "{}: skipped: no GPU (built without the `cuda` feature)",
+                    stringify!($name)
+                );
+                let _unused = $case::<Cpu>;
+            }
+        }
+    };
+}
+
+fn randv(r: &mut Rand, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (r.gen::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len(), "length mismatch");
+    if gpu.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY; // NaN never passes
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, c) in gpu.iter().zip(cpu) {
+        num += (*g as f64 - *c as f64).powi(2);
+        den += (*c as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
+    let e = rel_err(gpu, cpu);
+    println!("  {what}: rel err {e:.2e} (bound {tol:.0e})");
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+}
+
+/// A device buffer full of NaN: the op must overwrite every element it owns.
+fn poisoned<B: Backend>(gpu: &B, len: usize) -> B::Buf {
+    gpu.upload(&vec![f32::NAN; len]).unwrap()
+}
+
+fn down<B: Backend>(gpu: &B, buf: &B::Buf) -> Vec<f32> {
+    gpu.download(buf).unwrap()
+}
+
+fn elementwise_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let n = 100_003;
+    let (y0, x) = (randv(r, n, 2.0), randv(r, n, 2.0));
+    let (mut yg, xg) = (gpu.upload(&y0).unwrap(), gpu.upload(&x).unwrap());
+    let mut yc = y0.clone();
+    gpu.add_assign(&mut yg, &xg).unwrap();
+    cpu.add_assign(&mut yc, &x).unwrap();
+    check("add_assign", &down(gpu, &yg), &yc, 0.0); // one f32 add: bit-exact
+    gpu.scale(&mut yg, -0.37).unwrap();
+    cpu.scale(&mut yc, -0.37).unwrap();
+    check("scale", &down(gpu, &yg), &yc, 0.0); // one f32 multiply: bit-exact
+    let (sg, sc) = (gpu.sum_squares(&yg).unwrap(), cpu.sum_squares(&yc).unwrap());
+    let e = (sg - sc).abs() / sc;
+    println!("  sum_squares: rel err {e:.2e} (bound 1e-5)");
+    assert!(e <= 1e-5, "sum_squares {sg} vs {sc}"); // f32 partials of ≤ 400 terms, f64 total
+    assert!(gpu.all_finite(&yg).unwrap());
+    let mut with_nan = y0.clone();
+    with_nan[n - 2] = f32::NAN;
+    assert!(!gpu.all_finite(&gpu.upload(&with_nan).unwrap()).unwrap());
+    with_nan[n - 2] = f32::INFINITY;
+    assert!(!gpu.all_finite(&gpu.upload(&with_nan).unwrap()).unwrap());
+    let mut filled = poisoned(gpu, 1001);
+    gpu.fill(&mut filled, 0.25).unwrap();
+    assert!(down(gpu, &filled).iter().all(|&v| v == 0.25), "fill");
+    let mut copied = poisoned(gpu, 50);
+    gpu.fill(&mut copied, 0.0).unwrap();
+    gpu.copy(&mut copied, 7, &xg, 11, 29).unwrap();
+    let host = down(gpu, &copied);
+    assert_eq!(&host[7..36], &x[11..40], "copy");
+    assert!(
+        host[..7].iter().chain(&host[36..]).all(|&v| v == 0.0),
+        "copy wrote outside"
+    );
+}
+
+fn embedding_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (vocab, dim, n) = (53, 37, 71); // n > vocab: ids repeat, the backward must add them up
+    let table = randv(r, vocab * dim, 1.0);
+    let ids: Vec<u32> = (0..n).map(|_| r.gen_range(0..vocab as u32)).collect();
+    let (tg, ig) = (gpu.upload(&table).unwrap(), gpu.upload_ids(&ids).unwrap());
+    let mut og = poisoned(gpu, n * dim);
+    let mut oc = vec![0.0; n * dim];
+    gpu.embedding_forward(&mut og, &tg, &ig, n, dim).unwrap();
+    cpu.embedding_forward(&mut oc, &table, &ids, n, dim)
+        .unwrap();
+    check("embedding_forward", &down(gpu, &og), &oc, 0.0); // a copy: exact
+    let (dout, dt0) = (randv(r, n * dim, 1.0), randv(r, vocab * dim, 1.0));
+    let mut dtg = gpu.upload(&dt0).unwrap();
+    let mut dtc = dt0.clone();
+    gpu.embedding_backward(&mut dtg, &gpu.upload(&dout).unwrap(), &ig, n, dim)
+        .unwrap();
+    cpu.embedding_backward(&mut dtc, &dout, &ids, n, dim)
+        .unwrap();
+    check("embedding_backward", &down(gpu, &dtg), &dtc, F32_TOL);
+}
+
+fn linear_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (n, k, m) = (37, 53, 29);
+    let (x, w, b) = (randv(r, n * k, 1.0), randv(r, m * k, 1.0), randv(r, m, 1.0));
+    let (xg, wg, bg) = (
+        gpu.upload(&x).unwrap(),
+        gpu.upload(&w).unwrap(),
+        gpu.upload(&b).unwrap(),
+    );
+    let mut og = poisoned(gpu, n * m);
+    let mut oc = vec![0.0; n * m];
+    gpu.linear_forward(&mut og, &xg, &wg, Some(&bg), n, k, m)
+        .unwrap();
+    cpu.linear_forward(&mut oc, &x, &w, Some(&b), n, k, m)
+        .unwrap();
+    check("linear_forward (f32 gemm)", &down(gpu, &og), &oc, F32_TOL);
+    let dout = randv(r, n * m, 1.0);
+    let (dw0, db0) = (randv(r, m * k, 1.0), randv(r, m, 1.0));
+    let mut dxg = poisoned(gpu, n * k);
+    let (mut dwg, mut dbg) = (gpu.upload(&dw0).unwrap(), gpu.upload(&db0).unwrap());
+    let (mut dxc, mut dwc, mut dbc) = (vec![0.0; n * k], dw0.clone(), db0.clone());
+    let doutg = gpu.upload(&dout).unwrap();
+    gpu.linear_backward(
+        Some(&mut dxg),
+        &mut dwg,
+        Some(&mut dbg),
+        &doutg,
+        &xg,
+        &wg,
+        n,
+        k,
+        m,
+    )
+    .unwrap();
+    cpu.linear_backward(
+        Some(&mut dxc),
+        &mut dwc,
+        Some(&mut dbc),
+        &dout,
+        &x,
+        &w,
+        n,
+        k,
+        m,
+    )
+    .unwrap();
+    check("linear_backward dx", &down(gpu, &dxg), &dxc, F32_TOL);
+    check(
+        "linear_backward dw (accumulated)",
+        &down(gpu, &dwg),
+        &dwc,
+        F32_TOL,
+    );
+    check(
+        "linear_backward dbias (accumulated)",
+        &down(gpu, &dbg),
+        &dbc,
+        F32_TOL,
+    );
+}
+
+fn rmsnorm_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (n, dim, eps) = (67, 301, 1e-5);
+    let (x, w) = (randv(r, n * dim, 2.0), randv(r, dim, 1.0));
+    let (xg, wg) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+    let (mut og, mut rg) = (poisoned(gpu, n * dim), poisoned(gpu, n));
+    let (mut oc, mut rc) = (vec![0.0; n * dim], vec![0.0; n]);
+    gpu.rmsnorm_forward(&mut og, &mut rg, &xg, &wg, n, dim, eps)
+        .unwrap();
+    cpu.rmsnorm_forward(&mut oc, &mut rc, &x, &w, n, dim, eps)
+        .unwrap();
+    check("rmsnorm_forward out", &down(gpu, &og), &oc, F32_TOL);
+    check("rmsnorm_forward rstd", &down(gpu, &rg), &rc, F32_TOL);
+    let (dout, dw0) = (randv(r, n * dim, 1.0), randv(r, dim, 1.0));
+    let (mut dxg, mut dwg) = (poisoned(gpu, n * dim), gpu.upload(&dw0).unwrap());
+    let (mut dxc, mut dwc) = (vec![0.0; n * dim], dw0.clone());
+    gpu.rmsnorm_backward(
+        &mut dxg,
+        &mut dwg,
+        &gpu.upload(&dout).unwrap(),
+        &xg,
+        &wg,
+        &rg,
+        n,
+        dim,
+    )
+    .unwrap();
+    cpu.rmsnorm_backward(&mut dxc, &mut dwc, &dout, &x, &w, &rc, n, dim)
+        .unwrap();
+    check("rmsnorm_backward dx", &down(gpu, &dxg), &dxc, GRAD_TOL);
+    check(
+        "rmsnorm_backward dw (accumulated)",
+        &down(gpu, &dwg),
+        &dwc,
+        F32_TOL,
+    );
+}
+
+fn rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (n, heads, hd) = (41, 3, 64);
+    let x = randv(r, n * heads * hd, 1.0);
+    let positions: Vec<u32> = (0..n).map(|_| r.gen_range(0..4096)).collect();
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 10000f32.powf(-2.0 * i as f32 / hd as f32))
+        .collect();
+    let (pg, fg) = (
+        gpu.upload_ids(&positions).unwrap(),
+        gpu.upload(&inv_freq).unwrap(),
+    );
+    let mut xg = gpu.upload(&x).unwrap();
+    let mut xc = x.clone();
+    gpu.rope_forward(&mut xg, &pg, &fg, n, heads, hd).unwrap();
+    cpu.rope_forward(&mut xc, &positions, &inv_freq, n, heads, hd)
+        .unwrap();
+    // sin/cos of angles up to 4096 rad: both sides round the argument identically, the
+    // libraries differ by ≤ 2 ulp
+    check("rope_forward", &down(gpu, &xg), &xc, F32_TOL);
+    gpu.rope_backward(&mut xg, &pg, &fg, n, heads, hd).unwrap();
+    cpu.rope_backward(&mut xc, &positions, &inv_freq, n, heads, hd)
+        .unwrap();
+    check("rope_backward", &down(gpu, &xg), &xc, F32_TOL);
+}
+
+fn attention_shape<B: Backend>(gpu: &B, r: &mut Rand, s: AttnShape) {
+    let cpu = Cpu::new();
+    println!("  shape {s:?}");
+    let n = s.batch * s.seq;
+    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    let (q, k, v) = (
+        randv(r, n * qd, 1.0),
+        randv(r, n * kd, 1.0),
+        randv(r, n * kd, 1.0),
+    );
+    let (qg, kg, vg) = (
+        gpu.upload(&q).unwrap(),
+        gpu.upload(&k).unwrap(),
+        gpu.upload(&v).unwrap(),
+    );
+    let lse_len = s.batch * s.n_heads * s.seq;
+    let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+    let (mut oc, mut lc) = (vec![0.0; n * qd], vec![0.0; lse_len]);
+    gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
+        .unwrap();
+    cpu.attention_forward(&mut oc, &mut lc, &q, &k, &v, s)
+        .unwrap();
+    check("attention_forward out", &down(gpu, &og), &oc, F32_TOL);
+    check("attention_forward lse", &down(gpu, &lg), &lc, F32_TOL);
+    let dout = randv(r, n * qd, 1.0);
+    let (mut dqg, mut dkg, mut dvg) = (
+        poisoned(gpu, n * qd),
+        poisoned(gpu, n * kd),
+        poisoned(gpu, n * kd),
+    );
+    let (mut dqc, mut dkc, mut dvc) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+    let doutg = gpu.upload(&dout).unwrap();
+    gpu.attention_backward(
+        &mut dqg, &mut dkg, &mut dvg, &doutg, &qg, &kg, &vg, &og, &lg, s,
+    )
+    .unwrap();
+    cpu.attention_backward(&mut dqc, &mut dkc, &mut dvc, &dout, &q, &k, &v, &oc, &lc, s)
+        .unwrap();
+    check("attention_backward dq", &down(gpu, &dqg), &dqc, GRAD_TOL);
+    check("attention_backward dk", &down(gpu, &dkg), &dkc, GRAD_TOL);
+    check("attention_backward dv", &down(gpu, &dvg), &dvc, GRAD_TOL);
+}
+
+fn attention_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let shape = |batch, seq, n_heads, n_kv_heads, head_dim| AttnShape {
+        batch,
+        seq,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    };
+    attention_shape(gpu, r, shape(2, 37, 4, 2, 64)); // GQA group 2, seq not a tile multiple
+    attention_shape(gpu, r, shape(1, 45, 3, 1, 128)); // MQA, hd 128
+    attention_shape(gpu, r, shape(3, 9, 2, 2, 40)); // hd not a multiple of 32
+}
+
+fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let s = DecodeShape {
+        batch: 3,
+        capacity: 67,
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    let kvd = s.n_kv_heads * s.head_dim;
+    let cache_len = s.batch * s.capacity * kvd;
+    let (kc0, vc0) = (randv(r, cache_len, 1.0), randv(r, cache_len, 1.0));
+    let (k, v) = (randv(r, s.batch * kvd, 1.0), randv(r, s.batch * kvd, 1.0));
+    let positions = vec![0u32, 33, 66]; // first slot, middle, last position of the capacity
+    let pg = gpu.upload_ids(&positions).unwrap();
+    let (mut kcg, mut vcg) = (gpu.upload(&kc0).unwrap(), gpu.upload(&vc0).unwrap());
+    let (mut kcc, mut vcc) = (kc0.clone(), vc0.clone());
+    gpu.kv_cache_write(
+        &mut kcg,
+        &mut vcg,
+        &gpu.upload(&k).unwrap(),
+        &gpu.upload(&v).unwrap(),
+        &pg,
+        s,
+    )
+    .unwrap();
+    cpu.kv_cache_write(&mut kcc, &mut vcc, &k, &v, &positions, s)
+        .unwrap();
+    check("kv_cache_write k", &down(gpu, &kcg), &kcc, 0.0); // copies: exact
+    check("kv_cache_write v", &down(gpu, &vcg), &vcc, 0.0);
+    let q = randv(r, s.batch * s.n_heads * s.head_dim, 1.0);
+    let mut og = poisoned(gpu, q.len());
+    let mut oc = vec![0.0; q.len()];
+    gpu.decode_attention(&mut og, &gpu.upload(&q).unwrap(), &kcg, &vcg, &pg, s)
+        .unwrap();
+    cpu.decode_attention(&mut oc, &q, &kcc, &vcc, &positions, s)
+        .unwrap();
+    check("decode_attention", &down(gpu, &og), &oc, F32_TOL);
+}
+
+fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let n = 10_007;
+    let (g, u) = (randv(r, n, 6.0), randv(r, n, 2.0));
+    let (gg, ug) = (gpu.upload(&g).unwrap(), gpu.upload(&u).unwrap());
+    let mut og = poisoned(gpu, n);
+    let mut oc = vec![0.0; n];
+    gpu.swiglu_forward(&mut og, &gg, &ug).unwrap();
+    cpu.swiglu_forward(&mut oc, &g, &u).unwrap();
+    check("swiglu_forward", &down(gpu, &og), &oc, F32_TOL);
+    let dout = randv(r, n, 1.0);
+    let (mut dgg, mut dug) = (poisoned(gpu, n), poisoned(gpu, n));
+    let (mut dgc, mut duc) = (vec![0.0; n], vec![0.0; n]);
+    gpu.swiglu_backward(&mut dgg, &mut dug, &gpu.upload(&dout).unwrap(), &gg, &ug)
+        .unwrap();
+    cpu.swiglu_backward(&mut dgc, &mut duc, &dout, &g, &u)
+        .unwrap();
+    check("swiglu_backward dgate", &down(gpu, &dgg), &dgc, F32_TOL);
+    check("swiglu_backward dup", &down(gpu, &dug), &duc, F32_TOL);
+}
+
+fn fused_logprob_shape<B: Backend>(
+    gpu: &B,
+    r: &mut Rand,
+    n: usize,
+    dim: usize,
+    vocab: usize,
+    t: f32,
+) {
+    let cpu = Cpu::new();
+    println!("  n {n}, dim {dim}, vocab {vocab}, temperature {t}");
+    let (h, w) = (randv(r, n * dim, 1.0), randv(r, vocab * dim, 1.0));
+    let targets: Vec<u32> = (0..n).map(|_| r.gen_range(0..vocab as u32)).collect();
+    let (hg, wg, tg) = (
+        gpu.upload(&h).unwrap(),
+        gpu.upload(&w).unwrap(),
+        gpu.upload_ids(&targets).unwrap(),
+    );
+    let (mut lpg, mut eg, mut lg) = (poisoned(gpu, n), poisoned(gpu, n), poisoned(gpu, n));
+    let (mut lpc, mut ec, mut lc) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    gpu.fused_logprob_forward(&mut lpg, &mut eg, &mut lg, &hg, &wg, &tg, n, dim, vocab, t)
+        .unwrap();
+    cpu.fused_logprob_forward(
+        &mut lpc, &mut ec, &mut lc, &h, &w, &targets, n, dim, vocab, t,
+    )
+    .unwrap();
+    check("fused_logprob logp", &down(gpu, &lpg), &lpc, F32_TOL);
+    check("fused_logprob lse", &down(gpu, &lg), &lc, F32_TOL);
+    check("fused_logprob entropy", &down(gpu, &eg), &ec, GRAD_TOL);
+    let (dlogp, dw0) = (randv(r, n, 1.0), randv(r, vocab * dim, 0.1));
+    let (mut dhg, mut dwg) = (poisoned(gpu, n * dim), gpu.upload(&dw0).unwrap());
+    let (mut dhc, mut dwc) = (vec![0.0; n * dim], dw0.clone());
+    let dlg = gpu.upload(&dlogp).unwrap();
+    gpu.fused_logprob_backward(
+        &mut dhg, &mut dwg, &dlg, &hg, &wg, &tg, &lg, n, dim, vocab, t,
+    )
+    .unwrap();
+    cpu.fused_logprob_backward(
+        &mut dhc, &mut dwc, &dlogp, &h, &w, &targets, &lc, n, dim, vocab, t,
+    )
+    .unwrap();
+    check(
+        "fused_logprob_backward dhidden",
+        &down(gpu, &dhg),
+        &dhc,
+        GRAD_TOL,
+    );
+    check(
+        "fused_logprob_backward dw (accumulated)",
+        &down(gpu, &dwg),
+        &dwc,
+        GRAD_TOL,
+    );
+}
+
+fn fused_logprob_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    fused_logprob_shape(gpu, r, 19, 33, 1009, 1.0); // one chunk
+    fused_logprob_shape(gpu, r, 23, 17, 20_011, 0.7); // two chunks (16384 + rest), T ≠ 1
+}
+
+fn grpo_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (batch, len) = (7, 53);
+    let logp: Vec<f32> = randv(r, batch * len, 1.0).iter().map(|x| x - 2.0).collect();
+    let old: Vec<f32> = logp.iter().map(|x| x + r.gen_range(-0.4..0.4)).collect();
+    let reference: Vec<f32> = logp.iter().map(|x| x + r.gen_range(-0.3..0.3)).collect();
+    let mut mask = vec![0f32; batch * len];
+    for b in 0..batch {
+        let keep = r.gen_range(0..=len); // right padding, one row may be fully masked
+        mask[b * len..b * len + keep]
+            .iter_mut()
+            .for_each(|m| *m = 1.0);
+    }
+    let adv = randv(r, batch, 1.5);
+    let up = |v: &Vec<f32>| gpu.upload(v).unwrap();
+    let (lg, og, rg, mg, ag) = (up(&logp), up(&old), up(&reference), up(&mask), up(&adv));
+    for loss_type in [LossType::Grpo, LossType::Dapo, LossType::DrGrpo] {
+        for beta in [0.0, 0.04] {
+            let cfg = GrpoLossConfig {
+                loss_type,
+                epsilon_low: 0.2,
+                epsilon_high: 0.28,
+                beta,
+                max_completion_len: 64,
+            };
+            println!("  {loss_type:?}, beta {beta}");
+            let mg_ = gpu
+                .grpo_loss_forward(&lg, &og, &rg, &mg, &ag, batch, len, &cfg)
+                .unwrap();
+            let mc = cpu
+                .grpo_loss_forward(&logp, &old, &reference, &mask, &adv, batch, len, &cfg)
+                .unwrap();
+            let as_vec = |m: &cada::backend::GrpoLossMetrics| {
+                vec![
+                    m.loss,
+                    m.kl_mean,
+                    m.clip_ratio_low,
+                    m.clip_ratio_high,
+                    m.clip_ratio_region,
+                    m.tokens,
+                ]
+            };
+            check(
+                "grpo_loss_forward metrics",
+                &as_vec(&mg_),
+                &as_vec(&mc),
+                F32_TOL,
+            );
+            let mut dg = poisoned(gpu, batch * len);
+            let mut dc = vec![0.0; batch * len];
+            gpu.grpo_loss_backward(&mut dg, &lg, &og, &rg, &mg, &ag, batch, len, &cfg)
+                .unwrap();
+            cpu.grpo_loss_backward(
+                &mut dc, &logp, &old, &reference, &mask, &adv, batch, len, &cfg,
+            )
+            .unwrap();
+            check("grpo_loss_backward dlogp", &down(gpu, &dg), &dc, F32_TOL);
+        }
+    }
+}
+
+fn adamw_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let n = 4099;
+    let (mut p, g) = (randv(r, n, 1.0), randv(r, n, 1.0));
+    let (mut m, mut v) = (
+        randv(r, n, 0.1),
+        randv(r, n, 0.01)
+            .iter()
+            .map(|x| x.abs())
+            .collect::<Vec<_>>(),
+    );
+    let (mut pg, gg, mut mg, mut vg) = (
+        gpu.upload(&p).unwrap(),
+        gpu.upload(&g).unwrap(),
+        gpu.upload(&m).unwrap(),
+        gpu.upload(&v).unwrap(),
+    );
+    for step in [1u64, 2, 17] {
+        gpu.adamw_step(
+            &mut pg, &gg, &mut mg, &mut vg, 1e-3, 0.9, 0.999, 1e-8, 0.01, step,
+        )
+        .unwrap();
+        cpu.adamw_step(
+            &mut p, &g, &mut m, &mut v, 1e-3, 0.9, 0.999, 1e-8, 0.01, step,
+        )
+        .unwrap();
+    }
+    check("adamw param", &down(gpu, &pg), &p, F32_TOL);
+    check("adamw m", &down(gpu, &mg), &m, F32_TOL);
+    check("adamw v", &down(gpu, &vg), &v, F32_TOL);
+}
+
+fn sampling_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (batch, vocab) = (9, 5003);
+    let mut logits = randv(r, batch * vocab, 4.0);
+    logits[3 * vocab + 10] = 9.0; // a tie for the maximum: greedy must take the lower index
+    logits[3 * vocab + 20] = 9.0;
+    let lg = gpu.upload(&logits).unwrap();
+    for (temperature, top_p, top_k) in [
+        (0.0, 1.0, 0),
+        (1.0, 1.0, 0),
+        (0.7, 0.9, 50),
+        (1.3, 0.5, 0),
+        (0.9, 1.0, 7),
+    ] {
+        let u: Vec<f32> = (0..batch).map(|_| r.gen::<f32>()).collect();
+        let tg = gpu
+            .sample(&lg, &u, batch, vocab, temperature, top_p, top_k)
+            .unwrap();
+        let tc = cpu
+            .sample(&logits, &u, batch, vocab, temperature, top_p, top_k)
+            .unwrap();
+        println!("  T {temperature}, top_p {top_p}, top_k {top_k}: gpu {tg:?} cpu {tc:?}");
+        // the same draw must pick the same token (ties of f64 sums at 1e-16 aside)
+        assert_eq!(
+            tg, tc,
+            "sampling differs for T {temperature}, top_p {top_p}, top_k {top_k}"
+        );
+    }
+}
+
+gpu_test!(cuda_elementwise, elementwise_case);
+gpu_test!(cuda_embedding, embedding_case);
+gpu_test!(cuda_linear, linear_case);
+gpu_test!(cuda_rmsnorm, rmsnorm_case);
+gpu_test!(cuda_rope, rope_case);
+gpu_test!(cuda_attention, attention_case);
+gpu_test!(cuda_decode_attention, decode_case);
+gpu_test!(cuda_swiglu, swiglu_case);
+gpu_test!(cuda_fused_logprob, fused_logprob_case);
+gpu_test!(cuda_grpo_loss, grpo_case);
+gpu_test!(cuda_adamw, adamw_case);
+gpu_test!(cuda_sampling, sampling_case);
