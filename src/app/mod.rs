@@ -27,8 +27,13 @@ pub trait OnDevice {
     fn run<B: Backend>(self, be: &B) -> Result<Self::Output>;
 }
 
-/// True when a GPU backend is compiled in and finds a device. No GPU backend exists yet
-/// (issue 5), so `auto` always resolves to the CPU.
+/// True when the GPU backend is compiled in and finds a driver and a device (probed without
+/// letting cudarc panic on a machine without libcuda).
+#[cfg(feature = "cuda")]
+fn gpu_present() -> bool {
+    crate::backend::cuda::cuda_available()
+}
+#[cfg(not(feature = "cuda"))]
 fn gpu_present() -> bool {
     false
 }
@@ -39,13 +44,29 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
         DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
         DeviceChoice::Auto if gpu_present() => Ok(DeviceChoice::Cuda),
         DeviceChoice::Auto => Ok(DeviceChoice::Cpu),
-        DeviceChoice::Cuda => anyhow::bail!(
-            "--device cuda: the CUDA backend is not part of this build yet (only the CPU reference backend exists; see README)"
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => anyhow::bail!(
+            "--device cuda: this binary was built without the GPU backend (rebuild with `--features cuda`, see README)"
         ),
+        DeviceChoice::Cuda if !gpu_present() => {
+            anyhow::bail!("--device cuda: no CUDA driver (libcuda) or no GPU found on this machine")
+        }
+        DeviceChoice::Cuda => Ok(DeviceChoice::Cuda),
     }
 }
 
 pub fn run_on<T: OnDevice>(choice: DeviceChoice, task: T) -> Result<T::Output> {
-    resolve_device(choice)?;
-    task.run(&Cpu::new())
+    match resolve_device(choice)? {
+        DeviceChoice::Cuda => run_cuda(task),
+        _ => task.run(&Cpu::new()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<T: OnDevice>(task: T) -> Result<T::Output> {
+    let be = crate::backend::cuda::Cuda::new(0)?;
+    task.run(&be)
+}
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<T: OnDevice>(_task: T) -> Result<T::Output> {
+    anyhow::bail!("the GPU backend is not compiled into this binary")
 }

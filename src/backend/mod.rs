@@ -15,6 +15,8 @@
 //! - Anything that can fail (allocation, a launch) returns `anyhow::Result`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use anyhow::Result;
 
