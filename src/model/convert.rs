@@ -79,8 +79,7 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         .and_then(|v| v.as_str())
         .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.model`"))?;
     if model != "gpt2" {
-        // "llama" is SentencePiece (scores, byte fallback), which this converter does not build
-        bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2, i.e. byte-level BPE)");
+        bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2 byte-level BPE)");
     }
     let tokens: Vec<&str> = g
         .get("tokenizer.ggml.tokens")
@@ -92,52 +91,20 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
                 .with_context(|| format!("{src}: `tokenizer.ggml.tokens` holds a non-string"))
         })
         .collect::<Result<_>>()?;
-    // token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
-    let types: Vec<u64> = match g.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
-        Some(v) => v
-            .as_array()
-            .with_context(|| {
-                format!("{src}: metadata `tokenizer.ggml.token_type` is not an array")
-            })?
-            .iter()
-            .map(|t| {
-                t.as_u64().with_context(|| {
-                    format!("{src}: `tokenizer.ggml.token_type` holds a non-integer {t:?}")
-                })
-            })
-            .collect::<Result<_>>()?,
-    };
-    if types.len() != tokens.len() {
-        bail!(
-            "{src}: `tokenizer.ggml.token_type` has {} entries but `tokenizer.ggml.tokens` has {}",
-            types.len(),
-            tokens.len()
-        );
-    }
-    let merges: Vec<&str> = match g.get("tokenizer.ggml.merges") {
-        None => {
-            bail!("{src}: missing metadata `tokenizer.ggml.merges` (a gpt2 BPE needs its merges)")
-        }
-        Some(v) => v
-            .as_array()
-            .with_context(|| format!("{src}: metadata `tokenizer.ggml.merges` is not an array"))?
-            .iter()
-            .map(|m| {
-                m.as_str()
-                    .filter(|m| m.split(' ').count() == 2)
-                    .with_context(|| {
-                        format!("{src}: `tokenizer.ggml.merges` holds {m:?}, not \"left right\"")
-                    })
-            })
-            .collect::<Result<_>>()?,
-    };
-    let pre = match g.get("tokenizer.ggml.pre") {
-        None => "default",
-        Some(v) => v
-            .as_str()
-            .with_context(|| format!("{src}: metadata `tokenizer.ggml.pre` is not a string"))?,
-    };
+    let types: Vec<u64> = g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let merges: Vec<&str> = g
+        .get("tokenizer.ggml.merges")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+        .unwrap_or_default();
+    let pre = g
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
     let vocab: serde_json::Map<String, serde_json::Value> = tokens
         .iter()
         .enumerate()
@@ -147,11 +114,18 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| matches!(types[*i], 3 | 4))
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
         .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
         .collect();
-    let pre_tokenizer =
-        pre_tokenizer_json(pre).with_context(|| format!("{src}: metadata `tokenizer.ggml.pre`"))?;
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    // llama.cpp's pre-tokenizer names: these split every digit on its own before the GPT-2 regex
+    let pre_tokenizer = match pre {
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => {
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+        }
+        "gpt-2" | "gpt2" | "default" => byte_level.clone(),
+        other => bail!("{src}: metadata `tokenizer.ggml.pre` = \"{other}\" is not supported (supported: smollm, starcoder, refact, gpt-2, default)"),
+    };
     let tok = json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": added,
@@ -188,34 +162,6 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         cfg["chat_template"] = json!(t);
     }
     Ok((serde_json::to_string(&tok)?, cfg))
-}
-
-/// Llama 3's split (llama.cpp "llama-bpe"): letters with one leading non-letter, numbers in runs
-/// of up to three digits, punctuation runs with trailing newlines, newline runs, spaces.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen2's split: Llama 3's with single digits.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The Hugging Face pre-tokenizer for llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`),
-/// matching the regexes llama.cpp's `llm_tokenizer_bpe` uses for that name.
-/// "smollm" (SmolLM/SmolLM2) is the StarCoder family: every digit split off on its own, then
-/// the GPT-2 regex; this is what SmolLM2's own tokenizer.json holds.
-pub fn pre_tokenizer_json(pre: &str) -> Result<serde_json::Value> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
-    Ok(match pre {
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => {
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]})
-        }
-        "gpt-2" | "gpt2" | "default" => byte_level(true),
-        "llama-bpe" | "llama3" => {
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]})
-        }
-        "qwen2" => {
-            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]})
-        }
-        other => bail!("\"{other}\" is not supported (supported: smollm, starcoder, refact, codeshell, exaone, minerva-7b, command-r, gpt-2, default, llama-bpe, qwen2)"),
-    })
 }
 
 fn arch(g: &GgufFile) -> Result<String> {
@@ -440,50 +386,5 @@ pub fn describe_value(v: &Value) -> String {
             &s[..s.char_indices().nth(60).map(|c| c.0).unwrap_or(s.len())]
         ),
         other => format!("{other:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pre_tokenizer_json;
-    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
-
-    /// The pieces (as slices of the input) that a pre-tokenizer name splits `text` into.
-    fn pieces<'a>(pre: &str, text: &'a str) -> Vec<&'a str> {
-        let p: tokenizers::PreTokenizerWrapper =
-            serde_json::from_value(pre_tokenizer_json(pre).unwrap()).unwrap();
-        let mut s = PreTokenizedString::from(text);
-        p.pre_tokenize(&mut s).unwrap();
-        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
-            .into_iter()
-            .map(|(_, (a, b), _)| &text[a..b])
-            .collect()
-    }
-
-    /// Expected splits worked out by hand from each family's regex (see pre_tokenizer_json).
-    #[test]
-    fn pre_tokenizers_split_like_their_llama_cpp_regexes() {
-        let t = "Hello world 12345 it's\n\n  x";
-        // StarCoder/SmolLM: digits one by one, then GPT-2's `\s+(?!\S)` leaves one space for " x"
-        assert_eq!(
-            pieces("smollm", t),
-            ["Hello", " world", " ", "1", "2", "3", "4", "5", " it", "'s", "\n\n ", " x"]
-        );
-        // GPT-2: digits stay together with their leading space
-        assert_eq!(
-            pieces("gpt-2", t),
-            ["Hello", " world", " 12345", " it", "'s", "\n\n ", " x"]
-        );
-        // Llama 3: digit groups of up to three, newline runs apart from spaces
-        assert_eq!(
-            pieces("llama-bpe", t),
-            ["Hello", " world", " ", "123", "45", " it", "'s", "\n\n", " ", " x"]
-        );
-        assert_eq!(
-            pieces("qwen2", t),
-            ["Hello", " world", " ", "1", "2", "3", "4", "5", " it", "'s", "\n\n", " ", " x"]
-        );
-        let e = pre_tokenizer_json("unheard-of").unwrap_err().to_string();
-        assert!(e.contains("\"unheard-of\" is not supported"), "{e}");
     }
 }
