@@ -265,4 +265,12 @@ fn bad_score_inputs_give_clear_errors() {
         &cada(&["score", "--model", m, "--input", "/nonexistent.jsonl"]),
         &["/nonexistent.jsonl"],
     );
+    // this test binary is built without the `cuda` feature: asking for the GPU is a clear error
+    // naming the rebuild, never a silent CPU run
+    assert_fails_with(
+        &cada(&[
+            "generate", "--model", m, "--prompt", "x", "--device", "cuda",
+        ]),
+        &["--device cuda", "--features cuda"],
+    );
 }
