@@ -11,7 +11,6 @@ use super::evaluate::{evaluate_model, EvalOptions};
 use super::spec::load_spec;
 use super::trainer::{LoopState, Trainer};
 use crate::backend::Backend;
-use crate::model::llama::Llama;
 use crate::model::load::LoadedModel;
 use crate::model::weights::Params;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, NamedTensor};
@@ -273,9 +272,4 @@ fn write_samples<B: Backend>(t: &mut Trainer<B>, path: &Path, step: usize) -> Re
         append_line(path, &line.to_string())?;
     }
     Ok(())
-}
-
-/// For callers that hold a model already on the device.
-pub fn model_on<B: Backend>(be: &B, base: &LoadedModel) -> Result<Llama<B>> {
-    Llama::from_host(be, base.cfg.clone(), &base.params)
 }

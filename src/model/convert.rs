@@ -2,7 +2,7 @@
 //! files), and `cada convert`, which writes it as a model directory that this engine and other
 //! Hugging Face-compatible tools load.
 
-use super::gguf::{GgufFile, Value};
+use super::gguf::GgufFile;
 use anyhow::{bail, Context, Result};
 use safetensors::Dtype;
 use serde_json::json;
@@ -375,16 +375,4 @@ pub fn run_convert(from: &Path, to: &Path, dtype: SaveDtype) -> Result<f64> {
     let hf = gguf_to_hf(from)?;
     write_hf_dir(&hf, to, dtype)?;
     Ok(t0.elapsed().as_secs_f64())
-}
-
-/// Metadata value as text (for `cada info` on a GGUF file and debugging).
-pub fn describe_value(v: &Value) -> String {
-    match v {
-        Value::Array(a) => format!("[{} values]", a.len()),
-        Value::String(s) if s.len() > 60 => format!(
-            "\"{}…\"",
-            &s[..s.char_indices().nth(60).map(|c| c.0).unwrap_or(s.len())]
-        ),
-        other => format!("{other:?}"),
-    }
 }
