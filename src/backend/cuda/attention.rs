@@ -13,10 +13,10 @@ const ATTN_ROWS: usize = 8;
 const DKV_KEYS: usize = 8;
 const DEC_WARPS: u32 = 4;
 
-/// Mirrors `struct AttnDims` in attention.cu.
+/// Mirrors `struct AttnDims` in attention.cu (and attention_mma.cu).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct AttnDims {
+pub(super) struct AttnDims {
     batch: i32,
     seq: i32,
     n_heads: i32,
@@ -39,7 +39,12 @@ struct DecodeDims {
 // SAFETY: as above.
 unsafe impl DeviceRepr for DecodeDims {}
 
-fn check_heads(op: &str, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<()> {
+pub(super) fn check_heads(
+    op: &str,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
     ensure!(
         n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
         "cuda backend: {op}: {n_heads} heads not a multiple of {n_kv_heads} kv heads"
@@ -51,7 +56,7 @@ fn check_heads(op: &str, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> 
     Ok(())
 }
 
-fn attn_dims(s: AttnShape) -> Result<AttnDims> {
+pub(super) fn attn_dims(s: AttnShape) -> Result<AttnDims> {
     Ok(AttnDims {
         batch: dim_i32(s.batch, "batch")?,
         seq: dim_i32(s.seq, "seq")?,
@@ -72,7 +77,7 @@ fn decode_dims(s: DecodeShape) -> Result<DecodeDims> {
 }
 
 /// grid.y/z carry heads and batch (limit 65535 each).
-fn grid_3d(x: usize, y: usize, z: usize, threads: u32) -> Result<LaunchConfig> {
+pub(super) fn grid_3d(x: usize, y: usize, z: usize, threads: u32) -> Result<LaunchConfig> {
     ensure!(
         y <= 65535 && z <= 65535,
         "cuda backend: attention grid ({y} heads, {z} sequences) exceeds 65535"
@@ -157,23 +162,7 @@ impl Cuda {
         }
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let rows = s.batch * s.n_heads * s.seq;
-        let mut delta = self.zeros(rows)?;
-        let warps_per_block = 8;
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(warps_per_block) as u32, 1, 1),
-            block_dim: (32 * warps_per_block as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(
-            self,
-            "attention_backward_delta",
-            cfg,
-            &mut delta,
-            dout,
-            out,
-            &dims
-        )?;
+        let delta = self.attention_delta(dout, out, s)?;
         let cfg = grid_3d(
             s.seq.div_ceil(ATTN_ROWS),
             s.n_heads,
@@ -215,6 +204,34 @@ impl Cuda {
             &dims,
             &scale
         )
+    }
+
+    /// δ[b, h, t] = Σ_d dout·out, the softmax-backward row term (shared with the mma backward).
+    pub(super) fn attention_delta(
+        &self,
+        dout: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<CudaSlice<f32>> {
+        let dims = attn_dims(s)?;
+        let rows = s.batch * s.n_heads * s.seq;
+        let mut delta = self.zeros(rows)?;
+        let warps_per_block = 8;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(warps_per_block) as u32, 1, 1),
+            block_dim: (32 * warps_per_block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "attention_backward_delta",
+            cfg,
+            &mut delta,
+            dout,
+            out,
+            &dims
+        )?;
+        Ok(delta)
     }
 
     pub(super) fn kv_cache_write_impl(

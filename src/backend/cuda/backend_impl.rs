@@ -1,8 +1,10 @@
 //! `impl Backend for Cuda`: memory and small elementwise ops inline, the rest delegated to
-//! the launchers in `dense.rs`, `attention.rs` and `head.rs`.
+//! the launchers in `dense.rs`, `attention.rs` / `attention_mma.rs` (chosen by
+//! `Cuda::set_attention_kernel`) and `head.rs`.
 
 use super::{
-    dim_i32, grid_1d, grid_cols, grid_rows, launch, need, need_ids, row_threads, Cuda, BLOCK,
+    dim_i32, grid_1d, grid_cols, grid_rows, launch, need, need_ids, row_threads, AttentionKernel,
+    Cuda, BLOCK,
 };
 use crate::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics};
 use anyhow::{ensure, Context, Result};
@@ -306,7 +308,10 @@ impl Backend for Cuda {
         v: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        self.attention_forward_impl(out, lse, q, k, v, s)
+        match self.attention {
+            AttentionKernel::Simt => self.attention_forward_impl(out, lse, q, k, v, s),
+            AttentionKernel::Mma => self.attention_mma_forward_impl(out, lse, q, k, v, s),
+        }
     }
     fn attention_backward(
         &self,
@@ -321,7 +326,14 @@ impl Backend for Cuda {
         lse: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
+        match self.attention {
+            AttentionKernel::Simt => {
+                self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
+            }
+            AttentionKernel::Mma => {
+                self.attention_mma_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
+            }
+        }
     }
 
     fn kv_cache_write(

@@ -12,6 +12,7 @@
 //! scalar results synchronise the stream.
 
 mod attention;
+mod attention_mma;
 mod backend_impl;
 mod dense;
 mod head;
@@ -52,17 +53,45 @@ pub fn cuda_available() -> bool {
         .unwrap_or(false)
 }
 
+/// Which kernels run the training attention (`attention_forward` / `attention_backward`).
+/// Both write the same `lse` layout, so a forward from one and a backward from the other agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// kernels/attention.cu: f32 on CUDA cores (tracks the CPU to ~1e-5)
+    Simt,
+    /// kernels/attention_mma.cu: bf16 tensor cores, f32 accumulation (~1e-2 relative)
+    Mma,
+}
+
+impl AttentionKernel {
+    /// `CADA_ATTENTION` = `simt` | `mma`; unset means `simt`, since neither has yet run on a GPU
+    /// and the f32 kernel is the one that matches the CPU to f32 rounding.
+    pub fn from_env() -> Result<AttentionKernel> {
+        match std::env::var("CADA_ATTENTION") {
+            Err(std::env::VarError::NotPresent) => Ok(AttentionKernel::Simt),
+            Ok(v) if v == "simt" => Ok(AttentionKernel::Simt),
+            Ok(v) if v == "mma" => Ok(AttentionKernel::Mma),
+            Ok(v) => Err(anyhow!(
+                "cuda backend: CADA_ATTENTION={v:?}: expected `simt` or `mma`"
+            )),
+            Err(e) => Err(anyhow!("cuda backend: CADA_ATTENTION: {e}")),
+        }
+    }
+}
+
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     tf32: bool,
+    attention: AttentionKernel,
 }
 
 impl Cuda {
     /// Opens device `ordinal`, loads every kernel module and creates the cuBLAS handle.
     pub fn new(ordinal: usize) -> Result<Cuda> {
+        let attention = AttentionKernel::from_env()?;
         ensure!(
             KERNELS_BUILT,
             "cuda backend: this binary was built with the `cuda` feature but without nvcc, so it \
@@ -117,6 +146,7 @@ impl Cuda {
             blas,
             functions,
             tf32: false,
+            attention,
         };
         cuda.set_math_mode()?;
         Ok(cuda)
@@ -126,6 +156,15 @@ impl Cuda {
     pub fn set_tf32(&mut self, on: bool) -> Result<()> {
         self.tf32 = on;
         self.set_math_mode()
+    }
+
+    /// Selects the training-attention kernels (initially from `CADA_ATTENTION`).
+    pub fn set_attention_kernel(&mut self, kernel: AttentionKernel) {
+        self.attention = kernel;
+    }
+
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.attention
     }
 
     fn set_math_mode(&self) -> Result<()> {
@@ -222,6 +261,14 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "attention_backward_delta",
             "attention_backward_dq",
             "attention_backward_dkv",
+        ],
+        "attention_mma" => &[
+            "attention_mma_forward_hd64",
+            "attention_mma_forward_hd128",
+            "attention_mma_backward_dq_hd64",
+            "attention_mma_backward_dq_hd128",
+            "attention_mma_backward_dkv_hd64",
+            "attention_mma_backward_dkv_hd128",
         ],
         "decode_attention" => &["kv_cache_write", "decode_attention"],
         "elementwise" => &[

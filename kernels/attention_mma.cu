@@ -1,0 +1,498 @@
+// Causal GQA self-attention on tensor cores ("attention v2"): FlashAttention-2 structure with
+// bf16 `mma.sync.m16n8k16` (f32 accumulation). Same interface as attention.cu: q/out
+// [B·T, Hq·hd], k/v [B·T, Hkv·hd] row-major f32 in global memory, lse [B, Hq, T] natural log,
+// scale 1/sqrt(hd). Tiles are converted f32 → bf16 (round to nearest even) when staged into
+// shared memory; scores, softmax statistics and every accumulator stay f32. The T×T matrix is
+// never stored. δ = rowsum(dO∘O) for the backward comes from attention.cu's
+// `attention_backward_delta`.
+//
+// Head dims: each kernel exists for a padded width HDP ∈ {64, 128}; any head_dim ≤ HDP works, the
+// columns past head_dim are staged as zeros (they add nothing to q·k and are never written).
+//
+// Warp tiling: every warp owns 16 rows of one m16n8k16 A operand (16 query rows in the forward
+// and dq kernels, 16 keys in dk/dv). Fragment layouts (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"), g = lane / 4, c = lane % 4:
+//   A (16×16, 4 regs of bf16x2): reg j holds row g + 8·(j & 1), cols 2c + 8·(j >> 1) + {0, 1}
+//   B (16×8, 2 regs):            reg j holds k rows 2c + 8·j + {0, 1}, column n = g
+//   C (16×8, 4 f32):             c[i] is row g + 8·(i >> 1), col 2c + (i & 1)
+// so a C tile of scores is already the A operand of the next product (P·V, dS·K) once packed to
+// bf16, without going through shared memory.
+#include "common.cuh"
+#ifndef CADA_HOST_EMULATION
+#include <cuda_bf16.h>
+#endif
+
+#define MMA_THREADS 128  // 4 warps
+#define MMA_BQ 64        // query rows per forward / dq block (16 per warp)
+#define MMA_BK 64        // keys per staged tile (forward, dq) and per dk/dv block (16 per warp)
+#define MMA_DKV_BQ 32    // query rows per tile streamed through a dk/dv block
+#define MMA_SKEW 8       // bf16 pad per smem row: rows 16 B apart mod 128, ldmatrix conflict-free
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+struct AttnDims {
+    int batch, seq, n_heads, n_kv_heads, head_dim;
+};
+
+#ifndef CADA_HOST_EMULATION
+// The four warp-collective primitives. (A host-side emulation of this file replaces exactly
+// these to check the index math without a GPU.)
+
+// Two f32 → one bf16x2 register, `lo` in the low half (the lower column / k index).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Four 8×8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8 and receives
+// row l / 4, cols 2(l % 4) + {0, 1} of each matrix in r[0..3].
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const uint16_t* row) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// As ldsm_x4 but transposed: lane l receives rows 2(l % 4) + {0, 1}, col l / 4 of each matrix.
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const uint16_t* row) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// c += A·B for one 16×8×16 tile.
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+// ldmatrix row addresses, for a 16×16 block at (r0, c0) of a tile with row stride `ld`.
+// A operand from a row-major [m][k] tile (also the B operand of X·V from a row-major [k][n] tile
+// with .trans): matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15),
+// (rows 8-15, cols 8-15) → regs 0..3 are A's regs 0..3, or B's (b0, b1) for n-tiles c0, c0 + 8.
+__device__ __forceinline__ const uint16_t* addr_a(const uint16_t* t, int ld, int r0, int c0) {
+    const int lane = threadIdx.x & 31;
+    return t + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + c0 + (lane >> 4) * 8;
+}
+// B operand of X·Yᵀ from a row-major [n][k] tile (keys × dims): matrices (n 0-7, k 0-7),
+// (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) → (b0, b1) of n-tile r0, then of r0 + 8.
+__device__ __forceinline__ const uint16_t* addr_bt(const uint16_t* t, int ld, int r0, int c0) {
+    const int lane = threadIdx.x & 31;
+    return t + (r0 + (lane & 7) + (lane >> 4) * 8) * ld + c0 + ((lane >> 3) & 1) * 8;
+}
+
+// Stages rows [r0, r0 + ROWS) of one head (columns [col0, col0 + hd) of a [B·T, stride] f32
+// matrix, rows counted from `base` = b·T) as bf16 into a ROWS × HDP tile of row stride
+// HDP + MMA_SKEW. Rows ≥ seq and columns ≥ hd become zeros.
+template <int ROWS, int HDP>
+__device__ __forceinline__ void stage_tile(uint16_t* dst, const float* src, int64_t base, int r0,
+                                           int seq, int64_t stride, int col0, int hd) {
+    constexpr int C4 = HDP / 4;
+    const bool vec = (hd & 3) == 0;  // then stride and col0 are multiples of 4 too: float4 loads
+    for (int idx = threadIdx.x; idx < ROWS * C4; idx += MMA_THREADS) {
+        const int r = idx / C4, c = (idx % C4) * 4;
+        const int t = r0 + r;
+        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+        if (t < seq && c < hd) {
+            const float* p = src + (base + t) * stride + col0 + c;
+            if (vec) {
+                const float4 f = *reinterpret_cast<const float4*>(p);
+                x0 = f.x, x1 = f.y, x2 = f.z, x3 = f.w;
+            } else {
+                x0 = p[0];
+                if (c + 1 < hd) x1 = p[1];
+                if (c + 2 < hd) x2 = p[2];
+                if (c + 3 < hd) x3 = p[3];
+            }
+        }
+        uint2 w;
+        w.x = pack_bf16(x0, x1);
+        w.y = pack_bf16(x2, x3);
+        *reinterpret_cast<uint2*>(dst + r * (HDP + MMA_SKEW) + c) = w;
+    }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Forward. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 2·64·(HDP + 8) bf16.
+// Warp w owns query rows q0 + 16w .. +15 and keeps Q as A fragments in registers; each key tile
+// gives S = Q·Kᵀ (16 × 64 per warp), an online-softmax update, and O += P·V.
+template <int HDP>
+__device__ __forceinline__ void forward_body(float* out, float* lse, const float* q,
+                                             const float* k, const float* v, AttnDims s,
+                                             float scale) {
+    constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_BK / 8;
+    extern __shared__ uint4 attn_mma_smem[];
+    uint16_t* sk = reinterpret_cast<uint16_t*>(attn_mma_smem);
+    uint16_t* sv = sk + MMA_BK * LD;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
+    const int hd = s.head_dim;
+    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t base = (int64_t)b * s.seq;
+    const int q0 = blockIdx.x * MMA_BQ;
+    const int w0 = q0 + warp * 16;                    // this warp's first row
+    const int rows[2] = {w0 + g, w0 + g + 8};         // the two rows this thread's C regs hold
+    const int last_key = min(s.seq - 1, q0 + MMA_BQ - 1);
+    const float c2 = scale * LOG2E;                   // scores in log2 units: exp2f below
+
+    // Q goes through sk (K overwrites it after the first barrier of the loop).
+    stage_tile<MMA_BQ, HDP>(sk, q, base, q0, s.seq, qs, h * hd, hd);
+    __syncthreads();
+    uint32_t qf[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) ldsm_x4(qf[kk], addr_a(sk, LD, warp * 16, kk * 16));
+
+    float o[DN][4];
+#pragma unroll
+    for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};  // l: this thread's part
+
+    for (int k0 = 0; k0 <= last_key; k0 += MMA_BK) {
+        __syncthreads();  // the previous tile (or Q) is consumed
+        stage_tile<MMA_BK, HDP>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
+        stage_tile<MMA_BK, HDP>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
+        __syncthreads();
+        float sc[SN][4];
+#pragma unroll
+        for (int n = 0; n < SN; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+#pragma unroll
+        for (int nn = 0; nn < MMA_BK / 16; ++nn) {
+            if (k0 + nn * 16 > w0 + 15) continue;  // keys all above the diagonal (warp-uniform)
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                uint32_t kb[4];
+                ldsm_x4(kb, addr_bt(sk, LD, nn * 16, kk * 16));
+                mma_bf16(sc[2 * nn], qf[kk], kb[0], kb[1]);
+                mma_bf16(sc[2 * nn + 1], qf[kk], kb[2], kb[3]);
+            }
+        }
+        // Causal mask (it also covers keys ≥ T for every row < T) and the tile's row max.
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < SN; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int key = k0 + n * 8 + 2 * c + (i & 1);
+                const float x = key > rows[i >> 1] ? -CUDART_INF_F : sc[n][i] * c2;
+                sc[n][i] = x;
+                mx[i >> 1] = fmaxf(mx[i >> 1], x);
+            }
+        float ref[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = quad_max(mx[r]);
+            ref[r] = mx[r] == -CUDART_INF_F ? 0.f : mx[r];  // no key yet: exp2f(-inf) = 0, no NaN
+            const float alpha = exp2f(m[r] - ref[r]);     // 0 while m = -inf
+            m[r] = mx[r];
+            l[r] *= alpha;
+#pragma unroll
+            for (int n = 0; n < DN; ++n) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
+        }
+#pragma unroll
+        for (int n = 0; n < SN; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float p = exp2f(sc[n][i] - ref[i >> 1]);
+                sc[n][i] = p;
+                l[i >> 1] += p;
+            }
+        // O += P·V: the score C tiles 2j, 2j + 1 are the A operand for keys 16j .. 16j + 15.
+#pragma unroll
+        for (int j = 0; j < MMA_BK / 16; ++j) {
+            if (k0 + j * 16 > w0 + 15) continue;  // P is zero there
+            const uint32_t pa[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
+                                    pack_bf16(sc[2 * j][2], sc[2 * j][3]),
+                                    pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
+                                    pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+#pragma unroll
+            for (int dn = 0; dn < HDP / 16; ++dn) {
+                uint32_t vb[4];
+                ldsm_x4_trans(vb, addr_a(sv, LD, j * 16, dn * 16));
+                mma_bf16(o[2 * dn], pa, vb[0], vb[1]);
+                mma_bf16(o[2 * dn + 1], pa, vb[2], vb[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float lt = quad_sum(l[r]);  // ≥ 1 for a real row: its max key contributes exp2(0)
+        const int t = rows[r];
+        if (t >= s.seq) continue;
+        const float inv = 1.f / lt;
+        float* dst = out + (base + t) * qs + h * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) dst[d] = o[n][2 * r + e] * inv;
+            }
+        if (c == 0) lse[((int64_t)b * s.n_heads + h) * s.seq + t] = (m[r] + log2f(lt)) * LN2;
+    }
+}
+
+// Backward, dq. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 4·64·(HDP + 8) bf16
+// (Q, dO, K, V tiles). P = exp(q·k·scale − lse) is recomputed, dS = P∘(dO·Vᵀ − δ), and
+// dq = scale · dS·K accumulates in registers and is written once: no atomics.
+template <int HDP>
+__device__ __forceinline__ void dq_body(float* dq, const float* dout, const float* q,
+                                        const float* k, const float* v, const float* lse,
+                                        const float* delta, AttnDims s, float scale) {
+    constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_BK / 8;
+    extern __shared__ uint4 attn_mma_smem[];
+    uint16_t* sq = reinterpret_cast<uint16_t*>(attn_mma_smem);
+    uint16_t* sdo = sq + MMA_BQ * LD;
+    uint16_t* sk = sdo + MMA_BQ * LD;
+    uint16_t* sv = sk + MMA_BK * LD;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
+    const int hd = s.head_dim;
+    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t base = (int64_t)b * s.seq;
+    const int q0 = blockIdx.x * MMA_BQ;
+    const int w0 = q0 + warp * 16;
+    const int rows[2] = {w0 + g, w0 + g + 8};
+    const int last_key = min(s.seq - 1, q0 + MMA_BQ - 1);
+    const float c2 = scale * LOG2E;
+    float lse2[2], dlt[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const bool ok = rows[r] < s.seq;
+        const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + rows[r];
+        lse2[r] = ok ? lse[st] * LOG2E : 0.f;
+        dlt[r] = ok ? delta[st] : 0.f;
+    }
+    stage_tile<MMA_BQ, HDP>(sq, q, base, q0, s.seq, qs, h * hd, hd);
+    stage_tile<MMA_BQ, HDP>(sdo, dout, base, q0, s.seq, qs, h * hd, hd);
+    float acc[DN][4];
+#pragma unroll
+    for (int n = 0; n < DN; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+    for (int k0 = 0; k0 <= last_key; k0 += MMA_BK) {
+        __syncthreads();
+        stage_tile<MMA_BK, HDP>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
+        stage_tile<MMA_BK, HDP>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
+        __syncthreads();
+        float sc[SN][4], dp[SN][4];
+#pragma unroll
+        for (int n = 0; n < SN; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            uint32_t qa[4], da[4];
+            ldsm_x4(qa, addr_a(sq, LD, warp * 16, kk * 16));
+            ldsm_x4(da, addr_a(sdo, LD, warp * 16, kk * 16));
+#pragma unroll
+            for (int nn = 0; nn < MMA_BK / 16; ++nn) {
+                if (k0 + nn * 16 > w0 + 15) continue;
+                uint32_t kb[4], vb[4];
+                ldsm_x4(kb, addr_bt(sk, LD, nn * 16, kk * 16));
+                ldsm_x4(vb, addr_bt(sv, LD, nn * 16, kk * 16));
+                mma_bf16(sc[2 * nn], qa, kb[0], kb[1]);
+                mma_bf16(sc[2 * nn + 1], qa, kb[2], kb[3]);
+                mma_bf16(dp[2 * nn], da, vb[0], vb[1]);
+                mma_bf16(dp[2 * nn + 1], da, vb[2], vb[3]);
+            }
+        }
+        // dS (unscaled) overwrites sc; masked entries are exactly 0.
+#pragma unroll
+        for (int n = 0; n < SN; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int key = k0 + n * 8 + 2 * c + (i & 1);
+                const int r = i >> 1;
+                const float p = key > rows[r] ? 0.f : exp2f(sc[n][i] * c2 - lse2[r]);
+                sc[n][i] = p * (dp[n][i] - dlt[r]);
+            }
+        // dq += dS·K: K [key][dim] is the row-major [k][n] B operand, read with .trans.
+#pragma unroll
+        for (int j = 0; j < MMA_BK / 16; ++j) {
+            if (k0 + j * 16 > w0 + 15) continue;
+            const uint32_t da[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
+                                    pack_bf16(sc[2 * j][2], sc[2 * j][3]),
+                                    pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
+                                    pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+#pragma unroll
+            for (int dn = 0; dn < HDP / 16; ++dn) {
+                uint32_t kb[4];
+                ldsm_x4_trans(kb, addr_a(sk, LD, j * 16, dn * 16));
+                mma_bf16(acc[2 * dn], da, kb[0], kb[1]);
+                mma_bf16(acc[2 * dn + 1], da, kb[2], kb[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int t = rows[r];
+        if (t >= s.seq) continue;
+        float* dst = dq + (base + t) * qs + h * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) dst[d] = acc[n][2 * r + e] * scale;
+            }
+    }
+}
+
+// Backward, dk and dv. grid = (ceil(T / 64), Hkv, B), 128 threads, dynamic smem
+// (2·64 + 2·32)·(HDP + 8) bf16 + 64 f32. Warp w owns keys k0 + 16w .. +15; tiles of 32 query rows
+// of every head of the GQA group stream through, from the key tile's diagonal to T. Per warp:
+// Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (16 × 32), Pᵀ from lse, dSᵀ = Pᵀ∘(dPᵀ − δ), dv += Pᵀ·dO,
+// dk += dSᵀ·Q. Each key belongs to one warp of one block: no atomics.
+template <int HDP>
+__device__ __forceinline__ void dkv_body(float* dk, float* dv, const float* dout, const float* q,
+                                         const float* k, const float* v, const float* lse,
+                                         const float* delta, AttnDims s, float scale) {
+    constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_DKV_BQ / 8;
+    extern __shared__ uint4 attn_mma_smem[];
+    uint16_t* sk = reinterpret_cast<uint16_t*>(attn_mma_smem);
+    uint16_t* sv = sk + MMA_BK * LD;
+    uint16_t* sq = sv + MMA_BK * LD;
+    uint16_t* sdo = sq + MMA_DKV_BQ * LD;
+    float* slse = reinterpret_cast<float*>(sdo + MMA_DKV_BQ * LD);
+    float* sdlt = slse + MMA_DKV_BQ;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, kh = blockIdx.y, group = s.n_heads / s.n_kv_heads;
+    const int hd = s.head_dim;
+    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t base = (int64_t)b * s.seq;
+    const int k0 = blockIdx.x * MMA_BK;
+    const int w0 = k0 + warp * 16;                // this warp's first key
+    const int keys[2] = {w0 + g, w0 + g + 8};
+    const float c2 = scale * LOG2E;
+    stage_tile<MMA_BK, HDP>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
+    stage_tile<MMA_BK, HDP>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
+    float gk[DN][4], gv[DN][4];
+#pragma unroll
+    for (int n = 0; n < DN; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) gk[n][i] = gv[n][i] = 0.f;
+
+    for (int gi = 0; gi < group; ++gi) {
+        const int h = kh * group + gi;
+        for (int t0 = k0; t0 < s.seq; t0 += MMA_DKV_BQ) {
+            __syncthreads();  // the previous query tile is consumed (and K, V staged)
+            stage_tile<MMA_DKV_BQ, HDP>(sq, q, base, t0, s.seq, qs, h * hd, hd);
+            stage_tile<MMA_DKV_BQ, HDP>(sdo, dout, base, t0, s.seq, qs, h * hd, hd);
+            if (threadIdx.x < MMA_DKV_BQ) {
+                const int t = t0 + threadIdx.x;
+                const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + t;
+                slse[threadIdx.x] = t < s.seq ? lse[st] * LOG2E : 0.f;
+                sdlt[threadIdx.x] = t < s.seq ? delta[st] : 0.f;
+            }
+            __syncthreads();
+            if (t0 + MMA_DKV_BQ - 1 < w0) continue;  // every query precedes every key of the warp
+            float st[SN][4], dpt[SN][4];
+#pragma unroll
+            for (int n = 0; n < SN; ++n)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                uint32_t ka[4], va[4];
+                ldsm_x4(ka, addr_a(sk, LD, warp * 16, kk * 16));
+                ldsm_x4(va, addr_a(sv, LD, warp * 16, kk * 16));
+#pragma unroll
+                for (int nn = 0; nn < MMA_DKV_BQ / 16; ++nn) {
+                    uint32_t qb[4], db[4];
+                    ldsm_x4(qb, addr_bt(sq, LD, nn * 16, kk * 16));
+                    ldsm_x4(db, addr_bt(sdo, LD, nn * 16, kk * 16));
+                    mma_bf16(st[2 * nn], ka, qb[0], qb[1]);
+                    mma_bf16(st[2 * nn + 1], ka, qb[2], qb[3]);
+                    mma_bf16(dpt[2 * nn], va, db[0], db[1]);
+                    mma_bf16(dpt[2 * nn + 1], va, db[2], db[3]);
+                }
+            }
+            // st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0.
+#pragma unroll
+            for (int n = 0; n < SN; ++n)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int j = n * 8 + 2 * c + (i & 1);
+                    const int t = t0 + j;
+                    const bool ok = t >= keys[i >> 1] && t < s.seq;
+                    const float p = ok ? exp2f(st[n][i] * c2 - slse[j]) : 0.f;
+                    st[n][i] = p;
+                    dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
+                }
+            // dv += Pᵀ·dO and dk += dSᵀ·Q over the tile's queries, 16 at a time.
+#pragma unroll
+            for (int j = 0; j < MMA_DKV_BQ / 16; ++j) {
+                const uint32_t pa[4] = {pack_bf16(st[2 * j][0], st[2 * j][1]),
+                                        pack_bf16(st[2 * j][2], st[2 * j][3]),
+                                        pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]),
+                                        pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3])};
+                const uint32_t sa[4] = {pack_bf16(dpt[2 * j][0], dpt[2 * j][1]),
+                                        pack_bf16(dpt[2 * j][2], dpt[2 * j][3]),
+                                        pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]),
+                                        pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3])};
+#pragma unroll
+                for (int dn = 0; dn < HDP / 16; ++dn) {
+                    uint32_t db[4], qb[4];
+                    ldsm_x4_trans(db, addr_a(sdo, LD, j * 16, dn * 16));
+                    ldsm_x4_trans(qb, addr_a(sq, LD, j * 16, dn * 16));
+                    mma_bf16(gv[2 * dn], pa, db[0], db[1]);
+                    mma_bf16(gv[2 * dn + 1], pa, db[2], db[3]);
+                    mma_bf16(gk[2 * dn], sa, qb[0], qb[1]);
+                    mma_bf16(gk[2 * dn + 1], sa, qb[2], qb[3]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = keys[r];
+        if (key >= s.seq) continue;
+        const int64_t at = (base + key) * ks + kh * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) {
+                    dk[at + d] = gk[n][2 * r + e] * scale;
+                    dv[at + d] = gv[n][2 * r + e];
+                }
+            }
+    }
+}
+
+// One entry point per padded head width; the host picks hd64 for head_dim ≤ 64, else hd128.
+#define ATTN_MMA_KERNELS(HDP)                                                                  \
+    CADA_KERNEL void __launch_bounds__(MMA_THREADS)                                            \
+        attention_mma_forward_hd##HDP(float* out, float* lse, const float* q, const float* k,  \
+                                      const float* v, AttnDims s, float scale) {               \
+        forward_body<HDP>(out, lse, q, k, v, s, scale);                                        \
+    }                                                                                          \
+    CADA_KERNEL void __launch_bounds__(MMA_THREADS) attention_mma_backward_dq_hd##HDP(         \
+        float* dq, const float* dout, const float* q, const float* k, const float* v,          \
+        const float* lse, const float* delta, AttnDims s, float scale) {                       \
+        dq_body<HDP>(dq, dout, q, k, v, lse, delta, s, scale);                                 \
+    }                                                                                          \
+    CADA_KERNEL void __launch_bounds__(MMA_THREADS) attention_mma_backward_dkv_hd##HDP(        \
+        float* dk, float* dv, const float* dout, const float* q, const float* k,               \
+        const float* v, const float* lse, const float* delta, AttnDims s, float scale) {       \
+        dkv_body<HDP>(dk, dv, dout, q, k, v, lse, delta, s, scale);                            \
+    }
+
+ATTN_MMA_KERNELS(64)
+ATTN_MMA_KERNELS(128)

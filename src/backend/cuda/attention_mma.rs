@@ -1,0 +1,172 @@
+//! Launchers for kernels/attention_mma.cu: causal GQA training attention on bf16 tensor cores
+//! (`mma.sync.m16n8k16`, f32 accumulation), "attention v2". Same buffers, shapes and `lse`
+//! layout as the f32 kernels of attention.rs, so a forward from one and a backward from the other
+//! agree; δ = rowsum(dO∘O) comes from attention.cu's `attention_backward_delta`.
+//!
+//! Every head_dim in 1..=128 is supported: the kernels exist for padded widths 64 and 128 and
+//! stage the columns past head_dim as zeros.
+
+use super::attention::{attn_dims, check_heads, grid_3d};
+use super::{launch, need, Cuda};
+use crate::backend::AttnShape;
+use anyhow::{anyhow, Result};
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+/// Threads per block (`MMA_THREADS`: 4 warps).
+const THREADS: u32 = 128;
+/// Query rows per forward/dq block (`MMA_BQ`) and keys per dk/dv block (`MMA_BK`).
+const BLOCK_ROWS: usize = 64;
+/// Keys per staged tile in forward/dq (`MMA_BK`) and query rows per dk/dv tile (`MMA_DKV_BQ`).
+const BLOCK_KEYS: usize = 64;
+const DKV_QUERIES: usize = 32;
+/// bf16 pad per shared-memory row (`MMA_SKEW`).
+const SKEW: usize = 8;
+/// Dynamic shared memory beyond this needs the per-function opt-in.
+const DEFAULT_SMEM: usize = 48 * 1024;
+
+/// The padded head width the kernels are instantiated for (`_hd64`, `_hd128`).
+fn padded(head_dim: usize) -> usize {
+    if head_dim <= 64 {
+        64
+    } else {
+        128
+    }
+}
+
+/// Dynamic shared memory of each kernel, as laid out in attention_mma.cu.
+fn smem_bytes(kernel: &str, hdp: usize) -> usize {
+    let row = (hdp + SKEW) * 2; // one bf16 tile row
+    match kernel {
+        "forward" => 2 * BLOCK_KEYS * row, // K, V (Q staged through K)
+        "dq" => (2 * BLOCK_ROWS + 2 * BLOCK_KEYS) * row, // Q, dO, K, V
+        _ => (2 * BLOCK_KEYS + 2 * DKV_QUERIES) * row + 2 * DKV_QUERIES * 4, // + lse, δ
+    }
+}
+
+impl Cuda {
+    /// Launch config with `bytes` of dynamic shared memory, opting the function in past 48 KiB.
+    fn mma_config(
+        &self,
+        name: &str,
+        (x, y, z): (usize, usize, usize),
+        bytes: usize,
+    ) -> Result<LaunchConfig> {
+        if bytes > DEFAULT_SMEM {
+            self.function(name)?
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(|e| anyhow!("cuda backend: `{name}`: {bytes} B shared memory: {e:?}"))?;
+        }
+        let mut cfg = grid_3d(x, y, z, THREADS)?;
+        cfg.shared_mem_bytes = bytes as u32;
+        Ok(cfg)
+    }
+
+    pub(super) fn attention_mma_forward_impl(
+        &self,
+        out: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        check_heads("attention_forward", s.n_heads, s.n_kv_heads, s.head_dim)?;
+        let n = s.batch * s.seq;
+        need(out, n * s.n_heads * s.head_dim, "out")?;
+        need(q, n * s.n_heads * s.head_dim, "q")?;
+        need(k, n * s.n_kv_heads * s.head_dim, "k")?;
+        need(v, n * s.n_kv_heads * s.head_dim, "v")?;
+        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dims = attn_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let hdp = padded(s.head_dim);
+        let name = if hdp == 64 {
+            "attention_mma_forward_hd64"
+        } else {
+            "attention_mma_forward_hd128"
+        };
+        let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
+        let cfg = self.mma_config(name, grid, smem_bytes("forward", hdp))?;
+        launch!(self, name, cfg, out, lse, q, k, v, &dims, &scale)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_mma_backward_impl(
+        &self,
+        dq: &mut CudaSlice<f32>,
+        dk: &mut CudaSlice<f32>,
+        dv: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        check_heads("attention_backward", s.n_heads, s.n_kv_heads, s.head_dim)?;
+        let n = s.batch * s.seq;
+        let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        need(dq, n * qd, "dq")?;
+        need(dk, n * kd, "dk")?;
+        need(dv, n * kd, "dv")?;
+        need(dout, n * qd, "dout")?;
+        need(q, n * qd, "q")?;
+        need(k, n * kd, "k")?;
+        need(v, n * kd, "v")?;
+        need(out, n * qd, "out")?;
+        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dims = attn_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let delta = self.attention_delta(dout, out, s)?;
+        let hdp = padded(s.head_dim);
+        let (dq_name, dkv_name) = if hdp == 64 {
+            (
+                "attention_mma_backward_dq_hd64",
+                "attention_mma_backward_dkv_hd64",
+            )
+        } else {
+            (
+                "attention_mma_backward_dq_hd128",
+                "attention_mma_backward_dkv_hd128",
+            )
+        };
+        let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
+        let cfg = self.mma_config(dq_name, grid, smem_bytes("dq", hdp))?;
+        launch!(self, dq_name, cfg, dq, dout, q, k, v, lse, &delta, &dims, &scale)?;
+        let grid = (s.seq.div_ceil(BLOCK_KEYS), s.n_kv_heads, s.batch);
+        let cfg = self.mma_config(dkv_name, grid, smem_bytes("dkv", hdp))?;
+        launch!(self, dkv_name, cfg, dk, dv, dout, q, k, v, lse, &delta, &dims, &scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte counts the kernels index (attention_mma.cu's tile layout): the Rust side must
+    /// reserve at least this much, and the forward stays under the 48 KiB default.
+    #[test]
+    fn shared_memory_sizes() {
+        assert_eq!(smem_bytes("forward", 64), 18_432);
+        assert_eq!(smem_bytes("forward", 128), 34_816);
+        assert_eq!(smem_bytes("dq", 64), 36_864);
+        assert_eq!(smem_bytes("dq", 128), 69_632);
+        assert_eq!(smem_bytes("dkv", 64), 27_904);
+        assert_eq!(smem_bytes("dkv", 128), 52_480);
+        assert_eq!(padded(1), 64);
+        assert_eq!(padded(64), 64);
+        assert_eq!(padded(65), 128);
+        assert_eq!(padded(128), 128);
+    }
+}
