@@ -60,8 +60,42 @@ fn include_flags(nvcc: &Path) -> Vec<String> {
     flags
 }
 
+/// `git rev-parse --short HEAD` (+ `-dirty`), for bench reports; `unknown` outside git.
+fn git_commit(repo: &Path) -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) if !c.is_empty() => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{c}-dirty")
+            } else {
+                c
+            }
+        }
+        _ => "unknown".into(),
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    {
+        let repo = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+        for f in [".git/HEAD", ".git/index"] {
+            if repo.join(f).exists() {
+                println!("cargo:rerun-if-changed={}", repo.join(f).display());
+            }
+        }
+        println!("cargo:rustc-env=CADA_GIT_COMMIT={}", git_commit(&repo));
+    }
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "CARGO_FEATURE_CUDA"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -123,6 +157,11 @@ fn main() {
             ("-arch=sm_90a", "--cubin", "sm_90a.cubin"),
         ] {
             let target = out.join(format!("{stem}.{ext}"));
+            // The script also reruns when the git commit changes (for CADA_GIT_COMMIT): skip
+            // nvcc when the output is newer than this unit, every header and nvcc itself.
+            if is_fresh(&target, unit, &sources, &nvcc) {
+                continue;
+            }
             let child = Command::new(&nvcc)
                 .args(&common)
                 .arg(arch)
@@ -154,6 +193,24 @@ fn main() {
         .map(|u| u.file_stem().unwrap().to_string_lossy().to_string())
         .collect();
     write_manifest(&out, &stems, true);
+}
+
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// True when `target` exists and is newer than `unit`, every `.cuh` and nvcc.
+fn is_fresh(target: &Path, unit: &Path, sources: &[PathBuf], nvcc: &Path) -> bool {
+    let Some(t) = modified(target) else {
+        return false;
+    };
+    let headers = sources
+        .iter()
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("cuh"));
+    std::iter::once(unit)
+        .chain(headers.map(PathBuf::as_path))
+        .chain(std::iter::once(nvcc))
+        .all(|p| modified(p).is_some_and(|m| m < t))
 }
 
 /// Writes `cuda_kernels.rs`: one `KernelModule` per compiled `.cu` file.

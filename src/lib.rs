@@ -9,7 +9,9 @@
 
 pub mod app;
 pub mod backend;
+pub mod bench;
 pub mod cada;
 pub mod model;
+pub mod profile;
 pub mod train;
 pub mod util;

@@ -95,6 +95,17 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// Spec-sheet dense bf16 tensor peak in TFLOP/s (for MFU), when the device is known.
+    fn dense_peak_tflops(&self) -> Option<f64> {
+        None
+    }
+
+    /// High-water mark of device memory allocated by this backend since it was created, when
+    /// the device tracks one (the CUDA memory pool does; the CPU reports `None`).
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
     // ---- memory -------------------------------------------------------------------
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;

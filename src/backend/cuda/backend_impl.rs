@@ -21,6 +21,12 @@ impl Backend for Cuda {
             if self.tf32 { "tf32 gemm" } else { "f32 gemm" }
         )
     }
+    fn dense_peak_tflops(&self) -> Option<f64> {
+        super::dense_bf16_peak_tflops(&self.device_name().ok()?)
+    }
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        self.pool_high_water_bytes().ok()
+    }
 
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         if data.is_empty() {

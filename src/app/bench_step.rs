@@ -1,0 +1,233 @@
+//! `cada bench step`: one CADA step timed phase by phase — rollout (batched sampling with the
+//! KV cache), reference log-probs (the frozen model's forward + fused head), training (forward,
+//! fused head, GRPO loss, backward, AdamW) — with tokens/s, MFU and peak memory.
+//!
+//! The judge is left out: it is the user's (a rule, a command, another model), not the
+//! engine's. Prompts are random token ids and every rollout runs to `new_tokens` (no stop
+//! token), so the work is exactly the shape asked for. `--shape` builds a random-weight model
+//! of a known architecture; timing does not depend on the weights' values.
+
+use super::OnDevice;
+use crate::backend::{Backend, GrpoLossConfig, LossType};
+use crate::cada::seqlogp::{seq_backward, seq_logprobs, Seq};
+use crate::model::config::LlamaConfig;
+use crate::model::llama::Llama;
+use crate::model::weights::Params;
+use crate::train::generate::{generate, SamplingConfig};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use anyhow::{bail, Result};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// Architectures `--shape` knows (Hugging Face config values; weights are random).
+pub fn shape_config(name: &str) -> Result<LlamaConfig> {
+    let json = match name {
+        "smollm2-135m" => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "vocab_size": 49152, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": true, "max_position_embeddings": 8192
+        }),
+        "qwen2.5-0.5b" => serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "vocab_size": 151936, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": true, "max_position_embeddings": 32768
+        }),
+        "tiny" => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 512, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": true, "max_position_embeddings": 1024
+        }),
+        other => bail!(
+            "--shape {other:?}: known shapes are smollm2-135m, qwen2.5-0.5b, tiny (or pass --model DIR)"
+        ),
+    };
+    LlamaConfig::from_json(&json, &format!("--shape {name}"))
+}
+
+/// Training FLOPs per token at sequence length `seq` (PaLM's count: 6·N for the matrices
+/// incl. the tied lm_head, plus causal attention 6·L·Hq·hd·T, half of PaLM's non-causal 12).
+pub fn train_flops_per_token(cfg: &LlamaConfig, seq: usize) -> f64 {
+    6.0 * cfg.num_params() as f64 + 6.0 * (cfg.num_hidden_layers * cfg.q_dim()) as f64 * seq as f64
+}
+
+pub struct StepBench<'a> {
+    pub cfg: &'a LlamaConfig,
+    /// `None`: random weights
+    pub params: Option<&'a Params<Vec<f32>>>,
+    pub prompts: usize,
+    pub group: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    pub micro_batch_rows: usize,
+    pub repeats: usize,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct StepBenchReport {
+    pub device: String,
+    pub model: String,
+    pub params: usize,
+    pub random_weights: bool,
+    pub rows: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    pub micro_batch_rows: usize,
+    pub rollout_s: f64,
+    pub reference_s: f64,
+    pub train_s: f64,
+    pub rollout_tokens_per_s: f64,
+    pub reference_tokens_per_s: f64,
+    pub train_tokens_per_s: f64,
+    pub train_tflops: f64,
+    /// training FLOPs / time / the device's dense bf16 peak (null when the peak is unknown)
+    pub train_mfu: Option<f64>,
+    pub dense_peak_tflops: Option<f64>,
+    /// device memory high-water mark on a GPU, peak resident set on the CPU
+    pub peak_memory_bytes: u64,
+    pub repeats: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl OnDevice for StepBench<'_> {
+    type Output = StepBenchReport;
+    fn run<B: Backend>(self, be: &B) -> Result<StepBenchReport> {
+        let cfg = self.cfg;
+        let random;
+        let host = match self.params {
+            Some(p) => p,
+            None => {
+                random = crate::model::init::init_params(cfg, 0, 0.02);
+                &random
+            }
+        };
+        let model = Llama::from_host(be, cfg.clone(), host)?;
+        let reference = Llama::from_host(be, cfg.clone(), host)?;
+        let lens: Vec<usize> = model.params.tensors().iter().map(|t| be.len(t)).collect();
+        let mut model = model;
+        let mut opt = AdamW::new(be, &lens, AdamWConfig::default())?;
+        let rows = self.prompts * self.group;
+        let v = cfg.vocab_size as u32;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let prompts: Vec<Vec<u32>> = (0..self.prompts)
+            .map(|_| (0..self.prompt_len).map(|_| rng.gen_range(0..v)).collect())
+            .collect();
+        let group_prompts: Vec<Vec<u32>> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), self.group))
+            .collect();
+        let sampling = SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: self.new_tokens,
+        };
+        let loss_cfg = GrpoLossConfig {
+            loss_type: LossType::Dapo,
+            epsilon_low: 0.2,
+            epsilon_high: 0.28,
+            beta: 0.04,
+            max_completion_len: self.new_tokens,
+        };
+        let mb = self.micro_batch_rows.max(1);
+        let (mut t_roll, mut t_ref, mut t_train) = (Vec::new(), Vec::new(), Vec::new());
+        let mut gen_tokens = 0;
+        for _ in 0..self.repeats.max(1) {
+            let _range = crate::profile::range("bench step: rollout");
+            let t0 = Instant::now();
+            let g = generate(
+                be,
+                &model,
+                &group_prompts,
+                &sampling,
+                &[],
+                &mut rng,
+                |_, _| {},
+            )?;
+            t_roll.push(t0.elapsed().as_secs_f64());
+            drop(_range);
+            gen_tokens = g.tokens.iter().map(Vec::len).sum();
+            let seqs: Vec<Seq> = group_prompts
+                .iter()
+                .zip(&g.tokens)
+                .map(|(p, c)| Seq {
+                    ctx: p.clone(),
+                    completion: c.clone(),
+                })
+                .collect();
+            let chunks: Vec<(usize, usize)> = (0..rows)
+                .step_by(mb)
+                .map(|r0| (r0, (r0 + mb).min(rows)))
+                .collect();
+
+            let _range = crate::profile::range("bench step: reference");
+            let t1 = Instant::now();
+            let mut ref_lp = Vec::new();
+            for &(r0, r1) in &chunks {
+                ref_lp.push(seq_logprobs(be, &reference, &seqs[r0..r1], 1.0)?.logp);
+            }
+            t_ref.push(t1.elapsed().as_secs_f64());
+            drop(_range);
+
+            let _range = crate::profile::range("bench step: train");
+            let t2 = Instant::now();
+            let mut grads = model.zeros_like_params(be)?;
+            for (c, &(r0, r1)) in chunks.iter().enumerate() {
+                let b = r1 - r0;
+                let sl = seq_logprobs(be, &model, &seqs[r0..r1], 1.0)?;
+                let lc = sl.lc;
+                let lp = be.upload(&sl.logp)?;
+                let refp = be.upload(&ref_lp[c])?;
+                let mask = be.upload(&crate::cada::seqlogp::completion_mask(&seqs[r0..r1], lc))?;
+                let adv: Vec<f32> = (0..b).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect();
+                let adv = be.upload(&adv)?;
+                be.grpo_loss_forward(&lp, &lp, &refp, &mask, &adv, b, lc, &loss_cfg)?;
+                let mut dlp = be.zeros(b * lc)?;
+                be.grpo_loss_backward(&mut dlp, &lp, &lp, &refp, &mask, &adv, b, lc, &loss_cfg)?;
+                let dl = be.download(&dlp)?;
+                seq_backward(be, &model, &sl, &seqs[r0..r1], &dl, 1.0, &mut grads)?;
+            }
+            let mut params = model.params.tensors_mut();
+            let mut gs = grads.tensors_mut();
+            opt.step(be, &mut params, &mut gs)?;
+            drop(params);
+            be.sum_squares(&model.params.embed)?; // waits for the device
+            t_train.push(t2.elapsed().as_secs_f64());
+        }
+        let (roll, refs, train) = (median(t_roll), median(t_ref), median(t_train));
+        let seq = self.prompt_len + self.new_tokens;
+        let train_tokens = (rows * seq) as f64;
+        let flops = train_flops_per_token(cfg, seq) * train_tokens;
+        let train_tflops = flops / train / 1e12;
+        let peak = be.dense_peak_tflops();
+        Ok(StepBenchReport {
+            device: be.name(),
+            model: cfg.architecture.clone(),
+            params: cfg.num_params(),
+            random_weights: self.params.is_none(),
+            rows,
+            prompt_len: self.prompt_len,
+            new_tokens: self.new_tokens,
+            micro_batch_rows: mb,
+            rollout_s: roll,
+            reference_s: refs,
+            train_s: train,
+            rollout_tokens_per_s: gen_tokens as f64 / roll,
+            reference_tokens_per_s: train_tokens / refs,
+            train_tokens_per_s: train_tokens / train,
+            train_tflops,
+            train_mfu: peak.map(|p| train_tflops / p),
+            dense_peak_tflops: peak,
+            peak_memory_bytes: be
+                .peak_memory_bytes()
+                .unwrap_or_else(crate::cada::trainer::peak_rss_bytes),
+            repeats: self.repeats.max(1),
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Device-side measurement primitives for the bench harness (`src/bench/cuda.rs`) and the
+//! training logs: CUDA-event timing, the memory pool's high-water mark, the bf16 cuBLAS GEMM
+//! rate, the driver version and the spec-sheet dense peak (for MFU).
+
+use super::Cuda;
+use anyhow::{anyhow, Context, Result};
+use cudarc::cublas::{sys as cublas_sys, Gemm, GemmConfig};
+use cudarc::driver::{result as dr, sys};
+
+impl Cuda {
+    /// Milliseconds between two events recorded around the work `f` enqueues on the stream.
+    pub fn time_enqueued_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .stream
+            .record_event(flags)
+            .context("cuda backend: recording the start event")?;
+        f()?;
+        let end = self
+            .stream
+            .record_event(flags)
+            .context("cuda backend: recording the end event")?;
+        // elapsed_ms synchronises both events: a kernel fault surfaces here
+        let ms = start
+            .elapsed_ms(&end)
+            .context("cuda backend: event timing (a kernel failed)")?;
+        Ok(ms as f64)
+    }
+
+    fn mem_pool(&self) -> Result<sys::CUmemoryPool> {
+        // SAFETY: the device handle comes from the live context.
+        unsafe { dr::device::get_default_mem_pool(self.ctx.cu_device()) }
+            .context("cuda backend: the device's default memory pool")
+    }
+
+    fn pool_attribute(&self, attr: sys::CUmemPool_attribute) -> Result<u64> {
+        let pool = self.mem_pool()?;
+        let mut value: u64 = 0;
+        // SAFETY: the USED_MEM_* attributes are cuuint64_t.
+        unsafe { dr::mem_pool::get_attribute(pool, attr, (&mut value as *mut u64).cast()) }
+            .context("cuda backend: reading a memory pool attribute")?;
+        Ok(value)
+    }
+
+    /// Bytes allocated from the stream-ordered pool right now (cudarc allocates every buffer
+    /// there when the device supports it, which every sm_80+ GPU does).
+    pub fn pool_used_bytes(&self) -> Result<u64> {
+        self.pool_attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+    }
+
+    /// The pool's high-water mark since it was last reset.
+    pub fn pool_high_water_bytes(&self) -> Result<u64> {
+        self.pool_attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+    }
+
+    /// Restarts the high-water mark from the current use (after the queued work finished).
+    pub fn reset_pool_high_water(&self) -> Result<()> {
+        self.synchronize()?;
+        let pool = self.mem_pool()?;
+        let mut zero: u64 = 0;
+        // SAFETY: USED_MEM_HIGH can only be reset, to zero, as a cuuint64_t.
+        unsafe {
+            dr::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        }
+        .context("cuda backend: resetting the memory pool's high-water mark")
+    }
+
+    /// The rate of an `n³` bf16 GEMM through cuBLAS (f32 accumulation), median of `reps`
+    /// event-timed calls after warm-up, in TFLOP/s.
+    pub fn bf16_gemm_tflops(&self, n: usize, reps: usize) -> Result<f64> {
+        let a = self
+            .stream
+            .alloc_zeros::<half::bf16>(n * n)
+            .context("cuda backend: GEMM roofline buffers")?;
+        let b = self
+            .stream
+            .alloc_zeros::<half::bf16>(n * n)
+            .context("cuda backend: GEMM roofline buffers")?;
+        let mut c = self
+            .stream
+            .alloc_zeros::<half::bf16>(n * n)
+            .context("cuda backend: GEMM roofline buffers")?;
+        let ni = super::dim_i32(n, "GEMM roofline size")?;
+        let cfg = GemmConfig {
+            transa: cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+            transb: cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+            m: ni,
+            n: ni,
+            k: ni,
+            alpha: half::bf16::ONE,
+            lda: ni,
+            ldb: ni,
+            beta: half::bf16::ZERO,
+            ldc: ni,
+        };
+        let mut run = || -> Result<()> {
+            // SAFETY: three n×n buffers, leading dimension n.
+            unsafe { self.blas.gemm(cfg, &a, &b, &mut c) }
+                .map_err(|e| anyhow!("cuda backend: cuBLAS bf16 GEMM: {e:?}"))
+        };
+        for _ in 0..3 {
+            run()?;
+        }
+        let mut times = Vec::new();
+        for _ in 0..reps.max(1) {
+            times.push(self.time_enqueued_ms(&mut run)?);
+        }
+        let ms = crate::bench::report::median(&times);
+        Ok(2.0 * (n as f64).powi(3) / (ms / 1e3) / 1e12)
+    }
+
+    /// `major.minor` of the installed driver's CUDA version.
+    pub fn driver_version(&self) -> String {
+        let mut v: i32 = 0;
+        // SAFETY: writes one int.
+        match unsafe { sys::cuDriverGetVersion(&mut v) }.result() {
+            Ok(()) => format!("CUDA {}.{}", v / 1000, (v % 1000) / 10),
+            Err(e) => format!("unknown ({e:?})"),
+        }
+    }
+}
+
+/// Dense (not sparse) bf16 tensor-core peaks from the vendors' spec sheets, in TFLOP/s.
+pub fn dense_bf16_peak_tflops(device_name: &str) -> Option<f64> {
+    let n = device_name.to_ascii_uppercase();
+    let table: &[(&str, f64)] = &[
+        ("H200", 989.0),
+        ("H100 PCIE", 756.0),
+        ("H100 NVL", 835.0),
+        ("H100", 989.0), // SXM
+        ("H800", 989.0),
+        ("GH200", 989.0),
+        ("B200", 2250.0),
+        ("A100", 312.0),
+        ("A800", 312.0),
+        ("L40S", 362.0),
+        ("L4", 121.0),
+        ("A10G", 70.0),
+        ("RTX 4090", 165.0),
+    ];
+    table.iter().find(|(k, _)| n.contains(k)).map(|&(_, v)| v)
+}

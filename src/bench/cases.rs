@@ -1,0 +1,418 @@
+//! One function per op family: builds random inputs at each shape of the set, times the op
+//! through the `Backend` trait (so the CPU and the GPU run the same code) and counts its work.
+//!
+//! Work conventions (what `flops` and `bytes` mean, so ratios against peers are fair):
+//! - attention: see `shapes::attention_forward_flops`; fwd+bwd = 3.5 × fwd.
+//! - log-prob head: 2·N·D·V forward, 6·N·D·V forward + backward (recomputation not counted).
+//! - bandwidth-bound ops: the bytes the op must read and write at minimum (f32), e.g. the
+//!   GRPO loss fwd+bwd reads four per-token f32 inputs and writes one gradient: 20 B/token.
+
+use super::report::Record;
+use super::shapes::{self, AttentionShape};
+use super::{BenchDevice, Harness, KernelBenchOptions};
+use crate::backend::{AttnShape, DecodeShape, GrpoLossConfig, LossType};
+use anyhow::Result;
+use rand::{Rng, SeedableRng};
+
+type Rng8 = rand_chacha::ChaCha8Rng;
+
+fn randv(rng: &mut Rng8, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn wanted(opts: &KernelBenchOptions, id: &str) -> bool {
+    opts.filter.as_deref().is_none_or(|f| id.contains(f))
+}
+
+fn push(opts: &KernelBenchOptions, out: &mut Vec<Record>, r: Record) {
+    if opts.verbose {
+        eprintln!(
+            "{:<56} {:>6} {:>10.4} ms {:>8.2} TFLOP/s {:>8.1} GB/s {:>5.1}% roof",
+            r.id,
+            r.variant,
+            r.median_ms,
+            r.tflops,
+            r.gbps,
+            100.0 * r.roofline_fraction
+        );
+    }
+    out.push(r);
+}
+
+/// Attention forward and forward+backward with the currently selected implementation.
+pub fn run_attention<B: BenchDevice>(
+    h: &mut Harness<B>,
+    variant: &str,
+    opts: &KernelBenchOptions,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let be = h.be;
+    let mut rng = Rng8::seed_from_u64(1);
+    for (id, s) in shapes::shapes(opts.set).attention {
+        let (fwd_id, both_id) = (
+            format!("attention.fwd/{id}"),
+            format!("attention.fwd_bwd/{id}"),
+        );
+        if !wanted(opts, &fwd_id) && !wanted(opts, &both_id) {
+            continue;
+        }
+        let shape = attn_shape(&s);
+        let n = s.batch * s.seq;
+        let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let q = be.upload(&randv(&mut rng, n * qd, 1.0))?;
+        let k = be.upload(&randv(&mut rng, n * kd, 1.0))?;
+        let v = be.upload(&randv(&mut rng, n * kd, 1.0))?;
+        let dout = be.upload(&randv(&mut rng, n * qd, 1.0))?;
+        let mut o = be.zeros(n * qd)?;
+        let mut lse = be.zeros(s.batch * s.n_heads * s.seq)?;
+        let (mut dq, mut dk, mut dv) = (be.zeros(n * qd)?, be.zeros(n * kd)?, be.zeros(n * kd)?);
+        let fwd_flops = shapes::attention_forward_flops(&s);
+        if wanted(opts, &fwd_id) {
+            let r = h.record(fwd_id, variant, fwd_flops, 0.0, &mut || {
+                be.attention_forward(&mut o, &mut lse, &q, &k, &v, shape)
+            })?;
+            push(opts, out, r);
+        }
+        if wanted(opts, &both_id) {
+            let r = h.record(both_id, variant, 3.5 * fwd_flops, 0.0, &mut || {
+                be.attention_forward(&mut o, &mut lse, &q, &k, &v, shape)?;
+                be.attention_backward(
+                    &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, shape,
+                )
+            })?;
+            push(opts, out, r);
+        }
+    }
+    Ok(())
+}
+
+fn attn_shape(s: &AttentionShape) -> AttnShape {
+    AttnShape {
+        batch: s.batch,
+        seq: s.seq,
+        n_heads: s.n_heads,
+        n_kv_heads: s.n_kv_heads,
+        head_dim: s.head_dim,
+    }
+}
+
+fn loss_cfg(len: usize) -> GrpoLossConfig {
+    GrpoLossConfig {
+        loss_type: LossType::Dapo,
+        epsilon_low: 0.2,
+        epsilon_high: 0.28,
+        beta: 0.04,
+        max_completion_len: len,
+    }
+}
+
+/// Per-token loss inputs of a `[batch, len]` batch: log-probs near the old ones, a ragged mask.
+fn loss_inputs(rng: &mut Rng8, batch: usize, len: usize) -> [Vec<f32>; 5] {
+    let n = batch * len;
+    let old: Vec<f32> = (0..n).map(|_| -rng.gen::<f32>() * 4.0).collect();
+    let logp: Vec<f32> = old
+        .iter()
+        .map(|o| o + rng.gen::<f32>() * 0.2 - 0.1)
+        .collect();
+    let refp: Vec<f32> = old
+        .iter()
+        .map(|o| o + rng.gen::<f32>() * 0.2 - 0.1)
+        .collect();
+    let mut mask = vec![0f32; n];
+    for b in 0..batch {
+        let keep = rng.gen_range(len / 2..=len);
+        mask[b * len..b * len + keep].fill(1.0);
+    }
+    let adv = randv(rng, batch, 1.0);
+    [logp, old, refp, mask, adv]
+}
+
+/// Everything but attention: log-prob head, GRPO loss, the fused head + loss, linear,
+/// RMSNorm, SwiGLU, RoPE, AdamW, decode attention, sampling.
+pub fn run_non_attention<B: BenchDevice>(
+    h: &mut Harness<B>,
+    opts: &KernelBenchOptions,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let be = h.be;
+    let variant = be.variant();
+    let variant = variant.as_str();
+    let set = shapes::shapes(opts.set);
+    let mut rng = Rng8::seed_from_u64(2);
+
+    for (id, s) in &set.fused_logprob {
+        let (fwd_id, both_id) = (
+            format!("fused_logprob.fwd/{id}"),
+            format!("fused_logprob.fwd_bwd/{id}"),
+        );
+        if !wanted(opts, &fwd_id) && !wanted(opts, &both_id) {
+            continue;
+        }
+        let (n, d, v) = (s.tokens, s.hidden, s.vocab);
+        let hidden = be.upload(&randv(&mut rng, n * d, 1.0))?;
+        let w = be.upload(&randv(&mut rng, v * d, 0.05))?;
+        let targets: Vec<u32> = (0..n).map(|_| rng.gen_range(0..v as u32)).collect();
+        let targets = be.upload_ids(&targets)?;
+        let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
+        let dlogp = be.upload(&randv(&mut rng, n, 1.0 / n as f32))?;
+        let (mut dh, mut dw) = (be.zeros(n * d)?, be.zeros(v * d)?);
+        if wanted(opts, &fwd_id) {
+            let r = h.record(
+                fwd_id,
+                variant,
+                shapes::logprob_flops(s, false),
+                0.0,
+                &mut || {
+                    be.fused_logprob_forward(
+                        &mut logp, &mut ent, &mut lse, &hidden, &w, &targets, n, d, v, 1.0,
+                    )
+                },
+            )?;
+            push(opts, out, r);
+        }
+        if wanted(opts, &both_id) {
+            let r = h.record(
+                both_id,
+                variant,
+                shapes::logprob_flops(s, true),
+                0.0,
+                &mut || {
+                    be.fused_logprob_forward(
+                        &mut logp, &mut ent, &mut lse, &hidden, &w, &targets, n, d, v, 1.0,
+                    )?;
+                    be.fused_logprob_backward(
+                        &mut dh, &mut dw, &dlogp, &hidden, &w, &targets, &lse, n, d, v, 1.0,
+                    )
+                },
+            )?;
+            push(opts, out, r);
+        }
+    }
+
+    for (id, s) in &set.grpo_loss {
+        let id = format!("grpo_loss.fwd_bwd/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let [logp, old, refp, mask, adv] = loss_inputs(&mut rng, s.batch, s.len);
+        let n = s.batch * s.len;
+        let (logp, old, refp) = (be.upload(&logp)?, be.upload(&old)?, be.upload(&refp)?);
+        let (mask, adv) = (be.upload(&mask)?, be.upload(&adv)?);
+        let mut dlogp = be.zeros(n)?;
+        let cfg = loss_cfg(s.len);
+        let r = h.record(id, variant, 0.0, 20.0 * n as f64, &mut || {
+            be.grpo_loss_forward(&logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg)?;
+            be.grpo_loss_backward(
+                &mut dlogp, &logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg,
+            )
+        })?;
+        push(opts, out, r);
+    }
+
+    for (id, l, s) in &set.logprob_grpo {
+        let id = format!("logprob_grpo.fwd_bwd/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let (n, d, v) = (s.tokens, s.hidden, s.vocab);
+        let hidden = be.upload(&randv(&mut rng, n * d, 1.0))?;
+        let w = be.upload(&randv(&mut rng, v * d, 0.05))?;
+        let targets: Vec<u32> = (0..n).map(|_| rng.gen_range(0..v as u32)).collect();
+        let targets = be.upload_ids(&targets)?;
+        let [_, old, refp, mask, adv] = loss_inputs(&mut rng, l.batch, l.len);
+        let (old, refp, mask, adv) = (
+            be.upload(&old)?,
+            be.upload(&refp)?,
+            be.upload(&mask)?,
+            be.upload(&adv)?,
+        );
+        let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
+        let (mut dlogp, mut dh, mut dw) = (be.zeros(n)?, be.zeros(n * d)?, be.zeros(v * d)?);
+        let cfg = loss_cfg(l.len);
+        let r = h.record(
+            id,
+            variant,
+            shapes::logprob_flops(s, true),
+            0.0,
+            &mut || {
+                be.fused_logprob_forward(
+                    &mut logp, &mut ent, &mut lse, &hidden, &w, &targets, n, d, v, 1.0,
+                )?;
+                be.grpo_loss_forward(&logp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg)?;
+                be.grpo_loss_backward(
+                    &mut dlogp, &logp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg,
+                )?;
+                be.fused_logprob_backward(
+                    &mut dh, &mut dw, &dlogp, &hidden, &w, &targets, &lse, n, d, v, 1.0,
+                )
+            },
+        )?;
+        push(opts, out, r);
+    }
+
+    run_layer_ops(h, opts, &set, &mut rng, variant, out)
+}
+
+/// The memory-bound layer ops, linear, decode attention and sampling.
+fn run_layer_ops<B: BenchDevice>(
+    h: &mut Harness<B>,
+    opts: &KernelBenchOptions,
+    set: &shapes::Shapes,
+    rng: &mut Rng8,
+    variant: &str,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let be = h.be;
+    for (id, s) in &set.rmsnorm {
+        let (n, d) = (s.rows, s.dim);
+        let x = be.upload(&randv(rng, n * d, 1.0))?;
+        let w = be.upload(&randv(rng, d, 1.0))?;
+        let dout = be.upload(&randv(rng, n * d, 1.0))?;
+        let (mut y, mut rstd, mut dx, mut dw) = (
+            be.zeros(n * d)?,
+            be.zeros(n)?,
+            be.zeros(n * d)?,
+            be.zeros(d)?,
+        );
+        let fwd_id = format!("rmsnorm.fwd/{id}");
+        if wanted(opts, &fwd_id) {
+            let r = h.record(fwd_id, variant, 0.0, 8.0 * (n * d) as f64, &mut || {
+                be.rmsnorm_forward(&mut y, &mut rstd, &x, &w, n, d, 1e-6)
+            })?;
+            push(opts, out, r);
+        }
+        let bwd_id = format!("rmsnorm.bwd/{id}");
+        if wanted(opts, &bwd_id) {
+            be.rmsnorm_forward(&mut y, &mut rstd, &x, &w, n, d, 1e-6)?;
+            let r = h.record(bwd_id, variant, 0.0, 12.0 * (n * d) as f64, &mut || {
+                be.rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &rstd, n, d)
+            })?;
+            push(opts, out, r);
+        }
+        // linear at the same rows: the model's dominant GEMMs (hidden → 4·hidden-ish)
+        let m = 4 * d;
+        let wl = be.upload(&randv(rng, m * d, 0.05))?;
+        let (mut yl, mut dwl) = (be.zeros(n * m)?, be.zeros(m * d)?);
+        let doutl = be.upload(&randv(rng, n * m, 1.0))?;
+        let flops = 2.0 * (n * d * m) as f64;
+        let lin_id = format!("linear.fwd/{n}x{d}x{m}");
+        if wanted(opts, &lin_id) {
+            let r = h.record(lin_id, variant, flops, 0.0, &mut || {
+                be.linear_forward(&mut yl, &x, &wl, None, n, d, m)
+            })?;
+            push(opts, out, r);
+        }
+        let lin_id = format!("linear.bwd/{n}x{d}x{m}");
+        if wanted(opts, &lin_id) {
+            let r = h.record(lin_id, variant, 2.0 * flops, 0.0, &mut || {
+                be.linear_backward(Some(&mut dx), &mut dwl, None, &doutl, &x, &wl, n, d, m)
+            })?;
+            push(opts, out, r);
+        }
+    }
+
+    for (id, s) in &set.swiglu {
+        let len = s.rows * s.dim;
+        let g = be.upload(&randv(rng, len, 2.0))?;
+        let u = be.upload(&randv(rng, len, 2.0))?;
+        let dout = be.upload(&randv(rng, len, 1.0))?;
+        let (mut y, mut dg, mut du) = (be.zeros(len)?, be.zeros(len)?, be.zeros(len)?);
+        let fwd_id = format!("swiglu.fwd/{id}");
+        if wanted(opts, &fwd_id) {
+            let r = h.record(fwd_id, variant, 0.0, 12.0 * len as f64, &mut || {
+                be.swiglu_forward(&mut y, &g, &u)
+            })?;
+            push(opts, out, r);
+        }
+        let bwd_id = format!("swiglu.bwd/{id}");
+        if wanted(opts, &bwd_id) {
+            let r = h.record(bwd_id, variant, 0.0, 20.0 * len as f64, &mut || {
+                be.swiglu_backward(&mut dg, &mut du, &dout, &g, &u)
+            })?;
+            push(opts, out, r);
+        }
+    }
+
+    for (id, s) in &set.rope {
+        let id = format!("rope.fwd/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let n = s.batch * s.seq;
+        let mut x = be.upload(&randv(rng, n * s.n_heads * s.head_dim, 1.0))?;
+        let pos: Vec<u32> = (0..n).map(|i| (i % s.seq) as u32).collect();
+        let pos = be.upload_ids(&pos)?;
+        let inv: Vec<f32> = (0..s.head_dim / 2)
+            .map(|i| 10000f32.powf(-2.0 * i as f32 / s.head_dim as f32))
+            .collect();
+        let inv = be.upload(&inv)?;
+        let bytes = 8.0 * (n * s.n_heads * s.head_dim) as f64;
+        let r = h.record(id, variant, 0.0, bytes, &mut || {
+            be.rope_forward(&mut x, &pos, &inv, n, s.n_heads, s.head_dim)
+        })?;
+        push(opts, out, r);
+    }
+
+    for (id, p) in &set.adamw {
+        let id = format!("adamw.step/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let mut param = be.upload(&randv(rng, *p, 1.0))?;
+        let grad = be.upload(&randv(rng, *p, 1e-3))?;
+        let (mut m, mut v) = (be.zeros(*p)?, be.zeros(*p)?);
+        let mut step = 0u64;
+        let r = h.record(id, variant, 0.0, 28.0 * *p as f64, &mut || {
+            step += 1;
+            be.adamw_step(
+                &mut param, &grad, &mut m, &mut v, 1e-4, 0.9, 0.999, 1e-8, 0.01, step,
+            )
+        })?;
+        push(opts, out, r);
+    }
+
+    for (id, d) in &set.decode_attention {
+        let id = format!("decode_attention.fwd/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let cap = d.context + 1;
+        let s = DecodeShape {
+            batch: d.batch,
+            capacity: cap,
+            n_heads: d.n_heads,
+            n_kv_heads: d.n_kv_heads,
+            head_dim: d.head_dim,
+        };
+        let kvd = d.n_kv_heads * d.head_dim;
+        let qd = d.n_heads * d.head_dim;
+        let kc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
+        let vc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
+        let q = be.upload(&randv(rng, d.batch * qd, 1.0))?;
+        let pos = be.upload_ids(&vec![(cap - 1) as u32; d.batch])?;
+        let mut o = be.zeros(d.batch * qd)?;
+        let bytes = (8 * d.batch * cap * kvd + 8 * d.batch * qd) as f64;
+        let r = h.record(id, variant, 0.0, bytes, &mut || {
+            be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
+        })?;
+        push(opts, out, r);
+    }
+
+    for (id, s) in &set.sample {
+        let id = format!("sample.top_p0.95/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let logits = be.upload(&randv(rng, s.batch * s.vocab, 8.0))?;
+        let uniforms: Vec<f32> = (0..s.batch).map(|_| rng.gen::<f32>()).collect();
+        let bytes = 4.0 * (s.batch * s.vocab) as f64;
+        let r = h.record(id, variant, 0.0, bytes, &mut || {
+            be.sample(&logits, &uniforms, s.batch, s.vocab, 1.0, 0.95, 0)
+                .map(|_| ())
+        })?;
+        push(opts, out, r);
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The CUDA backend as a bench device: CUDA events around each repetition, a 512 MiB
+//! overwrite between repetitions (ten times the H100/H200 L2), the copy roofline as a 1 GiB
+//! device-to-device copy, the matrix roofline as an 8192³ bf16 cuBLAS GEMM, peak memory from
+//! the stream-ordered pool's high-water mark.
+
+use super::BenchDevice;
+use crate::backend::cuda::{AttentionKernel, Cuda};
+use crate::backend::Backend;
+use anyhow::{bail, Result};
+use std::cell::Cell;
+
+thread_local! {
+    /// pool bytes in use when the current memory window opened
+    static WINDOW_BASE: Cell<u64> = const { Cell::new(0) };
+}
+
+impl BenchDevice for Cuda {
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.time_enqueued_ms(f)
+    }
+
+    fn copy_roofline(&self) -> Result<(f64, String)> {
+        let n = 256 << 20; // 1 GiB of f32
+        let src = self.zeros(n)?;
+        let mut dst = self.zeros(n)?;
+        for _ in 0..2 {
+            self.copy(&mut dst, 0, &src, 0, n)?;
+        }
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            times.push(self.time_enqueued_ms(&mut || self.copy(&mut dst, 0, &src, 0, n))?);
+        }
+        let ms = super::report::median(&times);
+        Ok((
+            (8 * n) as f64 / (ms / 1e3) / 1e9,
+            "1 GiB cuMemcpyDtoD, median of 10".into(),
+        ))
+    }
+
+    fn gemm_roofline(&self) -> Result<(f64, String)> {
+        Ok((
+            self.bf16_gemm_tflops(8192, 10)?,
+            "8192³ bf16 cuBLAS GEMM (f32 accumulate), median of 10".into(),
+        ))
+    }
+
+    fn cache_flush_bytes(&self) -> usize {
+        512 << 20
+    }
+
+    fn memory_window_start(&self) -> Result<bool> {
+        self.reset_pool_high_water()?;
+        let used = self.pool_used_bytes()?;
+        WINDOW_BASE.with(|b| b.set(used));
+        Ok(true)
+    }
+
+    fn memory_window_peak(&self) -> Result<Option<u64>> {
+        self.synchronize()?;
+        let high = self.pool_high_water_bytes()?;
+        Ok(Some(high.saturating_sub(WINDOW_BASE.with(Cell::get))))
+    }
+
+    fn driver(&self) -> String {
+        self.driver_version()
+    }
+
+    fn attention_variants(&self) -> Vec<String> {
+        vec!["simt".into(), "mma".into()]
+    }
+
+    fn select_attention(&mut self, variant: &str) -> Result<()> {
+        let k = match variant {
+            "simt" => AttentionKernel::Simt,
+            "mma" => AttentionKernel::Mma,
+            other => bail!("cuda backend: no attention variant {other:?} (simt, mma)"),
+        };
+        self.set_attention_kernel(k);
+        Ok(())
+    }
+
+    fn variant(&self) -> String {
+        "cuda".into()
+    }
+}
