@@ -93,7 +93,9 @@ template <int ROWS, int HDP>
 __device__ __forceinline__ void stage_tile(uint16_t* dst, const float* src, int64_t base, int r0,
                                            int seq, int64_t stride, int col0, int hd) {
     constexpr int C4 = HDP / 4;
-    const bool vec = (hd & 3) == 0;  // then stride and col0 are multiples of 4 too: float4 loads
+    // float4 loads when every row start is 16-byte aligned (hd % 4 == 0 makes stride and col0
+    // multiples of 4; the buffer itself is checked in case it is an offset view)
+    const bool vec = (hd & 3) == 0 && ((uintptr_t)src & 15) == 0;
     for (int idx = threadIdx.x; idx < ROWS * C4; idx += MMA_THREADS) {
         const int r = idx / C4, c = (idx % C4) * 4;
         const int t = r0 + r;
@@ -146,6 +148,7 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const float
     const int q0 = blockIdx.x * MMA_BQ;
     const int w0 = q0 + warp * 16;                    // this warp's first row
     const int rows[2] = {w0 + g, w0 + g + 8};         // the two rows this thread's C regs hold
+    const int wlast = w0 < s.seq ? w0 + 15 : -1;      // keys past it are masked for the warp
     const int last_key = min(s.seq - 1, q0 + MMA_BQ - 1);
     const float c2 = scale * LOG2E;                   // scores in log2 units: exp2f below
 
@@ -171,7 +174,7 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const float
         for (int n = 0; n < SN; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
 #pragma unroll
         for (int nn = 0; nn < MMA_BK / 16; ++nn) {
-            if (k0 + nn * 16 > w0 + 15) continue;  // keys all above the diagonal (warp-uniform)
+            if (k0 + nn * 16 > wlast) continue;  // all above the diagonal, or no row < T (uniform)
 #pragma unroll
             for (int kk = 0; kk < KS; ++kk) {
                 uint32_t kb[4];
@@ -213,7 +216,7 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const float
         // O += P·V: the score C tiles 2j, 2j + 1 are the A operand for keys 16j .. 16j + 15.
 #pragma unroll
         for (int j = 0; j < MMA_BK / 16; ++j) {
-            if (k0 + j * 16 > w0 + 15) continue;  // P is zero there
+            if (k0 + j * 16 > wlast) continue;  // P is zero there (or never written)
             const uint32_t pa[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
                                     pack_bf16(sc[2 * j][2], sc[2 * j][3]),
                                     pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
@@ -267,6 +270,7 @@ __device__ __forceinline__ void dq_body(float* dq, const float* dout, const floa
     const int q0 = blockIdx.x * MMA_BQ;
     const int w0 = q0 + warp * 16;
     const int rows[2] = {w0 + g, w0 + g + 8};
+    const int wlast = w0 < s.seq ? w0 + 15 : -1;
     const int last_key = min(s.seq - 1, q0 + MMA_BQ - 1);
     const float c2 = scale * LOG2E;
     float lse2[2], dlt[2];
@@ -300,7 +304,7 @@ __device__ __forceinline__ void dq_body(float* dq, const float* dout, const floa
             ldsm_x4(da, addr_a(sdo, LD, warp * 16, kk * 16));
 #pragma unroll
             for (int nn = 0; nn < MMA_BK / 16; ++nn) {
-                if (k0 + nn * 16 > w0 + 15) continue;
+                if (k0 + nn * 16 > wlast) continue;
                 uint32_t kb[4], vb[4];
                 ldsm_x4(kb, addr_bt(sk, LD, nn * 16, kk * 16));
                 ldsm_x4(vb, addr_bt(sv, LD, nn * 16, kk * 16));
@@ -323,7 +327,7 @@ __device__ __forceinline__ void dq_body(float* dq, const float* dout, const floa
         // dq += dS·K: K [key][dim] is the row-major [k][n] B operand, read with .trans.
 #pragma unroll
         for (int j = 0; j < MMA_BK / 16; ++j) {
-            if (k0 + j * 16 > w0 + 15) continue;
+            if (k0 + j * 16 > wlast) continue;
             const uint32_t da[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
                                     pack_bf16(sc[2 * j][2], sc[2 * j][3]),
                                     pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
@@ -400,7 +404,8 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const float* dout
                 sdlt[threadIdx.x] = t < s.seq ? delta[st] : 0.f;
             }
             __syncthreads();
-            if (t0 + MMA_DKV_BQ - 1 < w0) continue;  // every query precedes every key of the warp
+            // warp-uniform: every query precedes every key of the warp, or no key is < T
+            if (t0 + MMA_DKV_BQ - 1 < w0 || w0 >= s.seq) continue;
             float st[SN][4], dpt[SN][4];
 #pragma unroll
             for (int n = 0; n < SN; ++n)

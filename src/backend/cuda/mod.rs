@@ -6,7 +6,9 @@
 //! the CPU to ~1e-6) unless `set_tf32(true)` switches cuBLAS to TF32 tensor cores (~1e-3
 //! relative error, several times the throughput). The kernels compute in f32 (attention's
 //! softmax statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as
-//! documented in kernels/README.md.
+//! documented in kernels/README.md. The exception, when selected with `set_attention_kernel`
+//! (or `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
+//! operands, f32 accumulation and softmax statistics, ~1e-2 relative.
 //!
 //! One stream per `Cuda`; every op is enqueued on it, so ops run in call order. Downloads and
 //! scalar results synchronise the stream.
