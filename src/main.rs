@@ -64,6 +64,10 @@ enum BenchCommand {
         repeats: usize,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// also write the rollout and train times as a bench report (ids `rollout/<name>/…`,
+        /// `train_step/<name>/…`, matched by bench/peers.py --hf)
+        #[arg(long)]
+        records: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
@@ -91,8 +95,9 @@ enum BenchCommand {
     },
     /// Our/peer ratios from two reports of one run (ours and bench/peers.py's)
     Report {
-        #[arg(long)]
-        ours: PathBuf,
+        /// one or more of our reports (kernels, step records); their records are pooled
+        #[arg(long, required = true, num_args = 1..)]
+        ours: Vec<PathBuf>,
         #[arg(long)]
         peers: PathBuf,
     },
@@ -566,8 +571,16 @@ fn run_bench(what: BenchCommand) -> Result<()> {
             micro_batch_rows,
             repeats,
             json,
+            records,
             device,
         } => {
+            let label = shape.clone().unwrap_or_else(|| {
+                model
+                    .as_deref()
+                    .and_then(|p| p.file_stem())
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_else(|| "model".into())
+            });
             let loaded = model
                 .as_deref()
                 .map(cada::model::load::load_model)
@@ -592,6 +605,9 @@ fn run_bench(what: BenchCommand) -> Result<()> {
             )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             write_json(&json, &r)?;
+            if let Some(p) = records {
+                r.to_report(&label).save(&p)?;
+            }
         }
         BenchCommand::Model {
             model,
@@ -623,8 +639,11 @@ fn run_bench(what: BenchCommand) -> Result<()> {
             );
         }
         BenchCommand::Report { ours, peers } => {
-            let (o, p) = (Report::load(&ours)?, Report::load(&peers)?);
-            print!("{}", peer_table_markdown(&o, &p));
+            let mut o = Report::load(&ours[0])?;
+            for extra in &ours[1..] {
+                o.records.extend(Report::load(extra)?.records);
+            }
+            print!("{}", peer_table_markdown(&o, &Report::load(&peers)?));
         }
     }
     Ok(())

@@ -317,9 +317,13 @@ fn bench_shapes_lists_the_full_set_for_the_peer_script() {
 
 #[test]
 fn bench_step_times_the_three_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("step.json");
     let o = cada(&[
         "bench",
         "step",
+        "--records",
+        records.to_str().unwrap(),
         "--shape",
         "tiny",
         "--device",
@@ -354,9 +358,31 @@ fn bench_step_times_the_three_phases() {
     }
     assert!(v["train_mfu"].is_null(), "no dense peak is known for a CPU");
     assert!(v["peak_memory_bytes"].as_u64().unwrap() > 0);
+    let r = Report::load(&records).unwrap();
+    let ids: Vec<&str> = r.records.iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(ids, ["rollout/tiny/B4/P8/N8", "train_step/tiny/B4/T16"]);
+    assert!(r.records.iter().all(|x| x.median_ms > 0.0));
 
     let o = cada(&["bench", "step", "--shape", "gpt5"]);
     assert!(!o.status.success() && text(&o).contains("known shapes"));
     let o = cada(&["bench", "step"]);
     assert!(!o.status.success() && text(&o).contains("--model DIR or --shape"));
+}
+
+/// The peer script runs only on the GPU machine (it needs torch and CUDA); here it must at
+/// least compile, so a syntax error cannot reach a device session.
+#[test]
+fn peer_script_compiles() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers.py");
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import ast,sys; ast.parse(open(sys.argv[1]).read())",
+            script,
+        ])
+        .output();
+    match o {
+        Ok(o) => assert!(o.status.success(), "{}", text(&o)),
+        Err(e) => println!("peer_script_compiles: skipped: no python3 ({e})"),
+    }
 }

@@ -47,12 +47,6 @@ pub fn shape_config(name: &str) -> Result<LlamaConfig> {
     LlamaConfig::from_json(&json, &format!("--shape {name}"))
 }
 
-/// Training FLOPs per token at sequence length `seq` (PaLM's count: 6·N for the matrices
-/// incl. the tied lm_head, plus causal attention 6·L·Hq·hd·T, half of PaLM's non-causal 12).
-pub fn train_flops_per_token(cfg: &LlamaConfig, seq: usize) -> f64 {
-    6.0 * cfg.num_params() as f64 + 6.0 * (cfg.num_hidden_layers * cfg.q_dim()) as f64 * seq as f64
-}
-
 pub struct StepBench<'a> {
     pub cfg: &'a LlamaConfig,
     /// `None`: random weights
@@ -203,7 +197,7 @@ impl OnDevice for StepBench<'_> {
         let (roll, refs, train) = (median(t_roll), median(t_ref), median(t_train));
         let seq = self.prompt_len + self.new_tokens;
         let train_tokens = (rows * seq) as f64;
-        let flops = train_flops_per_token(cfg, seq) * train_tokens;
+        let flops = cfg.train_flops(seq) * rows as f64;
         let train_tflops = flops / train / 1e12;
         let peak = be.dense_peak_tflops();
         Ok(StepBenchReport {
@@ -229,5 +223,50 @@ impl OnDevice for StepBench<'_> {
                 .unwrap_or_else(crate::cada::trainer::peak_rss_bytes),
             repeats: self.repeats.max(1),
         })
+    }
+}
+
+impl StepBenchReport {
+    /// The rollout and the training phase as bench records, under the ids bench/peers.py
+    /// gives HF `generate` and an HF train step of the same shape.
+    pub fn to_report(&self, name: &str) -> crate::bench::report::Report {
+        use crate::bench::report::{Record, Report, SCHEMA};
+        let seq = self.prompt_len + self.new_tokens;
+        let mut roll = Record::new(
+            format!(
+                "rollout/{name}/B{}/P{}/N{}",
+                self.rows, self.prompt_len, self.new_tokens
+            ),
+            "cada",
+            &[self.rollout_s * 1e3],
+            0.0,
+            0.0,
+        );
+        roll.note = format!("{:.0} generated tok/s", self.rollout_tokens_per_s);
+        let mut train = Record::new(
+            format!("train_step/{name}/B{}/T{seq}", self.rows),
+            "cada",
+            &[self.train_s * 1e3],
+            self.train_tflops * 1e12 * self.train_s,
+            0.0,
+        );
+        train.note = format!(
+            "fwd+bwd+GRPO loss+AdamW, {:.0} tok/s{}",
+            self.train_tokens_per_s,
+            self.train_mfu
+                .map(|m| format!(", {:.1}% MFU", 100.0 * m))
+                .unwrap_or_default()
+        );
+        Report {
+            schema: SCHEMA,
+            tool: "cada bench step".into(),
+            device: self.device.clone(),
+            driver: "-".into(),
+            date: crate::util::utc_now_string(),
+            commit: crate::util::build_commit().into(),
+            set: "step".into(),
+            roofline: Default::default(),
+            records: vec![roll, train],
+        }
     }
 }

@@ -203,6 +203,13 @@ pub fn run_train<B: Backend>(
         }
         last_reward = r;
         append_line(&metrics_path, &serde_json::to_string(&m)?)?;
+        let line = step_line(&m, cfg.steps);
+        // indicatif draws nothing (println included) when stderr is not a terminal
+        if !bar.is_hidden() {
+            bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
         bar.set_message(format!(
             "reward {:+.3} kl {:.4} entropy {:.2} harmful {:.2} over-refusal {:.2} {:.0} tok/s",
             r,
@@ -272,4 +279,31 @@ fn write_samples<B: Backend>(t: &mut Trainer<B>, path: &Path, step: usize) -> Re
         append_line(path, &line.to_string())?;
     }
     Ok(())
+}
+
+/// One log line per step, after llm.c's: where the time went, throughput and MFU.
+pub fn step_line(m: &serde_json::Map<String, serde_json::Value>, steps: usize) -> String {
+    let f = |k: &str| m.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let ms = |k: &str| 1e3 * f(k);
+    let mfu = match m.get("mfu").and_then(|v| v.as_f64()) {
+        Some(x) => format!("{:.1}% MFU", 100.0 * x),
+        None => format!("{:.3} TFLOP/s", f("train_tflops")),
+    };
+    format!(
+        "step {:>4}/{steps} | reward {:+.3} | loss {:+.4} | kl {:.4} | norm {:.3} | lr {:.2e} | \
+         {:.0} ms (rollout {:.0}, ref {:.0}, train {:.0}) | {:.0} tok/s (rollout {:.0}, train {:.0}) | {mfu}",
+        f("step") as u64,
+        f("reward_mean"),
+        f("loss"),
+        f("kl"),
+        f("grad_norm"),
+        f("lr"),
+        ms("time_rollout_s") + ms("time_reference_s") + ms("time_train_s"),
+        ms("time_rollout_s"),
+        ms("time_reference_s"),
+        ms("time_train_s"),
+        f("tokens_per_s"),
+        f("rollout_tokens_per_s"),
+        f("train_tokens_per_s"),
+    )
 }

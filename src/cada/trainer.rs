@@ -261,9 +261,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let step_no = self.state.step + 1;
         let t0 = Instant::now();
         let batch = self.next_prompts();
+        let range = crate::profile::range_with(|| format!("step {step_no} rollout"));
         let rollouts = self.rollouts(&batch)?;
         let t_rollout = t0.elapsed().as_secs_f64();
+        drop(range);
+        let range = crate::profile::range_with(|| format!("step {step_no} judge"));
         let scores = self.judge(&rollouts)?;
+        drop(range);
         let rewards: Vec<f32> = scores.iter().map(|s| s.reward).collect();
         let (adv, adv_stats) = group_advantages(
             &rewards,
@@ -298,6 +302,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .map(|r0| (r0, (r0 + mb).min(rows)))
             .collect();
         let t1 = Instant::now();
+        let range = crate::profile::range_with(|| format!("step {step_no} reference"));
         let mut ref_lp = vec![0f32; rows * lc];
         if let Some(r) = &self.reference {
             for &(r0, r1) in &chunks {
@@ -306,11 +311,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
         }
         let t_ref = t1.elapsed().as_secs_f64();
+        drop(range);
 
         // The update, in micro-batches of rows: each chunk's forward is kept only for its own
         // backward, gradients accumulate, and the loss is normalised over the whole batch (the
         // per-chunk loss normalises over the chunk; `chunk_weight` rescales it).
         let t2 = Instant::now();
+        let range = crate::profile::range_with(|| format!("step {step_no} train"));
         let loss_cfg = self.cfg.loss.grpo(self.cfg.rollout.max_new_tokens);
         let total_tokens: f32 = mask.iter().sum();
         let mut old_lp = vec![0f32; rows * lc];
@@ -390,6 +397,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         let entropy_mean = (entropy_sum / total_tokens.max(1.0) as f64) as f32;
         let t_train = t2.elapsed().as_secs_f64();
+        drop(range);
         self.state.step = step_no;
         let info = info.expect("updates_per_batch ≥ 1");
 
@@ -468,12 +476,31 @@ impl<'a, B: Backend> Trainer<'a, B> {
             "train_tokens_per_s",
             train_tokens as f64 * self.cfg.updates_per_batch as f64 / t_train.max(1e-9),
         );
-        // 6·N FLOPs per trained token (+ the reference forward, 2·N, when β > 0).
-        let flops = (6.0 * self.cfg.updates_per_batch as f64
-            + if self.reference.is_some() { 2.0 } else { 0.0 })
-            * self.base.cfg.num_params() as f64
-            * train_tokens as f64;
-        put("train_tflops", flops / (t_train + t_ref).max(1e-9) / 1e12);
+        // PaLM's count per sequence (LlamaConfig::train_flops): fwd+bwd per update, plus the
+        // reference forward (1/3) when β > 0. Padding inside micro-batches is not counted.
+        let per_batch: f64 = rollouts
+            .iter()
+            .map(|r| {
+                self.base
+                    .cfg
+                    .train_flops(r.train_ctx.len() + r.completion.len())
+            })
+            .sum();
+        let flops = per_batch
+            * (self.cfg.updates_per_batch as f64
+                + if self.reference.is_some() {
+                    1.0 / 3.0
+                } else {
+                    0.0
+                });
+        let tflops = flops / (t_train + t_ref).max(1e-9) / 1e12;
+        put("train_tflops", tflops);
+        if let Some(peak) = be.dense_peak_tflops() {
+            put("mfu", tflops / peak);
+        }
+        if let Some(b) = be.peak_memory_bytes() {
+            put("peak_device_bytes", b as f64);
+        }
         put("peak_rss_bytes", peak_rss_bytes() as f64);
         Ok(m)
     }

@@ -263,6 +263,15 @@ impl LlamaConfig {
             .collect()
     }
 
+    /// FLOPs of forward + backward over one sequence of `seq` tokens, PaLM's count: 6·N per
+    /// token for the matrices (N includes the tied lm_head) plus causal attention,
+    /// 6·layers·q_dim·seq per token (half of PaLM's non-causal 12). The forward alone is 1/3.
+    pub fn train_flops(&self, seq: usize) -> f64 {
+        let per_token = 6.0 * self.num_params() as f64
+            + 6.0 * (self.num_hidden_layers * self.q_dim()) as f64 * seq as f64;
+        per_token * seq as f64
+    }
+
     /// Parameter count (embedding counted once when tied).
     pub fn num_params(&self) -> usize {
         let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);

@@ -120,6 +120,7 @@ impl<B: Backend> Llama<B> {
             n_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
         };
+        let _range = crate::profile::range("model forward");
         let ids_d = be.upload_ids(ids)?;
         let pos: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
         let positions = be.upload_ids(&pos)?;
@@ -127,7 +128,8 @@ impl<B: Backend> Llama<B> {
         let mut x = be.zeros(n * d)?;
         be.embedding_forward(&mut x, &self.params.embed, &ids_d, n, d)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for lp in &self.params.layers {
+        for (l, lp) in self.params.layers.iter().enumerate() {
+            let _layer = crate::profile::range_with(|| format!("layer {l} forward"));
             let (mut rstd1, mut n1) = (be.zeros(n)?, be.zeros(n * d)?);
             be.rmsnorm_forward(&mut n1, &mut rstd1, &x, &lp.attn_norm, n, d, eps)?;
             let (mut q, mut k, mut v) = (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?);
@@ -230,6 +232,7 @@ impl<B: Backend> Llama<B> {
             head_dim: c.head_dim,
         };
 
+        let _range = crate::profile::range("model backward");
         // dx: gradient w.r.t. the residual stream entering the current point.
         let mut dx = be.zeros(n * d)?;
         be.rmsnorm_backward(
@@ -244,6 +247,7 @@ impl<B: Backend> Llama<B> {
         )?;
         let mut tmp_d = be.zeros(n * d)?;
         for (l, a) in fwd.layers.iter().enumerate().rev() {
+            let _layer = crate::profile::range_with(|| format!("layer {l} backward"));
             let lp: &LayerParams<B::Buf> = &self.params.layers[l];
             let g = &mut grads.layers[l];
             // MLP: y = h + down(act)
@@ -393,6 +397,7 @@ impl<B: Backend> Llama<B> {
         targets: &B::Ids,
         temperature: f32,
     ) -> Result<(B::Buf, B::Buf, B::Buf)> {
+        let _range = crate::profile::range("fused_logprob forward");
         let n = fwd.batch * fwd.seq;
         let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
         be.fused_logprob_forward(
@@ -426,6 +431,7 @@ impl<B: Backend> Llama<B> {
         let d = self.cfg.hidden_size;
         let mut dhidden = be.zeros(n * d)?;
         let dw = grads.lm_head.as_mut().unwrap_or(&mut grads.embed);
+        let range = crate::profile::range("fused_logprob backward");
         be.fused_logprob_backward(
             &mut dhidden,
             dw,
@@ -439,6 +445,7 @@ impl<B: Backend> Llama<B> {
             self.cfg.vocab_size,
             temperature,
         )?;
+        drop(range);
         self.backward(be, fwd, &dhidden, grads)
     }
 
@@ -571,6 +578,7 @@ impl<B: Backend> Llama<B> {
             be.zeros(n * f)?,
             be.zeros(n * d)?,
         );
+        let _range = crate::profile::range("decode step");
         for (l, lp) in self.params.layers.iter().enumerate() {
             be.rmsnorm_forward(&mut nx, &mut rstd, &x, &lp.attn_norm, n, d, eps)?;
             be.linear_forward(&mut q, &nx, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
