@@ -169,4 +169,23 @@ mod tests {
         assert_eq!(padded(65), 128);
         assert_eq!(padded(128), 128);
     }
+
+    #[test]
+    fn attention_kernel_choice() {
+        use crate::backend::cuda::AttentionKernel;
+        assert_eq!(AttentionKernel::parse(None).unwrap(), AttentionKernel::Simt);
+        assert_eq!(
+            AttentionKernel::parse(Some("simt")).unwrap(),
+            AttentionKernel::Simt
+        );
+        assert_eq!(
+            AttentionKernel::parse(Some("mma")).unwrap(),
+            AttentionKernel::Mma
+        );
+        let e = AttentionKernel::parse(Some("MMA")).unwrap_err().to_string();
+        assert!(
+            e.contains("CADA_ATTENTION") && e.contains("`simt` or `mma`"),
+            "{e}"
+        );
+    }
 }

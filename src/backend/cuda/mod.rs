@@ -73,13 +73,20 @@ impl AttentionKernel {
     /// and the f32 kernel is the one that matches the CPU to f32 rounding.
     pub fn from_env() -> Result<AttentionKernel> {
         match std::env::var("CADA_ATTENTION") {
-            Err(std::env::VarError::NotPresent) => Ok(AttentionKernel::Simt),
-            Ok(v) if v == "simt" => Ok(AttentionKernel::Simt),
-            Ok(v) if v == "mma" => Ok(AttentionKernel::Mma),
-            Ok(v) => Err(anyhow!(
+            Err(std::env::VarError::NotPresent) => AttentionKernel::parse(None),
+            Ok(v) => AttentionKernel::parse(Some(&v)),
+            Err(e) => Err(anyhow!("cuda backend: CADA_ATTENTION: {e}")),
+        }
+    }
+
+    /// The value of `CADA_ATTENTION`, if set.
+    pub fn parse(value: Option<&str>) -> Result<AttentionKernel> {
+        match value {
+            None | Some("simt") => Ok(AttentionKernel::Simt),
+            Some("mma") => Ok(AttentionKernel::Mma),
+            Some(v) => Err(anyhow!(
                 "cuda backend: CADA_ATTENTION={v:?}: expected `simt` or `mma`"
             )),
-            Err(e) => Err(anyhow!("cuda backend: CADA_ATTENTION: {e}")),
         }
     }
 }
