@@ -29,8 +29,11 @@ fn setup(name: &str) -> Option<(cada::backend::cuda::Cuda, Rand)> {
         println!("{name}: skipped: no GPU (no CUDA driver or device)");
         return None;
     }
-    let gpu =
+    let mut gpu =
         cada::backend::cuda::Cuda::new(0).expect("CUDA device 0 present but Cuda::new failed");
+    // the f32 attention whatever CADA_ATTENTION says: its bounds are the f32 ones; the mma test
+    // selects its kernels itself
+    gpu.set_attention_kernel(cada::backend::cuda::AttentionKernel::Simt);
     let seed: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
