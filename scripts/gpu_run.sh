@@ -3,7 +3,7 @@
 # git-ignored device_out/: the cada binary, every test and bench executable, the kernels' PTX,
 # and device_out/run_on_gpu.sh, which on the GPU machine runs
 #   1. compute-sanitizer memcheck and racecheck over the kernel tests (ops_cuda),
-#   2. every test binary (the CUDA ones run for real there, the rest as on this machine),
+#   2. the GPU test binary (tests/ops_cuda: every kernel against the CPU reference),
 #   3. cada bench kernels / cada bench step, 4. bench/peers.py and the ratio table,
 # logging each step to $OUT (phases in run_on_gpu.sh below). Prints the device command to use
 # (carry: ["device_out"]).
@@ -22,7 +22,7 @@ strip --strip-debug -o "$stage/cada" target/release/cada
 # Test and bench executables, located from cargo's JSON messages.
 collect() {  # $1 = cargo subcommand args, $2 = destination folder
     # shellcheck disable=SC2086
-    cargo $1 --release --features cuda --no-run --message-format=json 2>/dev/null |
+    cargo $1 --features cuda --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -38,12 +38,25 @@ for line in sys.stdin:
         echo "staged $2/$name"
     done
 }
-collect "test" "$stage/tests"
+# Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
+# models by their build-time paths, which do not exist on the GPU machine.
+collect "test --release --test ops_cuda" "$stage/tests"
 collect "bench --benches" "$stage/benches"
 
 out_dir=$(ls -td target/release/build/cada-*/out | while read -r d; do
     [[ -f "$d/cuda_kernels.rs" ]] && { echo "$d"; break; }; done)
 mkdir -p "$stage/ptx" && cp "$out_dir"/*.ptx "$stage/ptx/"
+
+# Liger-Kernel (a peer in TARGETS.md) is not in the GPU machine's image and nothing can be
+# fetched there: carry it, unpacked (pure Python over Triton, which the image has).
+if python3 -m pip download --quiet --disable-pip-version-check --no-deps liger-kernel==0.8.5 \
+        -d "$stage/wheels" 2>/dev/null; then
+    python3 -m zipfile -e "$stage"/wheels/liger_kernel-0.8.5-py3-none-any.whl "$stage/py"
+    rm -rf "$stage/wheels"
+    echo "staged liger-kernel 0.8.5 in $stage/py"
+else
+    echo "warning: could not download liger-kernel; its peer rows will be skipped" >&2
+fi
 
 cat > "$stage/run_on_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -101,7 +114,7 @@ bench)
     ;;
 peers)
     "$cada" bench shapes --set full > "$OUT/shapes.json"
-    step peers python3 "$root/bench/peers.py" --shapes "$OUT/shapes.json" --out "$OUT/peers.json" --hf
+    step peers env PYTHONPATH="$here/py:${PYTHONPATH:-}" python3 "$root/bench/peers.py" --shapes "$OUT/shapes.json" --out "$OUT/peers.json" --hf
     ours=("$OUT"/ours_*.json)
     if [[ -f "$OUT/peers.json" && -f "${ours[0]}" ]]; then
         "$cada" bench report --ours "${ours[@]}" --peers "$OUT/peers.json" > "$OUT/ratios.md" 2>&1 || status=1

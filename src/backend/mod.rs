@@ -15,6 +15,9 @@
 //! - Anything that can fail (allocation, a launch) returns `anyhow::Result`.
 
 pub mod cpu;
+mod peaks;
+
+pub use peaks::dense_bf16_peak_tflops;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 

@@ -22,7 +22,7 @@ impl Backend for Cuda {
         )
     }
     fn dense_peak_tflops(&self) -> Option<f64> {
-        super::dense_bf16_peak_tflops(&self.device_name().ok()?)
+        crate::backend::dense_bf16_peak_tflops(&self.device_name().ok()?)
     }
     fn peak_memory_bytes(&self) -> Option<u64> {
         self.pool_high_water_bytes().ok()

@@ -20,8 +20,6 @@ mod dense;
 mod head;
 mod profiling;
 
-pub use profiling::dense_bf16_peak_tflops;
-
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::cublas::{sys as cublas_sys, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
