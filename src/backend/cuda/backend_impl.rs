@@ -16,10 +16,7 @@ impl Backend for Cuda {
 
     fn name(&self) -> String {
         let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
-        format!(
-            "cuda ({device}, {})",
-            if self.tf32 { "tf32 gemm" } else { "f32 gemm" }
-        )
+        format!("cuda ({device}, {})", self.gemm_precision.label())
     }
     fn dense_peak_tflops(&self) -> Option<f64> {
         crate::backend::dense_bf16_peak_tflops(&self.device_name().ok()?)

@@ -1,5 +1,10 @@
 //! Launchers for the training head and the sampler: kernels/fused_logprob.cu (vocabulary
 //! streamed in chunks, one cuBLAS GEMM per chunk), kernels/grpo_loss.cu and kernels/sampling.cu.
+//!
+//! In `GemmPrecision::Bf16` every chunk GEMM converts its own operands (gemm.rs), so the
+//! backward converts `hidden`, the chunk's weights and `g` twice each per chunk. Sharing bf16
+//! copies between the three GEMMs would save that, but the repeat costs only ≈ 3·(F/B)/chunk
+//! of a GEMM for `hidden` (a few % at 16384 columns) and keeps the head's code mode-agnostic.
 
 use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda};
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;

@@ -3,12 +3,14 @@
 //! plus cuBLAS for the GEMMs.
 //!
 //! Precision: every buffer is f32. GEMMs run in plain f32 (`CUBLAS_DEFAULT_MATH`, results match
-//! the CPU to ~1e-6) unless `set_tf32(true)` switches cuBLAS to TF32 tensor cores (~1e-3
-//! relative error, several times the throughput). The kernels compute in f32 (attention's
-//! softmax statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as
-//! documented in kernels/README.md. The exception, when selected with `set_attention_kernel`
-//! (or `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
-//! operands, f32 accumulation and softmax statistics, ~1e-2 relative.
+//! the CPU to ~1e-6) unless `set_gemm_precision` (or `CADA_GEMM`) picks TF32 tensor cores
+//! (~3e-4 relative in a host emulation of the tests) or bf16 tensor cores (operands converted
+//! to bf16 on every call, f32 output and accumulation, ~2e-3 emulated; see `gemm.rs`). The
+//! kernels compute in f32 (attention's softmax statistics, RMSNorm, log-sum-exp) and accumulate
+//! reductions in f32 or f64 as documented in kernels/README.md. The exception, when selected
+//! with `set_attention_kernel` (or `CADA_ATTENTION=mma`), is the tensor-core attention of
+//! kernels/attention_mma.cu: bf16 operands, f32 accumulation and softmax statistics, ~1e-2
+//! relative. Neither tensor-core GEMM mode has run on a GPU yet.
 //!
 //! One stream per `Cuda`; every op is enqueued on it, so ops run in call order. Downloads and
 //! scalar results synchronise the stream.
@@ -17,17 +19,18 @@ mod attention;
 mod attention_mma;
 mod backend_impl;
 mod dense;
+mod gemm;
 mod head;
 mod profiling;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::cublas::{sys as cublas_sys, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+pub use gemm::GemmPrecision;
 
 /// One kernel file compiled by build.rs.
 pub struct KernelModule {
@@ -94,7 +97,9 @@ pub struct Cuda {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
-    tf32: bool,
+    gemm_precision: GemmPrecision,
+    /// bf16 copies of the operands in `GemmPrecision::Bf16` (see `gemm.rs`)
+    bf16_scratch: Mutex<gemm::Bf16Scratch>,
     attention: AttentionKernel,
 }
 
@@ -102,6 +107,7 @@ impl Cuda {
     /// Opens device `ordinal`, loads every kernel module and creates the cuBLAS handle.
     pub fn new(ordinal: usize) -> Result<Cuda> {
         let attention = AttentionKernel::from_env()?;
+        let gemm_precision = GemmPrecision::from_env()?;
         ensure!(
             KERNELS_BUILT,
             "cuda backend: this binary was built with the `cuda` feature but without nvcc, so it \
@@ -155,17 +161,12 @@ impl Cuda {
             stream,
             blas,
             functions,
-            tf32: false,
+            gemm_precision,
+            bf16_scratch: Mutex::new(gemm::Bf16Scratch::default()),
             attention,
         };
-        cuda.set_math_mode()?;
+        cuda.apply_math_mode()?;
         Ok(cuda)
-    }
-
-    /// TF32 tensor cores for the GEMMs (linear layers, the log-prob head's chunks).
-    pub fn set_tf32(&mut self, on: bool) -> Result<()> {
-        self.tf32 = on;
-        self.set_math_mode()
     }
 
     /// Selects the training-attention kernels (initially from `CADA_ATTENTION`).
@@ -175,19 +176,6 @@ impl Cuda {
 
     pub fn attention_kernel(&self) -> AttentionKernel {
         self.attention
-    }
-
-    fn set_math_mode(&self) -> Result<()> {
-        let mode = if self.tf32 {
-            cublas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            cublas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
-        };
-        // SAFETY: the handle is alive for as long as `self.blas`.
-        let status = unsafe { cublas_sys::cublasSetMathMode(*self.blas.handle(), mode) };
-        status
-            .result()
-            .map_err(|e| anyhow!("cuda backend: cublasSetMathMode: {e:?}"))
     }
 
     pub fn device_name(&self) -> Result<String> {
@@ -218,48 +206,6 @@ impl Cuda {
             .alloc_zeros::<u32>(len.max(1))
             .context("cuda backend: allocating scratch")
     }
-
-    /// Row-major GEMM: `c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c`, where
-    /// `op(x) = xᵀ` when the flag is set; `lda`, `ldb`, `ldc` are row strides. cuBLAS is
-    /// column-major, so this computes `cᵀ = op(b)ᵀ · op(a)ᵀ` with the operands swapped.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
-        &self,
-        trans_a: bool,
-        trans_b: bool,
-        (m, n, k): (usize, usize, usize),
-        alpha: f32,
-        (a, lda): (&A, usize),
-        (b, ldb): (&B, usize),
-        beta: f32,
-        (c, ldc): (&mut C, usize),
-    ) -> Result<()> {
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let op = |t: bool| {
-            if t {
-                cublas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let cfg = GemmConfig {
-            transa: op(trans_b),
-            transb: op(trans_a),
-            m: dim_i32(n, "gemm n")?,
-            n: dim_i32(m, "gemm m")?,
-            k: dim_i32(k.max(1), "gemm k")?,
-            alpha: if k == 0 { 0.0 } else { alpha },
-            lda: dim_i32(ldb.max(1), "gemm ldb")?,
-            ldb: dim_i32(lda.max(1), "gemm lda")?,
-            beta,
-            ldc: dim_i32(ldc.max(1), "gemm ldc")?,
-        };
-        // SAFETY: callers check every buffer holds the rows × stride the shapes imply.
-        unsafe { self.blas.gemm(cfg, b, a, c) }
-            .map_err(|e| anyhow!("cuda backend: cuBLAS sgemm failed: {e:?}"))
-    }
 }
 
 /// Kernel names per module (they are `extern "C"` in the .cu files).
@@ -280,6 +226,7 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "attention_mma_backward_dkv_hd64",
             "attention_mma_backward_dkv_hd128",
         ],
+        "convert" => &["f32_to_bf16"],
         "decode_attention" => &["kv_cache_write", "decode_attention"],
         "elementwise" => &[
             "fill_f32",

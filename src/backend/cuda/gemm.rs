@@ -1,0 +1,341 @@
+//! The GEMM helper behind the linear layers (`dense.rs`) and the log-prob head's chunks
+//! (`head.rs`), in three precisions chosen by [`GemmPrecision`].
+//!
+//! Bf16 mode keeps the f32 buffers as the interface and the master copy: each GEMM converts its
+//! two operands into bf16 scratch (kernels/convert.cu, round to nearest even) and calls
+//! `cublasGemmEx` with bf16 A/B, an f32 C and f32 compute, so outputs and `beta = 1` gradient
+//! accumulations stay f32. Weights are converted on every call too, so there is no bf16 weight
+//! cache whose invalidation after each optimizer step could go wrong. The price is one
+//! memory-bound pass per operand (read 4 + write 2 bytes per element): against a compute-bound
+//! `[M × K]·[K × N]` GEMM at F flop/s and B bytes/s, converting the `[M × K]` operand costs
+//! ≈ 3·(F/B)/N of the GEMM's time. With F/B ≈ 200–300 (H100/H200 bf16 dense) that is ~5% for a
+//! weight when N is ~16k tokens, but ~15–20% for an activation when the other dimension is a
+//! 4096-wide layer: the conversions can eat a sizeable part of bf16's gain over TF32 on small
+//! layers (an estimate, not measured).
+use super::{dim_i32, grid_1d, launch, Cuda};
+use anyhow::{anyhow, ensure, Context, Result};
+use cudarc::cublas::{result as cublas_result, sys as cublas_sys, Gemm, GemmConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use half::bf16;
+use std::ffi::c_void;
+
+/// How the GEMMs (linear layers, the log-prob head's chunks) multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// cuBLAS sgemm in `CUBLAS_DEFAULT_MATH`: true f32, tracks the CPU to ~1e-6
+    F32,
+    /// sgemm in `CUBLAS_TF32_TENSOR_OP_MATH`: inputs rounded to 10-bit mantissas, f32 accumulate
+    Tf32,
+    /// operands converted to bf16 (8-bit mantissas), `cublasGemmEx` with f32 output/accumulate
+    Bf16,
+}
+
+impl GemmPrecision {
+    /// `CADA_GEMM` = `f32` | `tf32` | `bf16`; unset means `f32`, since the tensor-core modes have
+    /// not run on a GPU yet and f32 is the one that matches the CPU to f32 rounding.
+    pub fn from_env() -> Result<GemmPrecision> {
+        match std::env::var("CADA_GEMM") {
+            Err(std::env::VarError::NotPresent) => GemmPrecision::parse(None),
+            Ok(v) => GemmPrecision::parse(Some(&v)),
+            Err(e) => Err(anyhow!("cuda backend: CADA_GEMM: {e}")),
+        }
+    }
+
+    /// The value of `CADA_GEMM`, if set.
+    pub fn parse(value: Option<&str>) -> Result<GemmPrecision> {
+        match value {
+            None | Some("f32") => Ok(GemmPrecision::F32),
+            Some("tf32") => Ok(GemmPrecision::Tf32),
+            Some("bf16") => Ok(GemmPrecision::Bf16),
+            Some(v) => Err(anyhow!(
+                "cuda backend: CADA_GEMM={v:?}: expected `f32`, `tf32` or `bf16`"
+            )),
+        }
+    }
+
+    /// For `Backend::name()`.
+    pub fn label(self) -> &'static str {
+        match self {
+            GemmPrecision::F32 => "f32 gemm",
+            GemmPrecision::Tf32 => "tf32 gemm",
+            GemmPrecision::Bf16 => "bf16 gemm",
+        }
+    }
+
+    /// The handle's math mode. Bf16 needs no opt-in (default math lets GemmEx use tensor cores
+    /// for 16-bit inputs) and must not be TF32, which would also change the f32 fallback path.
+    fn math_mode(self) -> cublas_sys::cublasMath_t {
+        match self {
+            GemmPrecision::Tf32 => cublas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+            GemmPrecision::F32 | GemmPrecision::Bf16 => {
+                cublas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+            }
+        }
+    }
+}
+
+/// Grow-only bf16 copies of a Bf16 GEMM's two operands, cached in `Cuda` behind a mutex.
+/// Cached rather than allocated per call: a training step runs hundreds of GEMMs, and the
+/// default memory pool returns freed memory to the driver at every synchronisation, so
+/// per-call buffers would mean repeated real allocations. Reuse is safe without events because
+/// every op is on the one stream (a later conversion cannot overtake the GEMM reading the
+/// previous one); the mutex keeps `Cuda` `Sync` and holds across convert + GEMM so that two
+/// host threads cannot interleave their conversions into the same scratch.
+#[derive(Default)]
+pub(super) struct Bf16Scratch {
+    a: Option<CudaSlice<bf16>>,
+    b: Option<CudaSlice<bf16>>,
+}
+
+/// Elements a row-major `rows × cols` operand with row stride `ld` spans, from its first
+/// element to its last (the gaps between rows included when `ld > cols`).
+fn span((rows, cols): (usize, usize), ld: usize, what: &str) -> Result<usize> {
+    ensure!(
+        ld >= cols,
+        "cuda backend: gemm {what}: row stride {ld} < {cols} columns"
+    );
+    Ok(if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    })
+}
+
+fn blas_op(transpose: bool) -> cublas_sys::cublasOperation_t {
+    if transpose {
+        cublas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+impl Cuda {
+    /// Selects how the GEMMs multiply (initially from `CADA_GEMM`).
+    pub fn set_gemm_precision(&mut self, precision: GemmPrecision) -> Result<()> {
+        self.gemm_precision = precision;
+        self.apply_math_mode()
+    }
+
+    pub fn gemm_precision(&self) -> GemmPrecision {
+        self.gemm_precision
+    }
+
+    /// TF32 tensor cores on or off: `set_gemm_precision(Tf32)` or `(F32)`.
+    pub fn set_tf32(&mut self, on: bool) -> Result<()> {
+        self.set_gemm_precision(if on {
+            GemmPrecision::Tf32
+        } else {
+            GemmPrecision::F32
+        })
+    }
+
+    pub(super) fn apply_math_mode(&self) -> Result<()> {
+        // SAFETY: the handle is alive for as long as `self.blas`.
+        let status = unsafe {
+            cublas_sys::cublasSetMathMode(*self.blas.handle(), self.gemm_precision.math_mode())
+        };
+        status
+            .result()
+            .map_err(|e| anyhow!("cuda backend: cublasSetMathMode: {e:?}"))
+    }
+
+    /// Row-major GEMM: `c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c`, where
+    /// `op(x) = xᵀ` when the flag is set; `lda`, `ldb`, `ldc` are row strides. cuBLAS is
+    /// column-major, so this computes `cᵀ = op(b)ᵀ · op(a)ᵀ` with the operands swapped.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (&A, usize),
+        (b, ldb): (&B, usize),
+        beta: f32,
+        (c, ldc): (&mut C, usize),
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let c_span = span((m, n), ldc, "c")?;
+        ensure!(
+            c.len() >= c_span,
+            "cuda backend: gemm c holds {} values, [{m} × {n}] with stride {ldc} needs {c_span}",
+            c.len()
+        );
+        // stored shapes: op(a) is [m, k], so a is [k, m] when transposed; likewise b
+        let a_shape = if trans_a { (k, m) } else { (m, k) };
+        let b_shape = if trans_b { (n, k) } else { (k, n) };
+        let (a_span, b_span) = (span(a_shape, lda, "a")?, span(b_shape, ldb, "b")?);
+        ensure!(
+            a.len() >= a_span && b.len() >= b_span,
+            "cuda backend: gemm operands hold {} and {} values, the shapes need {a_span} and \
+             {b_span}",
+            a.len(),
+            b.len()
+        );
+        // k = 0 is a pure `c = beta · c`: sgemm with alpha 0 never reads a or b
+        if self.gemm_precision == GemmPrecision::Bf16 && k > 0 {
+            return self.gemm_bf16(
+                (trans_a, trans_b),
+                (m, n, k),
+                alpha,
+                (a, lda, a_span),
+                (b, ldb, b_span),
+                beta,
+                (c, ldc),
+            );
+        }
+        let cfg = GemmConfig {
+            transa: blas_op(trans_b),
+            transb: blas_op(trans_a),
+            m: dim_i32(n, "gemm n")?,
+            n: dim_i32(m, "gemm m")?,
+            k: dim_i32(k.max(1), "gemm k")?,
+            alpha: if k == 0 { 0.0 } else { alpha },
+            lda: dim_i32(ldb.max(1), "gemm ldb")?,
+            ldb: dim_i32(lda.max(1), "gemm lda")?,
+            beta,
+            ldc: dim_i32(ldc.max(1), "gemm ldc")?,
+        };
+        // SAFETY: every buffer was checked above to span the rows × stride the shapes imply.
+        unsafe { self.blas.gemm(cfg, b, a, c) }
+            .map_err(|e| anyhow!("cuda backend: cuBLAS sgemm failed: {e:?}"))
+    }
+
+    /// The Bf16 path of `gemm`: both operands' whole spans (strides kept, so a sub-slice or a
+    /// padded row converts as the same layout) into the scratch, then GemmEx.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bf16<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        (trans_a, trans_b): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda, a_span): (&A, usize, usize),
+        (b, ldb, b_span): (&B, usize, usize),
+        beta: f32,
+        (c, ldc): (&mut C, usize),
+    ) -> Result<()> {
+        let mut scratch = self
+            .bf16_scratch
+            .lock()
+            .map_err(|_| anyhow!("cuda backend: bf16 GEMM scratch mutex poisoned"))?;
+        let Bf16Scratch {
+            a: a_slot,
+            b: b_slot,
+        } = &mut *scratch;
+        let a16 = self.stage_bf16(a_slot, a, a_span, "a")?;
+        let b16 = self.stage_bf16(b_slot, b, b_span, "b")?;
+        let (tm, tn, tk) = (
+            dim_i32(n, "gemm n")?,
+            dim_i32(m, "gemm m")?,
+            dim_i32(k, "gemm k")?,
+        );
+        let (ld_first, ld_second, ld_c) = (
+            dim_i32(ldb, "gemm ldb")?,
+            dim_i32(lda, "gemm lda")?,
+            dim_i32(ldc, "gemm ldc")?,
+        );
+        // the guards order later work on other streams after this GEMM; dropped at return
+        let (a_ptr, _a_rec) = a16.device_ptr(&self.stream);
+        let (b_ptr, _b_rec) = b16.device_ptr(&self.stream);
+        let (c_ptr, _c_rec) = c.device_ptr_mut(&self.stream);
+        use cublas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+        // SAFETY: the bf16 copies hold the spans of a and b in their original layouts, c was
+        // checked to span [m × n] with stride ldc; alpha and beta are f32 as COMPUTE_32F expects
+        // and are read before the call returns.
+        unsafe {
+            cublas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_op(trans_b),
+                blas_op(trans_a),
+                tm,
+                tn,
+                tk,
+                (&alpha as *const f32).cast::<c_void>(),
+                b_ptr as *const c_void,
+                CUDA_R_16BF,
+                ld_first,
+                a_ptr as *const c_void,
+                CUDA_R_16BF,
+                ld_second,
+                (&beta as *const f32).cast::<c_void>(),
+                c_ptr as *mut c_void,
+                CUDA_R_32F,
+                ld_c,
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| anyhow!("cuda backend: cublasGemmEx (bf16 × bf16 → f32) failed: {e:?}"))
+    }
+
+    /// Converts `len` f32 values of `src` into `slot` (grown first if too small) and returns it.
+    fn stage_bf16<'s, S: DevicePtr<f32>>(
+        &self,
+        slot: &'s mut Option<CudaSlice<bf16>>,
+        src: &S,
+        len: usize,
+        what: &str,
+    ) -> Result<&'s CudaSlice<bf16>> {
+        if slot.as_ref().is_none_or(|s| s.len() < len) {
+            *slot = None; // freed (stream-ordered) before the larger one is taken from the pool
+            let grown = self.stream.alloc_zeros::<bf16>(len).with_context(|| {
+                format!("cuda backend: allocating {len} bf16 of GEMM scratch for {what}")
+            })?;
+            *slot = Some(grown);
+        }
+        let dst = slot.as_mut().expect("scratch allocated above");
+        let n = len as i64;
+        // raw pointer: `src` may be a slice or a view, the kernel takes a plain `const float*`
+        let (src_ptr, _src_rec) = src.device_ptr(&self.stream);
+        launch!(
+            self,
+            "f32_to_bf16",
+            grid_1d(len.div_ceil(4)),
+            &mut *dst,
+            &src_ptr,
+            &n
+        )
+        .with_context(|| format!("cuda backend: converting gemm operand {what} to bf16"))?;
+        Ok(dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{span, GemmPrecision};
+
+    #[test]
+    fn gemm_precision_choice() {
+        assert_eq!(GemmPrecision::parse(None).unwrap(), GemmPrecision::F32);
+        assert_eq!(
+            GemmPrecision::parse(Some("f32")).unwrap(),
+            GemmPrecision::F32
+        );
+        assert_eq!(
+            GemmPrecision::parse(Some("tf32")).unwrap(),
+            GemmPrecision::Tf32
+        );
+        assert_eq!(
+            GemmPrecision::parse(Some("bf16")).unwrap(),
+            GemmPrecision::Bf16
+        );
+        for bad in ["BF16", "fp16", ""] {
+            let e = GemmPrecision::parse(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("CADA_GEMM") && e.contains("`f32`, `tf32` or `bf16`"),
+                "{e}"
+            );
+        }
+        assert_eq!(GemmPrecision::Bf16.label(), "bf16 gemm");
+    }
+
+    #[test]
+    fn operand_span() {
+        assert_eq!(span((3, 4), 4, "a").unwrap(), 12);
+        assert_eq!(span((3, 4), 10, "a").unwrap(), 24); // last row ends at 2·10 + 4
+        assert_eq!(span((0, 4), 4, "a").unwrap(), 0);
+        assert!(span((3, 4), 3, "a").is_err());
+    }
+}
