@@ -5,7 +5,9 @@
 //! Error measure: ‖gpu − cpu‖ / ‖cpu‖ over the whole output (any non-finite GPU value counts as
 //! an infinite error). Bounds sit beside each check: f32 kernels that only reorder f32 sums get
 //! 1e-5 (about 100 ulps of accumulated reassociation over sums of ≤ 100 terms); ops whose outputs
-//! are differences of nearly equal terms (backward passes, entropies) get 1e-4.
+//! are differences of nearly equal terms (backward passes, entropies) get 1e-4. The tensor-core
+//! GEMM modes (`cuda_gemm_tf32`, `cuda_gemm_bf16`) get bounds set by their operand rounding,
+//! written next to them.
 //!
 //! Without the `cuda` feature, or without a GPU, each test prints "skipped: no GPU" and returns:
 //! it reports no pass it did not run.
@@ -23,6 +25,22 @@ const F32_TOL: f64 = 1e-5;
 /// cancellation-prone outputs (backward passes, entropies)
 const GRAD_TOL: f64 = 1e-4;
 
+/// Bounds for the outputs that go through a GEMM: `value` for linear out/dx/dw and the log-prob
+/// head's logp/lse, `grad` for its entropy, dhidden and dw.
+#[derive(Clone, Copy)]
+struct GemmTols {
+    mode: &'static str,
+    value: f64,
+    grad: f64,
+}
+
+/// `GemmPrecision::F32`: the f32 bounds of the header.
+const F32_GEMM: GemmTols = GemmTols {
+    mode: "f32 gemm",
+    value: F32_TOL,
+    grad: GRAD_TOL,
+};
+
 #[cfg(feature = "cuda")]
 fn setup(name: &str) -> Option<(cada::backend::cuda::Cuda, Rand)> {
     if !cada::backend::cuda::cuda_available() {
@@ -31,9 +49,11 @@ fn setup(name: &str) -> Option<(cada::backend::cuda::Cuda, Rand)> {
     }
     let mut gpu =
         cada::backend::cuda::Cuda::new(0).expect("CUDA device 0 present but Cuda::new failed");
-    // the f32 attention whatever CADA_ATTENTION says: its bounds are the f32 ones; the mma test
-    // selects its kernels itself
+    // the f32 attention and f32 GEMMs whatever CADA_ATTENTION / CADA_GEMM say: the bounds are
+    // the f32 ones; the mma and GEMM-mode tests select their kernels themselves
     gpu.set_attention_kernel(cada::backend::cuda::AttentionKernel::Simt);
+    gpu.set_gemm_precision(cada::backend::cuda::GemmPrecision::F32)
+        .expect("cuBLAS refused the f32 math mode");
     let seed: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -159,8 +179,17 @@ fn embedding_case<B: Backend>(gpu: &B, r: &mut Rand) {
 }
 
 fn linear_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    linear_shape(gpu, r, (37, 53, 29), F32_GEMM);
+}
+
+fn linear_shape<B: Backend>(
+    gpu: &B,
+    r: &mut Rand,
+    (n, k, m): (usize, usize, usize),
+    tol: GemmTols,
+) {
     let cpu = Cpu::new();
-    let (n, k, m) = (37, 53, 29);
+    println!("  {}: n {n}, k {k}, m {m}", tol.mode);
     let (x, w, b) = (randv(r, n * k, 1.0), randv(r, m * k, 1.0), randv(r, m, 1.0));
     let (xg, wg, bg) = (
         gpu.upload(&x).unwrap(),
@@ -173,7 +202,7 @@ fn linear_case<B: Backend>(gpu: &B, r: &mut Rand) {
         .unwrap();
     cpu.linear_forward(&mut oc, &x, &w, Some(&b), n, k, m)
         .unwrap();
-    check("linear_forward (f32 gemm)", &down(gpu, &og), &oc, F32_TOL);
+    check("linear_forward", &down(gpu, &og), &oc, tol.value);
     let dout = randv(r, n * m, 1.0);
     let (dw0, db0) = (randv(r, m * k, 1.0), randv(r, m, 1.0));
     let mut dxg = poisoned(gpu, n * k);
@@ -204,13 +233,14 @@ fn linear_case<B: Backend>(gpu: &B, r: &mut Rand) {
         m,
     )
     .unwrap();
-    check("linear_backward dx", &down(gpu, &dxg), &dxc, F32_TOL);
+    check("linear_backward dx", &down(gpu, &dxg), &dxc, tol.value);
     check(
         "linear_backward dw (accumulated)",
         &down(gpu, &dwg),
         &dwc,
-        F32_TOL,
+        tol.value,
     );
+    // a column sum in f32 kernels (no GEMM) whatever the mode
     check(
         "linear_backward dbias (accumulated)",
         &down(gpu, &dbg),
@@ -440,9 +470,13 @@ fn fused_logprob_shape<B: Backend>(
     dim: usize,
     vocab: usize,
     t: f32,
+    tol: GemmTols,
 ) {
     let cpu = Cpu::new();
-    println!("  n {n}, dim {dim}, vocab {vocab}, temperature {t}");
+    println!(
+        "  {}: n {n}, dim {dim}, vocab {vocab}, temperature {t}",
+        tol.mode
+    );
     let (h, w) = (randv(r, n * dim, 1.0), randv(r, vocab * dim, 1.0));
     let targets: Vec<u32> = (0..n).map(|_| r.gen_range(0..vocab as u32)).collect();
     let (hg, wg, tg) = (
@@ -458,9 +492,9 @@ fn fused_logprob_shape<B: Backend>(
         &mut lpc, &mut ec, &mut lc, &h, &w, &targets, n, dim, vocab, t,
     )
     .unwrap();
-    check("fused_logprob logp", &down(gpu, &lpg), &lpc, F32_TOL);
-    check("fused_logprob lse", &down(gpu, &lg), &lc, F32_TOL);
-    check("fused_logprob entropy", &down(gpu, &eg), &ec, GRAD_TOL);
+    check("fused_logprob logp", &down(gpu, &lpg), &lpc, tol.value);
+    check("fused_logprob lse", &down(gpu, &lg), &lc, tol.value);
+    check("fused_logprob entropy", &down(gpu, &eg), &ec, tol.grad);
     let (dlogp, dw0) = (randv(r, n, 1.0), randv(r, vocab * dim, 0.1));
     let (mut dhg, mut dwg) = (poisoned(gpu, n * dim), gpu.upload(&dw0).unwrap());
     let (mut dhc, mut dwc) = (vec![0.0; n * dim], dw0.clone());
@@ -477,19 +511,26 @@ fn fused_logprob_shape<B: Backend>(
         "fused_logprob_backward dhidden",
         &down(gpu, &dhg),
         &dhc,
-        GRAD_TOL,
+        tol.grad,
     );
     check(
         "fused_logprob_backward dw (accumulated)",
         &down(gpu, &dwg),
         &dwc,
-        GRAD_TOL,
+        tol.grad,
     );
 }
 
 fn fused_logprob_case<B: Backend>(gpu: &B, r: &mut Rand) {
-    fused_logprob_shape(gpu, r, 19, 33, 1009, 1.0); // one chunk
-    fused_logprob_shape(gpu, r, 23, 17, 20_011, 0.7); // two chunks (16384 + rest), T ≠ 1
+    fused_logprob_shapes(gpu, r, F32_GEMM);
+}
+
+fn fused_logprob_shapes<B: Backend>(gpu: &B, r: &mut Rand, tol: GemmTols) {
+    fused_logprob_shape(gpu, r, 19, 33, 1009, 1.0, tol); // one chunk
+    fused_logprob_shape(gpu, r, 23, 17, 20_011, 0.7, tol); // two chunks (16384 + rest), T ≠ 1
+                                                           // 1033 rows make the chunk 2^24 / 1033 = 16241 columns wide: with an odd dim the second
+                                                           // chunk's weights start at a float offset that is not a multiple of 4 (unaligned operand)
+    fused_logprob_shape(gpu, r, 1033, 9, 19_001, 1.3, tol);
 }
 
 fn grpo_case<B: Backend>(gpu: &B, r: &mut Rand) {
@@ -700,3 +741,69 @@ gpu_test!(cuda_fused_logprob, fused_logprob_case);
 gpu_test!(cuda_grpo_loss, grpo_case);
 gpu_test!(cuda_adamw, adamw_case);
 gpu_test!(cuda_sampling, sampling_case);
+
+/// TF32 tensor cores: operands rounded to 10-bit mantissas (2^-11 relative), f32 accumulation.
+/// A host emulation of these shapes with the operands rounded to TF32 gives ~2.6e-4 on linear
+/// out/dx/dw and dhidden, ≤ 6e-5 on logp/lse/entropy; the bound leaves 20× for cuBLAS rounding
+/// its inputs by truncation (2× the error) and for split-k reassociation.
+const TF32_GEMM: GemmTols = GemmTols {
+    mode: "tf32 gemm",
+    value: 5e-3,
+    grad: 5e-3,
+};
+
+/// bf16 operands (kernels/convert.cu, 2^-8 relative rounding), f32 accumulation and output.
+/// The same emulation with bf16-rounded operands (and the backward's softmax gradient rounded
+/// before its two GEMMs, as the GPU does) gives ~2.1e-3 on linear out/dx/dw and dhidden, ≤ 1.4e-3
+/// on the head's dw, ≤ 5e-4 on logp/lse/entropy: 1e-2 is ~5× that.
+const BF16_GEMM: GemmTols = GemmTols {
+    mode: "bf16 gemm",
+    value: 1e-2,
+    grad: 1e-2,
+};
+
+/// Every GEMM-backed op in one precision: the linear layer at two odd shapes (the larger one
+/// with a 257-long reduction) and the fused log-prob head at its three shapes.
+fn gemm_mode_case<B: Backend>(gpu: &B, r: &mut Rand, tol: GemmTols) {
+    assert!(
+        gpu.name().contains(tol.mode),
+        "{} does not report {}",
+        gpu.name(),
+        tol.mode
+    );
+    linear_shape(gpu, r, (37, 53, 29), tol);
+    linear_shape(gpu, r, (131, 257, 97), tol);
+    fused_logprob_shapes(gpu, r, tol);
+}
+
+macro_rules! gemm_mode_test {
+    ($name:ident, $precision:ident, $tols:expr) => {
+        #[test]
+        fn $name() {
+            #[cfg(feature = "cuda")]
+            {
+                use cada::backend::cuda::GemmPrecision;
+                if let Some((mut gpu, mut rng)) = setup(stringify!($name)) {
+                    gpu.set_gemm_precision(GemmPrecision::$precision).unwrap();
+                    assert_eq!(gpu.gemm_precision(), GemmPrecision::$precision);
+                    gemm_mode_case(&gpu, &mut rng, $tols);
+                    // back to f32: the same handle must give the f32 results again
+                    gpu.set_tf32(false).unwrap();
+                    assert_eq!(gpu.gemm_precision(), GemmPrecision::F32);
+                    linear_shape(&gpu, &mut rng, (37, 53, 29), F32_GEMM);
+                    println!("{}: ran on the GPU and matched the CPU", stringify!($name));
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                println!(
+                    "{}: skipped: no GPU (built without the `cuda` feature)",
+                    stringify!($name)
+                );
+                let _unused = (gemm_mode_case::<Cpu>, $tols);
+            }
+        }
+    };
+}
+gemm_mode_test!(cuda_gemm_tf32, Tf32, TF32_GEMM);
+gemm_mode_test!(cuda_gemm_bf16, Bf16, BF16_GEMM);
