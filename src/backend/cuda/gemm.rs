@@ -12,6 +12,7 @@
 //! weight when N is ~16k tokens, but ~15–20% for an activation when the other dimension is a
 //! 4096-wide layer: the conversions can eat a sizeable part of bf16's gain over TF32 on small
 //! layers (an estimate, not measured).
+
 use super::{dim_i32, grid_1d, launch, Cuda};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, Gemm, GemmConfig};
