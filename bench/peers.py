@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -83,10 +84,27 @@ def median(v):
 
 
 class Recorder:
-    def __init__(self, roof, filt):
+    """Collects records and rewrites the report (atomically) after each one, so a crash or a
+    time limit keeps everything measured before it."""
+
+    def __init__(self, roof, filt, out, meta):
         self.records = []
         self.roof = roof
         self.filter = filt
+        self.out = out
+        self.meta = meta
+
+    def save(self):
+        report = dict(self.meta, roofline=self.roof,
+                      records=[r for r in self.records if math.isfinite(r["median_ms"])])
+        tmp = self.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, allow_nan=False)
+        os.replace(tmp, self.out)
+
+    def append(self, rec):
+        self.records.append(rec)
+        self.save()
 
     def wanted(self, rid):
         return self.filter is None or self.filter in rid
@@ -102,14 +120,17 @@ class Recorder:
             print(f"{rid:<56} {variant:>14}  out of memory", file=sys.stderr)
             return
         except Exception as e:  # a backend that does not support the shape
-            torch.cuda.synchronize()
-            print(f"{rid:<56} {variant:>14}  unavailable: {str(e).splitlines()[0][:80]}",
-                  file=sys.stderr)
+            try:
+                torch.cuda.synchronize()
+            except Exception:
+                pass
+            msg = (str(e) or type(e).__name__).splitlines()[0][:80]
+            print(f"{rid:<56} {variant:>14}  unavailable: {msg}", file=sys.stderr)
             return
         ms = median(times)
         s = ms / 1e3
-        tflops = flops / s / 1e12 if flops else 0.0
-        gbps = nbytes / s / 1e9 if nbytes else 0.0
+        tflops = flops / s / 1e12 if flops and s > 0 else 0.0
+        gbps = nbytes / s / 1e9 if nbytes and s > 0 else 0.0
         if flops and self.roof["gemm_tflops"]:
             frac = tflops / self.roof["gemm_tflops"]
         elif self.roof["copy_gbps"]:
@@ -121,7 +142,7 @@ class Recorder:
                    peak_extra_bytes=int(peak))
         if note:
             rec["note"] = note
-        self.records.append(rec)
+        self.append(rec)
         print(f"{rid:<56} {variant:>14} {ms:10.4f} ms {tflops:8.2f} TFLOP/s {gbps:8.1f} GB/s "
               f"{peak / 2**20:9.1f} MiB", file=sys.stderr)
 
@@ -291,7 +312,7 @@ def loss_peers(rec, shapes):
 
 
 def layer_peers(rec, shapes):
-    torch.backends.cuda.matmul.allow_tf32 = False  # ours: f32 sgemm by default
+    # torch's matmul default is true f32 (no TF32), as our default cuBLAS mode
     for sid, r in shapes["rmsnorm"]:
         n, d = r["rows"], r["dim"]
         x = torch.randn(n, d, device="cuda")
@@ -333,48 +354,63 @@ def hf_peers(rec):
             tie_word_embeddings=True, max_position_embeddings=32768),
     }
     for name, cfg in configs.items():
-        cls = transformers.LlamaForCausalLM if name.startswith("smollm2") else transformers.Qwen2ForCausalLM
-        model = cls(cfg).to("cuda", dtype=torch.bfloat16).eval()
-        B, P, N = 64, 128, 256
-        ids = torch.randint(0, cfg.vocab_size, (B, P), device="cuda")
-        for cache in ("dynamic", "static"):
-            kw = dict(max_new_tokens=N, min_new_tokens=N, do_sample=True, temperature=1.0,
-                      top_p=1.0, top_k=0, pad_token_id=0)
-            if cache == "static":
-                kw["cache_implementation"] = "static"
-
-            def gen():
-                with torch.no_grad():
-                    model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-            rid = f"rollout/{name}/B{B}/P{P}/N{N}"
-            if rec.wanted(rid):
-                t = time_ms(gen, warmup=1, min_reps=3, max_reps=3, target_s=0)
-                ms = median(t)
-                rec.records.append(dict(
-                    id=rid, variant=f"hf_generate_{cache}", median_ms=ms, min_ms=min(t),
-                    reps=len(t), flops=0.0, bytes=0.0, tflops=0.0, gbps=0.0,
-                    roofline_fraction=0.0, peak_extra_bytes=None,
-                    note=f"{B * N / (ms / 1e3):.0f} generated tok/s"))
-                print(f"{rid} hf_generate_{cache}: {B * N / (ms / 1e3):.0f} tok/s", file=sys.stderr)
-        del model
+        try:
+            hf_model_peers(rec, name, cfg, transformers)
+        except Exception as e:  # a transformers/inductor error must not lose the other rows
+            msg = (str(e) or type(e).__name__).splitlines()[0][:120]
+            print(f"hf {name}: skipped: {msg}", file=sys.stderr)
         torch.cuda.empty_cache()
-        # train step: f32 master weights, bf16 autocast, fused AdamW, 4 × 4096 tokens
-        model = cls(cfg).to("cuda").train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-        Bt, T = 4, 4096
-        ids = torch.randint(0, cfg.vocab_size, (Bt, T), device="cuda")
 
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        rid = f"train_step/{name}/B{Bt}/T{T}"
+
+def hf_model_peers(rec, name, cfg, transformers):
+    """One architecture: generate (dynamic and static cache) and an autocast train step."""
+    cls = transformers.LlamaForCausalLM if name.startswith("smollm2") else transformers.Qwen2ForCausalLM
+    model = cls(cfg).to("cuda", dtype=torch.bfloat16).eval()
+    B, P, N = 64, 128, 256
+    ids = torch.randint(0, cfg.vocab_size, (B, P), device="cuda")
+    for cache in ("dynamic", "static"):
+        kw = dict(max_new_tokens=N, min_new_tokens=N, do_sample=True, temperature=1.0,
+                  top_p=1.0, top_k=0, pad_token_id=0)
+        if cache == "static":
+            kw["cache_implementation"] = "static"
+
+        def gen():
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        rid = f"rollout/{name}/B{B}/P{P}/N{N}"
         if rec.wanted(rid):
-            rec.add(rid, "hf_autocast_bf16", step, note="fwd+bwd+fused AdamW")
-        del model, opt
-        torch.cuda.empty_cache()
+            try:
+                t = time_ms(gen, warmup=1, min_reps=3, max_reps=3, target_s=0)
+            except Exception as e:
+                msg = (str(e) or type(e).__name__).splitlines()[0][:120]
+                print(f"{rid} hf_generate_{cache}: skipped: {msg}", file=sys.stderr)
+                continue
+            ms = median(t)
+            rec.append(dict(
+                id=rid, variant=f"hf_generate_{cache}", median_ms=ms, min_ms=min(t),
+                reps=len(t), flops=0.0, bytes=0.0, tflops=0.0, gbps=0.0,
+                roofline_fraction=0.0, peak_extra_bytes=None,
+                note=f"{B * N / (ms / 1e3):.0f} generated tok/s"))
+            print(f"{rid} hf_generate_{cache}: {B * N / (ms / 1e3):.0f} tok/s", file=sys.stderr)
+    del model
+    torch.cuda.empty_cache()
+    # train step: f32 master weights, bf16 autocast, fused AdamW, 4 × 4096 tokens
+    model = cls(cfg).to("cuda").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    Bt, T = 4, 4096
+    ids = torch.randint(0, cfg.vocab_size, (Bt, T), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    rid = f"train_step/{name}/B{Bt}/T{T}"
+    if rec.wanted(rid):
+        rec.add(rid, "hf_autocast_bf16", step, note="fwd+bwd+fused AdamW")
+    del model, opt
+    torch.cuda.empty_cache()
 
 
 def main():
@@ -383,6 +419,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--filter", default=None, help="only ids containing this text")
     ap.add_argument("--hf", action="store_true", help="also HF generate and train-step peers")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the kernel peers (with --hf: HF only)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("peers.py: needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -391,26 +428,25 @@ def main():
     roof = rooflines()
     print(f"roofline: copy {roof['copy_gbps']:.0f} GB/s, GEMM {roof['gemm_tflops']:.1f} TFLOP/s",
           file=sys.stderr)
-    rec = Recorder(roof, args.filter)
-    attention_peers(rec, shapes)
-    liger = liger_flce()
-    logprob_peers(rec, shapes, liger)
-    loss_peers(rec, shapes)
-    layer_peers(rec, shapes)
-    if args.hf:
-        hf_peers(rec)
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True).stdout.strip()
     except OSError:
         driver = "unknown"
-    report = dict(schema=1, tool=f"peers.py (torch {torch.__version__})",
-                  device=torch.cuda.get_device_name(), driver=f"{driver} / CUDA {torch.version.cuda}",
-                  date=now_utc(), commit="-", set=shapes.get("set", "?"), roofline=roof,
-                  records=[r for r in rec.records if math.isfinite(r["median_ms"])])
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {args.out} ({len(report['records'])} records)", file=sys.stderr)
+    meta = dict(schema=1, tool=f"peers.py (torch {torch.__version__})",
+                device=torch.cuda.get_device_name(), driver=f"{driver} / CUDA {torch.version.cuda}",
+                date=now_utc(), commit="-", set=shapes.get("set", "?"))
+    rec = Recorder(roof, args.filter, args.out, meta)
+    rec.save()
+    if not args.no_kernels:
+        attention_peers(rec, shapes)
+        logprob_peers(rec, shapes, liger_flce())
+        loss_peers(rec, shapes)
+        layer_peers(rec, shapes)
+    if args.hf:
+        hf_peers(rec)
+    rec.save()
+    print(f"wrote {args.out} ({len(rec.records)} records)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # and device_out/run_on_gpu.sh, which on the GPU machine runs
 #   1. compute-sanitizer memcheck and racecheck over the kernel tests (ops_cuda),
 #   2. the GPU test binary (tests/ops_cuda: every kernel against the CPU reference),
-#   3. cada bench kernels / cada bench step, 4. bench/peers.py and the ratio table,
+#   3. cada bench kernels / cada bench step, 4. bench/peers.py (the ratio table is made here),
 # logging each step to $OUT (phases in run_on_gpu.sh below). Prints the device command to use
 # (carry: ["device_out"]).
 set -euo pipefail
@@ -60,74 +60,95 @@ fi
 
 cat > "$stage/run_on_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root; every log and report lands in $OUT.
-#   bash device_out/run_on_gpu.sh [check] [bench] [peers] [criterion]   (default: check bench peers)
-# check:     nvidia-smi; compute-sanitizer memcheck + racecheck over the kernel tests; every test
-# bench:     cada bench kernels (full set, both attention variants) and cada bench step
-# peers:     bench/peers.py (PyTorch SDPA, naive log-prob, Liger if present, GRPO loss eager and
-#            compiled, HF generate + train step) and the our/peer ratio table
-# criterion: the CPU criterion benches (CPU numbers; slow, rarely useful on the GPU machine)
+# Runs on the GPU machine from the repository root:
+#   bash device_out/run_on_gpu.sh [check] [bench] [peers] [peers_hf] [criterion]
+# check:     nvidia-smi; compute-sanitizer memcheck + racecheck over the kernel tests; the tests
+# bench:     cada bench kernels (full set, both attention kernels) and cada bench step
+# peers:     bench/peers.py kernel peers (SDPA, naive log-prob, Liger, GRPO loss eager/compiled)
+# peers_hf:  bench/peers.py HF generate (dynamic + static cache) and HF train step
+# criterion: the CPU criterion benches (CPU numbers; rarely useful on the GPU machine)
+# Default: check bench. Every step has a time limit and the work folder is packed into
+# $OUT/results-<phases>.tgz after each step (the device tool returns at most 8 files from $OUT),
+# so a killed command still returns everything finished before. $OUT/summary.txt has the tails.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-OUT="${OUT:-$here/logs}"
+OUT="${OUT:-$here/out}"
 mkdir -p "$OUT"
 phases=("$@")
-(( ${#phases[@]} )) || phases=(check bench peers)
+(( ${#phases[@]} )) || phases=(check bench)
+tag=$(IFS=-; echo "${phases[*]}")
+work=/tmp/cada_gpu_$tag
+rm -rf "$work" && mkdir -p "$work"
+chmod +x "$here/cada" "$here"/tests/* "$here"/benches/* 2>/dev/null
 status=0
 cada="$here/cada"
-step() {  # $1 = log name, rest = command; a failure is recorded, the run goes on
-    local name=$1; shift
-    echo "== $name: $*"
-    "$@" > "$OUT/$name.log" 2>&1 || { echo "   FAILED (see $OUT/$name.log)"; status=1; }
-    tail -3 "$OUT/$name.log"
+
+# cudarc dlopens libcublas / libnvToolsExt by name: where the image keeps them only inside pip
+# packages, put those folders on the loader path.
+for lib in libcublas.so.13 libnvToolsExt.so.1; do
+    if ! ldconfig -p 2>/dev/null | grep -q "$lib"; then
+        found=$(find /usr/local /opt /usr/lib "$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])' 2>/dev/null)" \
+                -name "$lib*" 2>/dev/null | head -1)
+        [[ -n "$found" ]] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "$lib: ${found:-not found}" | tee -a "$work/libraries.txt"
+    fi
+done
+
+pack() { tar czf "$OUT/results-$tag.tgz" -C "$work" . 2>/dev/null; }
+step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is recorded, the run goes on
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/summary.txt"
+    local t0=$SECONDS
+    timeout -k 10 "$limit" "$@" > "$work/$name.log" 2>&1
+    local rc=$?
+    (( rc == 0 )) || { echo "   FAILED rc=$rc (see $name.log)" | tee -a "$OUT/summary.txt"; status=1; }
+    echo "   $((SECONDS - t0)) s" >> "$OUT/summary.txt"
+    tail -4 "$work/$name.log" | tee -a "$OUT/summary.txt"
+    pack
 }
 for phase in "${phases[@]}"; do case $phase in
 check)
-    nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
-    if [[ -n "$sanitizer" && -x "$here/tests/ops_cuda" ]]; then
+    nvidia-smi > "$work/nvidia-smi.txt" 2>&1
+    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    if [[ -n "$sanitizer" ]]; then
         for tool in memcheck racecheck; do
-            step "sanitizer_$tool" "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/ops_cuda" --test-threads=1
+            step "sanitizer_$tool" 150 "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/ops_cuda" --test-threads=1
         done
     else
-        echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee "$OUT/sanitizer_missing.txt"
+        echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee -a "$OUT/summary.txt"
         status=1
     fi
-    for t in "$here"/tests/*; do
-        step "test_$(basename "$t")" "$t" --nocapture --test-threads=1
-        grep -E "^test result|skipped|rel err" "$OUT/test_$(basename "$t").log" | tail -5
-    done
+    step test_ops_cuda 120 "$here/tests/ops_cuda" --nocapture --test-threads=1
+    grep -E "^test |rel err|skipped" "$work/test_ops_cuda.log" | tail -60 >> "$OUT/summary.txt"
     ;;
 bench)
-    step bench_kernels "$cada" bench kernels --device cuda --json "$OUT/ours_kernels.json"
-    # rollout shape of TARGETS.md (64 sequences, prompt 128, 256 new tokens) and the
-    # train-step shape (4 × 4096); random weights
+    step bench_kernels 300 "$cada" bench kernels --device cuda --json "$work/ours_kernels.json"
+    # TARGETS.md's rollout shape (64 sequences, prompt 128, 256 new tokens) and its train-step
+    # shape (4 × 4096); random weights
     for shape in smollm2-135m qwen2.5-0.5b; do
-        step "bench_step_rollout_$shape" "$cada" bench step --device cuda --shape "$shape" \
+        step "bench_step_rollout_$shape" 90 "$cada" bench step --device cuda --shape "$shape" \
             --prompts 8 --group 8 --prompt-len 128 --new-tokens 256 --micro-batch-rows 16 \
-            --records "$OUT/ours_rollout_$shape.json" --json "$OUT/step_rollout_$shape.json"
-        step "bench_step_train_$shape" "$cada" bench step --device cuda --shape "$shape" \
+            --records "$work/ours_rollout_$shape.json"
+        step "bench_step_train_$shape" 90 "$cada" bench step --device cuda --shape "$shape" \
             --prompts 1 --group 4 --prompt-len 3840 --new-tokens 256 --micro-batch-rows 4 \
-            --records "$OUT/ours_train_$shape.json" --json "$OUT/step_train_$shape.json"
+            --records "$work/ours_train_$shape.json"
     done
     ;;
-peers)
-    "$cada" bench shapes --set full > "$OUT/shapes.json"
-    step peers env PYTHONPATH="$here/py:${PYTHONPATH:-}" python3 "$root/bench/peers.py" --shapes "$OUT/shapes.json" --out "$OUT/peers.json" --hf
-    ours=("$OUT"/ours_*.json)
-    if [[ -f "$OUT/peers.json" && -f "${ours[0]}" ]]; then
-        "$cada" bench report --ours "${ours[@]}" --peers "$OUT/peers.json" > "$OUT/ratios.md" 2>&1 || status=1
-        cat "$OUT/ratios.md"
-    fi
+peers|peers_hf)
+    "$cada" bench shapes --set full > "$work/shapes.json"
+    if [[ $phase == peers ]]; then args=(); else args=(--no-kernels --hf); fi
+    step "$phase" 300 env PYTHONUNBUFFERED=1 PYTHONPATH="$here/py" python3 "$root/bench/peers.py" \
+        --shapes "$work/shapes.json" --out "$work/$phase.json" "${args[@]}"
     ;;
 criterion)
     for b in "$here"/benches/*; do
-        step "bench_$(basename "$b")" "$b" --bench
+        step "bench_$(basename "$b")" 200 "$b" --bench
     done
     ;;
-*) echo "unknown phase $phase (check, bench, peers, criterion)"; status=1 ;;
+*) echo "unknown phase $phase (check, bench, peers, peers_hf, criterion)"; status=1 ;;
 esac; done
+pack
 exit $status
 RUN
 chmod +x "$stage/run_on_gpu.sh"
@@ -137,7 +158,8 @@ if (( size_mib > 60 )); then
     echo "warning: device_out exceeds the 64 MiB carry limit; remove test binaries not needed on the GPU" >&2
 fi
 echo
-echo "device command (carry: [\"device_out\"], timeout_s 600):"
-echo "  bash device_out/run_on_gpu.sh"
-echo "(all phases; to stay under one call's 600 s limit on a slow first run, split it:"
-echo "  bash device_out/run_on_gpu.sh check   then   bash device_out/run_on_gpu.sh bench peers)"
+echo "device commands (carry: [\"device_out\"], timeout_s 600; about 5 minutes each):"
+echo "  bash device_out/run_on_gpu.sh check bench"
+echo "  bash device_out/run_on_gpu.sh peers peers_hf"
+echo "then, here, with the two results-*.tgz unpacked side by side:"
+echo "  cada bench report --ours ours_*.json --peers peers.json peers_hf.json"

@@ -98,8 +98,9 @@ enum BenchCommand {
         /// one or more of our reports (kernels, step records); their records are pooled
         #[arg(long, required = true, num_args = 1..)]
         ours: Vec<PathBuf>,
-        #[arg(long)]
-        peers: PathBuf,
+        /// one or more peer reports (bench/peers.py); their records are pooled
+        #[arg(long, required = true, num_args = 1..)]
+        peers: Vec<PathBuf>,
     },
 }
 
@@ -547,7 +548,7 @@ fn run_bench(what: BenchCommand) -> Result<()> {
             // parsed before the (long) run so a typo fails at once
             let threshold = parse_threshold(&max_regression)?;
             let base = baseline.as_deref().map(Report::load).transpose()?;
-            let report = cada::bench::run_on_device(device, set, filter, true)?;
+            let report = cada::bench::run_on_device(device, set, filter, json.clone())?;
             print!("{}", report.to_table());
             if let Some(p) = &json {
                 report.save(p)?;
@@ -639,11 +640,14 @@ fn run_bench(what: BenchCommand) -> Result<()> {
             );
         }
         BenchCommand::Report { ours, peers } => {
-            let mut o = Report::load(&ours[0])?;
-            for extra in &ours[1..] {
-                o.records.extend(Report::load(extra)?.records);
-            }
-            print!("{}", peer_table_markdown(&o, &Report::load(&peers)?));
+            let pooled = |files: &[PathBuf]| -> Result<Report> {
+                let mut r = Report::load(&files[0])?;
+                for extra in &files[1..] {
+                    r.records.extend(Report::load(extra)?.records);
+                }
+                Ok(r)
+            };
+            print!("{}", peer_table_markdown(&pooled(&ours)?, &pooled(&peers)?));
         }
     }
     Ok(())

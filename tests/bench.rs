@@ -277,23 +277,37 @@ fn bench_kernels_writes_a_report_and_gates_against_a_baseline() {
 #[test]
 fn bench_report_prints_peer_ratios() {
     let dir = tempfile::tempdir().unwrap();
-    let ours = report("gpu", vec![rec("attention.fwd/x", "mma", 1.0)]);
-    let peers = report("gpu", vec![rec("attention.fwd/x", "sdpa_cudnn", 1.5)]);
-    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
-    ours.save(&a).unwrap();
-    peers.save(&b).unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let files = [
+        ("a.json", rec("attention.fwd/x", "mma", 1.0)),
+        ("s.json", rec("rollout/m/B1", "cada", 4.0)),
+        ("b.json", rec("attention.fwd/x", "sdpa_cudnn", 1.5)),
+        ("h.json", rec("rollout/m/B1", "hf_generate_static", 2.0)),
+    ];
+    for (name, r) in &files {
+        report("gpu", vec![r.clone()])
+            .save(std::path::Path::new(&path(name)))
+            .unwrap();
+    }
     let o = cada(&[
         "bench",
         "report",
         "--ours",
-        a.to_str().unwrap(),
+        &path("a.json"),
+        &path("s.json"),
         "--peers",
-        b.to_str().unwrap(),
+        &path("b.json"),
+        &path("h.json"),
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(
         t.contains("| attention.fwd/x | mma |") && t.contains("1.50×"),
+        "{t}"
+    );
+    // records of the second files are pooled; a peer faster than us reads below 1
+    assert!(
+        t.contains("| rollout/m/B1 | cada |") && t.contains("0.50×"),
         "{t}"
     );
 }

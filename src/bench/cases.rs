@@ -7,9 +7,8 @@
 //! - bandwidth-bound ops: the bytes the op must read and write at minimum (f32), e.g. the
 //!   GRPO loss fwd+bwd reads four per-token f32 inputs and writes one gradient: 20 B/token.
 
-use super::report::Record;
 use super::shapes::{self, AttentionShape};
-use super::{BenchDevice, Harness, KernelBenchOptions};
+use super::{BenchDevice, Harness, KernelBenchOptions, Sink};
 use crate::backend::{AttnShape, DecodeShape, GrpoLossConfig, LossType};
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
@@ -26,27 +25,12 @@ fn wanted(opts: &KernelBenchOptions, id: &str) -> bool {
     opts.filter.as_deref().is_none_or(|f| id.contains(f))
 }
 
-fn push(opts: &KernelBenchOptions, out: &mut Vec<Record>, r: Record) {
-    if opts.verbose {
-        eprintln!(
-            "{:<56} {:>6} {:>10.4} ms {:>8.2} TFLOP/s {:>8.1} GB/s {:>5.1}% roof",
-            r.id,
-            r.variant,
-            r.median_ms,
-            r.tflops,
-            r.gbps,
-            100.0 * r.roofline_fraction
-        );
-    }
-    out.push(r);
-}
-
 /// Attention forward and forward+backward with the currently selected implementation.
 pub fn run_attention<B: BenchDevice>(
     h: &mut Harness<B>,
     variant: &str,
     opts: &KernelBenchOptions,
-    out: &mut Vec<Record>,
+    out: &mut Sink,
 ) -> Result<()> {
     let be = h.be;
     let mut rng = Rng8::seed_from_u64(1);
@@ -73,7 +57,7 @@ pub fn run_attention<B: BenchDevice>(
             let r = h.record(fwd_id, variant, fwd_flops, 0.0, &mut || {
                 be.attention_forward(&mut o, &mut lse, &q, &k, &v, shape)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
         if wanted(opts, &both_id) {
             let r = h.record(both_id, variant, 3.5 * fwd_flops, 0.0, &mut || {
@@ -82,7 +66,7 @@ pub fn run_attention<B: BenchDevice>(
                     &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, shape,
                 )
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
     }
     Ok(())
@@ -134,7 +118,7 @@ fn loss_inputs(rng: &mut Rng8, batch: usize, len: usize) -> [Vec<f32>; 5] {
 pub fn run_non_attention<B: BenchDevice>(
     h: &mut Harness<B>,
     opts: &KernelBenchOptions,
-    out: &mut Vec<Record>,
+    out: &mut Sink,
 ) -> Result<()> {
     let be = h.be;
     let variant = be.variant();
@@ -170,7 +154,7 @@ pub fn run_non_attention<B: BenchDevice>(
                     )
                 },
             )?;
-            push(opts, out, r);
+            out.push(r)?;
         }
         if wanted(opts, &both_id) {
             let r = h.record(
@@ -187,7 +171,7 @@ pub fn run_non_attention<B: BenchDevice>(
                     )
                 },
             )?;
-            push(opts, out, r);
+            out.push(r)?;
         }
     }
 
@@ -208,7 +192,7 @@ pub fn run_non_attention<B: BenchDevice>(
                 &mut dlogp, &logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg,
             )
         })?;
-        push(opts, out, r);
+        out.push(r)?;
     }
 
     for (id, l, s) in &set.logprob_grpo {
@@ -249,7 +233,7 @@ pub fn run_non_attention<B: BenchDevice>(
                 )
             },
         )?;
-        push(opts, out, r);
+        out.push(r)?;
     }
 
     run_layer_ops(h, opts, &set, &mut rng, variant, out)
@@ -262,7 +246,7 @@ fn run_layer_ops<B: BenchDevice>(
     set: &shapes::Shapes,
     rng: &mut Rng8,
     variant: &str,
-    out: &mut Vec<Record>,
+    out: &mut Sink,
 ) -> Result<()> {
     let be = h.be;
     for (id, s) in &set.rmsnorm {
@@ -281,7 +265,7 @@ fn run_layer_ops<B: BenchDevice>(
             let r = h.record(fwd_id, variant, 0.0, 8.0 * (n * d) as f64, &mut || {
                 be.rmsnorm_forward(&mut y, &mut rstd, &x, &w, n, d, 1e-6)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
         let bwd_id = format!("rmsnorm.bwd/{id}");
         if wanted(opts, &bwd_id) {
@@ -289,7 +273,7 @@ fn run_layer_ops<B: BenchDevice>(
             let r = h.record(bwd_id, variant, 0.0, 12.0 * (n * d) as f64, &mut || {
                 be.rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &rstd, n, d)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
         // linear at the same rows: the model's dominant GEMMs (hidden → 4·hidden-ish)
         let m = 4 * d;
@@ -302,14 +286,14 @@ fn run_layer_ops<B: BenchDevice>(
             let r = h.record(lin_id, variant, flops, 0.0, &mut || {
                 be.linear_forward(&mut yl, &x, &wl, None, n, d, m)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
         let lin_id = format!("linear.bwd/{n}x{d}x{m}");
         if wanted(opts, &lin_id) {
             let r = h.record(lin_id, variant, 2.0 * flops, 0.0, &mut || {
                 be.linear_backward(Some(&mut dx), &mut dwl, None, &doutl, &x, &wl, n, d, m)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
     }
 
@@ -324,14 +308,14 @@ fn run_layer_ops<B: BenchDevice>(
             let r = h.record(fwd_id, variant, 0.0, 12.0 * len as f64, &mut || {
                 be.swiglu_forward(&mut y, &g, &u)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
         let bwd_id = format!("swiglu.bwd/{id}");
         if wanted(opts, &bwd_id) {
             let r = h.record(bwd_id, variant, 0.0, 20.0 * len as f64, &mut || {
                 be.swiglu_backward(&mut dg, &mut du, &dout, &g, &u)
             })?;
-            push(opts, out, r);
+            out.push(r)?;
         }
     }
 
@@ -352,7 +336,7 @@ fn run_layer_ops<B: BenchDevice>(
         let r = h.record(id, variant, 0.0, bytes, &mut || {
             be.rope_forward(&mut x, &pos, &inv, n, s.n_heads, s.head_dim)
         })?;
-        push(opts, out, r);
+        out.push(r)?;
     }
 
     for (id, p) in &set.adamw {
@@ -370,7 +354,7 @@ fn run_layer_ops<B: BenchDevice>(
                 &mut param, &grad, &mut m, &mut v, 1e-4, 0.9, 0.999, 1e-8, 0.01, step,
             )
         })?;
-        push(opts, out, r);
+        out.push(r)?;
     }
 
     for (id, d) in &set.decode_attention {
@@ -397,7 +381,7 @@ fn run_layer_ops<B: BenchDevice>(
         let r = h.record(id, variant, 0.0, bytes, &mut || {
             be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
         })?;
-        push(opts, out, r);
+        out.push(r)?;
     }
 
     for (id, s) in &set.sample {
@@ -412,7 +396,7 @@ fn run_layer_ops<B: BenchDevice>(
             be.sample(&logits, &uniforms, s.batch, s.vocab, 1.0, 0.95, 0)
                 .map(|_| ())
         })?;
-        push(opts, out, r);
+        out.push(r)?;
     }
     Ok(())
 }

@@ -154,51 +154,98 @@ pub struct KernelBenchOptions {
     pub filter: Option<String>,
     /// print each record as it is measured
     pub verbose: bool,
+    /// rewrite the report here (atomically) after every record, so a run stopped by a fault
+    /// or a time limit keeps what it measured
+    pub save_to: Option<std::path::PathBuf>,
 }
 
-/// Runs every case of the set on `be` and returns the report.
-pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -> Result<Report> {
-    let device = be.name();
-    let driver = be.driver();
-    let variants = be.attention_variants();
-    let mut records = Vec::new();
-    let roofline;
-    {
-        let mut h = Harness::new(&*be, Timing::for_set(opts.set))?;
-        roofline = h.roofline.clone();
-        if opts.verbose {
+/// Collects the records of a run into its report, saving it after each one when asked.
+pub struct Sink {
+    pub report: Report,
+    save_to: Option<std::path::PathBuf>,
+    verbose: bool,
+}
+
+impl Sink {
+    pub fn push(&mut self, r: Record) -> Result<()> {
+        if self.verbose {
             eprintln!(
-                "roofline: copy {:.1} GB/s ({}), GEMM {:.2} TFLOP/s ({})",
-                roofline.copy_gbps, roofline.copy_what, roofline.gemm_tflops, roofline.gemm_what
+                "{:<56} {:>6} {:>10.4} ms {:>8.2} TFLOP/s {:>8.1} GB/s {:>5.1}% roof",
+                r.id,
+                r.variant,
+                r.median_ms,
+                r.tflops,
+                r.gbps,
+                100.0 * r.roofline_fraction
             );
         }
-        cases::run_non_attention(&mut h, opts, &mut records)?;
+        self.report.records.push(r);
+        match &self.save_to {
+            Some(p) => self.report.save(p),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs every case of the set on `be` and returns the report. On an error the records
+/// measured so far are already in `opts.save_to` (when set) and the error says so.
+pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -> Result<Report> {
+    let variants = be.attention_variants();
+    let timing = Timing::for_set(opts.set);
+    let harness = Harness::new(&*be, timing.clone())?;
+    let roofline = harness.roofline.clone();
+    if opts.verbose {
+        eprintln!(
+            "roofline: copy {:.1} GB/s ({}), GEMM {:.2} TFLOP/s ({})",
+            roofline.copy_gbps, roofline.copy_what, roofline.gemm_tflops, roofline.gemm_what
+        );
+    }
+    let mut sink = Sink {
+        report: Report {
+            schema: report::SCHEMA,
+            tool: "cada".into(),
+            device: be.name(),
+            driver: be.driver(),
+            date: crate::util::utc_now_string(),
+            commit: crate::util::build_commit().into(),
+            set: opts.set.name().into(),
+            roofline: roofline.clone(),
+            records: Vec::new(),
+        },
+        save_to: opts.save_to.clone(),
+        verbose: opts.verbose,
+    };
+    let partial = |e: anyhow::Error, sink: &Sink| match &opts.save_to {
+        Some(p) => e.context(format!(
+            "bench kernels stopped after {} records (saved in {})",
+            sink.report.records.len(),
+            p.display()
+        )),
+        None => e,
+    };
+    {
+        let mut h = harness;
+        if let Err(e) = cases::run_non_attention(&mut h, opts, &mut sink) {
+            return Err(partial(e, &sink));
+        }
     }
     for v in &variants {
         be.select_attention(v)?;
         let mut h = Harness {
             be: &*be,
             flush: be.zeros(be.cache_flush_bytes() / 4)?,
-            timing: Timing::for_set(opts.set),
+            timing: timing.clone(),
             roofline: roofline.clone(),
             flush_count: 0,
         };
-        cases::run_attention(&mut h, v, opts, &mut records)?;
+        if let Err(e) = cases::run_attention(&mut h, v, opts, &mut sink) {
+            return Err(partial(e, &sink));
+        }
     }
     if let Some(first) = variants.first() {
         be.select_attention(first)?;
     }
-    Ok(Report {
-        schema: report::SCHEMA,
-        tool: "cada".into(),
-        device,
-        driver,
-        date: crate::util::utc_now_string(),
-        commit: crate::util::build_commit().into(),
-        set: opts.set.name().into(),
-        roofline,
-        records,
-    })
+    Ok(sink.report)
 }
 
 /// Resolves the device and runs the kernel bench there (`--device auto|cpu|cuda`). The set
@@ -207,13 +254,14 @@ pub fn run_on_device(
     choice: crate::app::DeviceChoice,
     set: Option<shapes::ShapeSet>,
     filter: Option<String>,
-    verbose: bool,
+    save_to: Option<std::path::PathBuf>,
 ) -> Result<Report> {
     let device = crate::app::resolve_device(choice)?;
     let opts = |default| KernelBenchOptions {
         set: set.unwrap_or(default),
         filter: filter.clone(),
-        verbose,
+        verbose: true,
+        save_to: save_to.clone(),
     };
     match device {
         #[cfg(feature = "cuda")]

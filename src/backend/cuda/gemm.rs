@@ -148,10 +148,57 @@ impl Cuda {
         &self,
         trans_a: bool,
         trans_b: bool,
-        (m, n, k): (usize, usize, usize),
+        dims: (usize, usize, usize),
         alpha: f32,
         (a, lda): (&A, usize),
         (b, ldb): (&B, usize),
+        beta: f32,
+        c: (&mut C, usize),
+    ) -> Result<()> {
+        self.gemm_pre(
+            trans_a,
+            trans_b,
+            dims,
+            alpha,
+            (a, lda, None),
+            (b, ldb, None),
+            beta,
+            c,
+        )
+    }
+
+    /// [`Cuda::to_bf16`] of an operand used by several GEMMs (the head's hidden states across
+    /// every vocabulary chunk, its chunk gradient in two GEMMs), so it is converted once, not
+    /// once per GEMM. `None` outside Bf16 mode.
+    pub(super) fn bf16_copy(&self, src: &CudaSlice<f32>) -> Result<Option<CudaSlice<bf16>>> {
+        if self.gemm_precision != GemmPrecision::Bf16 {
+            return Ok(None);
+        }
+        let mut dst = self
+            .stream
+            .alloc_zeros::<bf16>(src.len().max(1))
+            .with_context(|| {
+                format!(
+                    "cuda backend: allocating {} bf16 for an operand copy",
+                    src.len()
+                )
+            })?;
+        self.convert_bf16(&mut dst, src, src.len(), "operand copy")?;
+        Ok(Some(dst))
+    }
+
+    /// Like [`Cuda::gemm`]; in Bf16 mode an operand given with `Some(copy)` (its bf16 copy in
+    /// the same layout, from [`Cuda::bf16_copy`]) is not converted again. Other modes ignore
+    /// the copies.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm_pre<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda, a_pre): (&A, usize, Option<&CudaSlice<bf16>>),
+        (b, ldb, b_pre): (&B, usize, Option<&CudaSlice<bf16>>),
         beta: f32,
         (c, ldc): (&mut C, usize),
     ) -> Result<()> {
@@ -177,12 +224,21 @@ impl Cuda {
         );
         // k = 0 is a pure `c = beta · c`: sgemm with alpha 0 never reads a or b
         if self.gemm_precision == GemmPrecision::Bf16 && k > 0 {
+            for (pre, need, what) in [(a_pre, a_span, "a"), (b_pre, b_span, "b")] {
+                if let Some(p) = pre {
+                    ensure!(
+                        p.len() >= need,
+                        "cuda backend: gemm {what}: bf16 copy holds {} values, needs {need}",
+                        p.len()
+                    );
+                }
+            }
             return self.gemm_bf16(
                 (trans_a, trans_b),
                 (m, n, k),
                 alpha,
-                (a, lda, a_span),
-                (b, ldb, b_span),
+                (a, lda, a_span, a_pre),
+                (b, ldb, b_span, b_pre),
                 beta,
                 (c, ldc),
             );
@@ -212,8 +268,8 @@ impl Cuda {
         (trans_a, trans_b): (bool, bool),
         (m, n, k): (usize, usize, usize),
         alpha: f32,
-        (a, lda, a_span): (&A, usize, usize),
-        (b, ldb, b_span): (&B, usize, usize),
+        (a, lda, a_span, a_pre): (&A, usize, usize, Option<&CudaSlice<bf16>>),
+        (b, ldb, b_span, b_pre): (&B, usize, usize, Option<&CudaSlice<bf16>>),
         beta: f32,
         (c, ldc): (&mut C, usize),
     ) -> Result<()> {
@@ -225,8 +281,14 @@ impl Cuda {
             a: a_slot,
             b: b_slot,
         } = &mut *scratch;
-        let a16 = self.stage_bf16(a_slot, a, a_span, "a")?;
-        let b16 = self.stage_bf16(b_slot, b, b_span, "b")?;
+        let a16 = match a_pre {
+            Some(p) => p,
+            None => self.stage_bf16(a_slot, a, a_span, "a")?,
+        };
+        let b16 = match b_pre {
+            Some(p) => p,
+            None => self.stage_bf16(b_slot, b, b_span, "b")?,
+        };
         let (tm, tn, tk) = (
             dim_i32(n, "gemm n")?,
             dim_i32(m, "gemm m")?,
@@ -287,6 +349,34 @@ impl Cuda {
             *slot = Some(grown);
         }
         let dst = slot.as_mut().expect("scratch allocated above");
+        self.convert_bf16(dst, src, len, what)?;
+        Ok(dst)
+    }
+
+    /// Re-converts the first `len` values of `src` into an existing copy (the head's chunk
+    /// gradient after each chunk's kernel rewrote it).
+    pub(super) fn refresh_bf16(
+        &self,
+        dst: &mut CudaSlice<bf16>,
+        src: &CudaSlice<f32>,
+        len: usize,
+    ) -> Result<()> {
+        self.convert_bf16(dst, src, len, "refreshed copy")
+    }
+
+    /// `dst[..len] = bf16(src[..len])` (round to nearest even).
+    fn convert_bf16<S: DevicePtr<f32>>(
+        &self,
+        dst: &mut CudaSlice<bf16>,
+        src: &S,
+        len: usize,
+        what: &str,
+    ) -> Result<()> {
+        ensure!(
+            dst.len() >= len,
+            "cuda backend: bf16 copy of {what}: {} < {len} values",
+            dst.len()
+        );
         let n = len as i64;
         // raw pointer: `src` may be a slice or a view, the kernel takes a plain `const float*`
         let (src_ptr, _src_rec) = src.device_ptr(&self.stream);
@@ -298,8 +388,7 @@ impl Cuda {
             &src_ptr,
             &n
         )
-        .with_context(|| format!("cuda backend: converting gemm operand {what} to bf16"))?;
-        Ok(dst)
+        .with_context(|| format!("cuda backend: converting gemm operand {what} to bf16"))
     }
 }
 

@@ -1,10 +1,12 @@
 //! Launchers for the training head and the sampler: kernels/fused_logprob.cu (vocabulary
 //! streamed in chunks, one cuBLAS GEMM per chunk), kernels/grpo_loss.cu and kernels/sampling.cu.
 //!
-//! In `GemmPrecision::Bf16` every chunk GEMM converts its own operands (gemm.rs), so the
-//! backward converts `hidden`, the chunk's weights and `g` twice each per chunk. Sharing bf16
-//! copies between the three GEMMs would save that, but the repeat costs only ≈ 3·(F/B)/chunk
-//! of a GEMM for `hidden` (a few % at 16384 columns) and keeps the head's code mode-agnostic.
+//! In `GemmPrecision::Bf16` the hidden states are converted to bf16 once per call and the
+//! chunk gradient `g` once per chunk (shared by its two GEMMs): the chunk is only
+//! 64 MiB / (4·n) columns wide (256 at n = 65536), so converting `hidden` in every chunk's GEMM
+//! would move ~n·d·6 bytes × (vocab / chunk) — about 200 GB per pass at n = 65536, d = 896,
+//! more than the GEMMs' own time. The weight chunks are converted by their GEMMs (each once
+//! per pass).
 
 use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda};
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
@@ -92,17 +94,19 @@ impl Cuda {
             &rows
         )?;
         let mut z = self.zeros(n * chunk)?;
+        // Bf16 mode: the hidden states are converted once for every chunk's GEMM
+        let hidden16 = self.bf16_copy(hidden)?;
         let mut c0 = 0;
         while c0 < vocab {
             let c = chunk.min(vocab - c0);
             let wc = w.slice(c0 * dim..(c0 + c) * dim);
-            self.gemm(
+            self.gemm_pre(
                 false,
                 true,
                 (n, c, dim),
                 1.0,
-                (hidden, dim),
-                (&wc, dim),
+                (hidden, dim, hidden16.as_ref()),
+                (&wc, dim, None),
                 0.0,
                 (&mut z, c),
             )?;
@@ -169,18 +173,21 @@ impl Cuda {
         let rows = n as i64;
         let inv_t = 1.0 / temperature;
         let mut g = self.zeros(n * chunk)?;
+        // Bf16 mode: hidden converted once for all chunks, g once per chunk for its two GEMMs
+        let hidden16 = self.bf16_copy(hidden)?;
+        let mut g16 = self.bf16_copy(&g)?;
         let mut c0 = 0;
         while c0 < vocab {
             let c = chunk.min(vocab - c0);
             let wc = w.slice(c0 * dim..(c0 + c) * dim);
             // recompute the chunk's logits, turn them into d(loss)/d(logits) in place
-            self.gemm(
+            self.gemm_pre(
                 false,
                 true,
                 (n, c, dim),
                 1.0,
-                (hidden, dim),
-                (&wc, dim),
+                (hidden, dim, hidden16.as_ref()),
+                (&wc, dim, None),
                 0.0,
                 (&mut g, c),
             )?;
@@ -198,27 +205,30 @@ impl Cuda {
                 dlogp,
                 &inv_t
             )?;
+            if let Some(g16) = g16.as_mut() {
+                self.refresh_bf16(g16, &g, n * c)?;
+            }
             // dhidden (=|+=) g · W_chunk: the first chunk writes, later ones accumulate
             let beta = if c0 == 0 { 0.0 } else { 1.0 };
-            self.gemm(
+            self.gemm_pre(
                 false,
                 false,
                 (n, dim, c),
                 1.0,
-                (&g, c),
-                (&wc, dim),
+                (&g, c, g16.as_ref()),
+                (&wc, dim, None),
                 beta,
                 (dhidden, dim),
             )?;
             // dW_chunk += gᵀ · hidden
             let mut dwc = dw.slice_mut(c0 * dim..(c0 + c) * dim);
-            self.gemm(
+            self.gemm_pre(
                 true,
                 false,
                 (c, dim, n),
                 1.0,
-                (&g, c),
-                (hidden, dim),
+                (&g, c, g16.as_ref()),
+                (hidden, dim, hidden16.as_ref()),
                 1.0,
                 (&mut dwc, dim),
             )?;

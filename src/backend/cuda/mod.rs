@@ -125,7 +125,16 @@ impl Cuda {
         let ctx = CudaContext::new(ordinal)
             .with_context(|| format!("cuda backend: opening device {ordinal}"))?;
         let stream = ctx.default_stream();
+        // cudarc's loader panics when libcublas is missing: probe it first for a clear error
+        // SAFETY: only tries to dlopen libcublas by its usual names.
+        ensure!(
+            unsafe { cudarc::cublas::sys::is_culib_present() },
+            "cuda backend: libcublas (CUDA 13) not found on the library path; add the folder \
+             holding libcublas.so.13 (e.g. a pip nvidia-cublas package's nvidia/cu13/lib) to \
+             LD_LIBRARY_PATH"
+        );
         let blas = CudaBlas::new(stream.clone()).context("cuda backend: creating cuBLAS handle")?;
+        keep_pool_memory(&ctx)?;
         let cc = ctx
             .compute_capability()
             .context("cuda backend: reading the compute capability")?;
@@ -205,6 +214,26 @@ impl Cuda {
         self.stream
             .alloc_zeros::<u32>(len.max(1))
             .context("cuda backend: allocating scratch")
+    }
+}
+
+/// Tells the device's memory pool to keep freed memory instead of handing it back to the
+/// driver at every synchronisation (the default threshold is 0): temporaries allocated inside
+/// each op (the head's logit chunk, attention's δ, reduction partials) are then reused rather
+/// than mapped again on every call.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::{result as dr, sys};
+    // SAFETY: the device handle comes from the live context; the attribute is a cuuint64_t.
+    unsafe {
+        let pool = dr::device::get_default_mem_pool(ctx.cu_device())
+            .context("cuda backend: the device's default memory pool")?;
+        let mut keep = u64::MAX;
+        dr::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+        .context("cuda backend: setting the memory pool's release threshold")
     }
 }
 
