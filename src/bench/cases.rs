@@ -113,16 +113,15 @@ fn loss_inputs(rng: &mut Rng8, batch: usize, len: usize) -> [Vec<f32>; 5] {
     [logp, old, refp, mask, adv]
 }
 
-/// Everything but attention: log-prob head, GRPO loss, the fused head + loss, linear,
-/// RMSNorm, SwiGLU, RoPE, AdamW, decode attention, sampling.
-pub fn run_non_attention<B: BenchDevice>(
+/// The GEMM-bound ops, timed once per GEMM precision: the log-prob head, the head + GRPO
+/// loss, linear.
+pub fn run_gemm_ops<B: BenchDevice>(
     h: &mut Harness<B>,
+    variant: &str,
     opts: &KernelBenchOptions,
     out: &mut Sink,
 ) -> Result<()> {
     let be = h.be;
-    let variant = be.variant();
-    let variant = variant.as_str();
     let set = shapes::shapes(opts.set);
     let mut rng = Rng8::seed_from_u64(2);
 
@@ -175,26 +174,6 @@ pub fn run_non_attention<B: BenchDevice>(
         }
     }
 
-    for (id, s) in &set.grpo_loss {
-        let id = format!("grpo_loss.fwd_bwd/{id}");
-        if !wanted(opts, &id) {
-            continue;
-        }
-        let [logp, old, refp, mask, adv] = loss_inputs(&mut rng, s.batch, s.len);
-        let n = s.batch * s.len;
-        let (logp, old, refp) = (be.upload(&logp)?, be.upload(&old)?, be.upload(&refp)?);
-        let (mask, adv) = (be.upload(&mask)?, be.upload(&adv)?);
-        let mut dlogp = be.zeros(n)?;
-        let cfg = loss_cfg(s.len);
-        let r = h.record(id, variant, 0.0, 20.0 * n as f64, &mut || {
-            be.grpo_loss_forward(&logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg)?;
-            be.grpo_loss_backward(
-                &mut dlogp, &logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg,
-            )
-        })?;
-        out.push(r)?;
-    }
-
     for (id, l, s) in &set.logprob_grpo {
         let id = format!("logprob_grpo.fwd_bwd/{id}");
         if !wanted(opts, &id) {
@@ -236,10 +215,69 @@ pub fn run_non_attention<B: BenchDevice>(
         out.push(r)?;
     }
 
+    // linear at the RMSNorm rows: the model's dominant GEMMs (hidden → 4·hidden)
+    for (_, s) in &set.rmsnorm {
+        let (n, d) = (s.rows, s.dim);
+        let x = be.upload(&randv(&mut rng, n * d, 1.0))?;
+        let mut dx = be.zeros(n * d)?;
+        let m = 4 * d;
+        let wl = be.upload(&randv(&mut rng, m * d, 0.05))?;
+        let (mut yl, mut dwl) = (be.zeros(n * m)?, be.zeros(m * d)?);
+        let doutl = be.upload(&randv(&mut rng, n * m, 1.0))?;
+        let flops = 2.0 * (n * d * m) as f64;
+        let lin_id = format!("linear.fwd/{n}x{d}x{m}");
+        if wanted(opts, &lin_id) {
+            let r = h.record(lin_id, variant, flops, 0.0, &mut || {
+                be.linear_forward(&mut yl, &x, &wl, None, n, d, m)
+            })?;
+            out.push(r)?;
+        }
+        let lin_id = format!("linear.bwd/{n}x{d}x{m}");
+        if wanted(opts, &lin_id) {
+            let r = h.record(lin_id, variant, 2.0 * flops, 0.0, &mut || {
+                be.linear_backward(Some(&mut dx), &mut dwl, None, &doutl, &x, &wl, n, d, m)
+            })?;
+            out.push(r)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bandwidth-bound ops: GRPO loss, RMSNorm, SwiGLU, RoPE, AdamW, decode attention, sampling.
+pub fn run_memory_ops<B: BenchDevice>(
+    h: &mut Harness<B>,
+    opts: &KernelBenchOptions,
+    out: &mut Sink,
+) -> Result<()> {
+    let be = h.be;
+    let variant = be.variant();
+    let variant = variant.as_str();
+    let set = shapes::shapes(opts.set);
+    let mut rng = Rng8::seed_from_u64(3);
+    for (id, s) in &set.grpo_loss {
+        let id = format!("grpo_loss.fwd_bwd/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let [logp, old, refp, mask, adv] = loss_inputs(&mut rng, s.batch, s.len);
+        let n = s.batch * s.len;
+        let (logp, old, refp) = (be.upload(&logp)?, be.upload(&old)?, be.upload(&refp)?);
+        let (mask, adv) = (be.upload(&mask)?, be.upload(&adv)?);
+        let mut dlogp = be.zeros(n)?;
+        let cfg = loss_cfg(s.len);
+        let r = h.record(id, variant, 0.0, 20.0 * n as f64, &mut || {
+            be.grpo_loss_forward(&logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg)?;
+            be.grpo_loss_backward(
+                &mut dlogp, &logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg,
+            )
+        })?;
+        out.push(r)?;
+    }
+
     run_layer_ops(h, opts, &set, &mut rng, variant, out)
 }
 
-/// The memory-bound layer ops, linear, decode attention and sampling.
+/// The memory-bound layer ops, decode attention and sampling.
 fn run_layer_ops<B: BenchDevice>(
     h: &mut Harness<B>,
     opts: &KernelBenchOptions,
@@ -272,26 +310,6 @@ fn run_layer_ops<B: BenchDevice>(
             be.rmsnorm_forward(&mut y, &mut rstd, &x, &w, n, d, 1e-6)?;
             let r = h.record(bwd_id, variant, 0.0, 12.0 * (n * d) as f64, &mut || {
                 be.rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &rstd, n, d)
-            })?;
-            out.push(r)?;
-        }
-        // linear at the same rows: the model's dominant GEMMs (hidden → 4·hidden-ish)
-        let m = 4 * d;
-        let wl = be.upload(&randv(rng, m * d, 0.05))?;
-        let (mut yl, mut dwl) = (be.zeros(n * m)?, be.zeros(m * d)?);
-        let doutl = be.upload(&randv(rng, n * m, 1.0))?;
-        let flops = 2.0 * (n * d * m) as f64;
-        let lin_id = format!("linear.fwd/{n}x{d}x{m}");
-        if wanted(opts, &lin_id) {
-            let r = h.record(lin_id, variant, flops, 0.0, &mut || {
-                be.linear_forward(&mut yl, &x, &wl, None, n, d, m)
-            })?;
-            out.push(r)?;
-        }
-        let lin_id = format!("linear.bwd/{n}x{d}x{m}");
-        if wanted(opts, &lin_id) {
-            let r = h.record(lin_id, variant, 2.0 * flops, 0.0, &mut || {
-                be.linear_backward(Some(&mut dx), &mut dwl, None, &doutl, &x, &wl, n, d, m)
             })?;
             out.push(r)?;
         }

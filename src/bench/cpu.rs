@@ -76,7 +76,20 @@ impl BenchDevice for Cpu {
         Ok(())
     }
 
+    fn gemm_variants(&self) -> Vec<String> {
+        vec!["cpu".into()]
+    }
+
+    fn select_gemm(&mut self, variant: &str) -> Result<()> {
+        anyhow::ensure!(variant == "cpu", "cpu backend: no GEMM variant {variant:?}");
+        Ok(())
+    }
+
     fn variant(&self) -> String {
         "cpu".into()
+    }
+
+    fn device_label(&self) -> String {
+        self.name()
     }
 }

@@ -4,7 +4,7 @@
 //! the stream-ordered pool's high-water mark.
 
 use super::BenchDevice;
-use crate::backend::cuda::{AttentionKernel, Cuda};
+use crate::backend::cuda::{AttentionKernel, Cuda, GemmPrecision};
 use crate::backend::Backend;
 use anyhow::{bail, Result};
 use std::cell::Cell;
@@ -80,7 +80,28 @@ impl BenchDevice for Cuda {
         Ok(())
     }
 
+    fn gemm_variants(&self) -> Vec<String> {
+        vec!["f32".into(), "tf32".into(), "bf16".into()]
+    }
+
+    fn select_gemm(&mut self, variant: &str) -> Result<()> {
+        let p = match variant {
+            "f32" => GemmPrecision::F32,
+            "tf32" => GemmPrecision::Tf32,
+            "bf16" => GemmPrecision::Bf16,
+            other => bail!("cuda backend: no GEMM variant {other:?} (f32, tf32, bf16)"),
+        };
+        self.set_gemm_precision(p)
+    }
+
     fn variant(&self) -> String {
         "cuda".into()
+    }
+
+    fn device_label(&self) -> String {
+        format!(
+            "cuda ({})",
+            self.device_name().unwrap_or_else(|_| "unknown GPU".into())
+        )
     }
 }

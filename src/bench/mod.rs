@@ -39,8 +39,14 @@ pub trait BenchDevice: Backend + Sized {
     fn attention_variants(&self) -> Vec<String>;
     /// Selects one of [`Self::attention_variants`] for the following attention calls.
     fn select_attention(&mut self, variant: &str) -> Result<()>;
+    /// The GEMM precisions to time the GEMM-bound ops in (`cpu`; `f32`, `tf32`, `bf16` on CUDA).
+    fn gemm_variants(&self) -> Vec<String>;
+    /// Selects one of [`Self::gemm_variants`] for the following GEMMs.
+    fn select_gemm(&mut self, variant: &str) -> Result<()>;
     /// The variant label of every other op.
     fn variant(&self) -> String;
+    /// The device as the report names it (without per-op modes such as the GEMM precision).
+    fn device_label(&self) -> String;
 }
 
 /// How long and how often to time each case.
@@ -99,6 +105,17 @@ impl<'a, B: BenchDevice> Harness<'a, B> {
         Ok(Harness {
             be,
             flush,
+            timing,
+            roofline,
+            flush_count: 0,
+        })
+    }
+
+    /// A harness that reuses rooflines measured earlier in the same run.
+    pub fn with_roofline(be: &'a B, timing: Timing, roofline: Roofline) -> Result<Self> {
+        Ok(Harness {
+            be,
+            flush: be.zeros(be.cache_flush_bytes() / 4)?,
             timing,
             roofline,
             flush_count: 0,
@@ -191,6 +208,7 @@ impl Sink {
 /// measured so far are already in `opts.save_to` (when set) and the error says so.
 pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -> Result<Report> {
     let variants = be.attention_variants();
+    let gemm_variants = be.gemm_variants();
     let timing = Timing::for_set(opts.set);
     let harness = Harness::new(&*be, timing.clone())?;
     let roofline = harness.roofline.clone();
@@ -204,7 +222,7 @@ pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -
         report: Report {
             schema: report::SCHEMA,
             tool: "cada".into(),
-            device: be.name(),
+            device: be.device_label(),
             driver: be.driver(),
             date: crate::util::utc_now_string(),
             commit: crate::util::build_commit().into(),
@@ -225,22 +243,28 @@ pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -
     };
     {
         let mut h = harness;
-        if let Err(e) = cases::run_non_attention(&mut h, opts, &mut sink) {
+        if let Err(e) = cases::run_memory_ops(&mut h, opts, &mut sink) {
+            return Err(partial(e, &sink));
+        }
+    }
+    // a fresh harness per mode: the device is re-borrowed mutably to switch it in between
+    for v in &gemm_variants {
+        be.select_gemm(v)?;
+        let mut h = Harness::with_roofline(&*be, timing.clone(), roofline.clone())?;
+        if let Err(e) = cases::run_gemm_ops(&mut h, v, opts, &mut sink) {
             return Err(partial(e, &sink));
         }
     }
     for v in &variants {
         be.select_attention(v)?;
-        let mut h = Harness {
-            be: &*be,
-            flush: be.zeros(be.cache_flush_bytes() / 4)?,
-            timing: timing.clone(),
-            roofline: roofline.clone(),
-            flush_count: 0,
-        };
+        let mut h = Harness::with_roofline(&*be, timing.clone(), roofline.clone())?;
         if let Err(e) = cases::run_attention(&mut h, v, opts, &mut sink) {
             return Err(partial(e, &sink));
         }
+    }
+    // back to the defaults (the first of each list)
+    if let Some(first) = gemm_variants.first() {
+        be.select_gemm(first)?;
     }
     if let Some(first) = variants.first() {
         be.select_attention(first)?;
