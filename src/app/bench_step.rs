@@ -82,11 +82,10 @@ pub struct StepBenchReport {
     /// device memory high-water mark on a GPU, peak resident set on the CPU
     pub peak_memory_bytes: u64,
     pub repeats: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    /// every repetition's phase times (the fields above are their medians)
+    pub rollout_all_s: Vec<f64>,
+    pub reference_all_s: Vec<f64>,
+    pub train_all_s: Vec<f64>,
 }
 
 impl OnDevice for StepBench<'_> {
@@ -194,7 +193,8 @@ impl OnDevice for StepBench<'_> {
             be.sum_squares(&model.params.embed)?; // waits for the device
             t_train.push(t2.elapsed().as_secs_f64());
         }
-        let (roll, refs, train) = (median(t_roll), median(t_ref), median(t_train));
+        let median = crate::bench::report::median;
+        let (roll, refs, train) = (median(&t_roll), median(&t_ref), median(&t_train));
         let seq = self.prompt_len + self.new_tokens;
         let train_tokens = (rows * seq) as f64;
         let flops = cfg.train_flops(seq) * rows as f64;
@@ -222,6 +222,9 @@ impl OnDevice for StepBench<'_> {
                 .peak_memory_bytes()
                 .unwrap_or_else(crate::cada::trainer::peak_rss_bytes),
             repeats: self.repeats.max(1),
+            rollout_all_s: t_roll,
+            reference_all_s: t_ref,
+            train_all_s: t_train,
         })
     }
 }
@@ -231,6 +234,7 @@ impl StepBenchReport {
     /// gives HF `generate` and an HF train step of the same shape.
     pub fn to_report(&self, name: &str) -> crate::bench::report::Report {
         use crate::bench::report::{Record, Report, SCHEMA};
+        let ms = |v: &[f64]| v.iter().map(|s| s * 1e3).collect::<Vec<f64>>();
         let seq = self.prompt_len + self.new_tokens;
         let mut roll = Record::new(
             format!(
@@ -238,7 +242,7 @@ impl StepBenchReport {
                 self.rows, self.prompt_len, self.new_tokens
             ),
             "cada",
-            &[self.rollout_s * 1e3],
+            &ms(&self.rollout_all_s),
             0.0,
             0.0,
         );
@@ -246,7 +250,7 @@ impl StepBenchReport {
         let mut train = Record::new(
             format!("train_step/{name}/B{}/T{seq}", self.rows),
             "cada",
-            &[self.train_s * 1e3],
+            &ms(&self.train_all_s),
             self.train_tflops * 1e12 * self.train_s,
             0.0,
         );
