@@ -3,7 +3,8 @@
 # git-ignored device_out/: the cada binary, every test and bench executable, the kernels' PTX,
 # and device_out/run_on_gpu.sh, which on the GPU machine runs
 #   1. compute-sanitizer memcheck and racecheck over the kernel tests (ops_cuda),
-#   2. the GPU test binary (tests/ops_cuda: every kernel against the CPU reference),
+#   2. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
+#      tests/model_cuda: the whole model's log-probs, every gradient and the KV cache),
 #   3. cada bench kernels / cada bench step, 4. bench/peers.py (the ratio table is made here),
 # logging each step to $OUT (phases in run_on_gpu.sh below). Prints the device command to use
 # (carry: ["device_out"]).
@@ -40,7 +41,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda" "$stage/tests"
+collect "test --release --test ops_cuda --test model_cuda" "$stage/tests"
 collect "bench --benches" "$stage/benches"
 
 out_dir=$(ls -td target/release/build/cada-*/out | while read -r d; do
@@ -119,8 +120,10 @@ check)
         echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee -a "$OUT/summary.txt"
         status=1
     fi
-    step test_ops_cuda 120 "$here/tests/ops_cuda" --nocapture --test-threads=1
-    grep -E "^test |rel err|skipped" "$work/test_ops_cuda.log" | tail -60 >> "$OUT/summary.txt"
+    for t in ops_cuda model_cuda; do
+        step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
+        grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
+    done
     ;;
 bench)
     step bench_kernels 300 "$cada" bench kernels --device cuda --json "$work/ours_kernels.json"

@@ -13,6 +13,8 @@
 //! it reports no pass it did not run.
 #![allow(clippy::too_many_arguments)]
 
+mod common;
+
 use cada::backend::cpu::Cpu;
 use cada::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, LossType};
 use rand::Rng;
@@ -42,25 +44,7 @@ const F32_GEMM: GemmTols = GemmTols {
 };
 
 #[cfg(feature = "cuda")]
-fn setup(name: &str) -> Option<(cada::backend::cuda::Cuda, Rand)> {
-    if !cada::backend::cuda::cuda_available() {
-        println!("{name}: skipped: no GPU (no CUDA driver or device)");
-        return None;
-    }
-    let mut gpu =
-        cada::backend::cuda::Cuda::new(0).expect("CUDA device 0 present but Cuda::new failed");
-    // the f32 attention and f32 GEMMs whatever CADA_ATTENTION / CADA_GEMM say: the bounds are
-    // the f32 ones; the mma and GEMM-mode tests select their kernels themselves
-    gpu.set_attention_kernel(cada::backend::cuda::AttentionKernel::Simt);
-    gpu.set_gemm_precision(cada::backend::cuda::GemmPrecision::F32)
-        .expect("cuBLAS refused the f32 math mode");
-    let seed: u64 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("{name}: seed {seed} on {}", gpu.name());
-    Some((gpu, <Rand as rand::SeedableRng>::seed_from_u64(seed)))
-}
+use common::cuda_setup as setup;
 
 /// One #[test] per op; the body is a case generic over the backend under test.
 macro_rules! gpu_test {

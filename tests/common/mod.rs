@@ -77,3 +77,30 @@ pub fn write_tiny_model_dir(dir: &Path, bias: bool, tied: bool) -> LlamaConfig {
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
     cfg
 }
+
+/// The CUDA device for a GPU test, or `None` (after printing "skipped: no GPU") without one.
+/// The f32 attention and f32 GEMMs are selected whatever `CADA_ATTENTION` / `CADA_GEMM` say:
+/// the tests' default bounds are the f32 ones; tests of other modes select them themselves.
+/// The seed of the fresh random inputs is printed so a failure can be replayed.
+#[cfg(feature = "cuda")]
+pub fn cuda_setup(name: &str) -> Option<(cada::backend::cuda::Cuda, rand_chacha::ChaCha8Rng)> {
+    use cada::backend::Backend;
+    if !cada::backend::cuda::cuda_available() {
+        println!("{name}: skipped: no GPU (no CUDA driver or device)");
+        return None;
+    }
+    let mut gpu =
+        cada::backend::cuda::Cuda::new(0).expect("CUDA device 0 present but Cuda::new failed");
+    gpu.set_attention_kernel(cada::backend::cuda::AttentionKernel::Simt);
+    gpu.set_gemm_precision(cada::backend::cuda::GemmPrecision::F32)
+        .expect("cuBLAS refused the f32 math mode");
+    let seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("{name}: seed {seed} on {}", gpu.name());
+    Some((
+        gpu,
+        <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed),
+    ))
+}
