@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::check;
+
 use cada::backend::cpu::Cpu;
 use cada::backend::Backend;
 use cada::model::config::LlamaConfig;
@@ -21,25 +23,6 @@ use rand_chacha::ChaCha8Rng as Rand;
 const VALUE_TOL: f64 = 1e-5;
 /// gradients and entropies: cancellation-prone
 const GRAD_TOL: f64 = 1e-4;
-
-fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
-    assert_eq!(gpu.len(), cpu.len(), "length mismatch");
-    if gpu.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY; // NaN never passes
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, c) in gpu.iter().zip(cpu) {
-        num += (*g as f64 - *c as f64).powi(2);
-        den += (*c as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
-    let e = rel_err(gpu, cpu);
-    println!("  {what}: rel err {e:.2e} (bound {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
-}
 
 /// Log-probs, entropies and all gradients of `Σ dlogp · logp` on one backend.
 struct Pass {

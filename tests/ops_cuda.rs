@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::check;
+
 use cada::backend::cpu::Cpu;
 use cada::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, LossType};
 use rand::Rng;
@@ -74,25 +76,6 @@ fn randv(r: &mut Rand, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| (r.gen::<f32>() * 2.0 - 1.0) * scale)
         .collect()
-}
-
-fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
-    assert_eq!(gpu.len(), cpu.len(), "length mismatch");
-    if gpu.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY; // NaN never passes
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, c) in gpu.iter().zip(cpu) {
-        num += (*g as f64 - *c as f64).powi(2);
-        den += (*c as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
-    let e = rel_err(gpu, cpu);
-    println!("  {what}: rel err {e:.2e} (bound {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
 
 /// A device buffer full of NaN: the op must overwrite every element it owns.

@@ -104,3 +104,24 @@ pub fn cuda_setup(name: &str) -> Option<(cada::backend::cuda::Cuda, rand_chacha:
         <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed),
     ))
 }
+
+/// ‖gpu − cpu‖ / ‖cpu‖ over a whole output; any non-finite GPU value is an infinite error.
+pub fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len(), "length mismatch");
+    if gpu.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY; // NaN never passes
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, c) in gpu.iter().zip(cpu) {
+        num += (*g as f64 - *c as f64).powi(2);
+        den += (*c as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Prints the error with its bound and fails above the bound.
+pub fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
+    let e = rel_err(gpu, cpu);
+    println!("  {what}: rel err {e:.2e} (bound {tol:.0e})");
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+}
