@@ -19,92 +19,6 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum BenchCommand {
-    /// Every kernel at the shapes of `cada bench shapes`, timed (CUDA events on a GPU, L2
-    /// flushed between repetitions) against the copy and GEMM rooflines measured in the same run
-    Kernels {
-        /// shape set (default: full on a GPU, smoke on the CPU)
-        #[arg(long, value_enum)]
-        set: Option<cada::bench::shapes::ShapeSet>,
-        /// only ids containing this text, e.g. `attention.fwd/hd128`
-        #[arg(long)]
-        filter: Option<String>,
-        /// write the report here (JSON)
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// compare with this earlier report; exit non-zero on a regression
-        #[arg(long)]
-        baseline: Option<PathBuf>,
-        /// slowdown allowed against the baseline, e.g. 5% or 0.05
-        #[arg(long, default_value = "5%")]
-        max_regression: String,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-    },
-    /// One CADA step split into rollout, reference log-probs and training: tokens/s, MFU, memory
-    Step {
-        /// a model directory or .gguf (its weights are used)
-        #[arg(long, conflicts_with = "shape")]
-        model: Option<PathBuf>,
-        /// a random-weight model of a known shape: smollm2-135m, qwen2.5-0.5b, tiny
-        #[arg(long)]
-        shape: Option<String>,
-        #[arg(long, default_value_t = 8)]
-        prompts: usize,
-        /// rollouts per prompt (G)
-        #[arg(long, default_value_t = 8)]
-        group: usize,
-        #[arg(long, default_value_t = 128)]
-        prompt_len: usize,
-        #[arg(long, default_value_t = 256)]
-        new_tokens: usize,
-        #[arg(long, default_value_t = 16)]
-        micro_batch_rows: usize,
-        #[arg(long, default_value_t = 2)]
-        repeats: usize,
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// also write the rollout and train times as a bench report (ids `rollout/<name>/…`,
-        /// `train_step/<name>/…`, matched by bench/peers.py --hf)
-        #[arg(long)]
-        records: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-    },
-    /// Whole-model forward, forward+backward and batched decode tokens/s
-    Model {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        #[arg(long, default_value_t = 256)]
-        seq: usize,
-        #[arg(long, default_value_t = 32)]
-        new_tokens: usize,
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        #[arg(long)]
-        json: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-    },
-    /// Print the shapes of a set as JSON (the PyTorch peer script reads them)
-    Shapes {
-        #[arg(long, value_enum, default_value = "full")]
-        set: cada::bench::shapes::ShapeSet,
-    },
-    /// Our/peer ratios from two reports of one run (ours and bench/peers.py's)
-    Report {
-        /// one or more of our reports (kernels, step records); their records are pooled
-        #[arg(long, required = true, num_args = 1..)]
-        ours: Vec<PathBuf>,
-        /// one or more peer reports (bench/peers.py); their records are pooled
-        #[arg(long, required = true, num_args = 1..)]
-        peers: Vec<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
 enum Command {
     /// Print the architecture, parameter count, dtype and a training memory estimate
     Info {
@@ -154,7 +68,7 @@ enum Command {
     /// Benchmarks: kernels against rooflines and a baseline, a whole CADA step, whole models
     Bench {
         #[command(subcommand)]
-        what: BenchCommand,
+        what: app::bench_cli::BenchCommand,
     },
     /// Convert a GGUF file into a Hugging Face model directory
     Convert {
@@ -368,7 +282,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
         }
-        Command::Bench { what } => run_bench(what)?,
+        Command::Bench { what } => app::bench_cli::run(what)?,
         Command::Convert { from, to, dtype } => {
             let secs = cada::model::convert::run_convert(&from, &to, dtype)?;
             eprintln!(
@@ -521,133 +435,6 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             app::run_on(device, app::train::BuildDefaultTask { opts })?;
-        }
-    }
-    Ok(())
-}
-
-fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<()> {
-    if let Some(p) = path {
-        cada::util::write_atomic(p, serde_json::to_string_pretty(value)?.as_bytes())
-            .with_context(|| format!("cannot write {}", p.display()))?;
-    }
-    Ok(())
-}
-
-fn run_bench(what: BenchCommand) -> Result<()> {
-    use cada::bench::report::{compare, parse_threshold, peer_table_markdown, Report};
-    match what {
-        BenchCommand::Kernels {
-            set,
-            filter,
-            json,
-            baseline,
-            max_regression,
-            device,
-        } => {
-            // parsed before the (long) run so a typo fails at once
-            let threshold = parse_threshold(&max_regression)?;
-            let base = baseline.as_deref().map(Report::load).transpose()?;
-            let report = cada::bench::run_on_device(device, set, filter, json.clone())?;
-            print!("{}", report.to_table());
-            if let Some(p) = &json {
-                report.save(p)?;
-                eprintln!("wrote {}", p.display());
-            }
-            if let Some(base) = base {
-                let gate = compare(&report, &base, threshold)?;
-                print!("{}", gate.to_text());
-                if !gate.passed() {
-                    anyhow::bail!("bench kernels: slower than the baseline (see above)");
-                }
-            }
-        }
-        BenchCommand::Step {
-            model,
-            shape,
-            prompts,
-            group,
-            prompt_len,
-            new_tokens,
-            micro_batch_rows,
-            repeats,
-            json,
-            records,
-            device,
-        } => {
-            let label = shape.clone().unwrap_or_else(|| {
-                model
-                    .as_deref()
-                    .and_then(|p| p.file_stem())
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or_else(|| "model".into())
-            });
-            let loaded = model
-                .as_deref()
-                .map(cada::model::load::load_model)
-                .transpose()?;
-            let cfg = match (&loaded, &shape) {
-                (Some(m), _) => m.cfg.clone(),
-                (None, Some(s)) => app::bench_step::shape_config(s)?,
-                (None, None) => anyhow::bail!("bench step: pass --model DIR or --shape NAME"),
-            };
-            let r = app::run_on(
-                device,
-                app::bench_step::StepBench {
-                    cfg: &cfg,
-                    params: loaded.as_ref().map(|m| &m.params),
-                    prompts,
-                    group,
-                    prompt_len,
-                    new_tokens,
-                    micro_batch_rows,
-                    repeats,
-                },
-            )?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            write_json(&json, &r)?;
-            if let Some(p) = records {
-                r.to_report(&label).save(&p)?;
-            }
-        }
-        BenchCommand::Model {
-            model,
-            batch,
-            seq,
-            new_tokens,
-            repeats,
-            json,
-            device,
-        } => {
-            let m = cada::model::load::load_model(&model)?;
-            let r = app::run_on(
-                device,
-                app::bench::ModelBench {
-                    model: &m,
-                    batch,
-                    seq,
-                    new_tokens,
-                    repeats,
-                },
-            )?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            write_json(&json, &r)?;
-        }
-        BenchCommand::Shapes { set } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&cada::bench::shapes::shapes(set))?
-            );
-        }
-        BenchCommand::Report { ours, peers } => {
-            let pooled = |files: &[PathBuf]| -> Result<Report> {
-                let mut r = Report::load(&files[0])?;
-                for extra in &files[1..] {
-                    r.records.extend(Report::load(extra)?.records);
-                }
-                Ok(r)
-            };
-            print!("{}", peer_table_markdown(&pooled(&ours)?, &pooled(&peers)?));
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Command bodies behind the CLI (`main.rs` only parses and prints), and device selection.
 
 pub mod bench;
+pub mod bench_cli;
 pub mod bench_step;
 pub mod info;
 pub mod run_generate;
