@@ -2,9 +2,10 @@
 # Builds everything the GPU machine needs here (release, --features cuda) and stages it in the
 # git-ignored device_out/: the cada binary, every test and bench executable, the kernels' PTX,
 # and device_out/run_on_gpu.sh, which on the GPU machine runs
-#   1. compute-sanitizer memcheck and racecheck over the kernel tests (ops_cuda),
+#   1. compute-sanitizer memcheck and racecheck over the kernel tests (ops_cuda, attention_cuda),
 #   2. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
-#      tests/model_cuda: the whole model's log-probs, every gradient and the KV cache),
+#      tests/attention_cuda: both attention kernels; tests/model_cuda: the whole model's
+#      log-probs, every gradient and the KV cache),
 #   3. cada bench kernels / cada bench step, 4. bench/peers.py (the ratio table is made here),
 # logging each step to $OUT (phases in run_on_gpu.sh below). Prints the device command to use
 # (carry: ["device_out"]).
@@ -41,7 +42,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda --test model_cuda" "$stage/tests"
+collect "test --release --test ops_cuda --test attention_cuda --test model_cuda" "$stage/tests"
 collect "bench --benches" "$stage/benches"
 
 out_dir=$(ls -td target/release/build/cada-*/out | while read -r d; do
@@ -114,13 +115,15 @@ check)
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     if [[ -n "$sanitizer" ]]; then
         for tool in memcheck racecheck; do
-            step "sanitizer_$tool" 150 "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/ops_cuda" --test-threads=1
+            for t in ops_cuda attention_cuda; do
+                step "sanitizer_${tool}_$t" 100 "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/$t" --test-threads=1
+            done
         done
     else
         echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee -a "$OUT/summary.txt"
         status=1
     fi
-    for t in ops_cuda model_cuda; do
+    for t in ops_cuda attention_cuda model_cuda; do
         step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
         grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
     done

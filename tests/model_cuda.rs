@@ -7,6 +7,7 @@
 //! gradients, which go through cancellations (softmax, RMSNorm backward) and the embedding's
 //! atomics, get 1e-4. Without a GPU every test prints "skipped: no GPU".
 
+#[macro_use]
 mod common;
 
 use common::check;
@@ -143,29 +144,6 @@ fn decode_logits<B: Backend>(
         pos.iter_mut().for_each(|p| *p += 1);
     }
     out
-}
-
-macro_rules! gpu_test {
-    ($name:ident, $case:ident) => {
-        #[test]
-        fn $name() {
-            #[cfg(feature = "cuda")]
-            {
-                if let Some((gpu, mut rng)) = common::cuda_setup(stringify!($name)) {
-                    $case(&gpu, &mut rng);
-                    println!("{}: ran on the GPU and matched the CPU", stringify!($name));
-                }
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                println!(
-                    "{}: skipped: no GPU (built without the `cuda` feature)",
-                    stringify!($name)
-                );
-                let _unused = $case::<Cpu>;
-            }
-        }
-    };
 }
 
 gpu_test!(cuda_whole_model_logprobs_and_gradients, whole_model_case);

@@ -13,12 +13,13 @@
 //! it reports no pass it did not run.
 #![allow(clippy::too_many_arguments)]
 
+#[macro_use]
 mod common;
 
-use common::check;
+use common::{check, down, poisoned, randv};
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, LossType};
+use cada::backend::{Backend, DecodeShape, GrpoLossConfig, LossType};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -47,45 +48,6 @@ const F32_GEMM: GemmTols = GemmTols {
 
 #[cfg(feature = "cuda")]
 use common::cuda_setup as setup;
-
-/// One #[test] per op; the body is a case generic over the backend under test.
-macro_rules! gpu_test {
-    ($name:ident, $case:ident) => {
-        #[test]
-        fn $name() {
-            #[cfg(feature = "cuda")]
-            {
-                if let Some((gpu, mut rng)) = setup(stringify!($name)) {
-                    $case(&gpu, &mut rng);
-                    println!("{}: ran on the GPU and matched the CPU", stringify!($name));
-                }
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                println!(
-                    "{}: skipped: no GPU (built without the `cuda` feature)",
-                    stringify!($name)
-                );
-                let _unused = $case::<Cpu>;
-            }
-        }
-    };
-}
-
-fn randv(r: &mut Rand, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| (r.gen::<f32>() * 2.0 - 1.0) * scale)
-        .collect()
-}
-
-/// A device buffer full of NaN: the op must overwrite every element it owns.
-fn poisoned<B: Backend>(gpu: &B, len: usize) -> B::Buf {
-    gpu.upload(&vec![f32::NAN; len]).unwrap()
-}
-
-fn down<B: Backend>(gpu: &B, buf: &B::Buf) -> Vec<f32> {
-    gpu.download(buf).unwrap()
-}
 
 fn elementwise_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let cpu = Cpu::new();
@@ -278,95 +240,6 @@ fn rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
     cpu.rope_backward(&mut xc, &positions, &inv_freq, n, heads, hd)
         .unwrap();
     check("rope_backward", &down(gpu, &xg), &xc, F32_TOL);
-}
-
-/// Bounds for one attention implementation: (out, lse, dq/dk/dv).
-type AttnTols = (f64, f64, f64);
-/// The f32 kernels (attention.cu): f32 reassociation, cancellation in the backward.
-const SIMT_TOLS: AttnTols = (F32_TOL, F32_TOL, GRAD_TOL);
-/// The bf16 tensor-core kernels (attention_mma.cu): q, k, v, dO, P and dS are rounded to bf16
-/// (2^-8 relative spacing, ≤ 2^-9 rounding each) before f32-accumulated products, so out and
-/// the gradients carry a few 1e-3 of relative error (host emulation of the kernels: 2.5e-3 to
-/// 5e-3); 1e-2 leaves a 2× margin. lse is an f32 log-sum-exp of bf16-input scores: its error
-/// is the scores' absolute error (~1e-3 · |score|) over a value of order log T: ~1e-3.
-const MMA_TOLS: AttnTols = (1e-2, 1e-3, 1e-2);
-
-fn attention_shape<B: Backend>(gpu: &B, r: &mut Rand, s: AttnShape, tols: AttnTols) {
-    let cpu = Cpu::new();
-    let (out_tol, lse_tol, grad_tol) = tols;
-    println!("  shape {s:?}");
-    let n = s.batch * s.seq;
-    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-    let (q, k, v) = (
-        randv(r, n * qd, 1.0),
-        randv(r, n * kd, 1.0),
-        randv(r, n * kd, 1.0),
-    );
-    let (qg, kg, vg) = (
-        gpu.upload(&q).unwrap(),
-        gpu.upload(&k).unwrap(),
-        gpu.upload(&v).unwrap(),
-    );
-    let lse_len = s.batch * s.n_heads * s.seq;
-    let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
-    let (mut oc, mut lc) = (vec![0.0; n * qd], vec![0.0; lse_len]);
-    gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
-        .unwrap();
-    cpu.attention_forward(&mut oc, &mut lc, &q, &k, &v, s)
-        .unwrap();
-    check("attention_forward out", &down(gpu, &og), &oc, out_tol);
-    check("attention_forward lse", &down(gpu, &lg), &lc, lse_tol);
-    let dout = randv(r, n * qd, 1.0);
-    let (mut dqg, mut dkg, mut dvg) = (
-        poisoned(gpu, n * qd),
-        poisoned(gpu, n * kd),
-        poisoned(gpu, n * kd),
-    );
-    let (mut dqc, mut dkc, mut dvc) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
-    let doutg = gpu.upload(&dout).unwrap();
-    gpu.attention_backward(
-        &mut dqg, &mut dkg, &mut dvg, &doutg, &qg, &kg, &vg, &og, &lg, s,
-    )
-    .unwrap();
-    cpu.attention_backward(&mut dqc, &mut dkc, &mut dvc, &dout, &q, &k, &v, &oc, &lc, s)
-        .unwrap();
-    check("attention_backward dq", &down(gpu, &dqg), &dqc, grad_tol);
-    check("attention_backward dk", &down(gpu, &dkg), &dkc, grad_tol);
-    check("attention_backward dv", &down(gpu, &dvg), &dvc, grad_tol);
-}
-
-fn attn_shape(
-    batch: usize,
-    seq: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-) -> AttnShape {
-    AttnShape {
-        batch,
-        seq,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    }
-}
-
-fn attention_case<B: Backend>(gpu: &B, r: &mut Rand) {
-    let t = SIMT_TOLS;
-    attention_shape(gpu, r, attn_shape(2, 37, 4, 2, 64), t); // GQA group 2, seq not a tile multiple
-    attention_shape(gpu, r, attn_shape(1, 45, 3, 1, 128), t); // MQA, hd 128
-    attention_shape(gpu, r, attn_shape(3, 9, 2, 2, 40), t); // hd not a multiple of 32
-}
-
-/// The tensor-core kernels (the caller selects `AttentionKernel::Mma`). Tiles are 64 rows/keys.
-fn attention_mma_case<B: Backend>(gpu: &B, r: &mut Rand) {
-    let t = MMA_TOLS;
-    attention_shape(gpu, r, attn_shape(2, 77, 9, 3, 64), t); // group 3, T = 64 + 13
-    attention_shape(gpu, r, attn_shape(1, 200, 4, 2, 128), t); // hd 128, 4 tiles, tail of 8
-    attention_shape(gpu, r, attn_shape(1, 130, 14, 2, 64), t); // group 7, tail of 2
-    attention_shape(gpu, r, attn_shape(1, 70, 2, 1, 32), t); // hd 32 padded to 64
-    attention_shape(gpu, r, attn_shape(1, 90, 2, 2, 96), t); // hd 96 padded to 128
-    attention_shape(gpu, r, attn_shape(2, 33, 2, 1, 37), t); // odd hd: scalar staging path
 }
 
 fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
@@ -628,81 +501,8 @@ gpu_test!(cuda_embedding, embedding_case);
 gpu_test!(cuda_linear, linear_case);
 gpu_test!(cuda_rmsnorm, rmsnorm_case);
 gpu_test!(cuda_rope, rope_case);
-gpu_test!(cuda_attention, attention_case);
 gpu_test!(cuda_decode_attention, decode_case);
 
-/// `AttentionKernel::Mma` against the CPU, then the two implementations mixed: the f32 forward's
-/// `lse` feeding the mma backward and the mma forward's feeding the f32 backward.
-#[test]
-fn cuda_attention_mma() {
-    #[cfg(feature = "cuda")]
-    {
-        use cada::backend::cuda::AttentionKernel;
-        if let Some((mut gpu, mut rng)) = setup("cuda_attention_mma") {
-            gpu.set_attention_kernel(AttentionKernel::Mma);
-            assert_eq!(gpu.attention_kernel(), AttentionKernel::Mma);
-            attention_mma_case(&gpu, &mut rng);
-            attention_mixed(&mut gpu, &mut rng, attn_shape(2, 77, 9, 3, 64));
-            println!("cuda_attention_mma: ran on the GPU and matched the CPU");
-        }
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        println!("cuda_attention_mma: skipped: no GPU (built without the `cuda` feature)");
-        let _unused = attention_mma_case::<Cpu>;
-    }
-}
-
-/// Forward with one attention implementation, backward with the other (both orders): the
-/// gradients must match the CPU within the mma bounds, since the `lse` layouts are identical.
-#[cfg(feature = "cuda")]
-fn attention_mixed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnShape) {
-    use cada::backend::cuda::AttentionKernel::{Mma, Simt};
-    let cpu = Cpu::new();
-    let n = s.batch * s.seq;
-    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-    let (q, k, v, dout) = (
-        randv(r, n * qd, 1.0),
-        randv(r, n * kd, 1.0),
-        randv(r, n * kd, 1.0),
-        randv(r, n * qd, 1.0),
-    );
-    let lse_len = s.batch * s.n_heads * s.seq;
-    let (mut oc, mut lc) = (vec![0.0; n * qd], vec![0.0; lse_len]);
-    cpu.attention_forward(&mut oc, &mut lc, &q, &k, &v, s)
-        .unwrap();
-    let (mut dqc, mut dkc, mut dvc) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
-    cpu.attention_backward(&mut dqc, &mut dkc, &mut dvc, &dout, &q, &k, &v, &oc, &lc, s)
-        .unwrap();
-    let (qg, kg, vg, doutg) = (
-        gpu.upload(&q).unwrap(),
-        gpu.upload(&k).unwrap(),
-        gpu.upload(&v).unwrap(),
-        gpu.upload(&dout).unwrap(),
-    );
-    for (fwd, bwd) in [(Simt, Mma), (Mma, Simt)] {
-        println!("  forward {fwd:?}, backward {bwd:?}");
-        gpu.set_attention_kernel(fwd);
-        let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
-        gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
-            .unwrap();
-        gpu.set_attention_kernel(bwd);
-        let (mut dqg, mut dkg, mut dvg) = (
-            poisoned(gpu, n * qd),
-            poisoned(gpu, n * kd),
-            poisoned(gpu, n * kd),
-        );
-        gpu.attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &doutg, &qg, &kg, &vg, &og, &lg, s,
-        )
-        .unwrap();
-        let (_, _, grad_tol) = MMA_TOLS;
-        check("mixed dq", &down(gpu, &dqg), &dqc, grad_tol);
-        check("mixed dk", &down(gpu, &dkg), &dkc, grad_tol);
-        check("mixed dv", &down(gpu, &dvg), &dvc, grad_tol);
-    }
-    gpu.set_attention_kernel(Mma);
-}
 gpu_test!(cuda_swiglu, swiglu_case);
 gpu_test!(cuda_fused_logprob, fused_logprob_case);
 gpu_test!(cuda_grpo_loss, grpo_case);

@@ -125,3 +125,46 @@ pub fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
     println!("  {what}: rel err {e:.2e} (bound {tol:.0e})");
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
+
+/// Uniform values in ±`scale` (never zeros: zeros hide unwritten outputs).
+pub fn randv(r: &mut rand_chacha::ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    use rand::Rng;
+    (0..n)
+        .map(|_| (r.gen::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// A device buffer full of NaN: the op must overwrite every element it owns.
+pub fn poisoned<B: cada::backend::Backend>(gpu: &B, len: usize) -> B::Buf {
+    gpu.upload(&vec![f32::NAN; len]).unwrap()
+}
+
+pub fn down<B: cada::backend::Backend>(gpu: &B, buf: &B::Buf) -> Vec<f32> {
+    gpu.download(buf).unwrap()
+}
+
+/// One #[test] per case; the body is generic over the backend under test and runs on the GPU
+/// (`cuda_setup`) or, without one, prints that it was skipped.
+#[allow(unused_macros)]
+macro_rules! gpu_test {
+    ($name:ident, $case:ident) => {
+        #[test]
+        fn $name() {
+            #[cfg(feature = "cuda")]
+            {
+                if let Some((gpu, mut rng)) = common::cuda_setup(stringify!($name)) {
+                    $case(&gpu, &mut rng);
+                    println!("{}: ran on the GPU and matched the CPU", stringify!($name));
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                println!(
+                    "{}: skipped: no GPU (built without the `cuda` feature)",
+                    stringify!($name)
+                );
+                let _unused = $case::<cada::backend::cpu::Cpu>;
+            }
+        }
+    };
+}

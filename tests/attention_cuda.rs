@@ -1,0 +1,184 @@
+//! The two training-attention implementations against the CPU reference: the f32 kernels
+//! (attention.cu, `AttentionKernel::Simt`) and the bf16 tensor-core kernels (attention_mma.cu,
+//! `AttentionKernel::Mma`), forward (out, lse) and backward (dq, dk, dv), at shapes that are not
+//! tile multiples, plus the two mixed (one's forward feeding the other's backward). Fresh random
+//! inputs every run, outputs poisoned with NaN before each launch; the bounds sit beside each
+//! implementation. Without a GPU every test prints "skipped: no GPU".
+#![allow(clippy::too_many_arguments)]
+
+#[macro_use]
+mod common;
+
+use cada::backend::cpu::Cpu;
+use cada::backend::{AttnShape, Backend};
+use common::{check, down, poisoned, randv};
+use rand_chacha::ChaCha8Rng as Rand;
+
+/// f32 reassociation
+const F32_TOL: f64 = 1e-5;
+/// cancellation-prone outputs (the backward)
+const GRAD_TOL: f64 = 1e-4;
+
+/// Bounds for one attention implementation: (out, lse, dq/dk/dv).
+type AttnTols = (f64, f64, f64);
+/// The f32 kernels (attention.cu): f32 reassociation, cancellation in the backward.
+const SIMT_TOLS: AttnTols = (F32_TOL, F32_TOL, GRAD_TOL);
+/// The bf16 tensor-core kernels (attention_mma.cu): q, k, v, dO, P and dS are rounded to bf16
+/// (2^-8 relative spacing, ≤ 2^-9 rounding each) before f32-accumulated products, so out and
+/// the gradients carry a few 1e-3 of relative error (host emulation of the kernels: 2.5e-3 to
+/// 5e-3); 1e-2 leaves a 2× margin. lse is an f32 log-sum-exp of bf16-input scores: its error
+/// is the scores' absolute error (~1e-3 · |score|) over a value of order log T: ~1e-3.
+const MMA_TOLS: AttnTols = (1e-2, 1e-3, 1e-2);
+
+fn attention_shape<B: Backend>(gpu: &B, r: &mut Rand, s: AttnShape, tols: AttnTols) {
+    let cpu = Cpu::new();
+    let (out_tol, lse_tol, grad_tol) = tols;
+    println!("  shape {s:?}");
+    let n = s.batch * s.seq;
+    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    let (q, k, v) = (
+        randv(r, n * qd, 1.0),
+        randv(r, n * kd, 1.0),
+        randv(r, n * kd, 1.0),
+    );
+    let (qg, kg, vg) = (
+        gpu.upload(&q).unwrap(),
+        gpu.upload(&k).unwrap(),
+        gpu.upload(&v).unwrap(),
+    );
+    let lse_len = s.batch * s.n_heads * s.seq;
+    let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+    let (mut oc, mut lc) = (vec![0.0; n * qd], vec![0.0; lse_len]);
+    gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
+        .unwrap();
+    cpu.attention_forward(&mut oc, &mut lc, &q, &k, &v, s)
+        .unwrap();
+    check("attention_forward out", &down(gpu, &og), &oc, out_tol);
+    check("attention_forward lse", &down(gpu, &lg), &lc, lse_tol);
+    let dout = randv(r, n * qd, 1.0);
+    let (mut dqg, mut dkg, mut dvg) = (
+        poisoned(gpu, n * qd),
+        poisoned(gpu, n * kd),
+        poisoned(gpu, n * kd),
+    );
+    let (mut dqc, mut dkc, mut dvc) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+    let doutg = gpu.upload(&dout).unwrap();
+    gpu.attention_backward(
+        &mut dqg, &mut dkg, &mut dvg, &doutg, &qg, &kg, &vg, &og, &lg, s,
+    )
+    .unwrap();
+    cpu.attention_backward(&mut dqc, &mut dkc, &mut dvc, &dout, &q, &k, &v, &oc, &lc, s)
+        .unwrap();
+    check("attention_backward dq", &down(gpu, &dqg), &dqc, grad_tol);
+    check("attention_backward dk", &down(gpu, &dkg), &dkc, grad_tol);
+    check("attention_backward dv", &down(gpu, &dvg), &dvc, grad_tol);
+}
+
+fn attn_shape(
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> AttnShape {
+    AttnShape {
+        batch,
+        seq,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    }
+}
+
+fn attention_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let t = SIMT_TOLS;
+    attention_shape(gpu, r, attn_shape(2, 37, 4, 2, 64), t); // GQA group 2, seq not a tile multiple
+    attention_shape(gpu, r, attn_shape(1, 45, 3, 1, 128), t); // MQA, hd 128
+    attention_shape(gpu, r, attn_shape(3, 9, 2, 2, 40), t); // hd not a multiple of 32
+}
+
+/// The tensor-core kernels (the caller selects `AttentionKernel::Mma`). Tiles are 64 rows/keys.
+fn attention_mma_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let t = MMA_TOLS;
+    attention_shape(gpu, r, attn_shape(2, 77, 9, 3, 64), t); // group 3, T = 64 + 13
+    attention_shape(gpu, r, attn_shape(1, 200, 4, 2, 128), t); // hd 128, 4 tiles, tail of 8
+    attention_shape(gpu, r, attn_shape(1, 130, 14, 2, 64), t); // group 7, tail of 2
+    attention_shape(gpu, r, attn_shape(1, 70, 2, 1, 32), t); // hd 32 padded to 64
+    attention_shape(gpu, r, attn_shape(1, 90, 2, 2, 96), t); // hd 96 padded to 128
+    attention_shape(gpu, r, attn_shape(2, 33, 2, 1, 37), t); // odd hd: scalar staging path
+}
+
+gpu_test!(cuda_attention, attention_case);
+
+/// `AttentionKernel::Mma` against the CPU, then the two implementations mixed: the f32 forward's
+/// `lse` feeding the mma backward and the mma forward's feeding the f32 backward.
+#[test]
+fn cuda_attention_mma() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::AttentionKernel;
+        if let Some((mut gpu, mut rng)) = common::cuda_setup("cuda_attention_mma") {
+            gpu.set_attention_kernel(AttentionKernel::Mma);
+            assert_eq!(gpu.attention_kernel(), AttentionKernel::Mma);
+            attention_mma_case(&gpu, &mut rng);
+            attention_mixed(&mut gpu, &mut rng, attn_shape(2, 77, 9, 3, 64));
+            println!("cuda_attention_mma: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        println!("cuda_attention_mma: skipped: no GPU (built without the `cuda` feature)");
+        let _unused = attention_mma_case::<Cpu>;
+    }
+}
+
+/// Forward with one attention implementation, backward with the other (both orders): the
+/// gradients must match the CPU within the mma bounds, since the `lse` layouts are identical.
+#[cfg(feature = "cuda")]
+fn attention_mixed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnShape) {
+    use cada::backend::cuda::AttentionKernel::{Mma, Simt};
+    let cpu = Cpu::new();
+    let n = s.batch * s.seq;
+    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    let (q, k, v, dout) = (
+        randv(r, n * qd, 1.0),
+        randv(r, n * kd, 1.0),
+        randv(r, n * kd, 1.0),
+        randv(r, n * qd, 1.0),
+    );
+    let lse_len = s.batch * s.n_heads * s.seq;
+    let (mut oc, mut lc) = (vec![0.0; n * qd], vec![0.0; lse_len]);
+    cpu.attention_forward(&mut oc, &mut lc, &q, &k, &v, s)
+        .unwrap();
+    let (mut dqc, mut dkc, mut dvc) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+    cpu.attention_backward(&mut dqc, &mut dkc, &mut dvc, &dout, &q, &k, &v, &oc, &lc, s)
+        .unwrap();
+    let (qg, kg, vg, doutg) = (
+        gpu.upload(&q).unwrap(),
+        gpu.upload(&k).unwrap(),
+        gpu.upload(&v).unwrap(),
+        gpu.upload(&dout).unwrap(),
+    );
+    for (fwd, bwd) in [(Simt, Mma), (Mma, Simt)] {
+        println!("  forward {fwd:?}, backward {bwd:?}");
+        gpu.set_attention_kernel(fwd);
+        let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+        gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
+            .unwrap();
+        gpu.set_attention_kernel(bwd);
+        let (mut dqg, mut dkg, mut dvg) = (
+            poisoned(gpu, n * qd),
+            poisoned(gpu, n * kd),
+            poisoned(gpu, n * kd),
+        );
+        gpu.attention_backward(
+            &mut dqg, &mut dkg, &mut dvg, &doutg, &qg, &kg, &vg, &og, &lg, s,
+        )
+        .unwrap();
+        let (_, _, grad_tol) = MMA_TOLS;
+        check("mixed dq", &down(gpu, &dqg), &dqc, grad_tol);
+        check("mixed dk", &down(gpu, &dkg), &dkc, grad_tol);
+        check("mixed dv", &down(gpu, &dvg), &dvc, grad_tol);
+    }
+    gpu.set_attention_kernel(Mma);
+}
