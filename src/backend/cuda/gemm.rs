@@ -170,6 +170,19 @@ impl Cuda {
     /// [`Cuda::to_bf16`] of an operand used by several GEMMs (the head's hidden states across
     /// every vocabulary chunk, its chunk gradient in two GEMMs), so it is converted once, not
     /// once per GEMM. `None` outside Bf16 mode.
+    /// An uninitialised bf16 buffer of `len` values for [`Cuda::refresh_bf16`] (Bf16 mode
+    /// only; `None` otherwise).
+    pub(super) fn bf16_buffer(&self, len: usize) -> Result<Option<CudaSlice<bf16>>> {
+        if self.gemm_precision != GemmPrecision::Bf16 {
+            return Ok(None);
+        }
+        // SAFETY: every use converts into the buffer before a GEMM reads it.
+        let buf = unsafe { self.stream.alloc::<bf16>(len.max(1)) }.with_context(|| {
+            format!("cuda backend: allocating {len} bf16 for an operand copy")
+        })?;
+        Ok(Some(buf))
+    }
+
     pub(super) fn bf16_copy(&self, src: &CudaSlice<f32>) -> Result<Option<CudaSlice<bf16>>> {
         if self.gemm_precision != GemmPrecision::Bf16 {
             return Ok(None);
@@ -248,8 +261,10 @@ impl Cuda {
             transb: blas_op(trans_a),
             m: dim_i32(n, "gemm n")?,
             n: dim_i32(m, "gemm m")?,
-            k: dim_i32(k.max(1), "gemm k")?,
-            alpha: if k == 0 { 0.0 } else { alpha },
+            // k = 0 is legal BLAS (c = beta · c, a and b never read); k = 1 with alpha = 0
+            // would read a column of possibly empty operands, and NaN · 0 is NaN
+            k: dim_i32(k, "gemm k")?,
+            alpha,
             lda: dim_i32(ldb.max(1), "gemm ldb")?,
             ldb: dim_i32(lda.max(1), "gemm lda")?,
             beta,
@@ -355,10 +370,10 @@ impl Cuda {
 
     /// Re-converts the first `len` values of `src` into an existing copy (the head's chunk
     /// gradient after each chunk's kernel rewrote it).
-    pub(super) fn refresh_bf16(
+    pub(super) fn refresh_bf16<S: DevicePtr<f32>>(
         &self,
         dst: &mut CudaSlice<bf16>,
-        src: &CudaSlice<f32>,
+        src: &S,
         len: usize,
     ) -> Result<()> {
         self.convert_bf16(dst, src, len, "refreshed copy")

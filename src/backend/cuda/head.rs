@@ -5,8 +5,8 @@
 //! chunk gradient `g` once per chunk (shared by its two GEMMs): the chunk is only
 //! 64 MiB / (4·n) columns wide (256 at n = 65536), so converting `hidden` in every chunk's GEMM
 //! would move ~n·d·6 bytes × (vocab / chunk) — about 200 GB per pass at n = 65536, d = 896,
-//! more than the GEMMs' own time. The weight chunks are converted by their GEMMs (each once
-//! per pass).
+//! more than the GEMMs' own time. Each weight chunk is converted once per pass too (in the
+//! backward once for its two GEMMs).
 
 use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda};
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
@@ -175,11 +175,16 @@ impl Cuda {
         let mut g = self.zeros(n * chunk)?;
         // Bf16 mode: hidden converted once for all chunks, g once per chunk for its two GEMMs
         let hidden16 = self.bf16_copy(hidden)?;
-        let mut g16 = self.bf16_copy(&g)?;
+        let mut g16 = self.bf16_buffer(n * chunk)?;
+        // the weight chunk feeds two GEMMs too: converted once per chunk
+        let mut w16 = self.bf16_buffer(chunk * dim)?;
         let mut c0 = 0;
         while c0 < vocab {
             let c = chunk.min(vocab - c0);
             let wc = w.slice(c0 * dim..(c0 + c) * dim);
+            if let Some(w16) = w16.as_mut() {
+                self.refresh_bf16(w16, &wc, c * dim)?;
+            }
             // recompute the chunk's logits, turn them into d(loss)/d(logits) in place
             self.gemm_pre(
                 false,
@@ -187,7 +192,7 @@ impl Cuda {
                 (n, c, dim),
                 1.0,
                 (hidden, dim, hidden16.as_ref()),
-                (&wc, dim, None),
+                (&wc, dim, w16.as_ref()),
                 0.0,
                 (&mut g, c),
             )?;
@@ -216,7 +221,7 @@ impl Cuda {
                 (n, dim, c),
                 1.0,
                 (&g, c, g16.as_ref()),
-                (&wc, dim, None),
+                (&wc, dim, w16.as_ref()),
                 beta,
                 (dhidden, dim),
             )?;

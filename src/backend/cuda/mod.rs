@@ -134,7 +134,10 @@ impl Cuda {
              LD_LIBRARY_PATH"
         );
         let blas = CudaBlas::new(stream.clone()).context("cuda backend: creating cuBLAS handle")?;
-        keep_pool_memory(&ctx)?;
+        // an optimisation only: a device without memory pools still works, more slowly
+        if let Err(e) = keep_pool_memory(&ctx) {
+            eprintln!("cuda backend: warning: {e:#}; freed memory goes back to the driver");
+        }
         let cc = ctx
             .compute_capability()
             .context("cuda backend: reading the compute capability")?;
@@ -155,7 +158,14 @@ impl Cuda {
             let loaded = ctx
                 .load_module(image)
                 .with_context(|| format!("cuda backend: loading kernels/{}.cu", module.name))?;
-            for &name in kernel_names(module.name) {
+            let names = kernel_names(module.name);
+            ensure!(
+                !names.is_empty(),
+                "cuda backend: kernels/{}.cu is compiled in but kernel_names() lists none of \
+                 its kernels",
+                module.name
+            );
+            for &name in names {
                 let f = loaded.load_function(name).with_context(|| {
                     format!(
                         "cuda backend: kernel `{name}` missing from kernels/{}.cu",
