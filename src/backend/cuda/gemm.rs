@@ -177,9 +177,8 @@ impl Cuda {
             return Ok(None);
         }
         // SAFETY: every use converts into the buffer before a GEMM reads it.
-        let buf = unsafe { self.stream.alloc::<bf16>(len.max(1)) }.with_context(|| {
-            format!("cuda backend: allocating {len} bf16 for an operand copy")
-        })?;
+        let buf = unsafe { self.stream.alloc::<bf16>(len.max(1)) }
+            .with_context(|| format!("cuda backend: allocating {len} bf16 for an operand copy"))?;
         Ok(Some(buf))
     }
 
