@@ -89,6 +89,45 @@ pub(super) fn grid_3d(x: usize, y: usize, z: usize, threads: u32) -> Result<Laun
     })
 }
 
+/// Head counts and buffer sizes of a forward call, shared by both implementations; false
+/// when there is nothing to compute.
+pub(super) fn check_forward_buffers(
+    out: &CudaSlice<f32>,
+    lse: &CudaSlice<f32>,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    s: AttnShape,
+) -> Result<bool> {
+    check_heads("attention_forward", s.n_heads, s.n_kv_heads, s.head_dim)?;
+    let n = s.batch * s.seq;
+    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    for (buf, len, what) in [
+        (out, n * qd, "out"),
+        (q, n * qd, "q"),
+        (k, n * kd, "k"),
+        (v, n * kd, "v"),
+        (lse, s.batch * s.n_heads * s.seq, "lse"),
+    ] {
+        need(buf, len, what)?;
+    }
+    Ok(n > 0)
+}
+
+/// The same for a backward call: `[dq, dk, dv, dout, q, k, v, out, lse]`.
+pub(super) fn check_backward_buffers(bufs: [&CudaSlice<f32>; 9], s: AttnShape) -> Result<bool> {
+    check_heads("attention_backward", s.n_heads, s.n_kv_heads, s.head_dim)?;
+    let n = s.batch * s.seq;
+    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    let sizes = [qd, kd, kd, qd, qd, kd, kd, qd];
+    let names = ["dq", "dk", "dv", "dout", "q", "k", "v", "out"];
+    for ((buf, width), what) in bufs.iter().zip(sizes).zip(names) {
+        need(buf, n * width, what)?;
+    }
+    need(bufs[8], s.batch * s.n_heads * s.seq, "lse")?;
+    Ok(n > 0)
+}
+
 impl Cuda {
     pub(super) fn attention_forward_impl(
         &self,
@@ -99,14 +138,7 @@ impl Cuda {
         v: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        check_heads("attention_forward", s.n_heads, s.n_kv_heads, s.head_dim)?;
-        let n = s.batch * s.seq;
-        need(out, n * s.n_heads * s.head_dim, "out")?;
-        need(q, n * s.n_heads * s.head_dim, "q")?;
-        need(k, n * s.n_kv_heads * s.head_dim, "k")?;
-        need(v, n * s.n_kv_heads * s.head_dim, "v")?;
-        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
-        if n == 0 {
+        if !check_forward_buffers(out, lse, q, k, v, s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;
@@ -145,19 +177,7 @@ impl Cuda {
         lse: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        check_heads("attention_backward", s.n_heads, s.n_kv_heads, s.head_dim)?;
-        let n = s.batch * s.seq;
-        let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-        need(dq, n * qd, "dq")?;
-        need(dk, n * kd, "dk")?;
-        need(dv, n * kd, "dv")?;
-        need(dout, n * qd, "dout")?;
-        need(q, n * qd, "q")?;
-        need(k, n * kd, "k")?;
-        need(v, n * kd, "v")?;
-        need(out, n * qd, "out")?;
-        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
-        if n == 0 {
+        if !check_backward_buffers([&*dq, &*dk, &*dv, dout, q, k, v, out, lse], s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;

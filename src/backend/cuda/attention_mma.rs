@@ -6,8 +6,8 @@
 //! Every head_dim in 1..=128 is supported: the kernels exist for padded widths 64 and 128 and
 //! stage the columns past head_dim as zeros.
 
-use super::attention::{attn_dims, check_heads, grid_3d};
-use super::{launch, need, Cuda};
+use super::attention::{attn_dims, check_backward_buffers, check_forward_buffers, grid_3d};
+use super::{launch, Cuda};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
@@ -74,14 +74,7 @@ impl Cuda {
         v: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        check_heads("attention_forward", s.n_heads, s.n_kv_heads, s.head_dim)?;
-        let n = s.batch * s.seq;
-        need(out, n * s.n_heads * s.head_dim, "out")?;
-        need(q, n * s.n_heads * s.head_dim, "q")?;
-        need(k, n * s.n_kv_heads * s.head_dim, "k")?;
-        need(v, n * s.n_kv_heads * s.head_dim, "v")?;
-        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
-        if n == 0 {
+        if !check_forward_buffers(out, lse, q, k, v, s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;
@@ -111,19 +104,7 @@ impl Cuda {
         lse: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        check_heads("attention_backward", s.n_heads, s.n_kv_heads, s.head_dim)?;
-        let n = s.batch * s.seq;
-        let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-        need(dq, n * qd, "dq")?;
-        need(dk, n * kd, "dk")?;
-        need(dv, n * kd, "dv")?;
-        need(dout, n * qd, "dout")?;
-        need(q, n * qd, "q")?;
-        need(k, n * kd, "k")?;
-        need(v, n * kd, "v")?;
-        need(out, n * qd, "out")?;
-        need(lse, s.batch * s.n_heads * s.seq, "lse")?;
-        if n == 0 {
+        if !check_backward_buffers([&*dq, &*dk, &*dv, dout, q, k, v, out, lse], s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;
