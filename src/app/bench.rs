@@ -34,11 +34,6 @@ pub struct ModelBenchReport {
     pub decode_batch1_tokens_per_s: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 impl OnDevice for ModelBench<'_> {
     type Output = ModelBenchReport;
     fn run<B: Backend>(self, be: &B) -> Result<ModelBenchReport> {
@@ -84,7 +79,8 @@ impl OnDevice for ModelBench<'_> {
             let toks: usize = g.tokens.iter().map(|t| t.len()).sum();
             Ok(toks as f64 / t0.elapsed().as_secs_f64())
         };
-        let (fwd_s, bwd_s) = (median(fwd_t), median(bwd_t));
+        let median = crate::bench::report::median;
+        let (fwd_s, bwd_s) = (median(&fwd_t), median(&bwd_t));
         Ok(ModelBenchReport {
             device: be.name(),
             params: m.cfg.num_params(),

@@ -117,8 +117,7 @@ pub fn run(what: BenchCommand) -> Result<()> {
             let report = crate::bench::run_on_device(device, set, filter, json.clone())?;
             print!("{}", report.to_table());
             if let Some(p) = &json {
-                report.save(p)?;
-                eprintln!("wrote {}", p.display());
+                eprintln!("wrote {}", p.display()); // saved by the run, after every record
             }
             if let Some(base) = base {
                 let gate = compare(&report, &base, threshold)?;

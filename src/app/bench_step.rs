@@ -100,10 +100,9 @@ impl OnDevice for StepBench<'_> {
                 &random
             }
         };
-        let model = Llama::from_host(be, cfg.clone(), host)?;
+        let mut model = Llama::from_host(be, cfg.clone(), host)?;
         let reference = Llama::from_host(be, cfg.clone(), host)?;
         let lens: Vec<usize> = model.params.tensors().iter().map(|t| be.len(t)).collect();
-        let mut model = model;
         let mut opt = AdamW::new(be, &lens, AdamWConfig::default())?;
         let rows = self.prompts * self.group;
         let v = cfg.vocab_size as u32;

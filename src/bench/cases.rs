@@ -113,6 +113,70 @@ fn loss_inputs(rng: &mut Rng8, batch: usize, len: usize) -> [Vec<f32>; 5] {
     [logp, old, refp, mask, adv]
 }
 
+/// The log-prob head's inputs, outputs and gradients at one shape (temperature 1).
+struct Head<B: BenchDevice> {
+    s: shapes::LogprobShape,
+    hidden: B::Buf,
+    w: B::Buf,
+    targets: B::Ids,
+    logp: B::Buf,
+    entropy: B::Buf,
+    lse: B::Buf,
+    dhidden: B::Buf,
+    dw: B::Buf,
+}
+
+impl<B: BenchDevice> Head<B> {
+    fn new(be: &B, rng: &mut Rng8, s: &shapes::LogprobShape) -> Result<Self> {
+        let (n, d, v) = (s.tokens, s.hidden, s.vocab);
+        let targets: Vec<u32> = (0..n).map(|_| rng.gen_range(0..v as u32)).collect();
+        Ok(Head {
+            s: *s,
+            hidden: be.upload(&randv(rng, n * d, 1.0))?,
+            w: be.upload(&randv(rng, v * d, 0.05))?,
+            targets: be.upload_ids(&targets)?,
+            logp: be.zeros(n)?,
+            entropy: be.zeros(n)?,
+            lse: be.zeros(n)?,
+            dhidden: be.zeros(n * d)?,
+            dw: be.zeros(v * d)?,
+        })
+    }
+
+    fn forward(&mut self, be: &B) -> Result<()> {
+        let s = self.s;
+        be.fused_logprob_forward(
+            &mut self.logp,
+            &mut self.entropy,
+            &mut self.lse,
+            &self.hidden,
+            &self.w,
+            &self.targets,
+            s.tokens,
+            s.hidden,
+            s.vocab,
+            1.0,
+        )
+    }
+
+    fn backward(&mut self, be: &B, dlogp: &B::Buf) -> Result<()> {
+        let s = self.s;
+        be.fused_logprob_backward(
+            &mut self.dhidden,
+            &mut self.dw,
+            dlogp,
+            &self.hidden,
+            &self.w,
+            &self.targets,
+            &self.lse,
+            s.tokens,
+            s.hidden,
+            s.vocab,
+            1.0,
+        )
+    }
+}
+
 /// The GEMM-bound ops, timed once per GEMM precision: the log-prob head, the head + GRPO
 /// loss, linear.
 pub fn run_gemm_ops<B: BenchDevice>(
@@ -133,43 +197,19 @@ pub fn run_gemm_ops<B: BenchDevice>(
         if !wanted(opts, &fwd_id) && !wanted(opts, &both_id) {
             continue;
         }
-        let (n, d, v) = (s.tokens, s.hidden, s.vocab);
-        let hidden = be.upload(&randv(&mut rng, n * d, 1.0))?;
-        let w = be.upload(&randv(&mut rng, v * d, 0.05))?;
-        let targets: Vec<u32> = (0..n).map(|_| rng.gen_range(0..v as u32)).collect();
-        let targets = be.upload_ids(&targets)?;
-        let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
-        let dlogp = be.upload(&randv(&mut rng, n, 1.0 / n as f32))?;
-        let (mut dh, mut dw) = (be.zeros(n * d)?, be.zeros(v * d)?);
+        let mut head = Head::new(be, &mut rng, s)?;
+        let dlogp = be.upload(&randv(&mut rng, s.tokens, 1.0 / s.tokens as f32))?;
         if wanted(opts, &fwd_id) {
-            let r = h.record(
-                fwd_id,
-                variant,
-                shapes::logprob_flops(s, false),
-                0.0,
-                &mut || {
-                    be.fused_logprob_forward(
-                        &mut logp, &mut ent, &mut lse, &hidden, &w, &targets, n, d, v, 1.0,
-                    )
-                },
-            )?;
+            let flops = shapes::logprob_flops(s, false);
+            let r = h.record(fwd_id, variant, flops, 0.0, &mut || head.forward(be))?;
             out.push(r)?;
         }
         if wanted(opts, &both_id) {
-            let r = h.record(
-                both_id,
-                variant,
-                shapes::logprob_flops(s, true),
-                0.0,
-                &mut || {
-                    be.fused_logprob_forward(
-                        &mut logp, &mut ent, &mut lse, &hidden, &w, &targets, n, d, v, 1.0,
-                    )?;
-                    be.fused_logprob_backward(
-                        &mut dh, &mut dw, &dlogp, &hidden, &w, &targets, &lse, n, d, v, 1.0,
-                    )
-                },
-            )?;
+            let flops = shapes::logprob_flops(s, true);
+            let r = h.record(both_id, variant, flops, 0.0, &mut || {
+                head.forward(be)?;
+                head.backward(be, &dlogp)
+            })?;
             out.push(r)?;
         }
     }
@@ -179,11 +219,7 @@ pub fn run_gemm_ops<B: BenchDevice>(
         if !wanted(opts, &id) {
             continue;
         }
-        let (n, d, v) = (s.tokens, s.hidden, s.vocab);
-        let hidden = be.upload(&randv(&mut rng, n * d, 1.0))?;
-        let w = be.upload(&randv(&mut rng, v * d, 0.05))?;
-        let targets: Vec<u32> = (0..n).map(|_| rng.gen_range(0..v as u32)).collect();
-        let targets = be.upload_ids(&targets)?;
+        let mut head = Head::new(be, &mut rng, s)?;
         let [_, old, refp, mask, adv] = loss_inputs(&mut rng, l.batch, l.len);
         let (old, refp, mask, adv) = (
             be.upload(&old)?,
@@ -191,27 +227,18 @@ pub fn run_gemm_ops<B: BenchDevice>(
             be.upload(&mask)?,
             be.upload(&adv)?,
         );
-        let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
-        let (mut dlogp, mut dh, mut dw) = (be.zeros(n)?, be.zeros(n * d)?, be.zeros(v * d)?);
+        let mut dlogp = be.zeros(s.tokens)?;
         let cfg = loss_cfg(l.len);
-        let r = h.record(
-            id,
-            variant,
-            shapes::logprob_flops(s, true),
-            0.0,
-            &mut || {
-                be.fused_logprob_forward(
-                    &mut logp, &mut ent, &mut lse, &hidden, &w, &targets, n, d, v, 1.0,
-                )?;
-                be.grpo_loss_forward(&logp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg)?;
-                be.grpo_loss_backward(
-                    &mut dlogp, &logp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg,
-                )?;
-                be.fused_logprob_backward(
-                    &mut dh, &mut dw, &dlogp, &hidden, &w, &targets, &lse, n, d, v, 1.0,
-                )
-            },
-        )?;
+        let flops = shapes::logprob_flops(s, true);
+        let r = h.record(id, variant, flops, 0.0, &mut || {
+            head.forward(be)?;
+            let lp = &head.logp;
+            be.grpo_loss_forward(lp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg)?;
+            be.grpo_loss_backward(
+                &mut dlogp, lp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg,
+            )?;
+            head.backward(be, &dlogp)
+        })?;
         out.push(r)?;
     }
 

@@ -92,7 +92,6 @@ pub struct Harness<'a, B: BenchDevice> {
 
 impl<'a, B: BenchDevice> Harness<'a, B> {
     pub fn new(be: &'a B, timing: Timing) -> Result<Self> {
-        let flush = be.zeros(be.cache_flush_bytes() / 4)?;
         let (copy_gbps, copy_what) = be.copy_roofline()?;
         let (gemm_tflops, gemm_what) = be.gemm_roofline()?;
         let roofline = Roofline {
@@ -102,13 +101,7 @@ impl<'a, B: BenchDevice> Harness<'a, B> {
             gemm_what,
             dense_peak_tflops: be.dense_peak_tflops(),
         };
-        Ok(Harness {
-            be,
-            flush,
-            timing,
-            roofline,
-            flush_count: 0,
-        })
+        Harness::with_roofline(be, timing, roofline)
     }
 
     /// A harness that reuses rooflines measured earlier in the same run.
@@ -268,6 +261,10 @@ pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -
     }
     if let Some(first) = variants.first() {
         be.select_attention(first)?;
+    }
+    // the final state also when no record matched the filter
+    if let Some(p) = &opts.save_to {
+        sink.report.save(p)?;
     }
     Ok(sink.report)
 }

@@ -52,12 +52,8 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
                 .is_some_and(|s| s as usize <= step)
         })
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(
-        &tmp,
-        kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )?;
-    std::fs::rename(&tmp, path)?;
+    let kept: String = kept.iter().map(|l| format!("{l}\n")).collect();
+    crate::util::write_atomic(path, kept.as_bytes())?;
     Ok(())
 }
 

@@ -183,20 +183,11 @@ impl Cuda {
     }
 
     pub(super) fn bf16_copy(&self, src: &CudaSlice<f32>) -> Result<Option<CudaSlice<bf16>>> {
-        if self.gemm_precision != GemmPrecision::Bf16 {
-            return Ok(None);
+        let mut dst = self.bf16_buffer(src.len())?;
+        if let Some(d) = dst.as_mut() {
+            self.convert_bf16(d, src, src.len(), "operand copy")?;
         }
-        let mut dst = self
-            .stream
-            .alloc_zeros::<bf16>(src.len().max(1))
-            .with_context(|| {
-                format!(
-                    "cuda backend: allocating {} bf16 for an operand copy",
-                    src.len()
-                )
-            })?;
-        self.convert_bf16(&mut dst, src, src.len(), "operand copy")?;
-        Ok(Some(dst))
+        Ok(dst)
     }
 
     /// Like [`Cuda::gemm`]; in Bf16 mode an operand given with `Some(copy)` (its bf16 copy in
