@@ -121,3 +121,142 @@ CADA_KERNEL void grpo_loss_backward(float* dlogp, const float* logp, const float
         dlogp[i] = (float)((double)m / denom * (double)r.dloss);
     }
 }
+
+// ---- the fused pass: forward and backward together ---------------------------------------
+// One read of the four token grids per step instead of two (forward, then backward): each
+// block walks its completion once, writes dlogp = grad_scale · weight · dloss and the row's
+// partials (Σ weight·loss, Σm·kl, Σm·clip_low, Σm·clip_high, Σm), where weight = mask /
+// denominator as in grpo_loss_backward. `row_count` comes from grpo_mask_count. grid.x = batch.
+CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, const float* logp,
+                                 const float* old_logp, const float* ref_logp, const float* mask,
+                                 const float* advantages, const double* row_count, int batch,
+                                 int len, GrpoParams p, float grad_scale) {
+    __shared__ double scratch[32];
+    const int64_t b = blockIdx.x;
+    double denom;
+    if (p.loss_type == GRPO_LOSS_GRPO) {
+        denom = fmax(row_count[b], 1.0) * (double)batch;
+    } else if (p.loss_type == GRPO_LOSS_DAPO) {
+        double total = 0;
+        for (int i = threadIdx.x; i < batch; i += blockDim.x) total += row_count[i];
+        denom = fmax(block_sum_d(total, scratch), 1.0);
+    } else {
+        denom = (double)batch * (double)max(p.max_completion_len, 1);
+    }
+    const float adv = advantages[b];
+    double loss = 0, kl = 0, low = 0, high = 0, count = 0;
+    for (int t = threadIdx.x; t < len; t += blockDim.x) {
+        const int64_t i = b * len + t;
+        const float m = mask[i];
+        if (m == 0.f) {
+            dlogp[i] = 0.f;  // padding: never read its (possibly garbage) log-probs
+            continue;
+        }
+        const TokenTerms r =
+            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p);
+        const double w = (double)m / denom;
+        // the same rounding as grpo_loss_backward followed by a scale, so the two paths agree
+        dlogp[i] = (float)(w * (double)r.dloss) * grad_scale;
+        loss += w * r.loss;
+        kl += m * r.kl;
+        low += m * (double)r.low;
+        high += m * (double)r.high;
+        count += m;
+    }
+    loss = block_sum_d(loss, scratch);
+    kl = block_sum_d(kl, scratch);
+    low = block_sum_d(low, scratch);
+    high = block_sum_d(high, scratch);
+    count = block_sum_d(count, scratch);
+    if (threadIdx.x == 0) {
+        double* out = partials + b * 5;
+        out[0] = loss;
+        out[1] = kl;
+        out[2] = low;
+        out[3] = high;
+        out[4] = count;
+    }
+}
+
+// The metrics reduction: sums[c] = Σ_b partials[b, c] for the 5 columns, on the device, so
+// the host downloads 5 values instead of 5·batch. One block.
+CADA_KERNEL void grpo_loss_metrics(double* sums, const double* partials, int batch) {
+    __shared__ double scratch[32];
+    for (int c = 0; c < 5; ++c) {
+        double s = 0;
+        for (int b = threadIdx.x; b < batch; b += blockDim.x) s += partials[(int64_t)b * 5 + c];
+        s = block_sum_d(s, scratch);
+        if (threadIdx.x == 0) sums[c] = s;
+    }
+}
+
+// ---- group-relative advantages (../shared/CADA.md step 6; CPU twin: group_advantages) ----
+#define SCALE_GROUP 0
+#define SCALE_BATCH 1
+#define SCALE_NONE 2
+
+// rewards [groups · group_size], G completions of one prompt adjacent. One block: the batch is
+// rows, not tokens (thousands at most), and every statistic needs all of it.
+// stats[0..4] = batch mean, batch population std, groups with all-equal rewards, and the index
+// of the first non-finite reward (-1 if none; then nothing else is written).
+// A group whose rewards are all bitwise equal gets exactly 0; other groups divide the centred
+// reward by (group std + eps), (batch std + eps) or 1. Population std, f64, each group summed
+// in member order like the CPU reference.
+CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards, int n,
+                                 int group_size, int scale, float eps) {
+    __shared__ double scratch[32];
+    __shared__ int iscratch[32];
+    int bad = 0x7fffffff;
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float r = rewards[i];
+        if (!isfinite(r)) bad = min(bad, i);
+        else s += r;
+    }
+    bad = block_min_int(bad, iscratch);
+    if (bad != 0x7fffffff) {
+        if (threadIdx.x == 0) stats[3] = (double)bad;
+        return;  // uniform across the block: no thread is left waiting at a barrier
+    }
+    const double mean = block_sum_d(s, scratch) / n;
+    double sq = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const double d = (double)rewards[i] - mean;
+        sq += d * d;
+    }
+    const double batch_std = sqrt(block_sum_d(sq, scratch) / n);
+    const int groups = n / group_size;
+    double zero_std = 0;
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+        const float* r = rewards + (int64_t)g * group_size;
+        float* a = adv + (int64_t)g * group_size;
+        bool all_equal = true;
+        double gs = 0;
+        for (int j = 0; j < group_size; ++j) {
+            all_equal = all_equal && r[j] == r[0];
+            gs += r[j];
+        }
+        if (all_equal) {
+            zero_std += 1;
+            for (int j = 0; j < group_size; ++j) a[j] = 0.f;
+            continue;
+        }
+        const double gmean = gs / group_size;
+        double gv = 0;
+        for (int j = 0; j < group_size; ++j) {
+            const double d = (double)r[j] - gmean;
+            gv += d * d;
+        }
+        const double divisor = scale == SCALE_GROUP   ? sqrt(gv / group_size) + (double)eps
+                               : scale == SCALE_BATCH ? batch_std + (double)eps
+                                                      : 1.0;
+        for (int j = 0; j < group_size; ++j) a[j] = (float)(((double)r[j] - gmean) / divisor);
+    }
+    zero_std = block_sum_d(zero_std, scratch);
+    if (threadIdx.x == 0) {
+        stats[0] = mean;
+        stats[1] = batch_std;
+        stats[2] = zero_std;
+        stats[3] = -1.0;
+    }
+}

@@ -42,7 +42,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda --test attention_cuda --test model_cuda" "$stage/tests"
+collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test model_cuda" "$stage/tests"
 collect "bench --benches" "$stage/benches"
 
 out_dir=$(ls -td target/release/build/cada-*/out | while read -r d; do
@@ -115,7 +115,7 @@ check)
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     if [[ -n "$sanitizer" ]]; then
         for tool in memcheck racecheck; do
-            for t in ops_cuda attention_cuda; do
+            for t in ops_cuda attention_cuda grpo_cuda; do
                 step "sanitizer_${tool}_$t" 100 "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/$t" --test-threads=1
             done
         done
@@ -123,7 +123,7 @@ check)
         echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee -a "$OUT/summary.txt"
         status=1
     fi
-    for t in ops_cuda attention_cuda model_cuda; do
+    for t in ops_cuda attention_cuda grpo_cuda model_cuda; do
         step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
         grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
     done

@@ -12,4 +12,4 @@ echo "== clippy (GPU backend)" && cargo clippy --release --features cuda --all-t
 echo "== ptxas sm_90a over every kernel" && bash scripts/check_ptx.sh
 echo "== SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
 echo "== tests" && cargo test --release
-echo "== GPU tests (skip without a GPU)" && cargo test --release --features cuda --test ops_cuda --test attention_cuda --test model_cuda
+echo "== GPU tests (skip without a GPU)" && cargo test --release --features cuda --test ops_cuda --test attention_cuda --test grpo_cuda --test model_cuda

@@ -1,7 +1,7 @@
 //! GRPO loss (CPU reference) against an independent, naive f64 transcription of
 //! ../shared/CADA.md step 7, its backward against central finite differences, and the
 //! all-equal-rewards case through the advantages (their own hand-computed tests live in
-//! src/train/advantages.rs).
+//! src/backend/cpu/grpo_advantages.rs; the GPU twins are checked in tests/grpo_cuda.rs).
 
 use cada::backend::cpu::grpo_loss::{check_grpo_inputs, grpo_loss_backward, grpo_loss_forward};
 use cada::backend::{GrpoLossConfig, GrpoLossMetrics, LossType};

@@ -63,6 +63,31 @@ pub enum LossType {
     DrGrpo,
 }
 
+/// What the centred rewards are divided by (group-relative advantages, ../shared/CADA.md
+/// step 6; the choice of population std is explained in `cpu/grpo_advantages.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    /// the std of the prompt's own group
+    #[default]
+    Group,
+    /// the std of the whole batch (centring still uses each group's mean)
+    Batch,
+    /// no division (Dr. GRPO): `A = r − mean(group)`
+    None,
+}
+
+/// Batch-level reward statistics for the step log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdvantageStats {
+    /// share of groups whose rewards are all equal (they carry no learning signal)
+    pub frac_reward_zero_std: f32,
+    /// mean reward over the batch
+    pub reward_mean: f32,
+    /// population std of the rewards over the batch
+    pub reward_std: f32,
+}
+
 /// Knobs of the clipped-ratio + k3-KL loss.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GrpoLossConfig {
@@ -366,6 +391,37 @@ pub trait Backend: Send + Sync {
         len: usize,
         cfg: &GrpoLossConfig,
     ) -> Result<()>;
+
+    /// The forward and the backward in one pass over the token grids: writes
+    /// `dlogp = grad_scale · d(loss)/d(logp)` (the trainer's micro-batch weight rides along in
+    /// `grad_scale`) and returns the same metrics as [`Backend::grpo_loss_forward`], reduced on
+    /// the device. Its composite twin is `grpo_loss_forward` then `grpo_loss_backward`.
+    #[allow(clippy::too_many_arguments)]
+    fn grpo_loss_fused(
+        &self,
+        dlogp: &mut Self::Buf,
+        logp: &Self::Buf,
+        old_logp: &Self::Buf,
+        ref_logp: &Self::Buf,
+        mask: &Self::Buf,
+        advantages: &Self::Buf,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+        grad_scale: f32,
+    ) -> Result<GrpoLossMetrics>;
+
+    /// Group-relative advantages of `rewards [groups · group_size]` (the G completions of a
+    /// prompt adjacent) into `advantages` (same length), with the batch statistics. Errors as
+    /// `train::advantages::group_advantages` does (a non-finite reward names its index).
+    fn grpo_advantages(
+        &self,
+        advantages: &mut Self::Buf,
+        rewards: &Self::Buf,
+        group_size: usize,
+        scale: ScaleRewards,
+        eps: f32,
+    ) -> Result<AdvantageStats>;
 
     // ---- optimiser -----------------------------------------------------------------
     /// One AdamW update with bias correction (`step` counts from 1), decoupled weight decay.

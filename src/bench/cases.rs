@@ -233,9 +233,8 @@ pub fn run_gemm_ops<B: BenchDevice>(
         let r = h.record(id, variant, flops, 0.0, &mut || {
             head.forward(be)?;
             let lp = &head.logp;
-            be.grpo_loss_forward(lp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg)?;
-            be.grpo_loss_backward(
-                &mut dlogp, lp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg,
+            be.grpo_loss_fused(
+                &mut dlogp, lp, &old, &refp, &mask, &adv, l.batch, l.len, &cfg, 1.0,
             )?;
             head.backward(be, &dlogp)
         })?;
@@ -292,11 +291,12 @@ pub fn run_memory_ops<B: BenchDevice>(
         let (mask, adv) = (be.upload(&mask)?, be.upload(&adv)?);
         let mut dlogp = be.zeros(n)?;
         let cfg = loss_cfg(s.len);
+        // the fused pass the trainer runs (forward + backward, metrics reduced on the device)
         let r = h.record(id, variant, 0.0, 20.0 * n as f64, &mut || {
-            be.grpo_loss_forward(&logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg)?;
-            be.grpo_loss_backward(
-                &mut dlogp, &logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg,
+            be.grpo_loss_fused(
+                &mut dlogp, &logp, &old, &refp, &mask, &adv, s.batch, s.len, &cfg, 1.0,
             )
+            .map(|_| ())
         })?;
         out.push(r)?;
     }

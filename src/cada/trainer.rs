@@ -14,7 +14,6 @@ use crate::model::chat::Message;
 use crate::model::llama::Llama;
 use crate::model::load::LoadedModel;
 use crate::model::weights::{Params, TensorSpec};
-use crate::train::advantages::group_advantages;
 use crate::train::generate::generate;
 use crate::train::optimizer::AdamW;
 use anyhow::{bail, Context, Result};
@@ -269,12 +268,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let scores = self.judge(&rollouts)?;
         drop(range);
         let rewards: Vec<f32> = scores.iter().map(|s| s.reward).collect();
-        let (adv, adv_stats) = group_advantages(
-            &rewards,
-            self.cfg.group_size,
-            self.cfg.loss.scale_rewards,
-            self.cfg.loss.advantage_eps,
-        )?;
+        // on the device: the per-chunk loss reads its rows of it there
+        let mut adv = be.zeros(rewards.len())?;
+        let adv_stats = be
+            .grpo_advantages(
+                &mut adv,
+                &be.upload(&rewards)?,
+                self.cfg.group_size,
+                self.cfg.loss.scale_rewards,
+                self.cfg.loss.advantage_eps,
+            )
+            .with_context(|| format!("step {step_no}: advantages"))?;
 
         let seqs = Self::train_seqs(&rollouts);
         let rows = rollouts.len();
@@ -348,9 +352,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let d_old = be.upload(&old_lp[r0 * lc..r1 * lc])?;
                 let d_ref = be.upload(&ref_lp[r0 * lc..r1 * lc])?;
                 let d_mask = be.upload(m)?;
-                let d_adv = be.upload(&adv[r0..r1])?;
-                let mc =
-                    be.grpo_loss_forward(&d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg)?;
+                let mut d_adv = be.zeros(b)?;
+                be.copy(&mut d_adv, 0, &adv, r0, b)?;
+                // forward and backward in one pass; the chunk's weight scales d(loss)/d(logp)
+                let mut d_dlp = be.zeros(b * lc)?;
+                let mc = be.grpo_loss_fused(
+                    &mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg, weight,
+                )?;
                 if !mc.loss.is_finite() {
                     bail!("step {step_no}: the loss is {} (non-finite); update refused, last checkpoint kept", mc.loss);
                 }
@@ -361,11 +369,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 agg.clip_ratio_high += tw * mc.clip_ratio_high;
                 agg.clip_ratio_region += tw * mc.clip_ratio_region;
                 agg.tokens += mc.tokens;
-                let mut d_dlp = be.zeros(b * lc)?;
-                be.grpo_loss_backward(
-                    &mut d_dlp, &d_lp, &d_old, &d_ref, &d_mask, &d_adv, b, lc, &loss_cfg,
-                )?;
-                let dl: Vec<f32> = be.download(&d_dlp)?.iter().map(|x| x * weight).collect();
+                let dl = be.download(&d_dlp)?;
                 let mut dl_chunk = vec![0f32; b * sb.lc];
                 relayout_into(&mut dl_chunk, &dl, b, lc, sb.lc);
                 seq_backward(

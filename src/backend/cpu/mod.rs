@@ -5,11 +5,14 @@
 pub mod attention;
 pub mod elementwise;
 pub mod fused_logprob;
+pub mod grpo_advantages;
 pub mod grpo_loss;
 pub mod linear;
 pub mod sampling;
 
-use super::{AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics};
+use super::{
+    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
+};
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -511,6 +514,43 @@ impl Backend for Cpu {
             dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg,
         );
         Ok(())
+    }
+
+    fn grpo_loss_fused(
+        &self,
+        dlogp: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        old_logp: &Vec<f32>,
+        ref_logp: &Vec<f32>,
+        mask: &Vec<f32>,
+        advantages: &Vec<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+        grad_scale: f32,
+    ) -> Result<GrpoLossMetrics> {
+        // the slow composite twin of the fused kernel: forward, backward, scale
+        let metrics =
+            self.grpo_loss_forward(logp, old_logp, ref_logp, mask, advantages, batch, len, cfg)?;
+        self.grpo_loss_backward(
+            dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg,
+        )?;
+        self.scale(dlogp, grad_scale)?;
+        Ok(metrics)
+    }
+
+    fn grpo_advantages(
+        &self,
+        advantages: &mut Vec<f32>,
+        rewards: &Vec<f32>,
+        group_size: usize,
+        scale: ScaleRewards,
+        eps: f32,
+    ) -> Result<AdvantageStats> {
+        need(advantages, rewards.len(), "advantages")?;
+        let (a, stats) = grpo_advantages::group_advantages(rewards, group_size, scale, eps)?;
+        advantages[..a.len()].copy_from_slice(&a);
+        Ok(stats)
     }
 
     fn adamw_step(

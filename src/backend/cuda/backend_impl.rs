@@ -1,12 +1,14 @@
 //! `impl Backend for Cuda`: memory and small elementwise ops inline, the rest delegated to
 //! the launchers in `dense.rs`, `attention.rs` / `attention_mma.rs` (chosen by
-//! `Cuda::set_attention_kernel`) and `head.rs`.
+//! `Cuda::set_attention_kernel`), `head.rs` and `grpo_loss.rs`.
 
 use super::{
     dim_i32, grid_1d, grid_cols, grid_rows, launch, need, need_ids, row_threads, AttentionKernel,
     Cuda, BLOCK,
 };
-use crate::backend::{AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics};
+use crate::backend::{
+    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
+};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -497,6 +499,34 @@ impl Backend for Cuda {
         self.grpo_loss_backward_impl(
             dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg,
         )
+    }
+
+    fn grpo_loss_fused(
+        &self,
+        dlogp: &mut CudaSlice<f32>,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        ref_logp: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+        grad_scale: f32,
+    ) -> Result<GrpoLossMetrics> {
+        self.grpo_loss_fused_impl(
+            dlogp, logp, old_logp, ref_logp, mask, advantages, batch, len, cfg, grad_scale,
+        )
+    }
+    fn grpo_advantages(
+        &self,
+        advantages: &mut CudaSlice<f32>,
+        rewards: &CudaSlice<f32>,
+        group_size: usize,
+        scale: ScaleRewards,
+        eps: f32,
+    ) -> Result<AdvantageStats> {
+        self.grpo_advantages_impl(advantages, rewards, group_size, scale, eps)
     }
 
     fn adamw_step(

@@ -1,5 +1,5 @@
 //! Launchers for the training head and the sampler: kernels/fused_logprob.cu (vocabulary
-//! streamed in chunks, one cuBLAS GEMM per chunk), kernels/grpo_loss.cu and kernels/sampling.cu.
+//! streamed in chunks, one cuBLAS GEMM per chunk) and kernels/sampling.cu.
 //!
 //! In `GemmPrecision::Bf16` the hidden states are converted to bf16 once per call and the
 //! chunk gradient `g` once per chunk (shared by its two GEMMs): the chunk is only
@@ -9,10 +9,9 @@
 //! backward once for its two GEMMs).
 
 use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda};
-use crate::backend::cpu::grpo_loss::check_grpo_inputs;
-use crate::backend::{Backend, GrpoLossConfig, GrpoLossMetrics, LossType};
+use crate::backend::Backend;
 use anyhow::{ensure, Context, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 /// Logit scratch per chunk: rows × chunk floats (64 MiB), the same trade as the CPU head.
 const CHUNK_SCRATCH: usize = 1 << 24;
@@ -20,35 +19,6 @@ const CHUNK_SCRATCH: usize = 1 << 24;
 /// Vocabulary columns per chunk for `n` rows: as wide as the scratch allows, at least 256.
 fn chunk_width(n: usize, vocab: usize) -> usize {
     (CHUNK_SCRATCH / n.max(1)).clamp(256, 16384).min(vocab)
-}
-
-/// Mirrors `struct GrpoParams` in grpo_loss.cu.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct GrpoParams {
-    epsilon_low: f32,
-    epsilon_high: f32,
-    beta: f32,
-    use_ref: i32,
-    loss_type: i32,
-    max_completion_len: i32,
-}
-// SAFETY: #[repr(C)] struct of 4-byte scalars, the same layout as the C struct.
-unsafe impl DeviceRepr for GrpoParams {}
-
-fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
-    Ok(GrpoParams {
-        epsilon_low: cfg.epsilon_low,
-        epsilon_high: cfg.epsilon_high,
-        beta: cfg.beta,
-        use_ref: (cfg.beta != 0.0) as i32,
-        loss_type: match cfg.loss_type {
-            LossType::Grpo => 0,
-            LossType::Dapo => 1,
-            LossType::DrGrpo => 2,
-        },
-        max_completion_len: dim_i32(cfg.max_completion_len, "max_completion_len")?,
-    })
 }
 
 impl Cuda {
@@ -240,139 +210,6 @@ impl Cuda {
             c0 += c;
         }
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn grpo_loss_forward_impl(
-        &self,
-        logp: &CudaSlice<f32>,
-        old_logp: &CudaSlice<f32>,
-        ref_logp: &CudaSlice<f32>,
-        mask: &CudaSlice<f32>,
-        advantages: &CudaSlice<f32>,
-        batch: usize,
-        len: usize,
-        cfg: &GrpoLossConfig,
-    ) -> Result<GrpoLossMetrics> {
-        check_grpo_inputs(
-            "grpo_loss_forward",
-            logp.len(),
-            old_logp.len(),
-            ref_logp.len(),
-            mask.len(),
-            advantages.len(),
-            batch,
-            len,
-            cfg,
-        )?;
-        if batch == 0 {
-            return Ok(GrpoLossMetrics::default());
-        }
-        let params = grpo_params(cfg)?;
-        // Without a KL term ref_logp may be empty: pass logp (never read) in its place.
-        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
-        let len_i = dim_i32(len, "len")?;
-        let mut partials = self.alloc_f64(batch * 5)?;
-        launch!(
-            self,
-            "grpo_loss_forward",
-            grid_rows(batch, 256)?,
-            &mut partials,
-            logp,
-            old_logp,
-            reference,
-            mask,
-            advantages,
-            &len_i,
-            &params
-        )?;
-        let rows = self
-            .stream
-            .clone_dtoh(&partials)
-            .context("cuda backend: download")?;
-        self.synchronize()?;
-        let mut sums = [0f64; 5];
-        let mut grpo_loss = 0f64;
-        for row in rows.chunks_exact(5).take(batch) {
-            for (acc, v) in sums.iter_mut().zip(row) {
-                *acc += v;
-            }
-            // grpo: each completion's mean over its own tokens
-            grpo_loss += row[0] / (row[4].max(1.0) * batch as f64);
-        }
-        let [loss_sum, kl_sum, low, high, count] = sums;
-        let loss = match cfg.loss_type {
-            LossType::Grpo => grpo_loss,
-            LossType::Dapo => loss_sum / count.max(1.0),
-            LossType::DrGrpo => loss_sum / (batch * cfg.max_completion_len.max(1)) as f64,
-        };
-        let mean = |s: f64| if count > 0.0 { (s / count) as f32 } else { 0.0 };
-        Ok(GrpoLossMetrics {
-            loss: loss as f32,
-            kl_mean: mean(kl_sum),
-            clip_ratio_low: mean(low),
-            clip_ratio_high: mean(high),
-            clip_ratio_region: mean(low + high),
-            tokens: count as f32,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn grpo_loss_backward_impl(
-        &self,
-        dlogp: &mut CudaSlice<f32>,
-        logp: &CudaSlice<f32>,
-        old_logp: &CudaSlice<f32>,
-        ref_logp: &CudaSlice<f32>,
-        mask: &CudaSlice<f32>,
-        advantages: &CudaSlice<f32>,
-        batch: usize,
-        len: usize,
-        cfg: &GrpoLossConfig,
-    ) -> Result<()> {
-        check_grpo_inputs(
-            "grpo_loss_backward",
-            logp.len(),
-            old_logp.len(),
-            ref_logp.len(),
-            mask.len(),
-            advantages.len(),
-            batch,
-            len,
-            cfg,
-        )?;
-        need(dlogp, batch * len, "dlogp")?;
-        if batch == 0 {
-            return Ok(());
-        }
-        let params = grpo_params(cfg)?;
-        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
-        let (batch_i, len_i) = (dim_i32(batch, "batch")?, dim_i32(len, "len")?);
-        let mut row_count = self.alloc_f64(batch)?;
-        let cfg_rows = grid_rows(batch, 256)?;
-        launch!(
-            self,
-            "grpo_mask_count",
-            cfg_rows,
-            &mut row_count,
-            mask,
-            &len_i
-        )?;
-        launch!(
-            self,
-            "grpo_loss_backward",
-            cfg_rows,
-            dlogp,
-            logp,
-            old_logp,
-            reference,
-            mask,
-            advantages,
-            &row_count,
-            &batch_i,
-            &len_i,
-            &params
-        )
     }
 
     #[allow(clippy::too_many_arguments)]

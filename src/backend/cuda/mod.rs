@@ -20,6 +20,7 @@ mod attention_mma;
 mod backend_impl;
 mod dense;
 mod gemm;
+mod grpo_loss;
 mod head;
 mod profiling;
 
@@ -283,7 +284,14 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "logprob_finish",
             "logprob_chunk_grad",
         ],
-        "grpo_loss" => &["grpo_loss_forward", "grpo_mask_count", "grpo_loss_backward"],
+        "grpo_loss" => &[
+            "grpo_loss_forward",
+            "grpo_mask_count",
+            "grpo_loss_backward",
+            "grpo_loss_fused",
+            "grpo_loss_metrics",
+            "grpo_advantages",
+        ],
         "rmsnorm" => &[
             "rmsnorm_forward",
             "rmsnorm_backward_input",

@@ -1,0 +1,332 @@
+//! Launchers for kernels/grpo_loss.cu: the clipped-ratio + k3-KL loss (forward, backward,
+//! and the fused pass the trainer uses) and the group-relative advantages. The CPU oracles are
+//! `backend/cpu/grpo_loss.rs` and `backend/cpu/grpo_advantages.rs`.
+
+use super::{dim_i32, grid_rows, launch, need, Cuda};
+use crate::backend::cpu::grpo_loss::check_grpo_inputs;
+use crate::backend::{AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
+use anyhow::{bail, ensure, Context, Result};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+/// Mirrors `struct GrpoParams` in grpo_loss.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GrpoParams {
+    epsilon_low: f32,
+    epsilon_high: f32,
+    beta: f32,
+    use_ref: i32,
+    loss_type: i32,
+    max_completion_len: i32,
+}
+// SAFETY: #[repr(C)] struct of 4-byte scalars, the same layout as the C struct.
+unsafe impl DeviceRepr for GrpoParams {}
+
+fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
+    Ok(GrpoParams {
+        epsilon_low: cfg.epsilon_low,
+        epsilon_high: cfg.epsilon_high,
+        beta: cfg.beta,
+        use_ref: (cfg.beta != 0.0) as i32,
+        loss_type: match cfg.loss_type {
+            LossType::Grpo => 0,
+            LossType::Dapo => 1,
+            LossType::DrGrpo => 2,
+        },
+        max_completion_len: dim_i32(cfg.max_completion_len, "max_completion_len")?,
+    })
+}
+
+/// Metrics from the column sums `[Σ weighted loss, Σm·kl, Σm·clip_low, Σm·clip_high, Σm]`
+/// (the loss already divided by its denominator).
+fn metrics_from_sums([loss, kl_sum, low, high, count]: [f64; 5]) -> GrpoLossMetrics {
+    let mean = |s: f64| if count > 0.0 { (s / count) as f32 } else { 0.0 };
+    GrpoLossMetrics {
+        loss: loss as f32,
+        kl_mean: mean(kl_sum),
+        clip_ratio_low: mean(low),
+        clip_ratio_high: mean(high),
+        // disjoint cases (A < 0 and A > 0), so the union is the sum
+        clip_ratio_region: mean(low + high),
+        tokens: count as f32,
+    }
+}
+
+/// One block of 256 threads (the single-block reductions).
+fn one_block() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Cuda {
+    /// `row_count[b] = Σ_t mask[b, t]` (f64), for the loss denominators.
+    fn grpo_row_count(
+        &self,
+        mask: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+    ) -> Result<CudaSlice<f64>> {
+        let len_i = dim_i32(len, "len")?;
+        let mut row_count = self.alloc_f64(batch)?;
+        launch!(
+            self,
+            "grpo_mask_count",
+            grid_rows(batch, 256)?,
+            &mut row_count,
+            mask,
+            &len_i
+        )?;
+        Ok(row_count)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn grpo_loss_forward_impl(
+        &self,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        ref_logp: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<GrpoLossMetrics> {
+        check_grpo_inputs(
+            "grpo_loss_forward",
+            logp.len(),
+            old_logp.len(),
+            ref_logp.len(),
+            mask.len(),
+            advantages.len(),
+            batch,
+            len,
+            cfg,
+        )?;
+        if batch == 0 {
+            return Ok(GrpoLossMetrics::default());
+        }
+        let params = grpo_params(cfg)?;
+        // Without a KL term ref_logp may be empty: pass logp (never read) in its place.
+        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
+        let len_i = dim_i32(len, "len")?;
+        let mut partials = self.alloc_f64(batch * 5)?;
+        launch!(
+            self,
+            "grpo_loss_forward",
+            grid_rows(batch, 256)?,
+            &mut partials,
+            logp,
+            old_logp,
+            reference,
+            mask,
+            advantages,
+            &len_i,
+            &params
+        )?;
+        let rows = self
+            .stream
+            .clone_dtoh(&partials)
+            .context("cuda backend: download")?;
+        self.synchronize()?;
+        let mut sums = [0f64; 5];
+        let mut grpo_loss = 0f64;
+        for row in rows.chunks_exact(5).take(batch) {
+            for (acc, v) in sums.iter_mut().zip(row) {
+                *acc += v;
+            }
+            // grpo: each completion's mean over its own tokens
+            grpo_loss += row[0] / (row[4].max(1.0) * batch as f64);
+        }
+        sums[0] = match cfg.loss_type {
+            LossType::Grpo => grpo_loss,
+            LossType::Dapo => sums[0] / sums[4].max(1.0),
+            LossType::DrGrpo => sums[0] / (batch * cfg.max_completion_len.max(1)) as f64,
+        };
+        Ok(metrics_from_sums(sums))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn grpo_loss_backward_impl(
+        &self,
+        dlogp: &mut CudaSlice<f32>,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        ref_logp: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+    ) -> Result<()> {
+        check_grpo_inputs(
+            "grpo_loss_backward",
+            logp.len(),
+            old_logp.len(),
+            ref_logp.len(),
+            mask.len(),
+            advantages.len(),
+            batch,
+            len,
+            cfg,
+        )?;
+        need(dlogp, batch * len, "dlogp")?;
+        if batch == 0 {
+            return Ok(());
+        }
+        let params = grpo_params(cfg)?;
+        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
+        let (batch_i, len_i) = (dim_i32(batch, "batch")?, dim_i32(len, "len")?);
+        let row_count = self.grpo_row_count(mask, batch, len)?;
+        launch!(
+            self,
+            "grpo_loss_backward",
+            grid_rows(batch, 256)?,
+            dlogp,
+            logp,
+            old_logp,
+            reference,
+            mask,
+            advantages,
+            &row_count,
+            &batch_i,
+            &len_i,
+            &params
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn grpo_loss_fused_impl(
+        &self,
+        dlogp: &mut CudaSlice<f32>,
+        logp: &CudaSlice<f32>,
+        old_logp: &CudaSlice<f32>,
+        ref_logp: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        advantages: &CudaSlice<f32>,
+        batch: usize,
+        len: usize,
+        cfg: &GrpoLossConfig,
+        grad_scale: f32,
+    ) -> Result<GrpoLossMetrics> {
+        check_grpo_inputs(
+            "grpo_loss_fused",
+            logp.len(),
+            old_logp.len(),
+            ref_logp.len(),
+            mask.len(),
+            advantages.len(),
+            batch,
+            len,
+            cfg,
+        )?;
+        need(dlogp, batch * len, "dlogp")?;
+        ensure!(
+            grad_scale.is_finite(),
+            "grpo_loss_fused: `grad_scale` = {grad_scale} must be finite"
+        );
+        if batch == 0 {
+            return Ok(GrpoLossMetrics::default());
+        }
+        let params = grpo_params(cfg)?;
+        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
+        let (batch_i, len_i) = (dim_i32(batch, "batch")?, dim_i32(len, "len")?);
+        let row_count = self.grpo_row_count(mask, batch, len)?;
+        let mut partials = self.alloc_f64(batch * 5)?;
+        launch!(
+            self,
+            "grpo_loss_fused",
+            grid_rows(batch, 256)?,
+            dlogp,
+            &mut partials,
+            logp,
+            old_logp,
+            reference,
+            mask,
+            advantages,
+            &row_count,
+            &batch_i,
+            &len_i,
+            &params,
+            &grad_scale
+        )?;
+        let mut sums = self.alloc_f64(5)?;
+        launch!(
+            self,
+            "grpo_loss_metrics",
+            one_block(),
+            &mut sums,
+            &partials,
+            &batch_i
+        )?;
+        let sums = self
+            .stream
+            .clone_dtoh(&sums)
+            .context("cuda backend: downloading the loss metrics")?;
+        self.synchronize()?;
+        Ok(metrics_from_sums([
+            sums[0], sums[1], sums[2], sums[3], sums[4],
+        ]))
+    }
+
+    pub(super) fn grpo_advantages_impl(
+        &self,
+        advantages: &mut CudaSlice<f32>,
+        rewards: &CudaSlice<f32>,
+        group_size: usize,
+        scale: ScaleRewards,
+        eps: f32,
+    ) -> Result<AdvantageStats> {
+        let n = rewards.len();
+        ensure!(group_size > 0, "group_advantages: `group_size` must be > 0");
+        ensure!(n > 0, "group_advantages: no rewards");
+        ensure!(
+            n.is_multiple_of(group_size),
+            "group_advantages: {n} rewards is not a multiple of `group_size` {group_size}"
+        );
+        if !(eps.is_finite() && eps >= 0.0) {
+            bail!("group_advantages: `eps` = {eps} must be finite and ≥ 0");
+        }
+        need(advantages, n, "advantages")?;
+        let scale_i: i32 = match scale {
+            ScaleRewards::Group => 0,
+            ScaleRewards::Batch => 1,
+            ScaleRewards::None => 2,
+        };
+        let (n_i, g_i) = (dim_i32(n, "rewards")?, dim_i32(group_size, "group_size")?);
+        let mut stats = self.alloc_f64(4)?;
+        launch!(
+            self,
+            "grpo_advantages",
+            one_block(),
+            advantages,
+            &mut stats,
+            rewards,
+            &n_i,
+            &g_i,
+            &scale_i,
+            &eps
+        )?;
+        let s = self
+            .stream
+            .clone_dtoh(&stats)
+            .context("cuda backend: downloading the advantage statistics")?;
+        self.synchronize()?;
+        if s[3] >= 0.0 {
+            let i = s[3] as usize;
+            let value = self
+                .stream
+                .clone_dtoh(&rewards.slice(i..i + 1))
+                .context("cuda backend: downloading a reward")?;
+            self.synchronize()?;
+            bail!("group_advantages: reward {i} is {} (not finite)", value[0]);
+        }
+        Ok(AdvantageStats {
+            frac_reward_zero_std: (s[2] / (n / group_size) as f64) as f32,
+            reward_mean: s[0] as f32,
+            reward_std: s[1] as f32,
+        })
+    }
+}
