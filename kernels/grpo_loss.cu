@@ -158,10 +158,10 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, const float* lo
         // the same rounding as grpo_loss_backward followed by a scale, so the two paths agree
         dlogp[i] = (float)(w * (double)r.dloss) * grad_scale;
         loss += w * r.loss;
-        kl += m * r.kl;
-        low += m * (double)r.low;
-        high += m * (double)r.high;
-        count += m;
+        kl += (double)m * r.kl;
+        low += (double)m * (double)r.low;
+        high += (double)m * (double)r.high;
+        count += (double)m;
     }
     loss = block_sum_d(loss, scratch);
     kl = block_sum_d(kl, scratch);
@@ -197,9 +197,10 @@ CADA_KERNEL void grpo_loss_metrics(double* sums, const double* partials, int bat
 
 // rewards [groups · group_size], G completions of one prompt adjacent. One block: the batch is
 // rows, not tokens (thousands at most), and every statistic needs all of it.
-// stats[0..4] = batch mean, batch population std, groups with all-equal rewards, and the index
-// of the first non-finite reward (-1 if none; then nothing else is written).
-// A group whose rewards are all bitwise equal gets exactly 0; other groups divide the centred
+// stats[0..4] = batch mean, batch population std, groups with all-equal rewards, and 1 + the
+// index of the first non-finite reward (0 if none, so the zeroed buffer never reads as an error;
+// on an error nothing else is written).
+// A group whose rewards all compare equal (==, so -0 == +0, as on the CPU) gets exactly 0; other groups divide the centred
 // reward by (group std + eps), (batch std + eps) or 1. Population std, f64, each group summed
 // in member order like the CPU reference.
 CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards, int n,
@@ -215,7 +216,7 @@ CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards
     }
     bad = block_min_int(bad, iscratch);
     if (bad != 0x7fffffff) {
-        if (threadIdx.x == 0) stats[3] = (double)bad;
+        if (threadIdx.x == 0) stats[3] = (double)bad + 1.0;
         return;  // uniform across the block: no thread is left waiting at a barrier
     }
     const double mean = block_sum_d(s, scratch) / n;
@@ -257,6 +258,6 @@ CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards
         stats[0] = mean;
         stats[1] = batch_std;
         stats[2] = zero_std;
-        stats[3] = -1.0;
+        stats[3] = 0.0;
     }
 }

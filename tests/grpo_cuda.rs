@@ -42,16 +42,45 @@ struct Grids {
 }
 
 fn grids(r: &mut Rand, batch: usize, len: usize) -> Grids {
+    // ln(1 − ε_low), ln(1 + ε_high): a ratio within f32 `expf` rounding of a clip bound could
+    // take a different branch on the two devices (a 0 vs −ρA gradient), so none is drawn there
+    let bounds = [0.8f32.ln(), 1.28f32.ln()];
     let logp: Vec<f32> = randv(r, batch * len, 1.0).iter().map(|x| x - 2.0).collect();
-    let old: Vec<f32> = logp.iter().map(|x| x + r.gen_range(-0.4..0.4)).collect();
+    let old: Vec<f32> = logp
+        .iter()
+        .map(|x| loop {
+            let delta: f32 = r.gen_range(-0.4..0.4);
+            if bounds.iter().all(|b| (delta - b).abs() > 1e-4) {
+                break x - delta;
+            }
+        })
+        .collect();
     let reference: Vec<f32> = logp.iter().map(|x| x + r.gen_range(-0.3..0.3)).collect();
     let mut mask = vec![0f32; batch * len];
     for b in 0..batch {
-        let keep = r.gen_range(0..=len);
+        // row 0 fully masked (it still counts in grpo's 1/B), row 1 full, the rest random
+        let keep = match b {
+            0 => 0,
+            1 => len,
+            _ => r.gen_range(0..=len),
+        };
         mask[b * len..b * len + keep]
             .iter_mut()
             .for_each(|m| *m = 1.0);
     }
+    // padding log-probs are garbage in a real batch: NaN here, so a kernel that reads one
+    // into a sum (even times a zero mask) fails
+    let nan_where_masked = |v: Vec<f32>| -> Vec<f32> {
+        v.iter()
+            .zip(&mask)
+            .map(|(&x, &m)| if m == 0.0 { f32::NAN } else { x })
+            .collect()
+    };
+    let (logp, old, reference) = (
+        nan_where_masked(logp),
+        nan_where_masked(old),
+        nan_where_masked(reference),
+    );
     let adv = randv(r, batch, 1.5);
     Grids {
         logp,
@@ -64,6 +93,29 @@ fn grids(r: &mut Rand, batch: usize, len: usize) -> Grids {
     }
 }
 
+/// Each metric on its own (one norm over all six would let the token count, ~10⁵, swamp the
+/// loss and ratios): the count exactly, the others within `LOSS_TOL · max(|cpu|, 1e-3)`.
+fn check_metrics(what: &str, gpu: &GrpoLossMetrics, cpu: &GrpoLossMetrics) {
+    assert_eq!(gpu.tokens, cpu.tokens, "{what}: token count");
+    let names = [
+        "loss",
+        "kl_mean",
+        "clip_ratio_low",
+        "clip_ratio_high",
+        "clip_ratio_region",
+    ];
+    for ((name, g), c) in names.iter().zip(metrics_vec(gpu)).zip(metrics_vec(cpu)) {
+        let bound = LOSS_TOL * (c.abs() as f64).max(1e-3);
+        let err = (g as f64 - c as f64).abs();
+        println!("  {what} {name}: gpu {g:.7e} cpu {c:.7e} (|diff| {err:.1e}, bound {bound:.0e})");
+        assert!(
+            err <= bound,
+            "{what} {name}: gpu {g} vs cpu {c}, |diff| {err:.3e} > {bound:.1e}"
+        );
+    }
+}
+
+/// The metrics but the token count, in `check_metrics`' order.
 fn metrics_vec(m: &GrpoLossMetrics) -> Vec<f32> {
     vec![
         m.loss,
@@ -71,7 +123,6 @@ fn metrics_vec(m: &GrpoLossMetrics) -> Vec<f32> {
         m.clip_ratio_low,
         m.clip_ratio_high,
         m.clip_ratio_region,
-        m.tokens,
     ]
 }
 
@@ -142,12 +193,7 @@ fn grpo_loss_case<B: Backend>(gpu: &B, r: &mut Rand) {
             let got = gpu
                 .grpo_loss_forward(&lg, &og, &rg, &mg, &ag, batch, len, &cfg)
                 .unwrap();
-            check(
-                "grpo_loss_forward metrics",
-                &metrics_vec(&got),
-                &metrics_vec(&want),
-                LOSS_TOL,
-            );
+            check_metrics("grpo_loss_forward", &got, &want);
             let mut dg = poisoned(gpu, batch * len);
             gpu.grpo_loss_backward(&mut dg, &lg, &og, &rg, &mg, &ag, batch, len, &cfg)
                 .unwrap();
@@ -165,14 +211,24 @@ fn grpo_loss_case<B: Backend>(gpu: &B, r: &mut Rand) {
                     &mut df, &lg, &og, &rg, &mg, &ag, batch, len, &cfg, grad_scale,
                 )
                 .unwrap();
-            check(
-                "grpo_loss_fused metrics",
-                &metrics_vec(&fused),
-                &metrics_vec(&want),
-                LOSS_TOL,
-            );
+            check_metrics("grpo_loss_fused", &fused, &want);
             let scaled: Vec<f32> = dwant.iter().map(|d| d * grad_scale).collect();
             check("grpo_loss_fused dlogp", &down(gpu, &df), &scaled, LOSS_TOL);
+            if cfg.beta == 0.0 {
+                // no KL term: the reference log-probs are never read, a 1-value buffer will do
+                let tiny = gpu.upload(&[f32::NAN]).unwrap();
+                let mut dt = poisoned(gpu, batch * len);
+                let m = gpu
+                    .grpo_loss_fused(&mut dt, &lg, &og, &tiny, &mg, &ag, batch, len, &cfg, 1.0)
+                    .unwrap();
+                check_metrics("grpo_loss_fused, no reference", &m, &want);
+                check(
+                    "grpo_loss_fused dlogp, no reference",
+                    &down(gpu, &dt),
+                    &dwant,
+                    LOSS_TOL,
+                );
+            }
         }
     }
 }
@@ -223,9 +279,13 @@ fn grpo_advantages_case<B: Backend>(gpu: &B, r: &mut Rand) {
             );
         }
     }
-    let mut rewards = randv(r, 12, 1.0);
-    rewards[7] = f32::NAN;
-    let mut ag = poisoned(gpu, 12);
+    // non-finite rewards in three different warps (and past one block's 256 threads): the
+    // error names the first
+    let mut rewards = randv(r, 1000, 1.0);
+    rewards[600] = f32::NEG_INFINITY;
+    rewards[300] = f32::NAN;
+    rewards[40] = f32::INFINITY;
+    let mut ag = poisoned(gpu, 1000);
     let err = gpu
         .grpo_advantages(
             &mut ag,
@@ -236,8 +296,8 @@ fn grpo_advantages_case<B: Backend>(gpu: &B, r: &mut Rand) {
         )
         .unwrap_err();
     assert!(
-        format!("{err:#}").contains("reward 7"),
-        "the error names the reward: {err:#}"
+        format!("{err:#}").contains("reward 40 is inf"),
+        "the error names the first non-finite reward: {err:#}"
     );
     let err = gpu
         .grpo_advantages(

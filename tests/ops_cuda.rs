@@ -512,3 +512,71 @@ macro_rules! gemm_mode_test {
 }
 gemm_mode_test!(cuda_gemm_tf32, Tf32, TF32_GEMM);
 gemm_mode_test!(cuda_gemm_bf16, Bf16, BF16_GEMM);
+
+/// Bf16 mode reads a weight through its cached bf16 copy (src/backend/cuda/buffer.rs). The copy
+/// must exist after a GEMM has used the weight, survive reads, and be dropped by every kind of
+/// write — the optimiser step, `copy`, `fill` — so a GEMM after the write sees the new values.
+/// Each forward is checked against the CPU on the current weights with the bf16 bound.
+#[test]
+fn cuda_bf16_weight_copy_follows_writes() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let Some((mut gpu, mut r)) = setup("cuda_bf16_weight_copy_follows_writes") else {
+            return;
+        };
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        let cpu = Cpu::new();
+        let (n, k, m) = (19, 67, 41);
+        let x = randv(&mut r, n * k, 1.0);
+        let xg = gpu.upload(&x).unwrap();
+        let mut w = randv(&mut r, m * k, 1.0);
+        let mut wg = gpu.upload(&w).unwrap();
+        let forward = |gpu: &cada::backend::cuda::Cuda,
+                       wg: &cada::backend::cuda::CudaBuf,
+                       w: &Vec<f32>,
+                       what: &str| {
+            let mut og = poisoned(gpu, n * m);
+            gpu.linear_forward(&mut og, &xg, wg, None, n, k, m).unwrap();
+            let mut oc = vec![0.0; n * m];
+            cpu.linear_forward(&mut oc, &x, w, None, n, k, m).unwrap();
+            check(what, &down(gpu, &og), &oc, BF16_GEMM.value);
+        };
+        assert!(!wg.has_bf16_copy(), "a fresh upload has no bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward, first use");
+        assert!(wg.has_bf16_copy(), "the GEMM cached the weight's bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward, cached copy");
+        assert!(wg.has_bf16_copy(), "a read keeps the copy");
+
+        // the optimiser's write
+        let g = randv(&mut r, m * k, 1.0);
+        let gg = gpu.upload(&g).unwrap();
+        let (mut mg, mut vg) = (gpu.zeros(m * k).unwrap(), gpu.zeros(m * k).unwrap());
+        let (mut mc, mut vc) = (vec![0.0; m * k], vec![0.0; m * k]);
+        gpu.adamw_step(
+            &mut wg, &gg, &mut mg, &mut vg, 0.1, 0.9, 0.999, 1e-8, 0.01, 1,
+        )
+        .unwrap();
+        cpu.adamw_step(&mut w, &g, &mut mc, &mut vc, 0.1, 0.9, 0.999, 1e-8, 0.01, 1)
+            .unwrap();
+        assert!(!wg.has_bf16_copy(), "adamw_step dropped the copy");
+        forward(&gpu, &wg, &w, "linear_forward after adamw_step");
+
+        // a copy into part of the weight, then a fill
+        let patch = randv(&mut r, 100, 3.0);
+        let pg = gpu.upload(&patch).unwrap();
+        gpu.copy(&mut wg, 7, &pg, 0, 100).unwrap();
+        w[7..107].copy_from_slice(&patch);
+        assert!(!wg.has_bf16_copy(), "copy dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after copy");
+        gpu.fill(&mut wg, 0.25).unwrap();
+        w.iter_mut().for_each(|v| *v = 0.25);
+        assert!(!wg.has_bf16_copy(), "fill dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after fill");
+        println!("cuda_bf16_weight_copy_follows_writes: ran on the GPU and matched the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_bf16_weight_copy_follows_writes: skipped: no GPU (built without the `cuda` feature)"
+    );
+}

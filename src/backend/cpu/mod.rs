@@ -529,6 +529,10 @@ impl Backend for Cpu {
         cfg: &GrpoLossConfig,
         grad_scale: f32,
     ) -> Result<GrpoLossMetrics> {
+        ensure!(
+            grad_scale.is_finite(),
+            "grpo_loss_fused: `grad_scale` = {grad_scale} must be finite"
+        );
         // the slow composite twin of the fused kernel: forward, backward, scale
         let metrics =
             self.grpo_loss_forward(logp, old_logp, ref_logp, mask, advantages, batch, len, cfg)?;

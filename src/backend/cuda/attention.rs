@@ -1,7 +1,7 @@
 //! Launchers for kernels/attention.cu (causal GQA training attention) and
 //! kernels/decode_attention.cu (KV-cache write and single-token decode).
 
-use super::{dim_i32, launch, need, need_ids, Cuda};
+use super::{dim_i32, launch, need, need_ids, Cuda, CudaBuf};
 use crate::backend::{AttnShape, Backend, DecodeShape};
 use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -232,7 +232,7 @@ impl Cuda {
         dout: &CudaSlice<f32>,
         out: &CudaSlice<f32>,
         s: AttnShape,
-    ) -> Result<CudaSlice<f32>> {
+    ) -> Result<CudaBuf> {
         let dims = attn_dims(s)?;
         let rows = s.batch * s.n_heads * s.seq;
         let mut delta = self.zeros(rows)?;

@@ -4,7 +4,7 @@
 
 use super::{
     dim_i32, grid_1d, grid_cols, grid_rows, launch, need, need_ids, row_threads, AttentionKernel,
-    Cuda, BLOCK,
+    Cuda, CudaBuf, BLOCK,
 };
 use crate::backend::{
     AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 impl Backend for Cuda {
-    type Buf = CudaSlice<f32>;
+    type Buf = CudaBuf;
     type Ids = CudaSlice<u32>;
 
     fn name(&self) -> String {
@@ -27,13 +27,19 @@ impl Backend for Cuda {
         self.pool_high_water_bytes().ok()
     }
 
-    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+    fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
         if data.is_empty() {
-            return self.stream.null().context("cuda backend: empty buffer");
+            return Ok(CudaBuf::new(
+                self.stream.null().context("cuda backend: empty buffer")?,
+            ));
         }
-        self.stream.clone_htod(data).context("cuda backend: upload")
+        let data = self
+            .stream
+            .clone_htod(data)
+            .context("cuda backend: upload")?;
+        Ok(CudaBuf::new(data))
     }
-    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         if buf.is_empty() {
             return Ok(Vec::new());
         }
@@ -44,13 +50,17 @@ impl Backend for Cuda {
         self.synchronize()?;
         Ok(host)
     }
-    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+    fn zeros(&self, len: usize) -> Result<CudaBuf> {
         if len == 0 {
-            return self.stream.null().context("cuda backend: empty buffer");
+            return Ok(CudaBuf::new(
+                self.stream.null().context("cuda backend: empty buffer")?,
+            ));
         }
-        self.stream
+        let data = self
+            .stream
             .alloc_zeros::<f32>(len)
-            .with_context(|| format!("cuda backend: allocating {len} floats"))
+            .with_context(|| format!("cuda backend: allocating {len} floats"))?;
+        Ok(CudaBuf::new(data))
     }
     fn upload_ids(&self, ids: &[u32]) -> Result<CudaSlice<u32>> {
         if ids.is_empty() {
@@ -60,14 +70,14 @@ impl Backend for Cuda {
             .clone_htod(ids)
             .context("cuda backend: upload ids")
     }
-    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+    fn len(&self, buf: &CudaBuf) -> usize {
         buf.len()
     }
     fn copy(
         &self,
-        dst: &mut CudaSlice<f32>,
+        dst: &mut CudaBuf,
         dst_off: usize,
-        src: &CudaSlice<f32>,
+        src: &CudaBuf,
         src_off: usize,
         len: usize,
     ) -> Result<()> {
@@ -83,7 +93,7 @@ impl Backend for Cuda {
             )
             .context("cuda backend: copy")
     }
-    fn fill(&self, buf: &mut CudaSlice<f32>, value: f32) -> Result<()> {
+    fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
         let n = buf.len() as i64;
         if n == 0 {
             return Ok(());
@@ -91,7 +101,7 @@ impl Backend for Cuda {
         launch!(self, "fill_f32", grid_1d(n as usize), buf, &value, &n)
     }
 
-    fn add_assign(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+    fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) -> Result<()> {
         ensure!(
             y.len() == x.len(),
             "add_assign: lengths {} and {}",
@@ -104,14 +114,14 @@ impl Backend for Cuda {
         }
         launch!(self, "add_assign_f32", grid_1d(n as usize), y, x, &n)
     }
-    fn scale(&self, y: &mut CudaSlice<f32>, s: f32) -> Result<()> {
+    fn scale(&self, y: &mut CudaBuf, s: f32) -> Result<()> {
         let n = y.len() as i64;
         if n == 0 {
             return Ok(());
         }
         launch!(self, "scale_f32", grid_1d(n as usize), y, &s, &n)
     }
-    fn sum_squares(&self, y: &CudaSlice<f32>) -> Result<f64> {
+    fn sum_squares(&self, y: &CudaBuf) -> Result<f64> {
         let n = y.len() as i64;
         if n == 0 {
             return Ok(0.0);
@@ -124,7 +134,7 @@ impl Backend for Cuda {
         launch!(self, "sum_squares_partial", cfg, y, &n, &mut partials)?;
         Ok(self.download(&partials)?.iter().map(|&p| p as f64).sum())
     }
-    fn all_finite(&self, y: &CudaSlice<f32>) -> Result<bool> {
+    fn all_finite(&self, y: &CudaBuf) -> Result<bool> {
         let n = y.len() as i64;
         if n == 0 {
             return Ok(true);
@@ -141,8 +151,8 @@ impl Backend for Cuda {
 
     fn embedding_forward(
         &self,
-        out: &mut CudaSlice<f32>,
-        table: &CudaSlice<f32>,
+        out: &mut CudaBuf,
+        table: &CudaBuf,
         ids: &CudaSlice<u32>,
         n: usize,
         dim: usize,
@@ -159,8 +169,8 @@ impl Backend for Cuda {
     }
     fn embedding_backward(
         &self,
-        dtable: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
+        dtable: &mut CudaBuf,
+        dout: &CudaBuf,
         ids: &CudaSlice<u32>,
         n: usize,
         dim: usize,
@@ -187,10 +197,10 @@ impl Backend for Cuda {
 
     fn linear_forward(
         &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        bias: Option<&CudaSlice<f32>>,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        bias: Option<&CudaBuf>,
         n: usize,
         k: usize,
         m: usize,
@@ -199,12 +209,12 @@ impl Backend for Cuda {
     }
     fn linear_backward(
         &self,
-        dx: Option<&mut CudaSlice<f32>>,
-        dw: &mut CudaSlice<f32>,
-        dbias: Option<&mut CudaSlice<f32>>,
-        dout: &CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        dx: Option<&mut CudaBuf>,
+        dw: &mut CudaBuf,
+        dbias: Option<&mut CudaBuf>,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
         n: usize,
         k: usize,
         m: usize,
@@ -213,10 +223,10 @@ impl Backend for Cuda {
     }
     fn rmsnorm_forward(
         &self,
-        out: &mut CudaSlice<f32>,
-        rstd: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        out: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
         n: usize,
         dim: usize,
         eps: f32,
@@ -234,12 +244,12 @@ impl Backend for Cuda {
     }
     fn rmsnorm_backward(
         &self,
-        dx: &mut CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        rstd: &CudaSlice<f32>,
+        dx: &mut CudaBuf,
+        dw: &mut CudaBuf,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        rstd: &CudaBuf,
         n: usize,
         dim: usize,
     ) -> Result<()> {
@@ -283,9 +293,9 @@ impl Backend for Cuda {
 
     fn rope_forward(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
+        inv_freq: &CudaBuf,
         n: usize,
         n_heads: usize,
         head_dim: usize,
@@ -294,9 +304,9 @@ impl Backend for Cuda {
     }
     fn rope_backward(
         &self,
-        dx: &mut CudaSlice<f32>,
+        dx: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
+        inv_freq: &CudaBuf,
         n: usize,
         n_heads: usize,
         head_dim: usize,
@@ -306,11 +316,11 @@ impl Backend for Cuda {
 
     fn attention_forward(
         &self,
-        out: &mut CudaSlice<f32>,
-        lse: &mut CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
         s: AttnShape,
     ) -> Result<()> {
         match self.attention {
@@ -320,15 +330,15 @@ impl Backend for Cuda {
     }
     fn attention_backward(
         &self,
-        dq: &mut CudaSlice<f32>,
-        dk: &mut CudaSlice<f32>,
-        dv: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
-        lse: &CudaSlice<f32>,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
         s: AttnShape,
     ) -> Result<()> {
         match self.attention {
@@ -343,10 +353,10 @@ impl Backend for Cuda {
 
     fn kv_cache_write(
         &self,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
         positions: &CudaSlice<u32>,
         s: DecodeShape,
     ) -> Result<()> {
@@ -354,22 +364,17 @@ impl Backend for Cuda {
     }
     fn decode_attention(
         &self,
-        out: &mut CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k_cache: &CudaSlice<f32>,
-        v_cache: &CudaSlice<f32>,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
         positions: &CudaSlice<u32>,
         s: DecodeShape,
     ) -> Result<()> {
         self.decode_attention_impl(out, q, k_cache, v_cache, positions, s)
     }
 
-    fn swiglu_forward(
-        &self,
-        out: &mut CudaSlice<f32>,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
-    ) -> Result<()> {
+    fn swiglu_forward(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
         ensure!(
             out.len() == gate.len() && gate.len() == up.len(),
             "swiglu: length mismatch ({}, {}, {})",
@@ -393,11 +398,11 @@ impl Backend for Cuda {
     }
     fn swiglu_backward(
         &self,
-        dgate: &mut CudaSlice<f32>,
-        dup: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dout: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
     ) -> Result<()> {
         ensure!(
             dgate.len() == gate.len() && dup.len() == up.len() && dout.len() == gate.len(),
@@ -422,11 +427,11 @@ impl Backend for Cuda {
 
     fn fused_logprob_forward(
         &self,
-        logp: &mut CudaSlice<f32>,
-        entropy: &mut CudaSlice<f32>,
-        lse: &mut CudaSlice<f32>,
-        hidden: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        logp: &mut CudaBuf,
+        entropy: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        hidden: &CudaBuf,
+        w: &CudaBuf,
         targets: &CudaSlice<u32>,
         n: usize,
         dim: usize,
@@ -446,13 +451,13 @@ impl Backend for Cuda {
     }
     fn fused_logprob_backward(
         &self,
-        dhidden: &mut CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
-        dlogp: &CudaSlice<f32>,
-        hidden: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        dhidden: &mut CudaBuf,
+        dw: &mut CudaBuf,
+        dlogp: &CudaBuf,
+        hidden: &CudaBuf,
+        w: &CudaBuf,
         targets: &CudaSlice<u32>,
-        lse: &CudaSlice<f32>,
+        lse: &CudaBuf,
         n: usize,
         dim: usize,
         vocab: usize,
@@ -473,11 +478,11 @@ impl Backend for Cuda {
 
     fn grpo_loss_forward(
         &self,
-        logp: &CudaSlice<f32>,
-        old_logp: &CudaSlice<f32>,
-        ref_logp: &CudaSlice<f32>,
-        mask: &CudaSlice<f32>,
-        advantages: &CudaSlice<f32>,
+        logp: &CudaBuf,
+        old_logp: &CudaBuf,
+        ref_logp: &CudaBuf,
+        mask: &CudaBuf,
+        advantages: &CudaBuf,
         batch: usize,
         len: usize,
         cfg: &GrpoLossConfig,
@@ -486,12 +491,12 @@ impl Backend for Cuda {
     }
     fn grpo_loss_backward(
         &self,
-        dlogp: &mut CudaSlice<f32>,
-        logp: &CudaSlice<f32>,
-        old_logp: &CudaSlice<f32>,
-        ref_logp: &CudaSlice<f32>,
-        mask: &CudaSlice<f32>,
-        advantages: &CudaSlice<f32>,
+        dlogp: &mut CudaBuf,
+        logp: &CudaBuf,
+        old_logp: &CudaBuf,
+        ref_logp: &CudaBuf,
+        mask: &CudaBuf,
+        advantages: &CudaBuf,
         batch: usize,
         len: usize,
         cfg: &GrpoLossConfig,
@@ -503,12 +508,12 @@ impl Backend for Cuda {
 
     fn grpo_loss_fused(
         &self,
-        dlogp: &mut CudaSlice<f32>,
-        logp: &CudaSlice<f32>,
-        old_logp: &CudaSlice<f32>,
-        ref_logp: &CudaSlice<f32>,
-        mask: &CudaSlice<f32>,
-        advantages: &CudaSlice<f32>,
+        dlogp: &mut CudaBuf,
+        logp: &CudaBuf,
+        old_logp: &CudaBuf,
+        ref_logp: &CudaBuf,
+        mask: &CudaBuf,
+        advantages: &CudaBuf,
         batch: usize,
         len: usize,
         cfg: &GrpoLossConfig,
@@ -520,8 +525,8 @@ impl Backend for Cuda {
     }
     fn grpo_advantages(
         &self,
-        advantages: &mut CudaSlice<f32>,
-        rewards: &CudaSlice<f32>,
+        advantages: &mut CudaBuf,
+        rewards: &CudaBuf,
         group_size: usize,
         scale: ScaleRewards,
         eps: f32,
@@ -531,10 +536,10 @@ impl Backend for Cuda {
 
     fn adamw_step(
         &self,
-        param: &mut CudaSlice<f32>,
-        grad: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
         lr: f32,
         beta1: f32,
         beta2: f32,
@@ -575,7 +580,7 @@ impl Backend for Cuda {
 
     fn sample(
         &self,
-        logits: &CudaSlice<f32>,
+        logits: &CudaBuf,
         uniforms: &[f32],
         batch: usize,
         vocab: usize,

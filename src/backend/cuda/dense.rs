@@ -1,7 +1,8 @@
 //! Launchers for the dense layers: linear (cuBLAS GEMM + bias kernels in elementwise.cu) and
-//! RoPE (rope.cu).
+//! RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16 copy (`buffer.rs`).
 
-use super::{dim_i32, grid_1d, grid_cols, launch, need, need_ids, Cuda};
+use super::gemm::Bf16Operand;
+use super::{dim_i32, grid_1d, grid_cols, launch, need, need_ids, Cuda, CudaBuf};
 use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -9,10 +10,10 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_forward_impl(
         &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        bias: Option<&CudaSlice<f32>>,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        bias: Option<&CudaBuf>,
         n: usize,
         k: usize,
         m: usize,
@@ -20,7 +21,17 @@ impl Cuda {
         need(out, n * m, "out")?;
         need(x, n * k, "x")?;
         need(w, m * k, "w")?;
-        self.gemm(false, true, (n, m, k), 1.0, (x, k), (w, k), 0.0, (out, m))?;
+        let w16 = Bf16Operand::whole(self.weight_bf16(w)?);
+        self.gemm_pre(
+            false,
+            true,
+            (n, m, k),
+            1.0,
+            (x, k, None),
+            (w, k, w16),
+            0.0,
+            (out, m),
+        )?;
         if let Some(b) = bias {
             need(b, m, "bias")?;
             let (rows, cols) = (n as i64, dim_i32(m, "m")?);
@@ -33,12 +44,12 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_backward_impl(
         &self,
-        dx: Option<&mut CudaSlice<f32>>,
-        dw: &mut CudaSlice<f32>,
-        dbias: Option<&mut CudaSlice<f32>>,
-        dout: &CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        dx: Option<&mut CudaBuf>,
+        dw: &mut CudaBuf,
+        dbias: Option<&mut CudaBuf>,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
         n: usize,
         k: usize,
         m: usize,
@@ -49,13 +60,14 @@ impl Cuda {
         need(dw, m * k, "dw")?;
         if let Some(dx) = dx {
             need(dx, n * k, "dx")?;
-            self.gemm(
+            let w16 = Bf16Operand::whole(self.weight_bf16(w)?);
+            self.gemm_pre(
                 false,
                 false,
                 (n, k, m),
                 1.0,
-                (dout, m),
-                (w, k),
+                (dout, m, None),
+                (w, k, w16),
                 0.0,
                 (dx, k),
             )?;
@@ -85,9 +97,9 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rope(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
+        inv_freq: &CudaBuf,
         n: usize,
         n_heads: usize,
         head_dim: usize,

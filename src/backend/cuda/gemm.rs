@@ -1,19 +1,21 @@
 //! The GEMM helper behind the linear layers (`dense.rs`) and the log-prob head's chunks
 //! (`head.rs`), in three precisions chosen by [`GemmPrecision`].
 //!
-//! Bf16 mode keeps the f32 buffers as the interface and the master copy: each GEMM converts its
-//! two operands into bf16 scratch (kernels/convert.cu, round to nearest even) and calls
+//! Bf16 mode keeps the f32 buffers as the interface and the master copy, and calls
 //! `cublasGemmEx` with bf16 A/B, an f32 C and f32 compute, so outputs and `beta = 1` gradient
-//! accumulations stay f32. Weights are converted on every call too, so there is no bf16 weight
-//! cache whose invalidation after each optimizer step could go wrong. The price is one
-//! memory-bound pass per operand (read 4 + write 2 bytes per element): against a compute-bound
-//! `[M × K]·[K × N]` GEMM at F flop/s and B bytes/s, converting the `[M × K]` operand costs
-//! ≈ 3·(F/B)/N of the GEMM's time. With F/B ≈ 200–300 (H100/H200 bf16 dense) that is ~5% for a
-//! weight when N is ~16k tokens, but ~15–20% for an activation when the other dimension is a
-//! 4096-wide layer: the conversions can eat a sizeable part of bf16's gain over TF32 on small
-//! layers (an estimate, not measured).
+//! accumulations stay f32. Where the bf16 operands come from:
+//! - **weights** (a linear layer's `w`, the head's `w`): the buffer's own cached bf16 copy
+//!   ([`CudaBuf`], made on first use, dropped by the next write: the optimiser step), so a
+//!   weight is converted once per update, not once per GEMM. See `buffer.rs` for why the copy
+//!   cannot go stale.
+//! - **activations and gradients**: converted into scratch in each GEMM (kernels/convert.cu,
+//!   round to nearest even), or once per call where a caller reuses one operand in several
+//!   GEMMs ([`Cuda::bf16_copy`]). The price is one memory-bound pass per operand (read 4 +
+//!   write 2 bytes per element): against a compute-bound `[M × K]·[K × N]` GEMM at F flop/s
+//!   and B bytes/s, converting the `[M × K]` operand costs ≈ 3·(F/B)/N of the GEMM's time, with
+//!   F/B ≈ 200–300 on H100/H200 bf16 dense (an estimate, not measured).
 
-use super::{dim_i32, grid_1d, launch, Cuda};
+use super::{dim_i32, grid_1d, launch, Cuda, CudaBuf};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
@@ -86,6 +88,22 @@ impl GemmPrecision {
 pub(super) struct Bf16Scratch {
     a: Option<CudaSlice<bf16>>,
     b: Option<CudaSlice<bf16>>,
+}
+
+/// An operand's bf16 copy for [`Cuda::gemm_pre`]: the operand starts `offset` elements into
+/// `copy`, in the same layout as the f32 operand (a weight chunk of the head is a row range of
+/// the whole weight's copy).
+#[derive(Clone, Copy)]
+pub(super) struct Bf16Operand<'a> {
+    pub copy: &'a CudaSlice<bf16>,
+    pub offset: usize,
+}
+
+impl<'a> Bf16Operand<'a> {
+    /// The whole of `copy`, when there is one.
+    pub fn whole(copy: Option<&'a CudaSlice<bf16>>) -> Option<Bf16Operand<'a>> {
+        copy.map(|copy| Bf16Operand { copy, offset: 0 })
+    }
 }
 
 /// Elements a row-major `rows × cols` operand with row stride `ld` spans, from its first
@@ -167,9 +185,6 @@ impl Cuda {
         )
     }
 
-    /// [`Cuda::to_bf16`] of an operand used by several GEMMs (the head's hidden states across
-    /// every vocabulary chunk, its chunk gradient in two GEMMs), so it is converted once, not
-    /// once per GEMM. `None` outside Bf16 mode.
     /// An uninitialised bf16 buffer of `len` values for [`Cuda::refresh_bf16`] (Bf16 mode
     /// only; `None` otherwise).
     pub(super) fn bf16_buffer(&self, len: usize) -> Result<Option<CudaSlice<bf16>>> {
@@ -182,6 +197,21 @@ impl Cuda {
         Ok(Some(buf))
     }
 
+    /// The bf16 copy of a weight in Bf16 mode (`None` otherwise): the buffer's cached copy, made
+    /// here on first use (see `buffer.rs`).
+    pub(super) fn weight_bf16<'w>(&self, w: &'w CudaBuf) -> Result<Option<&'w CudaSlice<bf16>>> {
+        if self.gemm_precision != GemmPrecision::Bf16 {
+            return Ok(None);
+        }
+        if let Some(copy) = w.bf16_cached() {
+            return Ok(Some(copy));
+        }
+        let copy = self.bf16_copy(w)?.expect("Bf16 mode checked above");
+        Ok(Some(w.cache_bf16(copy)))
+    }
+
+    /// A bf16 copy of an operand used by several GEMMs (the head's hidden states across every
+    /// vocabulary chunk), so it is converted once, not once per GEMM. `None` outside Bf16 mode.
     pub(super) fn bf16_copy(&self, src: &CudaSlice<f32>) -> Result<Option<CudaSlice<bf16>>> {
         let mut dst = self.bf16_buffer(src.len())?;
         if let Some(d) = dst.as_mut() {
@@ -190,9 +220,9 @@ impl Cuda {
         Ok(dst)
     }
 
-    /// Like [`Cuda::gemm`]; in Bf16 mode an operand given with `Some(copy)` (its bf16 copy in
-    /// the same layout, from [`Cuda::bf16_copy`]) is not converted again. Other modes ignore
-    /// the copies.
+    /// Like [`Cuda::gemm`]; in Bf16 mode an operand given with its bf16 copy ([`Bf16Operand`],
+    /// from [`Cuda::bf16_copy`] or [`Cuda::weight_bf16`]) is not converted again. Other modes
+    /// ignore the copies.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm_pre<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
         &self,
@@ -200,8 +230,8 @@ impl Cuda {
         trans_b: bool,
         (m, n, k): (usize, usize, usize),
         alpha: f32,
-        (a, lda, a_pre): (&A, usize, Option<&CudaSlice<bf16>>),
-        (b, ldb, b_pre): (&B, usize, Option<&CudaSlice<bf16>>),
+        (a, lda, a_pre): (&A, usize, Option<Bf16Operand>),
+        (b, ldb, b_pre): (&B, usize, Option<Bf16Operand>),
         beta: f32,
         (c, ldc): (&mut C, usize),
     ) -> Result<()> {
@@ -230,9 +260,11 @@ impl Cuda {
             for (pre, need, what) in [(a_pre, a_span, "a"), (b_pre, b_span, "b")] {
                 if let Some(p) = pre {
                     ensure!(
-                        p.len() >= need,
-                        "cuda backend: gemm {what}: bf16 copy holds {} values, needs {need}",
-                        p.len()
+                        p.copy.len() >= p.offset + need,
+                        "cuda backend: gemm {what}: bf16 copy holds {} values, needs {need} \
+                         from offset {}",
+                        p.copy.len(),
+                        p.offset
                     );
                 }
             }
@@ -273,8 +305,8 @@ impl Cuda {
         (trans_a, trans_b): (bool, bool),
         (m, n, k): (usize, usize, usize),
         alpha: f32,
-        (a, lda, a_span, a_pre): (&A, usize, usize, Option<&CudaSlice<bf16>>),
-        (b, ldb, b_span, b_pre): (&B, usize, usize, Option<&CudaSlice<bf16>>),
+        (a, lda, a_span, a_pre): (&A, usize, usize, Option<Bf16Operand>),
+        (b, ldb, b_span, b_pre): (&B, usize, usize, Option<Bf16Operand>),
         beta: f32,
         (c, ldc): (&mut C, usize),
     ) -> Result<()> {
@@ -288,11 +320,17 @@ impl Cuda {
         } = &mut *scratch;
         let a16 = match a_pre {
             Some(p) => p,
-            None => self.stage_bf16(a_slot, a, a_span, "a")?,
+            None => Bf16Operand {
+                copy: self.stage_bf16(a_slot, a, a_span, "a")?,
+                offset: 0,
+            },
         };
         let b16 = match b_pre {
             Some(p) => p,
-            None => self.stage_bf16(b_slot, b, b_span, "b")?,
+            None => Bf16Operand {
+                copy: self.stage_bf16(b_slot, b, b_span, "b")?,
+                offset: 0,
+            },
         };
         let (tm, tn, tk) = (
             dim_i32(n, "gemm n")?,
@@ -305,11 +343,17 @@ impl Cuda {
             dim_i32(ldc, "gemm ldc")?,
         );
         // the guards order later work on other streams after this GEMM; dropped at return
-        let (a_ptr, _a_rec) = a16.device_ptr(&self.stream);
-        let (b_ptr, _b_rec) = b16.device_ptr(&self.stream);
+        let (a_base, _a_rec) = a16.copy.device_ptr(&self.stream);
+        let (b_base, _b_rec) = b16.copy.device_ptr(&self.stream);
+        let elem = std::mem::size_of::<bf16>() as u64;
+        let (a_ptr, b_ptr) = (
+            a_base + a16.offset as u64 * elem,
+            b_base + b16.offset as u64 * elem,
+        );
         let (c_ptr, _c_rec) = c.device_ptr_mut(&self.stream);
         use cublas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
-        // SAFETY: the bf16 copies hold the spans of a and b in their original layouts, c was
+        // SAFETY: the bf16 copies hold the spans of a and b in their original layouts from
+        // their offsets (checked in gemm_pre, or staged here), c was
         // checked to span [m × n] with stride ldc; alpha and beta are f32 as COMPUTE_32F expects
         // and are read before the call returns.
         unsafe {

@@ -314,8 +314,8 @@ impl Cuda {
             .clone_dtoh(&stats)
             .context("cuda backend: downloading the advantage statistics")?;
         self.synchronize()?;
-        if s[3] >= 0.0 {
-            let i = s[3] as usize;
+        if s[3] > 0.0 {
+            let i = s[3] as usize - 1; // the kernel writes 1 + the index
             let value = self
                 .stream
                 .clone_dtoh(&rewards.slice(i..i + 1))

@@ -5,10 +5,11 @@
 //! chunk gradient `g` once per chunk (shared by its two GEMMs): the chunk is only
 //! 64 MiB / (4·n) columns wide (256 at n = 65536), so converting `hidden` in every chunk's GEMM
 //! would move ~n·d·6 bytes × (vocab / chunk) — about 200 GB per pass at n = 65536, d = 896,
-//! more than the GEMMs' own time. Each weight chunk is converted once per pass too (in the
-//! backward once for its two GEMMs).
+//! more than the GEMMs' own time. The weight is read through its cached bf16 copy
+//! (`buffer.rs`, converted once per optimiser step), each chunk a row range of it.
 
-use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda};
+use super::gemm::Bf16Operand;
+use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda, CudaBuf};
 use crate::backend::Backend;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
@@ -29,7 +30,7 @@ impl Cuda {
         entropy: &mut CudaSlice<f32>,
         lse: &mut CudaSlice<f32>,
         hidden: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        w: &CudaBuf,
         targets: &CudaSlice<u32>,
         (n, dim, vocab): (usize, usize, usize),
         temperature: f32,
@@ -66,17 +67,22 @@ impl Cuda {
         let mut z = self.zeros(n * chunk)?;
         // Bf16 mode: the hidden states are converted once for every chunk's GEMM
         let hidden16 = self.bf16_copy(hidden)?;
+        let w16 = self.weight_bf16(w)?;
         let mut c0 = 0;
         while c0 < vocab {
             let c = chunk.min(vocab - c0);
             let wc = w.slice(c0 * dim..(c0 + c) * dim);
+            let wc16 = w16.map(|copy| Bf16Operand {
+                copy,
+                offset: c0 * dim,
+            });
             self.gemm_pre(
                 false,
                 true,
                 (n, c, dim),
                 1.0,
-                (hidden, dim, hidden16.as_ref()),
-                (&wc, dim, None),
+                (hidden, dim, Bf16Operand::whole(hidden16.as_ref())),
+                (&wc, dim, wc16),
                 0.0,
                 (&mut z, c),
             )?;
@@ -119,7 +125,7 @@ impl Cuda {
         dw: &mut CudaSlice<f32>,
         dlogp: &CudaSlice<f32>,
         hidden: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        w: &CudaBuf,
         targets: &CudaSlice<u32>,
         lse: &CudaSlice<f32>,
         (n, dim, vocab): (usize, usize, usize),
@@ -146,23 +152,23 @@ impl Cuda {
         // Bf16 mode: hidden converted once for all chunks, g once per chunk for its two GEMMs
         let hidden16 = self.bf16_copy(hidden)?;
         let mut g16 = self.bf16_buffer(n * chunk)?;
-        // the weight chunk feeds two GEMMs too: converted once per chunk
-        let mut w16 = self.bf16_buffer(chunk * dim)?;
+        let w16 = self.weight_bf16(w)?;
         let mut c0 = 0;
         while c0 < vocab {
             let c = chunk.min(vocab - c0);
             let wc = w.slice(c0 * dim..(c0 + c) * dim);
-            if let Some(w16) = w16.as_mut() {
-                self.refresh_bf16(w16, &wc, c * dim)?;
-            }
+            let wc16 = w16.map(|copy| Bf16Operand {
+                copy,
+                offset: c0 * dim,
+            });
             // recompute the chunk's logits, turn them into d(loss)/d(logits) in place
             self.gemm_pre(
                 false,
                 true,
                 (n, c, dim),
                 1.0,
-                (hidden, dim, hidden16.as_ref()),
-                (&wc, dim, w16.as_ref()),
+                (hidden, dim, Bf16Operand::whole(hidden16.as_ref())),
+                (&wc, dim, wc16),
                 0.0,
                 (&mut g, c),
             )?;
@@ -190,8 +196,8 @@ impl Cuda {
                 false,
                 (n, dim, c),
                 1.0,
-                (&g, c, g16.as_ref()),
-                (&wc, dim, w16.as_ref()),
+                (&g, c, Bf16Operand::whole(g16.as_ref())),
+                (&wc, dim, wc16),
                 beta,
                 (dhidden, dim),
             )?;
@@ -202,8 +208,8 @@ impl Cuda {
                 false,
                 (c, dim, n),
                 1.0,
-                (&g, c, g16.as_ref()),
-                (hidden, dim, hidden16.as_ref()),
+                (&g, c, Bf16Operand::whole(g16.as_ref())),
+                (hidden, dim, Bf16Operand::whole(hidden16.as_ref())),
                 1.0,
                 (&mut dwc, dim),
             )?;

@@ -18,6 +18,7 @@
 mod attention;
 mod attention_mma;
 mod backend_impl;
+mod buffer;
 mod dense;
 mod gemm;
 mod grpo_loss;
@@ -31,6 +32,7 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+pub use buffer::CudaBuf;
 pub use gemm::GemmPrecision;
 
 /// One kernel file compiled by build.rs.
