@@ -123,19 +123,27 @@ CADA_KERNEL void grpo_loss_backward(float* dlogp, const float* logp, const float
 }
 
 // ---- the fused pass: forward and backward together ---------------------------------------
-// One read of the four token grids per step instead of two (forward, then backward): each
-// block walks its completion once, writes dlogp = grad_scale · weight · dloss and the row's
-// partials (Σ weight·loss, Σm·kl, Σm·clip_low, Σm·clip_high, Σm), where weight = mask /
-// denominator as in grpo_loss_backward. `row_count` comes from grpo_mask_count. grid.x = batch.
-CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, const float* logp,
-                                 const float* old_logp, const float* ref_logp, const float* mask,
+// One launch per call (two for dapo) and one read of the four token grids, instead of the
+// forward's and the backward's two reads and four launches. Each block walks its completion
+// once, writes dlogp = grad_scale · weight · dloss and the row's partials (Σ weight·loss, Σm·kl,
+// Σm·clip_low, Σm·clip_high, Σm), weight = mask / denominator as in grpo_loss_backward.
+// grpo counts its own row's mask first (the row is then in cache for the main pass); dapo needs
+// the whole batch's count, from grpo_mask_count (`row_count`, unread otherwise); dr_grpo's
+// denominator is a constant. The last block to finish (a ticket taken after a fence) sums the
+// partials into `sums[5]` and resets the ticket to 0 for the next call. grid.x = batch.
+CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
+                                 unsigned int* ticket, const float* logp, const float* old_logp,
+                                 const float* ref_logp, const float* mask,
                                  const float* advantages, const double* row_count, int batch,
                                  int len, GrpoParams p, float grad_scale) {
     __shared__ double scratch[32];
+    __shared__ bool is_last;
     const int64_t b = blockIdx.x;
     double denom;
     if (p.loss_type == GRPO_LOSS_GRPO) {
-        denom = fmax(row_count[b], 1.0) * (double)batch;
+        double c = 0;
+        for (int t = threadIdx.x; t < len; t += blockDim.x) c += mask[b * len + t];
+        denom = fmax(block_sum_d(c, scratch), 1.0) * (double)batch;
     } else if (p.loss_type == GRPO_LOSS_DAPO) {
         double total = 0;
         for (int i = threadIdx.x; i < batch; i += blockDim.x) total += row_count[i];
@@ -175,19 +183,21 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, const float* lo
         out[2] = low;
         out[3] = high;
         out[4] = count;
+        __threadfence();  // the partials are visible device-wide before the ticket is taken
+        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
     }
-}
-
-// The metrics reduction: sums[c] = Σ_b partials[b, c] for the 5 columns, on the device, so
-// the host downloads 5 values instead of 5·batch. One block.
-CADA_KERNEL void grpo_loss_metrics(double* sums, const double* partials, int batch) {
-    __shared__ double scratch[32];
+    __syncthreads();
+    if (!is_last) return;  // uniform within the block
+    // the metrics reduction, by the one block that saw every other block's ticket
+    __threadfence();
     for (int c = 0; c < 5; ++c) {
-        double s = 0;
-        for (int b = threadIdx.x; b < batch; b += blockDim.x) s += partials[(int64_t)b * 5 + c];
-        s = block_sum_d(s, scratch);
-        if (threadIdx.x == 0) sums[c] = s;
+        double acc = 0;
+        // __ldcg: read through L2, never a stale L1 line of another block's write
+        for (int r = threadIdx.x; r < batch; r += blockDim.x) acc += __ldcg(partials + (int64_t)r * 5 + c);
+        acc = block_sum_d(acc, scratch);
+        if (threadIdx.x == 0) sums[c] = acc;
     }
+    if (threadIdx.x == 0) *ticket = 0u;
 }
 
 // ---- group-relative advantages (../shared/CADA.md step 6; CPU twin: group_advantages) ----

@@ -5,7 +5,7 @@
 use super::{dim_i32, grid_rows, launch, need, Cuda};
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
 use crate::backend::{AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Mirrors `struct GrpoParams` in grpo_loss.cu.
@@ -233,14 +233,33 @@ impl Cuda {
         let params = grpo_params(cfg)?;
         let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
         let (batch_i, len_i) = (dim_i32(batch, "batch")?, dim_i32(len, "len")?);
-        let row_count = self.grpo_row_count(mask, batch, len)?;
-        let mut partials = self.alloc_f64(batch * 5)?;
+        // only dapo's denominator needs the whole batch's mask count before the pass
+        let row_count = match cfg.loss_type {
+            LossType::Dapo => self.grpo_row_count(mask, batch, len)?,
+            _ => self.alloc_f64(1)?, // never read
+        };
+        // SAFETY (both): every block writes its 5 partials before the last block reads them,
+        // and the last block writes all 5 sums before the download.
+        let mut partials = unsafe { self.stream.alloc::<f64>(batch * 5) }
+            .context("cuda backend: allocating the loss partials")?;
+        let mut sums = unsafe { self.stream.alloc::<f64>(5) }
+            .context("cuda backend: allocating the loss sums")?;
+        let mut ticket = self
+            .grpo_ticket
+            .lock()
+            .map_err(|_| anyhow!("cuda backend: grpo ticket mutex poisoned"))?;
+        if ticket.is_none() {
+            *ticket = Some(self.alloc_u32(1)?);
+        }
+        let ticket = ticket.as_mut().expect("allocated above");
         launch!(
             self,
             "grpo_loss_fused",
             grid_rows(batch, 256)?,
             dlogp,
             &mut partials,
+            &mut sums,
+            ticket,
             logp,
             old_logp,
             reference,
@@ -251,15 +270,6 @@ impl Cuda {
             &len_i,
             &params,
             &grad_scale
-        )?;
-        let mut sums = self.alloc_f64(5)?;
-        launch!(
-            self,
-            "grpo_loss_metrics",
-            one_block(),
-            &mut sums,
-            &partials,
-            &batch_i
         )?;
         let sums = self
             .stream

@@ -104,6 +104,8 @@ pub struct Cuda {
     /// bf16 copies of the operands in `GemmPrecision::Bf16` (see `gemm.rs`)
     bf16_scratch: Mutex<gemm::Bf16Scratch>,
     attention: AttentionKernel,
+    /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block resets it)
+    grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
 }
 
 impl Cuda {
@@ -186,6 +188,7 @@ impl Cuda {
             gemm_precision,
             bf16_scratch: Mutex::new(gemm::Bf16Scratch::default()),
             attention,
+            grpo_ticket: Mutex::new(None),
         };
         cuda.apply_math_mode()?;
         Ok(cuda)
@@ -291,7 +294,6 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
             "grpo_mask_count",
             "grpo_loss_backward",
             "grpo_loss_fused",
-            "grpo_loss_metrics",
             "grpo_advantages",
         ],
         "rmsnorm" => &[
