@@ -2,15 +2,18 @@
 //! `compute_80` and a cubin for `sm_90a`, embedded in the binary) driven through cudarc 0.19,
 //! plus cuBLAS for the GEMMs.
 //!
-//! Precision: every buffer is f32. GEMMs run in plain f32 (`CUBLAS_DEFAULT_MATH`, results match
-//! the CPU to ~1e-6) unless `set_gemm_precision` (or `CADA_GEMM`) picks TF32 tensor cores
-//! (~3e-4 relative in a host emulation of the tests) or bf16 tensor cores (operands converted
-//! to bf16 on every call, f32 output and accumulation, ~2e-3 emulated; see `gemm.rs`). The
-//! kernels compute in f32 (attention's softmax statistics, RMSNorm, log-sum-exp) and accumulate
-//! reductions in f32 or f64 as documented in kernels/README.md. The exception, when selected
-//! with `set_attention_kernel` (or `CADA_ATTENTION=mma`), is the tensor-core attention of
-//! kernels/attention_mma.cu: bf16 operands, f32 accumulation and softmax statistics, ~1e-2
-//! relative. Neither tensor-core GEMM mode has run on a GPU yet.
+//! Precision: every buffer ([`CudaBuf`]) holds f32 values, the master copy: weights, optimiser
+//! state, activations and gradients. GEMMs run in plain f32 (`CUBLAS_DEFAULT_MATH`, results
+//! match the CPU to ~1e-6) unless `set_gemm_precision` (or `CADA_GEMM`) picks TF32 tensor cores
+//! (~3e-4 relative in a host emulation of the tests) or bf16 tensor cores (f32 output and
+//! accumulation, ~2e-3 emulated; see `gemm.rs`). In bf16 mode a weight is read through a bf16
+//! working copy cached on its buffer, converted once per optimiser step (`buffer.rs`);
+//! activations are converted per GEMM. The kernels compute in f32 (attention's softmax
+//! statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as documented in
+//! kernels/README.md. The exception, when selected with `set_attention_kernel` (or
+//! `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
+//! operands, f32 accumulation and softmax statistics, ~1e-2 relative. Neither tensor-core mode
+//! has run on a GPU yet.
 //!
 //! One stream per `Cuda`; every op is enqueued on it, so ops run in call order. Downloads and
 //! scalar results synchronise the stream.
@@ -139,6 +142,21 @@ impl Cuda {
              LD_LIBRARY_PATH"
         );
         let blas = CudaBlas::new(stream.clone()).context("cuda backend: creating cuBLAS handle")?;
+        // the loader also accepts older sonames (libcublas.so.12): the bindings are CUDA 13's
+        let mut major = 0i32;
+        // SAFETY: writes one int; the library is loaded (the handle exists).
+        let status = unsafe {
+            cudarc::cublas::sys::cublasGetProperty(
+                cudarc::cublas::sys::libraryPropertyType_t::MAJOR_VERSION,
+                &mut major,
+            )
+        };
+        ensure!(
+            status == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && major >= 13,
+            "cuda backend: the libcublas on the library path is major version {major} (status \
+             {status:?}); this build's bindings are CUDA 13's: put libcublas.so.13 first on \
+             LD_LIBRARY_PATH"
+        );
         // an optimisation only: a device without memory pools still works, more slowly
         if let Err(e) = keep_pool_memory(&ctx) {
             eprintln!("cuda backend: warning: {e:#}; freed memory goes back to the driver");
