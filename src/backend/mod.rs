@@ -15,6 +15,7 @@
 //! - Anything that can fail (allocation, a launch) returns `anyhow::Result`.
 
 pub mod cpu;
+pub mod device;
 mod peaks;
 
 pub use peaks::dense_bf16_peak_tflops;

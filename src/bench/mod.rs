@@ -272,12 +272,12 @@ pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -
 /// Resolves the device and runs the kernel bench there (`--device auto|cpu|cuda`). The set
 /// defaults to `full` on a GPU and `smoke` on the CPU.
 pub fn run_on_device(
-    choice: crate::app::DeviceChoice,
+    choice: crate::backend::device::DeviceChoice,
     set: Option<shapes::ShapeSet>,
     filter: Option<String>,
     save_to: Option<std::path::PathBuf>,
 ) -> Result<Report> {
-    let device = crate::app::resolve_device(choice)?;
+    let device = crate::backend::device::resolve_device(choice)?;
     let opts = |default| KernelBenchOptions {
         set: set.unwrap_or(default),
         filter: filter.clone(),
@@ -286,7 +286,7 @@ pub fn run_on_device(
     };
     match device {
         #[cfg(feature = "cuda")]
-        crate::app::DeviceChoice::Cuda => {
+        crate::backend::device::DeviceChoice::Cuda => {
             let mut be = crate::backend::cuda::Cuda::new(0)?;
             run_kernel_bench(&mut be, &opts(shapes::ShapeSet::Full))
         }

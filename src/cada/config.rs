@@ -1,7 +1,7 @@
 //! `cada train` configuration: a TOML file whose every field can also be set from the command
 //! line with `--set section.field=value` (and the common ones with named flags).
 
-use crate::app::DeviceChoice;
+use crate::backend::device::DeviceChoice;
 use crate::backend::{GrpoLossConfig, LossType};
 use crate::cada::judge::RuleJudgeConfig;
 use crate::train::advantages::ScaleRewards;

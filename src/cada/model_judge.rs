@@ -6,11 +6,11 @@
 
 use super::data::Label;
 use super::judge::{is_refusal, Judge, JudgeItem, JudgeScore};
-use crate::app::score::{score_items, ScoreItem};
 use crate::backend::cpu::Cpu;
 use crate::model::chat::Message;
 use crate::model::llama::Llama;
 use crate::model::load::{load_model, LoadedModel};
+use crate::model::score::{score_items, ScoreItem};
 use anyhow::{Context, Result};
 use std::path::Path;
 

@@ -7,6 +7,7 @@ pub mod init;
 pub mod llama;
 pub mod load;
 pub mod save;
+pub mod score;
 pub mod tokenizer;
 pub mod tokenizer_train;
 pub mod weights;
