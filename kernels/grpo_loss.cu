@@ -130,7 +130,7 @@ CADA_KERNEL void grpo_loss_backward(float* dlogp, const float* logp, const float
 // grpo counts its own row's mask first (the row is then in cache for the main pass); dapo needs
 // the whole batch's count, from grpo_mask_count (`row_count`, unread otherwise); dr_grpo's
 // denominator is a constant. The last block to finish (a ticket taken after a fence) sums the
-// partials into `sums[5]` and resets the ticket to 0 for the next call. grid.x = batch.
+// partials into `sums[5]`; its atomicInc leaves the ticket at 0 for the next call. grid.x = batch.
 CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
                                  unsigned int* ticket, const float* logp, const float* old_logp,
                                  const float* ref_logp, const float* mask,
@@ -184,7 +184,8 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
         out[3] = high;
         out[4] = count;
         __threadfence();  // the partials are visible device-wide before the ticket is taken
-        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        // atomicInc wraps the ticket to 0 on the last arrival: ready for the next call
+        is_last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
     }
     __syncthreads();
     if (!is_last) return;  // uniform within the block
@@ -193,11 +194,11 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
     for (int c = 0; c < 5; ++c) {
         double acc = 0;
         // __ldcg: read through L2, never a stale L1 line of another block's write
-        for (int r = threadIdx.x; r < batch; r += blockDim.x) acc += __ldcg(partials + (int64_t)r * 5 + c);
+        for (int r = threadIdx.x; r < batch; r += blockDim.x)
+            acc += __ldcg(partials + (int64_t)r * 5 + c);
         acc = block_sum_d(acc, scratch);
         if (threadIdx.x == 0) sums[c] = acc;
     }
-    if (threadIdx.x == 0) *ticket = 0u;
 }
 
 // ---- group-relative advantages (../shared/CADA.md step 6; CPU twin: group_advantages) ----

@@ -573,6 +573,43 @@ fn cuda_bf16_weight_copy_follows_writes() {
         w.iter_mut().for_each(|v| *v = 0.25);
         assert!(!wg.has_bf16_copy(), "fill dropped the bf16 copy");
         forward(&gpu, &wg, &w, "linear_forward after fill");
+        // elementwise writes
+        forward(&gpu, &wg, &w, "linear_forward, copy made again");
+        gpu.scale(&mut wg, -1.5).unwrap();
+        w.iter_mut().for_each(|v| *v *= -1.5);
+        assert!(!wg.has_bf16_copy(), "scale dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after scale");
+        let delta = randv(&mut r, m * k, 1.0);
+        gpu.add_assign(&mut wg, &gpu.upload(&delta).unwrap())
+            .unwrap();
+        w.iter_mut().zip(&delta).for_each(|(v, d)| *v += d);
+        assert!(!wg.has_bf16_copy(), "add_assign dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after add_assign");
+        // the weight as a GEMM's output (cuBLAS writes through DevicePtrMut): [m, k] = a · bᵀ
+        let k2 = 13;
+        let (a, b) = (randv(&mut r, m * k2, 1.0), randv(&mut r, k * k2, 1.0));
+        let (ag, bg) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+        gpu.linear_forward(&mut wg, &ag, &bg, None, m, k2, k)
+            .unwrap();
+        cpu.linear_forward(&mut w, &a, &b, None, m, k2, k).unwrap();
+        assert!(
+            !wg.has_bf16_copy(),
+            "a GEMM writing the weight dropped the bf16 copy"
+        );
+        check(
+            "linear_forward into the weight",
+            &down(&gpu, &wg),
+            &w,
+            BF16_GEMM.value,
+        );
+        // that GEMM rounded its operands to bf16: the next check starts from the GPU's values
+        w = down(&gpu, &wg);
+        forward(
+            &gpu,
+            &wg,
+            &w,
+            "linear_forward after the weight was a GEMM output",
+        );
         println!("cuda_bf16_weight_copy_follows_writes: ran on the GPU and matched the CPU");
     }
     #[cfg(not(feature = "cuda"))]

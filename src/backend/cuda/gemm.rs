@@ -260,7 +260,9 @@ impl Cuda {
             for (pre, need, what) in [(a_pre, a_span, "a"), (b_pre, b_span, "b")] {
                 if let Some(p) = pre {
                     ensure!(
-                        p.copy.len() >= p.offset + need,
+                        p.offset
+                            .checked_add(need)
+                            .is_some_and(|end| end <= p.copy.len()),
                         "cuda backend: gemm {what}: bf16 copy holds {} values, needs {need} \
                          from offset {}",
                         p.copy.len(),

@@ -107,7 +107,7 @@ pub struct Cuda {
     /// bf16 copies of the operands in `GemmPrecision::Bf16` (see `gemm.rs`)
     bf16_scratch: Mutex<gemm::Bf16Scratch>,
     attention: AttentionKernel,
-    /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block resets it)
+    /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block wraps it)
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
 }
 
