@@ -2,10 +2,11 @@
 # Builds everything the GPU machine needs here (release, --features cuda) and stages it in the
 # git-ignored device_out/: the cada binary, every test and bench executable, the kernels' PTX,
 # and device_out/run_on_gpu.sh, which on the GPU machine runs
-#   1. compute-sanitizer memcheck and racecheck over the kernel tests (ops_cuda, attention_cuda),
-#   2. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
-#      tests/attention_cuda: both attention kernels; tests/model_cuda: the whole model's
-#      log-probs, every gradient and the KV cache),
+#   1. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
+#      tests/attention_cuda: both attention kernels; tests/grpo_cuda: the loss, its fused pass and
+#      the advantages; tests/model_cuda: the whole model's log-probs, every gradient and the KV
+#      cache), then compute-sanitizer memcheck and racecheck over the kernel tests,
+#   2. the main job on the GPU (cada train on models/default, --device cuda),
 #   3. cada bench kernels / cada bench step, 4. bench/peers.py (the ratio table is made here),
 # logging each step to $OUT (phases in run_on_gpu.sh below). Prints the device command to use
 # (carry: ["device_out"]).
@@ -43,7 +44,11 @@ for line in sys.stdin:
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
 collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test model_cuda" "$stage/tests"
-collect "bench --benches" "$stage/benches"
+# The criterion benches time the CPU backend: useful there only on request (CADA_STAGE_CRITERION=1),
+# and at ~6 MB each they would crowd the 64 MiB carry.
+if [[ "${CADA_STAGE_CRITERION:-0}" == 1 ]]; then
+    collect "bench --benches" "$stage/benches"
+fi
 
 out_dir=$(ls -td target/release/build/cada-*/out | while read -r d; do
     [[ -f "$d/cuda_kernels.rs" ]] && { echo "$d"; break; }; done)
@@ -63,13 +68,15 @@ fi
 cat > "$stage/run_on_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root:
-#   bash device_out/run_on_gpu.sh [check] [bench] [peers] [peers_hf] [criterion]
-# check:     nvidia-smi; compute-sanitizer memcheck + racecheck over the kernel tests; the tests
+#   bash device_out/run_on_gpu.sh [tests] [train] [sanitize] [bench] [peers] [peers_hf] [criterion]
+# tests:     nvidia-smi; the GPU tests (every kernel, the GRPO ops, the whole model vs the CPU)
+# train:     the main job (cada train on models/default) on the GPU
+# sanitize:  compute-sanitizer memcheck + racecheck over the kernel tests (check = tests sanitize)
 # bench:     cada bench kernels (full set, both attention kernels) and cada bench step
 # peers:     bench/peers.py kernel peers (SDPA, naive log-prob, Liger, GRPO loss eager/compiled)
 # peers_hf:  bench/peers.py HF generate (dynamic + static cache) and HF train step
-# criterion: the CPU criterion benches (CPU numbers; rarely useful on the GPU machine)
-# Default: check bench. Every step has a time limit and the work folder is packed into
+# criterion: the CPU criterion benches (staged only with CADA_STAGE_CRITERION=1)
+# Default: tests train sanitize. Every step has a time limit and the work folder is packed into
 # $OUT/results-<phases>.tgz after each step (the device tool returns at most 8 files from $OUT),
 # so a killed command still returns everything finished before. $OUT/summary.txt has the tails.
 set -uo pipefail
@@ -77,8 +84,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 OUT="${OUT:-$here/out}"
 mkdir -p "$OUT"
-phases=("$@")
-(( ${#phases[@]} )) || phases=(check bench)
+phases=()
+for p in "$@"; do [[ $p == check ]] && phases+=(tests sanitize) || phases+=("$p"); done
+(( ${#phases[@]} )) || phases=(tests train sanitize)
 tag=$(IFS=-; echo "${phases[*]}")
 work=/tmp/cada_gpu_$tag
 rm -rf "$work" && mkdir -p "$work"
@@ -110,8 +118,14 @@ step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is re
     pack
 }
 for phase in "${phases[@]}"; do case $phase in
-check)
+tests)
     nvidia-smi > "$work/nvidia-smi.txt" 2>&1
+    for t in ops_cuda attention_cuda grpo_cuda model_cuda; do
+        step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
+        grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
+    done
+    ;;
+sanitize)
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     if [[ -n "$sanitizer" ]]; then
         for tool in memcheck racecheck; do
@@ -123,10 +137,12 @@ check)
         echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee -a "$OUT/summary.txt"
         status=1
     fi
-    for t in ops_cuda attention_cuda grpo_cuda model_cuda; do
-        step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
-        grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
-    done
+    ;;
+train)
+    # the README's main job on the GPU: CADA training on models/default, then its evaluation
+    step train_gpu 240 "$cada" train --device cuda --out "$work/train_gpu" --quiet
+    rm -rf "$work/train_gpu/checkpoint" "$work/train_gpu/final"  # weights: not needed back
+    tail -3 "$work/train_gpu/metrics.jsonl" >> "$OUT/summary.txt" 2>/dev/null
     ;;
 bench)
     step bench_kernels 300 "$cada" bench kernels --device cuda --json "$work/ours_kernels.json"
@@ -152,7 +168,7 @@ criterion)
         step "bench_$(basename "$b")" 200 "$b" --bench
     done
     ;;
-*) echo "unknown phase $phase (check, bench, peers, peers_hf, criterion)"; status=1 ;;
+*) echo "unknown phase $phase (tests, train, sanitize, check, bench, peers, peers_hf, criterion)"; status=1 ;;
 esac; done
 pack
 exit $status
@@ -164,8 +180,10 @@ if (( size_mib > 60 )); then
     echo "warning: device_out exceeds the 64 MiB carry limit; remove test binaries not needed on the GPU" >&2
 fi
 echo
-echo "device commands (carry: [\"device_out\"], timeout_s 600; about 5 minutes each):"
-echo "  bash device_out/run_on_gpu.sh check bench"
-echo "  bash device_out/run_on_gpu.sh peers peers_hf"
+echo "device commands (carry: [\"device_out\"], timeout_s 600; in order of what matters most,"
+echo "each step time-limited and packed as it ends, so a cut-off call keeps what finished):"
+echo "  bash device_out/run_on_gpu.sh tests train sanitize"
+echo "  bash device_out/run_on_gpu.sh bench peers"
+echo "  bash device_out/run_on_gpu.sh peers_hf"
 echo "then, here, with the two results-*.tgz unpacked side by side:"
 echo "  cada bench report --ours ours_*.json --peers peers.json peers_hf.json"
