@@ -179,9 +179,11 @@ impl OnDevice for StepBench<'_> {
                 let mask = be.upload(&crate::cada::seqlogp::completion_mask(&seqs[r0..r1], lc))?;
                 let adv: Vec<f32> = (0..b).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect();
                 let adv = be.upload(&adv)?;
-                be.grpo_loss_forward(&lp, &lp, &refp, &mask, &adv, b, lc, &loss_cfg)?;
+                // the trainer's fused pass (its chunk weight is 1 here: the timing is the same)
                 let mut dlp = be.zeros(b * lc)?;
-                be.grpo_loss_backward(&mut dlp, &lp, &lp, &refp, &mask, &adv, b, lc, &loss_cfg)?;
+                be.grpo_loss_fused(
+                    &mut dlp, &lp, &lp, &refp, &mask, &adv, b, lc, &loss_cfg, 1.0,
+                )?;
                 let dl = be.download(&dlp)?;
                 seq_backward(be, &model, &sl, &seqs[r0..r1], &dl, 1.0, &mut grads)?;
             }
