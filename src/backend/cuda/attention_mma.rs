@@ -44,22 +44,39 @@ fn smem_bytes(kernel: &str, hdp: usize) -> usize {
     }
 }
 
+/// Every mma kernel with the shared-memory layout it uses (`smem_bytes`) and its padded width.
+const MMA_KERNELS: [(&str, &str, usize); 6] = [
+    ("attention_mma_forward_hd64", "forward", 64),
+    ("attention_mma_forward_hd128", "forward", 128),
+    ("attention_mma_backward_dq_hd64", "dq", 64),
+    ("attention_mma_backward_dq_hd128", "dq", 128),
+    ("attention_mma_backward_dkv_hd64", "dkv", 64),
+    ("attention_mma_backward_dkv_hd128", "dkv", 128),
+];
+
 impl Cuda {
-    /// Launch config with `bytes` of dynamic shared memory, opting the function in past 48 KiB.
-    fn mma_config(
-        &self,
-        name: &str,
-        (x, y, z): (usize, usize, usize),
-        bytes: usize,
-    ) -> Result<LaunchConfig> {
-        if bytes > DEFAULT_SMEM {
-            self.function(name)?
-                .set_attribute(
-                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-                .map_err(|e| anyhow!("cuda backend: `{name}`: {bytes} B shared memory: {e:?}"))?;
+    /// Opts the kernels that need more than 48 KiB of dynamic shared memory in, once at start-up
+    /// (each kernel's size is fixed by its padded width), instead of before every launch.
+    pub(super) fn opt_in_mma_shared_memory(&self) -> Result<()> {
+        for (name, kind, hdp) in MMA_KERNELS {
+            let bytes = smem_bytes(kind, hdp);
+            if bytes > DEFAULT_SMEM {
+                self.function(name)?
+                    .set_attribute(
+                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                    .map_err(|e| {
+                        anyhow!("cuda backend: `{name}`: {bytes} B shared memory: {e:?}")
+                    })?;
+            }
         }
+        Ok(())
+    }
+
+    /// Launch config with `bytes` of dynamic shared memory (opted in by
+    /// `opt_in_mma_shared_memory`).
+    fn mma_config(&self, (x, y, z): (usize, usize, usize), bytes: usize) -> Result<LaunchConfig> {
         let mut cfg = grid_3d(x, y, z, THREADS)?;
         cfg.shared_mem_bytes = bytes as u32;
         Ok(cfg)
@@ -86,7 +103,7 @@ impl Cuda {
             "attention_mma_forward_hd128"
         };
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
-        let cfg = self.mma_config(name, grid, smem_bytes("forward", hdp))?;
+        let cfg = self.mma_config(grid, smem_bytes("forward", hdp))?;
         launch!(self, name, cfg, out, lse, q, k, v, &dims, &scale)
     }
 
@@ -123,10 +140,10 @@ impl Cuda {
             )
         };
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
-        let cfg = self.mma_config(dq_name, grid, smem_bytes("dq", hdp))?;
+        let cfg = self.mma_config(grid, smem_bytes("dq", hdp))?;
         launch!(self, dq_name, cfg, dq, dout, q, k, v, lse, &delta, &dims, &scale)?;
         let grid = (s.seq.div_ceil(BLOCK_KEYS), s.n_kv_heads, s.batch);
-        let cfg = self.mma_config(dkv_name, grid, smem_bytes("dkv", hdp))?;
+        let cfg = self.mma_config(grid, smem_bytes("dkv", hdp))?;
         launch!(self, dkv_name, cfg, dk, dv, dout, q, k, v, lse, &delta, &dims, &scale)
     }
 }
@@ -149,6 +166,19 @@ mod tests {
         assert_eq!(padded(64), 64);
         assert_eq!(padded(65), 128);
         assert_eq!(padded(128), 128);
+    }
+
+    #[test]
+    fn opt_in_list_names_every_mma_kernel() {
+        let compiled = super::super::kernel_names("attention_mma");
+        let listed: Vec<&str> = MMA_KERNELS.iter().map(|k| k.0).collect();
+        assert_eq!(listed, compiled, "MMA_KERNELS and kernel_names() disagree");
+        for (name, kind, hdp) in MMA_KERNELS {
+            assert!(
+                name.contains(kind) && name.ends_with(&format!("hd{hdp}")),
+                "{name}"
+            );
+        }
     }
 
     #[test]

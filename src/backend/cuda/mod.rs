@@ -209,6 +209,11 @@ impl Cuda {
             grpo_ticket: Mutex::new(None),
         };
         cuda.apply_math_mode()?;
+        // the mma attention needs it; the f32 default does not, so a refusal only warns (an mma
+        // launch would then fail with the driver's error)
+        if let Err(e) = cuda.opt_in_mma_shared_memory() {
+            eprintln!("cuda backend: warning: {e:#}; CADA_ATTENTION=mma will not launch");
+        }
         Ok(cuda)
     }
 
