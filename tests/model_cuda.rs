@@ -146,6 +146,90 @@ fn decode_logits<B: Backend>(
     out
 }
 
+/// bf16 GEMMs through a training update: the log-probs before one AdamW step on every weight,
+/// and after it, against the CPU's f32 run of the same step. In bf16 mode every GEMM reads its
+/// weight through a cached bf16 copy (src/backend/cuda/buffer.rs); a copy that outlived the
+/// update would leave the GPU's "after" log-probs at the old weights' values. The step is large
+/// enough that the CPU's log-probs move by ≥ 10× the bound (asserted; ~0.3 relative), so a stale copy fails.
+/// Bound: bf16 operands (2^-8) through 2 layers and the head, measured ~3e-3 in a host emulation
+/// of single GEMMs (ops_cuda.rs, `BF16_GEMM`); 2e-2 leaves room for the depth.
+const BF16_MODEL_TOL: f64 = 2e-2;
+
+fn update_cycle_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let cfg = common::tiny_cfg(97, true, false);
+    let params = common::random_params(&cfg, r.gen());
+    let (batch, seq) = (2, 29);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| r.gen_range(0..cfg.vocab_size as u32))
+        .collect();
+    let dlogp: Vec<f32> = (0..batch * seq)
+        .map(|_| r.gen::<f32>() * 2.0 - 1.0)
+        .collect();
+    let g = logp_around_update(gpu, &cfg, &params, &ids, (batch, seq), &dlogp);
+    let c = logp_around_update(&cpu, &cfg, &params, &ids, (batch, seq), &dlogp);
+    let moved = common::rel_err(&c.1, &c.0);
+    println!("  the CPU's log-probs moved by {moved:.2e} (relative) in the update");
+    assert!(
+        moved >= 10.0 * BF16_MODEL_TOL,
+        "the update is too small to tell a stale weight copy from rounding"
+    );
+    check("logp before the update", &g.0, &c.0, BF16_MODEL_TOL);
+    check("logp after the update", &g.1, &c.1, BF16_MODEL_TOL);
+}
+
+/// Log-probs, then one AdamW step (lr 0.1) on every parameter with the gradients of
+/// `Σ dlogp · logp`, then the log-probs again, on one model instance.
+fn logp_around_update<B: Backend>(
+    be: &B,
+    cfg: &LlamaConfig,
+    params: &Params<Vec<f32>>,
+    ids: &[u32],
+    (batch, seq): (usize, usize),
+    dlogp: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut model = Llama::from_host(be, cfg.clone(), params).unwrap();
+    let targets = be.upload_ids(&shifted_targets(ids, batch, seq)).unwrap();
+    let logp = |model: &Llama<B>| {
+        let fwd = model.forward(be, ids, batch, seq).unwrap();
+        let (lp, _, lse) = model.token_logprobs(be, &fwd, &targets, 1.0).unwrap();
+        (fwd, lp, lse)
+    };
+    let (fwd, lp, lse) = logp(&model);
+    let before = be.download(&lp).unwrap();
+    let mut grads = model.zeros_like_params(be).unwrap();
+    let d = be.upload(dlogp).unwrap();
+    model
+        .logprob_backward(be, &fwd, &targets, &lse, &d, 1.0, &mut grads)
+        .unwrap();
+    drop(fwd);
+    for (p, g) in model.params.tensors_mut().into_iter().zip(grads.tensors()) {
+        let n = be.len(p);
+        let (mut m, mut v) = (be.zeros(n).unwrap(), be.zeros(n).unwrap());
+        be.adamw_step(p, g, &mut m, &mut v, 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+            .unwrap();
+    }
+    let (_, lp, _) = logp(&model);
+    (before, be.download(&lp).unwrap())
+}
+
+#[test]
+fn cuda_whole_model_bf16_update_cycle() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        if let Some((mut gpu, mut rng)) = common::cuda_setup("cuda_whole_model_bf16_update_cycle") {
+            gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+            update_cycle_case(&gpu, &mut rng);
+            println!("cuda_whole_model_bf16_update_cycle: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_whole_model_bf16_update_cycle: skipped: no GPU (built without the `cuda` feature)"
+    );
+}
+
 gpu_test!(cuda_whole_model_logprobs_and_gradients, whole_model_case);
 gpu_test!(cuda_whole_model_kv_cache_decode, decode_case);
 
@@ -157,4 +241,5 @@ fn cpu_twin_bodies_agree_with_themselves() {
     let mut r = <Rand as rand::SeedableRng>::seed_from_u64(3);
     whole_model_case(&cpu, &mut r);
     decode_case(&cpu, &mut r);
+    update_cycle_case(&cpu, &mut r);
 }
