@@ -43,7 +43,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test model_cuda" "$stage/tests"
+collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda" "$stage/tests"
 # The criterion benches time the CPU backend: useful there only on request (CADA_STAGE_CRITERION=1),
 # and at ~6 MB each they would crowd the 64 MiB carry.
 if [[ "${CADA_STAGE_CRITERION:-0}" == 1 ]]; then
@@ -120,7 +120,7 @@ step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is re
 for phase in "${phases[@]}"; do case $phase in
 tests)
     nvidia-smi > "$work/nvidia-smi.txt" 2>&1
-    for t in ops_cuda attention_cuda grpo_cuda model_cuda; do
+    for t in ops_cuda attention_cuda grpo_cuda bf16_cuda model_cuda; do
         step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
         grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
     done
@@ -129,7 +129,7 @@ sanitize)
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     if [[ -n "$sanitizer" ]]; then
         for tool in memcheck racecheck; do
-            for t in ops_cuda attention_cuda grpo_cuda; do
+            for t in ops_cuda attention_cuda grpo_cuda bf16_cuda; do
                 step "sanitizer_${tool}_$t" 100 "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/$t" --test-threads=1
             done
         done

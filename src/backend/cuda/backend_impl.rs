@@ -40,6 +40,10 @@ impl Backend for Cuda {
         Ok(CudaBuf::new(data))
     }
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        ensure!(
+            !buf.is_narrowed(),
+            "cuda backend: download of a buffer kept only as a bf16 GEMM input (keep_as_gemm_input)"
+        );
         if buf.is_empty() {
             return Ok(Vec::new());
         }
@@ -71,7 +75,10 @@ impl Backend for Cuda {
             .context("cuda backend: upload ids")
     }
     fn len(&self, buf: &CudaBuf) -> usize {
-        buf.len()
+        buf.logical_len()
+    }
+    fn keep_as_gemm_input(&self, buf: &mut CudaBuf) -> Result<()> {
+        self.narrow_to_bf16(buf)
     }
     fn copy(
         &self,

@@ -11,7 +11,13 @@
 //! and `DerefMut` drops the copy first. Every op that writes a buffer (the optimiser's update,
 //! `copy`, `fill`, a kernel's output) takes `&mut CudaBuf`, so it goes through `DerefMut`.
 //! Reads go through `Deref` and keep it. The cost is 2 bytes per weight parameter while the
-//! copy lives (f32 master weights + bf16 working weights, the usual mixed-precision layout).
+//! copy lives (f32 master weights + bf16 working weights, the usual mixed-precision layout);
+//! frozen weights (the reference model) keep theirs for good.
+//!
+//! Saved activations that the backward reads only as a bf16 GEMM operand (the inputs of the
+//! q/k/v, gate/up and down projections) can be *narrowed*: the bf16 copy is kept and the f32
+//! storage freed, half the memory (`Backend::keep_as_gemm_input`). A narrowed buffer has no f32
+//! values: an f32 use of it fails its length check, a write drops the copy and leaves it empty.
 
 use cudarc::driver::{
     sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchArgs, PushKernelArg,
@@ -25,6 +31,9 @@ use std::sync::OnceLock;
 pub struct CudaBuf {
     data: CudaSlice<f32>,
     bf16: OnceLock<CudaSlice<bf16>>,
+    /// `Some(len)` once narrowed ([`CudaBuf::narrow`]): the f32 values are gone (`data` is
+    /// empty) and the bf16 copy of `len` values is all there is
+    narrowed: Option<usize>,
 }
 
 impl CudaBuf {
@@ -32,7 +41,29 @@ impl CudaBuf {
         CudaBuf {
             data,
             bf16: OnceLock::new(),
+            narrowed: None,
         }
+    }
+
+    /// Keeps only `copy` (the bf16 values of this buffer) and frees the f32 storage, replaced by
+    /// `empty`: `Backend::keep_as_gemm_input` for a saved activation that from now on is only a
+    /// bf16 GEMM operand. Any f32 use afterwards sees an empty buffer and fails its length check.
+    pub(super) fn narrow(&mut self, empty: CudaSlice<f32>, copy: CudaSlice<bf16>) {
+        let len = self.data.len();
+        self.data = empty;
+        self.bf16 = OnceLock::new();
+        let _ = self.bf16.set(copy);
+        self.narrowed = Some(len);
+    }
+
+    /// Whether only the bf16 copy is left (see [`CudaBuf::narrow`]).
+    pub fn is_narrowed(&self) -> bool {
+        self.narrowed.is_some()
+    }
+
+    /// The number of values, narrowed or not.
+    pub fn logical_len(&self) -> usize {
+        self.narrowed.unwrap_or(self.data.len())
     }
 
     /// The cached bf16 copy, if one was made since the last write.

@@ -1,5 +1,7 @@
 //! Launchers for the dense layers: linear (cuBLAS GEMM + bias kernels in elementwise.cu) and
-//! RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16 copy (`buffer.rs`).
+//! RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16 copy, and a narrowed
+//! `x` (a saved activation, `keep_as_gemm_input`) through the bf16 copy that is all it holds
+//! (`buffer.rs`).
 
 use super::gemm::Bf16Operand;
 use super::{dim_i32, grid_1d, grid_cols, launch, need, need_ids, Cuda, CudaBuf};
@@ -19,7 +21,11 @@ impl Cuda {
         m: usize,
     ) -> Result<()> {
         need(out, n * m, "out")?;
-        need(x, n * k, "x")?;
+        // a narrowed x (keep_as_gemm_input) is only its bf16 copy, checked in gemm_pre
+        let x16 = self.narrowed_operand(x, "x")?;
+        if x16.is_none() {
+            need(x, n * k, "x")?;
+        }
         need(w, m * k, "w")?;
         let w16 = Bf16Operand::whole(self.weight_bf16(w)?);
         self.gemm_pre(
@@ -27,7 +33,7 @@ impl Cuda {
             true,
             (n, m, k),
             1.0,
-            (x, k, None),
+            (x, k, Bf16Operand::whole(x16)),
             (w, k, w16),
             0.0,
             (out, m),
@@ -55,7 +61,10 @@ impl Cuda {
         m: usize,
     ) -> Result<()> {
         need(dout, n * m, "dout")?;
-        need(x, n * k, "x")?;
+        let x16 = self.narrowed_operand(x, "x")?;
+        if x16.is_none() {
+            need(x, n * k, "x")?;
+        }
         need(w, m * k, "w")?;
         need(dw, m * k, "dw")?;
         if let Some(dx) = dx {
@@ -73,7 +82,16 @@ impl Cuda {
             )?;
         }
         // dw[m, k] += doutᵀ · x
-        self.gemm(true, false, (m, k, n), 1.0, (dout, m), (x, k), 1.0, (dw, k))?;
+        self.gemm_pre(
+            true,
+            false,
+            (m, k, n),
+            1.0,
+            (dout, m, None),
+            (x, k, Bf16Operand::whole(x16)),
+            1.0,
+            (dw, k),
+        )?;
         if let Some(db) = dbias {
             need(db, m, "dbias")?;
             if n * m > 0 {

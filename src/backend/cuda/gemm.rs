@@ -158,33 +158,6 @@ impl Cuda {
             .map_err(|e| anyhow!("cuda backend: cublasSetMathMode: {e:?}"))
     }
 
-    /// Row-major GEMM: `c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c`, where
-    /// `op(x) = xᵀ` when the flag is set; `lda`, `ldb`, `ldc` are row strides. cuBLAS is
-    /// column-major, so this computes `cᵀ = op(b)ᵀ · op(a)ᵀ` with the operands swapped.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
-        &self,
-        trans_a: bool,
-        trans_b: bool,
-        dims: (usize, usize, usize),
-        alpha: f32,
-        (a, lda): (&A, usize),
-        (b, ldb): (&B, usize),
-        beta: f32,
-        c: (&mut C, usize),
-    ) -> Result<()> {
-        self.gemm_pre(
-            trans_a,
-            trans_b,
-            dims,
-            alpha,
-            (a, lda, None),
-            (b, ldb, None),
-            beta,
-            c,
-        )
-    }
-
     /// An uninitialised bf16 buffer of `len` values for [`Cuda::refresh_bf16`] (Bf16 mode
     /// only; `None` otherwise).
     pub(super) fn bf16_buffer(&self, len: usize) -> Result<Option<CudaSlice<bf16>>> {
@@ -210,6 +183,37 @@ impl Cuda {
         Ok(Some(w.cache_bf16(copy)))
     }
 
+    /// `keep_as_gemm_input`: in Bf16 mode, keeps only the buffer's bf16 copy (made now unless it
+    /// exists) and frees its f32 values; other modes keep the f32 values (their GEMMs read f32).
+    pub(super) fn narrow_to_bf16(&self, buf: &mut CudaBuf) -> Result<()> {
+        if self.gemm_precision != GemmPrecision::Bf16 || buf.is_narrowed() || buf.is_empty() {
+            return Ok(());
+        }
+        let copy = self.bf16_copy(buf)?.expect("Bf16 mode checked above");
+        let empty = self.stream.null().context("cuda backend: empty buffer")?;
+        buf.narrow(empty, copy);
+        Ok(())
+    }
+
+    /// A GEMM operand's bf16 copy when the buffer was narrowed (its f32 values are gone), or
+    /// `None`; an error if it was narrowed but the GEMMs are no longer bf16.
+    pub(super) fn narrowed_operand<'b>(
+        &self,
+        buf: &'b CudaBuf,
+        what: &str,
+    ) -> Result<Option<&'b CudaSlice<bf16>>> {
+        if !buf.is_narrowed() {
+            return Ok(None);
+        }
+        ensure!(
+            self.gemm_precision == GemmPrecision::Bf16,
+            "cuda backend: `{what}` was kept only in bf16 (keep_as_gemm_input) but the GEMMs are \
+             now {}",
+            self.gemm_precision.label()
+        );
+        Ok(buf.bf16_cached())
+    }
+
     /// A bf16 copy of an operand used by several GEMMs (the head's hidden states across every
     /// vocabulary chunk), so it is converted once, not once per GEMM. `None` outside Bf16 mode.
     pub(super) fn bf16_copy(&self, src: &CudaSlice<f32>) -> Result<Option<CudaSlice<bf16>>> {
@@ -220,9 +224,12 @@ impl Cuda {
         Ok(dst)
     }
 
-    /// Like [`Cuda::gemm`]; in Bf16 mode an operand given with its bf16 copy ([`Bf16Operand`],
-    /// from [`Cuda::bf16_copy`] or [`Cuda::weight_bf16`]) is not converted again. Other modes
-    /// ignore the copies.
+    /// Row-major GEMM: `c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c`, where
+    /// `op(x) = xᵀ` when the flag is set; `lda`, `ldb`, `ldc` are row strides. cuBLAS is
+    /// column-major, so this computes `cᵀ = op(b)ᵀ · op(a)ᵀ` with the operands swapped.
+    /// In Bf16 mode an operand given with its bf16 copy ([`Bf16Operand`], from
+    /// [`Cuda::bf16_copy`], [`Cuda::weight_bf16`] or a narrowed buffer) is not converted again;
+    /// other modes ignore the copies.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm_pre<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
         &self,
@@ -248,8 +255,15 @@ impl Cuda {
         let a_shape = if trans_a { (k, m) } else { (m, k) };
         let b_shape = if trans_b { (n, k) } else { (k, n) };
         let (a_span, b_span) = (span(a_shape, lda, "a")?, span(b_shape, ldb, "b")?);
+        // in Bf16 mode an operand given by its bf16 copy is read only there (checked below):
+        // its f32 buffer may be empty (a narrowed activation)
+        let bf16 = self.gemm_precision == GemmPrecision::Bf16;
+        let (a_f32, b_f32) = (
+            if bf16 && a_pre.is_some() { 0 } else { a_span },
+            if bf16 && b_pre.is_some() { 0 } else { b_span },
+        );
         ensure!(
-            a.len() >= a_span && b.len() >= b_span,
+            a.len() >= a_f32 && b.len() >= b_f32,
             "cuda backend: gemm operands hold {} and {} values, the shapes need {a_span} and \
              {b_span}",
             a.len(),
@@ -299,7 +313,7 @@ impl Cuda {
             .map_err(|e| anyhow!("cuda backend: cuBLAS sgemm failed: {e:?}"))
     }
 
-    /// The Bf16 path of `gemm`: both operands' whole spans (strides kept, so a sub-slice or a
+    /// The Bf16 path of `gemm_pre`: both operands' whole spans (strides kept, so a sub-slice or a
     /// padded row converts as the same layout) into the scratch, then GemmEx.
     #[allow(clippy::too_many_arguments)]
     fn gemm_bf16<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(

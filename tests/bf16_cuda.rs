@@ -1,0 +1,218 @@
+//! The bf16 working copies of the CUDA backend in `GemmPrecision::Bf16` (src/backend/cuda/
+//! buffer.rs): a weight's cached copy must follow every write to the weight, and a narrowed
+//! activation (`Backend::keep_as_gemm_input`: only its bf16 copy kept) must give the same GEMM
+//! results as the f32 buffer it replaced, and refuse any f32 use. Fresh random inputs each run,
+//! outputs poisoned, errors ‖gpu − cpu‖ / ‖cpu‖ against the CPU's f32 reference.
+//!
+//! Without the `cuda` feature, or without a GPU, each test prints "skipped: no GPU".
+#![allow(clippy::too_many_arguments)]
+
+#[macro_use]
+mod common;
+
+#[cfg(feature = "cuda")]
+use cada::backend::cpu::Cpu;
+#[cfg(feature = "cuda")]
+use cada::backend::Backend;
+#[cfg(feature = "cuda")]
+use common::{check, down, poisoned, randv};
+
+/// bf16 operands (2^-8 relative rounding), f32 accumulation: the bound of `cuda_gemm_bf16` in
+/// ops_cuda.rs (a host emulation of these GEMMs gives ~2.1e-3).
+#[cfg(feature = "cuda")]
+const BF16_TOL: f64 = 1e-2;
+
+/// Bf16 mode reads a weight through its cached bf16 copy (src/backend/cuda/buffer.rs). The copy
+/// must exist after a GEMM has used the weight, survive reads, and be dropped by every kind of
+/// write — the optimiser step, `copy`, `fill` — so a GEMM after the write sees the new values.
+/// Each forward is checked against the CPU on the current weights with the bf16 bound.
+#[test]
+fn cuda_bf16_weight_copy_follows_writes() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let Some((mut gpu, mut r)) = common::cuda_setup("cuda_bf16_weight_copy_follows_writes")
+        else {
+            return;
+        };
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        let cpu = Cpu::new();
+        let (n, k, m) = (19, 67, 41);
+        let x = randv(&mut r, n * k, 1.0);
+        let xg = gpu.upload(&x).unwrap();
+        let mut w = randv(&mut r, m * k, 1.0);
+        let mut wg = gpu.upload(&w).unwrap();
+        let forward = |gpu: &cada::backend::cuda::Cuda,
+                       wg: &cada::backend::cuda::CudaBuf,
+                       w: &Vec<f32>,
+                       what: &str| {
+            let mut og = poisoned(gpu, n * m);
+            gpu.linear_forward(&mut og, &xg, wg, None, n, k, m).unwrap();
+            let mut oc = vec![0.0; n * m];
+            cpu.linear_forward(&mut oc, &x, w, None, n, k, m).unwrap();
+            check(what, &down(gpu, &og), &oc, BF16_TOL);
+        };
+        assert!(!wg.has_bf16_copy(), "a fresh upload has no bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward, first use");
+        assert!(wg.has_bf16_copy(), "the GEMM cached the weight's bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward, cached copy");
+        assert!(wg.has_bf16_copy(), "a read keeps the copy");
+
+        // the optimiser's write
+        let g = randv(&mut r, m * k, 1.0);
+        let gg = gpu.upload(&g).unwrap();
+        let (mut mg, mut vg) = (gpu.zeros(m * k).unwrap(), gpu.zeros(m * k).unwrap());
+        let (mut mc, mut vc) = (vec![0.0; m * k], vec![0.0; m * k]);
+        gpu.adamw_step(
+            &mut wg, &gg, &mut mg, &mut vg, 0.1, 0.9, 0.999, 1e-8, 0.01, 1,
+        )
+        .unwrap();
+        cpu.adamw_step(&mut w, &g, &mut mc, &mut vc, 0.1, 0.9, 0.999, 1e-8, 0.01, 1)
+            .unwrap();
+        assert!(!wg.has_bf16_copy(), "adamw_step dropped the copy");
+        forward(&gpu, &wg, &w, "linear_forward after adamw_step");
+
+        // a copy into part of the weight, then a fill
+        let patch = randv(&mut r, 100, 3.0);
+        let pg = gpu.upload(&patch).unwrap();
+        gpu.copy(&mut wg, 7, &pg, 0, 100).unwrap();
+        w[7..107].copy_from_slice(&patch);
+        assert!(!wg.has_bf16_copy(), "copy dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after copy");
+        gpu.fill(&mut wg, 0.25).unwrap();
+        w.iter_mut().for_each(|v| *v = 0.25);
+        assert!(!wg.has_bf16_copy(), "fill dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after fill");
+        // elementwise writes
+        forward(&gpu, &wg, &w, "linear_forward, copy made again");
+        gpu.scale(&mut wg, -1.5).unwrap();
+        w.iter_mut().for_each(|v| *v *= -1.5);
+        assert!(!wg.has_bf16_copy(), "scale dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after scale");
+        let delta = randv(&mut r, m * k, 1.0);
+        gpu.add_assign(&mut wg, &gpu.upload(&delta).unwrap())
+            .unwrap();
+        w.iter_mut().zip(&delta).for_each(|(v, d)| *v += d);
+        assert!(!wg.has_bf16_copy(), "add_assign dropped the bf16 copy");
+        forward(&gpu, &wg, &w, "linear_forward after add_assign");
+        // the weight as a GEMM's output (cuBLAS writes through DevicePtrMut): [m, k] = a · bᵀ
+        let k2 = 13;
+        let (a, b) = (randv(&mut r, m * k2, 1.0), randv(&mut r, k * k2, 1.0));
+        let (ag, bg) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+        gpu.linear_forward(&mut wg, &ag, &bg, None, m, k2, k)
+            .unwrap();
+        cpu.linear_forward(&mut w, &a, &b, None, m, k2, k).unwrap();
+        assert!(
+            !wg.has_bf16_copy(),
+            "a GEMM writing the weight dropped the bf16 copy"
+        );
+        check(
+            "linear_forward into the weight",
+            &down(&gpu, &wg),
+            &w,
+            BF16_TOL,
+        );
+        // that GEMM rounded its operands to bf16: the next check starts from the GPU's values
+        w = down(&gpu, &wg);
+        forward(
+            &gpu,
+            &wg,
+            &w,
+            "linear_forward after the weight was a GEMM output",
+        );
+        println!("cuda_bf16_weight_copy_follows_writes: ran on the GPU and matched the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_bf16_weight_copy_follows_writes: skipped: no GPU (built without the `cuda` feature)"
+    );
+}
+
+/// A narrowed activation as the `x` of `linear_backward` (its dW GEMM reads the bf16 copy) and
+/// of `linear_forward`, against the CPU on the f32 values; f32 uses of it are errors; in f32
+/// GEMM mode narrowing keeps the f32 values.
+#[test]
+fn cuda_narrowed_activation_is_a_bf16_gemm_input() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let Some((mut gpu, mut r)) =
+            common::cuda_setup("cuda_narrowed_activation_is_a_bf16_gemm_input")
+        else {
+            return;
+        };
+        let cpu = Cpu::new();
+        let (n, k, m) = (37, 53, 29);
+        let (x, w, dout) = (
+            randv(&mut r, n * k, 1.0),
+            randv(&mut r, m * k, 1.0),
+            randv(&mut r, n * m, 1.0),
+        );
+        let (wg, doutg) = (gpu.upload(&w).unwrap(), gpu.upload(&dout).unwrap());
+
+        // f32 mode: a no-op
+        let mut xg = gpu.upload(&x).unwrap();
+        gpu.keep_as_gemm_input(&mut xg).unwrap();
+        assert!(!xg.is_narrowed(), "f32 GEMMs read f32: nothing to narrow");
+        assert_eq!(down(&gpu, &xg), x);
+
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        gpu.keep_as_gemm_input(&mut xg).unwrap();
+        assert!(xg.is_narrowed() && xg.has_bf16_copy());
+        assert_eq!(gpu.len(&xg), n * k, "the logical length survives");
+        assert!(gpu.download(&xg).is_err(), "no f32 values to download");
+
+        let mut og = poisoned(&gpu, n * m);
+        gpu.linear_forward(&mut og, &xg, &wg, None, n, k, m)
+            .unwrap();
+        let mut oc = vec![0.0; n * m];
+        cpu.linear_forward(&mut oc, &x, &w, None, n, k, m).unwrap();
+        check(
+            "linear_forward, narrowed x",
+            &down(&gpu, &og),
+            &oc,
+            BF16_TOL,
+        );
+
+        let dw0 = randv(&mut r, m * k, 1.0);
+        let mut dwg = gpu.upload(&dw0).unwrap();
+        let mut dwc = dw0.clone();
+        let mut dxg = poisoned(&gpu, n * k);
+        let mut dxc = vec![0.0; n * k];
+        gpu.linear_backward(Some(&mut dxg), &mut dwg, None, &doutg, &xg, &wg, n, k, m)
+            .unwrap();
+        cpu.linear_backward(Some(&mut dxc), &mut dwc, None, &dout, &x, &w, n, k, m)
+            .unwrap();
+        check(
+            "linear_backward dx, narrowed x",
+            &down(&gpu, &dxg),
+            &dxc,
+            BF16_TOL,
+        );
+        check(
+            "linear_backward dw, narrowed x",
+            &down(&gpu, &dwg),
+            &dwc,
+            BF16_TOL,
+        );
+
+        // an f32 use of the narrowed buffer is refused, not read as garbage
+        let mut y = poisoned(&gpu, n * k);
+        let err = gpu.copy(&mut y, 0, &xg, 0, n * k).unwrap_err();
+        println!("  f32 use refused: {err:#}");
+        // and the GEMMs must still be bf16 to read it
+        gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
+        let err = gpu
+            .linear_backward(None, &mut dwg, None, &doutg, &xg, &wg, n, k, m)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("kept only in bf16"), "{err:#}");
+        println!(
+            "cuda_narrowed_activation_is_a_bf16_gemm_input: ran on the GPU and matched the CPU"
+        );
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_narrowed_activation_is_a_bf16_gemm_input: skipped: no GPU (built without the \
+         `cuda` feature)"
+    );
+}
