@@ -152,10 +152,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
 
-    /// A hint for a saved activation: from now on `buf` is read only as the `x` operand of
-    /// [`Backend::linear_backward`]. A backend may then keep it in a narrower format (CUDA in
-    /// bf16 GEMM mode keeps only the bf16 copy its GEMMs read, freeing the f32 values: half the
-    /// memory); any other use of `buf` afterwards is an error there. The default does nothing.
+    /// A hint for an activation: from now on `buf` is read only as the `x` operand of
+    /// [`Backend::linear_forward`] and [`Backend::linear_backward`]. A backend may then keep it
+    /// in a narrower format (CUDA in bf16 GEMM mode converts it once and keeps only the bf16 copy
+    /// its GEMMs read, freeing the f32 values: half the memory, one conversion instead of one
+    /// per GEMM); any other use of `buf` afterwards is an error there. The default does nothing.
     fn keep_as_gemm_input(&self, _buf: &mut Self::Buf) -> Result<()> {
         Ok(())
     }

@@ -133,11 +133,12 @@ impl<B: Backend> Llama<B> {
             let (mut rstd1, mut n1) = (be.zeros(n)?, be.zeros(n * d)?);
             be.rmsnorm_forward(&mut n1, &mut rstd1, &x, &lp.attn_norm, n, d, eps)?;
             let (mut q, mut k, mut v) = (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?);
+            // n1, n2 and act are read from here on only as GEMM inputs (these projections and
+            // their backward): a bf16-GEMM backend converts each once and keeps only that
+            be.keep_as_gemm_input(&mut n1)?;
             be.linear_forward(&mut q, &n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
             be.linear_forward(&mut k, &n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
             be.linear_forward(&mut v, &n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-            // n1, n2 and act are read again only as the x of the projections' backward
-            be.keep_as_gemm_input(&mut n1)?;
             be.rope_forward(
                 &mut q,
                 &positions,
@@ -166,13 +167,13 @@ impl<B: Backend> Llama<B> {
             be.rmsnorm_forward(&mut n2, &mut rstd2, &h, &lp.mlp_norm, n, d, eps)?;
             let (mut gate, mut up, mut act) =
                 (be.zeros(n * f)?, be.zeros(n * f)?, be.zeros(n * f)?);
+            be.keep_as_gemm_input(&mut n2)?;
             be.linear_forward(&mut gate, &n2, &lp.gate_proj, None, n, d, f)?;
             be.linear_forward(&mut up, &n2, &lp.up_proj, None, n, d, f)?;
-            be.keep_as_gemm_input(&mut n2)?;
             be.swiglu_forward(&mut act, &gate, &up)?;
+            be.keep_as_gemm_input(&mut act)?;
             let mut y = be.zeros(n * d)?;
             be.linear_forward(&mut y, &act, &lp.down_proj, None, n, f, d)?;
-            be.keep_as_gemm_input(&mut act)?;
             be.add_assign(&mut y, &h)?;
             let x_in = std::mem::replace(&mut x, y);
             layers.push(LayerActs {
