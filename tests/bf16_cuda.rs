@@ -183,18 +183,58 @@ fn cuda_narrowed_activation_is_a_bf16_gemm_input() {
             .unwrap();
         cpu.linear_backward(Some(&mut dxc), &mut dwc, None, &dout, &x, &w, n, k, m)
             .unwrap();
-        check(
-            "linear_backward dx, narrowed x",
-            &down(&gpu, &dxg),
-            &dxc,
-            BF16_TOL,
-        );
+        check("linear_backward dx", &down(&gpu, &dxg), &dxc, BF16_TOL);
         check(
             "linear_backward dw, narrowed x",
             &down(&gpu, &dwg),
             &dwc,
             BF16_TOL,
         );
+
+        // against the same bf16 GEMMs on the un-narrowed buffer: the same bf16 values go into
+        // the same cublasGemmEx, so any wrong element of the copy shows (bound: reassociation
+        // only, if cuBLAS picks another algorithm)
+        let xfull = gpu.upload(&x).unwrap();
+        let mut of = poisoned(&gpu, n * m);
+        gpu.linear_forward(&mut of, &xfull, &wg, None, n, k, m)
+            .unwrap();
+        check(
+            "linear_forward, narrowed vs f32 x",
+            &down(&gpu, &og),
+            &down(&gpu, &of),
+            1e-6,
+        );
+        let mut dwf = gpu.upload(&dw0).unwrap();
+        gpu.linear_backward(None, &mut dwf, None, &doutg, &xfull, &wg, n, k, m)
+            .unwrap();
+        let mut dwn = gpu.upload(&dw0).unwrap();
+        gpu.linear_backward(None, &mut dwn, None, &doutg, &xg, &wg, n, k, m)
+            .unwrap();
+        check(
+            "linear_backward dw, narrowed vs f32 x",
+            &down(&gpu, &dwn),
+            &down(&gpu, &dwf),
+            1e-6,
+        );
+
+        // narrowing twice is a no-op
+        gpu.keep_as_gemm_input(&mut xg).unwrap();
+        assert!(xg.is_narrowed() && xg.has_bf16_copy());
+        // the length-sized ops refuse it by name instead of doing nothing
+        assert!(
+            gpu.sum_squares(&xg).is_err(),
+            "sum_squares of a narrowed buffer"
+        );
+        assert!(
+            gpu.all_finite(&xg).is_err(),
+            "all_finite of a narrowed buffer"
+        );
+        assert!(
+            gpu.scale(&mut xg, 2.0).is_err(),
+            "scale of a narrowed buffer"
+        );
+        assert!(gpu.fill(&mut xg, 0.0).is_err(), "fill of a narrowed buffer");
+        assert!(xg.has_bf16_copy(), "a refused write leaves the copy");
 
         // an f32 use of the narrowed buffer is refused, not read as garbage
         let mut y = poisoned(&gpu, n * k);
@@ -204,6 +244,10 @@ fn cuda_narrowed_activation_is_a_bf16_gemm_input() {
         gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
         let err = gpu
             .linear_backward(None, &mut dwg, None, &doutg, &xg, &wg, n, k, m)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("kept only in bf16"), "{err:#}");
+        let err = gpu
+            .linear_forward(&mut og, &xg, &wg, None, n, k, m)
             .unwrap_err();
         assert!(format!("{err:#}").contains("kept only in bf16"), "{err:#}");
         println!(

@@ -73,6 +73,11 @@ fn configs() -> Vec<LlamaConfig> {
 }
 
 fn whole_model_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    whole_model_case_within(gpu, r, VALUE_TOL, GRAD_TOL);
+}
+
+/// `whole_model_case` with the bounds for log-probs (`value`) and entropies and gradients.
+fn whole_model_case_within<B: Backend>(gpu: &B, r: &mut Rand, value: f64, grad: f64) {
     let cpu = Cpu::new();
     for cfg in configs() {
         let params = common::random_params(&cfg, r.gen());
@@ -90,8 +95,8 @@ fn whole_model_case<B: Backend>(gpu: &B, r: &mut Rand) {
             "{} (hidden {}, head_dim {}, tied {}):",
             cfg.architecture, cfg.hidden_size, cfg.head_dim, cfg.tie_word_embeddings
         );
-        check("logp", &g.logp, &c.logp, VALUE_TOL);
-        check("entropy", &g.entropy, &c.entropy, GRAD_TOL);
+        check("logp", &g.logp, &c.logp, value);
+        check("entropy", &g.entropy, &c.entropy, grad);
         let names = Params::spec(&cfg)
             .tensors()
             .iter()
@@ -99,7 +104,7 @@ fn whole_model_case<B: Backend>(gpu: &B, r: &mut Rand) {
             .collect::<Vec<_>>();
         assert_eq!(names.len(), g.grads.len());
         for ((name, gg), cg) in names.iter().zip(&g.grads).zip(&c.grads) {
-            check(&format!("d {name}"), gg, cg, GRAD_TOL);
+            check(&format!("d {name}"), gg, cg, grad);
         }
     }
 }
@@ -211,6 +216,49 @@ fn logp_around_update<B: Backend>(
     }
     let (_, lp, _) = logp(&model);
     (before, be.download(&lp).unwrap())
+}
+
+/// Bf16 GEMM mode, where the projections' inputs are narrowed to bf16 (`keep_as_gemm_input`):
+/// (1) log-probs and every gradient against the CPU's f32 values, bound `BF16_MODEL_TOL` for
+/// both (gradients through bf16 dW GEMMs of every projection; an estimate from the per-GEMM
+/// emulation, to be confirmed by the first GPU run); (2) the same pass with narrowing off must
+/// agree to 1e-6 (the same bf16 values reach the same GEMMs: only a wrong copy would differ).
+#[test]
+fn cuda_whole_model_bf16_gradients_narrowed() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        if let Some((mut gpu, mut rng)) =
+            common::cuda_setup("cuda_whole_model_bf16_gradients_narrowed")
+        {
+            gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+            whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
+            for cfg in configs() {
+                let params = common::random_params(&cfg, rng.gen());
+                let (batch, seq) = (2, 23);
+                let ids: Vec<u32> = (0..batch * seq)
+                    .map(|_| rng.gen_range(0..cfg.vocab_size as u32))
+                    .collect();
+                let dlogp: Vec<f32> = (0..batch * seq).map(|_| rng.gen::<f32>() - 0.5).collect();
+                gpu.set_narrow_gemm_inputs(true);
+                let on = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+                gpu.set_narrow_gemm_inputs(false);
+                let off = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+                check("logp, narrowed vs f32 inputs", &on.logp, &off.logp, 1e-6);
+                for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
+                    check(&format!("gradient {i}, narrowed vs f32 inputs"), a, b, 1e-6);
+                }
+            }
+            println!(
+                "cuda_whole_model_bf16_gradients_narrowed: ran on the GPU and matched the CPU"
+            );
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_whole_model_bf16_gradients_narrowed: skipped: no GPU (built without the `cuda` \
+         feature)"
+    );
 }
 
 #[test]

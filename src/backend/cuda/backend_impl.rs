@@ -12,6 +12,17 @@ use crate::backend::{
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
+/// Refuses buffers narrowed to bf16 (`keep_as_gemm_input`): these ops size themselves from the
+/// f32 values, which a narrowed buffer no longer has, so they would silently do nothing.
+fn f32_values(bufs: &[&CudaBuf], op: &str) -> Result<()> {
+    ensure!(
+        bufs.iter().all(|b| !b.is_narrowed()),
+        "{op}: a buffer was kept only as a bf16 GEMM input (keep_as_gemm_input); it has no f32 \
+         values"
+    );
+    Ok(())
+}
+
 impl Backend for Cuda {
     type Buf = CudaBuf;
     type Ids = CudaSlice<u32>;
@@ -101,6 +112,7 @@ impl Backend for Cuda {
             .context("cuda backend: copy")
     }
     fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
+        f32_values(&[buf], "fill")?;
         let n = buf.len() as i64;
         if n == 0 {
             return Ok(());
@@ -109,6 +121,7 @@ impl Backend for Cuda {
     }
 
     fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) -> Result<()> {
+        f32_values(&[y, x], "add_assign")?;
         ensure!(
             y.len() == x.len(),
             "add_assign: lengths {} and {}",
@@ -122,6 +135,7 @@ impl Backend for Cuda {
         launch!(self, "add_assign_f32", grid_1d(n as usize), y, x, &n)
     }
     fn scale(&self, y: &mut CudaBuf, s: f32) -> Result<()> {
+        f32_values(&[y], "scale")?;
         let n = y.len() as i64;
         if n == 0 {
             return Ok(());
@@ -129,6 +143,7 @@ impl Backend for Cuda {
         launch!(self, "scale_f32", grid_1d(n as usize), y, &s, &n)
     }
     fn sum_squares(&self, y: &CudaBuf) -> Result<f64> {
+        f32_values(&[y], "sum_squares")?;
         let n = y.len() as i64;
         if n == 0 {
             return Ok(0.0);
@@ -142,6 +157,7 @@ impl Backend for Cuda {
         Ok(self.download(&partials)?.iter().map(|&p| p as f64).sum())
     }
     fn all_finite(&self, y: &CudaBuf) -> Result<bool> {
+        f32_values(&[y], "all_finite")?;
         let n = y.len() as i64;
         if n == 0 {
             return Ok(true);
@@ -382,6 +398,7 @@ impl Backend for Cuda {
     }
 
     fn swiglu_forward(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
+        f32_values(&[out, gate, up], "swiglu_forward")?;
         ensure!(
             out.len() == gate.len() && gate.len() == up.len(),
             "swiglu: length mismatch ({}, {}, {})",
@@ -411,6 +428,7 @@ impl Backend for Cuda {
         gate: &CudaBuf,
         up: &CudaBuf,
     ) -> Result<()> {
+        f32_values(&[dgate, dup, dout, gate, up], "swiglu_backward")?;
         ensure!(
             dgate.len() == gate.len() && dup.len() == up.len() && dout.len() == gate.len(),
             "swiglu_backward: length mismatch"
@@ -554,6 +572,7 @@ impl Backend for Cuda {
         weight_decay: f32,
         step: u64,
     ) -> Result<()> {
+        f32_values(&[param, grad, m, v], "adamw_step")?;
         ensure!(
             param.len() == grad.len() && m.len() == param.len() && v.len() == param.len(),
             "adamw_step: length mismatch"

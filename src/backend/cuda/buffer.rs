@@ -17,7 +17,8 @@
 //! Saved activations that the backward reads only as a bf16 GEMM operand (the inputs of the
 //! q/k/v, gate/up and down projections) can be *narrowed*: the bf16 copy is kept and the f32
 //! storage freed, half the memory (`Backend::keep_as_gemm_input`). A narrowed buffer has no f32
-//! values: an f32 use of it fails its length check, a write drops the copy and leaves it empty.
+//! values: the ops refuse it (the length-sized ones by name, the others by their length check),
+//! and only the GEMMs' operand paths read it.
 
 use cudarc::driver::{
     sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchArgs, PushKernelArg,
@@ -47,7 +48,7 @@ impl CudaBuf {
 
     /// Keeps only `copy` (the bf16 values of this buffer) and frees the f32 storage, replaced by
     /// `empty`: `Backend::keep_as_gemm_input` for a saved activation that from now on is only a
-    /// bf16 GEMM operand. Any f32 use afterwards sees an empty buffer and fails its length check.
+    /// bf16 GEMM operand.
     pub(super) fn narrow(&mut self, empty: CudaSlice<f32>, copy: CudaSlice<bf16>) {
         let len = self.data.len();
         self.data = empty;
@@ -94,6 +95,8 @@ impl Deref for CudaBuf {
 impl DerefMut for CudaBuf {
     /// Any write invalidates the bf16 copy (see the module doc).
     fn deref_mut(&mut self) -> &mut CudaSlice<f32> {
+        // a narrowed buffer is never written (every op writing f32 checks `is_narrowed` first)
+        debug_assert!(self.narrowed.is_none(), "write to a narrowed buffer");
         self.bf16.take();
         &mut self.data
     }

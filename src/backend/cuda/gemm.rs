@@ -183,10 +183,15 @@ impl Cuda {
         Ok(Some(w.cache_bf16(copy)))
     }
 
-    /// `keep_as_gemm_input`: in Bf16 mode, keeps only the buffer's bf16 copy (made now unless it
-    /// exists) and frees its f32 values; other modes keep the f32 values (their GEMMs read f32).
+    /// `keep_as_gemm_input`: in Bf16 mode, keeps only the buffer's bf16 copy (converted now) and
+    /// frees its f32 values; other modes keep the f32 values (their GEMMs read f32), as does a
+    /// `Cuda` with `set_narrow_gemm_inputs(false)`.
     pub(super) fn narrow_to_bf16(&self, buf: &mut CudaBuf) -> Result<()> {
-        if self.gemm_precision != GemmPrecision::Bf16 || buf.is_narrowed() || buf.is_empty() {
+        if !self.narrow_inputs
+            || self.gemm_precision != GemmPrecision::Bf16
+            || buf.is_narrowed()
+            || buf.is_empty()
+        {
             return Ok(());
         }
         let copy = self.bf16_copy(buf)?.expect("Bf16 mode checked above");
@@ -211,7 +216,16 @@ impl Cuda {
              now {}",
             self.gemm_precision.label()
         );
-        Ok(buf.bf16_cached())
+        let copy = buf
+            .bf16_cached()
+            .ok_or_else(|| anyhow!("cuda backend: `{what}` was narrowed but lost its bf16 copy"))?;
+        Ok(Some(copy))
+    }
+
+    /// Whether `keep_as_gemm_input` narrows in Bf16 mode (the default); off, the f32 values are
+    /// kept, which gives the same GEMM results (tests compare the two).
+    pub fn set_narrow_gemm_inputs(&mut self, on: bool) {
+        self.narrow_inputs = on;
     }
 
     /// A bf16 copy of an operand used by several GEMMs (the head's hidden states across every
@@ -255,15 +269,14 @@ impl Cuda {
         let a_shape = if trans_a { (k, m) } else { (m, k) };
         let b_shape = if trans_b { (n, k) } else { (k, n) };
         let (a_span, b_span) = (span(a_shape, lda, "a")?, span(b_shape, ldb, "b")?);
-        // in Bf16 mode an operand given by its bf16 copy is read only there (checked below):
-        // its f32 buffer may be empty (a narrowed activation)
+        // a narrowed activation (bf16 copy given, f32 buffer empty) is read only through its
+        // copy, checked below; every other operand keeps its f32 bound (a weight chunk's view
+        // included)
         let bf16 = self.gemm_precision == GemmPrecision::Bf16;
-        let (a_f32, b_f32) = (
-            if bf16 && a_pre.is_some() { 0 } else { a_span },
-            if bf16 && b_pre.is_some() { 0 } else { b_span },
-        );
+        let narrowed = |len: usize, pre: &Option<Bf16Operand>| bf16 && pre.is_some() && len == 0;
         ensure!(
-            a.len() >= a_f32 && b.len() >= b_f32,
+            (narrowed(a.len(), &a_pre) || a.len() >= a_span)
+                && (narrowed(b.len(), &b_pre) || b.len() >= b_span),
             "cuda backend: gemm operands hold {} and {} values, the shapes need {a_span} and \
              {b_span}",
             a.len(),

@@ -110,6 +110,8 @@ pub struct Cuda {
     attention: AttentionKernel,
     /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block wraps it)
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
+    /// whether `keep_as_gemm_input` narrows activations to bf16 in Bf16 mode (see gemm.rs)
+    narrow_inputs: bool,
 }
 
 impl Cuda {
@@ -208,6 +210,7 @@ impl Cuda {
             bf16_scratch: Mutex::new(gemm::Bf16Scratch::default()),
             attention,
             grpo_ticket: Mutex::new(None),
+            narrow_inputs: true,
         };
         cuda.apply_math_mode()?;
         // the mma attention needs it; the f32 default does not, so a refusal only warns (an mma
