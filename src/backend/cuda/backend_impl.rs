@@ -40,9 +40,7 @@ impl Backend for Cuda {
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
         if data.is_empty() {
-            return Ok(CudaBuf::new(
-                self.stream.null().context("cuda backend: empty buffer")?,
-            ));
+            return Ok(CudaBuf::new(self.empty()?));
         }
         let data = self
             .stream
@@ -67,9 +65,7 @@ impl Backend for Cuda {
     }
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
         if len == 0 {
-            return Ok(CudaBuf::new(
-                self.stream.null().context("cuda backend: empty buffer")?,
-            ));
+            return Ok(CudaBuf::new(self.empty()?));
         }
         let data = self
             .stream
@@ -79,7 +75,7 @@ impl Backend for Cuda {
     }
     fn upload_ids(&self, ids: &[u32]) -> Result<CudaSlice<u32>> {
         if ids.is_empty() {
-            return self.stream.null().context("cuda backend: empty buffer");
+            return self.empty();
         }
         self.stream
             .clone_htod(ids)

@@ -195,7 +195,7 @@ impl Cuda {
             return Ok(());
         }
         let copy = self.bf16_copy(buf)?.expect("Bf16 mode checked above");
-        let empty = self.stream.null().context("cuda backend: empty buffer")?;
+        let empty = self.empty()?;
         buf.narrow(empty, copy);
         Ok(())
     }

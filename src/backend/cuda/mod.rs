@@ -253,6 +253,19 @@ impl Cuda {
             .context("cuda backend: allocating scratch")
     }
 
+    /// A zero-length buffer. Not cudarc's `stream.null()`: that asks the driver for 0 bytes,
+    /// which `cuMemAlloc` documents as CUDA_ERROR_INVALID_VALUE (cudarc issue #194). Instead a
+    /// 1-element allocation is wrapped with length 0; dropping the slice frees it.
+    fn empty<T: cudarc::driver::DeviceRepr>(&self) -> Result<CudaSlice<T>> {
+        // SAFETY: nothing reads the element: the slice has length 0.
+        let one = unsafe { self.stream.alloc::<T>(1) }
+            .context("cuda backend: allocating an empty buffer")?;
+        let ptr = one.leak();
+        // SAFETY: `ptr` was allocated on this stream's context for at least 0 elements of T, and
+        // its ownership passes to the new slice (freed on drop).
+        Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) })
+    }
+
     fn alloc_u32(&self, len: usize) -> Result<CudaSlice<u32>> {
         self.stream
             .alloc_zeros::<u32>(len.max(1))
