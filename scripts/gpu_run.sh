@@ -68,9 +68,10 @@ fi
 cat > "$stage/run_on_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root:
-#   bash device_out/run_on_gpu.sh [tests] [train] [sanitize] [bench] [peers] [peers_hf] [criterion]
+#   bash device_out/run_on_gpu.sh [tests] [train] [sanitize] [train_tc] [bench] [peers] [peers_hf] [criterion]
 # tests:     nvidia-smi; the GPU tests (every kernel, the GRPO ops, the whole model vs the CPU)
 # train:     the main job (cada train on models/default) on the GPU
+# train_tc:  the same with CADA_GEMM=bf16 CADA_ATTENTION=mma (the tensor-core paths)
 # sanitize:  compute-sanitizer memcheck + racecheck over the kernel tests (check = tests sanitize)
 # bench:     cada bench kernels (full set, both attention kernels) and cada bench step
 # peers:     bench/peers.py kernel peers (SDPA, naive log-prob, Liger, GRPO loss eager/compiled)
@@ -144,6 +145,14 @@ train)
     rm -rf "$work/train_gpu/checkpoint" "$work/train_gpu/final"  # weights: not needed back
     tail -3 "$work/train_gpu/metrics.jsonl" >> "$OUT/summary.txt" 2>/dev/null
     ;;
+train_tc)
+    # the same job on the tensor-core paths (bf16 GEMMs with bf16 working weights and narrowed
+    # activations, the mma attention): do they train as well as the f32 defaults?
+    step train_gpu_tensor_cores 240 env CADA_GEMM=bf16 CADA_ATTENTION=mma \
+        "$cada" train --device cuda --out "$work/train_gpu_tc" --quiet
+    rm -rf "$work/train_gpu_tc/checkpoint" "$work/train_gpu_tc/final"
+    tail -3 "$work/train_gpu_tc/metrics.jsonl" >> "$OUT/summary.txt" 2>/dev/null
+    ;;
 bench)
     step bench_kernels 300 "$cada" bench kernels --device cuda --json "$work/ours_kernels.json"
     # TARGETS.md's rollout shape (64 sequences, prompt 128, 256 new tokens) and its train-step
@@ -168,7 +177,7 @@ criterion)
         step "bench_$(basename "$b")" 200 "$b" --bench
     done
     ;;
-*) echo "unknown phase $phase (tests, train, sanitize, check, bench, peers, peers_hf, criterion)"; status=1 ;;
+*) echo "unknown phase $phase (tests, train, sanitize, check, train_tc, bench, peers, peers_hf, criterion)"; status=1 ;;
 esac; done
 pack
 exit $status
@@ -183,7 +192,7 @@ echo
 echo "device commands (carry: [\"device_out\"], timeout_s 600; in order of what matters most,"
 echo "each step time-limited and packed as it ends, so a cut-off call keeps what finished):"
 echo "  bash device_out/run_on_gpu.sh tests train sanitize"
-echo "  bash device_out/run_on_gpu.sh bench peers"
+echo "  bash device_out/run_on_gpu.sh train_tc bench peers"
 echo "  bash device_out/run_on_gpu.sh peers_hf"
 echo "then, here, with the two results-*.tgz unpacked side by side:"
 echo "  cada bench report --ours ours_*.json --peers peers.json peers_hf.json"
