@@ -534,3 +534,28 @@ fn bad_shapes_and_knobs_are_reported_by_name() {
     };
     assert!(message(check_grpo_inputs("t", 12, 12, 12, 12, 3, 3, 4, &nan_beta)).contains("beta"));
 }
+
+/// The fused op's own inputs: a non-finite `grad_scale` and a short `dlogp` are refused by name,
+/// and its shape checks name the op.
+#[test]
+fn fused_pass_reports_bad_inputs_by_name() {
+    use cada::backend::cpu::Cpu;
+    use cada::backend::Backend;
+    let cpu = Cpu::new();
+    let cfg = config(LossType::Dapo, 0.04, (0.2, 0.28));
+    let v = vec![-1.0f32; 12];
+    let adv = vec![0.5f32; 3];
+    let message = |r: anyhow::Result<GrpoLossMetrics>| format!("{:#}", r.unwrap_err());
+    let mut d = vec![0.0f32; 12];
+    assert!(cpu
+        .grpo_loss_fused(&mut d, &v, &v, &v, &v, &adv, 3, 4, &cfg, 1.0)
+        .is_ok());
+    let m = message(cpu.grpo_loss_fused(&mut d, &v, &v, &v, &v, &adv, 3, 4, &cfg, f32::NAN));
+    assert!(m.contains("grad_scale"), "{m}");
+    let mut short = vec![0.0f32; 11];
+    let m = message(cpu.grpo_loss_fused(&mut short, &v, &v, &v, &v, &adv, 3, 4, &cfg, 1.0));
+    assert!(m.contains("dlogp"), "{m}");
+    let m =
+        message(cpu.grpo_loss_fused(&mut d, &v[..11].to_vec(), &v, &v, &v, &adv, 3, 4, &cfg, 1.0));
+    assert!(m.contains("`logp`"), "{m}");
+}
