@@ -45,6 +45,25 @@ __device__ __forceinline__ TokenTerms token_terms(float logp, float old_logp, fl
     return r;
 }
 
+// A block's 5 row sums (the whole block calls it), written by thread 0 to out[0..5]:
+// Σ loss term, Σm·kl, Σm·clip_low, Σm·clip_high, Σm.
+__device__ __forceinline__ void write_row_partials(double* out, double loss, double kl,
+                                                   double low, double high, double count,
+                                                   double* scratch) {
+    loss = block_sum_d(loss, scratch);
+    kl = block_sum_d(kl, scratch);
+    low = block_sum_d(low, scratch);
+    high = block_sum_d(high, scratch);
+    count = block_sum_d(count, scratch);
+    if (threadIdx.x == 0) {
+        out[0] = loss;
+        out[1] = kl;
+        out[2] = low;
+        out[3] = high;
+        out[4] = count;
+    }
+}
+
 // grid.x = batch; partials [batch, 5].
 CADA_KERNEL void grpo_loss_forward(double* partials, const float* logp, const float* old_logp,
                                    const float* ref_logp, const float* mask,
@@ -65,19 +84,7 @@ CADA_KERNEL void grpo_loss_forward(double* partials, const float* logp, const fl
         high += m * (double)r.high;
         count += m;
     }
-    loss = block_sum_d(loss, scratch);
-    kl = block_sum_d(kl, scratch);
-    low = block_sum_d(low, scratch);
-    high = block_sum_d(high, scratch);
-    count = block_sum_d(count, scratch);
-    if (threadIdx.x == 0) {
-        double* out = partials + b * 5;
-        out[0] = loss;
-        out[1] = kl;
-        out[2] = low;
-        out[3] = high;
-        out[4] = count;
-    }
+    write_row_partials(partials + b * 5, loss, kl, low, high, count, scratch);
 }
 
 // Backward step 1: row_count[b] = Σ_t mask[b, t] (one block per row).
@@ -171,18 +178,8 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
         high += (double)m * (double)r.high;
         count += (double)m;
     }
-    loss = block_sum_d(loss, scratch);
-    kl = block_sum_d(kl, scratch);
-    low = block_sum_d(low, scratch);
-    high = block_sum_d(high, scratch);
-    count = block_sum_d(count, scratch);
-    if (threadIdx.x == 0) {
-        double* out = partials + b * 5;
-        out[0] = loss;
-        out[1] = kl;
-        out[2] = low;
-        out[3] = high;
-        out[4] = count;
+    write_row_partials(partials + b * 5, loss, kl, low, high, count, scratch);
+    if (threadIdx.x == 0) {  // the thread that wrote the partials
         __threadfence();  // the partials are visible device-wide before the ticket is taken
         // atomicInc wraps the ticket to 0 on the last arrival: ready for the next call
         is_last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;

@@ -63,6 +63,15 @@ fn run_pass<B: Backend>(
     }
 }
 
+/// `n` random token ids of `cfg`'s vocabulary and `n` upstream log-prob gradients in ±1.
+fn random_tokens(r: &mut Rand, cfg: &LlamaConfig, n: usize) -> (Vec<u32>, Vec<f32>) {
+    let ids = (0..n)
+        .map(|_| r.gen_range(0..cfg.vocab_size as u32))
+        .collect();
+    let dlogp = (0..n).map(|_| r.gen::<f32>() * 2.0 - 1.0).collect();
+    (ids, dlogp)
+}
+
 /// Two architectures: the tiny GQA model of the CPU tests (head_dim 8, qkv bias, untied head)
 /// and a tied one at head_dim 64 (the SmolLM2/Qwen2.5 head width).
 fn configs() -> Vec<LlamaConfig> {
@@ -82,12 +91,7 @@ fn whole_model_case_within<B: Backend>(gpu: &B, r: &mut Rand, value: f64, grad: 
     for cfg in configs() {
         let params = common::random_params(&cfg, r.gen());
         let (batch, seq) = (3, 37);
-        let ids: Vec<u32> = (0..batch * seq)
-            .map(|_| r.gen_range(0..cfg.vocab_size as u32))
-            .collect();
-        let dlogp: Vec<f32> = (0..batch * seq)
-            .map(|_| r.gen::<f32>() * 2.0 - 1.0)
-            .collect();
+        let (ids, dlogp) = random_tokens(r, &cfg, batch * seq);
         let t = 0.7;
         let g = run_pass(gpu, &cfg, &params, &ids, (batch, seq), &dlogp, t);
         let c = run_pass(&cpu, &cfg, &params, &ids, (batch, seq), &dlogp, t);
@@ -165,12 +169,7 @@ fn update_cycle_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let cfg = common::tiny_cfg(97, true, false);
     let params = common::random_params(&cfg, r.gen());
     let (batch, seq) = (2, 29);
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|_| r.gen_range(0..cfg.vocab_size as u32))
-        .collect();
-    let dlogp: Vec<f32> = (0..batch * seq)
-        .map(|_| r.gen::<f32>() * 2.0 - 1.0)
-        .collect();
+    let (ids, dlogp) = random_tokens(r, &cfg, batch * seq);
     let g = logp_around_update(gpu, &cfg, &params, &ids, (batch, seq), &dlogp);
     let c = logp_around_update(&cpu, &cfg, &params, &ids, (batch, seq), &dlogp);
     let moved = common::rel_err(&c.1, &c.0);
@@ -236,10 +235,7 @@ fn cuda_whole_model_bf16_gradients_narrowed() {
             for cfg in configs() {
                 let params = common::random_params(&cfg, rng.gen());
                 let (batch, seq) = (2, 23);
-                let ids: Vec<u32> = (0..batch * seq)
-                    .map(|_| rng.gen_range(0..cfg.vocab_size as u32))
-                    .collect();
-                let dlogp: Vec<f32> = (0..batch * seq).map(|_| rng.gen::<f32>() - 0.5).collect();
+                let (ids, dlogp) = random_tokens(&mut rng, &cfg, batch * seq);
                 gpu.set_narrow_gemm_inputs(true);
                 let on = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
                 gpu.set_narrow_gemm_inputs(false);

@@ -31,6 +31,21 @@ fn mean_and_population_std(values: &[f32]) -> (f64, f64) {
     (mean, variance.sqrt())
 }
 
+/// The shape and knob checks of [`group_advantages`], shared with the CUDA launcher (which
+/// checks the rewards' values on the device): `n` rewards in groups of `group_size`, `eps`.
+pub fn check_advantage_inputs(n: usize, group_size: usize, eps: f32) -> Result<()> {
+    ensure!(group_size > 0, "group_advantages: `group_size` must be > 0");
+    ensure!(n > 0, "group_advantages: no rewards");
+    ensure!(
+        n.is_multiple_of(group_size),
+        "group_advantages: {n} rewards is not a multiple of `group_size` {group_size}"
+    );
+    if !(eps.is_finite() && eps >= 0.0) {
+        bail!("group_advantages: `eps` = {eps} must be finite and ≥ 0");
+    }
+    Ok(())
+}
+
 /// One advantage per reward, plus the batch statistics. Errors on an empty batch,
 /// `group_size == 0`, a length that is not a multiple of `group_size`, a non-finite reward
 /// (naming its index) or a negative / non-finite `eps`.
@@ -40,21 +55,12 @@ pub fn group_advantages(
     scale: ScaleRewards,
     eps: f32,
 ) -> Result<(Vec<f32>, AdvantageStats)> {
-    ensure!(group_size > 0, "group_advantages: `group_size` must be > 0");
-    ensure!(!rewards.is_empty(), "group_advantages: no rewards");
-    ensure!(
-        rewards.len().is_multiple_of(group_size),
-        "group_advantages: {} rewards is not a multiple of `group_size` {group_size}",
-        rewards.len()
-    );
+    check_advantage_inputs(rewards.len(), group_size, eps)?;
     if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
         bail!(
             "group_advantages: reward {i} is {} (not finite)",
             rewards[i]
         );
-    }
-    if !(eps.is_finite() && eps >= 0.0) {
-        bail!("group_advantages: `eps` = {eps} must be finite and ≥ 0");
     }
 
     let (batch_mean, batch_std) = mean_and_population_std(rewards);

@@ -3,6 +3,7 @@
 //! `backend/cpu/grpo_loss.rs` and `backend/cpu/grpo_advantages.rs`.
 
 use super::{dim_i32, grid_rows, launch, need, Cuda};
+use crate::backend::cpu::grpo_advantages::check_advantage_inputs;
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
 use crate::backend::{AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -34,6 +35,43 @@ fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
             LossType::DrGrpo => 2,
         },
         max_completion_len: dim_i32(cfg.max_completion_len, "max_completion_len")?,
+    })
+}
+
+/// What every GRPO loss launcher starts with: the shared input checks, the kernel parameters,
+/// the reference grid to pass, and the dimensions as the kernels' `int`s.
+struct LossLaunch<'a> {
+    params: GrpoParams,
+    /// `ref_logp`, or `logp` (never read) without a KL term, when `ref_logp` may be empty
+    reference: &'a CudaSlice<f32>,
+    batch_i: i32,
+    len_i: i32,
+}
+
+/// `[logp, old_logp, ref_logp, mask, advantages]` of a `[batch, len]` loss call named `what`.
+fn loss_launch<'a>(
+    what: &str,
+    [logp, old_logp, ref_logp, mask, advantages]: [&'a CudaSlice<f32>; 5],
+    batch: usize,
+    len: usize,
+    cfg: &GrpoLossConfig,
+) -> Result<LossLaunch<'a>> {
+    check_grpo_inputs(
+        what,
+        logp.len(),
+        old_logp.len(),
+        ref_logp.len(),
+        mask.len(),
+        advantages.len(),
+        batch,
+        len,
+        cfg,
+    )?;
+    Ok(LossLaunch {
+        params: grpo_params(cfg)?,
+        reference: if cfg.beta != 0.0 { ref_logp } else { logp },
+        batch_i: dim_i32(batch, "batch")?,
+        len_i: dim_i32(len, "len")?,
     })
 }
 
@@ -94,13 +132,14 @@ impl Cuda {
         len: usize,
         cfg: &GrpoLossConfig,
     ) -> Result<GrpoLossMetrics> {
-        check_grpo_inputs(
+        let LossLaunch {
+            params,
+            reference,
+            len_i,
+            ..
+        } = loss_launch(
             "grpo_loss_forward",
-            logp.len(),
-            old_logp.len(),
-            ref_logp.len(),
-            mask.len(),
-            advantages.len(),
+            [logp, old_logp, ref_logp, mask, advantages],
             batch,
             len,
             cfg,
@@ -108,10 +147,6 @@ impl Cuda {
         if batch == 0 {
             return Ok(GrpoLossMetrics::default());
         }
-        let params = grpo_params(cfg)?;
-        // Without a KL term ref_logp may be empty: pass logp (never read) in its place.
-        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
-        let len_i = dim_i32(len, "len")?;
         let mut partials = self.alloc_f64(batch * 5)?;
         launch!(
             self,
@@ -161,13 +196,14 @@ impl Cuda {
         len: usize,
         cfg: &GrpoLossConfig,
     ) -> Result<()> {
-        check_grpo_inputs(
+        let LossLaunch {
+            params,
+            reference,
+            batch_i,
+            len_i,
+        } = loss_launch(
             "grpo_loss_backward",
-            logp.len(),
-            old_logp.len(),
-            ref_logp.len(),
-            mask.len(),
-            advantages.len(),
+            [logp, old_logp, ref_logp, mask, advantages],
             batch,
             len,
             cfg,
@@ -176,9 +212,6 @@ impl Cuda {
         if batch == 0 {
             return Ok(());
         }
-        let params = grpo_params(cfg)?;
-        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
-        let (batch_i, len_i) = (dim_i32(batch, "batch")?, dim_i32(len, "len")?);
         let row_count = self.grpo_row_count(mask, batch, len)?;
         launch!(
             self,
@@ -211,13 +244,14 @@ impl Cuda {
         cfg: &GrpoLossConfig,
         grad_scale: f32,
     ) -> Result<GrpoLossMetrics> {
-        check_grpo_inputs(
+        let LossLaunch {
+            params,
+            reference,
+            batch_i,
+            len_i,
+        } = loss_launch(
             "grpo_loss_fused",
-            logp.len(),
-            old_logp.len(),
-            ref_logp.len(),
-            mask.len(),
-            advantages.len(),
+            [logp, old_logp, ref_logp, mask, advantages],
             batch,
             len,
             cfg,
@@ -230,9 +264,6 @@ impl Cuda {
         if batch == 0 {
             return Ok(GrpoLossMetrics::default());
         }
-        let params = grpo_params(cfg)?;
-        let reference = if cfg.beta != 0.0 { ref_logp } else { logp };
-        let (batch_i, len_i) = (dim_i32(batch, "batch")?, dim_i32(len, "len")?);
         // only dapo's denominator needs the whole batch's mask count before the pass
         let row_count = match cfg.loss_type {
             LossType::Dapo => self.grpo_row_count(mask, batch, len)?,
@@ -293,15 +324,7 @@ impl Cuda {
         eps: f32,
     ) -> Result<AdvantageStats> {
         let n = rewards.len();
-        ensure!(group_size > 0, "group_advantages: `group_size` must be > 0");
-        ensure!(n > 0, "group_advantages: no rewards");
-        ensure!(
-            n.is_multiple_of(group_size),
-            "group_advantages: {n} rewards is not a multiple of `group_size` {group_size}"
-        );
-        if !(eps.is_finite() && eps >= 0.0) {
-            bail!("group_advantages: `eps` = {eps} must be finite and ≥ 0");
-        }
+        check_advantage_inputs(n, group_size, eps)?;
         need(advantages, n, "advantages")?;
         let scale_i: i32 = match scale {
             ScaleRewards::Group => 0,
