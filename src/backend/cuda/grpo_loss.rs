@@ -7,7 +7,7 @@ use crate::backend::cpu::grpo_advantages::check_advantage_inputs;
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
 use crate::backend::{AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
 /// Mirrors `struct GrpoParams` in grpo_loss.cu.
 #[repr(C)]
@@ -87,15 +87,6 @@ fn metrics_from_sums([loss, kl_sum, low, high, count]: [f64; 5]) -> GrpoLossMetr
         // disjoint cases (A < 0 and A > 0), so the union is the sum
         clip_ratio_region: mean(low + high),
         tokens: count as f32,
-    }
-}
-
-/// One block of 256 threads (the single-block reductions).
-fn one_block() -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
     }
 }
 
@@ -336,7 +327,7 @@ impl Cuda {
         launch!(
             self,
             "grpo_advantages",
-            one_block(),
+            grid_rows(1, 256)?, // one block: the batch is rows, not tokens
             advantages,
             &mut stats,
             rewards,
