@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command (and exactly what CI runs): formatting, lints of the CPU build and
 # of the GPU backend, every CUDA kernel compiled by nvcc 13.0 from PyPI and assembled by ptxas
-# for sm_90a (no GPU needed), the real SmolLM2 model fetched for the real-model tests, then the
+# for sm_90a (no GPU needed), the tensor-core attention run in a host emulation of CUDA against
+# an f64 reference (and under ThreadSanitizer), the real SmolLM2 model fetched for the real-model tests, then the
 # whole test suite. GPU tests print "skipped: no GPU" on a machine without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ echo "== clippy (CPU build)" && cargo clippy --release --all-targets -- -D warni
 echo "== nvcc 13.0 from PyPI" && bash scripts/install_nvcc.sh
 echo "== clippy (GPU backend)" && cargo clippy --release --features cuda --all-targets -- -D warnings
 echo "== ptxas sm_90a over every kernel" && bash scripts/check_ptx.sh
+echo "== tensor-core attention in the host emulation (vs f64; ThreadSanitizer)"
+bash scripts/emulate_kernels.sh && bash scripts/emulate_kernels.sh --tsan
 echo "== SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
 echo "== tests" && cargo test --release
 echo "== GPU tests (skip without a GPU)"

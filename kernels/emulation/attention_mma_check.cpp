@@ -1,0 +1,239 @@
+// Runs kernels/attention_mma.cu, unchanged, in the host emulation (cuda_runtime.h,
+// warp_primitives.h) over the shapes of tests/attention_cuda.rs and compares out, lse, dq, dk
+// and dv with an f64 reference. Fresh random inputs each run (seeded from the clock unless
+// CADA_EMU_SEED is set), shared memory poisoned with NaN before every block and checked
+// untouched past the size the Rust launcher reserves, outputs poisoned before each launch.
+// Exit status 1 when any figure is above its bound or not finite.
+//
+//   scripts/emulate_kernels.sh            (g++ -O2; ~1 min on 2 cores)
+//   scripts/emulate_kernels.sh --tsan     (ThreadSanitizer: a missing barrier is a race)
+#define CADA_HOST_EMULATION
+#include "warp_primitives.h"
+
+#include "../attention_mma.cu"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+// The dynamic shared memory of the running block (one block runs at a time).
+constexpr size_t kSmemBytes = 256 * 1024;
+uint4 attn_mma_smem[kSmemBytes / sizeof(uint4)];
+
+namespace {
+
+// Bounds, as in tests/attention_cuda.rs (MMA_TOLS): bf16 operands carry 2^-9 relative, through
+// two products and a softmax.
+constexpr double kOutTol = 1e-2, kLseTol = 1e-3, kGradTol = 1e-2;
+
+// The kernels' shared memory per block, as src/backend/cuda/attention_mma.rs reserves it.
+size_t smem_bytes(const char* kind, int hdp) {
+    const size_t row = (size_t)(hdp + MMA_SKEW) * 2;
+    if (!std::strcmp(kind, "forward")) return 2 * MMA_BK * row;
+    if (!std::strcmp(kind, "dq")) return (2 * MMA_BQ + 2 * MMA_BK) * row;
+    return (2 * MMA_BK + 2 * MMA_DKV_BQ) * row + 2 * MMA_DKV_BQ * 4;
+}
+
+constexpr uint32_t kPoison = 0xffffffffu;  // a NaN as f32, two NaNs as bf16
+
+void poison_smem() { std::memset(attn_mma_smem, 0xff, sizeof attn_mma_smem); }
+
+bool smem_tail_untouched(size_t reserved) {
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(attn_mma_smem);
+    for (size_t i = reserved; i < kSmemBytes; ++i)
+        if (p[i] != 0xff) return false;
+    return true;
+}
+
+// Runs one kernel over the grid, poisoning shared memory before every block; false when a
+// block wrote past `reserved` bytes.
+bool run(dim3 grid, size_t reserved, const std::function<void()>& kernel) {
+    bool ok = true;
+    emu::launch(grid, dim3{MMA_THREADS, 1, 1}, kernel, poison_smem,
+                [&] { ok = ok && smem_tail_untouched(reserved); });
+    return ok;
+}
+
+double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-300));
+}
+
+struct Shape {
+    int batch, seq, n_heads, n_kv_heads, head_dim;
+};
+
+struct Reference {
+    std::vector<double> out, lse, dq, dk, dv;
+};
+
+// Causal GQA attention and its gradients in f64, straight from the definitions.
+Reference reference(const Shape& s, const std::vector<float>& q, const std::vector<float>& k,
+                    const std::vector<float>& v, const std::vector<float>& dout) {
+    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+    const size_t qs = (size_t)s.n_heads * hd, ks = (size_t)s.n_kv_heads * hd;
+    const double scale = 1.0 / std::sqrt((double)hd);
+    Reference r;
+    r.out.assign(q.size(), 0);
+    r.dq.assign(q.size(), 0);
+    r.dk.assign(k.size(), 0);
+    r.dv.assign(v.size(), 0);
+    r.lse.assign((size_t)s.batch * s.n_heads * s.seq, 0);
+    std::vector<double> p(s.seq), dp(s.seq);
+    for (int b = 0; b < s.batch; ++b)
+        for (int h = 0; h < s.n_heads; ++h) {
+            const int kh = h / group;
+            for (int t = 0; t < s.seq; ++t) {
+                const size_t qi = ((size_t)b * s.seq + t) * qs + (size_t)h * hd;
+                double mx = -INFINITY;
+                for (int j = 0; j <= t; ++j) {
+                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
+                    double dot = 0;
+                    for (int d = 0; d < hd; ++d) dot += (double)q[qi + d] * k[ki + d];
+                    p[j] = dot * scale;
+                    mx = std::max(mx, p[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j <= t; ++j) sum += std::exp(p[j] - mx);
+                r.lse[((size_t)b * s.n_heads + h) * s.seq + t] = mx + std::log(sum);
+                double delta = 0;
+                for (int j = 0; j <= t; ++j) {
+                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
+                    p[j] = std::exp(p[j] - mx) / sum;
+                    double dpj = 0;
+                    for (int d = 0; d < hd; ++d) {
+                        r.out[qi + d] += p[j] * v[ki + d];
+                        dpj += (double)dout[qi + d] * v[ki + d];
+                    }
+                    dp[j] = dpj;
+                    delta += p[j] * dpj;
+                }
+                for (int j = 0; j <= t; ++j) {
+                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
+                    const double ds = p[j] * (dp[j] - delta) * scale;
+                    for (int d = 0; d < hd; ++d) {
+                        r.dq[qi + d] += ds * k[ki + d];
+                        r.dk[ki + d] += ds * q[qi + d];
+                        r.dv[ki + d] += p[j] * dout[qi + d];
+                    }
+                }
+            }
+        }
+    return r;
+}
+
+bool check(const char* what, double err, double tol, bool& all_ok) {
+    const bool ok = err <= tol;  // false for NaN
+    std::printf("    %-4s %.2e (bound %.0e)%s\n", what, err, tol, ok ? "" : "  FAILED");
+    all_ok = all_ok && ok;
+    return ok;
+}
+
+bool run_shape(const Shape& s, std::mt19937_64& rng) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const size_t nq = (size_t)s.batch * s.seq * s.n_heads * s.head_dim;
+    const size_t nk = (size_t)s.batch * s.seq * s.n_kv_heads * s.head_dim;
+    const size_t nl = (size_t)s.batch * s.n_heads * s.seq;
+    auto fill = [&](size_t n) {
+        std::vector<float> x(n);
+        for (auto& e : x) e = u(rng);
+        return x;
+    };
+    const auto q = fill(nq), k = fill(nk), v = fill(nk), dout = fill(nq);
+    const Reference want = reference(s, q, k, v, dout);
+
+    const AttnDims dims{s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim};
+    const float scale = 1.f / std::sqrt((float)s.head_dim);
+    const int hdp = s.head_dim <= 64 ? 64 : 128;
+    auto nan_vec = [](size_t n) {
+        std::vector<float> x(n);
+        std::memset(x.data(), 0xff, n * 4);
+        return x;
+    };
+    std::vector<float> out = nan_vec(nq), lse = nan_vec(nl);
+    const dim3 qgrid{(unsigned)((s.seq + MMA_BQ - 1) / MMA_BQ), (unsigned)s.n_heads,
+                     (unsigned)s.batch};
+    bool smem_ok = run(qgrid, smem_bytes("forward", hdp), [&] {
+        if (hdp == 64)
+            attention_mma_forward_hd64(out.data(), lse.data(), q.data(), k.data(), v.data(), dims,
+                                       scale);
+        else
+            attention_mma_forward_hd128(out.data(), lse.data(), q.data(), k.data(), v.data(),
+                                        dims, scale);
+    });
+    // δ = rowsum(dO∘O) from the kernel's own output, in f32 as attention_backward_delta stores it
+    std::vector<float> delta(nl);
+    for (int b = 0; b < s.batch; ++b)
+        for (int h = 0; h < s.n_heads; ++h)
+            for (int t = 0; t < s.seq; ++t) {
+                const size_t qi = (((size_t)b * s.seq + t) * s.n_heads + h) * s.head_dim;
+                double acc = 0;
+                for (int d = 0; d < s.head_dim; ++d) acc += (double)dout[qi + d] * out[qi + d];
+                delta[((size_t)b * s.n_heads + h) * s.seq + t] = (float)acc;
+            }
+    std::vector<float> dq = nan_vec(nq), dk = nan_vec(nk), dv = nan_vec(nk);
+    smem_ok = run(qgrid, smem_bytes("dq", hdp), [&] {
+                  if (hdp == 64)
+                      attention_mma_backward_dq_hd64(dq.data(), dout.data(), q.data(), k.data(),
+                                                     v.data(), lse.data(), delta.data(), dims,
+                                                     scale);
+                  else
+                      attention_mma_backward_dq_hd128(dq.data(), dout.data(), q.data(), k.data(),
+                                                      v.data(), lse.data(), delta.data(), dims,
+                                                      scale);
+              }) &&
+              smem_ok;
+    const dim3 kgrid{(unsigned)((s.seq + MMA_BK - 1) / MMA_BK), (unsigned)s.n_kv_heads,
+                     (unsigned)s.batch};
+    smem_ok = run(kgrid, smem_bytes("dkv", hdp), [&] {
+                  if (hdp == 64)
+                      attention_mma_backward_dkv_hd64(dk.data(), dv.data(), dout.data(), q.data(),
+                                                      k.data(), v.data(), lse.data(),
+                                                      delta.data(), dims, scale);
+                  else
+                      attention_mma_backward_dkv_hd128(dk.data(), dv.data(), dout.data(),
+                                                       q.data(), k.data(), v.data(), lse.data(),
+                                                       delta.data(), dims, scale);
+              }) &&
+              smem_ok;
+
+    std::printf("  B %d, T %d, heads %d/%d, head_dim %d (padded to %d)\n", s.batch, s.seq,
+                s.n_heads, s.n_kv_heads, s.head_dim, hdp);
+    bool ok = true;
+    check("out", rel_err(out, want.out), kOutTol, ok);
+    check("lse", rel_err(lse, want.lse), kLseTol, ok);
+    check("dq", rel_err(dq, want.dq), kGradTol, ok);
+    check("dk", rel_err(dk, want.dk), kGradTol, ok);
+    check("dv", rel_err(dv, want.dv), kGradTol, ok);
+    if (!smem_ok) std::printf("    shared memory written past the launcher's reservation  FAILED\n");
+    return ok && smem_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const char* env = std::getenv("CADA_EMU_SEED");
+    const uint64_t seed =
+        env ? std::strtoull(env, nullptr, 10)
+            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+    std::mt19937_64 rng(seed);
+    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+    std::printf("attention_mma.cu in the host emulation (seed %llu)\n",
+                (unsigned long long)seed);
+    // tests/attention_cuda.rs's mma shapes: odd lengths, GQA groups 1..7, padded head dims
+    std::vector<Shape> shapes = {{2, 77, 9, 3, 64}, {1, 200, 4, 2, 128}, {1, 130, 14, 2, 64},
+                                 {1, 70, 2, 1, 32}, {1, 90, 2, 2, 96},   {2, 33, 2, 1, 37}};
+    if (quick) shapes = {{1, 70, 2, 1, 64}, {1, 40, 2, 2, 96}};
+    bool ok = true;
+    for (const auto& s : shapes) ok = run_shape(s, rng) && ok;
+    std::printf(ok ? "attention_mma emulation: every figure within its bound\n"
+                   : "attention_mma emulation: FAILED\n");
+    return ok ? 0 : 1;
+}

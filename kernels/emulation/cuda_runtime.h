@@ -1,0 +1,134 @@
+// Host emulation of the CUDA execution model, just enough to run a kernel file unchanged on the
+// CPU: every CUDA thread of a block is a std::thread, `__syncthreads` is a barrier over the
+// block, and the warp-collective primitives (shuffles here; ldmatrix, mma and cp.async in
+// warp_primitives.h) exchange values through per-warp slots behind a barrier over the warp.
+// One block runs at a time, so `extern __shared__` arrays are plain globals defined by the
+// harness. Why: no session has had a GPU, and this checks the index math of the tensor-core
+// kernels (fragments, masks, pipelines) against an f64 reference; ThreadSanitizer over it
+// finds a missing barrier. It says nothing about speed, and the real hardware can still
+// differ (exp2f's last ulp, the MMA's internal accumulation order).
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__
+#define __launch_bounds__(...)
+#define __restrict__
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct alignas(16) uint4 {
+    uint32_t x, y, z, w;
+};
+struct alignas(8) uint2 {
+    uint32_t x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+
+using std::max;
+using std::min;
+
+namespace emu {
+constexpr int kWarp = 32;
+constexpr int kMaxWarps = 32;
+
+// The running block: its barriers and the per-warp exchange slots. Each collective writes the
+// slots of one parity, crosses the warp barrier once and reads them; the next collective uses
+// the other parity, so a lane that runs ahead cannot overwrite slots still being read (it
+// would first have to cross the next barrier, which waits for every lane).
+struct Block {
+    std::unique_ptr<std::barrier<>> block_barrier;
+    std::unique_ptr<std::barrier<>> warp_barrier[kMaxWarps];
+    uint64_t slots[kMaxWarps][2][kWarp][8];
+    int parity[kMaxWarps][kWarp];
+};
+inline Block* block = nullptr;
+
+inline thread_local dim3 thread_idx;
+inline thread_local dim3 block_idx;
+inline dim3 block_dim, grid_dim;
+
+// One collective step: lane `lane` of warp `warp` publishes `n` 64-bit words, and gets the
+// slot table of that step (every lane's words) to read after the barrier.
+inline uint64_t (*exchange(const uint64_t* mine, int n))[8] {
+    const int t = (int)thread_idx.x, warp = t / kWarp, lane = t % kWarp;
+    int& p = block->parity[warp][lane];
+    uint64_t(*table)[8] = block->slots[warp][p];
+    for (int i = 0; i < n; ++i) table[lane][i] = mine[i];
+    p ^= 1;
+    block->warp_barrier[warp]->arrive_and_wait();
+    return table;
+}
+
+// Runs `kernel` over the grid, one block at a time, each CUDA thread a std::thread; `before`
+// and `after` (optional) run on the calling thread around every block.
+inline void launch(dim3 grid, dim3 threads, const std::function<void()>& kernel,
+                   const std::function<void()>& before = {},
+                   const std::function<void()>& after = {}) {
+    const unsigned n = threads.x * threads.y * threads.z;
+    if (threads.y != 1 || threads.z != 1 || n % kWarp != 0 || n / kWarp > (unsigned)kMaxWarps) {
+        std::fprintf(stderr, "emulation: blocks must be 1-D and whole warps\n");
+        std::abort();
+    }
+    block_dim = threads;
+    grid_dim = grid;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                auto b = std::make_unique<Block>();
+                b->block_barrier = std::make_unique<std::barrier<>>(n);
+                for (unsigned w = 0; w < n / kWarp; ++w)
+                    b->warp_barrier[w] = std::make_unique<std::barrier<>>(kWarp);
+                std::memset(b->parity, 0, sizeof b->parity);
+                block = b.get();
+                if (before) before();
+                std::vector<std::thread> pool;
+                pool.reserve(n);
+                for (unsigned t = 0; t < n; ++t)
+                    pool.emplace_back([&, t, x, y, z] {
+                        thread_idx = dim3{t, 0, 0};
+                        block_idx = dim3{x, y, z};
+                        kernel();
+                    });
+                for (auto& th : pool) th.join();
+                block = nullptr;
+                if (after) after();
+            }
+}
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx)
+#define blockIdx (emu::block_idx)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+
+inline void __syncthreads() { emu::block->block_barrier->arrive_and_wait(); }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned /*mask: every lane, as in the kernels*/, T v, int lane_mask) {
+    static_assert(sizeof(T) <= 8);
+    uint64_t mine = 0;
+    std::memcpy(&mine, &v, sizeof(T));
+    auto table = emu::exchange(&mine, 1);
+    const int lane = (int)(threadIdx.x % emu::kWarp);
+    T out;
+    std::memcpy(&out, &table[lane ^ lane_mask][0], sizeof(T));
+    return out;
+}

@@ -1,0 +1,85 @@
+// Host emulation (see cuda_runtime.h) of the primitives attention_mma.cu keeps behind
+// `#ifndef CADA_HOST_EMULATION`, written from the PTX ISA's descriptions: bf16 packing (round
+// to nearest even), ldmatrix (.x4 and .x4.trans), mma.sync.m16n8k16 bf16 → f32, and cp.async
+// (done at once here: the pipelines' barriers are what ThreadSanitizer then checks).
+#pragma once
+#include "cuda_runtime.h"
+
+namespace emu {
+inline uint16_t bf16_bits(float x) {  // round to nearest even; NaN stays a quiet NaN
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+inline float bf16_value(uint16_t b) {
+    const uint32_t u = (uint32_t)b << 16;
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+inline int lane_id() { return (int)(threadIdx.x % kWarp); }
+}  // namespace emu
+
+inline uint32_t pack_bf16(float lo, float hi) {
+    return (uint32_t)emu::bf16_bits(lo) | ((uint32_t)emu::bf16_bits(hi) << 16);
+}
+
+// Matrix i's row r comes from the address lane 8i + r gave; lane l gets row l / 4, columns
+// 2(l % 4) + {0, 1} (non-transposed) or rows 2(l % 4) + {0, 1}, column l / 4 (transposed).
+inline void ldsm_common(uint32_t r[4], const uint16_t* row, bool trans) {
+    const uint64_t mine = (uint64_t)(uintptr_t)row;
+    auto table = emu::exchange(&mine, 1);
+    const int l = emu::lane_id();
+    for (int i = 0; i < 4; ++i) {
+        uint16_t e0, e1;
+        if (!trans) {
+            const uint16_t* p = (const uint16_t*)(uintptr_t)table[8 * i + l / 4][0];
+            e0 = p[2 * (l % 4)];
+            e1 = p[2 * (l % 4) + 1];
+        } else {
+            const uint16_t* p0 = (const uint16_t*)(uintptr_t)table[8 * i + 2 * (l % 4)][0];
+            const uint16_t* p1 = (const uint16_t*)(uintptr_t)table[8 * i + 2 * (l % 4) + 1][0];
+            e0 = p0[l / 4];
+            e1 = p1[l / 4];
+        }
+        r[i] = (uint32_t)e0 | ((uint32_t)e1 << 16);
+    }
+}
+inline void ldsm_x4(uint32_t r[4], const uint16_t* row) { ldsm_common(r, row, false); }
+inline void ldsm_x4_trans(uint32_t r[4], const uint16_t* row) { ldsm_common(r, row, true); }
+
+// c += A·B, A 16×16 and B 16×8 gathered from the fragments of all 32 lanes (g = lane / 4,
+// q = lane % 4): A reg j = row g + 8(j & 1), cols 2q + 8(j >> 1) + {0, 1}; B reg j = k rows
+// 2q + 8j + {0, 1}, column g; C reg i = row g + 8(i >> 1), col 2q + (i & 1).
+inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    const uint64_t words[3] = {(uint64_t)a[0] | ((uint64_t)a[1] << 32),
+                               (uint64_t)a[2] | ((uint64_t)a[3] << 32),
+                               (uint64_t)b0 | ((uint64_t)b1 << 32)};
+    auto table = emu::exchange(words, 3);
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, q = l % 4;
+        const uint32_t ar[4] = {(uint32_t)table[l][0], (uint32_t)(table[l][0] >> 32),
+                                (uint32_t)table[l][1], (uint32_t)(table[l][1] >> 32)};
+        for (int j = 0; j < 4; ++j) {
+            const int row = g + 8 * (j & 1), col = 2 * q + 8 * (j >> 1);
+            A[row][col] = emu::bf16_value((uint16_t)(ar[j] & 0xffff));
+            A[row][col + 1] = emu::bf16_value((uint16_t)(ar[j] >> 16));
+        }
+        const uint32_t br[2] = {(uint32_t)table[l][2], (uint32_t)(table[l][2] >> 32)};
+        for (int j = 0; j < 2; ++j) {
+            const int k = 2 * q + 8 * j;
+            B[k][g] = emu::bf16_value((uint16_t)(br[j] & 0xffff));
+            B[k + 1][g] = emu::bf16_value((uint16_t)(br[j] >> 16));
+        }
+    }
+    const int l = emu::lane_id(), g = l / 4, q = l % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        float acc = c[i];
+        for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+        c[i] = acc;
+    }
+}
