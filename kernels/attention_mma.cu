@@ -1,10 +1,18 @@
 // Causal GQA self-attention on tensor cores ("attention v2"): FlashAttention-2 structure with
-// bf16 `mma.sync.m16n8k16` (f32 accumulation). Same interface as attention.cu: q/out
-// [B·T, Hq·hd], k/v [B·T, Hkv·hd] row-major f32 in global memory, lse [B, Hq, T] natural log,
-// scale 1/sqrt(hd). Tiles are converted f32 → bf16 (round to nearest even) when staged into
-// shared memory; scores, softmax statistics and every accumulator stay f32. The T×T matrix is
-// never stored. δ = rowsum(dO∘O) for the backward comes from attention.cu's
-// `attention_backward_delta`.
+// bf16 `mma.sync.m16n8k16` (f32 accumulation). Layouts as in attention.cu: q/dO [B·T, Hq·hd]
+// and k/v [B·T, Hkv·hd] row-major, here in bf16 (the host converts them once, round to nearest
+// even, and keeps the copies on the buffers); out/dq/dk/dv f32 in the same layouts, lse
+// [B, Hq, T] f32 natural log, scale 1/sqrt(hd). Scores, softmax statistics and every
+// accumulator stay f32. The T×T matrix is never stored. δ = rowsum(dO∘O) for the backward
+// comes from attention.cu's `attention_backward_delta`.
+//
+// Pipeline: the streamed tiles (K/V in the forward and dq kernels, Q/dO in dk/dv) are
+// double-buffered in shared memory and fetched with `cp.async` (16 B per copy, zero-filled past
+// T and head_dim), so the next tile's loads overlap this tile's MMAs. One tile per iteration:
+//   barrier (every warp is done with the other slot) → issue the next tile into it → commit →
+//   wait for all but the newest group (this tile) → barrier (its bytes visible to all) → MMAs.
+// A head_dim that is not a multiple of 8 (or an unaligned buffer) takes a synchronous
+// element-wise copy into the same slots, which the same barriers order.
 //
 // Head dims: each kernel exists for a padded width HDP ∈ {64, 128}; any head_dim ≤ HDP works, the
 // columns past head_dim are staged as zeros (they add nothing to q·k and are never written).
@@ -35,8 +43,8 @@ struct AttnDims {
 };
 
 #ifndef CADA_HOST_EMULATION
-// The four warp-collective primitives. (A host-side emulation of this file replaces exactly
-// these to check the index math without a GPU.)
+// The warp-collective and asynchronous-copy primitives. (kernels/emulation/ replaces exactly
+// these to run this file on the host and check its index math without a GPU.)
 
 // Two f32 → one bf16x2 register, `lo` in the low half (the lower column / k index).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -69,6 +77,23 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// 16 bytes global → shared, asynchronously; `valid` false writes 16 zero bytes and reads
+// nothing (src-size 0). .cg: the tiles are re-read by other blocks through L2, not L1.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 #endif
 
 // ldmatrix row addresses, for a 16×16 block at (r0, c0) of a tile with row stride `ld`.
@@ -86,36 +111,37 @@ __device__ __forceinline__ const uint16_t* addr_bt(const uint16_t* t, int ld, in
     return t + (r0 + (lane & 7) + (lane >> 4) * 8) * ld + c0 + ((lane >> 3) & 1) * 8;
 }
 
-// Stages rows [r0, r0 + ROWS) of one head (columns [col0, col0 + hd) of a [B·T, stride] f32
-// matrix, rows counted from `base` = b·T) as bf16 into a ROWS × HDP tile of row stride
-// HDP + MMA_SKEW. Rows ≥ seq and columns ≥ hd become zeros.
+// Stages rows [r0, r0 + ROWS) of one head (columns [col0, col0 + hd) of a [B·T, stride] bf16
+// matrix, rows counted from `base` = b·T) into a ROWS × HDP tile of row stride HDP + MMA_SKEW.
+// Rows ≥ seq and columns ≥ hd become zeros. With hd % 8 == 0 and a 16-byte aligned matrix every
+// 8-column chunk is one cp.async (part of the caller's next commit group); otherwise the
+// elements are copied synchronously. Either way the tile is ready after the caller's
+// cp_async_wait and __syncthreads.
 template <int ROWS, int HDP>
-__device__ __forceinline__ void stage_tile(uint16_t* dst, const float* src, int64_t base, int r0,
-                                           int seq, int64_t stride, int col0, int hd) {
-    constexpr int C4 = HDP / 4;
-    // float4 loads when every row start is 16-byte aligned (hd % 4 == 0 makes stride and col0
-    // multiples of 4; the buffer itself is checked in case it is an offset view)
-    const bool vec = (hd & 3) == 0 && ((uintptr_t)src & 15) == 0;
-    for (int idx = threadIdx.x; idx < ROWS * C4; idx += MMA_THREADS) {
-        const int r = idx / C4, c = (idx % C4) * 4;
+__device__ __forceinline__ void stage_tile(uint16_t* dst, const uint16_t* src, int64_t base,
+                                           int r0, int seq, int64_t stride, int col0, int hd) {
+    constexpr int C8 = HDP / 8;
+    // hd % 8 == 0 makes stride, col0 and every chunk start multiples of 8 elements (16 bytes);
+    // the matrix itself is checked in case it is an offset view
+    const bool vec = (hd & 7) == 0 && ((uintptr_t)src & 15) == 0;
+    for (int idx = threadIdx.x; idx < ROWS * C8; idx += MMA_THREADS) {
+        const int r = idx / C8, c = (idx % C8) * 8;
         const int t = r0 + r;
-        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
-        if (t < seq && c < hd) {
-            const float* p = src + (base + t) * stride + col0 + c;
-            if (vec) {
-                const float4 f = *reinterpret_cast<const float4*>(p);
-                x0 = f.x, x1 = f.y, x2 = f.z, x3 = f.w;
-            } else {
-                x0 = p[0];
-                if (c + 1 < hd) x1 = p[1];
-                if (c + 2 < hd) x2 = p[2];
-                if (c + 3 < hd) x3 = p[3];
+        const bool in = t < seq && c < hd;
+        const uint16_t* p = src + (in ? (base + t) * stride + col0 + c : 0);
+        uint16_t* d = dst + r * (HDP + MMA_SKEW) + c;
+        if (vec) {
+            cp_async_16(d, p, in);
+        } else {
+            uint32_t w[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const uint32_t lo = in && c + 2 * e < hd ? p[2 * e] : 0;
+                const uint32_t hi = in && c + 2 * e + 1 < hd ? p[2 * e + 1] : 0;
+                w[e] = lo | (hi << 16);
             }
+            *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
         }
-        uint2 w;
-        w.x = pack_bf16(x0, x1);
-        w.y = pack_bf16(x2, x3);
-        *reinterpret_cast<uint2*>(dst + r * (HDP + MMA_SKEW) + c) = w;
     }
 }
 
@@ -128,17 +154,18 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Forward. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 2·64·(HDP + 8) bf16.
-// Warp w owns query rows q0 + 16w .. +15 and keeps Q as A fragments in registers; each key tile
-// gives S = Q·Kᵀ (16 × 64 per warp), an online-softmax update, and O += P·V.
+// Forward. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 2·2·64·(HDP + 8) bf16
+// (two slots of K and V). Warp w owns query rows q0 + 16w .. +15 and keeps Q as A fragments
+// in registers; each key tile gives S = Q·Kᵀ (16 × 64 per warp), an online-softmax update, and
+// O += P·V.
 template <int HDP>
-__device__ __forceinline__ void forward_body(float* out, float* lse, const float* q,
-                                             const float* k, const float* v, AttnDims s,
+__device__ __forceinline__ void forward_body(float* out, float* lse, const uint16_t* q,
+                                             const uint16_t* k, const uint16_t* v, AttnDims s,
                                              float scale) {
     constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_BK / 8;
+    constexpr int TILE = MMA_BK * LD;  // one K or V slot
     extern __shared__ uint4 attn_mma_smem[];
-    uint16_t* sk = reinterpret_cast<uint16_t*>(attn_mma_smem);
-    uint16_t* sv = sk + MMA_BK * LD;
+    uint16_t* const kv_slots = reinterpret_cast<uint16_t*>(attn_mma_smem);  // K0 V0 K1 V1
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
@@ -152,23 +179,40 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const float
     const int last_key = min(s.seq - 1, q0 + MMA_BQ - 1);
     const float c2 = scale * LOG2E;                   // scores in log2 units: exp2f below
 
-    // Q goes through sk (K overwrites it after the first barrier of the loop).
-    stage_tile<MMA_BQ, HDP>(sk, q, base, q0, s.seq, qs, h * hd, hd);
+    const int tiles = last_key / MMA_BK + 1;          // q0 < T, so last_key ≥ 0
+    auto stage_kv = [&](int tile, int slot) {
+        uint16_t* sk = kv_slots + 2 * slot * TILE;
+        stage_tile<MMA_BK, HDP>(sk, k, base, tile * MMA_BK, s.seq, ks, kh * hd, hd);
+        stage_tile<MMA_BK, HDP>(sk + TILE, v, base, tile * MMA_BK, s.seq, ks, kh * hd, hd);
+    };
+
+    // Q goes through slot 1's K (key tile 1 overwrites it after the loop's first barrier),
+    // while key tile 0 lands in slot 0.
+    stage_tile<MMA_BQ, HDP>(kv_slots + 2 * TILE, q, base, q0, s.seq, qs, h * hd, hd);
+    cp_async_commit();
+    stage_kv(0, 0);
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     uint32_t qf[KS][4];
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) ldsm_x4(qf[kk], addr_a(sk, LD, warp * 16, kk * 16));
+    for (int kk = 0; kk < KS; ++kk)
+        ldsm_x4(qf[kk], addr_a(kv_slots + 2 * TILE, LD, warp * 16, kk * 16));
 
     float o[DN][4];
 #pragma unroll
     for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};  // l: this thread's part
 
-    for (int k0 = 0; k0 <= last_key; k0 += MMA_BK) {
-        __syncthreads();  // the previous tile (or Q) is consumed
-        stage_tile<MMA_BK, HDP>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
-        stage_tile<MMA_BK, HDP>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
+    for (int it = 0; it < tiles; ++it) {
+        const int k0 = it * MMA_BK;
+        __syncthreads();  // every warp is done with the other slot (tile it - 1, or Q)
+        if (it + 1 < tiles) stage_kv(it + 1, (it + 1) & 1);
+        cp_async_commit();  // possibly empty: the wait below then always means "tile it"
+        cp_async_wait<1>();
         __syncthreads();
+        const uint16_t* sk = kv_slots + 2 * (it & 1) * TILE;
+        const uint16_t* sv = sk + TILE;
         float sc[SN][4];
 #pragma unroll
         for (int n = 0; n < SN; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
@@ -248,19 +292,19 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const float
     }
 }
 
-// Backward, dq. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 4·64·(HDP + 8) bf16
-// (Q, dO, K, V tiles). P = exp(q·k·scale − lse) is recomputed, dS = P∘(dO·Vᵀ − δ), and
-// dq = scale · dS·K accumulates in registers and is written once: no atomics.
+// Backward, dq. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 6·64·(HDP + 8) bf16
+// (Q, dO, two slots of K and V). P = exp(q·k·scale − lse) is recomputed, dS = P∘(dO·Vᵀ − δ),
+// and dq = scale · dS·K accumulates in registers and is written once: no atomics.
 template <int HDP>
-__device__ __forceinline__ void dq_body(float* dq, const float* dout, const float* q,
-                                        const float* k, const float* v, const float* lse,
+__device__ __forceinline__ void dq_body(float* dq, const uint16_t* dout, const uint16_t* q,
+                                        const uint16_t* k, const uint16_t* v, const float* lse,
                                         const float* delta, AttnDims s, float scale) {
     constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_BK / 8;
+    constexpr int TILE = MMA_BK * LD;  // one K or V slot (MMA_BQ == MMA_BK rows)
     extern __shared__ uint4 attn_mma_smem[];
     uint16_t* sq = reinterpret_cast<uint16_t*>(attn_mma_smem);
     uint16_t* sdo = sq + MMA_BQ * LD;
-    uint16_t* sk = sdo + MMA_BQ * LD;
-    uint16_t* sv = sk + MMA_BK * LD;
+    uint16_t* const kv_slots = sdo + MMA_BQ * LD;  // K0 V0 K1 V1
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
@@ -281,17 +325,30 @@ __device__ __forceinline__ void dq_body(float* dq, const float* dout, const floa
         lse2[r] = ok ? lse[st] * LOG2E : 0.f;
         dlt[r] = ok ? delta[st] : 0.f;
     }
+    const int tiles = last_key / MMA_BK + 1;
+    auto stage_kv = [&](int tile, int slot) {
+        uint16_t* sk = kv_slots + 2 * slot * TILE;
+        stage_tile<MMA_BK, HDP>(sk, k, base, tile * MMA_BK, s.seq, ks, kh * hd, hd);
+        stage_tile<MMA_BK, HDP>(sk + TILE, v, base, tile * MMA_BK, s.seq, ks, kh * hd, hd);
+    };
+    // Q, dO and key tile 0 in one group
     stage_tile<MMA_BQ, HDP>(sq, q, base, q0, s.seq, qs, h * hd, hd);
     stage_tile<MMA_BQ, HDP>(sdo, dout, base, q0, s.seq, qs, h * hd, hd);
+    stage_kv(0, 0);
+    cp_async_commit();
     float acc[DN][4];
 #pragma unroll
     for (int n = 0; n < DN; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
-    for (int k0 = 0; k0 <= last_key; k0 += MMA_BK) {
+    for (int it = 0; it < tiles; ++it) {
+        const int k0 = it * MMA_BK;
+        __syncthreads();  // every warp is done with the other slot (tile it - 1)
+        if (it + 1 < tiles) stage_kv(it + 1, (it + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
-        stage_tile<MMA_BK, HDP>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
-        stage_tile<MMA_BK, HDP>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
-        __syncthreads();
+        const uint16_t* sk = kv_slots + 2 * (it & 1) * TILE;
+        const uint16_t* sv = sk + TILE;
         float sc[SN][4], dp[SN][4];
 #pragma unroll
         for (int n = 0; n < SN; ++n)
@@ -357,22 +414,23 @@ __device__ __forceinline__ void dq_body(float* dq, const float* dout, const floa
 }
 
 // Backward, dk and dv. grid = (ceil(T / 64), Hkv, B), 128 threads, dynamic smem
-// (2·64 + 2·32)·(HDP + 8) bf16 + 64 f32. Warp w owns keys k0 + 16w .. +15; tiles of 32 query rows
-// of every head of the GQA group stream through, from the key tile's diagonal to T. Per warp:
-// Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (16 × 32), Pᵀ from lse, dSᵀ = Pᵀ∘(dPᵀ − δ), dv += Pᵀ·dO,
-// dk += dSᵀ·Q. Each key belongs to one warp of one block: no atomics.
+// (2·64 + 2·2·32)·(HDP + 8) bf16 + 2·2·32 f32 (K, V, two slots of Q, dO, lse, δ). Warp w owns
+// keys k0 + 16w .. +15; tiles of 32 query rows of every head of the GQA group stream through,
+// from the key tile's diagonal to T. Per warp: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (16 × 32), Pᵀ from
+// lse, dSᵀ = Pᵀ∘(dPᵀ − δ), dv += Pᵀ·dO, dk += dSᵀ·Q. Each key belongs to one warp of one
+// block: no atomics.
 template <int HDP>
-__device__ __forceinline__ void dkv_body(float* dk, float* dv, const float* dout, const float* q,
-                                         const float* k, const float* v, const float* lse,
-                                         const float* delta, AttnDims s, float scale) {
+__device__ __forceinline__ void dkv_body(float* dk, float* dv, const uint16_t* dout,
+                                         const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                         const float* lse, const float* delta, AttnDims s,
+                                         float scale) {
     constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_DKV_BQ / 8;
+    constexpr int QTILE = MMA_DKV_BQ * LD;  // one Q or dO slot
     extern __shared__ uint4 attn_mma_smem[];
     uint16_t* sk = reinterpret_cast<uint16_t*>(attn_mma_smem);
     uint16_t* sv = sk + MMA_BK * LD;
-    uint16_t* sq = sv + MMA_BK * LD;
-    uint16_t* sdo = sq + MMA_DKV_BQ * LD;
-    float* slse = reinterpret_cast<float*>(sdo + MMA_DKV_BQ * LD);
-    float* sdlt = slse + MMA_DKV_BQ;
+    uint16_t* const q_slots = sv + MMA_BK * LD;  // Q0 dO0 Q1 dO1
+    float* const stat_slots = reinterpret_cast<float*>(q_slots + 4 * QTILE);  // lse0 δ0 lse1 δ1
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, kh = blockIdx.y, group = s.n_heads / s.n_kv_heads;
@@ -383,83 +441,101 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const float* dout
     const int w0 = k0 + warp * 16;                // this warp's first key
     const int keys[2] = {w0 + g, w0 + g + 8};
     const float c2 = scale * LOG2E;
+    // the query tiles, head by head of the group: tile i is head kh·group + i / per_head, rows
+    // from k0 + (i % per_head)·32
+    const int per_head = (s.seq - k0 + MMA_DKV_BQ - 1) / MMA_DKV_BQ;  // k0 < T
+    const int tiles = group * per_head;
+    auto stage_q = [&](int tile, int slot) {
+        const int h = kh * group + tile / per_head;
+        const int t0 = k0 + (tile % per_head) * MMA_DKV_BQ;
+        uint16_t* sq = q_slots + 2 * slot * QTILE;
+        stage_tile<MMA_DKV_BQ, HDP>(sq, q, base, t0, s.seq, qs, h * hd, hd);
+        stage_tile<MMA_DKV_BQ, HDP>(sq + QTILE, dout, base, t0, s.seq, qs, h * hd, hd);
+        if (threadIdx.x < MMA_DKV_BQ) {
+            float* st = stat_slots + 2 * slot * MMA_DKV_BQ;
+            const int t = t0 + threadIdx.x;
+            const int64_t at = ((int64_t)b * s.n_heads + h) * s.seq + t;
+            st[threadIdx.x] = t < s.seq ? lse[at] * LOG2E : 0.f;
+            st[MMA_DKV_BQ + threadIdx.x] = t < s.seq ? delta[at] : 0.f;
+        }
+    };
+    // K, V and query tile 0 in one group
     stage_tile<MMA_BK, HDP>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
     stage_tile<MMA_BK, HDP>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
+    stage_q(0, 0);
+    cp_async_commit();
     float gk[DN][4], gv[DN][4];
 #pragma unroll
     for (int n = 0; n < DN; ++n)
 #pragma unroll
         for (int i = 0; i < 4; ++i) gk[n][i] = gv[n][i] = 0.f;
 
-    for (int gi = 0; gi < group; ++gi) {
-        const int h = kh * group + gi;
-        for (int t0 = k0; t0 < s.seq; t0 += MMA_DKV_BQ) {
-            __syncthreads();  // the previous query tile is consumed (and K, V staged)
-            stage_tile<MMA_DKV_BQ, HDP>(sq, q, base, t0, s.seq, qs, h * hd, hd);
-            stage_tile<MMA_DKV_BQ, HDP>(sdo, dout, base, t0, s.seq, qs, h * hd, hd);
-            if (threadIdx.x < MMA_DKV_BQ) {
-                const int t = t0 + threadIdx.x;
-                const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + t;
-                slse[threadIdx.x] = t < s.seq ? lse[st] * LOG2E : 0.f;
-                sdlt[threadIdx.x] = t < s.seq ? delta[st] : 0.f;
+    for (int it = 0; it < tiles; ++it) {
+        const int t0 = k0 + (it % per_head) * MMA_DKV_BQ;
+        __syncthreads();  // every warp is done with the other slot (tile it - 1)
+        if (it + 1 < tiles) stage_q(it + 1, (it + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const uint16_t* sq = q_slots + 2 * (it & 1) * QTILE;
+        const uint16_t* sdo = sq + QTILE;
+        const float* slse = stat_slots + 2 * (it & 1) * MMA_DKV_BQ;
+        const float* sdlt = slse + MMA_DKV_BQ;
+        // warp-uniform: every query precedes every key of the warp, or no key is < T
+        if (t0 + MMA_DKV_BQ - 1 < w0 || w0 >= s.seq) continue;
+        float st[SN][4], dpt[SN][4];
+#pragma unroll
+        for (int n = 0; n < SN; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            uint32_t ka[4], va[4];
+            ldsm_x4(ka, addr_a(sk, LD, warp * 16, kk * 16));
+            ldsm_x4(va, addr_a(sv, LD, warp * 16, kk * 16));
+#pragma unroll
+            for (int nn = 0; nn < MMA_DKV_BQ / 16; ++nn) {
+                uint32_t qb[4], db[4];
+                ldsm_x4(qb, addr_bt(sq, LD, nn * 16, kk * 16));
+                ldsm_x4(db, addr_bt(sdo, LD, nn * 16, kk * 16));
+                mma_bf16(st[2 * nn], ka, qb[0], qb[1]);
+                mma_bf16(st[2 * nn + 1], ka, qb[2], qb[3]);
+                mma_bf16(dpt[2 * nn], va, db[0], db[1]);
+                mma_bf16(dpt[2 * nn + 1], va, db[2], db[3]);
             }
-            __syncthreads();
-            // warp-uniform: every query precedes every key of the warp, or no key is < T
-            if (t0 + MMA_DKV_BQ - 1 < w0 || w0 >= s.seq) continue;
-            float st[SN][4], dpt[SN][4];
+        }
+        // st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0.
 #pragma unroll
-            for (int n = 0; n < SN; ++n)
+        for (int n = 0; n < SN; ++n)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk) {
-                uint32_t ka[4], va[4];
-                ldsm_x4(ka, addr_a(sk, LD, warp * 16, kk * 16));
-                ldsm_x4(va, addr_a(sv, LD, warp * 16, kk * 16));
-#pragma unroll
-                for (int nn = 0; nn < MMA_DKV_BQ / 16; ++nn) {
-                    uint32_t qb[4], db[4];
-                    ldsm_x4(qb, addr_bt(sq, LD, nn * 16, kk * 16));
-                    ldsm_x4(db, addr_bt(sdo, LD, nn * 16, kk * 16));
-                    mma_bf16(st[2 * nn], ka, qb[0], qb[1]);
-                    mma_bf16(st[2 * nn + 1], ka, qb[2], qb[3]);
-                    mma_bf16(dpt[2 * nn], va, db[0], db[1]);
-                    mma_bf16(dpt[2 * nn + 1], va, db[2], db[3]);
-                }
+            for (int i = 0; i < 4; ++i) {
+                const int j = n * 8 + 2 * c + (i & 1);
+                const int t = t0 + j;
+                const bool ok = t >= keys[i >> 1] && t < s.seq;
+                const float p = ok ? exp2f(st[n][i] * c2 - slse[j]) : 0.f;
+                st[n][i] = p;
+                dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
             }
-            // st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0.
+        // dv += Pᵀ·dO and dk += dSᵀ·Q over the tile's queries, 16 at a time.
 #pragma unroll
-            for (int n = 0; n < SN; ++n)
+        for (int j = 0; j < MMA_DKV_BQ / 16; ++j) {
+            const uint32_t pa[4] = {pack_bf16(st[2 * j][0], st[2 * j][1]),
+                                    pack_bf16(st[2 * j][2], st[2 * j][3]),
+                                    pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]),
+                                    pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3])};
+            const uint32_t sa[4] = {pack_bf16(dpt[2 * j][0], dpt[2 * j][1]),
+                                    pack_bf16(dpt[2 * j][2], dpt[2 * j][3]),
+                                    pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]),
+                                    pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3])};
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const int j = n * 8 + 2 * c + (i & 1);
-                    const int t = t0 + j;
-                    const bool ok = t >= keys[i >> 1] && t < s.seq;
-                    const float p = ok ? exp2f(st[n][i] * c2 - slse[j]) : 0.f;
-                    st[n][i] = p;
-                    dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
-                }
-            // dv += Pᵀ·dO and dk += dSᵀ·Q over the tile's queries, 16 at a time.
-#pragma unroll
-            for (int j = 0; j < MMA_DKV_BQ / 16; ++j) {
-                const uint32_t pa[4] = {pack_bf16(st[2 * j][0], st[2 * j][1]),
-                                        pack_bf16(st[2 * j][2], st[2 * j][3]),
-                                        pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]),
-                                        pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3])};
-                const uint32_t sa[4] = {pack_bf16(dpt[2 * j][0], dpt[2 * j][1]),
-                                        pack_bf16(dpt[2 * j][2], dpt[2 * j][3]),
-                                        pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]),
-                                        pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3])};
-#pragma unroll
-                for (int dn = 0; dn < HDP / 16; ++dn) {
-                    uint32_t db[4], qb[4];
-                    ldsm_x4_trans(db, addr_a(sdo, LD, j * 16, dn * 16));
-                    ldsm_x4_trans(qb, addr_a(sq, LD, j * 16, dn * 16));
-                    mma_bf16(gv[2 * dn], pa, db[0], db[1]);
-                    mma_bf16(gv[2 * dn + 1], pa, db[2], db[3]);
-                    mma_bf16(gk[2 * dn], sa, qb[0], qb[1]);
-                    mma_bf16(gk[2 * dn + 1], sa, qb[2], qb[3]);
-                }
+            for (int dn = 0; dn < HDP / 16; ++dn) {
+                uint32_t db[4], qb[4];
+                ldsm_x4_trans(db, addr_a(sdo, LD, j * 16, dn * 16));
+                ldsm_x4_trans(qb, addr_a(sq, LD, j * 16, dn * 16));
+                mma_bf16(gv[2 * dn], pa, db[0], db[1]);
+                mma_bf16(gv[2 * dn + 1], pa, db[2], db[3]);
+                mma_bf16(gk[2 * dn], sa, qb[0], qb[1]);
+                mma_bf16(gk[2 * dn + 1], sa, qb[2], qb[3]);
             }
         }
     }
@@ -482,20 +558,22 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const float* dout
 }
 
 // One entry point per padded head width; the host picks hd64 for head_dim ≤ 64, else hd128.
+// q, k, v and dout are bf16 (passed as their 16-bit patterns), every output and lse/δ f32.
 #define ATTN_MMA_KERNELS(HDP)                                                                  \
     CADA_KERNEL void __launch_bounds__(MMA_THREADS)                                            \
-        attention_mma_forward_hd##HDP(float* out, float* lse, const float* q, const float* k,  \
-                                      const float* v, AttnDims s, float scale) {               \
+        attention_mma_forward_hd##HDP(float* out, float* lse, const uint16_t* q,               \
+                                      const uint16_t* k, const uint16_t* v, AttnDims s,        \
+                                      float scale) {                                           \
         forward_body<HDP>(out, lse, q, k, v, s, scale);                                        \
     }                                                                                          \
     CADA_KERNEL void __launch_bounds__(MMA_THREADS) attention_mma_backward_dq_hd##HDP(         \
-        float* dq, const float* dout, const float* q, const float* k, const float* v,          \
-        const float* lse, const float* delta, AttnDims s, float scale) {                       \
+        float* dq, const uint16_t* dout, const uint16_t* q, const uint16_t* k,                 \
+        const uint16_t* v, const float* lse, const float* delta, AttnDims s, float scale) {    \
         dq_body<HDP>(dq, dout, q, k, v, lse, delta, s, scale);                                 \
     }                                                                                          \
     CADA_KERNEL void __launch_bounds__(MMA_THREADS) attention_mma_backward_dkv_hd##HDP(        \
-        float* dk, float* dv, const float* dout, const float* q, const float* k,               \
-        const float* v, const float* lse, const float* delta, AttnDims s, float scale) {       \
+        float* dk, float* dv, const uint16_t* dout, const uint16_t* q, const uint16_t* k,      \
+        const uint16_t* v, const float* lse, const float* delta, AttnDims s, float scale) {    \
         dkv_body<HDP>(dk, dv, dout, q, k, v, lse, delta, s, scale);                            \
     }
 

@@ -122,6 +122,9 @@ fn cuda_attention_mma() {
             assert_eq!(gpu.attention_kernel(), AttentionKernel::Mma);
             attention_mma_case(&gpu, &mut rng);
             attention_mixed(&mut gpu, &mut rng, attn_shape(2, 77, 9, 3, 64));
+            for s in [attn_shape(2, 77, 9, 3, 64), attn_shape(2, 33, 2, 1, 37)] {
+                attention_narrowed(&mut gpu, &mut rng, s);
+            }
             println!("cuda_attention_mma: ran on the GPU and matched the CPU");
         }
     }
@@ -181,4 +184,108 @@ fn attention_mixed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnSha
         check("mixed dv", &down(gpu, &dvg), &dvc, grad_tol);
     }
     gpu.set_attention_kernel(Mma);
+}
+
+/// q, k, v narrowed to bf16 (`keep_as_attention_input`) against the same values kept in f32:
+/// the mma kernels read bf16 copies either way (made by the same rounding), so forward and
+/// backward must agree bit for bit. Then: the f32 attention refuses a narrowed input by name;
+/// with narrowing off the hint keeps the f32 values; and a write to q after a forward drops
+/// its cached bf16 copy, so the next forward sees the new values (checked against the CPU).
+#[cfg(feature = "cuda")]
+fn attention_narrowed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnShape) {
+    use cada::backend::cuda::AttentionKernel::{Mma, Simt};
+    println!("  narrowed q, k, v: shape {s:?}");
+    let n = s.batch * s.seq;
+    let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    let lse_len = s.batch * s.n_heads * s.seq;
+    let (q, k, v, dout) = (
+        randv(r, n * qd, 1.0),
+        randv(r, n * kd, 1.0),
+        randv(r, n * kd, 1.0),
+        randv(r, n * qd, 1.0),
+    );
+    let doutg = gpu.upload(&dout).unwrap();
+    let pass = |gpu: &cada::backend::cuda::Cuda, narrow: bool| {
+        let (mut qg, mut kg, mut vg) = (
+            gpu.upload(&q).unwrap(),
+            gpu.upload(&k).unwrap(),
+            gpu.upload(&v).unwrap(),
+        );
+        if narrow {
+            for b in [&mut qg, &mut kg, &mut vg] {
+                gpu.keep_as_attention_input(b).unwrap();
+                assert!(b.is_narrowed(), "keep_as_attention_input did not narrow");
+            }
+        }
+        let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+        gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
+            .unwrap();
+        let (mut dqg, mut dkg, mut dvg) = (
+            poisoned(gpu, n * qd),
+            poisoned(gpu, n * kd),
+            poisoned(gpu, n * kd),
+        );
+        gpu.attention_backward(
+            &mut dqg, &mut dkg, &mut dvg, &doutg, &qg, &kg, &vg, &og, &lg, s,
+        )
+        .unwrap();
+        let outs = [&og, &lg, &dqg, &dkg, &dvg].map(|b| down(gpu, b));
+        (outs, (qg, kg, vg))
+    };
+    let (f32_in, _) = pass(gpu, false);
+    let (narrowed, (qn, kn, vn)) = pass(gpu, true);
+    for (name, (a, b)) in ["out", "lse", "dq", "dk", "dv"]
+        .iter()
+        .zip(f32_in.iter().zip(&narrowed))
+    {
+        assert!(a.iter().all(|x| x.is_finite()), "{name}: not finite");
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name}: narrowed inputs changed the result");
+    }
+
+    gpu.set_attention_kernel(Simt);
+    let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+    let e = gpu
+        .attention_forward(&mut og, &mut lg, &qn, &kn, &vn, s)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention_forward (simt)") && e.contains("bf16"),
+        "{e}"
+    );
+    gpu.set_attention_kernel(Mma);
+
+    gpu.set_narrow_saved_inputs(false);
+    let mut kept = gpu.upload(&q).unwrap();
+    gpu.keep_as_attention_input(&mut kept).unwrap();
+    assert!(
+        !kept.is_narrowed(),
+        "narrowing off, yet the f32 values were dropped"
+    );
+    gpu.set_narrow_saved_inputs(true);
+
+    // a forward caches q's bf16 copy; scaling q must drop it
+    let cpu = Cpu::new();
+    let (mut qg, kg, vg) = (
+        gpu.upload(&q).unwrap(),
+        gpu.upload(&k).unwrap(),
+        gpu.upload(&v).unwrap(),
+    );
+    gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
+        .unwrap();
+    assert!(
+        qg.has_bf16_copy(),
+        "the forward did not cache q's bf16 copy"
+    );
+    gpu.scale(&mut qg, 0.5).unwrap();
+    let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+    gpu.attention_forward(&mut og, &mut lg, &qg, &kg, &vg, s)
+        .unwrap();
+    let half: Vec<f32> = q.iter().map(|x| x * 0.5).collect();
+    let (mut oc, mut lc) = (vec![0.0; n * qd], vec![0.0; lse_len]);
+    cpu.attention_forward(&mut oc, &mut lc, &half, &k, &v, s)
+        .unwrap();
+    let (out_tol, lse_tol, _) = MMA_TOLS;
+    check("out after q was rescaled", &down(gpu, &og), &oc, out_tol);
+    check("lse after q was rescaled", &down(gpu, &lg), &lc, lse_tol);
 }

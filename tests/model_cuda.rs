@@ -114,6 +114,11 @@ fn whole_model_case_within<B: Backend>(gpu: &B, r: &mut Rand, value: f64, grad: 
 }
 
 fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    decode_case_within(gpu, r, VALUE_TOL);
+}
+
+/// `decode_case` with the bound for the logits.
+fn decode_case_within<B: Backend>(gpu: &B, r: &mut Rand, tol: f64) {
     let cpu = Cpu::new();
     for cfg in configs() {
         let params = common::random_params(&cfg, r.gen());
@@ -128,7 +133,7 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
         let g = decode_logits(gpu, &cfg, &params, &prompts, &steps);
         let c = decode_logits(&cpu, &cfg, &params, &prompts, &steps);
         for (i, (gs, cs)) in g.iter().zip(&c).enumerate() {
-            check(&format!("logits after {i} decode steps"), gs, cs, VALUE_TOL);
+            check(&format!("logits after {i} decode steps"), gs, cs, tol);
         }
     }
 }
@@ -236,9 +241,9 @@ fn cuda_whole_model_bf16_gradients_narrowed() {
                 let params = common::random_params(&cfg, rng.gen());
                 let (batch, seq) = (2, 23);
                 let (ids, dlogp) = random_tokens(&mut rng, &cfg, batch * seq);
-                gpu.set_narrow_gemm_inputs(true);
+                gpu.set_narrow_saved_inputs(true);
                 let on = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
-                gpu.set_narrow_gemm_inputs(false);
+                gpu.set_narrow_saved_inputs(false);
                 let off = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
                 check("logp, narrowed vs f32 inputs", &on.logp, &off.logp, 1e-6);
                 for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
@@ -272,6 +277,42 @@ fn cuda_whole_model_bf16_update_cycle() {
     println!(
         "cuda_whole_model_bf16_update_cycle: skipped: no GPU (built without the `cuda` feature)"
     );
+}
+
+/// The tensor-core attention (`AttentionKernel::Mma`) in the whole model, f32 GEMMs:
+/// (1) log-probs, entropies and every gradient against the CPU, and the prefill + decode
+/// logits (the prefill's attention is the mma one, decode steps the f32 decode kernel), bound
+/// `BF16_MODEL_TOL` (the attention rounds q, k, v, dO, P and dS to bf16: ~3e-3 per call in the
+/// host emulation, kernels/emulation/); (2) q, k, v narrowed to bf16 (`keep_as_attention_input`)
+/// against kept in f32: the kernels read the same bf16 copies, so 1e-6.
+#[test]
+fn cuda_whole_model_mma_attention() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::AttentionKernel;
+        if let Some((mut gpu, mut rng)) = common::cuda_setup("cuda_whole_model_mma_attention") {
+            gpu.set_attention_kernel(AttentionKernel::Mma);
+            whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
+            decode_case_within(&gpu, &mut rng, BF16_MODEL_TOL);
+            for cfg in configs() {
+                let params = common::random_params(&cfg, rng.gen());
+                let (batch, seq) = (2, 71);
+                let (ids, dlogp) = random_tokens(&mut rng, &cfg, batch * seq);
+                gpu.set_narrow_saved_inputs(true);
+                let on = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+                gpu.set_narrow_saved_inputs(false);
+                let off = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+                gpu.set_narrow_saved_inputs(true);
+                check("logp, narrowed q/k/v vs f32", &on.logp, &off.logp, 1e-6);
+                for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
+                    check(&format!("gradient {i}, narrowed q/k/v vs f32"), a, b, 1e-6);
+                }
+            }
+            println!("cuda_whole_model_mma_attention: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_whole_model_mma_attention: skipped: no GPU (built without the `cuda` feature)");
 }
 
 gpu_test!(cuda_whole_model_logprobs_and_gradients, whole_model_case);

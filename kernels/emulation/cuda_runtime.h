@@ -42,6 +42,8 @@ struct alignas(8) float2 {
     float x, y;
 };
 
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+
 using std::max;
 using std::min;
 

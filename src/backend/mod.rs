@@ -161,6 +161,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The same hint for a q, k or v activation: from now on `buf` is read only by
+    /// [`Backend::attention_forward`] and [`Backend::attention_backward`]. CUDA with the
+    /// tensor-core attention (which reads bf16 copies of q, k and v) keeps only the bf16 copy;
+    /// any other use of `buf` afterwards is an error there. The default does nothing.
+    fn keep_as_attention_input(&self, _buf: &mut Self::Buf) -> Result<()> {
+        Ok(())
+    }
+
     // ---- elementwise / reductions -------------------------------------------------
     /// `y += x`
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;

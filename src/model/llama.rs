@@ -48,10 +48,19 @@ pub struct Forward<B: Backend> {
 }
 
 impl<B: Backend> Forward<B> {
-    /// Post-RoPE keys and values of layer `l` (`[batch·seq, kv_dim]`), for filling a KV cache.
-    pub fn layer_kv(&self, l: usize) -> (&B::Buf, &B::Buf) {
+    /// Post-RoPE keys and values of layer `l` (`[batch·seq, kv_dim]`), for filling a KV cache
+    /// (in f32 only after the prefill's forward, `KeepKv::ForCache`).
+    fn layer_kv(&self, l: usize) -> (&B::Buf, &B::Buf) {
         (&self.layers[l].k, &self.layers[l].v)
     }
+}
+
+/// What a forward's saved k and v are for: only the backward (a backend may narrow them), or
+/// also the prefill's copy into the KV cache (f32 values kept).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeepKv {
+    ForBackwardOnly,
+    ForCache,
 }
 
 /// KV cache for batched decoding: per layer `[slots, capacity, kv_dim]`.
@@ -97,7 +106,20 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Forward over `ids` laid out `[batch, seq]` (right-padded; padding may be any valid id).
+    /// The saved activations are only for [`Llama::backward`]: a backend may keep some of them
+    /// in bf16 alone (`keep_as_gemm_input`, `keep_as_attention_input`).
     pub fn forward(&self, be: &B, ids: &[u32], batch: usize, seq: usize) -> Result<Forward<B>> {
+        self.forward_saving(be, ids, batch, seq, KeepKv::ForBackwardOnly)
+    }
+
+    fn forward_saving(
+        &self,
+        be: &B,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        keep_kv: KeepKv,
+    ) -> Result<Forward<B>> {
         let c = &self.cfg;
         ensure!(
             ids.len() == batch * seq,
@@ -155,6 +177,13 @@ impl<B: Backend> Llama<B> {
                 c.num_key_value_heads,
                 c.head_dim,
             )?;
+            // q, k, v are read from here on only by the attention (the prefill also copies k
+            // and v into the KV cache, so it keeps their f32 values)
+            be.keep_as_attention_input(&mut q)?;
+            if keep_kv == KeepKv::ForBackwardOnly {
+                be.keep_as_attention_input(&mut k)?;
+                be.keep_as_attention_input(&mut v)?;
+            }
             let (mut attn, mut lse) = (
                 be.zeros(n * qd)?,
                 be.zeros(batch * c.num_attention_heads * seq)?,
@@ -515,7 +544,7 @@ impl<B: Backend> Llama<B> {
         for (b, p) in prompts.iter().enumerate() {
             ids[b * seq..b * seq + p.len()].copy_from_slice(p);
         }
-        let fwd = self.forward(be, &ids, prompts.len(), seq)?;
+        let fwd = self.forward_saving(be, &ids, prompts.len(), seq, KeepKv::ForCache)?;
         let kvd = self.cfg.kv_dim();
         for l in 0..self.cfg.num_hidden_layers {
             let (k, v) = fwd.layer_kv(l);

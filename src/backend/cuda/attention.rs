@@ -90,42 +90,40 @@ pub(super) fn grid_3d(x: usize, y: usize, z: usize, threads: u32) -> Result<Laun
 }
 
 /// Head counts and buffer sizes of a forward call, shared by both implementations; false
-/// when there is nothing to compute.
-pub(super) fn check_forward_buffers(
-    out: &CudaSlice<f32>,
-    lse: &CudaSlice<f32>,
-    q: &CudaSlice<f32>,
-    k: &CudaSlice<f32>,
-    v: &CudaSlice<f32>,
-    s: AttnShape,
-) -> Result<bool> {
+/// when there is nothing to compute. `lens`: the values held by `[out, lse, q, k, v]` (a
+/// buffer narrowed to bf16 counts its bf16 values).
+pub(super) fn check_forward_buffers(lens: [usize; 5], s: AttnShape) -> Result<bool> {
     check_heads("attention_forward", s.n_heads, s.n_kv_heads, s.head_dim)?;
     let n = s.batch * s.seq;
     let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-    for (buf, len, what) in [
-        (out, n * qd, "out"),
-        (q, n * qd, "q"),
-        (k, n * kd, "k"),
-        (v, n * kd, "v"),
-        (lse, s.batch * s.n_heads * s.seq, "lse"),
-    ] {
-        need(buf, len, what)?;
+    let sizes = [n * qd, s.batch * s.n_heads * s.seq, n * qd, n * kd, n * kd];
+    let names = ["out", "lse", "q", "k", "v"];
+    for ((len, size), what) in lens.into_iter().zip(sizes).zip(names) {
+        need_len(len, size, what)?;
     }
     Ok(n > 0)
 }
 
-/// The same for a backward call: `[dq, dk, dv, dout, q, k, v, out, lse]`.
-pub(super) fn check_backward_buffers(bufs: [&CudaSlice<f32>; 9], s: AttnShape) -> Result<bool> {
+/// The same for a backward call: the lengths of `[dq, dk, dv, dout, q, k, v, out, lse]`.
+pub(super) fn check_backward_buffers(lens: [usize; 9], s: AttnShape) -> Result<bool> {
     check_heads("attention_backward", s.n_heads, s.n_kv_heads, s.head_dim)?;
     let n = s.batch * s.seq;
     let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-    let sizes = [qd, kd, kd, qd, qd, kd, kd, qd];
+    let sizes = [qd, kd, kd, qd, qd, kd, kd, qd].map(|w| n * w);
     let names = ["dq", "dk", "dv", "dout", "q", "k", "v", "out"];
-    for ((buf, width), what) in bufs.iter().zip(sizes).zip(names) {
-        need(buf, n * width, what)?;
+    for ((len, size), what) in lens.into_iter().zip(sizes).zip(names) {
+        need_len(len, size, what)?;
     }
-    need(bufs[8], s.batch * s.n_heads * s.seq, "lse")?;
+    need_len(lens[8], s.batch * s.n_heads * s.seq, "lse")?;
     Ok(n > 0)
+}
+
+fn need_len(len: usize, need: usize, what: &str) -> Result<()> {
+    ensure!(
+        len >= need,
+        "cuda backend: `{what}` holds {len} values, the op needs {need}"
+    );
+    Ok(())
 }
 
 impl Cuda {
@@ -138,7 +136,7 @@ impl Cuda {
         v: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        if !check_forward_buffers(out, lse, q, k, v, s)? {
+        if !check_forward_buffers([out.len(), lse.len(), q.len(), k.len(), v.len()], s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;
@@ -177,7 +175,8 @@ impl Cuda {
         lse: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        if !check_backward_buffers([&*dq, &*dk, &*dv, dout, q, k, v, out, lse], s)? {
+        let lens = [dq, dk, dv, dout, q, k, v, out, lse].map(|b| b.len());
+        if !check_backward_buffers(lens, s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;

@@ -3,15 +3,23 @@
 //! layout as the f32 kernels of attention.rs, so a forward from one and a backward from the other
 //! agree; δ = rowsum(dO∘O) comes from attention.cu's `attention_backward_delta`.
 //!
+//! The kernels read q, k, v and dO in bf16 (their tiles go to shared memory by `cp.async`,
+//! which copies bytes and cannot convert). Each is converted once (round to nearest even, the
+//! rounding the kernels applied themselves when they read f32) and the copy is cached on its
+//! buffer (`CudaBuf`), so the backward reuses the forward's copies of q, k and v. The model
+//! narrows q, k and v to those copies (`keep_as_attention_input`): then only bf16 is stored.
+//!
 //! Every head_dim in 1..=128 is supported: the kernels exist for padded widths 64 and 128 and
 //! stage the columns past head_dim as zeros.
 
 use super::attention::{attn_dims, check_backward_buffers, check_forward_buffers, grid_3d};
-use super::{launch, Cuda};
+use super::buffer::CudaBuf;
+use super::{launch, AttentionKernel, Cuda};
 use crate::backend::AttnShape;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
 
 /// Threads per block (`MMA_THREADS`: 4 warps).
 const THREADS: u32 = 128;
@@ -34,13 +42,15 @@ fn padded(head_dim: usize) -> usize {
     }
 }
 
-/// Dynamic shared memory of each kernel, as laid out in attention_mma.cu.
+/// Dynamic shared memory of each kernel, as laid out in attention_mma.cu (the streamed tiles
+/// have two slots each: the next one is fetched while this one is used).
 fn smem_bytes(kernel: &str, hdp: usize) -> usize {
     let row = (hdp + SKEW) * 2; // one bf16 tile row
     match kernel {
-        "forward" => 2 * BLOCK_KEYS * row, // K, V (Q staged through K)
-        "dq" => (2 * BLOCK_ROWS + 2 * BLOCK_KEYS) * row, // Q, dO, K, V
-        _ => (2 * BLOCK_KEYS + 2 * DKV_QUERIES) * row + 2 * DKV_QUERIES * 4, // + lse, δ
+        "forward" => 2 * 2 * BLOCK_KEYS * row, // 2 × (K, V); Q staged through the second K
+        "dq" => (2 * BLOCK_ROWS + 2 * 2 * BLOCK_KEYS) * row, // Q, dO, 2 × (K, V)
+        // K, V, 2 × (Q, dO), 2 × (lse, δ)
+        _ => (2 * BLOCK_KEYS + 2 * 2 * DKV_QUERIES) * row + 2 * 2 * DKV_QUERIES * 4,
     }
 }
 
@@ -53,6 +63,15 @@ const MMA_KERNELS: [(&str, &str, usize); 6] = [
     ("attention_mma_backward_dkv_hd64", "dkv", 64),
     ("attention_mma_backward_dkv_hd128", "dkv", 128),
 ];
+
+/// δ = rowsum(dO∘O) reads the f32 values of dO and O.
+fn out_f32<'b>(buf: &'b CudaBuf, what: &str) -> Result<&'b CudaSlice<f32>> {
+    ensure!(
+        !buf.is_narrowed(),
+        "attention_backward: `{what}` was kept only in bf16; δ = rowsum(dO∘O) needs its f32 values"
+    );
+    Ok(buf)
+}
 
 impl Cuda {
     /// Opts the kernels that need more than 48 KiB of dynamic shared memory in, once at start-up
@@ -82,18 +101,57 @@ impl Cuda {
         Ok(cfg)
     }
 
-    pub(super) fn attention_mma_forward_impl(
-        &self,
-        out: &mut CudaSlice<f32>,
-        lse: &mut CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        s: AttnShape,
-    ) -> Result<()> {
-        if !check_forward_buffers(out, lse, q, k, v, s)? {
+    /// The bf16 copy the kernels read: the buffer's cached (or narrowed) copy, else converted
+    /// now and cached.
+    fn attention_operand<'b>(&self, buf: &'b CudaBuf, what: &str) -> Result<&'b CudaSlice<bf16>> {
+        if let Some(copy) = buf.bf16_cached() {
+            return Ok(copy);
+        }
+        ensure!(
+            !buf.is_narrowed(),
+            "cuda backend: `{what}` was narrowed but lost its bf16 copy"
+        );
+        Ok(buf.cache_bf16(self.to_bf16(buf, what)?))
+    }
+
+    /// `keep_as_attention_input`: with the mma attention, keeps only the bf16 copy its kernels
+    /// read (converted now, or the one already cached) and frees the f32 values. The simt
+    /// attention reads f32, so it keeps them (as does `set_narrow_saved_inputs(false)`).
+    pub(super) fn narrow_attention_input(&self, buf: &mut CudaBuf) -> Result<()> {
+        if !self.narrow_inputs
+            || self.attention != AttentionKernel::Mma
+            || buf.is_narrowed()
+            || buf.is_empty()
+        {
             return Ok(());
         }
+        let copy = match buf.take_bf16() {
+            Some(copy) => copy,
+            None => self.to_bf16(buf, "attention input")?,
+        };
+        let empty = self.empty()?;
+        buf.narrow(empty, copy);
+        Ok(())
+    }
+
+    pub(super) fn attention_mma_forward_impl(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        s: AttnShape,
+    ) -> Result<()> {
+        let lens = [&*out, &*lse, q, k, v].map(|b| b.logical_len());
+        if !check_forward_buffers(lens, s)? {
+            return Ok(());
+        }
+        let (qb, kb, vb) = (
+            self.attention_operand(q, "q")?,
+            self.attention_operand(k, "k")?,
+            self.attention_operand(v, "v")?,
+        );
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let hdp = padded(s.head_dim);
@@ -104,29 +162,36 @@ impl Cuda {
         };
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("forward", hdp))?;
-        launch!(self, name, cfg, out, lse, q, k, v, &dims, &scale)
+        launch!(self, name, cfg, out, lse, qb, kb, vb, &dims, &scale)
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_mma_backward_impl(
         &self,
-        dq: &mut CudaSlice<f32>,
-        dk: &mut CudaSlice<f32>,
-        dv: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
-        lse: &CudaSlice<f32>,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
         s: AttnShape,
     ) -> Result<()> {
-        if !check_backward_buffers([&*dq, &*dk, &*dv, dout, q, k, v, out, lse], s)? {
+        let lens = [&*dq, &*dk, &*dv, dout, q, k, v, out, lse].map(|b| b.logical_len());
+        if !check_backward_buffers(lens, s)? {
             return Ok(());
         }
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let delta = self.attention_delta(dout, out, s)?;
+        let delta = self.attention_delta(out_f32(dout, "dout")?, out_f32(out, "out")?, s)?;
+        let (dob, qb, kb, vb) = (
+            self.attention_operand(dout, "dout")?,
+            self.attention_operand(q, "q")?,
+            self.attention_operand(k, "k")?,
+            self.attention_operand(v, "v")?,
+        );
         let hdp = padded(s.head_dim);
         let (dq_name, dkv_name) = if hdp == 64 {
             (
@@ -141,10 +206,10 @@ impl Cuda {
         };
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("dq", hdp))?;
-        launch!(self, dq_name, cfg, dq, dout, q, k, v, lse, &delta, &dims, &scale)?;
+        launch!(self, dq_name, cfg, dq, dob, qb, kb, vb, lse, &delta, &dims, &scale)?;
         let grid = (s.seq.div_ceil(BLOCK_KEYS), s.n_kv_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("dkv", hdp))?;
-        launch!(self, dkv_name, cfg, dk, dv, dout, q, k, v, lse, &delta, &dims, &scale)
+        launch!(self, dkv_name, cfg, dk, dv, dob, qb, kb, vb, lse, &delta, &dims, &scale)
     }
 }
 
@@ -152,16 +217,19 @@ impl Cuda {
 mod tests {
     use super::*;
 
-    /// The byte counts the kernels index (attention_mma.cu's tile layout): the Rust side must
-    /// reserve at least this much, and the forward stays under the 48 KiB default.
+    /// The byte counts the kernels index (attention_mma.cu's tile layout, double-buffered): the
+    /// Rust side must reserve at least this much (kernels/emulation/ checks that no block writes
+    /// past it), and all fit a Hopper or A100 SM (227 / 163 KiB per block). dq at hd128 does not
+    /// fit sm_86/sm_89 (99 KiB): the start-up opt-in then reports that the mma attention will
+    /// not launch there.
     #[test]
     fn shared_memory_sizes() {
-        assert_eq!(smem_bytes("forward", 64), 18_432);
-        assert_eq!(smem_bytes("forward", 128), 34_816);
-        assert_eq!(smem_bytes("dq", 64), 36_864);
-        assert_eq!(smem_bytes("dq", 128), 69_632);
-        assert_eq!(smem_bytes("dkv", 64), 27_904);
-        assert_eq!(smem_bytes("dkv", 128), 52_480);
+        assert_eq!(smem_bytes("forward", 64), 36_864);
+        assert_eq!(smem_bytes("forward", 128), 69_632);
+        assert_eq!(smem_bytes("dq", 64), 55_296);
+        assert_eq!(smem_bytes("dq", 128), 104_448);
+        assert_eq!(smem_bytes("dkv", 64), 37_376);
+        assert_eq!(smem_bytes("dkv", 128), 70_144);
         assert_eq!(padded(1), 64);
         assert_eq!(padded(64), 64);
         assert_eq!(padded(65), 128);

@@ -12,13 +12,14 @@ use crate::backend::{
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-/// Refuses buffers narrowed to bf16 (`keep_as_gemm_input`): these ops size themselves from the
-/// f32 values, which a narrowed buffer no longer has, so they would silently do nothing.
-fn f32_values(bufs: &[&CudaBuf], op: &str) -> Result<()> {
+/// Refuses buffers narrowed to bf16 (`keep_as_gemm_input`, `keep_as_attention_input`): these
+/// ops size themselves from the f32 values, which a narrowed buffer no longer has, so they
+/// would silently do nothing.
+pub(super) fn f32_values(bufs: &[&CudaBuf], op: &str) -> Result<()> {
     ensure!(
         bufs.iter().all(|b| !b.is_narrowed()),
-        "{op}: a buffer was kept only as a bf16 GEMM input (keep_as_gemm_input); it has no f32 \
-         values"
+        "{op}: a buffer was kept only as a bf16 input (keep_as_gemm_input or \
+         keep_as_attention_input); it has no f32 values"
     );
     Ok(())
 }
@@ -86,6 +87,9 @@ impl Backend for Cuda {
     }
     fn keep_as_gemm_input(&self, buf: &mut CudaBuf) -> Result<()> {
         self.narrow_to_bf16(buf)
+    }
+    fn keep_as_attention_input(&self, buf: &mut CudaBuf) -> Result<()> {
+        self.narrow_attention_input(buf)
     }
     fn copy(
         &self,
@@ -343,7 +347,10 @@ impl Backend for Cuda {
         s: AttnShape,
     ) -> Result<()> {
         match self.attention {
-            AttentionKernel::Simt => self.attention_forward_impl(out, lse, q, k, v, s),
+            AttentionKernel::Simt => {
+                f32_values(&[q, k, v], "attention_forward (simt)")?;
+                self.attention_forward_impl(out, lse, q, k, v, s)
+            }
             AttentionKernel::Mma => self.attention_mma_forward_impl(out, lse, q, k, v, s),
         }
     }
@@ -362,6 +369,7 @@ impl Backend for Cuda {
     ) -> Result<()> {
         match self.attention {
             AttentionKernel::Simt => {
+                f32_values(&[dout, q, k, v], "attention_backward (simt)")?;
                 self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
             }
             AttentionKernel::Mma => {

@@ -14,11 +14,14 @@
 //! copy lives (f32 master weights + bf16 working weights, the usual mixed-precision layout);
 //! frozen weights (the reference model) keep theirs for good.
 //!
-//! Saved activations that the backward reads only as a bf16 GEMM operand (the inputs of the
-//! q/k/v, gate/up and down projections) can be *narrowed*: the bf16 copy is kept and the f32
-//! storage freed, half the memory (`Backend::keep_as_gemm_input`). A narrowed buffer has no f32
-//! values: the ops refuse it (the length-sized ones by name, the others by their length check),
-//! and only the GEMMs' operand paths read it.
+//! Saved activations that the backward reads only in bf16 can be *narrowed*: the bf16 copy is
+//! kept and the f32 storage freed, half the memory. These are the inputs of the q/k/v, gate/up
+//! and down projections in bf16 GEMM mode (`Backend::keep_as_gemm_input`), and q, k, v with the
+//! mma attention, whose kernels read bf16 copies in any GEMM mode
+//! (`Backend::keep_as_attention_input`). The mma attention also caches copies here without
+//! narrowing (its dO, or q/k/v the caller did not narrow). A narrowed buffer has no f32 values:
+//! the ops refuse it (the length-sized ones by name, the others by their length check), and only
+//! the GEMMs' operand paths and the mma attention read it.
 
 use cudarc::driver::{
     sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchArgs, PushKernelArg,
@@ -47,8 +50,8 @@ impl CudaBuf {
     }
 
     /// Keeps only `copy` (the bf16 values of this buffer) and frees the f32 storage, replaced by
-    /// `empty`: `Backend::keep_as_gemm_input` for a saved activation that from now on is only a
-    /// bf16 GEMM operand.
+    /// `empty`: `Backend::keep_as_gemm_input` / `keep_as_attention_input` for a saved activation
+    /// that from now on is read only in bf16.
     pub(super) fn narrow(&mut self, empty: CudaSlice<f32>, copy: CudaSlice<bf16>) {
         let len = self.data.len();
         self.data = empty;
@@ -77,6 +80,11 @@ impl CudaBuf {
     pub(super) fn cache_bf16(&self, copy: CudaSlice<bf16>) -> &CudaSlice<bf16> {
         let _ = self.bf16.set(copy);
         self.bf16.get().expect("set just above")
+    }
+
+    /// Takes the cached bf16 copy out (to keep it as the narrowed values).
+    pub(super) fn take_bf16(&mut self) -> Option<CudaSlice<bf16>> {
+        self.bf16.take()
     }
 
     /// Whether a bf16 copy is held (for tests of the cache's invalidation).

@@ -185,7 +185,7 @@ impl Cuda {
 
     /// `keep_as_gemm_input`: in Bf16 mode, keeps only the buffer's bf16 copy (converted now) and
     /// frees its f32 values; other modes keep the f32 values (their GEMMs read f32), as does a
-    /// `Cuda` with `set_narrow_gemm_inputs(false)`.
+    /// `Cuda` with `set_narrow_saved_inputs(false)`.
     pub(super) fn narrow_to_bf16(&self, buf: &mut CudaBuf) -> Result<()> {
         if !self.narrow_inputs
             || self.gemm_precision != GemmPrecision::Bf16
@@ -222,10 +222,21 @@ impl Cuda {
         Ok(Some(copy))
     }
 
-    /// Whether `keep_as_gemm_input` narrows in Bf16 mode (the default); off, the f32 values are
-    /// kept, which gives the same GEMM results (tests compare the two).
-    pub fn set_narrow_gemm_inputs(&mut self, on: bool) {
+    /// Whether `keep_as_gemm_input` (in Bf16 mode) and `keep_as_attention_input` (with the mma
+    /// attention) narrow, the default; off, the f32 values are kept, which gives the same
+    /// results (tests compare the two).
+    pub fn set_narrow_saved_inputs(&mut self, on: bool) {
         self.narrow_inputs = on;
+    }
+
+    /// A new bf16 copy of `src` (round to nearest even), in any GEMM mode: the mma attention's
+    /// operands.
+    pub(super) fn to_bf16(&self, src: &CudaSlice<f32>, what: &str) -> Result<CudaSlice<bf16>> {
+        // SAFETY: converted into right below, before anything reads it
+        let mut dst = unsafe { self.stream.alloc::<bf16>(src.len().max(1)) }
+            .with_context(|| format!("cuda backend: allocating {} bf16 for {what}", src.len()))?;
+        self.convert_bf16(&mut dst, src, src.len(), what)?;
+        Ok(dst)
     }
 
     /// A bf16 copy of an operand used by several GEMMs (the head's hidden states across every
