@@ -13,8 +13,10 @@
 //! statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as documented in
 //! kernels/README.md. The exception, when selected with `set_attention_kernel` (or
 //! `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
-//! operands, f32 accumulation and softmax statistics, ~1e-2 relative. Neither tensor-core mode
-//! has run on a GPU yet.
+//! operands (q, k, v, dO converted once and cached on their buffers; the model keeps its saved
+//! q, k, v in bf16 alone, `keep_as_attention_input`), f32 accumulation and softmax statistics,
+//! ~1e-2 relative. Neither tensor-core mode has run on a GPU yet; the mma attention runs in CI
+//! in a host emulation (kernels/emulation/).
 //!
 //! One stream per `Cuda`; every op is enqueued on it, so ops run in call order. Downloads and
 //! scalar results synchronise the stream.
