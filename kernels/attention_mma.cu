@@ -164,7 +164,7 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const uint1
                                              float scale) {
     constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_BK / 8;
     constexpr int TILE = MMA_BK * LD;  // one K or V slot
-    extern __shared__ uint4 attn_mma_smem[];
+    CADA_DYNAMIC_SMEM(uint4, attn_mma_smem);
     uint16_t* const kv_slots = reinterpret_cast<uint16_t*>(attn_mma_smem);  // K0 V0 K1 V1
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
@@ -301,7 +301,7 @@ __device__ __forceinline__ void dq_body(float* dq, const uint16_t* dout, const u
                                         const float* delta, AttnDims s, float scale) {
     constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_BK / 8;
     constexpr int TILE = MMA_BK * LD;  // one K or V slot (MMA_BQ == MMA_BK rows)
-    extern __shared__ uint4 attn_mma_smem[];
+    CADA_DYNAMIC_SMEM(uint4, attn_mma_smem);
     uint16_t* sq = reinterpret_cast<uint16_t*>(attn_mma_smem);
     uint16_t* sdo = sq + MMA_BQ * LD;
     uint16_t* const kv_slots = sdo + MMA_BQ * LD;  // K0 V0 K1 V1
@@ -426,7 +426,7 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const uint16_t* d
                                          float scale) {
     constexpr int LD = HDP + MMA_SKEW, KS = HDP / 16, DN = HDP / 8, SN = MMA_DKV_BQ / 8;
     constexpr int QTILE = MMA_DKV_BQ * LD;  // one Q or dO slot
-    extern __shared__ uint4 attn_mma_smem[];
+    CADA_DYNAMIC_SMEM(uint4, attn_mma_smem);
     uint16_t* sk = reinterpret_cast<uint16_t*>(attn_mma_smem);
     uint16_t* sv = sk + MMA_BK * LD;
     uint16_t* const q_slots = sv + MMA_BK * LD;  // Q0 dO0 Q1 dO1

@@ -7,6 +7,12 @@
 
 #define CADA_KERNEL extern "C" __global__
 
+// A kernel's dynamic shared memory (sized at launch). The host emulation (kernels/emulation/)
+// defines its own: a global array, since it runs one block at a time.
+#ifndef CADA_HOST_EMULATION
+#define CADA_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
+#endif
+
 // Threads per block for the 1-D elementwise kernels (a multiple of 32).
 #define CADA_BLOCK 256
 

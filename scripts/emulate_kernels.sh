@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the tensor-core attention (kernels/attention_mma.cu, unchanged) in the host emulation of
-# kernels/emulation/ against an f64 reference: the index math of its fragments, masks and
-# pipelines, checked without a GPU. `--tsan` builds with ThreadSanitizer (every CUDA thread is a
-# std::thread, so a missing __syncthreads shows up as a data race) on the quick shapes.
+# Runs kernels in the host emulation of kernels/emulation/, each .cu file unchanged: the
+# tensor-core attention (attention_mma.cu) against an f64 reference (the index math of its
+# fragments, masks and pipelines) and the sampler (sampling.cu) against the CPU reference's
+# token choice, checked without a GPU. `--tsan` builds with ThreadSanitizer (every CUDA thread is a
+# std::thread, so a missing __syncthreads shows up as a data race) on the quick cases.
 # Needs a C++20 compiler (g++ ≥ 11 or clang++ ≥ 13); says so and exits 0 when there is none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +19,15 @@ if [[ -z "$cxx" ]]; then
 fi
 out=target/emulation
 mkdir -p "$out"
-src=kernels/emulation/attention_mma_check.cpp
-if [[ "${1:-}" == "--tsan" ]]; then
-    "$cxx" -std=c++20 -O1 -g -fsanitize=thread -pthread -Ikernels/emulation -o "$out/attention_mma_tsan" "$src"
-    # halt_on_error: a race fails the run instead of scrolling past
-    TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}" "$out/attention_mma_tsan" --quick
-else
-    "$cxx" -std=c++20 -O2 -pthread -Ikernels/emulation -o "$out/attention_mma" "$src"
-    "$out/attention_mma"
-fi
+# each harness compiles one kernel file unchanged against the emulation and exits 1 on a failure
+for name in attention_mma sampling; do
+    src=kernels/emulation/${name}_check.cpp
+    if [[ "${1:-}" == "--tsan" ]]; then
+        "$cxx" -std=c++20 -O1 -g -fsanitize=thread -pthread -Ikernels/emulation -o "$out/${name}_tsan" "$src"
+        # halt_on_error: a race fails the run instead of scrolling past
+        TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}" "$out/${name}_tsan" --quick
+    else
+        "$cxx" -std=c++20 -O2 -pthread -Ikernels/emulation -o "$out/$name" "$src"
+        "$out/$name"
+    fi
+done

@@ -253,7 +253,53 @@ fn attention_narrowed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: Attn
         e.contains("attention_forward (simt)") && e.contains("bf16"),
         "{e}"
     );
+    let (mut dqg, mut dkg, mut dvg) = (
+        poisoned(gpu, n * qd),
+        poisoned(gpu, n * kd),
+        poisoned(gpu, n * kd),
+    );
+    let e = gpu
+        .attention_backward(
+            &mut dqg, &mut dkg, &mut dvg, &doutg, &qn, &kn, &vn, &og, &lg, s,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention_backward (simt)") && e.contains("bf16"),
+        "{e}"
+    );
     gpu.set_attention_kernel(Mma);
+
+    // narrowing a buffer whose copy a forward already cached keeps that copy: same results
+    let (mut qc, mut kc, mut vc) = (
+        gpu.upload(&q).unwrap(),
+        gpu.upload(&k).unwrap(),
+        gpu.upload(&v).unwrap(),
+    );
+    let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+    gpu.attention_forward(&mut og, &mut lg, &qc, &kc, &vc, s)
+        .unwrap();
+    for b in [&mut qc, &mut kc, &mut vc] {
+        assert!(b.has_bf16_copy(), "the forward did not cache a bf16 copy");
+        gpu.keep_as_attention_input(b).unwrap();
+        assert!(
+            b.is_narrowed(),
+            "keep_as_attention_input did not narrow a cached buffer"
+        );
+    }
+    let (mut og2, mut lg2) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
+    gpu.attention_forward(&mut og2, &mut lg2, &qc, &kc, &vc, s)
+        .unwrap();
+    assert_eq!(
+        down(gpu, &og2),
+        f32_in[0],
+        "out after narrowing a cached buffer"
+    );
+    assert_eq!(
+        down(gpu, &lg2),
+        f32_in[1],
+        "lse after narrowing a cached buffer"
+    );
 
     gpu.set_narrow_saved_inputs(false);
     let mut kept = gpu.upload(&q).unwrap();

@@ -307,6 +307,18 @@ fn cuda_whole_model_mma_attention() {
                 for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
                     check(&format!("gradient {i}, narrowed q/k/v vs f32"), a, b, 1e-6);
                 }
+                // the model did narrow: the f32 attention's backward now refuses q, k, v
+                let model = Llama::from_host(&gpu, cfg.clone(), &params).unwrap();
+                let fwd = model.forward(&gpu, &ids, batch, seq).unwrap();
+                gpu.set_attention_kernel(AttentionKernel::Simt);
+                let dh = gpu
+                    .upload(&vec![1e-3; batch * seq * cfg.hidden_size])
+                    .unwrap();
+                let mut grads = model.zeros_like_params(&gpu).unwrap();
+                let e = model.backward(&gpu, &fwd, &dh, &mut grads).unwrap_err();
+                let e = format!("{e:#}");
+                assert!(e.contains("attention_backward (simt)"), "{e}");
+                gpu.set_attention_kernel(AttentionKernel::Mma);
             }
             println!("cuda_whole_model_mma_attention: ran on the GPU and matched the CPU");
         }

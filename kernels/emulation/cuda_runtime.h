@@ -1,14 +1,18 @@
 // Host emulation of the CUDA execution model, just enough to run a kernel file unchanged on the
 // CPU: every CUDA thread of a block is a std::thread, `__syncthreads` is a barrier over the
-// block, and the warp-collective primitives (shuffles here; ldmatrix, mma and cp.async in
-// warp_primitives.h) exchange values through per-warp slots behind a barrier over the warp.
-// One block runs at a time, so `extern __shared__` arrays are plain globals defined by the
-// harness. Why: no session has had a GPU, and this checks the index math of the tensor-core
-// kernels (fragments, masks, pipelines) against an f64 reference; ThreadSanitizer over it
-// finds a missing barrier. It says nothing about speed, and the real hardware can still
-// differ (exp2f's last ulp, the MMA's internal accumulation order).
+// block, and the warp-collective primitives (shuffles and votes here; ldmatrix, mma and
+// cp.async in warp_primitives.h) exchange values through per-warp slots behind a barrier over
+// the warp. One block runs at a time, so dynamic shared memory (`CADA_DYNAMIC_SMEM`) is a
+// global array defined by the harness and static `__shared__` variables are function-local
+// statics; atomics are std::atomic_ref. Why: no session has had a GPU, and this checks a
+// kernel's index math (fragments, masks, pipelines, scans) against a reference;
+// ThreadSanitizer over it finds a missing barrier. It says nothing about speed, and the real
+// hardware can still differ (exp2f's last ulp, the MMA's internal accumulation order, and
+// anything that depends on blocks running concurrently).
 #pragma once
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -22,7 +26,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__
+// one block runs at a time, so a function-local static is exactly a block's shared variable
+#define __shared__ static
+#define CADA_DYNAMIC_SMEM(type, name) extern type name[]
 #define __launch_bounds__(...)
 #define __restrict__
 
@@ -134,3 +140,58 @@ inline T __shfl_xor_sync(unsigned /*mask: every lane, as in the kernels*/, T v, 
     std::memcpy(&out, &table[lane ^ lane_mask][0], sizeof(T));
     return out;
 }
+
+template <typename T>
+inline T __shfl_sync(unsigned /*mask: every lane*/, T v, int src_lane) {
+    static_assert(sizeof(T) <= 8);
+    uint64_t mine = 0;
+    std::memcpy(&mine, &v, sizeof(T));
+    auto table = emu::exchange(&mine, 1);
+    T out;
+    std::memcpy(&out, &table[src_lane & (emu::kWarp - 1)][0], sizeof(T));
+    return out;
+}
+
+inline bool __any_sync(unsigned /*mask: every lane*/, bool p) {
+    const uint64_t mine = p;
+    auto table = emu::exchange(&mine, 1);
+    for (int l = 0; l < emu::kWarp; ++l)
+        if (table[l][0]) return true;
+    return false;
+}
+
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+// Atomics return the old value, as in CUDA.
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (!a.compare_exchange_weak(old, old + v)) {
+    }
+    return old;
+}
+inline int atomicMin(int* p, int v) {
+    std::atomic_ref<int> a(*p);
+    int old = a.load();
+    while (old > v && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+inline int atomicMax(int* p, int v) {
+    std::atomic_ref<int> a(*p);
+    int old = a.load();
+    while (old < v && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }

@@ -1,8 +1,10 @@
 // Host emulation (see cuda_runtime.h) of the primitives attention_mma.cu keeps behind
 // `#ifndef CADA_HOST_EMULATION`, written from the PTX ISA's descriptions: bf16 packing (round
 // to nearest even), ldmatrix (.x4 and .x4.trans), mma.sync.m16n8k16 bf16 → f32, and cp.async
-// (done at once here: the pipelines' barriers are what ThreadSanitizer then checks).
+// (deferred to the wait that retires it, see below).
 #pragma once
+#include <cstdio>
+
 #include "cuda_runtime.h"
 
 namespace emu {
@@ -84,15 +86,48 @@ inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) 
     }
 }
 
-// cp.async: the copy (or the zero fill) happens at once; commit and wait have nothing to wait
-// for. A tile issued into a slot that another warp still reads is then a plain racing write,
-// which is what ThreadSanitizer reports.
+// cp.async, landing as late as the hardware may: the source is read at issue (the kernels'
+// inputs do not change during a launch) but the 16 bytes reach shared memory only when a
+// cp_async_wait retires their group. A wait that retires too little leaves the tile's old
+// contents (poison, or the previous tile) and fails the figures; a slot issued while another
+// warp still reads it is a racing write at the wait, which ThreadSanitizer reports; a thread
+// that ends with copies still in flight aborts.
+namespace emu {
+struct PendingCopy {
+    void* dst;
+    uint8_t bytes[16];
+};
+struct CpAsyncQueue {
+    std::vector<PendingCopy> open;                  // issued, not committed yet
+    std::vector<std::vector<PendingCopy>> groups;   // committed, oldest first
+    ~CpAsyncQueue() {
+        size_t in_flight = open.size();
+        for (const auto& g : groups) in_flight += g.size();
+        if (in_flight) {
+            std::fprintf(stderr, "emulation: a thread ended with %zu cp.async copies in flight\n",
+                         in_flight);
+            std::abort();
+        }
+    }
+};
+inline thread_local CpAsyncQueue cp_async_queue;
+}  // namespace emu
+
 inline void cp_async_16(void* smem, const void* gmem, bool valid) {
-    if (valid)
-        std::memcpy(smem, gmem, 16);
-    else
-        std::memset(smem, 0, 16);
+    emu::PendingCopy c{smem, {}};
+    if (valid) std::memcpy(c.bytes, gmem, 16);  // else 16 zero bytes (src-size 0)
+    emu::cp_async_queue.open.push_back(c);
 }
-inline void cp_async_commit() {}
+inline void cp_async_commit() {
+    auto& q = emu::cp_async_queue;
+    q.groups.push_back(std::move(q.open));
+    q.open.clear();
+}
 template <int N>
-inline void cp_async_wait() {}
+inline void cp_async_wait() {
+    auto& q = emu::cp_async_queue;
+    while ((int)q.groups.size() > N) {
+        for (const auto& c : q.groups.front()) std::memcpy(c.dst, c.bytes, 16);
+        q.groups.erase(q.groups.begin());
+    }
+}

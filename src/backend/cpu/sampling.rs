@@ -25,11 +25,15 @@ pub fn sample_row(logits: &[f32], u: f32, temperature: f32, top_p: f32, top_k: u
     }
     let total: f64 = probs.iter().map(|p| p.1).sum();
     if top_p < 1.0 {
+        // the shortest prefix whose mass reaches top_p · total, compared undivided: summing
+        // p / total instead rounds 10 tied tokens of 20 to a mass just below 0.5, and the GPU
+        // (kernels/sampling.cu) must choose the same prefix
+        let target = top_p as f64 * total;
         let mut cum = 0.0;
         let mut keep = probs.len();
         for (i, p) in probs.iter().enumerate() {
-            cum += p.1 / total;
-            if cum >= top_p as f64 {
+            cum += p.1;
+            if cum >= target {
                 keep = i + 1;
                 break;
             }

@@ -75,22 +75,30 @@ fn out_f32<'b>(buf: &'b CudaBuf, what: &str) -> Result<&'b CudaSlice<f32>> {
 
 impl Cuda {
     /// Opts the kernels that need more than 48 KiB of dynamic shared memory in, once at start-up
-    /// (each kernel's size is fixed by its padded width), instead of before every launch.
+    /// (each kernel's size is fixed by its padded width), instead of before every launch. Every
+    /// kernel is tried, so a device that refuses one (dq at hd128 on sm_86/89) still has the
+    /// others; the error names each refused kernel, whose launches then fail with the driver's
+    /// error.
     pub(super) fn opt_in_mma_shared_memory(&self) -> Result<()> {
+        let mut refused = Vec::new();
         for (name, kind, hdp) in MMA_KERNELS {
             let bytes = smem_bytes(kind, hdp);
             if bytes > DEFAULT_SMEM {
-                self.function(name)?
-                    .set_attribute(
-                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes as i32,
-                    )
-                    .map_err(|e| {
-                        anyhow!("cuda backend: `{name}`: {bytes} B shared memory: {e:?}")
-                    })?;
+                let attr =
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                if let Err(e) = self.function(name)?.set_attribute(attr, bytes as i32) {
+                    refused.push(format!("`{name}` ({bytes} B of shared memory: {e:?})"));
+                }
             }
         }
-        Ok(())
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "cuda backend: this device refused {}",
+                refused.join(", ")
+            ))
+        }
     }
 
     /// Launch config with `bytes` of dynamic shared memory (opted in by

@@ -52,7 +52,7 @@ impl Backend for Cuda {
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         ensure!(
             !buf.is_narrowed(),
-            "cuda backend: download of a buffer kept only as a bf16 GEMM input (keep_as_gemm_input)"
+            "cuda backend: download of a buffer kept only in bf16 (keep_as_gemm_input or keep_as_attention_input)"
         );
         if buf.is_empty() {
             return Ok(Vec::new());

@@ -212,7 +212,7 @@ impl Cuda {
         }
         ensure!(
             self.gemm_precision == GemmPrecision::Bf16,
-            "cuda backend: `{what}` was kept only in bf16 (keep_as_gemm_input) but the GEMMs are \
+            "cuda backend: `{what}` was kept only in bf16 (keep_as_gemm_input or keep_as_attention_input) but the GEMMs are \
              now {}",
             self.gemm_precision.label()
         );

@@ -218,7 +218,10 @@ impl Cuda {
         // the mma attention needs it; the f32 default does not, so a refusal only warns (an mma
         // launch would then fail with the driver's error)
         if let Err(e) = cuda.opt_in_mma_shared_memory() {
-            eprintln!("cuda backend: warning: {e:#}; CADA_ATTENTION=mma will not launch");
+            eprintln!(
+                "cuda backend: warning: {e:#}; CADA_ATTENTION=mma cannot run those kernels' \
+                 head widths here"
+            );
         }
         Ok(cuda)
     }
