@@ -89,6 +89,13 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
+// 4 bytes global → shared (.ca: the only cp.async size below 16 B); `valid` false writes zero.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem),
+                 "r"(valid ? 4 : 0)
+                 : "memory");
+}
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -451,12 +458,14 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const uint16_t* d
         uint16_t* sq = q_slots + 2 * slot * QTILE;
         stage_tile<MMA_DKV_BQ, HDP>(sq, q, base, t0, s.seq, qs, h * hd, hd);
         stage_tile<MMA_DKV_BQ, HDP>(sq + QTILE, dout, base, t0, s.seq, qs, h * hd, hd);
+        // lse and δ of the tile's rows ride in the same commit group (4-byte copies, 0 past T),
+        // so no warp stalls on a global load here; lse is turned into log2 units where used
         if (threadIdx.x < MMA_DKV_BQ) {
             float* st = stat_slots + 2 * slot * MMA_DKV_BQ;
             const int t = t0 + threadIdx.x;
-            const int64_t at = ((int64_t)b * s.n_heads + h) * s.seq + t;
-            st[threadIdx.x] = t < s.seq ? lse[at] * LOG2E : 0.f;
-            st[MMA_DKV_BQ + threadIdx.x] = t < s.seq ? delta[at] : 0.f;
+            const int64_t at = t < s.seq ? ((int64_t)b * s.n_heads + h) * s.seq + t : 0;
+            cp_async_4(st + threadIdx.x, lse + at, t < s.seq);
+            cp_async_4(st + MMA_DKV_BQ + threadIdx.x, delta + at, t < s.seq);
         }
     };
     // K, V and query tile 0 in one group
@@ -512,7 +521,7 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const uint16_t* d
                 const int j = n * 8 + 2 * c + (i & 1);
                 const int t = t0 + j;
                 const bool ok = t >= keys[i >> 1] && t < s.seq;
-                const float p = ok ? exp2f(st[n][i] * c2 - slse[j]) : 0.f;
+                const float p = ok ? exp2f(st[n][i] * c2 - slse[j] * LOG2E) : 0.f;
                 st[n][i] = p;
                 dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
             }

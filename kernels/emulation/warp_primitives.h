@@ -95,6 +95,7 @@ inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) 
 namespace emu {
 struct PendingCopy {
     void* dst;
+    int size;
     uint8_t bytes[16];
 };
 struct CpAsyncQueue {
@@ -113,10 +114,16 @@ struct CpAsyncQueue {
 inline thread_local CpAsyncQueue cp_async_queue;
 }  // namespace emu
 
-inline void cp_async_16(void* smem, const void* gmem, bool valid) {
-    emu::PendingCopy c{smem, {}};
-    if (valid) std::memcpy(c.bytes, gmem, 16);  // else 16 zero bytes (src-size 0)
+inline void cp_async_n(void* smem, const void* gmem, bool valid, int size) {
+    emu::PendingCopy c{smem, size, {}};
+    if (valid) std::memcpy(c.bytes, gmem, size);  // else zero bytes (src-size 0)
     emu::cp_async_queue.open.push_back(c);
+}
+inline void cp_async_16(void* smem, const void* gmem, bool valid) {
+    cp_async_n(smem, gmem, valid, 16);
+}
+inline void cp_async_4(void* smem, const void* gmem, bool valid) {
+    cp_async_n(smem, gmem, valid, 4);
 }
 inline void cp_async_commit() {
     auto& q = emu::cp_async_queue;
@@ -127,7 +134,7 @@ template <int N>
 inline void cp_async_wait() {
     auto& q = emu::cp_async_queue;
     while ((int)q.groups.size() > N) {
-        for (const auto& c : q.groups.front()) std::memcpy(c.dst, c.bytes, 16);
+        for (const auto& c : q.groups.front()) std::memcpy(c.dst, c.bytes, c.size);
         q.groups.erase(q.groups.begin());
     }
 }
