@@ -260,3 +260,71 @@ fn cuda_narrowed_activation_is_a_bf16_gemm_input() {
          `cuda` feature)"
     );
 }
+
+/// SwiGLU's gate and up saved in bf16 alone (`keep_as_swiglu_input`, bf16 mode): the backward
+/// must equal the CPU's f32 backward on the bf16-rounded values (the f32 math is unchanged, so
+/// 1e-6 covers `expf`'s last ulp), and against unrounded f32 values it stays within the bf16
+/// bound. A no-op in f32 mode; gate narrowed but up not is refused by name.
+#[test]
+fn cuda_narrowed_swiglu_inputs() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let Some((mut gpu, mut r)) = common::cuda_setup("cuda_narrowed_swiglu_inputs") else {
+            return;
+        };
+        let cpu = Cpu::new();
+        let n = 4099; // not a multiple of the block or of 4
+        let (gate, up, dout) = (
+            randv(&mut r, n, 3.0),
+            randv(&mut r, n, 3.0),
+            randv(&mut r, n, 1.0),
+        );
+        let mut gg = gpu.upload(&gate).unwrap();
+        gpu.keep_as_swiglu_input(&mut gg).unwrap();
+        assert!(!gg.is_narrowed(), "f32 mode keeps the f32 values");
+
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        let (mut ug, doutg) = (gpu.upload(&up).unwrap(), gpu.upload(&dout).unwrap());
+        gpu.keep_as_swiglu_input(&mut gg).unwrap();
+        let (mut dgg, mut dug) = (poisoned(&gpu, n), poisoned(&gpu, n));
+        let e = gpu
+            .swiglu_backward(&mut dgg, &mut dug, &doutg, &gg, &ug)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("swiglu_backward"), "{e:#}");
+        gpu.keep_as_swiglu_input(&mut ug).unwrap();
+        assert!(gg.is_narrowed() && ug.is_narrowed());
+        gpu.swiglu_backward(&mut dgg, &mut dug, &doutg, &gg, &ug)
+            .unwrap();
+
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        };
+        let (gr, ur) = (round(&gate), round(&up));
+        let (mut dgc, mut duc) = (vec![0.0; n], vec![0.0; n]);
+        cpu.swiglu_backward(&mut dgc, &mut duc, &dout, &gr, &ur)
+            .unwrap();
+        check("dgate vs CPU on bf16 inputs", &down(&gpu, &dgg), &dgc, 1e-6);
+        check("dup vs CPU on bf16 inputs", &down(&gpu, &dug), &duc, 1e-6);
+        let (mut dgf, mut duf) = (vec![0.0; n], vec![0.0; n]);
+        cpu.swiglu_backward(&mut dgf, &mut duf, &dout, &gate, &up)
+            .unwrap();
+        check(
+            "dgate vs CPU on f32 inputs",
+            &down(&gpu, &dgg),
+            &dgf,
+            BF16_TOL,
+        );
+        check(
+            "dup vs CPU on f32 inputs",
+            &down(&gpu, &dug),
+            &duf,
+            BF16_TOL,
+        );
+        println!("cuda_narrowed_swiglu_inputs: ran on the GPU and matched the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_narrowed_swiglu_inputs: skipped: no GPU (built without the `cuda` feature)");
+}

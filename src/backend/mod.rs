@@ -169,6 +169,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The same hint for SwiGLU's gate or up activation: from now on `buf` is read only by
+    /// [`Backend::swiglu_backward`]. CUDA in bf16 GEMM mode keeps only a bf16 copy (the gate and
+    /// up projections' outputs, the largest saved activations of a layer); the backward's f32
+    /// math then starts from bf16-rounded values. The default does nothing.
+    fn keep_as_swiglu_input(&self, _buf: &mut Self::Buf) -> Result<()> {
+        Ok(())
+    }
+
     // ---- elementwise / reductions -------------------------------------------------
     /// `y += x`
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;

@@ -201,6 +201,9 @@ impl<B: Backend> Llama<B> {
             be.linear_forward(&mut up, &n2, &lp.up_proj, None, n, d, f)?;
             be.swiglu_forward(&mut act, &gate, &up)?;
             be.keep_as_gemm_input(&mut act)?;
+            // gate and up are read from here on only by the SwiGLU backward
+            be.keep_as_swiglu_input(&mut gate)?;
+            be.keep_as_swiglu_input(&mut up)?;
             let mut y = be.zeros(n * d)?;
             be.linear_forward(&mut y, &act, &lp.down_proj, None, n, f, d)?;
             be.add_assign(&mut y, &h)?;

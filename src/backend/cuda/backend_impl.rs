@@ -9,8 +9,9 @@ use super::{
 use crate::backend::{
     AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
 };
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
 
 /// Refuses buffers narrowed to bf16 (`keep_as_gemm_input`, `keep_as_attention_input`): these
 /// ops size themselves from the f32 values, which a narrowed buffer no longer has, so they
@@ -22,6 +23,12 @@ pub(super) fn f32_values(bufs: &[&CudaBuf], op: &str) -> Result<()> {
          keep_as_attention_input); it has no f32 values"
     );
     Ok(())
+}
+
+/// The bf16 values of a narrowed buffer.
+fn narrowed_copy<'b>(buf: &'b CudaBuf, op: &str, what: &str) -> Result<&'b CudaSlice<bf16>> {
+    buf.bf16_cached()
+        .ok_or_else(|| anyhow!("{op}: `{what}` was narrowed but lost its bf16 copy"))
 }
 
 impl Backend for Cuda {
@@ -90,6 +97,10 @@ impl Backend for Cuda {
     }
     fn keep_as_attention_input(&self, buf: &mut CudaBuf) -> Result<()> {
         self.narrow_attention_input(buf)
+    }
+    fn keep_as_swiglu_input(&self, buf: &mut CudaBuf) -> Result<()> {
+        // the bf16 mode's rule for GEMM inputs: narrowed there, kept f32 in the other modes
+        self.narrow_to_bf16(buf)
     }
     fn copy(
         &self,
@@ -432,26 +443,39 @@ impl Backend for Cuda {
         gate: &CudaBuf,
         up: &CudaBuf,
     ) -> Result<()> {
-        f32_values(&[dgate, dup, dout, gate, up], "swiglu_backward")?;
+        f32_values(&[dgate, dup, dout], "swiglu_backward")?;
+        let len = gate.logical_len();
         ensure!(
-            dgate.len() == gate.len() && dup.len() == up.len() && dout.len() == gate.len(),
+            dgate.len() == len && dup.len() == len && dout.len() == len && up.logical_len() == len,
             "swiglu_backward: length mismatch"
         );
-        let n = gate.len() as i64;
+        ensure!(
+            gate.is_narrowed() == up.is_narrowed(),
+            "swiglu_backward: one of gate and up was kept only in bf16 (keep_as_swiglu_input), \
+             the other in f32"
+        );
+        let n = len as i64;
         if n == 0 {
             return Ok(());
         }
-        launch!(
-            self,
-            "swiglu_backward",
-            grid_1d(n as usize),
-            dgate,
-            dup,
-            dout,
-            gate,
-            up,
-            &n
-        )
+        let cfg = grid_1d(len);
+        if gate.is_narrowed() {
+            let g = narrowed_copy(gate, "swiglu_backward", "gate")?;
+            let u = narrowed_copy(up, "swiglu_backward", "up")?;
+            launch!(
+                self,
+                "swiglu_backward_bf16",
+                cfg,
+                dgate,
+                dup,
+                dout,
+                g,
+                u,
+                &n
+            )
+        } else {
+            launch!(self, "swiglu_backward", cfg, dgate, dup, dout, gate, up, &n)
+        }
     }
 
     fn fused_logprob_forward(

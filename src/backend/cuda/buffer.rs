@@ -16,7 +16,8 @@
 //!
 //! Saved activations that the backward reads only in bf16 can be *narrowed*: the bf16 copy is
 //! kept and the f32 storage freed, half the memory. These are the inputs of the q/k/v, gate/up
-//! and down projections in bf16 GEMM mode (`Backend::keep_as_gemm_input`), and q, k, v with the
+//! and down projections in bf16 GEMM mode (`Backend::keep_as_gemm_input`), SwiGLU's gate and up
+//! there too (`keep_as_swiglu_input`), and q, k, v with the
 //! mma attention, whose kernels read bf16 copies in any GEMM mode
 //! (`Backend::keep_as_attention_input`). The mma attention also caches copies here without
 //! narrowing (its dO, or q/k/v the caller did not narrow). A narrowed buffer has no f32 values:

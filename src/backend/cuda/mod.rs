@@ -7,9 +7,9 @@
 //! match the CPU to ~1e-6) unless `set_gemm_precision` (or `CADA_GEMM`) picks TF32 tensor cores
 //! (~3e-4 relative in a host emulation of the tests) or bf16 tensor cores (f32 output and
 //! accumulation, ~2e-3 emulated; see `gemm.rs`). In bf16 mode a weight is read through a bf16
-//! working copy cached on its buffer, converted once per optimiser step, and the activations
-//! that are only GEMM inputs (the model's normed hidden states and SwiGLU output) are stored in
-//! bf16 alone (`buffer.rs`); other GEMM operands are converted per GEMM. The kernels compute in f32 (attention's softmax
+//! working copy cached on its buffer, converted once per optimiser step, and the saved
+//! activations read only in bf16 (the GEMM inputs: normed hidden states and SwiGLU output; and
+//! SwiGLU's gate/up) are stored in bf16 alone (`buffer.rs`); other GEMM operands are converted per GEMM. The kernels compute in f32 (attention's softmax
 //! statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as documented in
 //! kernels/README.md. The exception, when selected with `set_attention_kernel` (or
 //! `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
@@ -348,7 +348,7 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
         ],
         "rope" => &["rope_apply"],
         "sampling" => &["sample_rows"],
-        "swiglu" => &["swiglu_forward", "swiglu_backward"],
+        "swiglu" => &["swiglu_forward", "swiglu_backward", "swiglu_backward_bf16"],
         _ => &[],
     }
 }
