@@ -11,6 +11,7 @@
 #include "warp_primitives.h"
 
 #include "../attention_mma.cu"
+#include "attention_reference.h"
 
 #include <chrono>
 #include <cstdio>
@@ -23,6 +24,10 @@ constexpr size_t kSmemBytes = 256 * 1024;
 uint4 attn_mma_smem[kSmemBytes / sizeof(uint4)];
 
 namespace {
+using attn_ref::check;
+using attn_ref::Reference;
+using attn_ref::rel_err;
+using attn_ref::Shape;
 
 // Bounds, as in tests/attention_cuda.rs (MMA_TOLS): bf16 operands carry 2^-9 relative, through
 // two products and a softmax.
@@ -56,86 +61,6 @@ bool run(dim3 grid, size_t reserved, const std::function<void()>& kernel) {
     return ok;
 }
 
-double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        num += (got[i] - want[i]) * (got[i] - want[i]);
-        den += want[i] * want[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-300));
-}
-
-struct Shape {
-    int batch, seq, n_heads, n_kv_heads, head_dim;
-};
-
-struct Reference {
-    std::vector<double> out, lse, dq, dk, dv;
-};
-
-// Causal GQA attention and its gradients in f64, straight from the definitions.
-Reference reference(const Shape& s, const std::vector<float>& q, const std::vector<float>& k,
-                    const std::vector<float>& v, const std::vector<float>& dout) {
-    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-    const size_t qs = (size_t)s.n_heads * hd, ks = (size_t)s.n_kv_heads * hd;
-    const double scale = 1.0 / std::sqrt((double)hd);
-    Reference r;
-    r.out.assign(q.size(), 0);
-    r.dq.assign(q.size(), 0);
-    r.dk.assign(k.size(), 0);
-    r.dv.assign(v.size(), 0);
-    r.lse.assign((size_t)s.batch * s.n_heads * s.seq, 0);
-    std::vector<double> p(s.seq), dp(s.seq);
-    for (int b = 0; b < s.batch; ++b)
-        for (int h = 0; h < s.n_heads; ++h) {
-            const int kh = h / group;
-            for (int t = 0; t < s.seq; ++t) {
-                const size_t qi = ((size_t)b * s.seq + t) * qs + (size_t)h * hd;
-                double mx = -INFINITY;
-                for (int j = 0; j <= t; ++j) {
-                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
-                    double dot = 0;
-                    for (int d = 0; d < hd; ++d) dot += (double)q[qi + d] * k[ki + d];
-                    p[j] = dot * scale;
-                    mx = std::max(mx, p[j]);
-                }
-                double sum = 0;
-                for (int j = 0; j <= t; ++j) sum += std::exp(p[j] - mx);
-                r.lse[((size_t)b * s.n_heads + h) * s.seq + t] = mx + std::log(sum);
-                double delta = 0;
-                for (int j = 0; j <= t; ++j) {
-                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
-                    p[j] = std::exp(p[j] - mx) / sum;
-                    double dpj = 0;
-                    for (int d = 0; d < hd; ++d) {
-                        r.out[qi + d] += p[j] * v[ki + d];
-                        dpj += (double)dout[qi + d] * v[ki + d];
-                    }
-                    dp[j] = dpj;
-                    delta += p[j] * dpj;
-                }
-                for (int j = 0; j <= t; ++j) {
-                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
-                    const double ds = p[j] * (dp[j] - delta) * scale;
-                    for (int d = 0; d < hd; ++d) {
-                        r.dq[qi + d] += ds * k[ki + d];
-                        r.dk[ki + d] += ds * q[qi + d];
-                        r.dv[ki + d] += p[j] * dout[qi + d];
-                    }
-                }
-            }
-        }
-    return r;
-}
-
-bool check(const char* what, double err, double tol, bool& all_ok) {
-    const bool ok = err <= tol;  // false for NaN
-    std::printf("    %-4s %.2e (bound %.0e)%s\n", what, err, tol, ok ? "" : "  FAILED");
-    all_ok = all_ok && ok;
-    return ok;
-}
-
 bool run_shape(const Shape& s, std::mt19937_64& rng) {
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     const size_t nq = (size_t)s.batch * s.seq * s.n_heads * s.head_dim;
@@ -147,7 +72,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
         return x;
     };
     const auto q = fill(nq), k = fill(nk), v = fill(nk), dout = fill(nq);
-    const Reference want = reference(s, q, k, v, dout);
+    const Reference want = attn_ref::reference(s, q, k, v, dout);
     // the kernels read bf16 copies, made as Cuda::attention_operand makes them (round to
     // nearest even); the reference sees the f32 values
     auto to_bf16 = [](const std::vector<float>& x) {

@@ -1,0 +1,93 @@
+// The f64 reference shared by the attention harnesses (attention_mma_check.cpp,
+// attention_simt_check.cpp): causal GQA attention and its gradients straight from the
+// definitions, and the relative error ‖got − want‖ / ‖want‖ (infinite when anything is not
+// finite, so NaN never passes).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+namespace attn_ref {
+
+inline double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-300));
+}
+
+struct Shape {
+    int batch, seq, n_heads, n_kv_heads, head_dim;
+};
+
+struct Reference {
+    std::vector<double> out, lse, dq, dk, dv;
+};
+
+// Causal GQA attention and its gradients in f64, straight from the definitions.
+inline Reference reference(const Shape& s, const std::vector<float>& q, const std::vector<float>& k,
+                    const std::vector<float>& v, const std::vector<float>& dout) {
+    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+    const size_t qs = (size_t)s.n_heads * hd, ks = (size_t)s.n_kv_heads * hd;
+    const double scale = 1.0 / std::sqrt((double)hd);
+    Reference r;
+    r.out.assign(q.size(), 0);
+    r.dq.assign(q.size(), 0);
+    r.dk.assign(k.size(), 0);
+    r.dv.assign(v.size(), 0);
+    r.lse.assign((size_t)s.batch * s.n_heads * s.seq, 0);
+    std::vector<double> p(s.seq), dp(s.seq);
+    for (int b = 0; b < s.batch; ++b)
+        for (int h = 0; h < s.n_heads; ++h) {
+            const int kh = h / group;
+            for (int t = 0; t < s.seq; ++t) {
+                const size_t qi = ((size_t)b * s.seq + t) * qs + (size_t)h * hd;
+                double mx = -INFINITY;
+                for (int j = 0; j <= t; ++j) {
+                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
+                    double dot = 0;
+                    for (int d = 0; d < hd; ++d) dot += (double)q[qi + d] * k[ki + d];
+                    p[j] = dot * scale;
+                    mx = std::max(mx, p[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j <= t; ++j) sum += std::exp(p[j] - mx);
+                r.lse[((size_t)b * s.n_heads + h) * s.seq + t] = mx + std::log(sum);
+                double delta = 0;
+                for (int j = 0; j <= t; ++j) {
+                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
+                    p[j] = std::exp(p[j] - mx) / sum;
+                    double dpj = 0;
+                    for (int d = 0; d < hd; ++d) {
+                        r.out[qi + d] += p[j] * v[ki + d];
+                        dpj += (double)dout[qi + d] * v[ki + d];
+                    }
+                    dp[j] = dpj;
+                    delta += p[j] * dpj;
+                }
+                for (int j = 0; j <= t; ++j) {
+                    const size_t ki = ((size_t)b * s.seq + j) * ks + (size_t)kh * hd;
+                    const double ds = p[j] * (dp[j] - delta) * scale;
+                    for (int d = 0; d < hd; ++d) {
+                        r.dq[qi + d] += ds * k[ki + d];
+                        r.dk[ki + d] += ds * q[qi + d];
+                        r.dv[ki + d] += p[j] * dout[qi + d];
+                    }
+                }
+            }
+        }
+    return r;
+}
+
+inline bool check(const char* what, double err, double tol, bool& all_ok) {
+    const bool ok = err <= tol;  // false for NaN
+    std::printf("    %-4s %.2e (bound %.0e)%s\n", what, err, tol, ok ? "" : "  FAILED");
+    all_ok = all_ok && ok;
+    return ok;
+}
+
+}  // namespace attn_ref
