@@ -34,12 +34,19 @@ using attn_ref::Shape;
 constexpr double kOutTol = 1e-2, kLseTol = 1e-3, kGradTol = 1e-2;
 
 // The kernels' shared memory per block, as src/backend/cuda/attention_mma.rs reserves it.
-size_t smem_bytes(const char* kind, int hdp) {
+enum class Kernel { Forward, Dq, Dkv };
+constexpr size_t smem_bytes(Kernel kind, int hdp) {
     const size_t row = (size_t)(hdp + MMA_SKEW) * 2;
-    if (!std::strcmp(kind, "forward")) return 4 * MMA_BK * row;
-    if (!std::strcmp(kind, "dq")) return (2 * MMA_BQ + 4 * MMA_BK) * row;
-    return (2 * MMA_BK + 4 * MMA_DKV_BQ) * row + 4 * MMA_DKV_BQ * 4;
+    switch (kind) {
+        case Kernel::Forward: return 4 * MMA_BK * row;
+        case Kernel::Dq: return (2 * MMA_BQ + 4 * MMA_BK) * row;
+        default: return (2 * MMA_BK + 4 * MMA_DKV_BQ) * row + 4 * MMA_DKV_BQ * 4;
+    }
 }
+// the figures attention_mma.rs's `shared_memory_sizes` test pins: a layout change must move both
+static_assert(smem_bytes(Kernel::Forward, 64) == 36864 && smem_bytes(Kernel::Forward, 128) == 69632);
+static_assert(smem_bytes(Kernel::Dq, 64) == 55296 && smem_bytes(Kernel::Dq, 128) == 104448);
+static_assert(smem_bytes(Kernel::Dkv, 64) == 37376 && smem_bytes(Kernel::Dkv, 128) == 70144);
 
 constexpr uint32_t kPoison = 0xffffffffu;  // a NaN as f32, two NaNs as bf16
 
@@ -93,7 +100,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
     std::vector<float> out = nan_vec(nq), lse = nan_vec(nl);
     const dim3 qgrid{(unsigned)((s.seq + MMA_BQ - 1) / MMA_BQ), (unsigned)s.n_heads,
                      (unsigned)s.batch};
-    bool smem_ok = run(qgrid, smem_bytes("forward", hdp), [&] {
+    bool smem_ok = run(qgrid, smem_bytes(Kernel::Forward, hdp), [&] {
         if (hdp == 64)
             attention_mma_forward_hd64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), dims,
                                        scale);
@@ -112,7 +119,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
                 delta[((size_t)b * s.n_heads + h) * s.seq + t] = (float)acc;
             }
     std::vector<float> dq = nan_vec(nq), dk = nan_vec(nk), dv = nan_vec(nk);
-    smem_ok = run(qgrid, smem_bytes("dq", hdp), [&] {
+    smem_ok = run(qgrid, smem_bytes(Kernel::Dq, hdp), [&] {
                   if (hdp == 64)
                       attention_mma_backward_dq_hd64(dq.data(), dob.data(), qb.data(), kb.data(),
                                                      vb.data(), lse.data(), delta.data(), dims,
@@ -125,7 +132,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
               smem_ok;
     const dim3 kgrid{(unsigned)((s.seq + MMA_BK - 1) / MMA_BK), (unsigned)s.n_kv_heads,
                      (unsigned)s.batch};
-    smem_ok = run(kgrid, smem_bytes("dkv", hdp), [&] {
+    smem_ok = run(kgrid, smem_bytes(Kernel::Dkv, hdp), [&] {
                   if (hdp == 64)
                       attention_mma_backward_dkv_hd64(dk.data(), dv.data(), dob.data(), qb.data(),
                                                       kb.data(), vb.data(), lse.data(),

@@ -227,7 +227,7 @@ mod tests {
 
     /// The byte counts the kernels index (attention_mma.cu's tile layout, double-buffered): the
     /// Rust side must reserve at least this much (kernels/emulation/ checks that no block writes
-    /// past it), and all fit a Hopper or A100 SM (227 / 163 KiB per block). dq at hd128 does not
+    /// past it, and static_asserts the same figures), and all fit a Hopper or A100 SM (227 / 163 KiB per block). dq at hd128 does not
     /// fit sm_86/sm_89 (99 KiB): the start-up opt-in then reports that the mma attention will
     /// not launch there.
     #[test]
