@@ -4,6 +4,8 @@
 // head_dim up to ATTN_MAX_HD; each lane of a warp owns dims d = lane + 32·i.
 #include "common.cuh"
 
+#include <cuda_bf16.h>
+
 #define ATTN_MAX_HD 128
 #define ATTN_PER_LANE (ATTN_MAX_HD / 32)
 #define ATTN_ROWS 8   // query rows per block, one warp each
@@ -85,9 +87,14 @@ CADA_KERNEL void attention_forward(float* out, float* lse, const float* q, const
 }
 
 // Backward step 1: delta[b, h, t] = Σ_d dout·out (the softmax-backward row term).
-// One warp per row; grid.x covers B·Hq·T rows in blocks of 8 warps.
-CADA_KERNEL void attention_backward_delta(float* delta, const float* dout, const float* out,
-                                          AttnDims s) {
+// One warp per row; grid.x covers B·Hq·T rows in blocks of 8 warps. `out` is f32, or bf16 when
+// the model kept the attention output in bf16 alone (`keep_as_attention_output`, bf16 mode).
+__device__ __forceinline__ float as_f32(float x) { return x; }
+__device__ __forceinline__ float as_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename Out>
+__device__ __forceinline__ void delta_body(float* delta, const float* dout, const Out* out,
+                                           AttnDims s) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int64_t rows = (int64_t)s.batch * s.n_heads * s.seq;
@@ -98,9 +105,18 @@ CADA_KERNEL void attention_backward_delta(float* delta, const float* dout, const
     const int hd = s.head_dim;
     const int64_t at = ((int64_t)b * s.seq + t) * s.n_heads * hd + (int64_t)h * hd;
     float acc = 0.f;
-    for (int d = lane; d < hd; d += 32) acc += dout[at + d] * out[at + d];
+    for (int d = lane; d < hd; d += 32) acc += dout[at + d] * as_f32(out[at + d]);
     acc = warp_sum(acc);
     if (lane == 0) delta[row] = acc;
+}
+
+CADA_KERNEL void attention_backward_delta(float* delta, const float* dout, const float* out,
+                                          AttnDims s) {
+    delta_body(delta, dout, out, s);
+}
+CADA_KERNEL void attention_backward_delta_bf16(float* delta, const float* dout,
+                                               const __nv_bfloat16* out, AttnDims s) {
+    delta_body(delta, dout, out, s);
 }
 
 // Backward step 2: dq. Same tiling as the forward: warp per query row, probabilities recomputed

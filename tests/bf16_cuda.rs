@@ -328,3 +328,81 @@ fn cuda_narrowed_swiglu_inputs() {
     #[cfg(not(feature = "cuda"))]
     println!("cuda_narrowed_swiglu_inputs: skipped: no GPU (built without the `cuda` feature)");
 }
+
+/// The attention output saved in bf16 alone (`keep_as_attention_output`, bf16 mode): the
+/// backward's δ = rowsum(dO∘O) then reads the bf16 values. With the f32 attention the gradients
+/// must equal the CPU backward given the same bf16-rounded `out` (f32 reassociation only: 1e-4,
+/// the f32 kernels' gradient bound); with the mma attention, within its bound (1e-2). In f32
+/// mode the hint is a no-op.
+#[test]
+fn cuda_narrowed_attention_output() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::{AttentionKernel, GemmPrecision};
+        use cada::backend::AttnShape;
+        let Some((mut gpu, mut r)) = common::cuda_setup("cuda_narrowed_attention_output") else {
+            return;
+        };
+        let cpu = Cpu::new();
+        let s = AttnShape {
+            batch: 2,
+            seq: 45,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+        };
+        let n = s.batch * s.seq;
+        let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let (q, k, v, dout) = (
+            randv(&mut r, n * qd, 1.0),
+            randv(&mut r, n * kd, 1.0),
+            randv(&mut r, n * kd, 1.0),
+            randv(&mut r, n * qd, 1.0),
+        );
+        let lse_len = s.batch * s.n_heads * s.seq;
+        let (mut out, mut lse) = (vec![0.0; n * qd], vec![0.0; lse_len]);
+        cpu.attention_forward(&mut out, &mut lse, &q, &k, &v, s)
+            .unwrap();
+        let out16: Vec<f32> = out
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        let (mut dqc, mut dkc, mut dvc) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+        cpu.attention_backward(
+            &mut dqc, &mut dkc, &mut dvc, &dout, &q, &k, &v, &out16, &lse, s,
+        )
+        .unwrap();
+
+        let mut og = gpu.upload(&out).unwrap();
+        gpu.keep_as_attention_output(&mut og).unwrap();
+        assert!(!og.is_narrowed(), "f32 mode keeps the f32 values");
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        gpu.keep_as_attention_output(&mut og).unwrap();
+        assert!(og.is_narrowed(), "bf16 mode keeps only the bf16 copy");
+        let (qg, kg, vg, dg, lg) = (
+            gpu.upload(&q).unwrap(),
+            gpu.upload(&k).unwrap(),
+            gpu.upload(&v).unwrap(),
+            gpu.upload(&dout).unwrap(),
+            gpu.upload(&lse).unwrap(),
+        );
+        for (kernel, tol) in [(AttentionKernel::Simt, 1e-4), (AttentionKernel::Mma, 1e-2)] {
+            gpu.set_attention_kernel(kernel);
+            let (mut dqg, mut dkg, mut dvg) = (
+                poisoned(&gpu, n * qd),
+                poisoned(&gpu, n * kd),
+                poisoned(&gpu, n * kd),
+            );
+            gpu.attention_backward(
+                &mut dqg, &mut dkg, &mut dvg, &dg, &qg, &kg, &vg, &og, &lg, s,
+            )
+            .unwrap();
+            check(&format!("{kernel:?} dq"), &down(&gpu, &dqg), &dqc, tol);
+            check(&format!("{kernel:?} dk"), &down(&gpu, &dkg), &dkc, tol);
+            check(&format!("{kernel:?} dv"), &down(&gpu, &dvg), &dvc, tol);
+        }
+        println!("cuda_narrowed_attention_output: ran on the GPU and matched the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_narrowed_attention_output: skipped: no GPU (built without the `cuda` feature)");
+}

@@ -169,10 +169,11 @@ fn decode_logits<B: Backend>(
 /// of single GEMMs (ops_cuda.rs, `BF16_GEMM`); 2e-2 leaves room for the depth.
 const BF16_MODEL_TOL: f64 = 2e-2;
 
-/// Gradients with gate/up narrowed against kept in f32, both in bf16 mode: the difference is
-/// gate/up's bf16 rounding (≤ 2^-9 relative) carried through dgate/dup (op level:
-/// `cuda_narrowed_swiglu_inputs`, 1e-6 on rounded inputs) into every earlier gradient; 1e-2.
-const SWIGLU_NARROWING_TOL: f64 = 1e-2;
+/// Gradients with gate/up and the attention output narrowed against kept in f32, both in bf16
+/// mode: the difference is their bf16 rounding (≤ 2^-9 relative) carried through dgate/dup and
+/// δ (op level: `cuda_narrowed_swiglu_inputs`, `cuda_narrowed_attention_output`) into every
+/// earlier gradient; 1e-2.
+const NARROWING_TOL: f64 = 1e-2;
 
 fn update_cycle_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let cpu = Cpu::new();
@@ -228,13 +229,14 @@ fn logp_around_update<B: Backend>(
 }
 
 /// Bf16 GEMM mode, where the projections' inputs are narrowed to bf16 (`keep_as_gemm_input`)
-/// and so are SwiGLU's gate and up (`keep_as_swiglu_input`):
+/// and so are SwiGLU's gate and up (`keep_as_swiglu_input`) and the attention output
+/// (`keep_as_attention_output`):
 /// (1) log-probs and every gradient against the CPU's f32 values, bound `BF16_MODEL_TOL` for
 /// both (gradients through bf16 dW GEMMs of every projection; an estimate from the per-GEMM
 /// emulation, to be confirmed by the first GPU run); (2) the same pass with narrowing off: the
 /// log-probs must agree to 1e-6 (the same bf16 values reach the same GEMMs, and the forward
 /// reads gate/up before they are narrowed: only a wrong copy would differ); the gradients
-/// within `SWIGLU_NARROWING_TOL`, since the SwiGLU backward then starts from bf16 gate/up.
+/// within `NARROWING_TOL`, since the SwiGLU backward and δ then start from bf16 values.
 #[test]
 fn cuda_whole_model_bf16_gradients_narrowed() {
     #[cfg(feature = "cuda")]
@@ -256,7 +258,7 @@ fn cuda_whole_model_bf16_gradients_narrowed() {
                 check("logp, narrowed vs f32 inputs", &on.logp, &off.logp, 1e-6);
                 for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
                     let what = format!("gradient {i}, narrowed vs f32 inputs");
-                    check(&what, a, b, SWIGLU_NARROWING_TOL);
+                    check(&what, a, b, NARROWING_TOL);
                 }
             }
             println!(

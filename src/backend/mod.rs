@@ -177,6 +177,15 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The same hint for the attention output: from now on `buf` is read only as the `x`
+    /// operand of the output projection ([`Backend::linear_forward`] and
+    /// [`Backend::linear_backward`]) and as `out` of [`Backend::attention_backward`] (its
+    /// δ = rowsum(dO∘O)). CUDA in bf16 GEMM mode keeps only a bf16 copy, and δ is then summed
+    /// from bf16 values. The default does nothing.
+    fn keep_as_attention_output(&self, _buf: &mut Self::Buf) -> Result<()> {
+        Ok(())
+    }
+
     // ---- elementwise / reductions -------------------------------------------------
     /// `y += x`
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;

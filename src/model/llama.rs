@@ -189,6 +189,8 @@ impl<B: Backend> Llama<B> {
                 be.zeros(batch * c.num_attention_heads * seq)?,
             );
             be.attention_forward(&mut attn, &mut lse, &q, &k, &v, shape)?;
+            // attn is read from here on only by the output projection and the attention backward
+            be.keep_as_attention_output(&mut attn)?;
             let mut h = be.zeros(n * d)?;
             be.linear_forward(&mut h, &attn, &lp.o_proj, None, n, qd, d)?;
             be.add_assign(&mut h, &x)?;

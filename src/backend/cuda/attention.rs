@@ -171,11 +171,23 @@ impl Cuda {
         q: &CudaSlice<f32>,
         k: &CudaSlice<f32>,
         v: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
+        out: &CudaBuf,
         lse: &CudaSlice<f32>,
         s: AttnShape,
     ) -> Result<()> {
-        let lens = [dq, dk, dv, dout, q, k, v, out, lse].map(|b| b.len());
+        let lens = [dq, dk, dv, dout, q, k, v, lse].map(|b| b.len());
+        let [dq_n, dk_n, dv_n, dout_n, q_n, k_n, v_n, lse_n] = lens;
+        let lens = [
+            dq_n,
+            dk_n,
+            dv_n,
+            dout_n,
+            q_n,
+            k_n,
+            v_n,
+            out.logical_len(),
+            lse_n,
+        ];
         if !check_backward_buffers(lens, s)? {
             return Ok(());
         }
@@ -225,11 +237,13 @@ impl Cuda {
         )
     }
 
-    /// δ[b, h, t] = Σ_d dout·out, the softmax-backward row term (shared with the mma backward).
+    /// δ[b, h, t] = Σ_d dout·out, the softmax-backward row term (shared with the mma backward),
+    /// from the f32 `out` or, when the model kept it in bf16 alone (`keep_as_attention_output`),
+    /// from its bf16 values.
     pub(super) fn attention_delta(
         &self,
         dout: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
+        out: &CudaBuf,
         s: AttnShape,
     ) -> Result<CudaBuf> {
         let dims = attn_dims(s)?;
@@ -241,15 +255,23 @@ impl Cuda {
             block_dim: (32 * warps_per_block as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(
-            self,
-            "attention_backward_delta",
-            cfg,
-            &mut delta,
-            dout,
-            out,
-            &dims
-        )?;
+        if out.is_narrowed() {
+            let out16 = out.bf16_cached().ok_or_else(|| {
+                anyhow::anyhow!("attention_backward: `out` was narrowed but lost its bf16 copy")
+            })?;
+            let name = "attention_backward_delta_bf16";
+            launch!(self, name, cfg, &mut delta, dout, out16, &dims)?;
+        } else {
+            launch!(
+                self,
+                "attention_backward_delta",
+                cfg,
+                &mut delta,
+                dout,
+                out,
+                &dims
+            )?;
+        }
         Ok(delta)
     }
 

@@ -64,15 +64,6 @@ const MMA_KERNELS: [(&str, &str, usize); 6] = [
     ("attention_mma_backward_dkv_hd128", "dkv", 128),
 ];
 
-/// δ = rowsum(dO∘O) reads the f32 values of dO and O.
-fn out_f32<'b>(buf: &'b CudaBuf, what: &str) -> Result<&'b CudaSlice<f32>> {
-    ensure!(
-        !buf.is_narrowed(),
-        "attention_backward: `{what}` was kept only in bf16; δ = rowsum(dO∘O) needs its f32 values"
-    );
-    Ok(buf)
-}
-
 impl Cuda {
     /// Opts the kernels that need more than 48 KiB of dynamic shared memory in, once at start-up
     /// (each kernel's size is fixed by its padded width), instead of before every launch. Every
@@ -193,7 +184,11 @@ impl Cuda {
         }
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let delta = self.attention_delta(out_f32(dout, "dout")?, out_f32(out, "out")?, s)?;
+        ensure!(
+            !dout.is_narrowed(),
+            "attention_backward: `dout` was kept only in bf16; δ = rowsum(dO∘O) reads it in f32"
+        );
+        let delta = self.attention_delta(dout, out, s)?;
         let (dob, qb, kb, vb) = (
             self.attention_operand(dout, "dout")?,
             self.attention_operand(q, "q")?,

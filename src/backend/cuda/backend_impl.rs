@@ -98,6 +98,10 @@ impl Backend for Cuda {
     fn keep_as_attention_input(&self, buf: &mut CudaBuf) -> Result<()> {
         self.narrow_attention_input(buf)
     }
+    fn keep_as_attention_output(&self, buf: &mut CudaBuf) -> Result<()> {
+        // as a GEMM input: narrowed in bf16 mode, where δ then reads the bf16 copy
+        self.narrow_to_bf16(buf)
+    }
     fn keep_as_swiglu_input(&self, buf: &mut CudaBuf) -> Result<()> {
         // the bf16 mode's rule for GEMM inputs: narrowed there, kept f32 in the other modes
         self.narrow_to_bf16(buf)

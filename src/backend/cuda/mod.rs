@@ -305,6 +305,7 @@ fn kernel_names(module: &str) -> &'static [&'static str] {
         "attention" => &[
             "attention_forward",
             "attention_backward_delta",
+            "attention_backward_delta_bf16",
             "attention_backward_dq",
             "attention_backward_dkv",
         ],
