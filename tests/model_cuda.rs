@@ -256,10 +256,18 @@ fn cuda_whole_model_bf16_gradients_narrowed() {
                 gpu.set_narrow_saved_inputs(false);
                 let off = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
                 check("logp, narrowed vs f32 inputs", &on.logp, &off.logp, 1e-6);
+                let mut largest: f64 = 0.0;
                 for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
                     let what = format!("gradient {i}, narrowed vs f32 inputs");
                     check(&what, a, b, NARROWING_TOL);
+                    largest = largest.max(common::rel_err(a, b));
                 }
+                // gate/up and the attention output really were narrowed: their rounding shows
+                // (identical passes would give 0; bf16 rounding gives ~1e-3)
+                assert!(
+                    largest > 1e-5,
+                    "narrowing changed no gradient ({largest:.1e}): nothing was narrowed"
+                );
             }
             println!(
                 "cuda_whole_model_bf16_gradients_narrowed: ran on the GPU and matched the CPU"
@@ -290,7 +298,8 @@ fn cuda_whole_model_bf16_update_cycle() {
     );
 }
 
-/// The tensor-core attention (`AttentionKernel::Mma`) in the whole model, f32 GEMMs:
+/// The tensor-core attention (`AttentionKernel::Mma`) in the whole model, f32 GEMMs (and once
+/// with bf16 GEMMs, the full tensor-core mix):
 /// (1) log-probs, entropies and every gradient against the CPU, and the prefill + decode
 /// logits (the prefill's attention is the mma one, decode steps the f32 decode kernel), bound
 /// `BF16_MODEL_TOL` (the attention rounds q, k, v, dO, P and dS to bf16: ~3e-3 per call in the
@@ -300,11 +309,16 @@ fn cuda_whole_model_bf16_update_cycle() {
 fn cuda_whole_model_mma_attention() {
     #[cfg(feature = "cuda")]
     {
-        use cada::backend::cuda::AttentionKernel;
+        use cada::backend::cuda::{AttentionKernel, GemmPrecision};
         if let Some((mut gpu, mut rng)) = common::cuda_setup("cuda_whole_model_mma_attention") {
             gpu.set_attention_kernel(AttentionKernel::Mma);
             whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
             decode_case_within(&gpu, &mut rng, BF16_MODEL_TOL);
+            // the tensor-core mix a user runs: bf16 GEMMs too, every saved activation that can
+            // be kept in bf16 alone is (q/k/v, attention output, GEMM inputs, gate/up)
+            gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+            whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
+            gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
             for cfg in configs() {
                 let params = common::random_params(&cfg, rng.gen());
                 let (batch, seq) = (2, 71);

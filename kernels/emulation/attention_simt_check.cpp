@@ -5,8 +5,8 @@
 // `attention_backward_delta`. Fresh random inputs each run (CADA_EMU_SEED to repeat), outputs
 // poisoned with NaN. Exit status 1 when any figure is above its bound or not finite.
 #define CADA_HOST_EMULATION
-#include "cuda_runtime.h"
 #include "math_constants.h"
+#include "warp_primitives.h"  // emu::bf16_bits
 
 #include "../attention.cu"
 #include "attention_reference.h"
@@ -53,6 +53,24 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
     const unsigned warps = 8;  // attention_delta's launch: a warp per row
     emu::launch(dim3{(unsigned)((rows + warps - 1) / warps), 1, 1}, dim3{32 * warps, 1, 1},
                 [&] { attention_backward_delta(delta.data(), dout.data(), out.data(), dims); });
+    // δ from an output kept in bf16 (attention_backward_delta_bf16) must equal δ from the same
+    // values widened to f32: the kernels differ only in the load
+    std::vector<__nv_bfloat16> out16(nq);
+    std::vector<float> out_widened(nq);
+    for (size_t i = 0; i < nq; ++i) {
+        out16[i].bits = emu::bf16_bits(out[i]);
+        out_widened[i] = emu::bf16_value(out16[i].bits);
+    }
+    auto delta16 = nan_vec(rows), delta_widened = nan_vec(rows);
+    emu::launch(dim3{(unsigned)((rows + warps - 1) / warps), 1, 1}, dim3{32 * warps, 1, 1}, [&] {
+        attention_backward_delta_bf16(delta16.data(), dout.data(), out16.data(), dims);
+    });
+    emu::launch(dim3{(unsigned)((rows + warps - 1) / warps), 1, 1}, dim3{32 * warps, 1, 1}, [&] {
+        attention_backward_delta(delta_widened.data(), dout.data(), out_widened.data(), dims);
+    });
+    const bool delta16_ok =
+        std::memcmp(delta16.data(), delta_widened.data(), rows * sizeof(float)) == 0 &&
+        std::all_of(delta16.begin(), delta16.end(), [](float x) { return std::isfinite(x); });
     auto dq = nan_vec(nq), dk = nan_vec(nk), dv = nan_vec(nk);
     emu::launch(dim3{qtiles, (unsigned)s.n_heads, (unsigned)s.batch}, dim3{32 * ATTN_ROWS, 1, 1},
                 [&] {
@@ -72,7 +90,8 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
     check("dq", rel_err(dq, want.dq), kGradTol, ok);
     check("dk", rel_err(dk, want.dk), kGradTol, ok);
     check("dv", rel_err(dv, want.dv), kGradTol, ok);
-    return ok;
+    std::printf("    δ from a bf16 output: %s\n", delta16_ok ? "bit-identical" : "DIFFERS  FAILED");
+    return ok && delta16_ok;
 }
 
 }  // namespace

@@ -107,7 +107,7 @@ impl<B: Backend> Llama<B> {
 
     /// Forward over `ids` laid out `[batch, seq]` (right-padded; padding may be any valid id).
     /// The saved activations are only for [`Llama::backward`]: a backend may keep some of them
-    /// in bf16 alone (`keep_as_gemm_input`, `keep_as_attention_input`).
+    /// in bf16 alone (the `Backend::keep_as_*` hints).
     pub fn forward(&self, be: &B, ids: &[u32], batch: usize, seq: usize) -> Result<Forward<B>> {
         self.forward_saving(be, ids, batch, seq, KeepKv::ForBackwardOnly)
     }

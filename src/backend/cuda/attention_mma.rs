@@ -142,7 +142,14 @@ impl Cuda {
         v: &CudaBuf,
         s: AttnShape,
     ) -> Result<()> {
-        let lens = [&*out, &*lse, q, k, v].map(|b| b.logical_len());
+        // q, k, v may be narrowed (read in bf16); out and lse are written in f32
+        let lens = [
+            out.len(),
+            lse.len(),
+            q.logical_len(),
+            k.logical_len(),
+            v.logical_len(),
+        ];
         if !check_forward_buffers(lens, s)? {
             return Ok(());
         }
@@ -178,7 +185,19 @@ impl Cuda {
         lse: &CudaBuf,
         s: AttnShape,
     ) -> Result<()> {
-        let lens = [&*dq, &*dk, &*dv, dout, q, k, v, out, lse].map(|b| b.logical_len());
+        // the outputs, dout and lse are f32; q, k, v and out may be narrowed (read in bf16)
+        let [q_n, k_n, v_n, out_n] = [q, k, v, out].map(|b| b.logical_len());
+        let lens = [
+            dq.len(),
+            dk.len(),
+            dv.len(),
+            dout.len(),
+            q_n,
+            k_n,
+            v_n,
+            out_n,
+            lse.len(),
+        ];
         if !check_backward_buffers(lens, s)? {
             return Ok(());
         }

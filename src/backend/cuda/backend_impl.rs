@@ -13,14 +13,13 @@ use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-/// Refuses buffers narrowed to bf16 (`keep_as_gemm_input`, `keep_as_attention_input`): these
-/// ops size themselves from the f32 values, which a narrowed buffer no longer has, so they
-/// would silently do nothing.
+/// Refuses buffers narrowed to bf16 (the `Backend::keep_as_*` hints): these ops size
+/// themselves from the f32 values, which a narrowed buffer no longer has, so they would
+/// silently do nothing.
 pub(super) fn f32_values(bufs: &[&CudaBuf], op: &str) -> Result<()> {
     ensure!(
         bufs.iter().all(|b| !b.is_narrowed()),
-        "{op}: a buffer was kept only as a bf16 input (keep_as_gemm_input or \
-         keep_as_attention_input); it has no f32 values"
+        "{op}: a buffer was kept only in bf16 (a Backend::keep_as_* hint); it has no f32 values"
     );
     Ok(())
 }
@@ -59,7 +58,7 @@ impl Backend for Cuda {
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         ensure!(
             !buf.is_narrowed(),
-            "cuda backend: download of a buffer kept only in bf16 (keep_as_gemm_input or keep_as_attention_input)"
+            "cuda backend: download of a buffer kept only in bf16 (a Backend::keep_as_* hint)"
         );
         if buf.is_empty() {
             return Ok(Vec::new());

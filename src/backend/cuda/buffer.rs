@@ -15,14 +15,15 @@
 //! frozen weights (the reference model) keep theirs for good.
 //!
 //! Saved activations that the backward reads only in bf16 can be *narrowed*: the bf16 copy is
-//! kept and the f32 storage freed, half the memory. These are the inputs of the q/k/v, gate/up
-//! and down projections in bf16 GEMM mode (`Backend::keep_as_gemm_input`), SwiGLU's gate and up
-//! there too (`keep_as_swiglu_input`), and q, k, v with the
-//! mma attention, whose kernels read bf16 copies in any GEMM mode
-//! (`Backend::keep_as_attention_input`). The mma attention also caches copies here without
-//! narrowing (its dO, or q/k/v the caller did not narrow). A narrowed buffer has no f32 values:
-//! the ops refuse it (the length-sized ones by name, the others by their length check), and only
-//! the GEMMs' operand paths and the mma attention read it.
+//! kept and the f32 storage freed, half the memory. In bf16 GEMM mode these are the inputs of
+//! the q/k/v, gate/up and down projections (`Backend::keep_as_gemm_input`), SwiGLU's gate and
+//! up (`keep_as_swiglu_input`) and the attention output (`keep_as_attention_output`); with the
+//! mma attention, whose kernels read bf16 copies in any GEMM mode, q, k and v
+//! (`keep_as_attention_input`). The mma attention also caches copies here without narrowing
+//! (its dO, or q/k/v the caller did not narrow). A narrowed buffer has no f32 values: the ops
+//! refuse it (the length-sized ones by name, the others by their length check), and only its
+//! bf16 readers take it: the GEMMs' operand paths, the mma attention, `swiglu_backward_bf16`
+//! and the δ of either attention backward (`attention_backward_delta_bf16`).
 
 use cudarc::driver::{
     sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchArgs, PushKernelArg,

@@ -212,8 +212,8 @@ impl Cuda {
         }
         ensure!(
             self.gemm_precision == GemmPrecision::Bf16,
-            "cuda backend: `{what}` was kept only in bf16 (keep_as_gemm_input or keep_as_attention_input) but the GEMMs are \
-             now {}",
+            "cuda backend: `{what}` was kept only in bf16 (a Backend::keep_as_* hint) but the GEMMs \
+             are now {}",
             self.gemm_precision.label()
         );
         let copy = buf
@@ -222,9 +222,10 @@ impl Cuda {
         Ok(Some(copy))
     }
 
-    /// Whether `keep_as_gemm_input` (in Bf16 mode) and `keep_as_attention_input` (with the mma
-    /// attention) narrow, the default; off, the f32 values are kept, which gives the same
-    /// results (tests compare the two).
+    /// Whether the `Backend::keep_as_*` hints narrow (in Bf16 mode; `keep_as_attention_input`
+    /// with the mma attention), the default; off, the f32 values are kept. That gives the same
+    /// results for GEMM and attention inputs, and differs by bf16 rounding for gate/up and the
+    /// attention output (tests compare the two).
     pub fn set_narrow_saved_inputs(&mut self, on: bool) {
         self.narrow_inputs = on;
     }

@@ -8,8 +8,9 @@
 //! (~3e-4 relative in a host emulation of the tests) or bf16 tensor cores (f32 output and
 //! accumulation, ~2e-3 emulated; see `gemm.rs`). In bf16 mode a weight is read through a bf16
 //! working copy cached on its buffer, converted once per optimiser step, and the saved
-//! activations read only in bf16 (the GEMM inputs: normed hidden states and SwiGLU output; and
-//! SwiGLU's gate/up) are stored in bf16 alone (`buffer.rs`); other GEMM operands are converted per GEMM. The kernels compute in f32 (attention's softmax
+//! activations read only in bf16 (the GEMM inputs: normed hidden states and SwiGLU output;
+//! SwiGLU's gate/up; the attention output) are stored in bf16 alone (`buffer.rs`); other GEMM
+//! operands are converted per GEMM. The kernels compute in f32 (attention's softmax
 //! statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as documented in
 //! kernels/README.md. The exception, when selected with `set_attention_kernel` (or
 //! `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
