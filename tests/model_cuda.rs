@@ -173,6 +173,7 @@ const BF16_MODEL_TOL: f64 = 2e-2;
 /// mode: the difference is their bf16 rounding (≤ 2^-9 relative) carried through dgate/dup and
 /// δ (op level: `cuda_narrowed_swiglu_inputs`, `cuda_narrowed_attention_output`) into every
 /// earlier gradient; 1e-2.
+#[cfg(feature = "cuda")]
 const NARROWING_TOL: f64 = 1e-2;
 
 fn update_cycle_case<B: Backend>(gpu: &B, r: &mut Rand) {

@@ -15,6 +15,7 @@
 #include <climits>
 #include <barrier>
 #include <cmath>
+#include <math.h>  // isfinite, fmax, … in the global namespace, as CUDA has them
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -195,3 +196,18 @@ inline int atomicMax(int* p, int v) {
     return old;
 }
 inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }
+// atomicInc: old ≥ limit wraps to 0, else old + 1; returns old.
+inline unsigned atomicInc(unsigned* p, unsigned limit) {
+    std::atomic_ref<unsigned> a(*p);
+    unsigned old = a.load();
+    while (!a.compare_exchange_weak(old, old >= limit ? 0u : old + 1)) {
+    }
+    return old;
+}
+// Blocks run one after another here, so a device-wide fence has nothing to order.
+inline void __threadfence() {}
+// Likewise an L2-only load is a plain load.
+template <typename T>
+inline T __ldcg(const T* p) {
+    return *p;
+}
