@@ -25,7 +25,11 @@ pub(super) fn f32_values(bufs: &[&CudaBuf], op: &str) -> Result<()> {
 }
 
 /// The bf16 values of a narrowed buffer.
-fn narrowed_copy<'b>(buf: &'b CudaBuf, op: &str, what: &str) -> Result<&'b CudaSlice<bf16>> {
+pub(super) fn narrowed_copy<'b>(
+    buf: &'b CudaBuf,
+    op: &str,
+    what: &str,
+) -> Result<&'b CudaSlice<bf16>> {
     buf.bf16_cached()
         .ok_or_else(|| anyhow!("{op}: `{what}` was narrowed but lost its bf16 copy"))
 }
@@ -416,27 +420,7 @@ impl Backend for Cuda {
     }
 
     fn swiglu_forward(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
-        f32_values(&[out, gate, up], "swiglu_forward")?;
-        ensure!(
-            out.len() == gate.len() && gate.len() == up.len(),
-            "swiglu: length mismatch ({}, {}, {})",
-            out.len(),
-            gate.len(),
-            up.len()
-        );
-        let n = out.len() as i64;
-        if n == 0 {
-            return Ok(());
-        }
-        launch!(
-            self,
-            "swiglu_forward",
-            grid_1d(n as usize),
-            out,
-            gate,
-            up,
-            &n
-        )
+        self.swiglu_forward_impl(out, gate, up)
     }
     fn swiglu_backward(
         &self,
@@ -446,39 +430,7 @@ impl Backend for Cuda {
         gate: &CudaBuf,
         up: &CudaBuf,
     ) -> Result<()> {
-        f32_values(&[dgate, dup, dout], "swiglu_backward")?;
-        let len = gate.logical_len();
-        ensure!(
-            dgate.len() == len && dup.len() == len && dout.len() == len && up.logical_len() == len,
-            "swiglu_backward: length mismatch"
-        );
-        ensure!(
-            gate.is_narrowed() == up.is_narrowed(),
-            "swiglu_backward: one of gate and up was kept only in bf16 (keep_as_swiglu_input), \
-             the other in f32"
-        );
-        let n = len as i64;
-        if n == 0 {
-            return Ok(());
-        }
-        let cfg = grid_1d(len);
-        if gate.is_narrowed() {
-            let g = narrowed_copy(gate, "swiglu_backward", "gate")?;
-            let u = narrowed_copy(up, "swiglu_backward", "up")?;
-            launch!(
-                self,
-                "swiglu_backward_bf16",
-                cfg,
-                dgate,
-                dup,
-                dout,
-                g,
-                u,
-                &n
-            )
-        } else {
-            launch!(self, "swiglu_backward", cfg, dgate, dup, dout, gate, up, &n)
-        }
+        self.swiglu_backward_impl(dgate, dup, dout, gate, up)
     }
 
     fn fused_logprob_forward(

@@ -1,8 +1,9 @@
-//! Launchers for the dense layers: linear (cuBLAS GEMM + bias kernels in elementwise.cu) and
-//! RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16 copy, and a narrowed
+//! Launchers for the dense layers: linear (cuBLAS GEMM + bias kernels in elementwise.cu),
+//! SwiGLU (swiglu.cu) and RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16 copy, and a narrowed
 //! `x` (a saved activation, `keep_as_gemm_input`) through the bf16 copy that is all it holds
 //! (`buffer.rs`).
 
+use super::backend_impl::{f32_values, narrowed_copy};
 use super::gemm::Bf16Operand;
 use super::{dim_i32, grid_1d, grid_cols, launch, need, need_ids, Cuda, CudaBuf};
 use anyhow::{ensure, Result};
@@ -148,5 +149,78 @@ impl Cuda {
             &hd,
             &sign
         )
+    }
+
+    pub(super) fn swiglu_forward_impl(
+        &self,
+        out: &mut CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+    ) -> Result<()> {
+        f32_values(&[out, gate, up], "swiglu_forward")?;
+        ensure!(
+            out.len() == gate.len() && gate.len() == up.len(),
+            "swiglu: length mismatch ({}, {}, {})",
+            out.len(),
+            gate.len(),
+            up.len()
+        );
+        let n = out.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(
+            self,
+            "swiglu_forward",
+            grid_1d(n as usize),
+            out,
+            gate,
+            up,
+            &n
+        )
+    }
+    /// The backward from f32 gate/up, or from their bf16 copies when both were kept in bf16
+    /// alone (`keep_as_swiglu_input`).
+    pub(super) fn swiglu_backward_impl(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dout: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+    ) -> Result<()> {
+        f32_values(&[dgate, dup, dout], "swiglu_backward")?;
+        let len = gate.logical_len();
+        ensure!(
+            dgate.len() == len && dup.len() == len && dout.len() == len && up.logical_len() == len,
+            "swiglu_backward: length mismatch"
+        );
+        ensure!(
+            gate.is_narrowed() == up.is_narrowed(),
+            "swiglu_backward: one of gate and up was kept only in bf16 (keep_as_swiglu_input), \
+             the other in f32"
+        );
+        let n = len as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = grid_1d(len);
+        if gate.is_narrowed() {
+            let g = narrowed_copy(gate, "swiglu_backward", "gate")?;
+            let u = narrowed_copy(up, "swiglu_backward", "up")?;
+            launch!(
+                self,
+                "swiglu_backward_bf16",
+                cfg,
+                dgate,
+                dup,
+                dout,
+                g,
+                u,
+                &n
+            )
+        } else {
+            launch!(self, "swiglu_backward", cfg, dgate, dup, dout, gate, up, &n)
+        }
     }
 }
