@@ -238,6 +238,25 @@ fn logp_around_update<B: Backend>(
 /// log-probs must agree to 1e-6 (the same bf16 values reach the same GEMMs, and the forward
 /// reads gate/up before they are narrowed: only a wrong copy would differ); the gradients
 /// within `NARROWING_TOL`, since the SwiGLU backward and δ then start from bf16 values.
+/// One pass with the saved activations narrowed (`keep_as_*`) and one with them kept in f32,
+/// on the same fresh weights and tokens; narrowing is left on.
+#[cfg(feature = "cuda")]
+fn narrowed_and_f32_passes(
+    gpu: &mut cada::backend::cuda::Cuda,
+    rng: &mut Rand,
+    cfg: &LlamaConfig,
+    (batch, seq): (usize, usize),
+) -> (Pass, Pass) {
+    let params = common::random_params(cfg, rng.gen());
+    let (ids, dlogp) = random_tokens(rng, cfg, batch * seq);
+    gpu.set_narrow_saved_inputs(true);
+    let on = run_pass(gpu, cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+    gpu.set_narrow_saved_inputs(false);
+    let off = run_pass(gpu, cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+    gpu.set_narrow_saved_inputs(true);
+    (on, off)
+}
+
 #[test]
 fn cuda_whole_model_bf16_gradients_narrowed() {
     #[cfg(feature = "cuda")]
@@ -249,13 +268,7 @@ fn cuda_whole_model_bf16_gradients_narrowed() {
             gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
             whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
             for cfg in configs() {
-                let params = common::random_params(&cfg, rng.gen());
-                let (batch, seq) = (2, 23);
-                let (ids, dlogp) = random_tokens(&mut rng, &cfg, batch * seq);
-                gpu.set_narrow_saved_inputs(true);
-                let on = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
-                gpu.set_narrow_saved_inputs(false);
-                let off = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
+                let (on, off) = narrowed_and_f32_passes(&mut gpu, &mut rng, &cfg, (2, 23));
                 check("logp, narrowed vs f32 inputs", &on.logp, &off.logp, 1e-6);
                 let mut largest: f64 = 0.0;
                 for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
@@ -321,14 +334,10 @@ fn cuda_whole_model_mma_attention() {
             whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
             gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
             for cfg in configs() {
-                let params = common::random_params(&cfg, rng.gen());
                 let (batch, seq) = (2, 71);
-                let (ids, dlogp) = random_tokens(&mut rng, &cfg, batch * seq);
-                gpu.set_narrow_saved_inputs(true);
-                let on = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
-                gpu.set_narrow_saved_inputs(false);
-                let off = run_pass(&gpu, &cfg, &params, &ids, (batch, seq), &dlogp, 1.0);
-                gpu.set_narrow_saved_inputs(true);
+                let params = common::random_params(&cfg, rng.gen());
+                let (ids, _) = random_tokens(&mut rng, &cfg, batch * seq);
+                let (on, off) = narrowed_and_f32_passes(&mut gpu, &mut rng, &cfg, (batch, seq));
                 check("logp, narrowed q/k/v vs f32", &on.logp, &off.logp, 1e-6);
                 for (i, (a, b)) in on.grads.iter().zip(&off.grads).enumerate() {
                     check(&format!("gradient {i}, narrowed q/k/v vs f32"), a, b, 1e-6);

@@ -9,15 +9,13 @@
 //   scripts/emulate_kernels.sh --tsan     (ThreadSanitizer: a missing barrier is a race)
 #define CADA_HOST_EMULATION
 #include "warp_primitives.h"
+#include "harness.h"
 
 #include "../attention_mma.cu"
 #include "attention_reference.h"
 
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <random>
-#include <string>
 
 // The dynamic shared memory of the running block (one block runs at a time).
 constexpr size_t kSmemBytes = 256 * 1024;
@@ -25,7 +23,6 @@ uint4 attn_mma_smem[kSmemBytes / sizeof(uint4)];
 
 namespace {
 using attn_ref::check;
-using attn_ref::Reference;
 using attn_ref::rel_err;
 using attn_ref::Shape;
 
@@ -69,17 +66,8 @@ bool run(dim3 grid, size_t reserved, const std::function<void()>& kernel) {
 }
 
 bool run_shape(const Shape& s, std::mt19937_64& rng) {
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
-    const size_t nq = (size_t)s.batch * s.seq * s.n_heads * s.head_dim;
-    const size_t nk = (size_t)s.batch * s.seq * s.n_kv_heads * s.head_dim;
-    const size_t nl = (size_t)s.batch * s.n_heads * s.seq;
-    auto fill = [&](size_t n) {
-        std::vector<float> x(n);
-        for (auto& e : x) e = u(rng);
-        return x;
-    };
-    const auto q = fill(nq), k = fill(nk), v = fill(nk), dout = fill(nq);
-    const Reference want = attn_ref::reference(s, q, k, v, dout);
+    const auto [q, k, v, dout, want] = attn_ref::random_inputs(s, rng);
+    const size_t nq = q.size(), nk = k.size(), nl = (size_t)s.batch * s.n_heads * s.seq;
     // the kernels read bf16 copies, made as Cuda::attention_operand makes them (round to
     // nearest even); the reference sees the f32 values
     auto to_bf16 = [](const std::vector<float>& x) {
@@ -159,14 +147,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const char* env = std::getenv("CADA_EMU_SEED");
-    const uint64_t seed =
-        env ? std::strtoull(env, nullptr, 10)
-            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
-    std::mt19937_64 rng(seed);
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-    std::printf("attention_mma.cu in the host emulation (seed %llu)\n",
-                (unsigned long long)seed);
+    auto [rng, quick] = emu::start_harness("attention_mma.cu", argc, argv);
     // tests/attention_cuda.rs's mma shapes: odd lengths, GQA groups 1..7, padded head dims
     std::vector<Shape> shapes = {{2, 77, 9, 3, 64}, {1, 200, 4, 2, 128}, {1, 130, 14, 2, 64},
                                  {1, 70, 2, 1, 32}, {1, 90, 2, 2, 96},   {2, 33, 2, 1, 37}};

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <vector>
 
 namespace attn_ref {
@@ -81,6 +82,25 @@ inline Reference reference(const Shape& s, const std::vector<float>& q, const st
             }
         }
     return r;
+}
+
+// Fresh q, k, v, dO uniform in ±1 for shape `s`, and the reference on them.
+struct Inputs {
+    std::vector<float> q, k, v, dout;
+    Reference want;
+};
+inline Inputs random_inputs(const Shape& s, std::mt19937_64& rng) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const size_t nq = (size_t)s.batch * s.seq * s.n_heads * s.head_dim;
+    const size_t nk = (size_t)s.batch * s.seq * s.n_kv_heads * s.head_dim;
+    auto fill = [&](size_t n) {
+        std::vector<float> x(n);
+        for (auto& e : x) e = u(rng);
+        return x;
+    };
+    Inputs in{fill(nq), fill(nk), fill(nk), fill(nq), {}};
+    in.want = reference(s, in.q, in.k, in.v, in.dout);
+    return in;
 }
 
 inline bool check(const char* what, double err, double tol, bool& all_ok) {

@@ -6,15 +6,13 @@
 // poisoned with NaN. Exit status 1 when any figure is above its bound or not finite.
 #define CADA_HOST_EMULATION
 #include "math_constants.h"
+#include "harness.h"
 #include "warp_primitives.h"  // emu::bf16_bits
 
 #include "../attention.cu"
 #include "attention_reference.h"
 
-#include <chrono>
-#include <cstdlib>
 #include <random>
-#include <string>
 
 namespace {
 using attn_ref::check;
@@ -27,17 +25,8 @@ constexpr double kValueTol = 1e-5, kGradTol = 1e-4;
 std::vector<float> nan_vec(size_t n) { return std::vector<float>(n, NAN); }
 
 bool run_shape(const Shape& s, std::mt19937_64& rng) {
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
-    const size_t nq = (size_t)s.batch * s.seq * s.n_heads * s.head_dim;
-    const size_t nk = (size_t)s.batch * s.seq * s.n_kv_heads * s.head_dim;
-    const size_t rows = (size_t)s.batch * s.n_heads * s.seq;
-    auto fill = [&](size_t n) {
-        std::vector<float> x(n);
-        for (auto& e : x) e = u(rng);
-        return x;
-    };
-    const auto q = fill(nq), k = fill(nk), v = fill(nk), dout = fill(nq);
-    const auto want = attn_ref::reference(s, q, k, v, dout);
+    const auto [q, k, v, dout, want] = attn_ref::random_inputs(s, rng);
+    const size_t nq = q.size(), nk = k.size(), rows = (size_t)s.batch * s.n_heads * s.seq;
     const AttnDims dims{s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim};
     const float scale = 1.f / std::sqrt((float)s.head_dim);
     const unsigned qtiles = (unsigned)((s.seq + ATTN_ROWS - 1) / ATTN_ROWS);
@@ -97,13 +86,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const char* env = std::getenv("CADA_EMU_SEED");
-    const uint64_t seed =
-        env ? std::strtoull(env, nullptr, 10)
-            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
-    std::mt19937_64 rng(seed);
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-    std::printf("attention.cu in the host emulation (seed %llu)\n", (unsigned long long)seed);
+    auto [rng, quick] = emu::start_harness("attention.cu", argc, argv);
     // tests/attention_cuda.rs's f32 shapes, and one past a 32-key tile with GQA 3
     std::vector<Shape> shapes = {{2, 37, 4, 2, 64}, {1, 45, 3, 1, 128}, {3, 9, 2, 2, 40},
                                  {1, 70, 6, 2, 64}};

@@ -6,15 +6,13 @@
 // row. Fresh random inputs each run (CADA_EMU_SEED to repeat). Exit status 1 on any failure.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
+#include "harness.h"
 #include "math_constants.h"
 
 #include "../decode_attention.cu"
 
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <random>
-#include <string>
 
 namespace {
 
@@ -105,13 +103,7 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
 }  // namespace
 
 int main(int argc, char** argv) {
-    const char* env = std::getenv("CADA_EMU_SEED");
-    const uint64_t seed =
-        env ? std::strtoull(env, nullptr, 10)
-            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
-    std::mt19937_64 rng(seed);
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-    std::printf("decode_attention.cu in the host emulation (seed %llu)\n", (unsigned long long)seed);
+    auto [rng, quick] = emu::start_harness("decode_attention.cu", argc, argv);
     bool ok = run_case(rng, 5, 70, 4, 2, 64);
     if (!quick) {
         ok = run_case(rng, 4, 131, 3, 1, 128) && ok;

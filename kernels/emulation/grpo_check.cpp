@@ -8,15 +8,13 @@
 // the last-block ticket is exercised but not raced. Exit status 1 on any failure.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
+#include "harness.h"
 #include "math_constants.h"
 
 #include "../grpo_loss.cu"
 
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <random>
-#include <string>
 
 namespace {
 
@@ -227,13 +225,7 @@ bool advantages_case(std::mt19937_64& rng, int scale) {
 
 int main(int argc, char** argv) {
     // --quick (ThreadSanitizer): the short rows only
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-    const char* env = std::getenv("CADA_EMU_SEED");
-    const uint64_t seed =
-        env ? std::strtoull(env, nullptr, 10)
-            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
-    std::mt19937_64 rng(seed);
-    std::printf("grpo_loss.cu in the host emulation (seed %llu)\n", (unsigned long long)seed);
+    auto [rng, quick] = emu::start_harness("grpo_loss.cu", argc, argv);
     bool ok = true;
     for (int lt : {GRPO_LOSS_GRPO, GRPO_LOSS_DAPO, GRPO_LOSS_DR_GRPO})
         for (float beta : {0.f, 0.04f})

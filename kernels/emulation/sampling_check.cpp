@@ -9,14 +9,12 @@
 // config at the launcher's 1024. Exit status 1 on any mismatch.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
+#include "harness.h"
 
 #include "../sampling.cu"
 
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <random>
-#include <string>
 
 namespace {
 
@@ -72,13 +70,7 @@ struct Config {
 
 int main(int argc, char** argv) {
     // --quick (ThreadSanitizer): three configs at 128 threads
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-    const char* env = std::getenv("CADA_EMU_SEED");
-    const uint64_t seed =
-        env ? std::strtoull(env, nullptr, 10)
-            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
-    std::mt19937_64 rng(seed);
-    std::printf("sampling.cu in the host emulation (seed %llu)\n", (unsigned long long)seed);
+    auto [rng, quick] = emu::start_harness("sampling.cu", argc, argv);
     std::uniform_real_distribution<float> uni(0.f, 1.f), wide(-4.f, 4.f);
 
     // rows: smooth logits, heavily tied logits (quarter steps), one dominant token

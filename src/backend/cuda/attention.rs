@@ -256,9 +256,7 @@ impl Cuda {
             shared_mem_bytes: 0,
         };
         if out.is_narrowed() {
-            let out16 = out.bf16_cached().ok_or_else(|| {
-                anyhow::anyhow!("attention_backward: `out` was narrowed but lost its bf16 copy")
-            })?;
+            let out16 = super::backend_impl::narrowed_copy(out, "attention_backward", "out")?;
             let name = "attention_backward_delta_bf16";
             launch!(self, name, cfg, &mut delta, dout, out16, &dims)?;
         } else {

@@ -124,13 +124,7 @@ impl Cuda {
         {
             return Ok(());
         }
-        let copy = match buf.take_bf16() {
-            Some(copy) => copy,
-            None => self.to_bf16(buf, "attention input")?,
-        };
-        let empty = self.empty()?;
-        buf.narrow(empty, copy);
-        Ok(())
+        self.narrow_now(buf, "attention input")
     }
 
     pub(super) fn attention_mma_forward_impl(

@@ -194,7 +194,16 @@ impl Cuda {
         {
             return Ok(());
         }
-        let copy = self.bf16_copy(buf)?.expect("Bf16 mode checked above");
+        self.narrow_now(buf, "gemm input")
+    }
+
+    /// Keeps only `buf`'s bf16 copy (the cached one, else converted now) and frees its f32
+    /// values: the step shared by every `Backend::keep_as_*` hint once it has decided to narrow.
+    pub(super) fn narrow_now(&self, buf: &mut CudaBuf, what: &str) -> Result<()> {
+        let copy = match buf.take_bf16() {
+            Some(copy) => copy,
+            None => self.to_bf16(buf, what)?,
+        };
         let empty = self.empty()?;
         buf.narrow(empty, copy);
         Ok(())
@@ -243,11 +252,10 @@ impl Cuda {
     /// A bf16 copy of an operand used by several GEMMs (the head's hidden states across every
     /// vocabulary chunk), so it is converted once, not once per GEMM. `None` outside Bf16 mode.
     pub(super) fn bf16_copy(&self, src: &CudaSlice<f32>) -> Result<Option<CudaSlice<bf16>>> {
-        let mut dst = self.bf16_buffer(src.len())?;
-        if let Some(d) = dst.as_mut() {
-            self.convert_bf16(d, src, src.len(), "operand copy")?;
+        if self.gemm_precision != GemmPrecision::Bf16 {
+            return Ok(None);
         }
-        Ok(dst)
+        Ok(Some(self.to_bf16(src, "operand copy")?))
     }
 
     /// Row-major GEMM: `c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c`, where

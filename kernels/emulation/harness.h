@@ -1,0 +1,29 @@
+// What every harness of this folder starts with: the random generator, seeded from
+// CADA_EMU_SEED when set (to repeat a run) or else from the clock, with the seed printed, and
+// the `--quick` flag that scripts/emulate_kernels.sh passes under ThreadSanitizer.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+namespace emu {
+
+struct Harness {
+    std::mt19937_64 rng;
+    bool quick;
+};
+
+// `what` names the kernel file in the first line printed.
+inline Harness start_harness(const char* what, int argc, char** argv) {
+    const char* env = std::getenv("CADA_EMU_SEED");
+    const uint64_t seed =
+        env ? std::strtoull(env, nullptr, 10)
+            : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+    std::printf("%s in the host emulation (seed %llu)\n", what, (unsigned long long)seed);
+    return Harness{std::mt19937_64(seed), argc > 1 && std::string(argv[1]) == "--quick"};
+}
+
+}  // namespace emu
