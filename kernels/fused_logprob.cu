@@ -1,7 +1,10 @@
 // Fused log-prob head: the vocabulary is streamed in chunks. For each chunk the host runs one
 // cuBLAS GEMM z[n, c] = hidden · W[c0:c0+c]ᵀ into a [n × chunk] scratch, then these kernels fold
 // the chunk into per-row running statistics (online log-sum-exp): m (max), s0 = Σ e^(z−m),
-// s1 = Σ e^(z−m)·z and the target's logit. Nothing of size n × vocab is ever allocated.
+// s1 = Σ e^(z−m)·(z−m) and the target's logit. s1 is taken about the max so the entropy,
+// log s0 − s1/s0, never subtracts two numbers near lse (as lse − E[z] would, losing
+// ~|lse|·2^-24 on a peaked row). Same arithmetic as src/backend/cpu/fused_logprob.rs.
+// Nothing of size n × vocab is ever allocated.
 // Rows go on grid.x (limit 2^31−1), never on grid.y/z (limit 65535).
 #include "common.cuh"
 
@@ -27,17 +30,24 @@ CADA_KERNEL void logprob_chunk_update(const float* z, int c, int c0, const unsig
     const float nm = fmaxf(old_m, cm);
     float a0 = 0.f, a1 = 0.f;
     for (int j = threadIdx.x; j < c; j += blockDim.x) {
-        const float x = zr[j] * inv_t;
-        const float e = expf(x - nm);
+        const float d = zr[j] * inv_t - nm;
+        const float e = expf(d);
         a0 += e;
-        a1 += e * x;
+        a1 += e * d;
     }
     a0 = block_sum(a0, scratch);
     a1 = block_sum(a1, scratch);
     if (threadIdx.x == 0) {
-        const float rescale = old_m == -CUDART_INF_F ? 0.f : expf(old_m - nm);
-        s0[row] = s0[row] * rescale + a0;
-        s1[row] = s1[row] * rescale + a1;
+        if (old_m == -CUDART_INF_F) {
+            s0[row] = a0;
+            s1[row] = a1;
+        } else {
+            // re-centre the old sums on the new max: z − nm = (z − m) + (m − nm)
+            const float shift = old_m - nm;
+            const float rescale = expf(shift);
+            s1[row] = rescale * (s1[row] + shift * s0[row]) + a1;
+            s0[row] = s0[row] * rescale + a0;
+        }
         m[row] = nm;
         const int t = (int)targets[row] - c0;
         if (t >= 0 && t < c) zt[row] = zr[t] * inv_t;
@@ -45,14 +55,14 @@ CADA_KERNEL void logprob_chunk_update(const float* z, int c, int c0, const unsig
 }
 
 // lse = m + log s0; logp = min(z_target − lse, 0) (rounding can push it a hair above 0);
-// entropy = lse − E[z] = lse − s1/s0.
+// entropy = lse − E[z] = log s0 − s1/s0 (s1 is about the max m).
 CADA_KERNEL void logprob_finish(float* logp, float* entropy, float* lse, const float* m,
                                 const float* s0, const float* s1, const float* zt, int64_t n) {
     GRID_STRIDE(i, n) {
         const float l = m[i] + logf(s0[i]);
         lse[i] = l;
         logp[i] = fminf(zt[i] - l, 0.f);
-        entropy[i] = l - s1[i] / s0[i];
+        entropy[i] = logf(s0[i]) - s1[i] / s0[i];
     }
 }
 

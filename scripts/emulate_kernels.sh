@@ -3,8 +3,9 @@
 # training attentions (attention_mma.cu: the index math of its fragments, masks and pipelines;
 # attention.cu, the default) and the KV-cache decode (decode_attention.cu) against f64
 # references, the sampler (sampling.cu) against the CPU reference's token choice, and the GRPO
-# loss and advantages (grpo_loss.cu) against a transcription of the CPU reference, checked
-# without a GPU. `--tsan` builds with
+# loss and advantages (grpo_loss.cu) against a transcription of the CPU reference, and the rest
+# of the layer (rmsnorm, rope, embedding, swiglu, adamw, convert, elementwise, fused_logprob)
+# against f64 evaluations of the CPU's formulas, checked without a GPU. `--tsan` builds with
 # ThreadSanitizer (every CUDA thread is a std::thread, so a missing __syncthreads shows up as a
 # data race) on the quick cases.
 # Needs a C++20 compiler (g++ ≥ 11 or clang++ ≥ 13); says so and exits 0 when there is none.
@@ -23,7 +24,7 @@ fi
 out=target/emulation
 mkdir -p "$out"
 # each harness compiles one kernel file unchanged against the emulation and exits 1 on a failure
-for name in attention_mma attention_simt decode_attention sampling grpo; do
+for name in attention_mma attention_simt decode_attention sampling grpo layer_ops; do
     src=kernels/emulation/${name}_check.cpp
     if [[ "${1:-}" == "--tsan" ]]; then
         "$cxx" -std=c++20 -O1 -g -fsanitize=thread -pthread -Ikernels/emulation -o "$out/${name}_tsan" "$src"

@@ -5,22 +5,10 @@
 #pragma once
 #include <cstdio>
 
+#include "cuda_bf16.h"
 #include "cuda_runtime.h"
 
 namespace emu {
-inline uint16_t bf16_bits(float x) {  // round to nearest even; NaN stays a quiet NaN
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-inline float bf16_value(uint16_t b) {
-    const uint32_t u = (uint32_t)b << 16;
-    float x;
-    std::memcpy(&x, &u, 4);
-    return x;
-}
 inline int lane_id() { return (int)(threadIdx.x % kWarp); }
 }  // namespace emu
 

@@ -46,7 +46,9 @@ pub fn fused_logprob_forward(
             let r0 = blk * ROW_BLOCK;
             let h = &hidden[r0 * dim..(r0 + rows) * dim];
             let mut z = vec![0f32; rows * chunk];
-            // online state per row: running max m, Σ e^(z−m), Σ e^(z−m)·z, target logit
+            // online state per row: running max m, s0 = Σ e^(z−m), s1 = Σ e^(z−m)·(z−m), target
+            // logit. s1 is taken about the max so the entropy, log s0 − s1/s0, never subtracts
+            // two numbers near lse (lse − E[z] loses ~|lse|·2^-24 when the row is peaked).
             let mut m = vec![f32::NEG_INFINITY; rows];
             let mut s0 = vec![0f32; rows];
             let mut s1 = vec![0f32; rows];
@@ -61,19 +63,23 @@ pub fn fused_logprob_forward(
                     zr.iter_mut().for_each(|x| *x *= inv_t);
                     let cm = zr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let nm = m[r].max(cm);
-                    let rescale = if m[r] == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        (m[r] - nm).exp()
-                    };
                     let (mut a0, mut a1) = (0f32, 0f32);
                     for &x in zr.iter() {
-                        let e = (x - nm).exp();
+                        let d = x - nm;
+                        let e = d.exp();
                         a0 += e;
-                        a1 += e * x;
+                        a1 += e * d;
                     }
-                    s0[r] = s0[r] * rescale + a0;
-                    s1[r] = s1[r] * rescale + a1;
+                    if m[r] == f32::NEG_INFINITY {
+                        (s0[r], s1[r]) = (a0, a1);
+                    } else {
+                        // re-centre the old sums on the new max: e^(z−nm) = e^(z−m)·e^(m−nm)
+                        // and z − nm = (z − m) + (m − nm)
+                        let shift = m[r] - nm;
+                        let rescale = shift.exp();
+                        s1[r] = rescale * (s1[r] + shift * s0[r]) + a1;
+                        s0[r] = s0[r] * rescale + a0;
+                    }
                     m[r] = nm;
                     let t = targets[r0 + r] as usize;
                     if (c0..c0 + c).contains(&t) {
@@ -87,7 +93,7 @@ pub fn fused_logprob_forward(
                 ls[r] = l;
                 // z_t ≤ max z ≤ lse exactly in real arithmetic; min() only removes a rounding ulp.
                 lp[r] = (zt[r] - l).min(0.0);
-                ent[r] = l - s1[r] / s0[r];
+                ent[r] = s0[r].ln() - s1[r] / s0[r];
             }
         });
 }
