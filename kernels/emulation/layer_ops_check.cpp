@@ -392,14 +392,22 @@ void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperat
     expect("logprob logp ≤ 0" + s, std::all_of(logp.begin(), logp.end(), [](float v) { return v <= 0.f; }));
 
     // backward: g = dlogp·(onehot − softmax(z/T))/T per chunk, in place on the logits
+    // and the bf16 mode's variant, which must write exactly bf16(f32 g)
     std::vector<float> g_all((size_t)n * vocab);
     std::vector<double> g_ref((size_t)n * vocab);
+    int64_t bf16_wrong = 0;
     for (int c0 = 0; c0 < vocab; c0 += chunk) {
         const int c = std::min(chunk, vocab - c0);
         chunk_logits(c0, c);
+        std::vector<__nv_bfloat16> g16((size_t)n * chunk + 1, __nv_bfloat16{0xdead});
+        emu::launch(grid_1d((int64_t)n * c), dim3{kBlock}, [&] {
+            logprob_chunk_grad_bf16(g16.data(), z.data(), n, c, c0, targets.data(), lse.data(), dl.data(), inv_t);
+        });
         emu::launch(grid_1d((int64_t)n * c), dim3{kBlock}, [&] {
             logprob_chunk_grad(z.data(), n, c, c0, targets.data(), lse.data(), dl.data(), inv_t);
         });
+        for (size_t i = 0; i < (size_t)n * c; ++i) bf16_wrong += g16[i].bits != emu::bf16_bits(z[i]);
+        for (size_t i = (size_t)n * c; i < g16.size(); ++i) bf16_wrong += g16[i].bits != 0xdead;
         for (int i = 0; i < n; ++i)
             for (int j = 0; j < c; ++j) g_all[(size_t)i * vocab + c0 + j] = z[(size_t)i * c + j];
     }
@@ -409,6 +417,7 @@ void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperat
             g_ref[(size_t)i * vocab + v] = dl[i] * ((v == (int)targets[i]) - p) * inv_t;
         }
     check("logprob_chunk_grad" + s, g_all, g_ref, 1e-5);
+    expect("logprob_chunk_grad_bf16 = bf16(f32 g), nothing past rows·c" + s, bf16_wrong == 0);
 }
 
 }  // namespace

@@ -158,13 +158,13 @@ impl Cuda {
             .map_err(|e| anyhow!("cuda backend: cublasSetMathMode: {e:?}"))
     }
 
-    /// An uninitialised bf16 buffer of `len` values for [`Cuda::refresh_bf16`] (Bf16 mode
-    /// only; `None` otherwise).
+    /// An uninitialised bf16 buffer of `len` values (Bf16 mode only; `None` otherwise): the
+    /// head's chunk gradient, which `logprob_chunk_grad_bf16` writes before a GEMM reads it.
     pub(super) fn bf16_buffer(&self, len: usize) -> Result<Option<CudaSlice<bf16>>> {
         if self.gemm_precision != GemmPrecision::Bf16 {
             return Ok(None);
         }
-        // SAFETY: every use converts into the buffer before a GEMM reads it.
+        // SAFETY: every use writes the buffer before a GEMM reads it.
         let buf = unsafe { self.stream.alloc::<bf16>(len.max(1)) }
             .with_context(|| format!("cuda backend: allocating {len} bf16 for an operand copy"))?;
         Ok(Some(buf))
@@ -449,17 +449,6 @@ impl Cuda {
         let dst = slot.as_mut().expect("scratch allocated above");
         self.convert_bf16(dst, src, len, what)?;
         Ok(dst)
-    }
-
-    /// Re-converts the first `len` values of `src` into an existing copy (the head's chunk
-    /// gradient after each chunk's kernel rewrote it).
-    pub(super) fn refresh_bf16<S: DevicePtr<f32>>(
-        &self,
-        dst: &mut CudaSlice<bf16>,
-        src: &S,
-        len: usize,
-    ) -> Result<()> {
-        self.convert_bf16(dst, src, len, "refreshed copy")
     }
 
     /// `dst[..len] = bf16(src[..len])` (round to nearest even).

@@ -2,7 +2,7 @@
 //! streamed in chunks, one cuBLAS GEMM per chunk) and kernels/sampling.cu.
 //!
 //! In `GemmPrecision::Bf16` the hidden states are converted to bf16 once per call and the
-//! chunk gradient `g` once per chunk (shared by its two GEMMs): the chunk is only
+//! chunk gradient `g` is written in bf16 by its kernel (shared by its two GEMMs): the chunk is only
 //! 64 MiB / (4·n) columns wide (256 at n = 65536), so converting `hidden` in every chunk's GEMM
 //! would move ~n·d·6 bytes × (vocab / chunk) — about 200 GB per pass at n = 65536, d = 896,
 //! more than the GEMMs' own time. The weight is read through its cached bf16 copy
@@ -149,7 +149,7 @@ impl Cuda {
         let rows = n as i64;
         let inv_t = 1.0 / temperature;
         let mut g = self.zeros(n * chunk)?;
-        // Bf16 mode: hidden converted once for all chunks, g once per chunk for its two GEMMs
+        // Bf16 mode: hidden converted once for all chunks, g written in bf16 for its two GEMMs
         let hidden16 = self.bf16_copy(hidden)?;
         let mut g16 = self.bf16_buffer(n * chunk)?;
         let w16 = self.weight_bf16(w)?;
@@ -173,21 +173,35 @@ impl Cuda {
                 (&mut g, c),
             )?;
             let (ci, c0i) = (dim_i32(c, "chunk")?, dim_i32(c0, "vocab offset")?);
-            launch!(
-                self,
-                "logprob_chunk_grad",
-                grid_1d(n * c),
-                &mut g,
-                &rows,
-                &ci,
-                &c0i,
-                targets,
-                lse,
-                dlogp,
-                &inv_t
-            )?;
-            if let Some(g16) = g16.as_mut() {
-                self.refresh_bf16(g16, &g, n * c)?;
+            match g16.as_mut() {
+                // bf16 GEMMs read only g's bf16 values: written directly, f32 g stays the logits
+                Some(g16) => launch!(
+                    self,
+                    "logprob_chunk_grad_bf16",
+                    grid_1d(n * c),
+                    g16,
+                    &g,
+                    &rows,
+                    &ci,
+                    &c0i,
+                    targets,
+                    lse,
+                    dlogp,
+                    &inv_t
+                )?,
+                None => launch!(
+                    self,
+                    "logprob_chunk_grad",
+                    grid_1d(n * c),
+                    &mut g,
+                    &rows,
+                    &ci,
+                    &c0i,
+                    targets,
+                    lse,
+                    dlogp,
+                    &inv_t
+                )?,
             }
             // dhidden (=|+=) g · W_chunk: the first chunk writes, later ones accumulate
             let beta = if c0 == 0 { 0.0 } else { 1.0 };
