@@ -8,7 +8,12 @@
 //! Without nvcc the build still succeeds: the generated list is empty and `KERNELS_BUILT` is
 //! false, so `Cuda::new` returns a clear error at run time instead of the build failing on
 //! machines that only need the CPU backend. A kernel that nvcc rejects fails the build.
+//! `OUT_DIR/kernel_launchers.rs` (build/launchers.rs) holds one typed launcher per kernel,
+//! generated from its signature, with or without nvcc.
 //! With the feature off this script does nothing but print one warning.
+
+#[path = "build/launchers.rs"]
+mod launchers;
 
 use std::env;
 use std::fs;
@@ -127,6 +132,25 @@ fn main() {
         .iter()
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("cu"))
         .collect();
+
+    // typed launchers, from the sources alone (so they exist, and are type-checked, without nvcc)
+    let texts: Vec<(String, String)> = units
+        .iter()
+        .map(|u| {
+            let name = format!("kernels/{}", u.file_name().unwrap().to_string_lossy());
+            let text = fs::read_to_string(u).unwrap_or_else(|e| panic!("cada build: {name}: {e}"));
+            (name, text)
+        })
+        .collect();
+    match launchers::generate(&texts) {
+        Ok(rust) => fs::write(out.join("kernel_launchers.rs"), rust)
+            .expect("cada build: cannot write kernel_launchers.rs"),
+        Err(e) => panic!("cada build: {e}"),
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        repo.join("build/launchers.rs").display()
+    );
 
     let Some(nvcc) = find_nvcc(&repo) else {
         println!(

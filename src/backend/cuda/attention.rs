@@ -1,10 +1,11 @@
 //! Launchers for kernels/attention.cu (causal GQA training attention) and
 //! kernels/decode_attention.cu (KV-cache write and single-token decode).
 
-use super::{dim_i32, launch, need, need_ids, Cuda, CudaBuf};
+use super::kernels::{self, AttnDims, DecodeDims};
+use super::{dim_i32, need, need_ids, Cuda, CudaBuf};
 use crate::backend::{AttnShape, Backend, DecodeShape};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Largest head_dim the kernels hold in registers/shared memory (`ATTN_MAX_HD`, `DEC_MAX_HD`).
 const MAX_HEAD_DIM: usize = 128;
@@ -12,32 +13,6 @@ const MAX_HEAD_DIM: usize = 128;
 const ATTN_ROWS: usize = 8;
 const DKV_KEYS: usize = 8;
 const DEC_WARPS: u32 = 4;
-
-/// Mirrors `struct AttnDims` in attention.cu (and attention_mma.cu).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(super) struct AttnDims {
-    batch: i32,
-    seq: i32,
-    n_heads: i32,
-    n_kv_heads: i32,
-    head_dim: i32,
-}
-// SAFETY: plain #[repr(C)] struct of i32, identical layout to the C struct.
-unsafe impl DeviceRepr for AttnDims {}
-
-/// Mirrors `struct DecodeDims` in decode_attention.cu.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DecodeDims {
-    batch: i32,
-    capacity: i32,
-    n_heads: i32,
-    n_kv_heads: i32,
-    head_dim: i32,
-}
-// SAFETY: as above.
-unsafe impl DeviceRepr for DecodeDims {}
 
 pub(super) fn check_heads(
     op: &str,
@@ -147,18 +122,7 @@ impl Cuda {
             s.batch,
             32 * ATTN_ROWS as u32,
         )?;
-        launch!(
-            self,
-            "attention_forward",
-            cfg,
-            out,
-            lse,
-            q,
-            k,
-            v,
-            &dims,
-            &scale
-        )
+        kernels::attention_forward(self, cfg, out, lse, q, k, v, &dims, &scale)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -200,40 +164,15 @@ impl Cuda {
             s.batch,
             32 * ATTN_ROWS as u32,
         )?;
-        launch!(
-            self,
-            "attention_backward_dq",
-            cfg,
-            dq,
-            dout,
-            q,
-            k,
-            v,
-            lse,
-            &delta,
-            &dims,
-            &scale
-        )?;
+        kernels::attention_backward_dq(self, cfg, dq, dout, q, k, v, lse, &delta, &dims, &scale)?;
         let cfg = grid_3d(
             s.seq.div_ceil(DKV_KEYS),
             s.n_kv_heads,
             s.batch,
             32 * DKV_KEYS as u32,
         )?;
-        launch!(
-            self,
-            "attention_backward_dkv",
-            cfg,
-            dk,
-            dv,
-            dout,
-            q,
-            k,
-            v,
-            lse,
-            &delta,
-            &dims,
-            &scale
+        kernels::attention_backward_dkv(
+            self, cfg, dk, dv, dout, q, k, v, lse, &delta, &dims, &scale,
         )
     }
 
@@ -257,18 +196,9 @@ impl Cuda {
         };
         if out.is_narrowed() {
             let out16 = super::backend_impl::narrowed_copy(out, "attention_backward", "out")?;
-            let name = "attention_backward_delta_bf16";
-            launch!(self, name, cfg, &mut delta, dout, out16, &dims)?;
+            kernels::attention_backward_delta_bf16(self, cfg, &mut delta, dout, out16, &dims)?;
         } else {
-            launch!(
-                self,
-                "attention_backward_delta",
-                cfg,
-                &mut delta,
-                dout,
-                out,
-                &dims
-            )?;
+            kernels::attention_backward_delta(self, cfg, &mut delta, dout, out, &dims)?;
         }
         Ok(delta)
     }
@@ -292,16 +222,15 @@ impl Cuda {
             return Ok(());
         }
         let dims = decode_dims(s)?;
-        launch!(
+        kernels::kv_cache_write(
             self,
-            "kv_cache_write",
             super::grid_1d(s.batch * kvd),
             k_cache,
             v_cache,
             k,
             v,
             positions,
-            &dims
+            &dims,
         )
     }
 
@@ -327,17 +256,8 @@ impl Cuda {
         let dims = decode_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
-        launch!(
-            self,
-            "decode_attention",
-            cfg,
-            out,
-            q,
-            k_cache,
-            v_cache,
-            positions,
-            &dims,
-            &scale
+        kernels::decode_attention(
+            self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
         )
     }
 }

@@ -14,11 +14,11 @@
 
 use super::attention::{attn_dims, check_backward_buffers, check_forward_buffers, grid_3d};
 use super::buffer::CudaBuf;
-use super::{launch, AttentionKernel, Cuda};
+use super::{kernels, AttentionKernel, Cuda};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 /// Threads per block (`MMA_THREADS`: 4 warps).
@@ -155,14 +155,9 @@ impl Cuda {
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let hdp = padded(s.head_dim);
-        let name = if hdp == 64 {
-            "attention_mma_forward_hd64"
-        } else {
-            "attention_mma_forward_hd128"
-        };
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("forward", hdp))?;
-        launch!(self, name, cfg, out, lse, qb, kb, vb, &dims, &scale)
+        kernels::attention_mma_forward_hd(self, hdp, cfg, out, lse, qb, kb, vb, &dims, &scale)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -209,23 +204,16 @@ impl Cuda {
             self.attention_operand(v, "v")?,
         );
         let hdp = padded(s.head_dim);
-        let (dq_name, dkv_name) = if hdp == 64 {
-            (
-                "attention_mma_backward_dq_hd64",
-                "attention_mma_backward_dkv_hd64",
-            )
-        } else {
-            (
-                "attention_mma_backward_dq_hd128",
-                "attention_mma_backward_dkv_hd128",
-            )
-        };
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("dq", hdp))?;
-        launch!(self, dq_name, cfg, dq, dob, qb, kb, vb, lse, &delta, &dims, &scale)?;
+        kernels::attention_mma_backward_dq_hd(
+            self, hdp, cfg, dq, dob, qb, kb, vb, lse, &delta, &dims, &scale,
+        )?;
         let grid = (s.seq.div_ceil(BLOCK_KEYS), s.n_kv_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("dkv", hdp))?;
-        launch!(self, dkv_name, cfg, dk, dv, dob, qb, kb, vb, lse, &delta, &dims, &scale)
+        kernels::attention_mma_backward_dkv_hd(
+            self, hdp, cfg, dk, dv, dob, qb, kb, vb, lse, &delta, &dims, &scale,
+        )
     }
 }
 

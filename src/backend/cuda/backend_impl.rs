@@ -2,15 +2,16 @@
 //! the launchers in `dense.rs`, `attention.rs` / `attention_mma.rs` (chosen by
 //! `Cuda::set_attention_kernel`), `head.rs` and `grpo_loss.rs`.
 
+use super::kernels;
 use super::{
-    dim_i32, grid_1d, grid_cols, grid_rows, launch, need, need_ids, row_threads, AttentionKernel,
-    Cuda, CudaBuf, BLOCK,
+    dim_i32, grid_1d, grid_cols, grid_rows, need, need_ids, row_threads, AttentionKernel, Cuda,
+    CudaBuf, BLOCK,
 };
 use crate::backend::{
     AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
 };
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 /// Refuses buffers narrowed to bf16 (the `Backend::keep_as_*` hints): these ops size
@@ -135,7 +136,7 @@ impl Backend for Cuda {
         if n == 0 {
             return Ok(());
         }
-        launch!(self, "fill_f32", grid_1d(n as usize), buf, &value, &n)
+        kernels::fill_f32(self, grid_1d(n as usize), buf, &value, &n)
     }
 
     fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) -> Result<()> {
@@ -150,7 +151,7 @@ impl Backend for Cuda {
         if n == 0 {
             return Ok(());
         }
-        launch!(self, "add_assign_f32", grid_1d(n as usize), y, x, &n)
+        kernels::add_assign_f32(self, grid_1d(n as usize), y, x, &n)
     }
     fn scale(&self, y: &mut CudaBuf, s: f32) -> Result<()> {
         f32_values(&[y], "scale")?;
@@ -158,7 +159,7 @@ impl Backend for Cuda {
         if n == 0 {
             return Ok(());
         }
-        launch!(self, "scale_f32", grid_1d(n as usize), y, &s, &n)
+        kernels::scale_f32(self, grid_1d(n as usize), y, &s, &n)
     }
     fn sum_squares(&self, y: &CudaBuf) -> Result<f64> {
         f32_values(&[y], "sum_squares")?;
@@ -171,7 +172,7 @@ impl Backend for Cuda {
             ..grid_1d(n as usize)
         };
         let mut partials = self.zeros(cfg.grid_dim.0 as usize)?;
-        launch!(self, "sum_squares_partial", cfg, y, &n, &mut partials)?;
+        kernels::sum_squares_partial(self, cfg, y, &n, &mut partials)?;
         Ok(self.download(&partials)?.iter().map(|&p| p as f64).sum())
     }
     fn all_finite(&self, y: &CudaBuf) -> Result<bool> {
@@ -181,7 +182,7 @@ impl Backend for Cuda {
             return Ok(true);
         }
         let mut flag = self.alloc_u32(1)?;
-        launch!(self, "any_nonfinite", grid_1d(n as usize), y, &n, &mut flag)?;
+        kernels::any_nonfinite(self, grid_1d(n as usize), y, &n, &mut flag)?;
         let host = self
             .stream
             .clone_dtoh(&flag)
@@ -206,7 +207,7 @@ impl Backend for Cuda {
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim).min(256))?;
         let vocab = (table.len() / dim) as i64;
-        launch!(self, "embedding_forward", cfg, out, table, ids, &d, &vocab)
+        kernels::embedding_forward(self, cfg, out, table, ids, &d, &vocab)
     }
     fn embedding_backward(
         &self,
@@ -224,16 +225,7 @@ impl Backend for Cuda {
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim).min(256))?;
         let vocab = (dtable.len() / dim) as i64;
-        launch!(
-            self,
-            "embedding_backward",
-            cfg,
-            dtable,
-            dout,
-            ids,
-            &d,
-            &vocab
-        )
+        kernels::embedding_backward(self, cfg, dtable, dout, ids, &d, &vocab)
     }
 
     fn linear_forward(
@@ -281,7 +273,7 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        launch!(self, "rmsnorm_forward", cfg, out, rstd, x, w, &d, &eps)
+        kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps)
     }
     fn rmsnorm_backward(
         &self,
@@ -305,31 +297,10 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        launch!(
-            self,
-            "rmsnorm_backward_input",
-            cfg,
-            dx,
-            dout,
-            x,
-            w,
-            rstd,
-            &d
-        )?;
+        kernels::rmsnorm_backward_input(self, cfg, dx, dout, x, w, rstd, &d)?;
         let (cfg, per_slice) = grid_cols(dim, n);
         let rows = n as i64;
-        launch!(
-            self,
-            "rmsnorm_backward_weight",
-            cfg,
-            dw,
-            dout,
-            x,
-            rstd,
-            &rows,
-            &d,
-            &per_slice
-        )
+        kernels::rmsnorm_backward_weight(self, cfg, dw, dout, x, rstd, &rows, &d, &per_slice)
     }
 
     fn rope_forward(
@@ -568,9 +539,8 @@ impl Backend for Cuda {
         // Same f32 bias corrections as the CPU reference.
         let exp = i32::try_from(step).unwrap_or(i32::MAX);
         let (bc1, bc2) = (1.0 - beta1.powi(exp), 1.0 - beta2.powi(exp));
-        launch!(
+        kernels::adamw_step(
             self,
-            "adamw_step",
             grid_1d(n as usize),
             param,
             grad,
@@ -583,7 +553,7 @@ impl Backend for Cuda {
             &weight_decay,
             &bc1,
             &bc2,
-            &n
+            &n,
         )
     }
 

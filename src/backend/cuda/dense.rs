@@ -5,9 +5,10 @@
 
 use super::backend_impl::{f32_values, narrowed_copy};
 use super::gemm::Bf16Operand;
-use super::{dim_i32, grid_1d, grid_cols, launch, need, need_ids, Cuda, CudaBuf};
+use super::kernels;
+use super::{dim_i32, grid_1d, grid_cols, need, need_ids, Cuda, CudaBuf};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
@@ -43,7 +44,7 @@ impl Cuda {
             need(b, m, "bias")?;
             let (rows, cols) = (n as i64, dim_i32(m, "m")?);
             if n * m > 0 {
-                launch!(self, "add_bias_rows", grid_1d(n * m), out, b, &rows, &cols)?;
+                kernels::add_bias_rows(self, grid_1d(n * m), out, b, &rows, &cols)?;
             }
         }
         Ok(())
@@ -98,16 +99,7 @@ impl Cuda {
             if n * m > 0 {
                 let (cfg, per_slice) = grid_cols(m, n);
                 let (rows, cols) = (n as i64, dim_i32(m, "m")?);
-                launch!(
-                    self,
-                    "bias_grad_cols",
-                    cfg,
-                    db,
-                    dout,
-                    &rows,
-                    &cols,
-                    &per_slice
-                )?;
+                kernels::bias_grad_cols(self, cfg, db, dout, &rows, &cols, &per_slice)?;
             }
         }
         Ok(())
@@ -137,18 +129,7 @@ impl Cuda {
         let rows = n as i64;
         let (h, hd) = (dim_i32(n_heads, "n_heads")?, dim_i32(head_dim, "head_dim")?);
         let cfg = grid_1d(n * n_heads * head_dim / 2);
-        launch!(
-            self,
-            "rope_apply",
-            cfg,
-            x,
-            positions,
-            inv_freq,
-            &rows,
-            &h,
-            &hd,
-            &sign
-        )
+        kernels::rope_apply(self, cfg, x, positions, inv_freq, &rows, &h, &hd, &sign)
     }
 
     pub(super) fn swiglu_forward_impl(
@@ -169,15 +150,7 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        launch!(
-            self,
-            "swiglu_forward",
-            grid_1d(n as usize),
-            out,
-            gate,
-            up,
-            &n
-        )
+        kernels::swiglu_forward(self, grid_1d(n as usize), out, gate, up, &n)
     }
     /// The backward from f32 gate/up, or from their bf16 copies when both were kept in bf16
     /// alone (`keep_as_swiglu_input`).
@@ -208,19 +181,9 @@ impl Cuda {
         if gate.is_narrowed() {
             let g = narrowed_copy(gate, "swiglu_backward", "gate")?;
             let u = narrowed_copy(up, "swiglu_backward", "up")?;
-            launch!(
-                self,
-                "swiglu_backward_bf16",
-                cfg,
-                dgate,
-                dup,
-                dout,
-                g,
-                u,
-                &n
-            )
+            kernels::swiglu_backward_bf16(self, cfg, dgate, dup, dout, g, u, &n)
         } else {
-            launch!(self, "swiglu_backward", cfg, dgate, dup, dout, gate, up, &n)
+            kernels::swiglu_backward(self, cfg, dgate, dup, dout, gate, up, &n)
         }
     }
 }

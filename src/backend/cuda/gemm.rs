@@ -15,10 +15,11 @@
 //!   and B bytes/s, converting the `[M × K]` operand costs ≈ 3·(F/B)/N of the GEMM's time, with
 //!   F/B ≈ 200–300 on H100/H200 bf16 dense (an estimate, not measured).
 
-use super::{dim_i32, grid_1d, launch, Cuda, CudaBuf};
+use super::kernels;
+use super::{dim_i32, grid_1d, Cuda, CudaBuf};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::ffi::c_void;
 
@@ -464,18 +465,14 @@ impl Cuda {
             "cuda backend: bf16 copy of {what}: {} < {len} values",
             dst.len()
         );
+        ensure!(
+            src.len() >= len,
+            "cuda backend: bf16 copy of {what}: the source holds {} < {len} values",
+            src.len()
+        );
         let n = len as i64;
-        // raw pointer: `src` may be a slice or a view, the kernel takes a plain `const float*`
-        let (src_ptr, _src_rec) = src.device_ptr(&self.stream);
-        launch!(
-            self,
-            "f32_to_bf16",
-            grid_1d(len.div_ceil(4)),
-            &mut *dst,
-            &src_ptr,
-            &n
-        )
-        .with_context(|| format!("cuda backend: converting gemm operand {what} to bf16"))
+        kernels::f32_to_bf16(self, grid_1d(len.div_ceil(4)), &mut *dst, src, &n)
+            .with_context(|| format!("cuda backend: converting gemm operand {what} to bf16"))
     }
 }
 

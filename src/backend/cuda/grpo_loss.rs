@@ -2,26 +2,13 @@
 //! and the fused pass the trainer uses) and the group-relative advantages. The CPU oracles are
 //! `backend/cpu/grpo_loss.rs` and `backend/cpu/grpo_advantages.rs`.
 
-use super::{dim_i32, grid_rows, launch, need, Cuda};
+use super::kernels::{self, GrpoParams};
+use super::{dim_i32, grid_rows, need, Cuda};
 use crate::backend::cpu::grpo_advantages::check_advantage_inputs;
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
 use crate::backend::{AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
-
-/// Mirrors `struct GrpoParams` in grpo_loss.cu.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct GrpoParams {
-    epsilon_low: f32,
-    epsilon_high: f32,
-    beta: f32,
-    use_ref: i32,
-    loss_type: i32,
-    max_completion_len: i32,
-}
-// SAFETY: #[repr(C)] struct of 4-byte scalars, the same layout as the C struct.
-unsafe impl DeviceRepr for GrpoParams {}
+use cudarc::driver::CudaSlice;
 
 fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
     Ok(GrpoParams {
@@ -100,14 +87,7 @@ impl Cuda {
     ) -> Result<CudaSlice<f64>> {
         let len_i = dim_i32(len, "len")?;
         let mut row_count = self.alloc_f64(batch)?;
-        launch!(
-            self,
-            "grpo_mask_count",
-            grid_rows(batch, 256)?,
-            &mut row_count,
-            mask,
-            &len_i
-        )?;
+        kernels::grpo_mask_count(self, grid_rows(batch, 256)?, &mut row_count, mask, &len_i)?;
         Ok(row_count)
     }
 
@@ -139,9 +119,8 @@ impl Cuda {
             return Ok(GrpoLossMetrics::default());
         }
         let mut partials = self.alloc_f64(batch * 5)?;
-        launch!(
+        kernels::grpo_loss_forward(
             self,
-            "grpo_loss_forward",
             grid_rows(batch, 256)?,
             &mut partials,
             logp,
@@ -150,7 +129,7 @@ impl Cuda {
             mask,
             advantages,
             &len_i,
-            &params
+            &params,
         )?;
         let rows = self
             .stream
@@ -204,9 +183,8 @@ impl Cuda {
             return Ok(());
         }
         let row_count = self.grpo_row_count(mask, batch, len)?;
-        launch!(
+        kernels::grpo_loss_backward(
             self,
-            "grpo_loss_backward",
             grid_rows(batch, 256)?,
             dlogp,
             logp,
@@ -217,7 +195,7 @@ impl Cuda {
             &row_count,
             &batch_i,
             &len_i,
-            &params
+            &params,
         )
     }
 
@@ -277,9 +255,8 @@ impl Cuda {
             *ticket = Some(self.alloc_u32(1)?);
         }
         let ticket = ticket.as_mut().expect("allocated above");
-        launch!(
+        kernels::grpo_loss_fused(
             self,
-            "grpo_loss_fused",
             grid_rows(batch, 256)?,
             dlogp,
             &mut partials,
@@ -294,7 +271,7 @@ impl Cuda {
             &batch_i,
             &len_i,
             &params,
-            &grad_scale
+            &grad_scale,
         )?;
         let sums = self
             .stream
@@ -324,9 +301,8 @@ impl Cuda {
         };
         let (n_i, g_i) = (dim_i32(n, "rewards")?, dim_i32(group_size, "group_size")?);
         let mut stats = self.alloc_f64(4)?;
-        launch!(
+        kernels::grpo_advantages(
             self,
-            "grpo_advantages",
             grid_rows(1, 256)?, // one block: the batch is rows, not tokens
             advantages,
             &mut stats,
@@ -334,7 +310,7 @@ impl Cuda {
             &n_i,
             &g_i,
             &scale_i,
-            &eps
+            &eps,
         )?;
         let s = self
             .stream

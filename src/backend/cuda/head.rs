@@ -9,10 +9,11 @@
 //! (`buffer.rs`, converted once per optimiser step), each chunk a row range of it.
 
 use super::gemm::Bf16Operand;
-use super::{dim_i32, grid_1d, grid_rows, launch, need, need_ids, row_threads, Cuda, CudaBuf};
+use super::kernels;
+use super::{dim_i32, grid_1d, grid_rows, need, need_ids, row_threads, Cuda, CudaBuf};
 use crate::backend::Backend;
 use anyhow::{ensure, Context, Result};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 /// Logit scratch per chunk: rows × chunk floats (64 MiB), the same trade as the CPU head.
 const CHUNK_SCRATCH: usize = 1 << 24;
@@ -54,16 +55,7 @@ impl Cuda {
         let inv_t = 1.0 / temperature;
         let (mut m, mut s0) = (self.zeros(n)?, self.zeros(n)?);
         let (mut s1, mut zt) = (self.zeros(n)?, self.zeros(n)?);
-        launch!(
-            self,
-            "logprob_state_init",
-            grid_1d(n),
-            &mut m,
-            &mut s0,
-            &mut s1,
-            &mut zt,
-            &rows
-        )?;
+        kernels::logprob_state_init(self, grid_1d(n), &mut m, &mut s0, &mut s1, &mut zt, &rows)?;
         let mut z = self.zeros(n * chunk)?;
         // Bf16 mode: the hidden states are converted once for every chunk's GEMM
         let hidden16 = self.bf16_copy(hidden)?;
@@ -87,9 +79,8 @@ impl Cuda {
                 (&mut z, c),
             )?;
             let (ci, c0i) = (dim_i32(c, "chunk")?, dim_i32(c0, "vocab offset")?);
-            launch!(
+            kernels::logprob_chunk_update(
                 self,
-                "logprob_chunk_update",
                 grid_rows(n, row_threads(c).min(256))?,
                 &z,
                 &ci,
@@ -99,13 +90,12 @@ impl Cuda {
                 &mut m,
                 &mut s0,
                 &mut s1,
-                &mut zt
+                &mut zt,
             )?;
             c0 += c;
         }
-        launch!(
+        kernels::logprob_finish(
             self,
-            "logprob_finish",
             grid_1d(n),
             logp,
             entropy,
@@ -114,7 +104,7 @@ impl Cuda {
             &s0,
             &s1,
             &zt,
-            &rows
+            &rows,
         )
     }
 
@@ -175,9 +165,8 @@ impl Cuda {
             let (ci, c0i) = (dim_i32(c, "chunk")?, dim_i32(c0, "vocab offset")?);
             match g16.as_mut() {
                 // bf16 GEMMs read only g's bf16 values: written directly, f32 g stays the logits
-                Some(g16) => launch!(
+                Some(g16) => kernels::logprob_chunk_grad_bf16(
                     self,
-                    "logprob_chunk_grad_bf16",
                     grid_1d(n * c),
                     g16,
                     &g,
@@ -187,11 +176,10 @@ impl Cuda {
                     targets,
                     lse,
                     dlogp,
-                    &inv_t
+                    &inv_t,
                 )?,
-                None => launch!(
+                None => kernels::logprob_chunk_grad(
                     self,
-                    "logprob_chunk_grad",
                     grid_1d(n * c),
                     &mut g,
                     &rows,
@@ -200,7 +188,7 @@ impl Cuda {
                     targets,
                     lse,
                     dlogp,
-                    &inv_t
+                    &inv_t,
                 )?,
             }
             // dhidden (=|+=) g · W_chunk: the first chunk writes, later ones accumulate
@@ -263,9 +251,8 @@ impl Cuda {
             dim_i32(vocab, "vocab")?,
             dim_i32(top_k.min(vocab), "top_k")?,
         );
-        launch!(
+        kernels::sample_rows(
             self,
-            "sample_rows",
             grid_rows(batch, 1024)?,
             &mut tokens,
             &mut scratch,
@@ -274,7 +261,7 @@ impl Cuda {
             &vocab_i,
             &temperature,
             &top_p,
-            &top_k_i
+            &top_k_i,
         )?;
         let host = self
             .stream
