@@ -134,7 +134,7 @@ fn main() {
         .collect();
 
     // typed launchers, from the sources alone (so they exist, and are type-checked, without nvcc)
-    let texts: Vec<(String, String)> = units
+    let texts: Vec<(String, String)> = sources
         .iter()
         .map(|u| {
             let name = format!("kernels/{}", u.file_name().unwrap().to_string_lossy());

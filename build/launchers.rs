@@ -1,6 +1,7 @@
 //! Generates `OUT_DIR/kernel_launchers.rs` from the kernels' own source: one typed Rust function
 //! per `CADA_KERNEL` in kernels/*.cu, its parameters read from the kernel's signature, and a
-//! `#[repr(C)]` Rust twin of every struct a kernel takes by value.
+//! `#[repr(C)]` Rust twin of every struct a kernel takes by value, and the kernels' integer
+//! `#define`s (`kernels::defines`, the geometry they are written for).
 //!
 //! Why: a launch hands the driver raw argument bytes, so an argument out of order, missing, or
 //! of the wrong width (an i64 where the kernel takes `int`) is silent garbage on the GPU, and no
@@ -94,10 +95,7 @@ fn parse_kernels(file: &str, src: &str) -> Result<Vec<Kernel>, String> {
         let start = from + at;
         from = start + "CADA_KERNEL".len();
         let line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
-        if text[line_start..start]
-            .trim_start()
-            .starts_with("#define CADA_KERNEL")
-        {
+        if text[line_start..start].trim() == "#define" {
             continue;
         }
         let mut rest = text[from..].trim_start();
@@ -185,6 +183,26 @@ fn parse_structs(file: &str, src: &str) -> Result<BTreeMap<String, Vec<(String, 
     Ok(structs)
 }
 
+/// `#define NAME 123` at the start of a line (a trailing comment allowed): the launch geometry
+/// the kernels are written for (threads per block, rows per block, enum values), exported so
+/// the Rust side uses the kernels' numbers instead of a copy of them.
+fn parse_defines(src: &str) -> Vec<(String, i64)> {
+    clean(src)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("#define "))
+        .filter_map(|d| {
+            let mut words = d.split_whitespace();
+            let (name, value) = (words.next()?, words.next()?);
+            let value = value.parse::<i64>().ok()?;
+            (words.next().is_none()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
 /// The Rust type of a scalar (struct field or by-value parameter).
 fn scalar(c_type: &str) -> Option<&'static str> {
     Some(match c_type {
@@ -246,8 +264,22 @@ fn rust_param(
 pub fn generate(sources: &[(String, String)]) -> Result<String, String> {
     let mut kernels = Vec::new();
     let mut structs: BTreeMap<String, (String, Vec<(String, String)>)> = BTreeMap::new();
+    let mut defines: BTreeMap<String, (String, i64)> = BTreeMap::new();
     for (file, src) in sources {
         kernels.extend(parse_kernels(file, src)?);
+        for (name, value) in parse_defines(src) {
+            match defines.get(&name) {
+                Some((first, v)) if *v != value => {
+                    return Err(format!(
+                        "`#define {name}` is {v} in {first} but {value} in {file}"
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    defines.insert(name, (file.clone(), value));
+                }
+            }
+        }
         for (name, fields) in parse_structs(file, src)? {
             if let Some((first, seen)) = structs.get(&name) {
                 if *seen != fields {
@@ -278,6 +310,18 @@ pub fn generate(sources: &[(String, String)]) -> Result<String, String> {
          #[allow(unused_imports)]\n\
          use half::bf16;\n\n",
     );
+    out.push_str(
+        "/// The kernels' integer `#define`s (threads and rows per block, enum values).\n\
+         #[allow(dead_code)]\npub(crate) mod defines {\n",
+    );
+    for (name, (file, value)) in &defines {
+        writeln!(
+            out,
+            "    /// `{file}`\n    pub(crate) const {name}: i64 = {value};"
+        )
+        .unwrap();
+    }
+    out.push_str("}\n\n");
     for (name, fields) in &by_value {
         writeln!(
             out,

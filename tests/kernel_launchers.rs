@@ -7,11 +7,12 @@
 #[allow(dead_code)]
 mod launchers;
 
+/// kernels/*.cu and *.cuh, as build.rs passes them.
 fn kernel_sources() -> Vec<(String, String)> {
     let mut files: Vec<_> = std::fs::read_dir("kernels")
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .filter(|p| p.extension().is_some_and(|e| e == "cu" || e == "cuh"))
         .collect();
     files.sort();
     files
@@ -153,4 +154,29 @@ fn a_struct_defined_two_ways_is_an_error() {
     assert!(rust.contains("pub(crate) struct D {\n    pub b: i32,\n    pub t: i32,\n}"));
     let e = one("struct P { bool on; };\nCADA_KERNEL void k(P p) {}").unwrap_err();
     assert!(e.contains("bool on"), "{e}");
+}
+
+#[test]
+fn integer_defines_are_exported_and_must_agree() {
+    let rust = launchers::generate(&kernel_sources()).unwrap();
+    for line in [
+        "pub(crate) const CADA_BLOCK: i64 = 256;",
+        "pub(crate) const SAMPLE_THREADS: i64 = 1024;",
+        "pub(crate) const GRPO_LOSS_DR_GRPO: i64 = 2;",
+    ] {
+        assert!(rust.contains(line), "missing {line}");
+    }
+    let a = (
+        "kernels/a.cu".to_string(),
+        "#define ROWS 8  // one warp each\n#define F(x) (x)\n#define NAME foo\n".to_string(),
+    );
+    let b = ("kernels/b.cu".to_string(), "#define ROWS 16\n".to_string());
+    let rust = launchers::generate(std::slice::from_ref(&a)).unwrap();
+    assert!(rust.contains("pub(crate) const ROWS: i64 = 8;"));
+    assert!(!rust.contains("const F") && !rust.contains("const NAME"));
+    let e = launchers::generate(&[a, b]).unwrap_err();
+    assert!(
+        e.contains("ROWS") && e.contains("kernels/a.cu") && e.contains("kernels/b.cu"),
+        "{e}"
+    );
 }

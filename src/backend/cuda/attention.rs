@@ -1,18 +1,19 @@
 //! Launchers for kernels/attention.cu (causal GQA training attention) and
 //! kernels/decode_attention.cu (KV-cache write and single-token decode).
 
-use super::kernels::{self, AttnDims, DecodeDims};
+use super::kernels::{self, defines, AttnDims, DecodeDims};
 use super::{dim_i32, need, need_ids, Cuda, CudaBuf};
 use crate::backend::{AttnShape, Backend, DecodeShape};
 use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Largest head_dim the kernels hold in registers/shared memory (`ATTN_MAX_HD`, `DEC_MAX_HD`).
-const MAX_HEAD_DIM: usize = 128;
-/// Query rows per forward/dq block (`ATTN_ROWS`) and keys per dk/dv block (`DKV_KEYS`).
-const ATTN_ROWS: usize = 8;
-const DKV_KEYS: usize = 8;
-const DEC_WARPS: u32 = 4;
+const MAX_HEAD_DIM: usize = defines::ATTN_MAX_HD as usize;
+const _: () = assert!(defines::ATTN_MAX_HD == defines::DEC_MAX_HD);
+/// Query rows per forward/dq block and keys per dk/dv block, one warp each.
+const ATTN_ROWS: usize = defines::ATTN_ROWS as usize;
+const DKV_KEYS: usize = defines::DKV_KEYS as usize;
+const DEC_WARPS: u32 = defines::DEC_WARPS as u32;
 
 pub(super) fn check_heads(
     op: &str,

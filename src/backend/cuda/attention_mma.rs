@@ -14,22 +14,23 @@
 
 use super::attention::{attn_dims, check_backward_buffers, check_forward_buffers, grid_3d};
 use super::buffer::CudaBuf;
-use super::{kernels, AttentionKernel, Cuda};
+use super::kernels::{self, defines};
+use super::{AttentionKernel, Cuda};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
-/// Threads per block (`MMA_THREADS`: 4 warps).
-const THREADS: u32 = 128;
-/// Query rows per forward/dq block (`MMA_BQ`) and keys per dk/dv block (`MMA_BK`).
-const BLOCK_ROWS: usize = 64;
-/// Keys per staged tile in forward/dq (`MMA_BK`) and query rows per dk/dv tile (`MMA_DKV_BQ`).
-const BLOCK_KEYS: usize = 64;
-const DKV_QUERIES: usize = 32;
-/// bf16 pad per shared-memory row (`MMA_SKEW`).
-const SKEW: usize = 8;
+/// Threads per block (4 warps).
+const THREADS: u32 = defines::MMA_THREADS as u32;
+/// Query rows per forward/dq block.
+const BLOCK_ROWS: usize = defines::MMA_BQ as usize;
+/// Keys per staged tile in forward/dq and per dk/dv block; query rows per dk/dv tile.
+const BLOCK_KEYS: usize = defines::MMA_BK as usize;
+const DKV_QUERIES: usize = defines::MMA_DKV_BQ as usize;
+/// bf16 pad per shared-memory row.
+const SKEW: usize = defines::MMA_SKEW as usize;
 /// Dynamic shared memory beyond this needs the per-function opt-in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 

@@ -2,7 +2,7 @@
 //! and the fused pass the trainer uses) and the group-relative advantages. The CPU oracles are
 //! `backend/cpu/grpo_loss.rs` and `backend/cpu/grpo_advantages.rs`.
 
-use super::kernels::{self, GrpoParams};
+use super::kernels::{self, defines, GrpoParams};
 use super::{dim_i32, grid_rows, need, Cuda};
 use crate::backend::cpu::grpo_advantages::check_advantage_inputs;
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
@@ -17,9 +17,9 @@ fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
         beta: cfg.beta,
         use_ref: (cfg.beta != 0.0) as i32,
         loss_type: match cfg.loss_type {
-            LossType::Grpo => 0,
-            LossType::Dapo => 1,
-            LossType::DrGrpo => 2,
+            LossType::Grpo => defines::GRPO_LOSS_GRPO as i32,
+            LossType::Dapo => defines::GRPO_LOSS_DAPO as i32,
+            LossType::DrGrpo => defines::GRPO_LOSS_DR_GRPO as i32,
         },
         max_completion_len: dim_i32(cfg.max_completion_len, "max_completion_len")?,
     })
@@ -295,9 +295,9 @@ impl Cuda {
         check_advantage_inputs(n, group_size, eps)?;
         need(advantages, n, "advantages")?;
         let scale_i: i32 = match scale {
-            ScaleRewards::Group => 0,
-            ScaleRewards::Batch => 1,
-            ScaleRewards::None => 2,
+            ScaleRewards::Group => defines::SCALE_GROUP as i32,
+            ScaleRewards::Batch => defines::SCALE_BATCH as i32,
+            ScaleRewards::None => defines::SCALE_NONE as i32,
         };
         let (n_i, g_i) = (dim_i32(n, "rewards")?, dim_i32(group_size, "group_size")?);
         let mut stats = self.alloc_f64(4)?;

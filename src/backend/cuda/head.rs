@@ -253,7 +253,7 @@ impl Cuda {
         );
         kernels::sample_rows(
             self,
-            grid_rows(batch, 1024)?,
+            grid_rows(batch, kernels::defines::SAMPLE_THREADS as u32)?,
             &mut tokens,
             &mut scratch,
             logits,

@@ -61,7 +61,7 @@ pub struct KernelModule {
 include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
 
 /// Threads per block of the 1-D elementwise kernels (`CADA_BLOCK` in kernels/common.cuh).
-const BLOCK: u32 = 256;
+const BLOCK: u32 = kernels::defines::CADA_BLOCK as u32;
 
 /// True when the CUDA driver library can be loaded and reports at least one device.
 /// Never panics: cudarc's dynamic loader panics when libcuda is missing, so the library is
