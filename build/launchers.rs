@@ -347,6 +347,31 @@ pub fn generate(sources: &[(String, String)]) -> Result<String, String> {
         )
         .unwrap();
     }
+    // what Cuda::new loads from each module: every kernel, a macro-built one once per variant
+    let mut by_module: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in &kernels {
+        let stem = k
+            .file
+            .trim_start_matches("kernels/")
+            .trim_end_matches(".cu")
+            .to_string();
+        let names = by_module.entry(stem).or_default();
+        if k.variants.is_empty() {
+            names.push(k.name.clone());
+        } else {
+            names.extend(k.variants.iter().map(|v| format!("{}{v}", k.name)));
+        }
+    }
+    out.push_str(
+        "/// The kernels of each kernel file (`kernels/<module>.cu`), in source order; macro-built\n\
+         /// ones once per instantiation.\n\
+         pub(super) fn names_in(module: &str) -> &'static [&'static str] {\n    match module {\n",
+    );
+    for (module, names) in &by_module {
+        let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        writeln!(out, "        {module:?} => &[{}],", quoted.join(", ")).unwrap();
+    }
+    out.push_str("        _ => &[],\n    }\n}\n\n");
     const RESERVED: [&str; 6] = ["cuda", "variant", "cfg", "name", "stream", "builder"];
     for k in &kernels {
         if let Some(p) = k

@@ -44,7 +44,7 @@ fn every_kernel_gets_one_typed_launcher() {
             );
         }
     }
-    let launchers = rust.matches("pub(super) fn ").count();
+    let launchers = rust.matches("(\n    cuda: &Cuda,\n").count();
     // the three macro-built mma kernels are one launcher each (with a `variant`)
     assert_eq!(
         launchers,
@@ -179,4 +179,39 @@ fn integer_defines_are_exported_and_must_agree() {
         e.contains("ROWS") && e.contains("kernels/a.cu") && e.contains("kernels/b.cu"),
         "{e}"
     );
+}
+
+#[test]
+fn the_module_kernel_lists_come_from_the_sources() {
+    let rust = launchers::generate(&kernel_sources()).unwrap();
+    // the hand-kept list this replaced had missed logprob_chunk_grad_bf16 (a launch would
+    // have failed with "kernel not loaded" on the first bf16-mode backward)
+    assert!(rust.contains(
+        "\"fused_logprob\" => &[\"logprob_state_init\", \"logprob_chunk_update\", \
+         \"logprob_finish\", \"logprob_chunk_grad\", \"logprob_chunk_grad_bf16\"],"
+    ));
+    assert!(rust.contains(
+        "\"attention_mma\" => &[\"attention_mma_forward_hd64\", \"attention_mma_forward_hd128\", \
+         \"attention_mma_backward_dq_hd64\", \"attention_mma_backward_dq_hd128\", \
+         \"attention_mma_backward_dkv_hd64\", \"attention_mma_backward_dkv_hd128\"],"
+    ));
+    // every launcher's kernel is in its module's list
+    for (file, src) in kernel_sources() {
+        let module = file.trim_start_matches("kernels/").trim_end_matches(".cu");
+        for line in src.lines().filter(|l| l.starts_with("CADA_KERNEL void ")) {
+            let name = line["CADA_KERNEL void ".len()..]
+                .split('(')
+                .next()
+                .unwrap()
+                .trim();
+            let entry = rust
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{module:?} => &[")))
+                .unwrap_or_else(|| panic!("no list for {module}"));
+            assert!(
+                entry.contains(&format!("{name:?}")),
+                "{module}: {name} not listed"
+            );
+        }
+    }
 }

@@ -305,60 +305,9 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
     }
 }
 
-/// Kernel names per module (they are `extern "C"` in the .cu files).
+/// Kernel names per module (`extern "C"` in the .cu files), read from the sources by build.rs.
 fn kernel_names(module: &str) -> &'static [&'static str] {
-    match module {
-        "adamw" => &["adamw_step"],
-        "attention" => &[
-            "attention_forward",
-            "attention_backward_delta",
-            "attention_backward_delta_bf16",
-            "attention_backward_dq",
-            "attention_backward_dkv",
-        ],
-        "attention_mma" => &[
-            "attention_mma_forward_hd64",
-            "attention_mma_forward_hd128",
-            "attention_mma_backward_dq_hd64",
-            "attention_mma_backward_dq_hd128",
-            "attention_mma_backward_dkv_hd64",
-            "attention_mma_backward_dkv_hd128",
-        ],
-        "convert" => &["f32_to_bf16"],
-        "decode_attention" => &["kv_cache_write", "decode_attention"],
-        "elementwise" => &[
-            "fill_f32",
-            "add_assign_f32",
-            "scale_f32",
-            "sum_squares_partial",
-            "any_nonfinite",
-            "add_bias_rows",
-            "bias_grad_cols",
-        ],
-        "embedding" => &["embedding_forward", "embedding_backward"],
-        "fused_logprob" => &[
-            "logprob_state_init",
-            "logprob_chunk_update",
-            "logprob_finish",
-            "logprob_chunk_grad",
-        ],
-        "grpo_loss" => &[
-            "grpo_loss_forward",
-            "grpo_mask_count",
-            "grpo_loss_backward",
-            "grpo_loss_fused",
-            "grpo_advantages",
-        ],
-        "rmsnorm" => &[
-            "rmsnorm_forward",
-            "rmsnorm_backward_input",
-            "rmsnorm_backward_weight",
-        ],
-        "rope" => &["rope_apply"],
-        "sampling" => &["sample_rows"],
-        "swiglu" => &["swiglu_forward", "swiglu_backward", "swiglu_backward_bf16"],
-        _ => &[],
-    }
+    kernels::names_in(module)
 }
 
 /// Kernel dimension arguments are 32-bit: larger values are a caller error, reported.
