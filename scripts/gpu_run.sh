@@ -80,6 +80,9 @@ cat > "$stage/run_on_gpu.sh" <<'RUN'
 # Default: tests train sanitize. Every step has a time limit and the work folder is packed into
 # $OUT/results-<phases>.tgz after each step (the device tool returns at most 8 files from $OUT),
 # so a killed command still returns everything finished before. $OUT/summary.txt has the tails.
+# CADA_GPU_BUDGET_S (default 480) caps the whole call: each step's limit shrinks to what is left
+# and steps that no longer fit are recorded as skipped, so the call ends, packed, before the
+# device tool's timeout (set timeout_s ≈ budget + 60).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -106,9 +109,17 @@ for lib in libcublas.so.13 libnvToolsExt.so.1; do
     fi
 done
 
+budget=${CADA_GPU_BUDGET_S:-480}
 pack() { tar czf "$OUT/results-$tag.tgz" -C "$work" . 2>/dev/null; }
 step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is recorded, the run goes on
     local name=$1 limit=$2; shift 2
+    local left=$((budget - SECONDS - 15))  # 15 s for the last pack
+    if (( left < 20 )); then
+        echo "== $name SKIPPED: the call's budget (${budget}s) is spent" | tee -a "$OUT/summary.txt"
+        status=1
+        return
+    fi
+    (( limit > left )) && limit=$left
     echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/summary.txt"
     local t0=$SECONDS
     timeout -k 10 "$limit" "$@" > "$work/$name.log" 2>&1
@@ -122,17 +133,21 @@ for phase in "${phases[@]}"; do case $phase in
 tests)
     nvidia-smi > "$work/nvidia-smi.txt" 2>&1
     for t in ops_cuda attention_cuda grpo_cuda bf16_cuda model_cuda; do
-        step "test_$t" 120 "$here/tests/$t" --nocapture --test-threads=1
-        grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
+        step "test_$t" 90 "$here/tests/$t" --nocapture --test-threads=1
+        [[ -f "$work/test_$t.log" ]] &&
+            grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
     done
     ;;
 sanitize)
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     if [[ -n "$sanitizer" ]]; then
-        for tool in memcheck racecheck; do
-            for t in ops_cuda attention_cuda grpo_cuda bf16_cuda; do
-                step "sanitizer_${tool}_$t" 100 "$sanitizer" --tool "$tool" --error-exitcode 9 "$here/tests/$t" --test-threads=1
-            done
+        # memcheck over every kernel test; racecheck (slow) where kernels share memory: the
+        # attentions, the GRPO reductions and the block-reduction kernels of ops_cuda
+        for t in ops_cuda attention_cuda grpo_cuda bf16_cuda; do
+            step "sanitizer_memcheck_$t" 60 "$sanitizer" --tool memcheck --error-exitcode 9 "$here/tests/$t" --test-threads=1
+        done
+        for t in attention_cuda grpo_cuda ops_cuda; do
+            step "sanitizer_racecheck_$t" 60 "$sanitizer" --tool racecheck --error-exitcode 9 "$here/tests/$t" --test-threads=1
         done
     else
         echo "compute-sanitizer not found: memcheck/racecheck NOT run" | tee -a "$OUT/summary.txt"
@@ -141,14 +156,14 @@ sanitize)
     ;;
 train)
     # the README's main job on the GPU: CADA training on models/default, then its evaluation
-    step train_gpu 240 "$cada" train --device cuda --out "$work/train_gpu" --quiet
+    step train_gpu 150 "$cada" train --device cuda --out "$work/train_gpu" --quiet
     rm -rf "$work/train_gpu/checkpoint" "$work/train_gpu/final"  # weights: not needed back
     tail -3 "$work/train_gpu/metrics.jsonl" >> "$OUT/summary.txt" 2>/dev/null
     ;;
 train_tc)
     # the same job on the tensor-core paths (bf16 GEMMs with bf16 working weights and narrowed
     # activations, the mma attention): do they train as well as the f32 defaults?
-    step train_gpu_tensor_cores 240 env CADA_GEMM=bf16 CADA_ATTENTION=mma \
+    step train_gpu_tensor_cores 150 env CADA_GEMM=bf16 CADA_ATTENTION=mma \
         "$cada" train --device cuda --out "$work/train_gpu_tc" --quiet
     rm -rf "$work/train_gpu_tc/checkpoint" "$work/train_gpu_tc/final"
     tail -3 "$work/train_gpu_tc/metrics.jsonl" >> "$OUT/summary.txt" 2>/dev/null
@@ -189,10 +204,12 @@ if (( size_mib > 60 )); then
     echo "warning: device_out exceeds the 64 MiB carry limit; remove test binaries not needed on the GPU" >&2
 fi
 echo
-echo "device commands (carry: [\"device_out\"], timeout_s 600; in order of what matters most,"
-echo "each step time-limited and packed as it ends, so a cut-off call keeps what finished):"
-echo "  bash device_out/run_on_gpu.sh tests train sanitize"
-echo "  bash device_out/run_on_gpu.sh train_tc bench peers"
-echo "  bash device_out/run_on_gpu.sh peers_hf"
+echo "device commands (carry: [\"device_out\"]), in order of what matters most. A session has"
+echo "~15 min of device time including the machine's start, so the first call is the one that"
+echo "counts; each step is time-limited and packed as it ends, and CADA_GPU_BUDGET_S caps the call:"
+echo "  CADA_GPU_BUDGET_S=420 bash device_out/run_on_gpu.sh tests train sanitize   # timeout_s 480"
+echo "then, only with the device time left for it (status: budget_left_s):"
+echo "  CADA_GPU_BUDGET_S=300 bash device_out/run_on_gpu.sh bench peers train_tc   # timeout_s 360"
+echo "  CADA_GPU_BUDGET_S=240 bash device_out/run_on_gpu.sh peers_hf               # timeout_s 300"
 echo "then, here, with the two results-*.tgz unpacked side by side:"
 echo "  cada bench report --ours ours_*.json --peers peers.json peers_hf.json"
