@@ -144,6 +144,12 @@ impl Cuda {
         );
         let ctx = CudaContext::new(ordinal)
             .with_context(|| format!("cuda backend: opening device {ordinal}"))?;
+        // Everything (kernels, cuBLAS, copies) runs on this one stream, so cudarc's cross-stream
+        // event tracking has nothing to order; left on, it creates two CUDA events with every
+        // allocation (each op's output, each scratch) and destroys them on free.
+        // SAFETY: no buffer exists yet on this context, and every buffer is used on `stream`
+        // only: there is no second stream to synchronise with.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         // cudarc's loader panics when libcublas is missing: probe it first for a clear error
         // SAFETY: only tries to dlopen libcublas by its usual names.
