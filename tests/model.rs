@@ -262,3 +262,70 @@ fn config_parsing_llama3_rope_scaling_and_errors() {
         .to_string();
     assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
 }
+
+/// transformers 5 writes RoPE as one `rope_parameters` object (no top-level `rope_theta`):
+/// it must be read, not silently replaced by the 10000 default, and must agree with the
+/// top-level fields when a file has both.
+#[test]
+fn config_parsing_reads_transformers_5_rope_parameters() {
+    use cada::model::config::LlamaConfig;
+    let mut v5 = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}
+    });
+    let c = LlamaConfig::from_json(&v5, "config.json").unwrap();
+    assert_eq!(c.rope_theta, 1e6);
+    assert!(c.rope_scaling.is_none());
+    // the same with Llama-3 scaling inside rope_parameters equals the transformers-4 spelling
+    v5["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    v5["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3",
+        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let mut v4 = v5.clone();
+    let rp = v4
+        .as_object_mut()
+        .unwrap()
+        .remove("rope_parameters")
+        .unwrap();
+    v4["rope_theta"] = rp["rope_theta"].clone();
+    v4["rope_scaling"] = rp.clone();
+    let (a, b) = (
+        LlamaConfig::from_json(&v5, "config.json").unwrap(),
+        LlamaConfig::from_json(&v4, "config.json").unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.rope_scaling.as_ref().unwrap().factor, 32.0);
+    assert_eq!(a.rope_inv_freq(), b.rope_inv_freq());
+    // both spellings in one file: equal is fine, different is an error naming both fields
+    let mut both = v5.clone();
+    both["rope_theta"] = serde_json::json!(500000.0);
+    assert_eq!(LlamaConfig::from_json(&both, "config.json").unwrap(), a);
+    both["rope_theta"] = serde_json::json!(10000.0);
+    let e = LlamaConfig::from_json(&both, "m/config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("m/config.json")
+            && e.contains("rope_parameters.rope_theta")
+            && e.contains("rope_theta"),
+        "{e}"
+    );
+    let mut bad = v5.clone();
+    bad["rope_parameters"]["rope_type"] = serde_json::json!("yarn");
+    let e = LlamaConfig::from_json(&bad, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rope_parameters.rope_type") && e.contains("yarn"),
+        "{e}"
+    );
+    let mut per_layer = v5.clone();
+    per_layer["rope_parameters"] = serde_json::json!({"full_attention": {"rope_theta": 1e6}});
+    let e = LlamaConfig::from_json(&per_layer, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rope_parameters") && e.contains("per-layer"),
+        "{e}"
+    );
+}

@@ -60,6 +60,92 @@ fn get_f64_or(v: &Value, field: &str, default: f64, file: &str) -> Result<f64> {
     }
 }
 
+/// RoPE's base and scaling. transformers ≤ 4 writes `rope_theta` and `rope_scaling` at the top
+/// level; transformers 5 writes one `rope_parameters` object holding `rope_theta`, `rope_type`
+/// and the scaling fields. Both are read; a file holding both must agree, since a model whose
+/// base silently fell back to 10000 would give wrong logits, not an error.
+fn rope_settings(v: &Value, file: &str) -> Result<(f64, Option<Llama3RopeScaling>)> {
+    let top_theta = get_f64_or(v, "rope_theta", f64::NAN, file)?;
+    let top_scaling = match v.get("rope_scaling") {
+        None | Some(Value::Null) => None,
+        Some(rs) => Some(("rope_scaling", rs)),
+    };
+    let params = match v.get("rope_parameters") {
+        None | Some(Value::Null) => None,
+        Some(p) if p.is_object() => Some(p),
+        Some(p) => bail!("{file}: field `rope_parameters` must be an object, got {p}"),
+    };
+    if let Some(p) = params {
+        // per-layer-type parameters (e.g. {"full_attention": {…}, "sliding_attention": {…}})
+        // belong to architectures this loader does not run
+        if p.get("rope_type").is_none() && p.get("rope_theta").is_none() {
+            bail!(
+                "{file}: field `rope_parameters` has neither `rope_type` nor `rope_theta` \
+                 (per-layer-type RoPE is not supported)"
+            );
+        }
+    }
+    let theta = match params {
+        Some(p) => {
+            let t = get_f64_or(p, "rope_theta", f64::NAN, file)
+                .with_context(|| format!("{file}: in `rope_parameters`"))?;
+            if !t.is_nan() && !top_theta.is_nan() && t != top_theta {
+                bail!("{file}: `rope_parameters.rope_theta` = {t} but `rope_theta` = {top_theta}");
+            }
+            if t.is_nan() {
+                top_theta
+            } else {
+                t
+            }
+        }
+        None => top_theta,
+    };
+    let theta = if theta.is_nan() { 10000.0 } else { theta };
+    let scaling_src = match (params, top_scaling) {
+        (Some(p), Some((_, rs))) => {
+            let a = parse_rope_scaling(p, "rope_parameters", file)?;
+            let b = parse_rope_scaling(rs, "rope_scaling", file)?;
+            if a != b {
+                bail!("{file}: `rope_parameters` and `rope_scaling` describe different scalings");
+            }
+            return Ok((theta, a));
+        }
+        (Some(p), None) => ("rope_parameters", p),
+        (None, Some((name, rs))) => (name, rs),
+        (None, None) => return Ok((theta, None)),
+    };
+    Ok((
+        theta,
+        parse_rope_scaling(scaling_src.1, scaling_src.0, file)?,
+    ))
+}
+
+/// A `rope_scaling` / `rope_parameters` object: `llama3`, or none (`default`).
+fn parse_rope_scaling(rs: &Value, field: &str, file: &str) -> Result<Option<Llama3RopeScaling>> {
+    let kind = rs
+        .get("rope_type")
+        .or_else(|| rs.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    Ok(match kind {
+        "llama3" => Some(Llama3RopeScaling {
+            factor: get_f64_or(rs, "factor", 8.0, file)?,
+            low_freq_factor: get_f64_or(rs, "low_freq_factor", 1.0, file)?,
+            high_freq_factor: get_f64_or(rs, "high_freq_factor", 4.0, file)?,
+            original_max_position_embeddings: get_f64_or(
+                rs,
+                "original_max_position_embeddings",
+                8192.0,
+                file,
+            )?,
+        }),
+        "default" | "" => None,
+        other => bail!(
+            "{file}: field `{field}.rope_type` = \"{other}\" is not supported (supported: llama3, default)"
+        ),
+    })
+}
+
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
@@ -125,26 +211,7 @@ impl LlamaConfig {
         if head_dim % 2 != 0 {
             bail!("{file}: field `head_dim` = {head_dim} must be even for rotary embeddings");
         }
-        let rope_scaling = match v.get("rope_scaling") {
-            None | Some(Value::Null) => None,
-            Some(rs) => {
-                let kind = rs
-                    .get("rope_type")
-                    .or_else(|| rs.get("type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("");
-                match kind {
-                    "llama3" => Some(Llama3RopeScaling {
-                        factor: get_f64_or(rs, "factor", 8.0, file)?,
-                        low_freq_factor: get_f64_or(rs, "low_freq_factor", 1.0, file)?,
-                        high_freq_factor: get_f64_or(rs, "high_freq_factor", 4.0, file)?,
-                        original_max_position_embeddings: get_f64_or(rs, "original_max_position_embeddings", 8192.0, file)?,
-                    }),
-                    "default" | "" => None,
-                    other => bail!("{file}: field `rope_scaling.rope_type` = \"{other}\" is not supported (supported: llama3, default)"),
-                }
-            }
-        };
+        let (rope_theta, rope_scaling) = rope_settings(v, file)?;
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
         let attention_bias = v
             .get("attention_bias")
@@ -159,7 +226,7 @@ impl LlamaConfig {
             num_key_value_heads,
             head_dim,
             rms_norm_eps: get_f64_or(v, "rms_norm_eps", 1e-6, file)?,
-            rope_theta: get_f64_or(v, "rope_theta", 10000.0, file)?,
+            rope_theta,
             rope_scaling,
             max_position_embeddings: v
                 .get("max_position_embeddings")

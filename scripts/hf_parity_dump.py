@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/hf_parity/<name>/: tiny random Llama and Qwen2 models as Hugging Face
+transformers builds and saves them, and what transformers computes with them in float64 (the
+trusted side of tests/hf_parity.rs, which compares cada's CPU reference with it):
+
+  config.json, model.safetensors  the model (f32 weights), as transformers writes them
+  reference.safetensors           f64: `logits` [B, T, V] (already divided by the temperature),
+                                  `logp` [B, T-1] (log p of each next token),
+                                  `grad.<parameter name>` for every parameter of the loss below,
+                                  `loss_curve` [STEPS + 1] under torch.optim.AdamW
+  reference.json                  the inputs: token ids, loss weights, temperature, AdamW settings,
+                                  and the versions that made the file
+
+loss = −Σ_{b,t} w[b,t] · logp[b,t], the shape of cada's GRPO/SFT objectives over per-token
+log-probs. Run once; CI only reads the files (no torch there):
+
+  python3 -m pip install --target /tmp/hfenv torch transformers safetensors numpy
+  PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py
+"""
+import json
+import os
+import sys
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf_parity")
+TEMPERATURE = 0.7
+STEPS = 5
+ADAMW = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+
+COMMON = dict(
+    vocab_size=97,  # not a multiple of anything
+    hidden_size=32,
+    intermediate_size=56,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,  # GQA
+    max_position_embeddings=256,
+    attn_implementation="eager",
+)
+MODELS = {
+    # SmolLM2-like: tied embeddings, no bias; with Llama-3's rope scaling, so it is checked too
+    "llama": (
+        transformers.LlamaForCausalLM,
+        transformers.LlamaConfig(
+            **COMMON,
+            architectures=["LlamaForCausalLM"],
+            tie_word_embeddings=True,
+            attention_bias=False,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                              high_freq_factor=4.0, original_max_position_embeddings=8),
+        ),
+    ),
+    # Qwen2.5-like: q/k/v bias, untied head, rope theta 1e6
+    "qwen2": (
+        transformers.Qwen2ForCausalLM,
+        transformers.Qwen2Config(
+            **COMMON,
+            architectures=["Qwen2ForCausalLM"],
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+        ),
+    ),
+}
+
+
+def build(cls, cfg, seed):
+    torch.manual_seed(seed)
+    model = cls(cfg).float()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))  # norms away from 1: their grads matter
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    return model
+
+
+def loss_fn(model, ids, w):
+    logits = model(input_ids=ids).logits / TEMPERATURE
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    return -(w * logp).sum(), logits, logp
+
+
+def main():
+    for name, (cls, cfg) in MODELS.items():
+        out = os.path.join(OUT, name)
+        os.makedirs(out, exist_ok=True)
+        model = build(cls, cfg, seed=17 if name == "llama" else 29)
+        cfg.to_json_file(os.path.join(out, "config.json"))
+        # the tied head is the embedding: saved once, as transformers' save_pretrained does
+        state = {k: v.contiguous() for k, v in model.state_dict().items()
+                 if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+        save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+        g = torch.Generator().manual_seed(5)
+        batch, seq = 2, 11
+        ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=g)
+        w = torch.rand(batch, seq - 1, generator=g, dtype=torch.float64) / (batch * (seq - 1))
+        w[0, 3] = 0.0  # masked tokens
+        w[1, -2:] = 0.0
+
+        ref = model.double()
+        loss, logits, logp = loss_fn(ref, ids, w)
+        loss.backward()
+        tensors = {"logits": logits.detach(), "logp": logp.detach()}
+        for pname, p in ref.named_parameters():
+            tensors[f"grad.{pname}"] = p.grad.detach().clone()
+        # a short training curve: AdamW on this batch, the loss before each step and after the last
+        opt = torch.optim.AdamW(ref.parameters(), foreach=False, **ADAMW)
+        curve = []
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss, _, _ = loss_fn(ref, ids, w)
+            curve.append(loss.item())
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            curve.append(loss_fn(ref, ids, w)[0].item())
+        tensors["loss_curve"] = torch.tensor(curve, dtype=torch.float64)
+        save_file({k: v.contiguous() for k, v in tensors.items()},
+                  os.path.join(out, "reference.safetensors"))
+        meta = dict(
+            ids=ids.tolist(), weights=w.tolist(), temperature=TEMPERATURE, steps=STEPS,
+            adamw=dict(lr=ADAMW["lr"], beta1=ADAMW["betas"][0], beta2=ADAMW["betas"][1],
+                       eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"]),
+            made_by=f"scripts/hf_parity_dump.py: torch {torch.__version__}, transformers "
+                    f"{transformers.__version__}, python {sys.version.split()[0]}; float64",
+        )
+        with open(os.path.join(out, "reference.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        print(f"{name}: loss curve {curve}")
+
+
+if __name__ == "__main__":
+    main()
