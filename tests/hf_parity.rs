@@ -136,7 +136,7 @@ fn check_model(name: &str) {
     let r = Reference::load(&dir);
     let be = Cpu::new();
     let model = Llama::from_host(&be, cfg.clone(), &params).unwrap();
-    let (b, t, v) = (r.batch, r.seq, cfg.vocab_size);
+    let (b, t) = (r.batch, r.seq);
 
     // logits (divided by the temperature, as the reference is) and next-token log-probs
     let fwd = model.forward(&be, &r.ids, b, t).unwrap();
