@@ -13,7 +13,10 @@
 //! The parser reads the subset of C++ the kernel files use for signatures: `CADA_KERNEL void
 //! [__launch_bounds__(…)] name(type name, …)`, with names built by a macro
 //! (`foo_hd##HDP` inside `#define M(HDP)`, instantiated by `M(64)` lines) becoming one function
-//! that takes the variant. Anything it does not understand fails the build, naming the file.
+//! that takes the variant. What it does not understand fails the build, naming the file: an
+//! unknown parameter type, a kernel under `#if` (nvcc may not compile it, and `Cuda::new` would
+//! then fail to load it), a kernel in a header, a struct or `#define` defined two ways, an
+//! octal-looking `#define`, a macro never instantiated.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,13 +35,23 @@ struct Kernel {
     params: Vec<Param>,
 }
 
-/// Removes `//` and `/* */` comments and joins `\`-continued lines.
+/// Removes `//` and `/* */` comments and joins `\`-continued lines; string and character
+/// literals are copied as they are (a `//` inside one is not a comment).
 fn clean(src: &str) -> String {
     let mut out = String::with_capacity(src.len());
     let b = src.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
+        if b[i] == b'"' || b[i] == b'\'' {
+            let quote = b[i];
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i] != quote && b[i] != b'\n' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+            out.push_str(&src[start..i]);
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
             }
@@ -76,15 +89,45 @@ fn parse_param(text: &str, file: &str, kernel: &str) -> Result<Param, String> {
     })
 }
 
-/// The values `NAME(…)` is instantiated with at the start of a line.
+/// The values `NAME(…)` is instantiated with, on the lines outside preprocessor directives
+/// (every instantiation of a line, `M(64) M(128)` included).
 fn macro_instances(text: &str, macro_name: &str) -> Vec<String> {
     let head = format!("{macro_name}(");
-    text.lines()
-        .filter_map(|l| l.trim_start().strip_prefix(&head))
-        .filter_map(|rest| rest.split(')').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric()))
-        .collect()
+    let mut values = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut from = 0;
+        while let Some(at) = line[from..].find(&head) {
+            let start = from + at;
+            from = start + head.len();
+            let ident_before = line[..start]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            if ident_before {
+                continue;
+            }
+            if let Some(v) = line[from..].split(')').next().map(str::trim) {
+                if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    values.push(v.to_string());
+                }
+            }
+        }
+    }
+    values
+}
+
+/// How many `#if`/`#ifdef`/`#ifndef` blocks are open at byte `at` of `text`.
+fn conditional_depth(text: &str, at: usize) -> i32 {
+    let mut depth = 0;
+    for line in text[..at].lines() {
+        let l = line.trim_start();
+        if l.starts_with("#if") {
+            depth += 1;
+        } else if l.starts_with("#endif") {
+            depth -= 1;
+        }
+    }
+    depth
 }
 
 fn parse_kernels(file: &str, src: &str) -> Result<Vec<Kernel>, String> {
@@ -97,6 +140,11 @@ fn parse_kernels(file: &str, src: &str) -> Result<Vec<Kernel>, String> {
         let line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
         if text[line_start..start].trim() == "#define" {
             continue;
+        }
+        if !file.ends_with(".cu") {
+            return Err(format!(
+                "{file}: a CADA_KERNEL in a header: kernels live in kernels/*.cu, one module each"
+            ));
         }
         let mut rest = text[from..].trim_start();
         rest = rest
@@ -113,6 +161,14 @@ fn parse_kernels(file: &str, src: &str) -> Result<Vec<Kernel>, String> {
             .find('(')
             .ok_or_else(|| format!("{file}: a CADA_KERNEL without a parameter list"))?;
         let full_name = rest[..open].trim().to_string();
+        // a kernel under #if may or may not be compiled: its launcher and its entry in
+        // names_in would then fail only at Cuda::new on a GPU
+        if conditional_depth(&text, start) != 0 {
+            return Err(format!(
+                "{file}: kernel `{full_name}` is inside an #if/#ifdef block: the launcher \
+                 generator cannot tell whether nvcc compiles it"
+            ));
+        }
         let close = rest[open..]
             .find(')')
             .ok_or_else(|| format!("{file}: kernel `{full_name}`: unclosed parameter list"))?;
@@ -186,21 +242,32 @@ fn parse_structs(file: &str, src: &str) -> Result<BTreeMap<String, Vec<(String, 
 /// `#define NAME 123` at the start of a line (a trailing comment allowed): the launch geometry
 /// the kernels are written for (threads per block, rows per block, enum values), exported so
 /// the Rust side uses the kernels' numbers instead of a copy of them.
-fn parse_defines(src: &str) -> Vec<(String, i64)> {
-    clean(src)
+fn parse_defines(file: &str, src: &str) -> Result<Vec<(String, i64)>, String> {
+    let mut out = Vec::new();
+    for d in clean(src)
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("#define "))
-        .filter_map(|d| {
-            let mut words = d.split_whitespace();
-            let (name, value) = (words.next()?, words.next()?);
-            let value = value.parse::<i64>().ok()?;
-            (words.next().is_none()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-            .then(|| (name.to_string(), value))
-        })
-        .collect()
+    {
+        let mut words = d.split_whitespace();
+        let (Some(name), Some(text)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(value) = text.parse::<i64>() else {
+            continue;
+        };
+        if text.len() > 1 && text.starts_with('0') {
+            return Err(format!(
+                "{file}: `#define {name} {text}` is octal in C; write it in decimal"
+            ));
+        }
+        let is_name = name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if words.next().is_none() && is_name {
+            out.push((name.to_string(), value));
+        }
+    }
+    Ok(out)
 }
 
 /// The Rust type of a scalar (struct field or by-value parameter).
@@ -267,7 +334,7 @@ pub fn generate(sources: &[(String, String)]) -> Result<String, String> {
     let mut defines: BTreeMap<String, (String, i64)> = BTreeMap::new();
     for (file, src) in sources {
         kernels.extend(parse_kernels(file, src)?);
-        for (name, value) in parse_defines(src) {
+        for (name, value) in parse_defines(file, src)? {
             match defines.get(&name) {
                 Some((first, v)) if *v != value => {
                     return Err(format!(
@@ -372,7 +439,7 @@ pub fn generate(sources: &[(String, String)]) -> Result<String, String> {
         writeln!(out, "        {module:?} => &[{}],", quoted.join(", ")).unwrap();
     }
     out.push_str("        _ => &[],\n    }\n}\n\n");
-    const RESERVED: [&str; 6] = ["cuda", "variant", "cfg", "name", "stream", "builder"];
+    const RESERVED: [&str; 7] = ["cuda", "variant", "cfg", "name", "stream", "builder", "f"];
     for k in &kernels {
         if let Some(p) = k
             .params

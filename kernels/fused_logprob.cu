@@ -3,7 +3,8 @@
 // the chunk into per-row running statistics (online log-sum-exp): m (max), s0 = Σ e^(z−m),
 // s1 = Σ e^(z−m)·(z−m) and the target's logit. s1 is taken about the max so the entropy,
 // log s0 − s1/s0, never subtracts two numbers near lse (as lse − E[z] would, losing
-// ~|lse|·2^-24 on a peaked row). Same arithmetic as src/backend/cpu/fused_logprob.rs.
+// ~|lse|·2^-24 on a peaked row). The formulas of src/backend/cpu/fused_logprob.rs (nvcc may
+// fuse z·(1/T) − m into one FMA, so the max element's d can be ±½ ulp instead of 0).
 // Nothing of size n × vocab is ever allocated.
 // Rows go on grid.x (limit 2^31−1), never on grid.y/z (limit 65535).
 #include "common.cuh"
@@ -35,7 +36,7 @@ CADA_KERNEL void logprob_chunk_update(const float* z, int c, int c0, const unsig
         const float d = zr[j] * inv_t - nm;
         const float e = expf(d);
         a0 += e;
-        a1 += e * d;
+        if (e > 0.f) a1 += e * d;  // a −inf logit adds nothing (not 0·(−inf) = NaN)
     }
     a0 = block_sum(a0, scratch);
     a1 = block_sum(a1, scratch);

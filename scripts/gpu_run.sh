@@ -113,7 +113,7 @@ budget=${CADA_GPU_BUDGET_S:-480}
 pack() { tar czf "$OUT/results-$tag.tgz" -C "$work" . 2>/dev/null; }
 step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is recorded, the run goes on
     local name=$1 limit=$2; shift 2
-    local left=$((budget - SECONDS - 15))  # 15 s for the last pack
+    local left=$((budget - SECONDS - 25))  # timeout's 10 s kill grace + 15 s for the last pack
     if (( left < 20 )); then
         echo "== $name SKIPPED: the call's budget (${budget}s) is spent" | tee -a "$OUT/summary.txt"
         status=1
@@ -124,7 +124,11 @@ step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is re
     local t0=$SECONDS
     timeout -k 10 "$limit" "$@" > "$work/$name.log" 2>&1
     local rc=$?
-    (( rc == 0 )) || { echo "   FAILED rc=$rc (see $name.log)" | tee -a "$OUT/summary.txt"; status=1; }
+    if (( rc == 124 || rc == 137 )); then
+        echo "   TIMED OUT after ${limit}s (see $name.log)" | tee -a "$OUT/summary.txt"; status=1
+    elif (( rc != 0 )); then
+        echo "   FAILED rc=$rc (see $name.log)" | tee -a "$OUT/summary.txt"; status=1
+    fi
     echo "   $((SECONDS - t0)) s" >> "$OUT/summary.txt"
     tail -4 "$work/$name.log" | tee -a "$OUT/summary.txt"
     pack

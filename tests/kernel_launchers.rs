@@ -215,3 +215,35 @@ fn the_module_kernel_lists_come_from_the_sources() {
         }
     }
 }
+
+#[test]
+fn kernels_it_cannot_place_are_errors_not_launch_failures() {
+    // under #if: nvcc may not compile it, and Cuda::new would fail to load it on a GPU
+    let e = one("#ifdef X\nCADA_KERNEL void k(float* x) {}\n#endif\n").unwrap_err();
+    assert!(e.contains("`k`") && e.contains("#if"), "{e}");
+    // a kernel after a closed block is fine
+    assert!(one("#ifndef X\n#define X 1\n#endif\nCADA_KERNEL void k(float* x) {}\n").is_ok());
+    // a kernel in a header belongs to no module
+    let h = (
+        "kernels/common.cuh".to_string(),
+        "CADA_KERNEL void k(float* x) {}".to_string(),
+    );
+    let e = launchers::generate(&[h]).unwrap_err();
+    assert!(
+        e.contains("kernels/common.cuh") && e.contains("header"),
+        "{e}"
+    );
+    // every instantiation on a line counts; one inside a longer name does not
+    let rust = one("#define M(HD) CADA_KERNEL void k_hd##HD(float* x) {}\nM(64) M(128)\nXM(32)\n")
+        .unwrap();
+    assert!(rust.contains("64 => \"k_hd64\"") && rust.contains("128 => \"k_hd128\""));
+    assert!(!rust.contains("k_hd32"));
+    // octal-looking values, and names the launcher uses itself
+    let e = one("#define ROWS 010\n").unwrap_err();
+    assert!(e.contains("octal"), "{e}");
+    let e = one("CADA_KERNEL void k(float* f) {}").unwrap_err();
+    assert!(e.contains("may not be called `f`"), "{e}");
+    // a `//` or `/*` inside a string literal is not a comment
+    let rust = one("const char* s = \"a /* b\";\nCADA_KERNEL void k(float* x) {}\n").unwrap();
+    assert!(rust.contains("pub(super) fn k("));
+}

@@ -374,9 +374,10 @@ fn fused_logprob_equals_full_softmax_and_is_never_positive() {
                 lp_ref[i]
             );
             // the entropy is taken about the row's max (log s0 − s1/s0): over 72 seeded cases
-            // the error stayed under 1e-5·|H| + 3e-6; lse − E[z] left up to 1e-4 at scale 100
+            // the error stayed under 1e-5·|H| + 3e-6 (the bound leaves ~4×); lse − E[z] left up
+            // to 1e-4 at scale 100
             assert!(
-                (ent[i] - ent_ref[i]).abs() < 1e-5 + 2e-5 * ent_ref[i].abs(),
+                (ent[i] - ent_ref[i]).abs() < 2e-5 + 4e-5 * ent_ref[i].abs(),
                 "entropy {} vs {}",
                 ent[i],
                 ent_ref[i]

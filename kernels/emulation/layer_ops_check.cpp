@@ -50,6 +50,22 @@ void check(const std::string& what, const std::vector<float>& got, const std::ve
     all_ok = all_ok && ok;
 }
 
+// Element by element: |got − want| ≤ abs + rel·|want| everywhere (a norm over many rows can
+// hide one row that is wrong by several times its own, small, value).
+void check_each(const std::string& what, const std::vector<float>& got,
+                const std::vector<double>& want, double abs, double rel) {
+    double worst = 0;  // the largest |got − want| / (abs + rel·|want|)
+    bool finite = true;
+    for (size_t i = 0; i < got.size(); ++i) {
+        finite = finite && std::isfinite(got[i]);
+        worst = std::max(worst, std::abs(got[i] - want[i]) / (abs + rel * std::abs(want[i])));
+    }
+    const bool ok = finite && worst <= 1.0 && got.size() == want.size();
+    std::printf("  %-46s each ≤ %.0e + %.0e·|ref|: worst at %.2f of it%s%s\n", what.c_str(), abs,
+                rel, worst, finite ? "" : ", non-finite values", ok ? "" : "  FAILED");
+    all_ok = all_ok && ok;
+}
+
 void expect(const std::string& what, bool ok) {
     std::printf("  %-46s %s\n", what.c_str(), ok ? "ok" : "FAILED");
     all_ok = all_ok && ok;
@@ -283,6 +299,35 @@ void convert(Rand& r, int64_t n) {
     }
 }
 
+// The rounding itself, against bit patterns written out by hand (the check above compares with
+// the emulation's own cvt.rn.bf16.f32 model; this pins that model down): ties to even both
+// ways, just above a tie, the largest finite f32 rounding to inf, denormals, signed zero.
+void convert_known_patterns() {
+    const std::pair<uint32_t, uint16_t> cases[] = {
+        {0x3f800000u, 0x3f80}, {0x3f808000u, 0x3f80}, {0x3f818000u, 0x3f82}, {0x3f808001u, 0x3f81},
+        {0xbf818000u, 0xbf82}, {0x7f7fffffu, 0x7f80}, {0xff7fffffu, 0xff80}, {0x7f800000u, 0x7f80},
+        {0xff800000u, 0xff80}, {0x00010000u, 0x0001}, {0x00008000u, 0x0000}, {0x00018000u, 0x0002},
+        {0x80000000u, 0x8000}, {0x3f7fffffu, 0x3f80}, {0x477fe000u, 0x4780}, {0x477f7fffu, 0x477f},
+    };
+    const size_t k = sizeof cases / sizeof cases[0];
+    for (int offset : {0, 1}) {  // float4 path and scalar path
+        std::vector<float> src(k + offset + 2, 0.f);
+        for (size_t i = 0; i < k; ++i) std::memcpy(&src[offset + i], &cases[i].first, 4);
+        std::vector<uint16_t> dst(src.size(), 0xdeadu);
+        emu::launch(dim3{1}, dim3{kBlock}, [&] {
+            f32_to_bf16(reinterpret_cast<__nv_bfloat16*>(dst.data()) + offset, src.data() + offset, (int64_t)k);
+        });
+        int wrong = 0;
+        for (size_t i = 0; i < k; ++i) {
+            if (dst[offset + i] != cases[i].second) {
+                ++wrong;
+                std::printf("    f32 %08x → bf16 %04x, want %04x\n", cases[i].first, dst[offset + i], cases[i].second);
+            }
+        }
+        expect(std::string("f32_to_bf16 hand-written patterns, ") + (offset ? "scalar" : "float4") + " path", wrong == 0);
+    }
+}
+
 void elementwise(Rand& r, int64_t n) {
     const std::string s = " [" + std::to_string(n) + "]";
     auto y = r.normal(n);
@@ -335,7 +380,8 @@ void elementwise(Rand& r, int64_t n) {
 // The fused log-prob head as head.rs drives it: state init, one chunk update per vocabulary
 // chunk (the GEMM here in f64, rounded to f32 as cuBLAS writes it), finish; then the backward's
 // in-place chunk gradient. Against an f64 log-softmax over the whole (f32) logit row.
-void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperature, float logit_scale) {
+void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperature, float logit_scale,
+                   bool with_neg_inf = false) {
     const auto h = r.normal((size_t)n * dim), w = r.normal((size_t)vocab * dim, logit_scale / std::sqrt((float)dim));
     std::vector<unsigned> targets(n);
     for (auto& t : targets) t = (unsigned)r.below(vocab);
@@ -347,6 +393,10 @@ void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperat
             for (int k = 0; k < dim; ++k) acc += (double)h[(size_t)i * dim + k] * w[(size_t)v * dim + k];
             z_full[(size_t)i * vocab + v] = (float)acc;
         }
+    // a −inf logit (a masked vocabulary entry) must add nothing, not NaN
+    if (with_neg_inf)
+        for (int i = 0; i < n; ++i)
+            if ((int)targets[i] != vocab / 2) z_full[(size_t)i * vocab + vocab / 2] = -INFINITY;
     const float inv_t = 1.f / temperature;
     std::vector<float> m(n, NAN), s0(n, NAN), s1(n, NAN), zt(n, NAN);
     emu::launch(grid_1d(n), dim3{kBlock}, [&] { logprob_state_init(m.data(), s0.data(), s1.data(), zt.data(), n); });
@@ -375,7 +425,7 @@ void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperat
         for (int v = 0; v < vocab; ++v) mx = std::max(mx, (double)zi[v] * inv_t);
         for (int v = 0; v < vocab; ++v) {
             const double x = (double)zi[v] * inv_t, e = std::exp(x - mx);
-            s += e, sz += e * x;
+            s += e, sz += e > 0 ? e * x : 0.0;
         }
         lser[i] = mx + std::log(s);
         lr[i] = (double)zi[targets[i]] * inv_t - lser[i];
@@ -389,6 +439,7 @@ void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperat
     check("logprob lse" + s, lse, lser, 1e-6);
     check("logprob logp" + s, logp, lr, 1e-5);
     check("logprob entropy" + s, ent, er, 1e-5);
+    check_each("logprob entropy, row by row" + s, ent, er, 1e-6, 1e-5);
     expect("logprob logp ≤ 0" + s, std::all_of(logp.begin(), logp.end(), [](float v) { return v <= 0.f; }));
 
     // backward: g = dlogp·(onehot − softmax(z/T))/T per chunk, in place on the logits
@@ -434,8 +485,9 @@ int main(int argc, char** argv) {
     swiglu(r, quick ? 1001 : 5003);
     adamw(r, quick ? 999 : 4097);
     convert(r, quick ? 1003 : 7001);
+    convert_known_patterns();
     elementwise(r, quick ? 1001 : 9001);
-    fused_logprob(r, 9, 24, quick ? 300 : 1000, 256, 0.7f, 4.f);
+    fused_logprob(r, 9, 24, quick ? 300 : 1000, 256, 0.7f, 4.f, /*with_neg_inf=*/true);
     if (!quick) fused_logprob(r, 7, 16, 700, 256, 1.f, 60.f);  // logits far from 0: the rescales
     std::printf(all_ok ? "layer kernels emulation: all checks passed\n"
                        : "layer kernels emulation: FAILED\n");

@@ -126,6 +126,24 @@ pub fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
 
+/// Element by element: |gpu − cpu| ≤ abs + rel·|cpu| everywhere, NaN never passing (a norm over
+/// many values can hide one small value that is wrong by several times itself).
+#[allow(dead_code)]
+pub fn check_each(what: &str, gpu: &[f32], cpu: &[f32], abs: f64, rel: f64) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    let mut worst = 0.0f64;
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let bound = abs + rel * (*c as f64).abs();
+        let d = (*g as f64 - *c as f64).abs();
+        assert!(
+            d <= bound,
+            "{what}: element {i}: gpu {g} vs cpu {c} (bound {bound:.1e})"
+        );
+        worst = worst.max(d / bound);
+    }
+    println!("  {what}: each ≤ {abs:.0e} + {rel:.0e}·|cpu|, worst at {worst:.2} of it");
+}
+
 /// Uniform values in ±`scale` (never zeros: zeros hide unwritten outputs).
 pub fn randv(r: &mut rand_chacha::ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     use rand::Rng;

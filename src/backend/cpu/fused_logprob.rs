@@ -68,7 +68,10 @@ pub fn fused_logprob_forward(
                         let d = x - nm;
                         let e = d.exp();
                         a0 += e;
-                        a1 += e * d;
+                        // e = 0 for a −inf logit, whose d is −inf: it adds nothing (not NaN)
+                        if e > 0.0 {
+                            a1 += e * d;
+                        }
                     }
                     if m[r] == f32::NEG_INFINITY {
                         (s0[r], s1[r]) = (a0, a1);

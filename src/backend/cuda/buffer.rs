@@ -7,9 +7,10 @@
 //! call (a 135M-parameter model: ~0.8 GB per decode step, 3× the GEMMs' own bf16 reads). The
 //! copy is made on first use as a GEMM weight and lives until the buffer is next written.
 //!
-//! Why it can never go stale: the f32 values are reachable mutably only through `DerefMut`,
-//! and `DerefMut` drops the copy first. Every op that writes a buffer (the optimiser's update,
-//! `copy`, `fill`, a kernel's output) takes `&mut CudaBuf`, so it goes through `DerefMut`.
+//! Why it can never go stale: the f32 values are reachable mutably only through `DerefMut` and
+//! `DevicePtrMut`, and both drop the copy first. Every op that writes a buffer (the optimiser's
+//! update, `copy`, `fill`, a kernel's output: the generated launchers take a kernel's `float*`
+//! as `&mut impl DevicePtrMut<f32>`) takes `&mut CudaBuf`, so it goes through one of them.
 //! Reads go through `Deref` and keep it. The cost is 2 bytes per weight parameter while the
 //! copy lives (f32 master weights + bf16 working weights, the usual mixed-precision layout);
 //! frozen weights (the reference model) keep theirs for good.
@@ -26,8 +27,7 @@
 //! and the δ of either attention backward (`attention_backward_delta_bf16`).
 
 use cudarc::driver::{
-    sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchArgs, PushKernelArg,
-    SyncOnDrop,
+    sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop,
 };
 use half::bf16;
 use std::ops::{Deref, DerefMut};
@@ -109,24 +109,6 @@ impl DerefMut for CudaBuf {
         debug_assert!(self.narrowed.is_none(), "write to a narrowed buffer");
         self.bf16.take();
         &mut self.data
-    }
-}
-
-// Kernel arguments: cudarc's documented extension point. A buffer passed mutably goes through
-// `DerefMut`, so a kernel that may write it drops its bf16 copy.
-// SAFETY: both forward to cudarc's own impls for `CudaSlice<f32>` (same pointer, same event
-// bookkeeping).
-unsafe impl<'a, 'b: 'a> PushKernelArg<&'b CudaBuf> for LaunchArgs<'a> {
-    #[inline(always)]
-    fn arg(&mut self, arg: &'b CudaBuf) -> &mut Self {
-        self.arg(&arg.data)
-    }
-}
-unsafe impl<'a, 'b: 'a> PushKernelArg<&'b mut CudaBuf> for LaunchArgs<'a> {
-    #[inline(always)]
-    fn arg(&mut self, arg: &'b mut CudaBuf) -> &mut Self {
-        let data: &'b mut CudaSlice<f32> = arg;
-        self.arg(data)
     }
 }
 

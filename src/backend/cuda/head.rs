@@ -151,7 +151,8 @@ impl Cuda {
                 copy,
                 offset: c0 * dim,
             });
-            // recompute the chunk's logits, turn them into d(loss)/d(logits) in place
+            // recompute the chunk's logits, turn them into d(loss)/d(logits): in place in f32,
+            // or written to g16 in the bf16 mode
             self.gemm_pre(
                 false,
                 true,

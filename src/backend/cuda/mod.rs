@@ -202,8 +202,8 @@ impl Cuda {
             let names = kernel_names(module.name);
             ensure!(
                 !names.is_empty(),
-                "cuda backend: kernels/{}.cu is compiled in but kernel_names() lists none of \
-                 its kernels",
+                "cuda backend: kernels/{}.cu is compiled in but build.rs found no CADA_KERNEL \
+                 in it",
                 module.name
             );
             for &name in names {
