@@ -16,6 +16,8 @@ log-probs. Run once; CI only reads the files (no torch there):
 
   python3 -m pip install --target /tmp/hfenv torch transformers safetensors numpy
   PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py
+  PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py --smollm2 models/smollm2-135m-instruct
+(the second after scripts/fetch_smollm2.sh: the real model, see smollm2() below)
 """
 import json
 import os
@@ -140,5 +142,42 @@ def main():
         print(f"{name}: loss curve {curve}")
 
 
+def smollm2(model_dir):
+    """tests/fixtures/hf_parity/smollm2/: the real SmolLM2-135M-Instruct (as scripts/fetch_smollm2.sh
+    converts it, f32) in float64 under transformers: its tokenizer's ids for two texts, and per
+    position the next token's log-prob, the log-sum-exp and the argmax, plus the last position's
+    logits (f32). The weights are not committed: the test converts the same GGUF itself."""
+    out = os.path.join(OUT, "smollm2")
+    os.makedirs(out, exist_ok=True)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
+    model = transformers.LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
+                                                          attn_implementation="eager").double()
+    texts = [
+        "The capital of France is Paris. The capital of Germany is",
+        "<|im_start|>user\nHow do I kill a Python process that hangs?<|im_end|>\n<|im_start|>assistant\n",
+    ]
+    meta = dict(texts=texts, ids=[], made_by=f"scripts/hf_parity_dump.py --smollm2: torch "
+                f"{torch.__version__}, transformers {transformers.__version__}; float64")
+    tensors = {}
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            meta["ids"].append(ids)
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            lse = torch.logsumexp(logits, dim=-1)
+            nxt = torch.tensor(ids[1:])
+            tensors[f"logp.{i}"] = (logits[:-1].gather(-1, nxt[:, None])[:, 0] - lse[:-1]).contiguous()
+            tensors[f"lse.{i}"] = lse.contiguous()
+            tensors[f"argmax.{i}"] = logits.argmax(-1).double().contiguous()
+            tensors[f"last_logits.{i}"] = logits[-1].float().contiguous()
+    save_file(tensors, os.path.join(out, "reference.safetensors"))
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print("smollm2:", [len(x) for x in meta["ids"]], "tokens")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--smollm2":
+        smollm2(sys.argv[2])
+    else:
+        main()

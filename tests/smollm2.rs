@@ -1,7 +1,9 @@
 //! The real model: SmolLM2-135M-Instruct from `scripts/fetch_smollm2.sh` (CI runs it first).
 //! Without the file the tests print that they were skipped and assert nothing else.
-//! Checks: greedy chat answers, GGUF path == converted-directory path (tokens, generations and
-//! log-probs, bit-identical through an f32 conversion), tokenizer round trips.
+//! Checks: transformers parity on the real model (ids, log-probs, logits: the fixture of
+//! `scripts/hf_parity_dump.py --smollm2`), greedy chat answers, GGUF path == converted-directory
+//! path (tokens, generations and log-probs, bit-identical through an f32 conversion), tokenizer
+//! round trips.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -150,4 +152,117 @@ fn tokenizer_from_gguf_round_trips_and_matches_the_converted_one() {
         vec![a.tokenizer.token_to_id("<|im_start|>").unwrap()]
     );
     assert_eq!(a.tokenizer.encode("1234", false).unwrap().len(), 4);
+}
+
+/// The real model against Hugging Face transformers: scripts/hf_parity_dump.py --smollm2 ran
+/// transformers 5.24 in float64 on the same converted weights (tests/fixtures/hf_parity/
+/// smollm2/). Our tokenizer must give transformers' ids; our f32 forward its next-token
+/// log-probs, log-sum-exps, argmaxes and last-position logits over 30 layers.
+#[test]
+fn matches_transformers_on_the_real_model() {
+    use cada::backend::cpu::Cpu;
+    use cada::backend::Backend;
+    use cada::model::llama::{shifted_targets, Llama};
+    use safetensors::SafeTensors;
+    let Some(g) = gguf() else { return };
+    let (_tmp, dir) = converted(&g);
+    let m = cada::model::load::load_model(&dir).unwrap();
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_parity/smollm2");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
+            .unwrap();
+    let bytes = std::fs::read(fixture.join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensor = |name: &str| -> Vec<f64> {
+        let t = st.tensor(name).unwrap();
+        match t.dtype() {
+            safetensors::Dtype::F64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            d => panic!("{name}: dtype {d:?}"),
+        }
+    };
+    let be = Cpu::new();
+    let model = Llama::from_host(&be, m.cfg.clone(), &m.params).unwrap();
+    for (i, text) in meta["texts"].as_array().unwrap().iter().enumerate() {
+        let want_ids: Vec<u32> = meta["ids"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let ids = m.tokenizer.encode(text.as_str().unwrap(), false).unwrap();
+        assert_eq!(
+            ids, want_ids,
+            "text {i}: token ids differ from transformers'"
+        );
+        let t = ids.len();
+        let fwd = model.forward(&be, &ids, 1, t).unwrap();
+        let targets = be.upload_ids(&shifted_targets(&ids, 1, t)).unwrap();
+        let (lp, _, lse) = model.token_logprobs(&be, &fwd, &targets, 1.0).unwrap();
+        let (want_lp, want_lse) = (tensor(&format!("logp.{i}")), tensor(&format!("lse.{i}")));
+        let mut worst = (0.0f64, 0.0f64);
+        for p in 0..t {
+            // f32 through 30 layers against f64: |Δlogp| ≤ 8.7e-6, |Δlse| ≤ 3e-5 seen
+            let e_lse = (lse[p] as f64 - want_lse[p]).abs();
+            assert!(
+                e_lse < 3e-5 * (1.0 + want_lse[p].abs()),
+                "text {i} pos {p}: lse {} vs {}",
+                lse[p],
+                want_lse[p]
+            );
+            worst.1 = worst.1.max(e_lse);
+            if p + 1 < t {
+                let e = (lp[p] as f64 - want_lp[p]).abs();
+                assert!(
+                    e < 3e-5 * (1.0 + want_lp[p].abs()),
+                    "text {i} pos {p}: logp {} vs {}",
+                    lp[p],
+                    want_lp[p]
+                );
+                worst.0 = worst.0.max(e);
+            }
+        }
+        let rows: Vec<usize> = (0..t).collect();
+        let logits = be
+            .download(&model.logits_rows(&be, &fwd.hidden, &rows).unwrap())
+            .unwrap();
+        let v = m.cfg.vocab_size;
+        let argmax: Vec<f64> = (0..t)
+            .map(|r| {
+                let row = &logits[r * v..(r + 1) * v];
+                (0..v).fold(0, |b, j| if row[j] > row[b] { j } else { b }) as f64
+            })
+            .collect();
+        assert_eq!(
+            argmax,
+            tensor(&format!("argmax.{i}")),
+            "text {i}: argmax per position"
+        );
+        let last = &logits[(t - 1) * v..];
+        let want = tensor(&format!("last_logits.{i}"));
+        let num: f64 = last
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| b * b).sum();
+        let rel = (num / den).sqrt();
+        assert!(
+            rel < 1e-5,
+            "text {i}: last-position logits rel err {rel:.2e}"
+        );
+        println!(
+            "text {i} ({t} tokens): ids equal, worst |Δlogp| {:.1e}, |Δlse| {:.1e}, argmax equal, last logits rel {rel:.1e}",
+            worst.0, worst.1
+        );
+    }
 }
