@@ -146,7 +146,8 @@ def smollm2(model_dir):
     """tests/fixtures/hf_parity/smollm2/: the real SmolLM2-135M-Instruct (as scripts/fetch_smollm2.sh
     converts it, f32) in float64 under transformers: its tokenizer's ids for two texts, and per
     position the next token's log-prob, the log-sum-exp and the argmax, plus the last position's
-    logits (f32). The weights are not committed: the test converts the same GGUF itself."""
+    logits (f32); and two conversations rendered by its chat template. The weights are not
+    committed: the test converts the same GGUF itself."""
     out = os.path.join(OUT, "smollm2")
     os.makedirs(out, exist_ok=True)
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
@@ -171,6 +172,16 @@ def smollm2(model_dir):
             tensors[f"argmax.{i}"] = logits.argmax(-1).double().contiguous()
             tensors[f"last_logits.{i}"] = logits[-1].float().contiguous()
     save_file(tensors, os.path.join(out, "reference.safetensors"))
+    # the chat template as transformers (jinja2) renders it; cada renders it with minijinja
+    chat_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    conversations = [
+        [{"role": "user", "content": "How do I kill a Python process?"}],
+        [{"role": "system", "content": "You are careful."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello! How can I help?"},
+         {"role": "user", "content": "Tell me a joke."}],
+    ]
+    meta["chat"] = [dict(messages=c, rendered=chat_tok.apply_chat_template(
+        c, tokenize=False, add_generation_prompt=True)) for c in conversations]
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print("smollm2:", [len(x) for x in meta["ids"]], "tokens")

@@ -156,8 +156,9 @@ fn tokenizer_from_gguf_round_trips_and_matches_the_converted_one() {
 
 /// The real model against Hugging Face transformers: scripts/hf_parity_dump.py --smollm2 ran
 /// transformers 5.24 in float64 on the same converted weights (tests/fixtures/hf_parity/
-/// smollm2/). Our tokenizer must give transformers' ids; our f32 forward its next-token
-/// log-probs, log-sum-exps, argmaxes and last-position logits over 30 layers.
+/// smollm2/). Our chat template must render transformers' text, our tokenizer give its ids, our
+/// f32 forward its next-token log-probs, log-sum-exps, argmaxes and last-position logits over
+/// 30 layers.
 #[test]
 fn matches_transformers_on_the_real_model() {
     use cada::backend::cpu::Cpu;
@@ -190,6 +191,22 @@ fn matches_transformers_on_the_real_model() {
             d => panic!("{name}: dtype {d:?}"),
         }
     };
+    // the chat template: minijinja here, jinja2 in transformers
+    for (k, conv) in meta["chat"].as_array().unwrap().iter().enumerate() {
+        let messages: Vec<cada::model::chat::Message> = conv["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                cada::model::chat::Message::new(
+                    x["role"].as_str().unwrap(),
+                    x["content"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let ours = m.chat.render(&messages, true).unwrap();
+        assert_eq!(ours, conv["rendered"].as_str().unwrap(), "conversation {k}");
+    }
     let be = Cpu::new();
     let model = Llama::from_host(&be, m.cfg.clone(), &m.params).unwrap();
     for (i, text) in meta["texts"].as_array().unwrap().iter().enumerate() {
