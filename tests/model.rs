@@ -329,3 +329,54 @@ fn config_parsing_reads_transformers_5_rope_parameters() {
         "{e}"
     );
 }
+
+/// A tensor the config does not account for (here an `o_proj` bias, as a Llama with
+/// `attention_bias: true` or a converted checkpoint of another architecture would hold) is an
+/// error naming the file and the tensor, never silently dropped; a tied head saved beside the
+/// embedding is fine.
+#[test]
+fn tensors_the_config_does_not_use_are_refused() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_model_dir(dir.path(), true, true);
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rewrite = |extra: &[(&str, Vec<usize>)]| {
+        let extra_data: Vec<Vec<u8>> = extra
+            .iter()
+            .map(|(_, shape)| vec![0u8; shape.iter().product::<usize>() * 4])
+            .collect();
+        let mut views: Vec<(String, TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    n,
+                    TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+                )
+            })
+            .collect();
+        for ((name, shape), data) in extra.iter().zip(&extra_data) {
+            views.push((
+                name.to_string(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            ));
+        }
+        std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    };
+    let d = cfg.hidden_size;
+    rewrite(&[("model.layers.0.self_attn.o_proj.bias", vec![d])]);
+    let e = cada::model::load::load_model(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("o_proj.bias") && e.contains("silently"),
+        "{e}"
+    );
+    // tied head saved anyway: ignored
+    rewrite(&[("lm_head.weight", vec![cfg.vocab_size, d])]);
+    cada::model::load::load_model(dir.path()).unwrap();
+}

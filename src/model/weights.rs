@@ -169,11 +169,39 @@ pub trait TensorSource {
     /// Shape and f32 data of `name`; errors name the source file.
     fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
     fn describe(&self) -> String;
+    /// Every tensor name the source holds (to find the ones a config would silently ignore).
+    fn names(&self) -> Vec<String>;
+}
+
+/// Tensors a checkpoint may hold that the model legitimately does not read: a tied head saved
+/// beside the embedding, and RoPE's inverse frequencies saved as a buffer (older transformers).
+fn ignorable(cfg: &LlamaConfig, name: &str) -> bool {
+    (cfg.tie_word_embeddings && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq")
 }
 
 /// Loads every parameter of `cfg` from `src`, checking names and shapes.
 pub fn load_params(cfg: &LlamaConfig, src: &dyn TensorSource) -> Result<Params<Vec<f32>>> {
-    Params::spec(cfg).try_map(|s| {
+    // A tensor the config does not account for (o_proj or MLP biases, another architecture's
+    // weights) would be dropped and the model would compute something else: refuse it.
+    let spec = Params::spec(cfg);
+    let wanted: std::collections::BTreeSet<&str> =
+        spec.tensors().iter().map(|s| s.name.as_str()).collect();
+    let extra: Vec<String> = src
+        .names()
+        .into_iter()
+        .filter(|n| !wanted.contains(n.as_str()) && !ignorable(cfg, n))
+        .collect();
+    if let Some(first) = extra.first() {
+        bail!(
+            "{}: {} tensor(s) that a {} with this config.json does not use, e.g. `{first}`; \
+             loading would silently drop them (a bias the config does not declare, such as \
+             attention_bias or mlp_bias, or weights of another architecture)",
+            src.describe(),
+            extra.len(),
+            cfg.architecture
+        );
+    }
+    spec.try_map(|s| {
         let (shape, data) = src.get(&s.name)?.with_context(|| {
             format!(
                 "{}: missing tensor `{}` (expected shape {:?})",
@@ -319,6 +347,9 @@ impl TensorSource for SafetensorsDir {
             fs => format!("{} (+{} shards)", fs[0].0.display(), fs.len() - 1),
         }
     }
+    fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
 }
 
 /// Tensors already in memory (a GGUF file dequantised, a checkpoint).
@@ -333,6 +364,9 @@ impl TensorSource for InMemoryTensors {
     }
     fn describe(&self) -> String {
         self.source.clone()
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
     }
 }
 
