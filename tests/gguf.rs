@@ -380,3 +380,41 @@ fn bad_files_are_clear_errors() {
     b.extend(gstr(&[0xff, 0xfe, 0x41]));
     expect_err(&b, "not valid UTF-8");
 }
+
+/// A GGUF tensor the converter does not map is an error naming the file and the tensor, not
+/// silently dropped; Llama 3.1's `rope_freqs.weight` (RoPE scaling baked into a tensor) gets
+/// its own explanation.
+#[test]
+fn unmapped_tensors_are_refused_not_dropped() {
+    let f32_bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+            .collect()
+    };
+    let model = |extra: &str| {
+        let mut w = Writer::new(3);
+        w.kv_str("general.architecture", "llama");
+        w.kv_u32("llama.embedding_length", 8);
+        w.kv_u32("llama.block_count", 0);
+        w.kv_u32("llama.attention.head_count", 2);
+        w.kv_u32("llama.feed_forward_length", 16);
+        w.tensor("token_embd.weight", &[8, 4], GgmlType::F32, f32_bytes(32));
+        w.tensor("output_norm.weight", &[8], GgmlType::F32, f32_bytes(8));
+        w.tensor(extra, &[8], GgmlType::F32, f32_bytes(8));
+        w.bytes()
+    };
+    for (extra, needle) in [
+        ("output.bias", "silently drop"),
+        ("rope_freqs.weight", "rope_freqs.weight"),
+    ] {
+        let (_d, p) = write(&model(extra));
+        let e = match cada::model::convert::gguf_to_hf(&p) {
+            Ok(_) => panic!("{extra}: converted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains("t.gguf") && e.contains(extra) && e.contains(needle),
+            "{e}"
+        );
+    }
+}

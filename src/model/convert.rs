@@ -289,6 +289,29 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
             }
         }
     }
+    // Every tensor of the file must map to one the model reads: one left over (an output bias,
+    // Llama 3.1's RoPE factors) would be dropped and the model would compute something else.
+    let mapped: std::collections::BTreeSet<&str> = names.iter().map(|n| n.0.as_str()).collect();
+    let unmapped: Vec<&str> = g
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !mapped.contains(n))
+        .collect();
+    if unmapped.contains(&"rope_freqs.weight") {
+        bail!(
+            "{src}: tensor `rope_freqs.weight` holds per-frequency RoPE factors (Llama 3.1+ rope \
+             scaling baked in by llama.cpp), which this converter does not apply; convert the \
+             Hugging Face safetensors instead (their config.json carries rope_scaling)"
+        );
+    }
+    if let Some(first) = unmapped.first() {
+        bail!(
+            "{src}: {} tensor(s) this converter does not map for `{a}`, e.g. `{first}`; \
+             converting would silently drop them",
+            unmapped.len()
+        );
+    }
     let mut tensors = Vec::with_capacity(names.len());
     for (gname, hname, perm) in names {
         let info = g
