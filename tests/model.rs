@@ -380,3 +380,52 @@ fn tensors_the_config_does_not_use_are_refused() {
     rewrite(&[("lm_head.weight", vec![cfg.vocab_size, d])]);
     cada::model::load::load_model(dir.path()).unwrap();
 }
+
+/// Config fields the forward does not implement are errors naming the field, not ignored.
+#[test]
+fn config_features_the_forward_lacks_are_refused() {
+    use cada::model::config::LlamaConfig;
+    let base = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu"
+    });
+    LlamaConfig::from_json(&base, "config.json").unwrap();
+    for (field, value, arch, needle) in [
+        (
+            "hidden_act",
+            serde_json::json!("gelu"),
+            "LlamaForCausalLM",
+            "hidden_act",
+        ),
+        (
+            "use_sliding_window",
+            serde_json::json!(true),
+            "Qwen2ForCausalLM",
+            "use_sliding_window",
+        ),
+        (
+            "sliding_window",
+            serde_json::json!(4096),
+            "MistralForCausalLM",
+            "sliding_window",
+        ),
+    ] {
+        let mut c = base.clone();
+        c["architectures"] = serde_json::json!([arch]);
+        c[field] = value;
+        let e = LlamaConfig::from_json(&c, "m/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m/config.json") && e.contains(needle), "{e}");
+    }
+    // what the released configs say is accepted
+    let mut q = base.clone();
+    q["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    q["use_sliding_window"] = serde_json::json!(false);
+    q["sliding_window"] = serde_json::json!(32768);
+    LlamaConfig::from_json(&q, "config.json").unwrap();
+    let mut m = base.clone();
+    m["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    m["sliding_window"] = serde_json::Value::Null;
+    LlamaConfig::from_json(&m, "config.json").unwrap();
+}

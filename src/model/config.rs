@@ -212,6 +212,23 @@ impl LlamaConfig {
             bail!("{file}: field `head_dim` = {head_dim} must be even for rotary embeddings");
         }
         let (rope_theta, rope_scaling) = rope_settings(v, file)?;
+        // what the forward does not implement must not be ignored: it would compute another model
+        if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
+            if act != "silu" {
+                bail!("{file}: field `hidden_act` = \"{act}\" is not supported (supported: silu)");
+            }
+        }
+        if v.get("use_sliding_window").and_then(|b| b.as_bool()) == Some(true) {
+            bail!("{file}: field `use_sliding_window` = true: sliding-window attention is not supported");
+        }
+        if architecture == "MistralForCausalLM" {
+            if let Some(w) = v.get("sliding_window").filter(|w| !w.is_null()) {
+                bail!(
+                    "{file}: field `sliding_window` = {w}: sliding-window attention is not \
+                     supported (Mistral releases with `sliding_window: null` are)"
+                );
+            }
+        }
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
         let attention_bias = v
             .get("attention_bias")
