@@ -65,59 +65,48 @@ fn get_f64_or(v: &Value, field: &str, default: f64, file: &str) -> Result<f64> {
 /// and the scaling fields. Both are read; a file holding both must agree, since a model whose
 /// base silently fell back to 10000 would give wrong logits, not an error.
 fn rope_settings(v: &Value, file: &str) -> Result<(f64, Option<Llama3RopeScaling>)> {
-    let top_theta = get_f64_or(v, "rope_theta", f64::NAN, file)?;
-    let top_scaling = match v.get("rope_scaling") {
-        None | Some(Value::Null) => None,
-        Some(rs) => Some(("rope_scaling", rs)),
-    };
-    let params = match v.get("rope_parameters") {
-        None | Some(Value::Null) => None,
-        Some(p) if p.is_object() => Some(p),
-        Some(p) => bail!("{file}: field `rope_parameters` must be an object, got {p}"),
-    };
-    if let Some(p) = params {
+    let params = match v.get("rope_parameters").filter(|p| !p.is_null()) {
+        Some(p) if !p.is_object() => {
+            bail!("{file}: field `rope_parameters` must be an object, got {p}")
+        }
         // per-layer-type parameters (e.g. {"full_attention": {…}, "sliding_attention": {…}})
         // belong to architectures this loader does not run
-        if p.get("rope_type").is_none() && p.get("rope_theta").is_none() {
-            bail!(
-                "{file}: field `rope_parameters` has neither `rope_type` nor `rope_theta` \
-                 (per-layer-type RoPE is not supported)"
-            );
-        }
+        Some(p) if p.get("rope_type").is_none() && p.get("rope_theta").is_none() => bail!(
+            "{file}: field `rope_parameters` has neither `rope_type` nor `rope_theta` \
+             (per-layer-type RoPE is not supported)"
+        ),
+        p => p,
+    };
+    // NaN stands for "absent" (both are numbers when present)
+    let top = get_f64_or(v, "rope_theta", f64::NAN, file)?;
+    let inner = match params {
+        Some(p) => get_f64_or(p, "rope_theta", f64::NAN, file)
+            .with_context(|| format!("{file}: in `rope_parameters`"))?,
+        None => f64::NAN,
+    };
+    if !inner.is_nan() && !top.is_nan() && inner != top {
+        bail!("{file}: `rope_parameters.rope_theta` = {inner} but `rope_theta` = {top}");
     }
-    let theta = match params {
-        Some(p) => {
-            let t = get_f64_or(p, "rope_theta", f64::NAN, file)
-                .with_context(|| format!("{file}: in `rope_parameters`"))?;
-            if !t.is_nan() && !top_theta.is_nan() && t != top_theta {
-                bail!("{file}: `rope_parameters.rope_theta` = {t} but `rope_theta` = {top_theta}");
-            }
-            if t.is_nan() {
-                top_theta
-            } else {
-                t
-            }
+    let theta = [inner, top, 10000.0]
+        .into_iter()
+        .find(|t| !t.is_nan())
+        .expect("10000 is a number");
+    let from_params = params
+        .map(|p| parse_rope_scaling(p, "rope_parameters", file))
+        .transpose()?;
+    let from_top = v
+        .get("rope_scaling")
+        .filter(|rs| !rs.is_null())
+        .map(|rs| parse_rope_scaling(rs, "rope_scaling", file))
+        .transpose()?;
+    let scaling = match (from_params, from_top) {
+        (Some(a), Some(b)) if a != b => {
+            bail!("{file}: `rope_parameters` and `rope_scaling` describe different scalings")
         }
-        None => top_theta,
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => None,
     };
-    let theta = if theta.is_nan() { 10000.0 } else { theta };
-    let scaling_src = match (params, top_scaling) {
-        (Some(p), Some((_, rs))) => {
-            let a = parse_rope_scaling(p, "rope_parameters", file)?;
-            let b = parse_rope_scaling(rs, "rope_scaling", file)?;
-            if a != b {
-                bail!("{file}: `rope_parameters` and `rope_scaling` describe different scalings");
-            }
-            return Ok((theta, a));
-        }
-        (Some(p), None) => ("rope_parameters", p),
-        (None, Some((name, rs))) => (name, rs),
-        (None, None) => return Ok((theta, None)),
-    };
-    Ok((
-        theta,
-        parse_rope_scaling(scaling_src.1, scaling_src.0, file)?,
-    ))
+    Ok((theta, scaling))
 }
 
 /// A `rope_scaling` / `rope_parameters` object: `llama3`, or none (`default`).
