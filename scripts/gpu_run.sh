@@ -185,6 +185,11 @@ bench)
             --prompts 1 --group 4 --prompt-len 3840 --new-tokens 256 --micro-batch-rows 4 \
             --records "$work/ours_train_$shape.json"
     done
+    # the same SmolLM2 rollout with every decode op launched one by one (no CUDA graph): what
+    # recording the decode step buys (not an ours_* file: the same ids as the recorded run)
+    step bench_step_rollout_launched_smollm2-135m 60 env CADA_CUDA_GRAPHS=0 "$cada" bench step \
+        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
+        --new-tokens 256 --micro-batch-rows 16 --records "$work/launched_rollout_smollm2-135m.json"
     ;;
 peers|peers_hf)
     "$cada" bench shapes --set full > "$work/shapes.json"

@@ -1,4 +1,5 @@
-//! Whole-model checks on the CPU reference: KV-cache decoding equals the full forward, the
+//! Whole-model checks on the CPU reference: KV-cache decoding (per step and through the
+//! recordable `Decoder`) equals the full forward, the
 //! whole model's backward equals finite differences, and a model directory written here loads.
 #![allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
 
@@ -6,7 +7,7 @@ mod common;
 
 use cada::backend::cpu::Cpu;
 use cada::backend::Backend;
-use cada::model::llama::{shifted_targets, Llama};
+use cada::model::llama::{shifted_targets, Decoder, Llama};
 use common::*;
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -27,10 +28,21 @@ fn kv_cache_decoding_matches_full_forward() {
             vec![vec![3, 5, 7, 11, 13], vec![17, 19], vec![23, 29, 31, 37]];
         let cont: Vec<Vec<u32>> =
             vec![vec![41, 43, 47, 53], vec![59, 2, 4, 6], vec![8, 10, 12, 14]];
+        // Through `decode_step` (buffers allocated per step) and through a `Decoder` (buffers
+        // reused every step, the recordable path): the same ops on the same values, so equal
+        // to the bit.
         let mut cache = model.new_kv_cache(&be, 3, 16).unwrap();
+        let mut decoder = Decoder::new(&be, &model, 3, 16).unwrap();
         let mut step_logits = vec![be
             .download(&model.prefill(&be, &mut cache, &prompts).unwrap())
             .unwrap()];
+        let prefilled = be
+            .download(&decoder.prefill(&be, &prompts).unwrap())
+            .unwrap();
+        assert_eq!(
+            prefilled, step_logits[0],
+            "bias={bias} tied={tied}: prefill"
+        );
         for s in 0..4 {
             let toks: Vec<u32> = cont.iter().map(|c| c[s]).collect();
             let pos: Vec<u32> = prompts.iter().map(|p| (p.len() + s) as u32).collect();
@@ -38,7 +50,16 @@ fn kv_cache_decoding_matches_full_forward() {
                 be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap())
                     .unwrap(),
             );
+            let reused = be
+                .download(decoder.step(&be, &toks, &pos).unwrap())
+                .unwrap();
+            assert_eq!(
+                reused,
+                step_logits[s + 1],
+                "bias={bias} tied={tied} step {s}"
+            );
         }
+        assert!(!decoder.is_recorded(), "the CPU records nothing");
         let v = cfg.vocab_size;
         for (b, (p, c)) in prompts.iter().zip(&cont).enumerate() {
             let full: Vec<u32> = p.iter().chain(c.iter()).copied().collect();

@@ -15,10 +15,13 @@ use common::check;
 use cada::backend::cpu::Cpu;
 use cada::backend::Backend;
 use cada::model::config::LlamaConfig;
-use cada::model::llama::{shifted_targets, Llama};
+use cada::model::llama::{shifted_targets, Decoder, Llama};
 use cada::model::weights::Params;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng as Rand;
+
+/// prompts and the tokens of each decode step
+type DecodeInputs = (Vec<Vec<u32>>, Vec<Vec<u32>>);
 
 /// values (log-probs, logits): f32 reassociation
 const VALUE_TOL: f64 = 1e-5;
@@ -122,42 +125,48 @@ fn decode_case_within<B: Backend>(gpu: &B, r: &mut Rand, tol: f64) {
     let cpu = Cpu::new();
     for cfg in configs() {
         let params = common::random_params(&cfg, r.gen());
-        let v = cfg.vocab_size as u32;
-        let prompts: Vec<Vec<u32>> = [5usize, 17, 1]
-            .iter()
-            .map(|&n| (0..n).map(|_| r.gen_range(0..v)).collect())
-            .collect();
-        let steps: Vec<Vec<u32>> = (0..4)
-            .map(|_| (0..prompts.len()).map(|_| r.gen_range(0..v)).collect())
-            .collect();
-        let g = decode_logits(gpu, &cfg, &params, &prompts, &steps);
-        let c = decode_logits(&cpu, &cfg, &params, &prompts, &steps);
+        let (prompts, steps) = decode_inputs(r, &cfg, 4);
+        let (g, _) = decode_logits(gpu, &cfg, &params, &prompts, &steps);
+        let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps);
         for (i, (gs, cs)) in g.iter().zip(&c).enumerate() {
             check(&format!("logits after {i} decode steps"), gs, cs, tol);
         }
     }
 }
 
-/// The prefill logits, then those of each decode step (one token per sequence).
+/// The prefill logits, then those of each decode step (one token per sequence), through a
+/// `Decoder`: from its second step on, a backend that records replays the step from a
+/// recording (a CUDA graph). The flag says whether it did.
 fn decode_logits<B: Backend>(
     be: &B,
     cfg: &LlamaConfig,
     params: &Params<Vec<f32>>,
     prompts: &[Vec<u32>],
     steps: &[Vec<u32>],
-) -> Vec<Vec<f32>> {
+) -> (Vec<Vec<f32>>, bool) {
     let model = Llama::from_host(be, cfg.clone(), params).unwrap();
-    let mut cache = model.new_kv_cache(be, prompts.len(), 32).unwrap();
-    let mut out = vec![be
-        .download(&model.prefill(be, &mut cache, prompts).unwrap())
-        .unwrap()];
+    let mut decoder = Decoder::new(be, &model, prompts.len(), 32).unwrap();
+    let mut out = vec![be.download(&decoder.prefill(be, prompts).unwrap()).unwrap()];
     let mut pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     for tokens in steps {
-        let l = model.decode_step(be, &mut cache, tokens, &pos).unwrap();
-        out.push(be.download(&l).unwrap());
+        let l = decoder.step(be, tokens, &pos).unwrap();
+        out.push(be.download(l).unwrap());
         pos.iter_mut().for_each(|p| *p += 1);
     }
-    out
+    (out, decoder.is_recorded())
+}
+
+/// Prompts of 5, 17 and 1 tokens and `n_steps` decode steps of random tokens.
+fn decode_inputs(r: &mut Rand, cfg: &LlamaConfig, n_steps: usize) -> DecodeInputs {
+    let v = cfg.vocab_size as u32;
+    let prompts: Vec<Vec<u32>> = [5usize, 17, 1]
+        .iter()
+        .map(|&n| (0..n).map(|_| r.gen_range(0..v)).collect())
+        .collect();
+    let steps = (0..n_steps)
+        .map(|_| (0..prompts.len()).map(|_| r.gen_range(0..v)).collect())
+        .collect();
+    (prompts, steps)
 }
 
 /// bf16 GEMMs through a training update: the log-probs before one AdamW step on every weight,
@@ -360,6 +369,92 @@ fn cuda_whole_model_mma_attention() {
     }
     #[cfg(not(feature = "cuda"))]
     println!("cuda_whole_model_mma_attention: skipped: no GPU (built without the `cuda` feature)");
+}
+
+/// Recorded decode steps (CUDA graphs, `Backend::record`) against the same steps launched op
+/// by op, on one handle with recording switched on and off: the same kernels on the same
+/// values. Bound 1e-6, not bit equality: cuBLAS may pick another algorithm inside a capture
+/// (the identity of the bits is printed). A replay that read a stale input (ids, positions)
+/// or wrote the wrong cache row would be off by O(1). Both also against the CPU. Then whole
+/// sampled generations (T 0.8, top-p 0.9, top-k 20) recorded and not: the same tokens. Once
+/// with f32 GEMMs, once with bf16 GEMMs, whose weight copies the unrecorded first step makes
+/// and the recording then reads.
+#[test]
+fn cuda_decode_recorded_matches_launched() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        use cada::train::generate::{generate, SamplingConfig};
+        let name = "cuda_decode_recorded_matches_launched";
+        if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
+            let cpu = Cpu::new();
+            for (precision, tol) in [
+                (GemmPrecision::F32, VALUE_TOL),
+                (GemmPrecision::Bf16, BF16_MODEL_TOL),
+            ] {
+                gpu.set_gemm_precision(precision).unwrap();
+                for cfg in configs() {
+                    let params = common::random_params(&cfg, rng.gen());
+                    let (prompts, steps) = decode_inputs(&mut rng, &cfg, 6);
+                    gpu.set_graphs(true);
+                    let (rec, recorded) = decode_logits(&gpu, &cfg, &params, &prompts, &steps);
+                    assert!(
+                        recorded,
+                        "{precision:?}: the decoder did not record (the capture was refused: \
+                         see the warning above)"
+                    );
+                    gpu.set_graphs(false);
+                    let (launched, again) = decode_logits(&gpu, &cfg, &params, &prompts, &steps);
+                    assert!(!again, "recording switched off, yet the decoder recorded");
+                    let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps);
+                    for (i, ((r, l), c)) in rec.iter().zip(&launched).zip(&c).enumerate() {
+                        check(
+                            &format!("{precision:?} step {i}: recorded vs launched"),
+                            r,
+                            l,
+                            1e-6,
+                        );
+                        check(
+                            &format!("{precision:?} step {i}: recorded vs CPU"),
+                            r,
+                            c,
+                            tol,
+                        );
+                    }
+                    println!(
+                        "  {precision:?}: recorded bit-identical to launched: {}",
+                        rec == launched
+                    );
+                    let sampling = SamplingConfig {
+                        temperature: 0.8,
+                        top_p: 0.9,
+                        top_k: 20,
+                        max_new_tokens: 9,
+                    };
+                    let model = Llama::from_host(&gpu, cfg.clone(), &params).unwrap();
+                    let seed: u64 = rng.gen();
+                    let mut tokens = Vec::new();
+                    for graphs in [true, false] {
+                        gpu.set_graphs(graphs);
+                        let mut r = <Rand as rand::SeedableRng>::seed_from_u64(seed);
+                        let g = generate(&gpu, &model, &prompts, &sampling, &[], &mut r, |_, _| {})
+                            .unwrap();
+                        tokens.push(g.tokens);
+                    }
+                    assert_eq!(
+                        tokens[0], tokens[1],
+                        "{precision:?}: recorded vs launched generation"
+                    );
+                }
+            }
+            gpu.set_graphs(true);
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_decode_recorded_matches_launched: skipped: no GPU (built without the `cuda` feature)"
+    );
 }
 
 gpu_test!(cuda_whole_model_logprobs_and_gradients, whole_model_case);

@@ -121,6 +121,9 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// u32 storage on the device (token ids, positions, lengths).
     type Ids: Send + Sync;
+    /// Device work recorded once by [`Backend::record`] and replayed by [`Backend::replay`]
+    /// (a CUDA graph). The CPU has none (`Infallible`).
+    type Recording;
 
     fn name(&self) -> String;
 
@@ -140,6 +143,9 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids>;
+    /// Overwrites `dst` (same length) with `ids` in place: the buffer keeps its address, which
+    /// a [`Backend::Recording`] that reads it depends on.
+    fn write_ids(&self, dst: &mut Self::Ids, ids: &[u32]) -> Result<()>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// `dst[dst_off..dst_off+len] = src[src_off..src_off+len]`
     fn copy(
@@ -474,6 +480,20 @@ pub trait Backend: Send + Sync {
         weight_decay: f32,
         step: u64,
     ) -> Result<()>;
+
+    // ---- recording ------------------------------------------------------------------
+    /// Runs `work` (a fixed sequence of ops) and, where the backend can, also records it for
+    /// [`Backend::replay`]. A recording holds the address of every buffer `work` touched and
+    /// every scalar it passed, so a replay repeats exactly that work on whatever those buffers
+    /// hold then: the caller keeps all of them alive and in place (inputs rewritten with
+    /// [`Backend::write_ids`] / [`Backend::copy`]), and drops the recording before any of them
+    /// is freed or a weight changes. Run `work` once unrecorded first, so that caches it fills
+    /// on first use (bf16 weight copies, scratch) already exist. `None`: nothing was recorded
+    /// (the CPU; CUDA with `CADA_CUDA_GRAPHS=0`, or when the driver refused the capture, which
+    /// it reports once on stderr); the work has run either way.
+    fn record(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>>;
+    /// Repeats a recorded `work` (see [`Backend::record`]).
+    fn replay(&self, recording: &Self::Recording) -> Result<()>;
 
     // ---- sampling ------------------------------------------------------------------
     /// `logits [batch, vocab]` → one token per row. `uniforms[b]` in [0,1) is the row's random

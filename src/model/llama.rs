@@ -7,8 +7,11 @@
 
 use super::config::LlamaConfig;
 use super::weights::{LayerParams, Params};
-use crate::backend::{AttnShape, Backend, DecodeShape};
+use crate::backend::{AttnShape, Backend};
 use anyhow::{ensure, Result};
+
+mod decode;
+pub use decode::{Decoder, KvCache};
 
 pub struct Llama<B: Backend> {
     pub cfg: LlamaConfig,
@@ -61,14 +64,6 @@ impl<B: Backend> Forward<B> {
 enum KeepKv {
     ForBackwardOnly,
     ForCache,
-}
-
-/// KV cache for batched decoding: per layer `[slots, capacity, kv_dim]`.
-pub struct KvCache<B: Backend> {
-    pub k: Vec<B::Buf>,
-    pub v: Vec<B::Buf>,
-    pub slots: usize,
-    pub capacity: usize,
 }
 
 impl<B: Backend> Llama<B> {
@@ -506,153 +501,6 @@ impl<B: Backend> Llama<B> {
             d,
             self.cfg.vocab_size,
         )?;
-        Ok(logits)
-    }
-
-    pub fn new_kv_cache(&self, be: &B, slots: usize, capacity: usize) -> Result<KvCache<B>> {
-        let size = slots * capacity * self.cfg.kv_dim();
-        let mut k = Vec::new();
-        let mut v = Vec::new();
-        for _ in 0..self.cfg.num_hidden_layers {
-            k.push(be.zeros(size)?);
-            v.push(be.zeros(size)?);
-        }
-        Ok(KvCache {
-            k,
-            v,
-            slots,
-            capacity,
-        })
-    }
-
-    /// Runs the prompts (right-padded into one batch) through the full forward, copies each
-    /// prompt's keys/values into its cache slot, and returns the logits of each prompt's last
-    /// token `[prompts, vocab]`.
-    pub fn prefill(&self, be: &B, cache: &mut KvCache<B>, prompts: &[Vec<u32>]) -> Result<B::Buf> {
-        ensure!(
-            prompts.len() <= cache.slots,
-            "prefill: {} prompts for {} cache slots",
-            prompts.len(),
-            cache.slots
-        );
-        ensure!(
-            prompts.iter().all(|p| !p.is_empty()),
-            "prefill: empty prompt"
-        );
-        let seq = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
-        ensure!(
-            seq <= cache.capacity,
-            "prompt of {seq} tokens does not fit the cache capacity {}",
-            cache.capacity
-        );
-        let mut ids = vec![0u32; prompts.len() * seq];
-        for (b, p) in prompts.iter().enumerate() {
-            ids[b * seq..b * seq + p.len()].copy_from_slice(p);
-        }
-        let fwd = self.forward_saving(be, &ids, prompts.len(), seq, KeepKv::ForCache)?;
-        let kvd = self.cfg.kv_dim();
-        for l in 0..self.cfg.num_hidden_layers {
-            let (k, v) = fwd.layer_kv(l);
-            for (b, p) in prompts.iter().enumerate() {
-                let dst = b * cache.capacity * kvd;
-                be.copy(&mut cache.k[l], dst, k, b * seq * kvd, p.len() * kvd)?;
-                be.copy(&mut cache.v[l], dst, v, b * seq * kvd, p.len() * kvd)?;
-            }
-        }
-        let rows: Vec<usize> = prompts
-            .iter()
-            .enumerate()
-            .map(|(b, p)| b * seq + p.len() - 1)
-            .collect();
-        self.logits_rows(be, &fwd.hidden, &rows)
-    }
-
-    /// One decode step: `tokens[b]` sits at `positions[b]` of slot `b` (slots `0..tokens.len()`).
-    /// Returns logits `[tokens.len(), vocab]`.
-    pub fn decode_step(
-        &self,
-        be: &B,
-        cache: &mut KvCache<B>,
-        tokens: &[u32],
-        positions: &[u32],
-    ) -> Result<B::Buf> {
-        let c = &self.cfg;
-        let n = tokens.len();
-        ensure!(
-            n == positions.len() && n <= cache.slots,
-            "decode_step: {n} tokens, {} positions, {} slots",
-            positions.len(),
-            cache.slots
-        );
-        if let Some(&p) = positions.iter().find(|&&p| p as usize >= cache.capacity) {
-            anyhow::bail!(
-                "decode_step: position {p} is beyond the cache capacity {}",
-                cache.capacity
-            );
-        }
-        self.check_ids(tokens)?;
-        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let eps = c.rms_norm_eps as f32;
-        let shape = DecodeShape {
-            batch: n,
-            capacity: cache.capacity,
-            n_heads: c.num_attention_heads,
-            n_kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-        };
-        let ids_d = be.upload_ids(tokens)?;
-        let pos_d = be.upload_ids(positions)?;
-        let mut x = be.zeros(n * d)?;
-        be.embedding_forward(&mut x, &self.params.embed, &ids_d, n, d)?;
-        let (mut rstd, mut nx) = (be.zeros(n)?, be.zeros(n * d)?);
-        let (mut q, mut k, mut v, mut attn) = (
-            be.zeros(n * qd)?,
-            be.zeros(n * kvd)?,
-            be.zeros(n * kvd)?,
-            be.zeros(n * qd)?,
-        );
-        let (mut gate, mut up, mut act, mut tmp) = (
-            be.zeros(n * f)?,
-            be.zeros(n * f)?,
-            be.zeros(n * f)?,
-            be.zeros(n * d)?,
-        );
-        let _range = crate::profile::range("decode step");
-        for (l, lp) in self.params.layers.iter().enumerate() {
-            be.rmsnorm_forward(&mut nx, &mut rstd, &x, &lp.attn_norm, n, d, eps)?;
-            be.linear_forward(&mut q, &nx, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
-            be.linear_forward(&mut k, &nx, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
-            be.linear_forward(&mut v, &nx, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-            be.rope_forward(
-                &mut q,
-                &pos_d,
-                &self.inv_freq,
-                n,
-                c.num_attention_heads,
-                c.head_dim,
-            )?;
-            be.rope_forward(
-                &mut k,
-                &pos_d,
-                &self.inv_freq,
-                n,
-                c.num_key_value_heads,
-                c.head_dim,
-            )?;
-            be.kv_cache_write(&mut cache.k[l], &mut cache.v[l], &k, &v, &pos_d, shape)?;
-            be.decode_attention(&mut attn, &q, &cache.k[l], &cache.v[l], &pos_d, shape)?;
-            be.linear_forward(&mut tmp, &attn, &lp.o_proj, None, n, qd, d)?;
-            be.add_assign(&mut x, &tmp)?;
-            be.rmsnorm_forward(&mut nx, &mut rstd, &x, &lp.mlp_norm, n, d, eps)?;
-            be.linear_forward(&mut gate, &nx, &lp.gate_proj, None, n, d, f)?;
-            be.linear_forward(&mut up, &nx, &lp.up_proj, None, n, d, f)?;
-            be.swiglu_forward(&mut act, &gate, &up)?;
-            be.linear_forward(&mut tmp, &act, &lp.down_proj, None, n, f, d)?;
-            be.add_assign(&mut x, &tmp)?;
-        }
-        be.rmsnorm_forward(&mut nx, &mut rstd, &x, &self.params.final_norm, n, d, eps)?;
-        let mut logits = be.zeros(n * c.vocab_size)?;
-        be.linear_forward(&mut logits, &nx, self.lm_head(), None, n, d, c.vocab_size)?;
         Ok(logits)
     }
 }

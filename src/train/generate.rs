@@ -1,8 +1,9 @@
 //! Batched generation with a KV cache: many sequences of different prompt lengths at once, as
-//! rollouts need; sampling with temperature / top-p / top-k from a seeded RNG.
+//! rollouts need; sampling with temperature / top-p / top-k from a seeded RNG. The decode
+//! steps go through a [`Decoder`], which records the step once and replays it (CUDA graphs).
 
 use crate::backend::Backend;
-use crate::model::llama::Llama;
+use crate::model::llama::{Decoder, Llama};
 use anyhow::Result;
 use rand::Rng;
 
@@ -69,14 +70,15 @@ pub fn generate<B: Backend, R: Rng>(
         cfg.max_new_tokens,
         model.cfg.max_position_embeddings
     );
-    let mut cache = model.new_kv_cache(be, n, capacity)?;
-    let mut logits = model.prefill(be, &mut cache, prompts)?;
+    let mut decoder = Decoder::new(be, model, n, capacity)?;
+    let prefill_logits = decoder.prefill(be, prompts)?;
+    let mut logits = &prefill_logits;
     let mut positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let mut steps = 0;
     loop {
         let uniforms: Vec<f32> = (0..n).map(|_| rng.gen::<f32>()).collect();
         let next = be.sample(
-            &logits,
+            logits,
             &uniforms,
             n,
             vocab,
@@ -104,7 +106,7 @@ pub fn generate<B: Backend, R: Rng>(
         // Finished sequences keep decoding a dummy token in their slot (their output is
         // ignored); this keeps slot b == row b and the batch shape fixed.
         let step_tokens: Vec<u32> = (0..n).map(|i| *tokens[i].last().unwrap_or(&0)).collect();
-        logits = model.decode_step(be, &mut cache, &step_tokens, &positions)?;
+        logits = decoder.step(be, &step_tokens, &positions)?;
         for (i, p) in positions.iter_mut().enumerate() {
             if (*p as usize) < capacity - 1 && !stopped[i] {
                 *p += 1;

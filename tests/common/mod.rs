@@ -92,6 +92,7 @@ pub fn cuda_setup(name: &str) -> Option<(cada::backend::cuda::Cuda, rand_chacha:
     let mut gpu =
         cada::backend::cuda::Cuda::new(0).expect("CUDA device 0 present but Cuda::new failed");
     gpu.set_attention_kernel(cada::backend::cuda::AttentionKernel::Simt);
+    gpu.set_graphs(true);
     gpu.set_gemm_precision(cada::backend::cuda::GemmPrecision::F32)
         .expect("cuBLAS refused the f32 math mode");
     let seed: u64 = std::time::SystemTime::now()

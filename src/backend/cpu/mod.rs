@@ -49,6 +49,8 @@ fn ids_in_range(ids: &[u32], n: usize, bound: usize, what: &str) -> Result<()> {
 impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Ids = Vec<u32>;
+    /// nothing to record: the CPU runs every op as it is called
+    type Recording = std::convert::Infallible;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -65,6 +67,23 @@ impl Backend for Cpu {
     }
     fn upload_ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
         Ok(ids.to_vec())
+    }
+    fn write_ids(&self, dst: &mut Vec<u32>, ids: &[u32]) -> Result<()> {
+        ensure!(
+            dst.len() == ids.len(),
+            "write_ids: {} ids into a buffer of {}",
+            ids.len(),
+            dst.len()
+        );
+        dst.copy_from_slice(ids);
+        Ok(())
+    }
+    fn record(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        work()?;
+        Ok(None)
+    }
+    fn replay(&self, recording: &Self::Recording) -> Result<()> {
+        match *recording {}
     }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()

@@ -38,6 +38,7 @@ pub(super) fn narrowed_copy<'b>(
 impl Backend for Cuda {
     type Buf = CudaBuf;
     type Ids = CudaSlice<u32>;
+    type Recording = cudarc::driver::CudaGraph;
 
     fn name(&self) -> String {
         let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
@@ -92,6 +93,29 @@ impl Backend for Cuda {
         self.stream
             .clone_htod(ids)
             .context("cuda backend: upload ids")
+    }
+    fn write_ids(&self, dst: &mut CudaSlice<u32>, ids: &[u32]) -> Result<()> {
+        ensure!(
+            dst.len() == ids.len(),
+            "cuda backend: write_ids: {} ids into a buffer of {}",
+            ids.len(),
+            dst.len()
+        );
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(ids, dst)
+            .context("cuda backend: write ids")
+    }
+    fn record(
+        &self,
+        work: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<cudarc::driver::CudaGraph>> {
+        self.record_impl(work)
+    }
+    fn replay(&self, recording: &cudarc::driver::CudaGraph) -> Result<()> {
+        self.replay_impl(recording)
     }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.logical_len()

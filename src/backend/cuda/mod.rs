@@ -19,8 +19,10 @@
 //! ~1e-2 relative. Neither tensor-core mode has run on a GPU yet; the mma attention runs in CI
 //! in a host emulation (kernels/emulation/).
 //!
-//! One stream per `Cuda`; every op is enqueued on it, so ops run in call order. Downloads and
-//! scalar results synchronise the stream.
+//! One stream per `Cuda` (a created, non-blocking one: graphs cannot be captured on the
+//! default stream); every op is enqueued on it, so ops run in call order. Downloads and
+//! scalar results synchronise the stream. `Backend::record` captures a fixed op sequence as
+//! a CUDA graph (`recording.rs`; the rollout's decode step).
 
 mod attention;
 mod attention_mma;
@@ -37,12 +39,14 @@ mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernel_launchers.rs"));
 }
 mod profiling;
+mod recording;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 pub use buffer::CudaBuf;
@@ -121,6 +125,10 @@ pub struct Cuda {
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
     /// whether `keep_as_gemm_input` narrows activations to bf16 in Bf16 mode (see gemm.rs)
     narrow_inputs: bool,
+    /// whether `record` captures CUDA graphs (`CADA_CUDA_GRAPHS`, see recording.rs)
+    graphs: bool,
+    /// set once a refused capture has been reported
+    graph_refusal_reported: AtomicBool,
 }
 
 impl Cuda {
@@ -128,6 +136,7 @@ impl Cuda {
     pub fn new(ordinal: usize) -> Result<Cuda> {
         let attention = AttentionKernel::from_env()?;
         let gemm_precision = GemmPrecision::from_env()?;
+        let graphs = recording::graphs_from_env()?;
         ensure!(
             KERNELS_BUILT,
             "cuda backend: this binary was built with the `cuda` feature but without nvcc, so it \
@@ -150,7 +159,11 @@ impl Cuda {
         // SAFETY: no buffer exists yet on this context, and every buffer is used on `stream`
         // only: there is no second stream to synchronise with.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created stream, not the legacy default one: the driver refuses to capture graphs on
+        // the default stream (`Backend::record`).
+        let stream = ctx
+            .new_stream()
+            .context("cuda backend: creating the stream")?;
         // cudarc's loader panics when libcublas is missing: probe it first for a clear error
         // SAFETY: only tries to dlopen libcublas by its usual names.
         ensure!(
@@ -226,6 +239,8 @@ impl Cuda {
             attention,
             grpo_ticket: Mutex::new(None),
             narrow_inputs: true,
+            graphs,
+            graph_refusal_reported: AtomicBool::new(false),
         };
         cuda.apply_math_mode()?;
         // the mma attention needs it; the f32 default does not, so a refusal only warns (an mma
