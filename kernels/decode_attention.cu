@@ -23,6 +23,42 @@ CADA_KERNEL void kv_cache_write(float* k_cache, float* v_cache, const float* k, 
     }
 }
 
+// The decode step's RoPE of q and k fused with the cache write: rope_apply (sign +1) on q and
+// on k in place, then kv_cache_write of the rotated k and of v, in one launch. One thread per
+// rotation pair: pairs [0, n_heads·half) of a row are q's, the next n_kv_heads·half are k's
+// (whose thread also copies v's two elements of that pair). Same angle arithmetic as
+// rope_apply.
+CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, float* v_cache,
+                                         const float* v, const unsigned int* positions,
+                                         const float* inv_freq, DecodeDims s) {
+    const int half = s.head_dim / 2;
+    const int64_t q_pairs = (int64_t)s.n_heads * half;
+    const int64_t row_pairs = q_pairs + (int64_t)s.n_kv_heads * half;
+    const int64_t kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    GRID_STRIDE(idx, (int64_t)s.batch * row_pairs) {
+        const int64_t b = idx / row_pairs;
+        const int64_t rem = idx % row_pairs;
+        const bool is_q = rem < q_pairs;
+        const int64_t pair = is_q ? rem : rem - q_pairs;
+        const int h = (int)(pair / half), i = (int)(pair % half);
+        const float angle = (float)positions[b] * inv_freq[i];
+        float sn, cs;
+        sincosf(angle, &sn, &cs);
+        const int64_t at = (int64_t)h * s.head_dim + i;  // offset of the pair in its row
+        float* head = is_q ? q + b * q_pairs * 2 + at : k + b * kvd + at;
+        const float x1 = head[0], x2 = head[half];
+        const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+        head[0] = y1;
+        head[half] = y2;
+        if (is_q || (int64_t)positions[b] >= s.capacity) continue;  // as kv_cache_write
+        const int64_t dst = (b * s.capacity + positions[b]) * kvd + at;
+        k_cache[dst] = y1;
+        k_cache[dst + half] = y2;
+        v_cache[dst] = v[b * kvd + at];
+        v_cache[dst + half] = v[b * kvd + at + half];
+    }
+}
+
 // grid = (Hq, batch), block = 32·DEC_WARPS. Warp w scores keys w, w + DEC_WARPS, ...
 // (one warp-wide dot product per key), keeping its own running max/sum/output.
 CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cache,

@@ -17,6 +17,28 @@ CADA_KERNEL void rmsnorm_forward(float* out, float* rstd, const float* x, const 
     for (int c = threadIdx.x; c < dim; c += blockDim.x) o[c] = xr[c] * r * w[c];
 }
 
+// The decode step's residual add fused with the RMSNorm after it: x += delta, then
+// out = rmsnorm(x)·w exactly as rmsnorm_forward computes it (one launch and one pass over x
+// instead of two). Each thread re-reads only the elements it wrote. One block per row.
+CADA_KERNEL void add_rmsnorm_forward(float* x, float* out, float* rstd, const float* delta,
+                                     const float* w, int dim, float eps) {
+    __shared__ float scratch[32];
+    const int64_t row = blockIdx.x;
+    float* xr = x + row * dim;
+    const float* dr = delta + row * dim;
+    float acc = 0.0f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const float v = xr[c] + dr[c];
+        xr[c] = v;
+        acc += v * v;
+    }
+    acc = block_sum(acc, scratch);
+    const float r = 1.0f / sqrtf(acc / (float)dim + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
+    float* o = out + row * dim;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) o[c] = xr[c] * r * w[c];
+}
+
 // dx = rstd·w·dy − x·rstd³·mean(x·w·dy). One block per row; writes dx.
 CADA_KERNEL void rmsnorm_backward_input(float* dx, const float* dout, const float* x,
                                         const float* w, const float* rstd, int dim) {

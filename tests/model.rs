@@ -36,9 +36,7 @@ fn kv_cache_decoding_matches_full_forward() {
         let mut step_logits = vec![be
             .download(&model.prefill(&be, &mut cache, &prompts).unwrap())
             .unwrap()];
-        let prefilled = be
-            .download(&decoder.prefill(&be, &prompts).unwrap())
-            .unwrap();
+        let prefilled = be.download(&decoder.prefill(&prompts).unwrap()).unwrap();
         assert_eq!(
             prefilled, step_logits[0],
             "bias={bias} tied={tied}: prefill"
@@ -50,9 +48,7 @@ fn kv_cache_decoding_matches_full_forward() {
                 be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap())
                     .unwrap(),
             );
-            let reused = be
-                .download(decoder.step(&be, &toks, &pos).unwrap())
-                .unwrap();
+            let reused = be.download(decoder.step(&toks, &pos).unwrap()).unwrap();
             assert_eq!(
                 reused,
                 step_logits[s + 1],

@@ -146,10 +146,10 @@ fn decode_logits<B: Backend>(
 ) -> (Vec<Vec<f32>>, bool) {
     let model = Llama::from_host(be, cfg.clone(), params).unwrap();
     let mut decoder = Decoder::new(be, &model, prompts.len(), 32).unwrap();
-    let mut out = vec![be.download(&decoder.prefill(be, prompts).unwrap()).unwrap()];
+    let mut out = vec![be.download(&decoder.prefill(prompts).unwrap()).unwrap()];
     let mut pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     for tokens in steps {
-        let l = decoder.step(be, tokens, &pos).unwrap();
+        let l = decoder.step(tokens, &pos).unwrap();
         out.push(be.download(l).unwrap());
         pos.iter_mut().for_each(|p| *p += 1);
     }
@@ -373,12 +373,17 @@ fn cuda_whole_model_mma_attention() {
 
 /// Recorded decode steps (CUDA graphs, `Backend::record`) against the same steps launched op
 /// by op, on one handle with recording switched on and off: the same kernels on the same
-/// values. Bound 1e-6, not bit equality: cuBLAS may pick another algorithm inside a capture
-/// (the identity of the bits is printed). A replay that read a stale input (ids, positions)
-/// or wrote the wrong cache row would be off by O(1). Both also against the CPU. Then whole
-/// sampled generations (T 0.8, top-p 0.9, top-k 20) recorded and not: the same tokens. Once
-/// with f32 GEMMs, once with bf16 GEMMs, whose weight copies the unrecorded first step makes
-/// and the recording then reads.
+/// values, but not required to be equal to the bit, since cuBLAS may pick another algorithm
+/// inside a capture (whether they are is printed). Bounds: 1e-6 with f32 GEMMs; 1e-3 with
+/// bf16 GEMMs, where a 1e-7 difference can flip one bf16 rounding of a later GEMM input
+/// (~4e-3 a step) and so move a logit by ~1e-4. A replay that read a stale input (ids,
+/// positions) or wrote the wrong cache row would be off by O(1). Both also against the CPU.
+/// Then whole sampled generations (T 0.8, top-p 0.9, top-k 20), recorded and not: the graph
+/// launch counter must move only in the first, and the tokens must be equal (compared when
+/// the step logits were equal to the bit or the GEMMs are f32; otherwise a rounding-level
+/// difference could move a sample across a boundary, and the test says it did not compare).
+/// Once with f32 GEMMs, once with bf16 GEMMs, whose weight copies the prefill makes and the
+/// recording then reads.
 #[test]
 fn cuda_decode_recorded_matches_launched() {
     #[cfg(feature = "cuda")]
@@ -388,9 +393,9 @@ fn cuda_decode_recorded_matches_launched() {
         let name = "cuda_decode_recorded_matches_launched";
         if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
             let cpu = Cpu::new();
-            for (precision, tol) in [
-                (GemmPrecision::F32, VALUE_TOL),
-                (GemmPrecision::Bf16, BF16_MODEL_TOL),
+            for (precision, tol, replay_tol) in [
+                (GemmPrecision::F32, VALUE_TOL, 1e-6),
+                (GemmPrecision::Bf16, BF16_MODEL_TOL, 1e-3),
             ] {
                 gpu.set_gemm_precision(precision).unwrap();
                 for cfg in configs() {
@@ -412,7 +417,7 @@ fn cuda_decode_recorded_matches_launched() {
                             &format!("{precision:?} step {i}: recorded vs launched"),
                             r,
                             l,
-                            1e-6,
+                            replay_tol,
                         );
                         check(
                             &format!("{precision:?} step {i}: recorded vs CPU"),
@@ -421,10 +426,8 @@ fn cuda_decode_recorded_matches_launched() {
                             tol,
                         );
                     }
-                    println!(
-                        "  {precision:?}: recorded bit-identical to launched: {}",
-                        rec == launched
-                    );
+                    let identical = rec == launched;
+                    println!("  {precision:?}: recorded bit-identical to launched: {identical}");
                     let sampling = SamplingConfig {
                         temperature: 0.8,
                         top_p: 0.9,
@@ -436,15 +439,27 @@ fn cuda_decode_recorded_matches_launched() {
                     let mut tokens = Vec::new();
                     for graphs in [true, false] {
                         gpu.set_graphs(graphs);
+                        let launches = gpu.graph_launches();
                         let mut r = <Rand as rand::SeedableRng>::seed_from_u64(seed);
                         let g = generate(&gpu, &model, &prompts, &sampling, &[], &mut r, |_, _| {})
                             .unwrap();
+                        let ran = gpu.graph_launches() - launches;
+                        // 9 new tokens: prefill, 1 launched step, 1 recorded + 6 replayed
+                        let want = if graphs { 7 } else { 0 };
+                        assert_eq!(ran, want, "{precision:?} graphs {graphs}: graph launches");
                         tokens.push(g.tokens);
                     }
-                    assert_eq!(
-                        tokens[0], tokens[1],
-                        "{precision:?}: recorded vs launched generation"
-                    );
+                    if identical || precision == GemmPrecision::F32 {
+                        assert_eq!(
+                            tokens[0], tokens[1],
+                            "{precision:?}: recorded vs launched generation"
+                        );
+                    } else {
+                        println!(
+                            "  {precision:?}: generations NOT compared: the step logits differ \
+                             in rounding (checked above within {replay_tol:.0e})"
+                        );
+                    }
                 }
             }
             gpu.set_graphs(true);

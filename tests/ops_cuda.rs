@@ -214,6 +214,34 @@ fn rmsnorm_case<B: Backend>(gpu: &B, r: &mut Rand) {
         &dwc,
         F32_TOL,
     );
+    // the decode step's fused residual add + norm against the CPU's two ops (the trait's
+    // default); 1601 columns > 1024 threads, so threads take two
+    for dim in [dim, 1601] {
+        let (x, delta, w) = (
+            randv(r, n * dim, 2.0),
+            randv(r, n * dim, 1.0),
+            randv(r, dim, 1.0),
+        );
+        let mut xg = gpu.upload(&x).unwrap();
+        let (mut og, mut rg) = (poisoned(gpu, n * dim), poisoned(gpu, n));
+        let (mut xc, mut oc, mut rc) = (x.clone(), vec![0.0; n * dim], vec![0.0; n]);
+        gpu.add_rmsnorm_forward(
+            &mut xg,
+            &gpu.upload(&delta).unwrap(),
+            &mut og,
+            &mut rg,
+            &gpu.upload(&w).unwrap(),
+            n,
+            dim,
+            eps,
+        )
+        .unwrap();
+        cpu.add_rmsnorm_forward(&mut xc, &delta, &mut oc, &mut rc, &w, n, dim, eps)
+            .unwrap();
+        check("add_rmsnorm_forward x", &down(gpu, &xg), &xc, 0.0); // one f32 add: exact
+        check("add_rmsnorm_forward out", &down(gpu, &og), &oc, F32_TOL);
+        check("add_rmsnorm_forward rstd", &down(gpu, &rg), &rc, F32_TOL);
+    }
 }
 
 fn rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
@@ -280,6 +308,43 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
     cpu.decode_attention(&mut oc, &q, &kcc, &vcc, &positions, s)
         .unwrap();
     check("decode_attention", &down(gpu, &og), &oc, F32_TOL);
+    // the decode step's fused RoPE of q and k + cache write against the CPU's three ops (the
+    // trait's default), at positions 0, 33 and 66 of a 67-token capacity
+    let inv_freq: Vec<f32> = (0..s.head_dim / 2)
+        .map(|i| 10000f32.powf(-2.0 * i as f32 / s.head_dim as f32))
+        .collect();
+    let (mut qg, mut kg) = (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap());
+    let (mut qc, mut kc) = (q.clone(), k.clone());
+    gpu.decode_rope_cache_write(
+        &mut qg,
+        &mut kg,
+        &gpu.upload(&v).unwrap(),
+        &mut kcg,
+        &mut vcg,
+        &pg,
+        &gpu.upload(&inv_freq).unwrap(),
+        s,
+    )
+    .unwrap();
+    cpu.decode_rope_cache_write(
+        &mut qc, &mut kc, &v, &mut kcc, &mut vcc, &positions, &inv_freq, s,
+    )
+    .unwrap();
+    // sin/cos as in rope_case; the cache rows outside the positions are copies: exact
+    check("decode_rope_cache_write q", &down(gpu, &qg), &qc, F32_TOL);
+    check("decode_rope_cache_write k", &down(gpu, &kg), &kc, F32_TOL);
+    check(
+        "decode_rope_cache_write k_cache",
+        &down(gpu, &kcg),
+        &kcc,
+        F32_TOL,
+    );
+    check(
+        "decode_rope_cache_write v_cache",
+        &down(gpu, &vcg),
+        &vcc,
+        0.0,
+    );
 }
 
 fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {

@@ -3,15 +3,18 @@
 // sequence, then decode_attention over each slot's positions 0..=positions[b] (sequences at
 // different lengths, GQA, head dims not a multiple of 32), against f64 attention of that query
 // over the cache; a position past the capacity must leave the cache untouched and give a NaN
-// row. Fresh random inputs each run (CADA_EMU_SEED to repeat). Exit status 1 on any failure.
+// row; and decode_rope_cache_write against rope_apply + kv_cache_write, bit for bit. Fresh
+// random inputs each run (CADA_EMU_SEED to repeat). Exit status 1 on any failure.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
 #include "harness.h"
 #include "math_constants.h"
 
 #include "../decode_attention.cu"
+#include "../rope.cu"
 
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 namespace {
@@ -100,11 +103,52 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
     return ok;
 }
 
+// decode_rope_cache_write against its composite twin: rope_apply on q and on k, then
+// kv_cache_write (each checked on its own: tests/ops_cuda.rs, layer_ops_check.cpp, above).
+// The same f32 operations, so q, k and both caches must be equal to the bit, a position past
+// the capacity included (rotated, not written). Grid capped at 2 blocks so the grid-stride
+// loop goes round.
+bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_heads,
+                           int n_kv_heads, int hd) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int kvd = n_kv_heads * hd, qd = n_heads * hd, half = hd / 2;
+    std::vector<float> kc((size_t)batch * capacity * kvd), vc(kc.size());
+    std::vector<float> q((size_t)batch * qd), k((size_t)batch * kvd), v(k.size());
+    for (auto* a : {&kc, &vc, &q, &k, &v})
+        for (auto& x : *a) x = u(rng);
+    std::vector<float> inv_freq(half);
+    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(10000.f, 2.f * i / hd);
+    std::vector<unsigned> pos(batch);
+    for (int b = 0; b < batch; ++b) pos[b] = (unsigned)((b * 53 + 3) % capacity);
+    pos[batch - 1] = (unsigned)capacity;  // past the slot
+    const DecodeDims dims{batch, capacity, n_heads, n_kv_heads, hd};
+    auto q1 = q, k1 = k, kc1 = kc, vc1 = vc;
+    const dim3 two{2, 1, 1}, block{256, 1, 1};
+    emu::launch(two, block, [&] { rope_apply(q1.data(), pos.data(), inv_freq.data(), batch, n_heads, hd, 1.f); });
+    emu::launch(two, block, [&] { rope_apply(k1.data(), pos.data(), inv_freq.data(), batch, n_kv_heads, hd, 1.f); });
+    emu::launch(two, block, [&] { kv_cache_write(kc1.data(), vc1.data(), k1.data(), v.data(), pos.data(), dims); });
+    auto q2 = q, k2 = k, kc2 = kc, vc2 = vc;
+    emu::launch(two, block, [&] {
+        decode_rope_cache_write(q2.data(), k2.data(), kc2.data(), vc2.data(), v.data(), pos.data(),
+                                inv_freq.data(), dims);
+    });
+    const auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+        return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    };
+    const bool ok = same(q2, q1) && same(k2, k1) && same(kc2, kc1) && same(vc2, vc1) &&
+                    !same(q2, q);  // and it did rotate
+    std::printf("  decode_rope_cache_write b%d cap%d h%d/%d hd%d: q, k, caches equal the composite's bits: %s\n",
+                batch, capacity, n_heads, n_kv_heads, hd, ok ? "ok" : "FAILED");
+    return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     auto [rng, quick] = emu::start_harness("decode_attention.cu", argc, argv);
     bool ok = run_case(rng, 5, 70, 4, 2, 64);
+    ok = fused_rope_cache_case(rng, 5, 70, 4, 2, 64) && ok;
+    if (!quick) ok = fused_rope_cache_case(rng, 7, 33, 6, 3, 40) && ok;
     if (!quick) {
         ok = run_case(rng, 4, 131, 3, 1, 128) && ok;
         ok = run_case(rng, 6, 33, 6, 3, 40) && ok;

@@ -1,5 +1,6 @@
 // Runs the layer kernels that the other harnesses leave out, each file unchanged, in the host
-// emulation (cuda_runtime.h): rmsnorm.cu, rope.cu, embedding.cu, swiglu.cu, adamw.cu,
+// emulation (cuda_runtime.h): rmsnorm.cu (with the fused add_rmsnorm_forward against its
+// composite twin), rope.cu, embedding.cu, swiglu.cu, adamw.cu,
 // convert.cu, elementwise.cu and fused_logprob.cu. Each is launched with the grid and block its
 // launcher in src/backend/cuda/ computes (grid_rows/row_threads, grid_cols, grid_1d — here with
 // the 1-D grid capped lower, so the grid-stride loops go round more than once) and compared with
@@ -23,6 +24,7 @@
 #include "../swiglu.cu"
 
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -139,6 +141,31 @@ void rmsnorm(Rand& r, int n, int dim) {
     check("rmsnorm_forward rstd" + s, rstd, rs);
     check("rmsnorm_backward_input" + s, dx, dxr);
     check("rmsnorm_backward_weight (+= into dw)" + s, dw, dwr);
+}
+
+// add_rmsnorm_forward against its composite twin, add_assign_f32 then rmsnorm_forward (itself
+// checked against f64 above): the same f32 operations in the same per-thread order, so equal
+// to the bit; x must come back as x + delta.
+void add_rmsnorm(Rand& r, int n, int dim) {
+    const float eps = 1e-6f;
+    const auto x0 = r.normal((size_t)n * dim, 2.f), delta = r.normal((size_t)n * dim);
+    const auto w = r.normal(dim);
+    auto x1 = x0, x2 = x0;
+    std::vector<float> out1(x0.size(), NAN), out2(x0.size(), NAN), rstd1(n, NAN), rstd2(n, NAN);
+    const dim3 rows{(unsigned)n}, threads{row_threads(dim)};
+    const int64_t len = (int64_t)x0.size();
+    emu::launch(grid_1d(len), dim3{kBlock}, [&] { add_assign_f32(x1.data(), delta.data(), len); });
+    emu::launch(rows, threads, [&] { rmsnorm_forward(out1.data(), rstd1.data(), x1.data(), w.data(), dim, eps); });
+    emu::launch(rows, threads, [&] {
+        add_rmsnorm_forward(x2.data(), out2.data(), rstd2.data(), delta.data(), w.data(), dim, eps);
+    });
+    const std::string s = " [" + std::to_string(n) + " × " + std::to_string(dim) + "]";
+    const auto bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+        return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    };
+    expect("add_rmsnorm_forward x = add_assign's" + s, bits(x2, x1));
+    expect("add_rmsnorm_forward out = rmsnorm's (bits)" + s, bits(out2, out1));
+    expect("add_rmsnorm_forward rstd = rmsnorm's (bits)" + s, bits(rstd2, rstd1));
 }
 
 void rope(Rand& r, int n, int heads, int hd) {
@@ -479,6 +506,8 @@ int main(int argc, char** argv) {
     // odd sizes; 896 is Qwen2.5-0.5B's width (896 threads a row), 576 SmolLM2's
     rmsnorm(r, 13, quick ? 77 : 896);
     if (!quick) rmsnorm(r, 150, 577);
+    add_rmsnorm(r, 5, quick ? 77 : 576);
+    if (!quick) add_rmsnorm(r, 64, 1601);  // more columns than threads: each thread takes two
     rope(r, 11, 3, 64);
     if (!quick) rope(r, 5, 2, 128);
     embedding(r, 29, quick ? 33 : 576, 50);

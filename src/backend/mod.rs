@@ -263,6 +263,24 @@ pub trait Backend: Send + Sync {
         dim: usize,
         eps: f32,
     ) -> Result<()>;
+    /// The decode step's residual add and the RMSNorm after it, in one: `x += delta`, then
+    /// `out, rstd` = [`Backend::rmsnorm_forward`] of the new `x`. The default is those two ops
+    /// (the reference the fused kernels are tested against).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_forward(
+        &self,
+        x: &mut Self::Buf,
+        delta: &Self::Buf,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.add_assign(x, delta)?;
+        self.rmsnorm_forward(out, rstd, x, w, n, dim, eps)
+    }
     /// writes `dx`, accumulates `dw`
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(
@@ -341,6 +359,26 @@ pub trait Backend: Send + Sync {
         positions: &Self::Ids,
         s: DecodeShape,
     ) -> Result<()>;
+    /// The decode step's RoPE and cache write, in one: `q [batch, Hq·hd]` and `k [batch,
+    /// Hkv·hd]` rotated in place at `positions` (two [`Backend::rope_forward`]), then the rotated
+    /// `k` and `v` written into the caches (as [`Backend::kv_cache_write`]). The default is
+    /// those three ops (the reference the fused kernel is tested against).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rope_cache_write(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        positions: &Self::Ids,
+        inv_freq: &Self::Buf,
+        s: DecodeShape,
+    ) -> Result<()> {
+        self.rope_forward(q, positions, inv_freq, s.batch, s.n_heads, s.head_dim)?;
+        self.rope_forward(k, positions, inv_freq, s.batch, s.n_kv_heads, s.head_dim)?;
+        self.kv_cache_write(k_cache, v_cache, k, v, positions, s)
+    }
     /// One query per sequence: `q [batch, Hq·hd]` attends to positions `0..=positions[b]`
     /// of slot `b`. Writes `out [batch, Hq·hd]`.
     #[allow(clippy::too_many_arguments)]

@@ -71,7 +71,7 @@ pub fn generate<B: Backend, R: Rng>(
         model.cfg.max_position_embeddings
     );
     let mut decoder = Decoder::new(be, model, n, capacity)?;
-    let prefill_logits = decoder.prefill(be, prompts)?;
+    let prefill_logits = decoder.prefill(prompts)?;
     let mut logits = &prefill_logits;
     let mut positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let mut steps = 0;
@@ -106,7 +106,7 @@ pub fn generate<B: Backend, R: Rng>(
         // Finished sequences keep decoding a dummy token in their slot (their output is
         // ignored); this keeps slot b == row b and the batch shape fixed.
         let step_tokens: Vec<u32> = (0..n).map(|i| *tokens[i].last().unwrap_or(&0)).collect();
-        logits = decoder.step(be, &step_tokens, &positions)?;
+        logits = decoder.step(&step_tokens, &positions)?;
         for (i, p) in positions.iter_mut().enumerate() {
             if (*p as usize) < capacity - 1 && !stopped[i] {
                 *p += 1;

@@ -38,7 +38,7 @@ pub(super) fn narrowed_copy<'b>(
 impl Backend for Cuda {
     type Buf = CudaBuf;
     type Ids = CudaSlice<u32>;
-    type Recording = cudarc::driver::CudaGraph;
+    type Recording = super::CudaRecording;
 
     fn name(&self) -> String {
         let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
@@ -52,6 +52,7 @@ impl Backend for Cuda {
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        self.not_capturing("upload")?;
         if data.is_empty() {
             return Ok(CudaBuf::new(self.empty()?));
         }
@@ -77,6 +78,7 @@ impl Backend for Cuda {
         Ok(host)
     }
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
+        self.not_capturing("zeros")?;
         if len == 0 {
             return Ok(CudaBuf::new(self.empty()?));
         }
@@ -87,6 +89,7 @@ impl Backend for Cuda {
         Ok(CudaBuf::new(data))
     }
     fn upload_ids(&self, ids: &[u32]) -> Result<CudaSlice<u32>> {
+        self.not_capturing("upload_ids")?;
         if ids.is_empty() {
             return self.empty();
         }
@@ -95,6 +98,7 @@ impl Backend for Cuda {
             .context("cuda backend: upload ids")
     }
     fn write_ids(&self, dst: &mut CudaSlice<u32>, ids: &[u32]) -> Result<()> {
+        self.not_capturing("write_ids")?;
         ensure!(
             dst.len() == ids.len(),
             "cuda backend: write_ids: {} ids into a buffer of {}",
@@ -108,13 +112,10 @@ impl Backend for Cuda {
             .memcpy_htod(ids, dst)
             .context("cuda backend: write ids")
     }
-    fn record(
-        &self,
-        work: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<Option<cudarc::driver::CudaGraph>> {
+    fn record(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<super::CudaRecording>> {
         self.record_impl(work)
     }
-    fn replay(&self, recording: &cudarc::driver::CudaGraph) -> Result<()> {
+    fn replay(&self, recording: &super::CudaRecording) -> Result<()> {
         self.replay_impl(recording)
     }
     fn len(&self, buf: &CudaBuf) -> usize {
@@ -299,6 +300,30 @@ impl Backend for Cuda {
         let cfg = grid_rows(n, row_threads(dim))?;
         kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps)
     }
+    fn add_rmsnorm_forward(
+        &self,
+        x: &mut CudaBuf,
+        delta: &CudaBuf,
+        out: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        w: &CudaBuf,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        f32_values(&[x, delta], "add_rmsnorm_forward")?;
+        need(x, n * dim, "x")?;
+        need(delta, n * dim, "delta")?;
+        need(out, n * dim, "out")?;
+        need(rstd, n, "rstd")?;
+        need(w, dim, "w")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let d = dim_i32(dim, "dim")?;
+        let cfg = grid_rows(n, row_threads(dim))?;
+        kernels::add_rmsnorm_forward(self, cfg, x, out, rstd, delta, w, &d, &eps)
+    }
     fn rmsnorm_backward(
         &self,
         dx: &mut CudaBuf,
@@ -401,6 +426,19 @@ impl Backend for Cuda {
         s: DecodeShape,
     ) -> Result<()> {
         self.kv_cache_write_impl(k_cache, v_cache, k, v, positions, s)
+    }
+    fn decode_rope_cache_write(
+        &self,
+        q: &mut CudaBuf,
+        k: &mut CudaBuf,
+        v: &CudaBuf,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaBuf,
+        s: DecodeShape,
+    ) -> Result<()> {
+        self.decode_rope_cache_write_impl(q, k, v, k_cache, v_cache, positions, inv_freq, s)
     }
     fn decode_attention(
         &self,

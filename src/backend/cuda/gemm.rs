@@ -165,6 +165,7 @@ impl Cuda {
         if self.gemm_precision != GemmPrecision::Bf16 {
             return Ok(None);
         }
+        self.not_capturing("a bf16 operand buffer")?;
         // SAFETY: every use writes the buffer before a GEMM reads it.
         let buf = unsafe { self.stream.alloc::<bf16>(len.max(1)) }
             .with_context(|| format!("cuda backend: allocating {len} bf16 for an operand copy"))?;
@@ -243,6 +244,8 @@ impl Cuda {
     /// A new bf16 copy of `src` (round to nearest even), in any GEMM mode: the mma attention's
     /// operands.
     pub(super) fn to_bf16(&self, src: &CudaSlice<f32>, what: &str) -> Result<CudaSlice<bf16>> {
+        // before any host state changes (a weight's cached copy is set only after this returns)
+        self.not_capturing(what)?;
         // SAFETY: converted into right below, before anything reads it
         let mut dst = unsafe { self.stream.alloc::<bf16>(src.len().max(1)) }
             .with_context(|| format!("cuda backend: allocating {} bf16 for {what}", src.len()))?;
@@ -441,6 +444,7 @@ impl Cuda {
         what: &str,
     ) -> Result<&'s CudaSlice<bf16>> {
         if slot.as_ref().is_none_or(|s| s.len() < len) {
+            self.not_capturing("growing the bf16 GEMM scratch")?;
             *slot = None; // freed (stream-ordered) before the larger one is taken from the pool
             let grown = self.stream.alloc_zeros::<bf16>(len).with_context(|| {
                 format!("cuda backend: allocating {len} bf16 of GEMM scratch for {what}")

@@ -242,6 +242,7 @@ impl Cuda {
         if batch == 0 {
             return Ok(Vec::new());
         }
+        self.not_capturing("sample")?;
         let u = self
             .stream
             .clone_htod(&uniforms[..batch])

@@ -46,11 +46,12 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 pub use buffer::CudaBuf;
 pub use gemm::GemmPrecision;
+pub use recording::CudaRecording;
 
 /// One kernel file compiled by build.rs.
 pub struct KernelModule {
@@ -129,6 +130,10 @@ pub struct Cuda {
     graphs: bool,
     /// set once a refused capture has been reported
     graph_refusal_reported: AtomicBool,
+    /// true while `record` captures (allocating ops then refuse: recording.rs)
+    capturing: AtomicBool,
+    /// launches of recorded graphs (`graph_launches`)
+    graph_launches: AtomicU64,
 }
 
 impl Cuda {
@@ -241,6 +246,8 @@ impl Cuda {
             narrow_inputs: true,
             graphs,
             graph_refusal_reported: AtomicBool::new(false),
+            capturing: AtomicBool::new(false),
+            graph_launches: AtomicU64::new(0),
         };
         cuda.apply_math_mode()?;
         // the mma attention needs it; the f32 default does not, so a refusal only warns (an mma
@@ -281,6 +288,7 @@ impl Cuda {
     }
 
     fn alloc_f64(&self, len: usize) -> Result<CudaSlice<f64>> {
+        self.not_capturing("allocating scratch")?;
         self.stream
             .alloc_zeros::<f64>(len.max(1))
             .context("cuda backend: allocating scratch")
@@ -290,6 +298,7 @@ impl Cuda {
     /// which `cuMemAlloc` documents as CUDA_ERROR_INVALID_VALUE (cudarc issue #194). Instead a
     /// 1-element allocation is wrapped with length 0; dropping the slice frees it.
     fn empty<T: cudarc::driver::DeviceRepr>(&self) -> Result<CudaSlice<T>> {
+        self.not_capturing("allocating an empty buffer")?;
         // SAFETY: nothing reads the element: the slice has length 0.
         let one = unsafe { self.stream.alloc::<T>(1) }
             .context("cuda backend: allocating an empty buffer")?;
@@ -300,6 +309,7 @@ impl Cuda {
     }
 
     fn alloc_u32(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.not_capturing("allocating scratch")?;
         self.stream
             .alloc_zeros::<u32>(len.max(1))
             .context("cuda backend: allocating scratch")

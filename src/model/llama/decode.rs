@@ -37,14 +37,16 @@ struct StepBuffers<B: Backend> {
 
 /// A generation's decoding state: the KV cache, the step buffers and, once recorded, the
 /// step's recording. Borrowing the model keeps its weights from changing while a recording
-/// that reads them exists.
-pub struct Decoder<'m, B: Backend> {
+/// that reads them exists; holding the backend keeps every step (and the recording) on the
+/// backend that made the buffers.
+pub struct Decoder<'a, B: Backend> {
     // declared first, so dropped before the buffers it points into
     recording: Option<B::Recording>,
     /// false once the backend declined to record (then every step launches its ops)
     may_record: bool,
     steps: usize,
-    model: &'m Llama<B>,
+    be: &'a B,
+    model: &'a Llama<B>,
     cache: KvCache<B>,
     bufs: StepBuffers<B>,
 }
@@ -196,39 +198,44 @@ impl<B: Backend> Llama<B> {
             logits,
         } = bufs;
         let _range = crate::profile::range("decode step");
+        let layers = &self.params.layers;
         be.embedding_forward(x, &self.params.embed, ids, n, d)?;
-        for (l, lp) in self.params.layers.iter().enumerate() {
-            be.rmsnorm_forward(normed, rstd, x, &lp.attn_norm, n, d, eps)?;
+        let first_norm = layers
+            .first()
+            .map_or(&self.params.final_norm, |lp| &lp.attn_norm);
+        be.rmsnorm_forward(normed, rstd, x, first_norm, n, d, eps)?;
+        // 12 launches a layer (15 with qkv biases): each residual add is fused with the norm
+        // after it, RoPE of q and k with the cache write
+        for (l, lp) in layers.iter().enumerate() {
             be.linear_forward(q, normed, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
             be.linear_forward(k, normed, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
             be.linear_forward(v, normed, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-            let hd = c.head_dim;
-            be.rope_forward(q, positions, &self.inv_freq, n, c.num_attention_heads, hd)?;
-            be.rope_forward(k, positions, &self.inv_freq, n, c.num_key_value_heads, hd)?;
-            be.kv_cache_write(&mut cache.k[l], &mut cache.v[l], k, v, positions, shape)?;
-            be.decode_attention(attn, q, &cache.k[l], &cache.v[l], positions, shape)?;
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.inv_freq, shape)?;
+            be.decode_attention(attn, q, kc, vc, positions, shape)?;
             be.linear_forward(tmp, attn, &lp.o_proj, None, n, qd, d)?;
-            be.add_assign(x, tmp)?;
-            be.rmsnorm_forward(normed, rstd, x, &lp.mlp_norm, n, d, eps)?;
+            be.add_rmsnorm_forward(x, tmp, normed, rstd, &lp.mlp_norm, n, d, eps)?;
             be.linear_forward(gate, normed, &lp.gate_proj, None, n, d, f)?;
             be.linear_forward(up, normed, &lp.up_proj, None, n, d, f)?;
             be.swiglu_forward(act, gate, up)?;
             be.linear_forward(tmp, act, &lp.down_proj, None, n, f, d)?;
-            be.add_assign(x, tmp)?;
+            let next_norm = layers
+                .get(l + 1)
+                .map_or(&self.params.final_norm, |n| &n.attn_norm);
+            be.add_rmsnorm_forward(x, tmp, normed, rstd, next_norm, n, d, eps)?;
         }
-        let final_norm = &self.params.final_norm;
-        be.rmsnorm_forward(normed, rstd, x, final_norm, n, d, eps)?;
         be.linear_forward(logits, normed, self.lm_head(), None, n, d, c.vocab_size)
     }
 }
 
-impl<'m, B: Backend> Decoder<'m, B> {
+impl<'a, B: Backend> Decoder<'a, B> {
     /// A decoder for `slots` sequences of at most `capacity` tokens (prompt included).
-    pub fn new(be: &B, model: &'m Llama<B>, slots: usize, capacity: usize) -> Result<Self> {
+    pub fn new(be: &'a B, model: &'a Llama<B>, slots: usize, capacity: usize) -> Result<Self> {
         Ok(Decoder {
             recording: None,
             may_record: true,
             steps: 0,
+            be,
             model,
             cache: model.new_kv_cache(be, slots, capacity)?,
             bufs: model.step_buffers(be, slots)?,
@@ -245,21 +252,22 @@ impl<'m, B: Backend> Decoder<'m, B> {
     }
 
     /// [`Llama::prefill`] into this decoder's cache.
-    pub fn prefill(&mut self, be: &B, prompts: &[Vec<u32>]) -> Result<B::Buf> {
-        self.model.prefill(be, &mut self.cache, prompts)
+    pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<B::Buf> {
+        self.model.prefill(self.be, &mut self.cache, prompts)
     }
 
     /// One decode step for every slot: `tokens[b]` at `positions[b]`. Returns the logits
-    /// `[slots, vocab]`, valid until the next step. The first step runs its ops (filling
-    /// first-use caches), the second records them, later ones replay the recording.
-    pub fn step(&mut self, be: &B, tokens: &[u32], positions: &[u32]) -> Result<&B::Buf> {
+    /// `[slots, vocab]`, valid until the next step. The first step runs its ops (so that
+    /// anything made on first use, such as GEMM scratch, exists), the second records them,
+    /// later ones replay the recording.
+    pub fn step(&mut self, tokens: &[u32], positions: &[u32]) -> Result<&B::Buf> {
         ensure!(
             tokens.len() == self.cache.slots,
             "decoder: {} tokens for {} slots (every slot decodes every step)",
             tokens.len(),
             self.cache.slots
         );
-        let model = self.model;
+        let (be, model) = (self.be, self.model);
         model.check_step(&self.cache, tokens, positions)?;
         be.write_ids(&mut self.bufs.ids, tokens)?;
         be.write_ids(&mut self.bufs.positions, positions)?;
