@@ -6,7 +6,10 @@
 // Each "first token in sorted order whose running total reaches a target" is found by bisection
 // over the f32 bit pattern of t = −z ≥ 0 (p is monotone in t, and the bits of non-negative floats
 // are ordered like their values), then a scan in index order over the tokens tied at the found t.
-// One block of SAMPLE_THREADS per row; `t_scratch` is [batch, vocab].
+// One block of SAMPLE_THREADS per row; `t_scratch` (f32) and `p_scratch` (f64) are [batch,
+// vocab]: t and p = exp(−t) are computed once per token and read by every pass, so the ~35
+// passes of a draw (more with top-k / top-p) do no f64 exp (the double-precision pipe made each
+// pass cost ~6 µs of exps at a 49k vocabulary, where reading t and p costs ~3 µs).
 #include "common.cuh"
 #include <limits.h>
 
@@ -22,18 +25,18 @@ __device__ __forceinline__ bool is_kept(float t, int i, Kept k) {
     return t < k.bt || (t == k.bt && i <= k.bi);
 }
 
-__device__ __forceinline__ double weight(float t, bool count) {
-    return count ? 1.0 : exp(-(double)t);
+__device__ __forceinline__ double weight(const double* pr, int i, bool count) {
+    return count ? 1.0 : pr[i];
 }
 
 // Σ over kept tokens with t ≤ tv (or t < tv when `strictly_below`) of the weight.
-__device__ double total_upto(const float* tr, int vocab, Kept k, float tv, bool strictly_below,
-                             bool count, double* scratch) {
+__device__ double total_upto(const float* tr, const double* pr, int vocab, Kept k, float tv,
+                             bool strictly_below, bool count, double* scratch) {
     double acc = 0;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         const float t = tr[i];
         const bool in = strictly_below ? t < tv : t <= tv;
-        if (in && is_kept(t, i, k)) acc += weight(t, count);
+        if (in && is_kept(t, i, k)) acc += weight(pr, i, count);
     }
     return block_sum_d(acc, scratch);
 }
@@ -44,29 +47,30 @@ __device__ __forceinline__ bool reaches(double running, double target, bool stri
 
 // First kept token, in sorted order, at which the running total of weights reaches the target.
 // Returns false when even the whole kept set does not reach it.
-__device__ bool select_token(const float* tr, int vocab, Kept k, double target, bool count,
-                             bool strict, Kept* found, double* scratch, double* scan) {
+__device__ bool select_token(const float* tr, const double* pr, int vocab, Kept k, double target,
+                             bool count, bool strict, Kept* found, double* scratch, double* scan) {
     __shared__ int first, last_tie;
-    if (!reaches(total_upto(tr, vocab, k, CUDART_INF_F, false, count, scratch), target, strict))
+    if (!reaches(total_upto(tr, pr, vocab, k, CUDART_INF_F, false, count, scratch), target,
+                 strict))
         return false;
     unsigned int lo = 0, hi = 0x7f800000u;  // +0 .. +inf
     while (lo < hi) {
         const unsigned int mid = lo + (hi - lo) / 2;
-        if (reaches(total_upto(tr, vocab, k, __uint_as_float(mid), false, count, scratch), target,
-                    strict))
+        if (reaches(total_upto(tr, pr, vocab, k, __uint_as_float(mid), false, count, scratch),
+                    target, strict))
             hi = mid;
         else
             lo = mid + 1;
     }
     const float tv = __uint_as_float(lo);
-    double before = total_upto(tr, vocab, k, tv, true, count, scratch);
+    double before = total_upto(tr, pr, vocab, k, tv, true, count, scratch);
     if (threadIdx.x == 0) last_tie = 0;
     // Tokens tied at tv are ordered by index: an inclusive block scan per tile of indices.
     for (int base = 0; base < vocab; base += blockDim.x) {
         const int i = base + threadIdx.x;
         const bool tie = i < vocab && tr[i] == tv && is_kept(tr[i], i, k);
         __syncthreads();
-        scan[threadIdx.x] = tie ? weight(tv, count) : 0.0;
+        scan[threadIdx.x] = tie ? weight(pr, i, count) : 0.0;
         if (threadIdx.x == 0) first = INT_MAX;
         __syncthreads();
         for (int off = 1; off < blockDim.x; off <<= 1) {
@@ -92,9 +96,9 @@ __device__ bool select_token(const float* tr, int vocab, Kept k, double target, 
 }
 
 // grid.x = batch, block = SAMPLE_THREADS.
-CADA_KERNEL void sample_rows(unsigned int* tokens, float* t_scratch, const float* logits,
-                             const float* uniforms, int vocab, float temperature, float top_p,
-                             int top_k) {
+CADA_KERNEL void sample_rows(unsigned int* tokens, float* t_scratch, double* p_scratch,
+                             const float* logits, const float* uniforms, int vocab,
+                             float temperature, float top_p, int top_k) {
     __shared__ float fscratch[32];
     __shared__ double scratch[32];
     __shared__ double scan[SAMPLE_THREADS];
@@ -103,6 +107,7 @@ CADA_KERNEL void sample_rows(unsigned int* tokens, float* t_scratch, const float
     const int64_t row = blockIdx.x;
     const float* x = logits + row * vocab;
     float* tr = t_scratch + row * vocab;
+    double* pr = p_scratch + row * vocab;
 
     if (temperature <= 0.f) {
         // argmax, lowest index on ties
@@ -141,27 +146,31 @@ CADA_KERNEL void sample_rows(unsigned int* tokens, float* t_scratch, const float
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, x[i]);
     m = block_max(m, fscratch);
     // t = 0 − z keeps +0 for the max token (−z would give −0, whose bits sort last)
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) tr[i] = 0.f - (x[i] - m) / temperature;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float t = 0.f - (x[i] - m) / temperature;
+        tr[i] = t;
+        pr[i] = exp(-(double)t);  // the CPU's p = exp(f64(z)), z = −t exactly
+    }
     __syncthreads();
 
     Kept kept = {CUDART_INF_F, INT_MAX};
     Kept boundary;
     if (top_k > 0 && top_k < vocab &&
-        select_token(tr, vocab, kept, (double)top_k, true, false, &boundary, scratch, scan))
+        select_token(tr, pr, vocab, kept, (double)top_k, true, false, &boundary, scratch, scan))
         kept = boundary;
     if (top_p < 1.f) {
-        const double total = total_upto(tr, vocab, kept, CUDART_INF_F, false, false, scratch);
-        if (select_token(tr, vocab, kept, (double)top_p * total, false, false, &boundary, scratch,
-                         scan))
+        const double total = total_upto(tr, pr, vocab, kept, CUDART_INF_F, false, false, scratch);
+        if (select_token(tr, pr, vocab, kept, (double)top_p * total, false, false, &boundary,
+                         scratch, scan))
             kept = boundary;
     }
-    const double total = total_upto(tr, vocab, kept, CUDART_INF_F, false, false, scratch);
+    const double total = total_upto(tr, pr, vocab, kept, CUDART_INF_F, false, false, scratch);
     Kept pick;
-    if (!select_token(tr, vocab, kept, (double)uniforms[row] * total, false, true, &pick, scratch,
-                      scan)) {
+    if (!select_token(tr, pr, vocab, kept, (double)uniforms[row] * total, false, true, &pick,
+                      scratch, scan)) {
         // u·total ≥ the whole kept mass (rounding): the CPU returns the last kept token.
-        const double n_kept = total_upto(tr, vocab, kept, CUDART_INF_F, false, true, scratch);
-        select_token(tr, vocab, kept, n_kept, true, false, &pick, scratch, scan);
+        const double n_kept = total_upto(tr, pr, vocab, kept, CUDART_INF_F, false, true, scratch);
+        select_token(tr, pr, vocab, kept, n_kept, true, false, &pick, scratch, scan);
     }
     if (threadIdx.x == 0) tokens[row] = (unsigned int)pick.bi;
 }

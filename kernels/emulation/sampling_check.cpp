@@ -100,9 +100,10 @@ int main(int argc, char** argv) {
         const unsigned threads = ci == 2 ? SAMPLE_THREADS : 128;  // one config at the real size
         std::vector<unsigned> tokens(batch, 0xffffffffu);
         std::vector<float> t_scratch((size_t)batch * vocab, NAN);
+        std::vector<double> p_scratch((size_t)batch * vocab, NAN);
         emu::launch(dim3{(unsigned)batch, 1, 1}, dim3{threads, 1, 1}, [&] {
-            sample_rows(tokens.data(), t_scratch.data(), logits.data(), uniforms.data(), vocab,
-                        c.temperature, c.top_p, c.top_k);
+            sample_rows(tokens.data(), t_scratch.data(), p_scratch.data(), logits.data(),
+                        uniforms.data(), vocab, c.temperature, c.top_p, c.top_k);
         });
         int bad = 0;
         for (int r = 0; r < batch; ++r) {

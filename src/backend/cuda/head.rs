@@ -247,7 +247,13 @@ impl Cuda {
             .stream
             .clone_htod(&uniforms[..batch])
             .context("cuda backend: upload uniforms")?;
-        let mut scratch = self.zeros(batch * vocab)?;
+        // t and p = exp(−t) per token, each written before it is read (the greedy path reads
+        // neither): not zeroed
+        // SAFETY: sample_rows writes every element of a row before reading it.
+        let mut t_scratch = unsafe { self.stream.alloc::<f32>(batch * vocab) }
+            .context("cuda backend: allocating sampling scratch")?;
+        let mut p_scratch = unsafe { self.stream.alloc::<f64>(batch * vocab) }
+            .context("cuda backend: allocating sampling scratch")?;
         let mut tokens = self.alloc_u32(batch)?;
         let (vocab_i, top_k_i) = (
             dim_i32(vocab, "vocab")?,
@@ -257,7 +263,8 @@ impl Cuda {
             self,
             grid_rows(batch, kernels::defines::SAMPLE_THREADS as u32)?,
             &mut tokens,
-            &mut scratch,
+            &mut t_scratch,
+            &mut p_scratch,
             logits,
             &u,
             &vocab_i,
