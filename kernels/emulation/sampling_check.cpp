@@ -2,11 +2,11 @@
 // sampled token of every row with a transcription of the CPU reference
 // (src/backend/cpu/sampling.rs: sort by (p desc, index asc), top-k, top-p, inverse CDF with the
 // caller's uniform). The kernel must pick the same token for the same draw; it avoids the sort
-// by bisection over the f32 bits of t = −z and a block scan over tied tokens, which is what this
+// by a radix select over the f32 bits of t = −z and a block scan over tied tokens, which is what this
 // checks: rows with many exact ties, vocabularies that are not a multiple of the block, draws
 // at 0 and just below 1, greedy rows. Fresh random rows each run (CADA_EMU_SEED to repeat).
 // Blocks of 128 threads for most rows (the kernel is written for any multiple of 32), one
-// config at the launcher's 1024. Exit status 1 on any mismatch.
+// config at the launcher's SAMPLE_THREADS (256). Exit status 1 on any mismatch.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
 #include "harness.h"
@@ -119,6 +119,39 @@ int main(int argc, char** argv) {
         std::printf("  T %.1f, top_p %.2f, top_k %d, %u threads: %d/%d rows agree\n",
                     c.temperature, c.top_p, c.top_k, threads, batch - bad, batch);
         ok = ok && bad == 0;
+    }
+    // a SmolLM2-sized vocabulary at the launcher's block: 49,152 logits a row, spread like a
+    // language model's (a few likely tokens, a long tail), so the radix passes see many digits
+    if (!quick) {
+        const int big = 49152, rows = 6;
+        std::normal_distribution<float> tail(0.f, 3.f);
+        std::vector<float> lg((size_t)rows * big);
+        for (int r = 0; r < rows; ++r)
+            for (int i = 0; i < big; ++i) lg[(size_t)r * big + i] = tail(rng) + (i % 997 == r ? 9.f : 0.f);
+        std::vector<float> u(rows);
+        for (auto& x : u) x = uni(rng);
+        for (const Config c : {Config{1.f, 1.f, 0}, Config{0.8f, 0.9f, 40}}) {
+            std::vector<unsigned> tokens(rows, 0xffffffffu);
+            std::vector<float> ts((size_t)rows * big, NAN);
+            std::vector<double> ps((size_t)rows * big, NAN);
+            emu::launch(dim3{(unsigned)rows, 1, 1}, dim3{SAMPLE_THREADS, 1, 1}, [&] {
+                sample_rows(tokens.data(), ts.data(), ps.data(), lg.data(), u.data(), big,
+                            c.temperature, c.top_p, c.top_k);
+            });
+            int bad = 0;
+            for (int r = 0; r < rows; ++r) {
+                ++compared;
+                const unsigned want = sample_row_ref(&lg[(size_t)r * big], big, u[r], c.temperature,
+                                                     c.top_p, c.top_k);
+                if (tokens[r] != want) {
+                    ++bad;
+                    std::printf("    row %d: kernel %u, reference %u  MISMATCH\n", r, tokens[r], want);
+                }
+            }
+            std::printf("  vocab %d, T %.1f, top_p %.2f, top_k %d, %u threads: %d/%d rows agree\n",
+                        big, c.temperature, c.top_p, c.top_k, SAMPLE_THREADS, rows - bad, rows);
+            ok = ok && bad == 0;
+        }
     }
     std::printf(ok ? "sampling emulation: all %d rows picked the reference's token\n"
                    : "sampling emulation: FAILED (%d rows compared)\n",
