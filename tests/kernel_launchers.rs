@@ -161,7 +161,7 @@ fn integer_defines_are_exported_and_must_agree() {
     let rust = launchers::generate(&kernel_sources()).unwrap();
     for line in [
         "pub(crate) const CADA_BLOCK: i64 = 256;",
-        "pub(crate) const SAMPLE_THREADS: i64 = 1024;",
+        "pub(crate) const SAMPLE_THREADS: i64 = 256;",
         "pub(crate) const GRPO_LOSS_DR_GRPO: i64 = 2;",
     ] {
         assert!(rust.contains(line), "missing {line}");

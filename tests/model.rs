@@ -77,6 +77,63 @@ fn kv_cache_decoding_matches_full_forward() {
     }
 }
 
+/// The inference forward (nothing saved, one layer's buffers reused) against the training
+/// forward: the same ops on the same values, so the same hidden states to the bit; and the
+/// no-grad completion log-probs equal the saving ones, whose backward they refuse to give.
+#[test]
+fn inference_forward_equals_the_saving_forward() {
+    use cada::cada::seqlogp::{seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq};
+    for (bias, tied) in [(false, true), (true, false)] {
+        let be = Cpu::new();
+        let cfg = tiny_cfg(61, bias, tied);
+        let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 5)).unwrap();
+        let (batch, seq) = (3, 11);
+        let ids: Vec<u32> = (0..batch * seq)
+            .map(|i| ((i * 7 + 3) % 61) as u32)
+            .collect();
+        let fwd = model.forward(&be, &ids, batch, seq).unwrap();
+        let mut layers_seen = 0;
+        let hidden = model
+            .forward_inference(&be, &ids, batch, seq, |l, k, v| {
+                assert_eq!(l, layers_seen);
+                assert_eq!(
+                    (k.len(), v.len()),
+                    (batch * seq * cfg.kv_dim(), batch * seq * cfg.kv_dim())
+                );
+                layers_seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(layers_seen, cfg.num_hidden_layers);
+        assert_eq!(hidden, fwd.hidden, "bias={bias} tied={tied}: hidden states");
+        let seqs = vec![
+            Seq {
+                ctx: vec![3, 5, 7],
+                completion: vec![11, 13, 17, 19],
+            },
+            Seq {
+                ctx: vec![23],
+                completion: vec![29, 31],
+            },
+        ];
+        let with = seq_logprobs(&be, &model, &seqs, 0.7).unwrap();
+        let without = seq_logprobs_no_grad(&be, &model, &seqs, 0.7).unwrap();
+        assert_eq!(
+            with.logp, without.logp,
+            "bias={bias} tied={tied}: log-probs"
+        );
+        assert_eq!(
+            with.entropy, without.entropy,
+            "bias={bias} tied={tied}: entropies"
+        );
+        let mut grads = model.zeros_like_params(&be).unwrap();
+        let dlogp = vec![1.0; seqs.len() * without.lc];
+        let e = seq_backward(&be, &model, &without, &seqs, &dlogp, 0.7, &mut grads).unwrap_err();
+        assert!(format!("{e:#}").contains("without saving"), "{e:#}");
+        seq_backward(&be, &model, &with, &seqs, &dlogp, 0.7, &mut grads).unwrap();
+    }
+}
+
 /// Σ_t w_t · logp_t over a batch, for the finite-difference check.
 fn weighted_logp(
     be: &Cpu,

@@ -472,6 +472,67 @@ fn cuda_decode_recorded_matches_launched() {
     );
 }
 
+/// The inference forward (no activations saved, buffers reused by every layer; the prefill,
+/// the reference model, scoring) against the saving forward on the GPU, in the f32 defaults
+/// and in the full tensor-core mix (bf16 GEMMs with narrowed GEMM inputs, the mma attention
+/// with narrowed q/k/v). A narrowed buffer is read through the same bf16 copy the inference
+/// path converts, so 1e-6 (equal to the bit expected; whether they are is printed). Both
+/// against the CPU too (bounds as the whole-model tests').
+#[test]
+fn cuda_inference_forward_matches_saving_forward() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::{AttentionKernel, GemmPrecision};
+        let name = "cuda_inference_forward_matches_saving_forward";
+        if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
+            for (precision, attention) in [
+                (GemmPrecision::F32, AttentionKernel::Simt),
+                (GemmPrecision::Bf16, AttentionKernel::Mma),
+            ] {
+                gpu.set_gemm_precision(precision).unwrap();
+                gpu.set_attention_kernel(attention);
+                for cfg in configs() {
+                    let params = common::random_params(&cfg, rng.gen());
+                    let (batch, seq) = (3, 37);
+                    let (ids, _) = random_tokens(&mut rng, &cfg, batch * seq);
+                    let model = Llama::from_host(&gpu, cfg.clone(), &params).unwrap();
+                    let saving = gpu
+                        .download(&model.forward(&gpu, &ids, batch, seq).unwrap().hidden)
+                        .unwrap();
+                    let inference = model
+                        .forward_inference(&gpu, &ids, batch, seq, |_, _, _| Ok(()))
+                        .unwrap();
+                    let inference = gpu.download(&inference).unwrap();
+                    let what =
+                        format!("{precision:?} + {attention:?}: hidden, inference vs saving");
+                    check(&what, &inference, &saving, 1e-6);
+                    println!("  {what}: equal to the bit: {}", inference == saving);
+                    let cpu = Cpu::new();
+                    let reference = Llama::from_host(&cpu, cfg.clone(), &params).unwrap();
+                    let want = reference.forward(&cpu, &ids, batch, seq).unwrap().hidden;
+                    let tol = if precision == GemmPrecision::F32 {
+                        VALUE_TOL
+                    } else {
+                        BF16_MODEL_TOL
+                    };
+                    check(
+                        &format!("{precision:?} + {attention:?}: hidden vs CPU"),
+                        &inference,
+                        &want,
+                        tol,
+                    );
+                }
+            }
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_inference_forward_matches_saving_forward: skipped: no GPU (built without the `cuda` \
+         feature)"
+    );
+}
+
 gpu_test!(cuda_whole_model_logprobs_and_gradients, whole_model_case);
 gpu_test!(cuda_whole_model_kv_cache_decode, decode_case);
 

@@ -9,7 +9,7 @@
 
 use super::OnDevice;
 use crate::backend::{Backend, GrpoLossConfig, LossType};
-use crate::cada::seqlogp::{seq_backward, seq_logprobs, Seq};
+use crate::cada::seqlogp::{seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq};
 use crate::model::config::LlamaConfig;
 use crate::model::llama::Llama;
 use crate::model::weights::Params;
@@ -162,7 +162,7 @@ impl OnDevice for StepBench<'_> {
             let t1 = Instant::now();
             let mut ref_lp = Vec::new();
             for &(r0, r1) in &chunks {
-                ref_lp.push(seq_logprobs(be, &reference, &seqs[r0..r1], 1.0)?.logp);
+                ref_lp.push(seq_logprobs_no_grad(be, &reference, &seqs[r0..r1], 1.0)?.logp);
             }
             t_ref.push(t1.elapsed().as_secs_f64());
             drop(_range);

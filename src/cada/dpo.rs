@@ -1,7 +1,9 @@
 //! DPO (sigmoid loss against a frozen reference) on chosen/rejected pairs:
 //! L = −log σ(β·[(π_c − ref_c) − (π_r − ref_r)]), π = Σ log-probs of the completion tokens.
 
-use super::seqlogp::{check_grads, completion_mask, seq_backward, seq_logprobs, Seq};
+use super::seqlogp::{
+    check_grads, completion_mask, seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq,
+};
 use crate::backend::Backend;
 use crate::model::llama::Llama;
 use crate::model::weights::Params;
@@ -116,7 +118,7 @@ pub fn dpo_train<B: Backend>(
         let sl = seq_logprobs(be, model, &rows, 1.0)?;
         let mask = completion_mask(&rows, sl.lc);
         let pol = row_sums(&sl.logp, &mask, 2 * n, sl.lc);
-        let rl = seq_logprobs(be, reference, &rows, 1.0)?;
+        let rl = seq_logprobs_no_grad(be, reference, &rows, 1.0)?;
         let refs = row_sums(&rl.logp, &completion_mask(&rows, rl.lc), 2 * n, rl.lc);
         let (loss, accuracy, margin, dc, dr) =
             dpo_loss(&pol[..n], &pol[n..], &refs[..n], &refs[n..], cfg.beta);

@@ -14,11 +14,9 @@ pub struct Seq {
 }
 
 /// Per-token log-probs of a batch of [`Seq`], laid out `[rows, lc]` (lc = longest completion),
-/// plus what the backward needs.
+/// plus what the backward needs (`None` from [`seq_logprobs_no_grad`]).
 pub struct SeqLogprobs<B: Backend> {
-    fwd: Forward<B>,
-    targets: B::Ids,
-    lse: B::Buf,
+    saved: Option<(Forward<B>, B::Ids, B::Buf)>,
     pub seq: usize,
     pub lc: usize,
     pub logp: Vec<f32>,
@@ -33,6 +31,32 @@ pub fn seq_logprobs<B: Backend>(
     seqs: &[Seq],
     temperature: f32,
 ) -> Result<SeqLogprobs<B>> {
+    let (ids, rows, seq) = padded_ids(seqs)?;
+    let fwd = model.forward(be, &ids, rows, seq)?;
+    let targets = be.upload_ids(&shifted_targets(&ids, rows, seq))?;
+    let (logp, ent, lse) = model.token_logprobs(be, &fwd, &targets, temperature)?;
+    let mut out = per_completion(be, seqs, seq, &logp, &ent)?;
+    out.saved = Some((fwd, targets, lse));
+    Ok(out)
+}
+
+/// [`seq_logprobs`] without saving anything for a backward (the reference model, scoring):
+/// the inference forward, one layer's activations at a time. The same log-probs.
+pub fn seq_logprobs_no_grad<B: Backend>(
+    be: &B,
+    model: &Llama<B>,
+    seqs: &[Seq],
+    temperature: f32,
+) -> Result<SeqLogprobs<B>> {
+    let (ids, rows, seq) = padded_ids(seqs)?;
+    let hidden = model.forward_inference(be, &ids, rows, seq, |_, _, _| Ok(()))?;
+    let targets = be.upload_ids(&shifted_targets(&ids, rows, seq))?;
+    let (logp, ent, _) = model.hidden_logprobs(be, &hidden, rows * seq, &targets, temperature)?;
+    per_completion(be, seqs, seq, &logp, &ent)
+}
+
+/// The right-padded ids `[rows, seq]` of a batch, with rows and seq.
+fn padded_ids(seqs: &[Seq]) -> Result<(Vec<u32>, usize, usize)> {
     anyhow::ensure!(!seqs.is_empty(), "seq_logprobs: empty batch");
     anyhow::ensure!(
         seqs.iter().all(|s| !s.ctx.is_empty()),
@@ -44,22 +68,31 @@ pub fn seq_logprobs<B: Backend>(
         .map(|s| s.ctx.len() + s.completion.len())
         .max()
         .unwrap_or(1);
-    let lc = seqs
-        .iter()
-        .map(|s| s.completion.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
     let mut ids = vec![0u32; rows * seq];
     for (b, s) in seqs.iter().enumerate() {
         let row = &mut ids[b * seq..(b + 1) * seq];
         row[..s.ctx.len()].copy_from_slice(&s.ctx);
         row[s.ctx.len()..s.ctx.len() + s.completion.len()].copy_from_slice(&s.completion);
     }
-    let fwd = model.forward(be, &ids, rows, seq)?;
-    let targets = be.upload_ids(&shifted_targets(&ids, rows, seq))?;
-    let (logp, ent, lse) = model.token_logprobs(be, &fwd, &targets, temperature)?;
-    let (logp_h, ent_h) = (be.download(&logp)?, be.download(&ent)?);
+    Ok((ids, rows, seq))
+}
+
+/// Per-position log-probs and entropies `[rows, seq]` laid out per completion `[rows, lc]`.
+fn per_completion<B: Backend>(
+    be: &B,
+    seqs: &[Seq],
+    seq: usize,
+    logp: &B::Buf,
+    ent: &B::Buf,
+) -> Result<SeqLogprobs<B>> {
+    let lc = seqs
+        .iter()
+        .map(|s| s.completion.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (logp_h, ent_h) = (be.download(logp)?, be.download(ent)?);
+    let rows = seqs.len();
     let mut lp = vec![0f32; rows * lc];
     let mut entropy = vec![0f32; rows * lc];
     for (b, s) in seqs.iter().enumerate() {
@@ -70,9 +103,7 @@ pub fn seq_logprobs<B: Backend>(
         }
     }
     Ok(SeqLogprobs {
-        fwd,
-        targets,
-        lse,
+        saved: None,
         seq,
         lc,
         logp: lp,
@@ -104,16 +135,11 @@ pub fn seq_backward<B: Backend>(
             dfull[b * sl.seq + p + j - 1] = dlogp[b * sl.lc + j];
         }
     }
+    let (fwd, targets, lse) = sl.saved.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("seq_backward: these log-probs were computed without saving for a backward")
+    })?;
     let d_full = be.upload(&dfull)?;
-    model.logprob_backward(
-        be,
-        &sl.fwd,
-        &sl.targets,
-        &sl.lse,
-        &d_full,
-        temperature,
-        grads,
-    )
+    model.logprob_backward(be, fwd, targets, lse, &d_full, temperature, grads)
 }
 
 /// The completion mask `[rows, lc]` (1 on real completion tokens).

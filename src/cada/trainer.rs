@@ -7,7 +7,7 @@ use super::config::{JudgeConfig, TrainConfig, TrainContext};
 use super::data::PromptItem;
 use super::judge::{CommandJudge, Judge, JudgeItem, RuleJudge};
 use super::retrieval::{deliberation_system_prompt, select_cases};
-use super::seqlogp::{check_grads, seq_backward, seq_logprobs, Seq};
+use super::seqlogp::{check_grads, seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq};
 use super::spec::Spec;
 use crate::backend::Backend;
 use crate::model::chat::Message;
@@ -310,7 +310,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut ref_lp = vec![0f32; rows * lc];
         if let Some(r) = &self.reference {
             for &(r0, r1) in &chunks {
-                let sl = seq_logprobs(be, r, &seqs[r0..r1], self.cfg.rollout.temperature)?;
+                let sl = seq_logprobs_no_grad(be, r, &seqs[r0..r1], self.cfg.rollout.temperature)?;
                 relayout_into(&mut ref_lp[r0 * lc..r1 * lc], &sl.logp, r1 - r0, sl.lc, lc);
             }
         }

@@ -37,6 +37,30 @@ struct LayerActs<B: Backend> {
     act: B::Buf,
 }
 
+impl<B: Backend> LayerActs<B> {
+    /// Zeroed buffers for one layer over `batch × seq` tokens (`x_in` empty: the caller's).
+    fn zeros(be: &B, c: &LlamaConfig, batch: usize, seq: usize) -> Result<Self> {
+        let n = batch * seq;
+        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        Ok(LayerActs {
+            x_in: be.zeros(0)?,
+            rstd1: be.zeros(n)?,
+            n1: be.zeros(n * d)?,
+            q: be.zeros(n * qd)?,
+            k: be.zeros(n * kvd)?,
+            v: be.zeros(n * kvd)?,
+            attn: be.zeros(n * qd)?,
+            lse: be.zeros(batch * c.num_attention_heads * seq)?,
+            h: be.zeros(n * d)?,
+            rstd2: be.zeros(n)?,
+            n2: be.zeros(n * d)?,
+            gate: be.zeros(n * f)?,
+            up: be.zeros(n * f)?,
+            act: be.zeros(n * f)?,
+        })
+    }
+}
+
 /// The result of a forward pass over a right-padded batch `[batch, seq]`.
 pub struct Forward<B: Backend> {
     pub batch: usize,
@@ -48,22 +72,6 @@ pub struct Forward<B: Backend> {
     rstd_final: B::Buf,
     /// final normed hidden states `[batch·seq, hidden]`
     pub hidden: B::Buf,
-}
-
-impl<B: Backend> Forward<B> {
-    /// Post-RoPE keys and values of layer `l` (`[batch·seq, kv_dim]`), for filling a KV cache
-    /// (in f32 only after the prefill's forward, `KeepKv::ForCache`).
-    fn layer_kv(&self, l: usize) -> (&B::Buf, &B::Buf) {
-        (&self.layers[l].k, &self.layers[l].v)
-    }
-}
-
-/// What a forward's saved k and v are for: only the backward (a backend may narrow them), or
-/// also the prefill's copy into the KV cache (f32 values kept).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum KeepKv {
-    ForBackwardOnly,
-    ForCache,
 }
 
 impl<B: Backend> Llama<B> {
@@ -100,43 +108,40 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
-    /// Forward over `ids` laid out `[batch, seq]` (right-padded; padding may be any valid id).
-    /// The saved activations are only for [`Llama::backward`]: a backend may keep some of them
-    /// in bf16 alone (the `Backend::keep_as_*` hints).
-    pub fn forward(&self, be: &B, ids: &[u32], batch: usize, seq: usize) -> Result<Forward<B>> {
-        self.forward_saving(be, ids, batch, seq, KeepKv::ForBackwardOnly)
-    }
-
-    fn forward_saving(
-        &self,
-        be: &B,
-        ids: &[u32],
-        batch: usize,
-        seq: usize,
-        keep_kv: KeepKv,
-    ) -> Result<Forward<B>> {
-        let c = &self.cfg;
+    fn check_forward(&self, ids: &[u32], batch: usize, seq: usize) -> Result<()> {
         ensure!(
             ids.len() == batch * seq,
             "forward: {} ids for batch {batch} × seq {seq}",
             ids.len()
         );
         ensure!(
-            seq <= c.max_position_embeddings,
+            seq <= self.cfg.max_position_embeddings,
             "sequence of {seq} tokens exceeds max_position_embeddings {}",
-            c.max_position_embeddings
+            self.cfg.max_position_embeddings
         );
-        self.check_ids(ids)?;
-        let n = batch * seq;
-        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let eps = c.rms_norm_eps as f32;
-        let shape = AttnShape {
+        self.check_ids(ids)
+    }
+
+    fn attn_shape(&self, batch: usize, seq: usize) -> AttnShape {
+        AttnShape {
             batch,
             seq,
-            n_heads: c.num_attention_heads,
-            n_kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-        };
+            n_heads: self.cfg.num_attention_heads,
+            n_kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// Forward over `ids` laid out `[batch, seq]` (right-padded; padding may be any valid id).
+    /// The saved activations are only for [`Llama::backward`]: a backend may keep some of them
+    /// in bf16 alone (the `Backend::keep_as_*` hints).
+    pub fn forward(&self, be: &B, ids: &[u32], batch: usize, seq: usize) -> Result<Forward<B>> {
+        let c = &self.cfg;
+        self.check_forward(ids, batch, seq)?;
+        let n = batch * seq;
+        let d = c.hidden_size;
+        let eps = c.rms_norm_eps as f32;
+        let shape = self.attn_shape(batch, seq);
         let _range = crate::profile::range("model forward");
         let ids_d = be.upload_ids(ids)?;
         let pos: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
@@ -147,80 +152,11 @@ impl<B: Backend> Llama<B> {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for (l, lp) in self.params.layers.iter().enumerate() {
             let _layer = crate::profile::range_with(|| format!("layer {l} forward"));
-            let (mut rstd1, mut n1) = (be.zeros(n)?, be.zeros(n * d)?);
-            be.rmsnorm_forward(&mut n1, &mut rstd1, &x, &lp.attn_norm, n, d, eps)?;
-            let (mut q, mut k, mut v) = (be.zeros(n * qd)?, be.zeros(n * kvd)?, be.zeros(n * kvd)?);
-            // n1, n2 and act are read from here on only as GEMM inputs (these projections and
-            // their backward): a bf16-GEMM backend converts each once and keeps only that
-            be.keep_as_gemm_input(&mut n1)?;
-            be.linear_forward(&mut q, &n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
-            be.linear_forward(&mut k, &n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
-            be.linear_forward(&mut v, &n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-            be.rope_forward(
-                &mut q,
-                &positions,
-                &self.inv_freq,
-                n,
-                c.num_attention_heads,
-                c.head_dim,
-            )?;
-            be.rope_forward(
-                &mut k,
-                &positions,
-                &self.inv_freq,
-                n,
-                c.num_key_value_heads,
-                c.head_dim,
-            )?;
-            // q, k, v are read from here on only by the attention (the prefill also copies k
-            // and v into the KV cache, so it keeps their f32 values)
-            be.keep_as_attention_input(&mut q)?;
-            if keep_kv == KeepKv::ForBackwardOnly {
-                be.keep_as_attention_input(&mut k)?;
-                be.keep_as_attention_input(&mut v)?;
-            }
-            let (mut attn, mut lse) = (
-                be.zeros(n * qd)?,
-                be.zeros(batch * c.num_attention_heads * seq)?,
-            );
-            be.attention_forward(&mut attn, &mut lse, &q, &k, &v, shape)?;
-            // attn is read from here on only by the output projection and the attention backward
-            be.keep_as_attention_output(&mut attn)?;
-            let mut h = be.zeros(n * d)?;
-            be.linear_forward(&mut h, &attn, &lp.o_proj, None, n, qd, d)?;
-            be.add_assign(&mut h, &x)?;
-            let (mut rstd2, mut n2) = (be.zeros(n)?, be.zeros(n * d)?);
-            be.rmsnorm_forward(&mut n2, &mut rstd2, &h, &lp.mlp_norm, n, d, eps)?;
-            let (mut gate, mut up, mut act) =
-                (be.zeros(n * f)?, be.zeros(n * f)?, be.zeros(n * f)?);
-            be.keep_as_gemm_input(&mut n2)?;
-            be.linear_forward(&mut gate, &n2, &lp.gate_proj, None, n, d, f)?;
-            be.linear_forward(&mut up, &n2, &lp.up_proj, None, n, d, f)?;
-            be.swiglu_forward(&mut act, &gate, &up)?;
-            be.keep_as_gemm_input(&mut act)?;
-            // gate and up are read from here on only by the SwiGLU backward
-            be.keep_as_swiglu_input(&mut gate)?;
-            be.keep_as_swiglu_input(&mut up)?;
+            let mut a = LayerActs::zeros(be, c, batch, seq)?;
             let mut y = be.zeros(n * d)?;
-            be.linear_forward(&mut y, &act, &lp.down_proj, None, n, f, d)?;
-            be.add_assign(&mut y, &h)?;
-            let x_in = std::mem::replace(&mut x, y);
-            layers.push(LayerActs {
-                x_in,
-                rstd1,
-                n1,
-                q,
-                k,
-                v,
-                attn,
-                lse,
-                h,
-                rstd2,
-                n2,
-                gate,
-                up,
-                act,
-            });
+            self.layer_forward(be, lp, &x, &mut a, &mut y, &positions, shape, true)?;
+            a.x_in = std::mem::replace(&mut x, y);
+            layers.push(a);
         }
         let (mut rstd_final, mut hidden) = (be.zeros(n)?, be.zeros(n * d)?);
         be.rmsnorm_forward(
@@ -242,6 +178,109 @@ impl<B: Backend> Llama<B> {
             rstd_final,
             hidden,
         })
+    }
+
+    /// The final normed hidden states `[batch·seq, hidden]` of `ids` without saving anything
+    /// for a backward: one layer's buffers, reused by every layer (the reference model's and the
+    /// old policy's log-probs, scoring, the rollout prefill). `each_layer(l, k, v)` sees layer
+    /// `l`'s post-RoPE keys and values (f32) before the next layer overwrites them. Equal to
+    /// [`Llama::forward`]'s `hidden`: the same ops on the same values.
+    pub fn forward_inference(
+        &self,
+        be: &B,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        mut each_layer: impl FnMut(usize, &B::Buf, &B::Buf) -> Result<()>,
+    ) -> Result<B::Buf> {
+        let c = &self.cfg;
+        self.check_forward(ids, batch, seq)?;
+        let n = batch * seq;
+        let d = c.hidden_size;
+        let _range = crate::profile::range("model forward (inference)");
+        let ids_d = be.upload_ids(ids)?;
+        let positions = be.upload_ids(&(0..n).map(|i| (i % seq) as u32).collect::<Vec<_>>())?;
+        let mut x = be.zeros(n * d)?;
+        be.embedding_forward(&mut x, &self.params.embed, &ids_d, n, d)?;
+        let mut a = LayerActs::zeros(be, c, batch, seq)?;
+        let mut y = be.zeros(n * d)?;
+        let shape = self.attn_shape(batch, seq);
+        for (l, lp) in self.params.layers.iter().enumerate() {
+            self.layer_forward(be, lp, &x, &mut a, &mut y, &positions, shape, false)?;
+            each_layer(l, &a.k, &a.v)?;
+            std::mem::swap(&mut x, &mut y);
+        }
+        let (mut rstd, mut hidden) = (be.zeros(n)?, be.zeros(n * d)?);
+        let eps = c.rms_norm_eps as f32;
+        be.rmsnorm_forward(
+            &mut hidden,
+            &mut rstd,
+            &x,
+            &self.params.final_norm,
+            n,
+            d,
+            eps,
+        )?;
+        Ok(hidden)
+    }
+
+    /// One layer on `x` (`[n, hidden]`): its activations into `a` (all but `x_in`, which the
+    /// caller keeps), its output into `y`. `saving`: the activations are kept for a backward, so
+    /// the `Backend::keep_as_*` hints may narrow them; inference gives none, as its buffers are
+    /// reused by the next layer (and k, v keep their f32 values for a KV cache).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        be: &B,
+        lp: &LayerParams<B::Buf>,
+        x: &B::Buf,
+        a: &mut LayerActs<B>,
+        y: &mut B::Buf,
+        positions: &B::Ids,
+        shape: AttnShape,
+        saving: bool,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let n = shape.batch * shape.seq;
+        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let eps = c.rms_norm_eps as f32;
+        let hint = |be: &B, buf: &mut B::Buf, keep: fn(&B, &mut B::Buf) -> Result<()>| {
+            if saving {
+                keep(be, buf)
+            } else {
+                Ok(())
+            }
+        };
+        be.rmsnorm_forward(&mut a.n1, &mut a.rstd1, x, &lp.attn_norm, n, d, eps)?;
+        // n1, n2 and act are read from here on only as GEMM inputs (these projections and
+        // their backward): a bf16-GEMM backend converts each once and keeps only that
+        hint(be, &mut a.n1, B::keep_as_gemm_input)?;
+        be.linear_forward(&mut a.q, &a.n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
+        be.linear_forward(&mut a.k, &a.n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
+        be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        be.rope_forward(&mut a.q, positions, &self.inv_freq, n, hq, hd)?;
+        be.rope_forward(&mut a.k, positions, &self.inv_freq, n, hkv, hd)?;
+        // q, k, v are read from here on only by the attention
+        hint(be, &mut a.q, B::keep_as_attention_input)?;
+        hint(be, &mut a.k, B::keep_as_attention_input)?;
+        hint(be, &mut a.v, B::keep_as_attention_input)?;
+        be.attention_forward(&mut a.attn, &mut a.lse, &a.q, &a.k, &a.v, shape)?;
+        // attn is read from here on only by the output projection and the attention backward
+        hint(be, &mut a.attn, B::keep_as_attention_output)?;
+        be.linear_forward(&mut a.h, &a.attn, &lp.o_proj, None, n, qd, d)?;
+        be.add_assign(&mut a.h, x)?;
+        be.rmsnorm_forward(&mut a.n2, &mut a.rstd2, &a.h, &lp.mlp_norm, n, d, eps)?;
+        hint(be, &mut a.n2, B::keep_as_gemm_input)?;
+        be.linear_forward(&mut a.gate, &a.n2, &lp.gate_proj, None, n, d, f)?;
+        be.linear_forward(&mut a.up, &a.n2, &lp.up_proj, None, n, d, f)?;
+        be.swiglu_forward(&mut a.act, &a.gate, &a.up)?;
+        hint(be, &mut a.act, B::keep_as_gemm_input)?;
+        // gate and up are read from here on only by the SwiGLU backward
+        hint(be, &mut a.gate, B::keep_as_swiglu_input)?;
+        hint(be, &mut a.up, B::keep_as_swiglu_input)?;
+        be.linear_forward(y, &a.act, &lp.down_proj, None, n, f, d)?;
+        be.add_assign(y, &a.h)
     }
 
     /// Backward from `dhidden` (gradient of the loss w.r.t. the final normed hidden states);
@@ -431,14 +470,26 @@ impl<B: Backend> Llama<B> {
         targets: &B::Ids,
         temperature: f32,
     ) -> Result<(B::Buf, B::Buf, B::Buf)> {
+        self.hidden_logprobs(be, &fwd.hidden, fwd.batch * fwd.seq, targets, temperature)
+    }
+
+    /// [`Llama::token_logprobs`] from `n` final hidden states (e.g. of
+    /// [`Llama::forward_inference`]).
+    pub fn hidden_logprobs(
+        &self,
+        be: &B,
+        hidden: &B::Buf,
+        n: usize,
+        targets: &B::Ids,
+        temperature: f32,
+    ) -> Result<(B::Buf, B::Buf, B::Buf)> {
         let _range = crate::profile::range("fused_logprob forward");
-        let n = fwd.batch * fwd.seq;
         let (mut logp, mut ent, mut lse) = (be.zeros(n)?, be.zeros(n)?, be.zeros(n)?);
         be.fused_logprob_forward(
             &mut logp,
             &mut ent,
             &mut lse,
-            &fwd.hidden,
+            hidden,
             self.lm_head(),
             targets,
             n,

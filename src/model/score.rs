@@ -49,9 +49,10 @@ pub fn score_items<B: Backend>(
             row[it.prompt_ids.len()..it.prompt_ids.len() + it.completion_ids.len()]
                 .copy_from_slice(&it.completion_ids);
         }
-        let fwd = model.forward(be, &ids, batch, seq)?;
+        let hidden = model.forward_inference(be, &ids, batch, seq, |_, _, _| Ok(()))?;
         let targets = be.upload_ids(&shifted_targets(&ids, batch, seq))?;
-        let (logp, _, _) = model.token_logprobs(be, &fwd, &targets, temperature)?;
+        let (logp, _, _) =
+            model.hidden_logprobs(be, &hidden, batch * seq, &targets, temperature)?;
         let logp = be.download(&logp)?;
         for (b, it) in chunk.iter().enumerate() {
             let p = it.prompt_ids.len();

@@ -5,7 +5,7 @@
 //! launch per step instead of ~15 per layer. Only the step's inputs (token ids, positions)
 //! are rewritten in place between replays.
 
-use super::{KeepKv, Llama};
+use super::Llama;
 use crate::backend::{Backend, DecodeShape};
 use anyhow::{ensure, Result};
 
@@ -68,9 +68,9 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// Runs the prompts (right-padded into one batch) through the full forward, copies each
-    /// prompt's keys/values into its cache slot, and returns the logits of each prompt's last
-    /// token `[prompts, vocab]`.
+    /// Runs the prompts (right-padded into one batch) through the forward (inference: nothing
+    /// saved for a backward), copies each prompt's keys/values into its cache slot layer by
+    /// layer, and returns the logits of each prompt's last token `[prompts, vocab]`.
     pub fn prefill(&self, be: &B, cache: &mut KvCache<B>, prompts: &[Vec<u32>]) -> Result<B::Buf> {
         ensure!(
             prompts.len() <= cache.slots,
@@ -92,22 +92,21 @@ impl<B: Backend> Llama<B> {
         for (b, p) in prompts.iter().enumerate() {
             ids[b * seq..b * seq + p.len()].copy_from_slice(p);
         }
-        let fwd = self.forward_saving(be, &ids, prompts.len(), seq, KeepKv::ForCache)?;
         let kvd = self.cfg.kv_dim();
-        for l in 0..self.cfg.num_hidden_layers {
-            let (k, v) = fwd.layer_kv(l);
+        let hidden = self.forward_inference(be, &ids, prompts.len(), seq, |l, k, v| {
             for (b, p) in prompts.iter().enumerate() {
                 let dst = b * cache.capacity * kvd;
                 be.copy(&mut cache.k[l], dst, k, b * seq * kvd, p.len() * kvd)?;
                 be.copy(&mut cache.v[l], dst, v, b * seq * kvd, p.len() * kvd)?;
             }
-        }
+            Ok(())
+        })?;
         let rows: Vec<usize> = prompts
             .iter()
             .enumerate()
             .map(|(b, p)| b * seq + p.len() - 1)
             .collect();
-        self.logits_rows(be, &fwd.hidden, &rows)
+        self.logits_rows(be, &hidden, &rows)
     }
 
     /// One decode step: `tokens[b]` sits at `positions[b]` of slot `b` (slots `0..tokens.len()`).
