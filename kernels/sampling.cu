@@ -162,6 +162,8 @@ CADA_KERNEL void sample_rows(unsigned int* tokens, float* t_scratch, double* p_s
     __shared__ double scratch[32];
     __shared__ double scan[SAMPLE_THREADS];
     __shared__ double hist[SAMPLE_BINS * SAMPLE_THREADS];
+    // scan and hist hold one slot per thread, the warp reductions need whole warps
+    if (blockDim.x > SAMPLE_THREADS || blockDim.x < 32 || blockDim.x % 32 != 0) __trap();
     __shared__ float best_val[32];
     __shared__ int best_idx[32];
     const int64_t row = blockIdx.x;

@@ -12,6 +12,7 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <climits>
 #include <barrier>
 #include <cmath>
@@ -206,6 +207,8 @@ inline unsigned atomicInc(unsigned* p, unsigned limit) {
 }
 // Blocks run one after another here, so a device-wide fence has nothing to order.
 inline void __threadfence() {}
+// a kernel's refusal of its launch: the emulated run stops here
+inline void __trap() { std::abort(); }
 // Likewise an L2-only load is a plain load.
 template <typename T>
 inline T __ldcg(const T* p) {

@@ -38,27 +38,35 @@ struct LayerActs<B: Backend> {
 }
 
 impl<B: Backend> LayerActs<B> {
-    /// Zeroed buffers for one layer over `batch × seq` tokens (`x_in` empty: the caller's).
-    fn zeros(be: &B, c: &LlamaConfig, batch: usize, seq: usize) -> Result<Self> {
-        let n = batch * seq;
-        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+    /// Empty buffers: `layer_forward` sizes each just before its op writes it (so the saving
+    /// forward allocates gate/up/act only after the attention's inputs were narrowed, as the
+    /// peak memory of a long sequence wants), once for the inference forward's reused set.
+    fn empty(be: &B) -> Result<Self> {
         Ok(LayerActs {
             x_in: be.zeros(0)?,
-            rstd1: be.zeros(n)?,
-            n1: be.zeros(n * d)?,
-            q: be.zeros(n * qd)?,
-            k: be.zeros(n * kvd)?,
-            v: be.zeros(n * kvd)?,
-            attn: be.zeros(n * qd)?,
-            lse: be.zeros(batch * c.num_attention_heads * seq)?,
-            h: be.zeros(n * d)?,
-            rstd2: be.zeros(n)?,
-            n2: be.zeros(n * d)?,
-            gate: be.zeros(n * f)?,
-            up: be.zeros(n * f)?,
-            act: be.zeros(n * f)?,
+            rstd1: be.zeros(0)?,
+            n1: be.zeros(0)?,
+            q: be.zeros(0)?,
+            k: be.zeros(0)?,
+            v: be.zeros(0)?,
+            attn: be.zeros(0)?,
+            lse: be.zeros(0)?,
+            h: be.zeros(0)?,
+            rstd2: be.zeros(0)?,
+            n2: be.zeros(0)?,
+            gate: be.zeros(0)?,
+            up: be.zeros(0)?,
+            act: be.zeros(0)?,
         })
     }
+}
+
+/// `buf` as a zeroed buffer of `len` values unless it already has that length (reused).
+fn sized<B: Backend>(be: &B, buf: &mut B::Buf, len: usize) -> Result<()> {
+    if be.len(buf) != len {
+        *buf = be.zeros(len)?;
+    }
+    Ok(())
 }
 
 /// The result of a forward pass over a right-padded batch `[batch, seq]`.
@@ -152,7 +160,7 @@ impl<B: Backend> Llama<B> {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for (l, lp) in self.params.layers.iter().enumerate() {
             let _layer = crate::profile::range_with(|| format!("layer {l} forward"));
-            let mut a = LayerActs::zeros(be, c, batch, seq)?;
+            let mut a = LayerActs::empty(be)?;
             let mut y = be.zeros(n * d)?;
             self.layer_forward(be, lp, &x, &mut a, &mut y, &positions, shape, true)?;
             a.x_in = std::mem::replace(&mut x, y);
@@ -202,7 +210,7 @@ impl<B: Backend> Llama<B> {
         let positions = be.upload_ids(&(0..n).map(|i| (i % seq) as u32).collect::<Vec<_>>())?;
         let mut x = be.zeros(n * d)?;
         be.embedding_forward(&mut x, &self.params.embed, &ids_d, n, d)?;
-        let mut a = LayerActs::zeros(be, c, batch, seq)?;
+        let mut a = LayerActs::empty(be)?;
         let mut y = be.zeros(n * d)?;
         let shape = self.attn_shape(batch, seq);
         for (l, lp) in self.params.layers.iter().enumerate() {
@@ -251,10 +259,16 @@ impl<B: Backend> Llama<B> {
                 Ok(())
             }
         };
+        let lse_len = shape.batch * c.num_attention_heads * shape.seq;
+        sized(be, &mut a.rstd1, n)?;
+        sized(be, &mut a.n1, n * d)?;
         be.rmsnorm_forward(&mut a.n1, &mut a.rstd1, x, &lp.attn_norm, n, d, eps)?;
         // n1, n2 and act are read from here on only as GEMM inputs (these projections and
         // their backward): a bf16-GEMM backend converts each once and keeps only that
         hint(be, &mut a.n1, B::keep_as_gemm_input)?;
+        sized(be, &mut a.q, n * qd)?;
+        sized(be, &mut a.k, n * kvd)?;
+        sized(be, &mut a.v, n * kvd)?;
         be.linear_forward(&mut a.q, &a.n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
         be.linear_forward(&mut a.k, &a.n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
         be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
@@ -265,13 +279,21 @@ impl<B: Backend> Llama<B> {
         hint(be, &mut a.q, B::keep_as_attention_input)?;
         hint(be, &mut a.k, B::keep_as_attention_input)?;
         hint(be, &mut a.v, B::keep_as_attention_input)?;
+        sized(be, &mut a.attn, n * qd)?;
+        sized(be, &mut a.lse, lse_len)?;
         be.attention_forward(&mut a.attn, &mut a.lse, &a.q, &a.k, &a.v, shape)?;
         // attn is read from here on only by the output projection and the attention backward
         hint(be, &mut a.attn, B::keep_as_attention_output)?;
+        sized(be, &mut a.h, n * d)?;
         be.linear_forward(&mut a.h, &a.attn, &lp.o_proj, None, n, qd, d)?;
         be.add_assign(&mut a.h, x)?;
+        sized(be, &mut a.rstd2, n)?;
+        sized(be, &mut a.n2, n * d)?;
         be.rmsnorm_forward(&mut a.n2, &mut a.rstd2, &a.h, &lp.mlp_norm, n, d, eps)?;
         hint(be, &mut a.n2, B::keep_as_gemm_input)?;
+        sized(be, &mut a.gate, n * f)?;
+        sized(be, &mut a.up, n * f)?;
+        sized(be, &mut a.act, n * f)?;
         be.linear_forward(&mut a.gate, &a.n2, &lp.gate_proj, None, n, d, f)?;
         be.linear_forward(&mut a.up, &a.n2, &lp.up_proj, None, n, d, f)?;
         be.swiglu_forward(&mut a.act, &a.gate, &a.up)?;
