@@ -12,6 +12,18 @@ CADA_KERNEL void swiglu_forward(float* out, const float* gate, const float* up, 
     }
 }
 
+// The same, also writing out's bf16 rounding (RNE, as f32_to_bf16) into out16: in the bf16 GEMM
+// mode the down projection then reads it without a conversion.
+CADA_KERNEL void swiglu_forward_with_bf16(float* out, __nv_bfloat16* out16, const float* gate,
+                                          const float* up, int64_t n) {
+    GRID_STRIDE(i, n) {
+        const float g = gate[i];
+        const float v = g * sigmoidf_(g) * up[i];
+        out[i] = v;
+        out16[i] = __float2bfloat16_rn(v);
+    }
+}
+
 // dup = dout·silu(g); dgate = dout·up·σ(g)·(1 + g·(1 − σ(g))).
 __device__ __forceinline__ void swiglu_grad(float* dgate, float* dup, int64_t i, float d, float g,
                                             float u) {

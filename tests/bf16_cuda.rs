@@ -406,3 +406,84 @@ fn cuda_narrowed_attention_output() {
     #[cfg(not(feature = "cuda"))]
     println!("cuda_narrowed_attention_output: skipped: no GPU (built without the `cuda` feature)");
 }
+
+/// In Bf16 mode RMSNorm, add + RMSNorm and SwiGLU write their output's bf16 copy themselves
+/// (`*_with_bf16` kernels), so the GEMMs that read the output convert nothing. The copy must be
+/// the one a conversion would make: a GEMM from each output equals, to the bit, the GEMM from
+/// a fresh upload of the same f32 values (which converts), and both match the CPU within the
+/// bf16 bound. A later write drops the copy, as for weights.
+#[test]
+fn cuda_ops_write_their_bf16_copies() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let Some((mut gpu, mut r)) = common::cuda_setup("cuda_ops_write_their_bf16_copies") else {
+            return;
+        };
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        let cpu = Cpu::new();
+        let (n, k, m, eps) = (23, 301, 37, 1e-5);
+        let w = randv(&mut r, m * k, 1.0);
+        let wg = gpu.upload(&w).unwrap();
+        // the GEMM from `xg` (its own copy) against the GEMM from a fresh upload, and the CPU
+        let gemm_from =
+            |gpu: &cada::backend::cuda::Cuda, xg: &cada::backend::cuda::CudaBuf, what: &str| {
+                assert!(xg.has_bf16_copy(), "{what}: no bf16 copy written");
+                let x = down(gpu, xg);
+                let mut own = poisoned(gpu, n * m);
+                gpu.linear_forward(&mut own, xg, &wg, None, n, k, m)
+                    .unwrap();
+                let mut fresh = poisoned(gpu, n * m);
+                let xf = gpu.upload(&x).unwrap();
+                gpu.linear_forward(&mut fresh, &xf, &wg, None, n, k, m)
+                    .unwrap();
+                let (own, fresh) = (down(gpu, &own), down(gpu, &fresh));
+                assert_eq!(
+                    own, fresh,
+                    "{what}: the written copy is not the converted one"
+                );
+                let mut oc = vec![0.0; n * m];
+                cpu.linear_forward(&mut oc, &x, &w, None, n, k, m).unwrap();
+                check(what, &own, &oc, BF16_TOL);
+            };
+        let (x, delta, nw) = (
+            randv(&mut r, n * k, 2.0),
+            randv(&mut r, n * k, 1.0),
+            randv(&mut r, k, 1.0),
+        );
+        let (xg, nwg) = (gpu.upload(&x).unwrap(), gpu.upload(&nw).unwrap());
+        let (mut out, mut rstd) = (poisoned(&gpu, n * k), poisoned(&gpu, n));
+        gpu.rmsnorm_forward(&mut out, &mut rstd, &xg, &nwg, n, k, eps)
+            .unwrap();
+        gemm_from(&gpu, &out, "rmsnorm_forward output");
+        let mut xs = gpu.upload(&x).unwrap();
+        gpu.add_rmsnorm_forward(
+            &mut xs,
+            &gpu.upload(&delta).unwrap(),
+            &mut out,
+            &mut rstd,
+            &nwg,
+            n,
+            k,
+            eps,
+        )
+        .unwrap();
+        gemm_from(
+            &gpu,
+            &out,
+            "add_rmsnorm_forward output (its old copy reused)",
+        );
+        let (g, u) = (randv(&mut r, n * k, 3.0), randv(&mut r, n * k, 1.0));
+        let mut act = poisoned(&gpu, n * k);
+        gpu.swiglu_forward(&mut act, &gpu.upload(&g).unwrap(), &gpu.upload(&u).unwrap())
+            .unwrap();
+        gemm_from(&gpu, &act, "swiglu_forward output");
+        gpu.scale(&mut act, 0.5).unwrap();
+        assert!(!act.has_bf16_copy(), "a write kept a stale bf16 copy");
+        println!("cuda_ops_write_their_bf16_copies: ran on the GPU and matched the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_ops_write_their_bf16_copies: skipped: no GPU (built without the `cuda` feature)"
+    );
+}

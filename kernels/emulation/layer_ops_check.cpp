@@ -168,6 +168,63 @@ void add_rmsnorm(Rand& r, int n, int dim) {
     expect("add_rmsnorm_forward rstd = rmsnorm's (bits)" + s, bits(rstd2, rstd1));
 }
 
+// The bf16 GEMM mode's "_with_bf16" kernels (rmsnorm, add + rmsnorm, swiglu) against their
+// f32 kernel followed by f32_to_bf16 (the conversion they replace): both outputs equal to the
+// bit, so a GEMM reading the kernel's copy computes what it computed on the converted one.
+void with_bf16_copies(Rand& r, int n, int dim) {
+    const float eps = 1e-6f;
+    const int64_t len = (int64_t)n * dim;
+    const auto x0 = r.normal(len, 2.f), delta = r.normal(len), w = r.normal(dim);
+    const dim3 rows{(unsigned)n}, threads{row_threads(dim)};
+    const auto bits16 = [](const std::vector<__nv_bfloat16>& a, const std::vector<__nv_bfloat16>& b) {
+        return std::memcmp(a.data(), b.data(), a.size() * sizeof(__nv_bfloat16)) == 0;
+    };
+    const auto bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+        return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    };
+    const auto convert = [&](const std::vector<float>& src) {
+        std::vector<__nv_bfloat16> dst(src.size(), __nv_bfloat16{0xdead});
+        emu::launch(grid_1d((int64_t)src.size() / 4 + 1), dim3{kBlock},
+                    [&] { f32_to_bf16(dst.data(), src.data(), (int64_t)src.size()); });
+        return dst;
+    };
+    const std::string s = " [" + std::to_string(n) + " × " + std::to_string(dim) + "]";
+    {
+        std::vector<float> o1(len, NAN), o2(len, NAN), r1(n, NAN), r2(n, NAN);
+        std::vector<__nv_bfloat16> o16(len, __nv_bfloat16{0xdead});
+        emu::launch(rows, threads, [&] { rmsnorm_forward(o1.data(), r1.data(), x0.data(), w.data(), dim, eps); });
+        emu::launch(rows, threads, [&] {
+            rmsnorm_forward_with_bf16(o2.data(), o16.data(), r2.data(), x0.data(), w.data(), dim, eps);
+        });
+        expect("rmsnorm_forward_with_bf16 = rmsnorm_forward + f32_to_bf16" + s,
+               bits(o2, o1) && bits(r2, r1) && bits16(o16, convert(o1)));
+    }
+    {
+        auto x1 = x0, x2 = x0;
+        std::vector<float> o1(len, NAN), o2(len, NAN), r1(n, NAN), r2(n, NAN);
+        std::vector<__nv_bfloat16> o16(len, __nv_bfloat16{0xdead});
+        emu::launch(rows, threads, [&] {
+            add_rmsnorm_forward(x1.data(), o1.data(), r1.data(), delta.data(), w.data(), dim, eps);
+        });
+        emu::launch(rows, threads, [&] {
+            add_rmsnorm_forward_with_bf16(x2.data(), o2.data(), o16.data(), r2.data(), delta.data(),
+                                          w.data(), dim, eps);
+        });
+        expect("add_rmsnorm_forward_with_bf16 = add_rmsnorm_forward + f32_to_bf16" + s,
+               bits(x2, x1) && bits(o2, o1) && bits(r2, r1) && bits16(o16, convert(o1)));
+    }
+    {
+        const auto g = r.normal(len, 3.f), u = r.normal(len);
+        std::vector<float> o1(len, NAN), o2(len, NAN);
+        std::vector<__nv_bfloat16> o16(len, __nv_bfloat16{0xdead});
+        emu::launch(grid_1d(len), dim3{kBlock}, [&] { swiglu_forward(o1.data(), g.data(), u.data(), len); });
+        emu::launch(grid_1d(len), dim3{kBlock},
+                    [&] { swiglu_forward_with_bf16(o2.data(), o16.data(), g.data(), u.data(), len); });
+        expect("swiglu_forward_with_bf16 = swiglu_forward + f32_to_bf16" + s,
+               bits(o2, o1) && bits16(o16, convert(o1)));
+    }
+}
+
 void rope(Rand& r, int n, int heads, int hd) {
     const int half = hd / 2;
     std::vector<float> inv_freq(half);
@@ -507,6 +564,7 @@ int main(int argc, char** argv) {
     rmsnorm(r, 13, quick ? 77 : 896);
     if (!quick) rmsnorm(r, 150, 577);
     add_rmsnorm(r, 5, quick ? 77 : 576);
+    with_bf16_copies(r, 7, quick ? 77 : 1601);
     if (!quick) add_rmsnorm(r, 64, 1601);  // more columns than threads: each thread takes two
     rope(r, 11, 3, 64);
     if (!quick) rope(r, 5, 2, 128);

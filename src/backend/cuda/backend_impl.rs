@@ -298,7 +298,16 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps)
+        match self.bf16_output_copy(out)? {
+            None => kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps),
+            Some(mut copy) => {
+                kernels::rmsnorm_forward_with_bf16(
+                    self, cfg, out, &mut copy, rstd, x, w, &d, &eps,
+                )?;
+                out.cache_bf16(copy);
+                Ok(())
+            }
+        }
     }
     fn add_rmsnorm_forward(
         &self,
@@ -322,7 +331,16 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        kernels::add_rmsnorm_forward(self, cfg, x, out, rstd, delta, w, &d, &eps)
+        match self.bf16_output_copy(out)? {
+            None => kernels::add_rmsnorm_forward(self, cfg, x, out, rstd, delta, w, &d, &eps),
+            Some(mut copy) => {
+                kernels::add_rmsnorm_forward_with_bf16(
+                    self, cfg, x, out, &mut copy, rstd, delta, w, &d, &eps,
+                )?;
+                out.cache_bf16(copy);
+                Ok(())
+            }
+        }
     }
     fn rmsnorm_backward(
         &self,

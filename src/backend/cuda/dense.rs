@@ -23,9 +23,10 @@ impl Cuda {
         m: usize,
     ) -> Result<()> {
         need(out, n * m, "out")?;
-        // a narrowed x (keep_as_gemm_input) is only its bf16 copy, checked in gemm_pre
-        let x16 = self.narrowed_operand(x, "x")?;
-        if x16.is_none() {
+        // a narrowed x (keep_as_gemm_input) is only its bf16 copy, checked in gemm_pre; a
+        // cached one (the op that wrote x made it) saves the conversion
+        let x16 = self.input_bf16(x, "x")?;
+        if !x.is_narrowed() {
             need(x, n * k, "x")?;
         }
         need(w, m * k, "w")?;
@@ -150,7 +151,15 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        kernels::swiglu_forward(self, grid_1d(n as usize), out, gate, up, &n)
+        match self.bf16_output_copy(out)? {
+            None => kernels::swiglu_forward(self, grid_1d(n as usize), out, gate, up, &n),
+            Some(mut copy) => {
+                let cfg = grid_1d(n as usize);
+                kernels::swiglu_forward_with_bf16(self, cfg, out, &mut copy, gate, up, &n)?;
+                out.cache_bf16(copy);
+                Ok(())
+            }
+        }
     }
     /// The backward from f32 gate/up, or from their bf16 copies when both were kept in bf16
     /// alone (`keep_as_swiglu_input`).

@@ -185,6 +185,48 @@ impl Cuda {
         Ok(Some(w.cache_bf16(copy)))
     }
 
+    /// In Bf16 mode, the bf16 copy an op writes beside its f32 output (`*_with_bf16` kernels:
+    /// RMSNorm, add + RMSNorm, SwiGLU), taken out of `out` for the launch: its old copy when the
+    /// size fits (a reused buffer: the decode step, whose recording must not allocate), else a
+    /// new one. `None` outside Bf16 mode. The caller launches, then [`CudaBuf::cache_bf16`]s it.
+    pub(super) fn bf16_output_copy(&self, out: &mut CudaBuf) -> Result<Option<CudaSlice<bf16>>> {
+        if self.gemm_precision != GemmPrecision::Bf16 || out.is_empty() {
+            return Ok(None);
+        }
+        match out.take_bf16() {
+            Some(copy) if copy.len() == out.len() => Ok(Some(copy)),
+            _ => {
+                self.not_capturing("a bf16 output copy")?;
+                // SAFETY: the `_with_bf16` kernel writes every element before anything reads it.
+                let copy = unsafe { self.stream.alloc::<bf16>(out.len()) }.with_context(|| {
+                    format!(
+                        "cuda backend: allocating {} bf16 for an output copy",
+                        out.len()
+                    )
+                })?;
+                Ok(Some(copy))
+            }
+        }
+    }
+
+    /// A GEMM input's bf16 values in Bf16 mode when it has them already: narrowed (its only
+    /// values) or a cached copy (made by the op that wrote it, or an earlier conversion; a
+    /// write drops it, so it always matches the f32 values). `None`: convert as usual.
+    pub(super) fn input_bf16<'b>(
+        &self,
+        x: &'b CudaBuf,
+        what: &str,
+    ) -> Result<Option<&'b CudaSlice<bf16>>> {
+        if let Some(copy) = self.narrowed_operand(x, what)? {
+            return Ok(Some(copy));
+        }
+        Ok(if self.gemm_precision == GemmPrecision::Bf16 {
+            x.bf16_cached()
+        } else {
+            None
+        })
+    }
+
     /// `keep_as_gemm_input`: in Bf16 mode, keeps only the buffer's bf16 copy (converted now) and
     /// frees its f32 values; other modes keep the f32 values (their GEMMs read f32), as does a
     /// `Cuda` with `set_narrow_saved_inputs(false)`.

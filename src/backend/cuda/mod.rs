@@ -9,7 +9,9 @@
 //! accumulation, ~2e-3 emulated; see `gemm.rs`). In bf16 mode a weight is read through a bf16
 //! working copy cached on its buffer, converted once per optimiser step, and the saved
 //! activations read only in bf16 (the GEMM inputs: normed hidden states and SwiGLU output;
-//! SwiGLU's gate/up; the attention output) are stored in bf16 alone (`buffer.rs`); other GEMM
+//! SwiGLU's gate/up; the attention output) are stored in bf16 alone (`buffer.rs`). RMSNorm and
+//! SwiGLU write their output's bf16 copy beside the f32 values (`*_with_bf16` kernels), so the
+//! GEMMs that read them (and the narrowing of the saved ones) convert nothing; other GEMM
 //! operands are converted per GEMM. The kernels compute in f32 (attention's softmax
 //! statistics, RMSNorm, log-sum-exp) and accumulate reductions in f32 or f64 as documented in
 //! kernels/README.md. The exception, when selected with `set_attention_kernel` (or
