@@ -134,6 +134,56 @@ fn inference_forward_equals_the_saving_forward() {
     }
 }
 
+/// A rollout batch repeats each prompt G times; the prefill runs each distinct prompt once and
+/// copies its keys/values into every slot holding it. Against the prefill of the distinct
+/// prompts alone (the same forward): the same logits rows and cache rows, to the bit.
+#[test]
+fn prefill_runs_repeated_prompts_once() {
+    let be = Cpu::new();
+    let cfg = tiny_cfg(61, true, false);
+    let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 9)).unwrap();
+    let (a, b, c) = (vec![3u32, 5, 7, 11], vec![13u32, 17], vec![19u32, 23, 29]);
+    let repeated = vec![
+        a.clone(),
+        b.clone(),
+        a.clone(),
+        c.clone(),
+        b.clone(),
+        a.clone(),
+    ];
+    let source = [0usize, 1, 0, 2, 1, 0];
+    let distinct = vec![a, b, c];
+    let mut cache = model.new_kv_cache(&be, repeated.len(), 8).unwrap();
+    let got = be
+        .download(&model.prefill(&be, &mut cache, &repeated).unwrap())
+        .unwrap();
+    let mut ref_cache = model.new_kv_cache(&be, distinct.len(), 8).unwrap();
+    let want = be
+        .download(&model.prefill(&be, &mut ref_cache, &distinct).unwrap())
+        .unwrap();
+    let (v, kvd) = (cfg.vocab_size, cfg.kv_dim());
+    for (slot, &u) in source.iter().enumerate() {
+        assert_eq!(
+            got[slot * v..(slot + 1) * v],
+            want[u * v..(u + 1) * v],
+            "logits of slot {slot}"
+        );
+        let len = distinct[u].len() * kvd;
+        for l in 0..cfg.num_hidden_layers {
+            for (c, r) in [
+                (&cache.k[l], &ref_cache.k[l]),
+                (&cache.v[l], &ref_cache.v[l]),
+            ] {
+                assert_eq!(
+                    c[slot * 8 * kvd..][..len],
+                    r[u * 8 * kvd..][..len],
+                    "layer {l} slot {slot}"
+                );
+            }
+        }
+    }
+}
+
 /// Σ_t w_t · logp_t over a batch, for the finite-difference check.
 fn weighted_logp(
     be: &Cpu,

@@ -8,6 +8,7 @@
 use super::Llama;
 use crate::backend::{Backend, DecodeShape};
 use anyhow::{ensure, Result};
+use std::collections::HashMap;
 
 /// KV cache for batched decoding: per layer `[slots, capacity, kv_dim]`.
 pub struct KvCache<B: Backend> {
@@ -68,9 +69,10 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// Runs the prompts (right-padded into one batch) through the forward (inference: nothing
-    /// saved for a backward), copies each prompt's keys/values into its cache slot layer by
-    /// layer, and returns the logits of each prompt's last token `[prompts, vocab]`.
+    /// Runs the distinct prompts (right-padded into one batch) through the forward (inference:
+    /// nothing saved for a backward), copies each prompt's keys/values into its cache slot
+    /// layer by layer (a repeated prompt's into every slot holding it), and returns the logits
+    /// of each prompt's last token `[prompts, vocab]`.
     pub fn prefill(&self, be: &B, cache: &mut KvCache<B>, prompts: &[Vec<u32>]) -> Result<B::Buf> {
         ensure!(
             prompts.len() <= cache.slots,
@@ -88,23 +90,36 @@ impl<B: Backend> Llama<B> {
             "prompt of {seq} tokens does not fit the cache capacity {}",
             cache.capacity
         );
-        let mut ids = vec![0u32; prompts.len() * seq];
-        for (b, p) in prompts.iter().enumerate() {
-            ids[b * seq..b * seq + p.len()].copy_from_slice(p);
+        // A rollout batch holds each prompt G times (one per sample of its group): run each
+        // distinct prompt once and copy its keys/values into every slot that holds it.
+        let mut distinct: Vec<&[u32]> = Vec::new();
+        let mut first_seen: HashMap<&[u32], usize> = HashMap::new();
+        let source: Vec<usize> = prompts
+            .iter()
+            .map(|p| {
+                *first_seen.entry(p.as_slice()).or_insert_with(|| {
+                    distinct.push(p);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let mut ids = vec![0u32; distinct.len() * seq];
+        for (u, p) in distinct.iter().enumerate() {
+            ids[u * seq..u * seq + p.len()].copy_from_slice(p);
         }
         let kvd = self.cfg.kv_dim();
-        let hidden = self.forward_inference(be, &ids, prompts.len(), seq, |l, k, v| {
-            for (b, p) in prompts.iter().enumerate() {
+        let hidden = self.forward_inference(be, &ids, distinct.len(), seq, |l, k, v| {
+            for (b, (p, &u)) in prompts.iter().zip(&source).enumerate() {
                 let dst = b * cache.capacity * kvd;
-                be.copy(&mut cache.k[l], dst, k, b * seq * kvd, p.len() * kvd)?;
-                be.copy(&mut cache.v[l], dst, v, b * seq * kvd, p.len() * kvd)?;
+                be.copy(&mut cache.k[l], dst, k, u * seq * kvd, p.len() * kvd)?;
+                be.copy(&mut cache.v[l], dst, v, u * seq * kvd, p.len() * kvd)?;
             }
             Ok(())
         })?;
         let rows: Vec<usize> = prompts
             .iter()
-            .enumerate()
-            .map(|(b, p)| b * seq + p.len() - 1)
+            .zip(&source)
+            .map(|(p, &u)| u * seq + p.len() - 1)
             .collect();
         self.logits_rows(be, &hidden, &rows)
     }
