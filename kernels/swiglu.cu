@@ -5,11 +5,10 @@
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+__device__ __forceinline__ float swiglu_value(float g, float u) { return g * sigmoidf_(g) * u; }
+
 CADA_KERNEL void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
-    GRID_STRIDE(i, n) {
-        const float g = gate[i];
-        out[i] = g * sigmoidf_(g) * up[i];
-    }
+    GRID_STRIDE(i, n) out[i] = swiglu_value(gate[i], up[i]);
 }
 
 // The same, also writing out's bf16 rounding (RNE, as f32_to_bf16) into out16: in the bf16 GEMM
@@ -17,8 +16,7 @@ CADA_KERNEL void swiglu_forward(float* out, const float* gate, const float* up, 
 CADA_KERNEL void swiglu_forward_with_bf16(float* out, __nv_bfloat16* out16, const float* gate,
                                           const float* up, int64_t n) {
     GRID_STRIDE(i, n) {
-        const float g = gate[i];
-        const float v = g * sigmoidf_(g) * up[i];
+        const float v = swiglu_value(gate[i], up[i]);
         out[i] = v;
         out16[i] = __float2bfloat16_rn(v);
     }

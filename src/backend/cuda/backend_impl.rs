@@ -298,7 +298,7 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        match self.bf16_output_copy(out)? {
+        match self.bf16_output_copy(out, n * dim)? {
             None => kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps),
             Some(mut copy) => {
                 kernels::rmsnorm_forward_with_bf16(
@@ -331,7 +331,7 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        match self.bf16_output_copy(out)? {
+        match self.bf16_output_copy(out, n * dim)? {
             None => kernels::add_rmsnorm_forward(self, cfg, x, out, rstd, delta, w, &d, &eps),
             Some(mut copy) => {
                 kernels::add_rmsnorm_forward_with_bf16(

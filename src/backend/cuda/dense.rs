@@ -64,8 +64,8 @@ impl Cuda {
         m: usize,
     ) -> Result<()> {
         need(dout, n * m, "dout")?;
-        let x16 = self.narrowed_operand(x, "x")?;
-        if x16.is_none() {
+        let x16 = self.input_bf16(x, "x")?;
+        if !x.is_narrowed() {
             need(x, n * k, "x")?;
         }
         need(w, m * k, "w")?;
@@ -151,7 +151,7 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        match self.bf16_output_copy(out)? {
+        match self.bf16_output_copy(out, n as usize)? {
             None => kernels::swiglu_forward(self, grid_1d(n as usize), out, gate, up, &n),
             Some(mut copy) => {
                 let cfg = grid_1d(n as usize);

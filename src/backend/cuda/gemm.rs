@@ -188,15 +188,25 @@ impl Cuda {
     /// In Bf16 mode, the bf16 copy an op writes beside its f32 output (`*_with_bf16` kernels:
     /// RMSNorm, add + RMSNorm, SwiGLU), taken out of `out` for the launch: its old copy when the
     /// size fits (a reused buffer: the decode step, whose recording must not allocate), else a
-    /// new one. `None` outside Bf16 mode. The caller launches, then [`CudaBuf::cache_bf16`]s it.
-    pub(super) fn bf16_output_copy(&self, out: &mut CudaBuf) -> Result<Option<CudaSlice<bf16>>> {
-        if self.gemm_precision != GemmPrecision::Bf16 || out.is_empty() {
+    /// new one. `None` outside Bf16 mode, or when the op writes fewer than all `out.len()`
+    /// values (`written`). The caller launches, then [`CudaBuf::cache_bf16`]s it.
+    pub(super) fn bf16_output_copy(
+        &self,
+        out: &mut CudaBuf,
+        written: usize,
+    ) -> Result<Option<CudaSlice<bf16>>> {
+        if self.gemm_precision != GemmPrecision::Bf16 || out.is_empty() || out.len() != written {
+            // a partial write would leave the copy's tail unwritten: no copy (the launch drops
+            // any old one)
             return Ok(None);
+        }
+        if out.bf16_cached().is_none_or(|c| c.len() != out.len()) {
+            // checked before the old copy is dropped: no free inside a capture either
+            self.not_capturing("a bf16 output copy")?;
         }
         match out.take_bf16() {
             Some(copy) if copy.len() == out.len() => Ok(Some(copy)),
             _ => {
-                self.not_capturing("a bf16 output copy")?;
                 // SAFETY: the `_with_bf16` kernel writes every element before anything reads it.
                 let copy = unsafe { self.stream.alloc::<bf16>(out.len()) }.with_context(|| {
                     format!(

@@ -30,7 +30,7 @@ impl Cuda {
         logp: &mut CudaSlice<f32>,
         entropy: &mut CudaSlice<f32>,
         lse: &mut CudaSlice<f32>,
-        hidden: &CudaSlice<f32>,
+        hidden: &CudaBuf,
         w: &CudaBuf,
         targets: &CudaSlice<u32>,
         (n, dim, vocab): (usize, usize, usize),
@@ -58,7 +58,15 @@ impl Cuda {
         kernels::logprob_state_init(self, grid_1d(n), &mut m, &mut s0, &mut s1, &mut zt, &rows)?;
         let mut z = self.zeros(n * chunk)?;
         // Bf16 mode: the hidden states are converted once for every chunk's GEMM
-        let hidden16 = self.bf16_copy(hidden)?;
+        // the final norm's own bf16 copy when it wrote one (bf16 mode), else converted once here
+        let converted;
+        let hidden16 = match self.input_bf16(hidden, "hidden")? {
+            Some(copy) => Some(copy),
+            None => {
+                converted = self.bf16_copy(hidden)?;
+                converted.as_ref()
+            }
+        };
         let w16 = self.weight_bf16(w)?;
         let mut c0 = 0;
         while c0 < vocab {
@@ -73,7 +81,7 @@ impl Cuda {
                 true,
                 (n, c, dim),
                 1.0,
-                (hidden, dim, Bf16Operand::whole(hidden16.as_ref())),
+                (hidden, dim, Bf16Operand::whole(hidden16)),
                 (&wc, dim, wc16),
                 0.0,
                 (&mut z, c),
@@ -114,7 +122,7 @@ impl Cuda {
         dhidden: &mut CudaSlice<f32>,
         dw: &mut CudaSlice<f32>,
         dlogp: &CudaSlice<f32>,
-        hidden: &CudaSlice<f32>,
+        hidden: &CudaBuf,
         w: &CudaBuf,
         targets: &CudaSlice<u32>,
         lse: &CudaSlice<f32>,
@@ -140,7 +148,15 @@ impl Cuda {
         let inv_t = 1.0 / temperature;
         let mut g = self.zeros(n * chunk)?;
         // Bf16 mode: hidden converted once for all chunks, g written in bf16 for its two GEMMs
-        let hidden16 = self.bf16_copy(hidden)?;
+        // the final norm's own bf16 copy when it wrote one (bf16 mode), else converted once here
+        let converted;
+        let hidden16 = match self.input_bf16(hidden, "hidden")? {
+            Some(copy) => Some(copy),
+            None => {
+                converted = self.bf16_copy(hidden)?;
+                converted.as_ref()
+            }
+        };
         let mut g16 = self.bf16_buffer(n * chunk)?;
         let w16 = self.weight_bf16(w)?;
         let mut c0 = 0;
@@ -158,7 +174,7 @@ impl Cuda {
                 true,
                 (n, c, dim),
                 1.0,
-                (hidden, dim, Bf16Operand::whole(hidden16.as_ref())),
+                (hidden, dim, Bf16Operand::whole(hidden16)),
                 (&wc, dim, wc16),
                 0.0,
                 (&mut g, c),
@@ -212,7 +228,7 @@ impl Cuda {
                 (c, dim, n),
                 1.0,
                 (&g, c, Bf16Operand::whole(g16.as_ref())),
-                (hidden, dim, Bf16Operand::whole(hidden16.as_ref())),
+                (hidden, dim, Bf16Operand::whole(hidden16)),
                 1.0,
                 (&mut dwc, dim),
             )?;
