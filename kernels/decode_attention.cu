@@ -2,6 +2,8 @@
 // attends to positions 0..=positions[b]. f32, online softmax per warp, warps merged at the end.
 #include "common.cuh"
 
+#include <cuda_bf16.h>
+
 #define DEC_MAX_HD 128
 #define DEC_PER_LANE (DEC_MAX_HD / 32)
 #define DEC_WARPS 4
@@ -60,10 +62,14 @@ CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, flo
 }
 
 // grid = (Hq, batch), block = 32·DEC_WARPS. Warp w scores keys w, w + DEC_WARPS, ...
-// (one warp-wide dot product per key), keeping its own running max/sum/output.
-CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cache,
-                                  const float* v_cache, const unsigned int* positions,
-                                  DecodeDims s, float scale) {
+// (one warp-wide dot product per key), keeping its own running max/sum/output. `out16`, when
+// not null, receives the bf16 rounding (RNE) of every output value (the bf16 GEMM mode's copy
+// of o_proj's input).
+__device__ __forceinline__ void decode_attention_rows(float* out, __nv_bfloat16* out16,
+                                                      const float* q, const float* k_cache,
+                                                      const float* v_cache,
+                                                      const unsigned int* positions,
+                                                      DecodeDims s, float scale) {
     __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
     __shared__ float wo[DEC_WARPS * DEC_MAX_HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -72,8 +78,10 @@ CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cac
     const int hd = s.head_dim;
     const int64_t kvd = (int64_t)s.n_kv_heads * hd;
     if ((int64_t)positions[b] >= s.capacity) {  // caller bug: NaN instead of reading past the slot
-        for (int d = threadIdx.x; d < hd; d += blockDim.x)
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
             out[((int64_t)b * s.n_heads + h) * hd + d] = CUDART_NAN_F;
+            if (out16) out16[((int64_t)b * s.n_heads + h) * hd + d] = __float2bfloat16_rn(CUDART_NAN_F);
+        }
         return;
     }
     const int len = (int)positions[b] + 1;
@@ -121,10 +129,26 @@ CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cac
     for (int w = 0; w < DEC_WARPS; ++w) gm = fmaxf(gm, wm[w]);
     float total = 0.f;
     for (int w = 0; w < DEC_WARPS; ++w) total += wl[w] * expf(wm[w] - gm);
-    float* oh = out + ((int64_t)b * s.n_heads + h) * hd;
+    const int64_t at = ((int64_t)b * s.n_heads + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.f;
         for (int w = 0; w < DEC_WARPS; ++w) acc += wo[w * DEC_MAX_HD + d] * expf(wm[w] - gm);
-        oh[d] = acc / total;
+        const float v = acc / total;
+        out[at + d] = v;
+        if (out16) out16[at + d] = __float2bfloat16_rn(v);
     }
+}
+
+CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cache,
+                                  const float* v_cache, const unsigned int* positions,
+                                  DecodeDims s, float scale) {
+    decode_attention_rows(out, nullptr, q, k_cache, v_cache, positions, s, scale);
+}
+
+// The same, also writing the output's bf16 copy (see decode_attention_rows).
+CADA_KERNEL void decode_attention_with_bf16(float* out, __nv_bfloat16* out16, const float* q,
+                                            const float* k_cache, const float* v_cache,
+                                            const unsigned int* positions, DecodeDims s,
+                                            float scale) {
+    decode_attention_rows(out, out16, q, k_cache, v_cache, positions, s, scale);
 }

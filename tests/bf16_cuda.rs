@@ -407,7 +407,7 @@ fn cuda_narrowed_attention_output() {
     println!("cuda_narrowed_attention_output: skipped: no GPU (built without the `cuda` feature)");
 }
 
-/// In Bf16 mode RMSNorm, add + RMSNorm and SwiGLU write their output's bf16 copy themselves
+/// In Bf16 mode RMSNorm, add + RMSNorm, SwiGLU and the decode attention write their output's bf16 copy themselves
 /// (`*_with_bf16` kernels), so the GEMMs that read the output convert nothing. The copy must be
 /// the one a conversion would make: a GEMM from each output equals, to the bit, the GEMM from
 /// a fresh upload of the same f32 values (which converts), and both match the CPU within the
@@ -480,6 +480,48 @@ fn cuda_ops_write_their_bf16_copies() {
         gemm_from(&gpu, &act, "swiglu_forward output");
         gpu.scale(&mut act, 0.5).unwrap();
         assert!(!act.has_bf16_copy(), "a write kept a stale bf16 copy");
+        // the decode step's attention output, o_proj's input: [batch, Hq·hd] = 5 × 160
+        let s = cada::backend::DecodeShape {
+            batch: 5,
+            capacity: 19,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 40,
+        };
+        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let kc = gpu
+            .upload(&randv(&mut r, s.batch * s.capacity * kvd, 1.0))
+            .unwrap();
+        let vc = gpu
+            .upload(&randv(&mut r, s.batch * s.capacity * kvd, 1.0))
+            .unwrap();
+        let q = gpu.upload(&randv(&mut r, s.batch * qd, 1.0)).unwrap();
+        let pos = gpu.upload_ids(&[0, 7, 18, 3, 11]).unwrap();
+        let mut attn = poisoned(&gpu, s.batch * qd);
+        gpu.decode_attention(&mut attn, &q, &kc, &vc, &pos, s)
+            .unwrap();
+        assert!(
+            attn.has_bf16_copy(),
+            "decode_attention output: no bf16 copy written"
+        );
+        let wo = randv(&mut r, m * qd, 1.0);
+        let wog = gpu.upload(&wo).unwrap();
+        let a = down(&gpu, &attn);
+        let (mut own, mut fresh) = (poisoned(&gpu, s.batch * m), poisoned(&gpu, s.batch * m));
+        gpu.linear_forward(&mut own, &attn, &wog, None, s.batch, qd, m)
+            .unwrap();
+        let af = gpu.upload(&a).unwrap();
+        gpu.linear_forward(&mut fresh, &af, &wog, None, s.batch, qd, m)
+            .unwrap();
+        let (own, fresh) = (down(&gpu, &own), down(&gpu, &fresh));
+        assert_eq!(
+            own, fresh,
+            "decode_attention output: the written copy is not the converted one"
+        );
+        let mut oc = vec![0.0; s.batch * m];
+        cpu.linear_forward(&mut oc, &a, &wo, None, s.batch, qd, m)
+            .unwrap();
+        check("decode_attention output", &own, &oc, BF16_TOL);
         println!("cuda_ops_write_their_bf16_copies: ran on the GPU and matched the CPU");
     }
     #[cfg(not(feature = "cuda"))]

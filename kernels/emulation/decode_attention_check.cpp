@@ -49,7 +49,20 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
         decode_attention(out.data(), q.data(), kc.data(), vc.data(), pos.data(), dims, scale);
     });
 
-    bool ok = true;
+    // the bf16 GEMM mode's twin: the same f32 output to the bit and its RNE rounding
+    std::vector<float> out2(out.size(), 54321.f);
+    std::vector<__nv_bfloat16> out16(out.size(), __nv_bfloat16{0xdead});
+    emu::launch(dim3{(unsigned)n_heads, (unsigned)batch, 1}, dim3{32 * DEC_WARPS, 1, 1}, [&] {
+        decode_attention_with_bf16(out2.data(), out16.data(), q.data(), kc.data(), vc.data(),
+                                   pos.data(), dims, scale);
+    });
+    bool twin_ok = std::memcmp(out2.data(), out.data(), out.size() * sizeof(float)) == 0;
+    for (size_t i = 0; i < out.size(); ++i)
+        twin_ok = twin_ok && out16[i].bits == __float2bfloat16_rn(out[i]).bits;
+    std::printf("  decode_attention_with_bf16: output and its bf16 copy as decode_attention + RNE: %s\n",
+                twin_ok ? "ok" : "FAILED");
+
+    bool ok = twin_ok;
     // the cache: the new token at its position, everything else unchanged (the refused row too)
     for (int b = 0; b < batch; ++b)
         for (int t = 0; t < capacity; ++t)

@@ -281,7 +281,7 @@ impl Cuda {
 
     pub(super) fn decode_attention_impl(
         &self,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaBuf,
         q: &CudaSlice<f32>,
         k_cache: &CudaSlice<f32>,
         v_cache: &CudaSlice<f32>,
@@ -301,8 +301,18 @@ impl Cuda {
         let dims = decode_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
-        kernels::decode_attention(
-            self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
-        )
+        // in bf16 mode also the output's bf16 copy, which o_proj then reads unconverted
+        match self.bf16_output_copy(out, s.batch * s.n_heads * s.head_dim)? {
+            None => kernels::decode_attention(
+                self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
+            ),
+            Some(mut copy) => {
+                kernels::decode_attention_with_bf16(
+                    self, cfg, out, &mut copy, q, k_cache, v_cache, positions, &dims, &scale,
+                )?;
+                out.cache_bf16(copy);
+                Ok(())
+            }
+        }
     }
 }
