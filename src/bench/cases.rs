@@ -332,6 +332,16 @@ fn run_layer_ops<B: BenchDevice>(
             })?;
             out.push(r)?;
         }
+        // the decode step's residual add fused with the norm: x and δ read, x and out written
+        let add_id = format!("add_rmsnorm.fwd/{id}");
+        if wanted(opts, &add_id) {
+            let delta = be.upload(&randv(rng, n * d, 1e-3))?;
+            let mut xs = be.upload(&randv(rng, n * d, 1.0))?;
+            let r = h.record(add_id, variant, 0.0, 16.0 * (n * d) as f64, &mut || {
+                be.add_rmsnorm_forward(&mut xs, &delta, &mut y, &mut rstd, &w, n, d, 1e-6)
+            })?;
+            out.push(r)?;
+        }
         let bwd_id = format!("rmsnorm.bwd/{id}");
         if wanted(opts, &bwd_id) {
             be.rmsnorm_forward(&mut y, &mut rstd, &x, &w, n, d, 1e-6)?;
@@ -403,8 +413,9 @@ fn run_layer_ops<B: BenchDevice>(
     }
 
     for (id, d) in &set.decode_attention {
+        let fused_id = format!("decode_rope_cache_write/{id}");
         let id = format!("decode_attention.fwd/{id}");
-        if !wanted(opts, &id) {
+        if !wanted(opts, &id) && !wanted(opts, &fused_id) {
             continue;
         }
         let cap = d.context + 1;
@@ -423,10 +434,29 @@ fn run_layer_ops<B: BenchDevice>(
         let pos = be.upload_ids(&vec![(cap - 1) as u32; d.batch])?;
         let mut o = be.zeros(d.batch * qd)?;
         let bytes = (8 * d.batch * cap * kvd + 8 * d.batch * qd) as f64;
-        let r = h.record(id, variant, 0.0, bytes, &mut || {
-            be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
-        })?;
-        out.push(r)?;
+        if wanted(opts, &id) {
+            let r = h.record(id, variant, 0.0, bytes, &mut || {
+                be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
+            })?;
+            out.push(r)?;
+        }
+        // the decode step's RoPE of q and k fused with the cache write: q and k read and
+        // written, v read, one row of each cache written
+        if wanted(opts, &fused_id) {
+            let (mut kc, mut vc) = (kc, vc);
+            let mut qr = be.upload(&randv(rng, d.batch * qd, 1.0))?;
+            let mut kr = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
+            let v = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
+            let inv: Vec<f32> = (0..d.head_dim / 2)
+                .map(|i| 10000f32.powf(-2.0 * i as f32 / d.head_dim as f32))
+                .collect();
+            let inv = be.upload(&inv)?;
+            let bytes = (8 * d.batch * qd + 20 * d.batch * kvd) as f64;
+            let r = h.record(fused_id, variant, 0.0, bytes, &mut || {
+                be.decode_rope_cache_write(&mut qr, &mut kr, &v, &mut kc, &mut vc, &pos, &inv, s)
+            })?;
+            out.push(r)?;
+        }
     }
 
     for (id, s) in &set.sample {
