@@ -553,3 +553,25 @@ fn config_features_the_forward_lacks_are_refused() {
     m["sliding_window"] = serde_json::Value::Null;
     LlamaConfig::from_json(&m, "config.json").unwrap();
 }
+
+/// Bad inputs to the decoder and `write_ids` are errors naming the problem, not panics.
+#[test]
+fn decoder_refuses_bad_steps() {
+    let be = Cpu::new();
+    let cfg = tiny_cfg(61, false, true);
+    let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 2)).unwrap();
+    let mut decoder = Decoder::new(&be, &model, 2, 8).unwrap();
+    decoder.prefill(&[vec![3, 5], vec![7]]).unwrap();
+    let err = |r: anyhow::Result<&Vec<f32>>| format!("{:#}", r.err().expect("accepted"));
+    let e = err(decoder.step(&[1], &[2]));
+    assert!(e.contains("1 tokens for 2 slots"), "{e}");
+    let e = err(decoder.step(&[1, 2], &[2, 8]));
+    assert!(e.contains("beyond the cache capacity 8"), "{e}");
+    let e = err(decoder.step(&[1, 99], &[2, 1]));
+    assert!(e.contains("token id 99"), "{e}");
+    let mut ids = be.upload_ids(&[0, 0, 0]).unwrap();
+    let e = format!("{:#}", be.write_ids(&mut ids, &[1, 2]).unwrap_err());
+    assert!(e.contains("2 ids into a buffer of 3"), "{e}");
+    // and it still decodes after the refusals
+    decoder.step(&[1, 2], &[2, 1]).unwrap();
+}

@@ -302,17 +302,14 @@ impl Cuda {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
         // in bf16 mode also the output's bf16 copy, which o_proj then reads unconverted
-        match self.bf16_output_copy(out, s.batch * s.n_heads * s.head_dim)? {
+        let written = s.batch * s.n_heads * s.head_dim;
+        self.write_with_bf16_copy(out, written, |out, copy| match copy {
             None => kernels::decode_attention(
                 self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
             ),
-            Some(mut copy) => {
-                kernels::decode_attention_with_bf16(
-                    self, cfg, out, &mut copy, q, k_cache, v_cache, positions, &dims, &scale,
-                )?;
-                out.cache_bf16(copy);
-                Ok(())
-            }
-        }
+            Some(c) => kernels::decode_attention_with_bf16(
+                self, cfg, out, c, q, k_cache, v_cache, positions, &dims, &scale,
+            ),
+        })
     }
 }

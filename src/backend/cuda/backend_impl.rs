@@ -298,16 +298,10 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        match self.bf16_output_copy(out, n * dim)? {
+        self.write_with_bf16_copy(out, n * dim, |out, copy| match copy {
             None => kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps),
-            Some(mut copy) => {
-                kernels::rmsnorm_forward_with_bf16(
-                    self, cfg, out, &mut copy, rstd, x, w, &d, &eps,
-                )?;
-                out.cache_bf16(copy);
-                Ok(())
-            }
-        }
+            Some(c) => kernels::rmsnorm_forward_with_bf16(self, cfg, out, c, rstd, x, w, &d, &eps),
+        })
     }
     fn add_rmsnorm_forward(
         &self,
@@ -331,16 +325,12 @@ impl Backend for Cuda {
         }
         let d = dim_i32(dim, "dim")?;
         let cfg = grid_rows(n, row_threads(dim))?;
-        match self.bf16_output_copy(out, n * dim)? {
+        self.write_with_bf16_copy(out, n * dim, |out, copy| match copy {
             None => kernels::add_rmsnorm_forward(self, cfg, x, out, rstd, delta, w, &d, &eps),
-            Some(mut copy) => {
-                kernels::add_rmsnorm_forward_with_bf16(
-                    self, cfg, x, out, &mut copy, rstd, delta, w, &d, &eps,
-                )?;
-                out.cache_bf16(copy);
-                Ok(())
-            }
-        }
+            Some(c) => kernels::add_rmsnorm_forward_with_bf16(
+                self, cfg, x, out, c, rstd, delta, w, &d, &eps,
+            ),
+        })
     }
     fn rmsnorm_backward(
         &self,

@@ -151,15 +151,11 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        match self.bf16_output_copy(out, n as usize)? {
-            None => kernels::swiglu_forward(self, grid_1d(n as usize), out, gate, up, &n),
-            Some(mut copy) => {
-                let cfg = grid_1d(n as usize);
-                kernels::swiglu_forward_with_bf16(self, cfg, out, &mut copy, gate, up, &n)?;
-                out.cache_bf16(copy);
-                Ok(())
-            }
-        }
+        let cfg = grid_1d(n as usize);
+        self.write_with_bf16_copy(out, n as usize, |out, copy| match copy {
+            None => kernels::swiglu_forward(self, cfg, out, gate, up, &n),
+            Some(c) => kernels::swiglu_forward_with_bf16(self, cfg, out, c, gate, up, &n),
+        })
     }
     /// The backward from f32 gate/up, or from their bf16 copies when both were kept in bf16
     /// alone (`keep_as_swiglu_input`).

@@ -189,8 +189,8 @@ impl Cuda {
     /// RMSNorm, add + RMSNorm, SwiGLU), taken out of `out` for the launch: its old copy when the
     /// size fits (a reused buffer: the decode step, whose recording must not allocate), else a
     /// new one. `None` outside Bf16 mode, or when the op writes fewer than all `out.len()`
-    /// values (`written`). The caller launches, then [`CudaBuf::cache_bf16`]s it.
-    pub(super) fn bf16_output_copy(
+    /// values (`written`). [`Cuda::write_with_bf16_copy`] launches, then caches it.
+    fn bf16_output_copy(
         &self,
         out: &mut CudaBuf,
         written: usize,
@@ -215,6 +215,25 @@ impl Cuda {
                     )
                 })?;
                 Ok(Some(copy))
+            }
+        }
+    }
+
+    /// Runs `launch`, the op writing `written` values of `out`, with the bf16 copy to write
+    /// beside them (`Some` in Bf16 mode: the op's `_with_bf16` kernel) and caches that copy on
+    /// `out` afterwards; `None`: the plain kernel.
+    pub(super) fn write_with_bf16_copy(
+        &self,
+        out: &mut CudaBuf,
+        written: usize,
+        launch: impl FnOnce(&mut CudaBuf, Option<&mut CudaSlice<bf16>>) -> Result<()>,
+    ) -> Result<()> {
+        match self.bf16_output_copy(out, written)? {
+            None => launch(out, None),
+            Some(mut copy) => {
+                launch(out, Some(&mut copy))?;
+                out.cache_bf16(copy);
+                Ok(())
             }
         }
     }

@@ -14,6 +14,7 @@ use super::{dim_i32, grid_1d, grid_rows, need, need_ids, row_threads, Cuda, Cuda
 use crate::backend::Backend;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaSlice;
+use half::bf16;
 
 /// Logit scratch per chunk: rows × chunk floats (64 MiB), the same trade as the CPU head.
 const CHUNK_SCRATCH: usize = 1 << 24;
@@ -24,6 +25,20 @@ fn chunk_width(n: usize, vocab: usize) -> usize {
 }
 
 impl Cuda {
+    /// `hidden`'s bf16 values for the head's GEMMs in Bf16 mode: the final norm's own copy when
+    /// it wrote one, else converted once into `converted` (`None` outside Bf16 mode).
+    fn hidden_bf16<'h>(
+        &self,
+        hidden: &'h CudaBuf,
+        converted: &'h mut Option<CudaSlice<bf16>>,
+    ) -> Result<Option<&'h CudaSlice<bf16>>> {
+        if let Some(copy) = self.input_bf16(hidden, "hidden")? {
+            return Ok(Some(copy));
+        }
+        *converted = self.bf16_copy(hidden)?;
+        Ok(converted.as_ref())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fused_logprob_forward_impl(
         &self,
@@ -58,15 +73,8 @@ impl Cuda {
         kernels::logprob_state_init(self, grid_1d(n), &mut m, &mut s0, &mut s1, &mut zt, &rows)?;
         let mut z = self.zeros(n * chunk)?;
         // Bf16 mode: the hidden states are converted once for every chunk's GEMM
-        // the final norm's own bf16 copy when it wrote one (bf16 mode), else converted once here
-        let converted;
-        let hidden16 = match self.input_bf16(hidden, "hidden")? {
-            Some(copy) => Some(copy),
-            None => {
-                converted = self.bf16_copy(hidden)?;
-                converted.as_ref()
-            }
-        };
+        let mut converted = None;
+        let hidden16 = self.hidden_bf16(hidden, &mut converted)?;
         let w16 = self.weight_bf16(w)?;
         let mut c0 = 0;
         while c0 < vocab {
@@ -148,15 +156,8 @@ impl Cuda {
         let inv_t = 1.0 / temperature;
         let mut g = self.zeros(n * chunk)?;
         // Bf16 mode: hidden converted once for all chunks, g written in bf16 for its two GEMMs
-        // the final norm's own bf16 copy when it wrote one (bf16 mode), else converted once here
-        let converted;
-        let hidden16 = match self.input_bf16(hidden, "hidden")? {
-            Some(copy) => Some(copy),
-            None => {
-                converted = self.bf16_copy(hidden)?;
-                converted.as_ref()
-            }
-        };
+        let mut converted = None;
+        let hidden16 = self.hidden_bf16(hidden, &mut converted)?;
         let mut g16 = self.bf16_buffer(n * chunk)?;
         let w16 = self.weight_bf16(w)?;
         let mut c0 = 0;
