@@ -562,7 +562,7 @@ fn decoder_refuses_bad_steps() {
     let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 2)).unwrap();
     let mut decoder = Decoder::new(&be, &model, 2, 8).unwrap();
     decoder.prefill(&[vec![3, 5], vec![7]]).unwrap();
-    let err = |r: anyhow::Result<&Vec<f32>>| format!("{:#}", r.err().expect("accepted"));
+    let err = |r: anyhow::Result<&Vec<f32>>| format!("{:#}", r.expect_err("accepted"));
     let e = err(decoder.step(&[1], &[2]));
     assert!(e.contains("1 tokens for 2 slots"), "{e}");
     let e = err(decoder.step(&[1, 2], &[2, 8]));
