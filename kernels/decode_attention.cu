@@ -26,13 +26,18 @@ CADA_KERNEL void kv_cache_write(float* k_cache, float* v_cache, const float* k, 
 }
 
 // The decode step's RoPE of q and k fused with the cache write: rope_apply (sign +1) on q and
-// on k in place, then kv_cache_write of the rotated k and of v, in one launch. One thread per
-// rotation pair: pairs [0, n_heads·half) of a row are q's, the next n_kv_heads·half are k's
-// (whose thread also copies v's two elements of that pair). Same angle arithmetic as
-// rope_apply.
-CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, float* v_cache,
-                                         const float* v, const unsigned int* positions,
-                                         const float* inv_freq, DecodeDims s) {
+// on k, then kv_cache_write of the rotated k and of v, in one launch. One thread per rotation
+// pair: pairs [0, n_heads·half) of a row are q's, the next n_kv_heads·half are k's (whose thread
+// also copies v's two elements of that pair). Same angle arithmetic as rope_apply. Rows of q, k
+// and v are read with row strides (`q_ld`, `kv_ld`: the stacked variant reads all three from one
+// GEMM output row); the rotated q goes to `q_out` [batch, Hq·hd], the rotated k to `k_out` when
+// not null, and into the cache.
+__device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_out, float* k_cache,
+                                                       float* v_cache, const float* q_in,
+                                                       const float* k_in, const float* v_in,
+                                                       int64_t q_ld, int64_t kv_ld,
+                                                       const unsigned int* positions,
+                                                       const float* inv_freq, DecodeDims s) {
     const int half = s.head_dim / 2;
     const int64_t q_pairs = (int64_t)s.n_heads * half;
     const int64_t row_pairs = q_pairs + (int64_t)s.n_kv_heads * half;
@@ -47,18 +52,47 @@ CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, flo
         float sn, cs;
         sincosf(angle, &sn, &cs);
         const int64_t at = (int64_t)h * s.head_dim + i;  // offset of the pair in its row
-        float* head = is_q ? q + b * q_pairs * 2 + at : k + b * kvd + at;
-        const float x1 = head[0], x2 = head[half];
+        const float* src = is_q ? q_in + b * q_ld + at : k_in + b * kv_ld + at;
+        const float x1 = src[0], x2 = src[half];
         const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
-        head[0] = y1;
-        head[half] = y2;
-        if (is_q || (int64_t)positions[b] >= s.capacity) continue;  // as kv_cache_write
+        if (is_q) {
+            float* dst = q_out + b * q_pairs * 2 + at;
+            dst[0] = y1;
+            dst[half] = y2;
+            continue;
+        }
+        if (k_out) {
+            k_out[b * kvd + at] = y1;
+            k_out[b * kvd + at + half] = y2;
+        }
+        if ((int64_t)positions[b] >= s.capacity) continue;  // as kv_cache_write
         const int64_t dst = (b * s.capacity + positions[b]) * kvd + at;
         k_cache[dst] = y1;
         k_cache[dst + half] = y2;
-        v_cache[dst] = v[b * kvd + at];
-        v_cache[dst + half] = v[b * kvd + at + half];
+        v_cache[dst] = v_in[b * kv_ld + at];
+        v_cache[dst + half] = v_in[b * kv_ld + at + half];
     }
+}
+
+// q [batch, Hq·hd] and k [batch, Hkv·hd] rotated in place, v [batch, Hkv·hd].
+CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, float* v_cache,
+                                         const float* v, const unsigned int* positions,
+                                         const float* inv_freq, DecodeDims s) {
+    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
+}
+
+// The same from the stacked q/k/v projection's output qkv [batch, Hq·hd + 2·Hkv·hd] (each row
+// q | k | v), left unchanged: the rotated q is written to q_out, the rotated k only into the
+// cache (the decode step reads k nowhere else).
+CADA_KERNEL void decode_rope_cache_write_stacked(float* q_out, float* k_cache, float* v_cache,
+                                                 const float* qkv,
+                                                 const unsigned int* positions,
+                                                 const float* inv_freq, DecodeDims s) {
+    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    const int64_t ld = qd + 2 * kvd;
+    rope_cache_write_pairs(q_out, nullptr, k_cache, v_cache, qkv, qkv + qd, qkv + qd + kvd, ld, ld,
+                           positions, inv_freq, s);
 }
 
 // grid = (Hq, batch), block = 32·DEC_WARPS. Warp w scores keys w, w + DEC_WARPS, ...

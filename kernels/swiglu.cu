@@ -22,6 +22,29 @@ CADA_KERNEL void swiglu_forward_with_bf16(float* out, __nv_bfloat16* out16, cons
     }
 }
 
+// From gate and up as one [rows, 2·width] GEMM output (the decode step's stacked gate/up
+// projection, each row gate | up): out [rows, width] = silu(gate)·up, and out's bf16 rounding into
+// out16 when not null (the bf16 GEMM mode's copy, as swiglu_forward_with_bf16).
+__device__ __forceinline__ void swiglu_stacked_rows(float* out, __nv_bfloat16* out16,
+                                                    const float* gate_up, int64_t rows, int width) {
+    GRID_STRIDE(i, rows * width) {
+        const int64_t r = i / width, j = i % width;
+        const float* row = gate_up + r * 2 * width;
+        const float v = swiglu_value(row[j], row[width + j]);
+        out[i] = v;
+        if (out16) out16[i] = __float2bfloat16_rn(v);
+    }
+}
+
+CADA_KERNEL void swiglu_forward_stacked(float* out, const float* gate_up, int64_t rows, int width) {
+    swiglu_stacked_rows(out, nullptr, gate_up, rows, width);
+}
+
+CADA_KERNEL void swiglu_forward_stacked_with_bf16(float* out, __nv_bfloat16* out16,
+                                                  const float* gate_up, int64_t rows, int width) {
+    swiglu_stacked_rows(out, out16, gate_up, rows, width);
+}
+
 // dup = dout·silu(g); dgate = dout·up·σ(g)·(1 + g·(1 − σ(g))).
 __device__ __forceinline__ void swiglu_grad(float* dgate, float* dup, int64_t i, float d, float g,
                                             float u) {

@@ -28,19 +28,23 @@ fn kv_cache_decoding_matches_full_forward() {
             vec![vec![3, 5, 7, 11, 13], vec![17, 19], vec![23, 29, 31, 37]];
         let cont: Vec<Vec<u32>> =
             vec![vec![41, 43, 47, 53], vec![59, 2, 4, 6], vec![8, 10, 12, 14]];
-        // Through `decode_step` (buffers allocated per step) and through a `Decoder` (buffers
-        // reused every step, the recordable path): the same ops on the same values, so equal
-        // to the bit.
+        // Through `decode_step` (buffers allocated per step) and through `Decoder`s (buffers
+        // reused every step, the recordable path), with separate and with stacked projection
+        // weights: the same ops on the same values (a stacked GEMM's element is the same dot
+        // product, the stacked RoPE/SwiGLU the same arithmetic), so equal to the bit.
         let mut cache = model.new_kv_cache(&be, 3, 16).unwrap();
-        let mut decoder = Decoder::new(&be, &model, 3, 16).unwrap();
+        let mut decoders = [false, true]
+            .map(|stacked| Decoder::with_stacking(&be, &model, 3, 16, stacked).unwrap());
         let mut step_logits = vec![be
             .download(&model.prefill(&be, &mut cache, &prompts).unwrap())
             .unwrap()];
-        let prefilled = be.download(&decoder.prefill(&prompts).unwrap()).unwrap();
-        assert_eq!(
-            prefilled, step_logits[0],
-            "bias={bias} tied={tied}: prefill"
-        );
+        for decoder in &mut decoders {
+            let prefilled = be.download(&decoder.prefill(&prompts).unwrap()).unwrap();
+            assert_eq!(
+                prefilled, step_logits[0],
+                "bias={bias} tied={tied}: prefill"
+            );
+        }
         for s in 0..4 {
             let toks: Vec<u32> = cont.iter().map(|c| c[s]).collect();
             let pos: Vec<u32> = prompts.iter().map(|p| (p.len() + s) as u32).collect();
@@ -48,14 +52,19 @@ fn kv_cache_decoding_matches_full_forward() {
                 be.download(&model.decode_step(&be, &mut cache, &toks, &pos).unwrap())
                     .unwrap(),
             );
-            let reused = be.download(decoder.step(&toks, &pos).unwrap()).unwrap();
-            assert_eq!(
-                reused,
-                step_logits[s + 1],
-                "bias={bias} tied={tied} step {s}"
-            );
+            for (stacked, decoder) in decoders.iter_mut().enumerate() {
+                let reused = be.download(decoder.step(&toks, &pos).unwrap()).unwrap();
+                assert_eq!(
+                    reused,
+                    step_logits[s + 1],
+                    "bias={bias} tied={tied} stacked={stacked} step {s}"
+                );
+            }
         }
-        assert!(!decoder.is_recorded(), "the CPU records nothing");
+        assert!(
+            decoders.iter().all(|d| !d.is_recorded()),
+            "the CPU records nothing"
+        );
         let v = cfg.vocab_size;
         for (b, (p, c)) in prompts.iter().zip(&cont).enumerate() {
             let full: Vec<u32> = p.iter().chain(c.iter()).copied().collect();
@@ -574,4 +583,34 @@ fn decoder_refuses_bad_steps() {
     assert!(e.contains("2 ids into a buffer of 3"), "{e}");
     // and it still decodes after the refusals
     decoder.step(&[1, 2], &[2, 1]).unwrap();
+}
+
+/// Stacked projections at a batch past the CPU's dot-product path (sgemm, blocked): still the
+/// same logits to the bit as one GEMM per weight, so the rollouts' samples do not change.
+#[test]
+fn stacked_decoder_equals_separate_at_gemm_batches() {
+    let be = Cpu::new();
+    let cfg = tiny_cfg(61, true, false);
+    let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 3)).unwrap();
+    let slots = 40;
+    let prompts: Vec<Vec<u32>> = (0..slots)
+        .map(|b| {
+            (0..1 + b % 5)
+                .map(|i| ((b * 7 + i * 3) % 61) as u32)
+                .collect()
+        })
+        .collect();
+    let mut logits = Vec::new();
+    for stacked in [false, true] {
+        let mut decoder = Decoder::with_stacking(&be, &model, slots, 12, stacked).unwrap();
+        let mut got = vec![be.download(&decoder.prefill(&prompts).unwrap()).unwrap()];
+        for s in 0..3 {
+            let toks: Vec<u32> = (0..slots).map(|b| ((b * 11 + s) % 61) as u32).collect();
+            let pos: Vec<u32> = prompts.iter().map(|p| (p.len() + s) as u32).collect();
+            got.push(be.download(decoder.step(&toks, &pos).unwrap()).unwrap());
+        }
+        logits.push(got);
+    }
+    assert!(logits[0].iter().flatten().all(|x| x.is_finite()));
+    assert_eq!(logits[0], logits[1], "stacked vs separate projections");
 }

@@ -126,8 +126,8 @@ fn decode_case_within<B: Backend>(gpu: &B, r: &mut Rand, tol: f64) {
     for cfg in configs() {
         let params = common::random_params(&cfg, r.gen());
         let (prompts, steps) = decode_inputs(r, &cfg, 4);
-        let (g, _) = decode_logits(gpu, &cfg, &params, &prompts, &steps);
-        let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps);
+        let (g, _) = decode_logits(gpu, &cfg, &params, &prompts, &steps, true);
+        let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps, true);
         for (i, (gs, cs)) in g.iter().zip(&c).enumerate() {
             check(&format!("logits after {i} decode steps"), gs, cs, tol);
         }
@@ -136,16 +136,18 @@ fn decode_case_within<B: Backend>(gpu: &B, r: &mut Rand, tol: f64) {
 
 /// The prefill logits, then those of each decode step (one token per sequence), through a
 /// `Decoder`: from its second step on, a backend that records replays the step from a
-/// recording (a CUDA graph). The flag says whether it did.
+/// recording (a CUDA graph). The flag says whether it did. `stacked`: the decoder's q/k/v and
+/// gate/up projections as one GEMM each (the default), or one GEMM per weight.
 fn decode_logits<B: Backend>(
     be: &B,
     cfg: &LlamaConfig,
     params: &Params<Vec<f32>>,
     prompts: &[Vec<u32>],
     steps: &[Vec<u32>],
+    stacked: bool,
 ) -> (Vec<Vec<f32>>, bool) {
     let model = Llama::from_host(be, cfg.clone(), params).unwrap();
-    let mut decoder = Decoder::new(be, &model, prompts.len(), 32).unwrap();
+    let mut decoder = Decoder::with_stacking(be, &model, prompts.len(), 32, stacked).unwrap();
     let mut out = vec![be.download(&decoder.prefill(prompts).unwrap()).unwrap()];
     let mut pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     for tokens in steps {
@@ -402,16 +404,18 @@ fn cuda_decode_recorded_matches_launched() {
                     let params = common::random_params(&cfg, rng.gen());
                     let (prompts, steps) = decode_inputs(&mut rng, &cfg, 6);
                     gpu.set_graphs(true);
-                    let (rec, recorded) = decode_logits(&gpu, &cfg, &params, &prompts, &steps);
+                    let (rec, recorded) =
+                        decode_logits(&gpu, &cfg, &params, &prompts, &steps, true);
                     assert!(
                         recorded,
                         "{precision:?}: the decoder did not record (the capture was refused: \
                          see the warning above)"
                     );
                     gpu.set_graphs(false);
-                    let (launched, again) = decode_logits(&gpu, &cfg, &params, &prompts, &steps);
+                    let (launched, again) =
+                        decode_logits(&gpu, &cfg, &params, &prompts, &steps, true);
                     assert!(!again, "recording switched off, yet the decoder recorded");
-                    let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps);
+                    let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps, true);
                     for (i, ((r, l), c)) in rec.iter().zip(&launched).zip(&c).enumerate() {
                         check(
                             &format!("{precision:?} step {i}: recorded vs launched"),
@@ -469,6 +473,47 @@ fn cuda_decode_recorded_matches_launched() {
     #[cfg(not(feature = "cuda"))]
     println!(
         "cuda_decode_recorded_matches_launched: skipped: no GPU (built without the `cuda` feature)"
+    );
+}
+
+/// The decoder's stacked projections (one GEMM for q/k/v, one for gate/up, over weight copies
+/// stacked for the generation; in bf16 mode kept only as bf16) against one GEMM per weight, on
+/// the GPU, with and without qkv biases. The bf16 operands are the same roundings either way;
+/// a wider GEMM may sum in another order, so: 1e-6 with f32 GEMMs, 1e-3 with bf16 GEMMs (the
+/// bounds of `cuda_decode_recorded_matches_launched`, for the same reason). A wrong stacking
+/// offset or row stride would be off by O(1). Also against the CPU.
+#[test]
+fn cuda_stacked_decode_matches_separate() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let name = "cuda_stacked_decode_matches_separate";
+        if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
+            let cpu = Cpu::new();
+            for (precision, tol, same_tol) in [
+                (GemmPrecision::F32, VALUE_TOL, 1e-6),
+                (GemmPrecision::Bf16, BF16_MODEL_TOL, 1e-3),
+            ] {
+                gpu.set_gemm_precision(precision).unwrap();
+                for cfg in configs() {
+                    let params = common::random_params(&cfg, rng.gen());
+                    let (prompts, steps) = decode_inputs(&mut rng, &cfg, 5);
+                    let (st, _) = decode_logits(&gpu, &cfg, &params, &prompts, &steps, true);
+                    let (sep, _) = decode_logits(&gpu, &cfg, &params, &prompts, &steps, false);
+                    let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps, false);
+                    for (i, ((a, b), c)) in st.iter().zip(&sep).zip(&c).enumerate() {
+                        let at = format!("{precision:?} bias {} step {i}", cfg.attention_bias);
+                        check(&format!("{at}: stacked vs separate"), a, b, same_tol);
+                        check(&format!("{at}: stacked vs CPU"), a, c, tol);
+                    }
+                }
+            }
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!(
+        "cuda_stacked_decode_matches_separate: skipped: no GPU (built without the `cuda` feature)"
     );
 }
 

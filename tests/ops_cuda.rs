@@ -345,6 +345,53 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
         &vcc,
         0.0,
     );
+    // the stacked variant (rows q | k | v of one GEMM output) against the CPU's split + op
+    let qd = q.len() / s.batch;
+    let qkv: Vec<f32> = (0..s.batch)
+        .flat_map(|b| {
+            [
+                &q[b * qd..][..qd],
+                &k[b * kvd..][..kvd],
+                &v[b * kvd..][..kvd],
+            ]
+            .concat()
+        })
+        .collect();
+    let (mut kcg, mut vcg) = (gpu.upload(&kc0).unwrap(), gpu.upload(&vc0).unwrap());
+    let (mut kcc, mut vcc) = (kc0.clone(), vc0.clone());
+    let (mut qg, mut qc) = (poisoned(gpu, q.len()), vec![0.0; q.len()]);
+    let qkvg = gpu.upload(&qkv).unwrap();
+    let freq = gpu.upload(&inv_freq).unwrap();
+    gpu.decode_rope_cache_write_stacked(&mut qg, &qkvg, &mut kcg, &mut vcg, &pg, &freq, s)
+        .unwrap();
+    cpu.decode_rope_cache_write_stacked(
+        &mut qc, &qkv, &mut kcc, &mut vcc, &positions, &inv_freq, s,
+    )
+    .unwrap();
+    check(
+        "decode_rope_cache_write_stacked q",
+        &down(gpu, &qg),
+        &qc,
+        F32_TOL,
+    );
+    check(
+        "decode_rope_cache_write_stacked k_cache",
+        &down(gpu, &kcg),
+        &kcc,
+        F32_TOL,
+    );
+    check(
+        "decode_rope_cache_write_stacked v_cache",
+        &down(gpu, &vcg),
+        &vcc,
+        0.0,
+    );
+    check(
+        "decode_rope_cache_write_stacked qkv unchanged",
+        &down(gpu, &qkvg),
+        &qkv,
+        0.0,
+    );
 }
 
 fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {
@@ -366,6 +413,14 @@ fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {
         .unwrap();
     check("swiglu_backward dgate", &down(gpu, &dgg), &dgc, F32_TOL);
     check("swiglu_backward dup", &down(gpu, &dug), &duc, F32_TOL);
+    // from the stacked gate/up GEMM output (rows gate | up), 7 rows of an odd width
+    let (rows, f) = (7, 1_601);
+    let gu = randv(r, rows * 2 * f, 4.0);
+    let (mut og, mut oc) = (poisoned(gpu, rows * f), vec![0.0; rows * f]);
+    gpu.swiglu_forward_stacked(&mut og, &gpu.upload(&gu).unwrap(), rows, f)
+        .unwrap();
+    cpu.swiglu_forward_stacked(&mut oc, &gu, rows, f).unwrap();
+    check("swiglu_forward_stacked", &down(gpu, &og), &oc, F32_TOL);
 }
 
 fn fused_logprob_shape<B: Backend>(

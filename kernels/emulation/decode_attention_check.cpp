@@ -152,7 +152,25 @@ bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_
                     !same(q2, q);  // and it did rotate
     std::printf("  decode_rope_cache_write b%d cap%d h%d/%d hd%d: q, k, caches equal the composite's bits: %s\n",
                 batch, capacity, n_heads, n_kv_heads, hd, ok ? "ok" : "FAILED");
-    return ok;
+    // the stacked variant, from rows q | k | v of one buffer: the same q and caches, qkv intact
+    const int ld = qd + 2 * kvd;
+    std::vector<float> qkv((size_t)batch * ld);
+    for (int b = 0; b < batch; ++b) {
+        std::memcpy(&qkv[(size_t)b * ld], &q[(size_t)b * qd], qd * sizeof(float));
+        std::memcpy(&qkv[(size_t)b * ld + qd], &k[(size_t)b * kvd], kvd * sizeof(float));
+        std::memcpy(&qkv[(size_t)b * ld + qd + kvd], &v[(size_t)b * kvd], kvd * sizeof(float));
+    }
+    const auto qkv0 = qkv;
+    std::vector<float> q3(q.size(), NAN);
+    auto kc3 = kc, vc3 = vc;
+    emu::launch(two, block, [&] {
+        decode_rope_cache_write_stacked(q3.data(), kc3.data(), vc3.data(), qkv.data(), pos.data(),
+                                        inv_freq.data(), dims);
+    });
+    const bool stacked_ok = same(q3, q1) && same(kc3, kc1) && same(vc3, vc1) && same(qkv, qkv0);
+    std::printf("  decode_rope_cache_write_stacked b%d cap%d h%d/%d hd%d: q, caches equal the composite's bits, qkv unchanged: %s\n",
+                batch, capacity, n_heads, n_kv_heads, hd, stacked_ok ? "ok" : "FAILED");
+    return ok && stacked_ok;
 }
 
 }  // namespace

@@ -222,6 +222,23 @@ void with_bf16_copies(Rand& r, int n, int dim) {
                     [&] { swiglu_forward_with_bf16(o2.data(), o16.data(), g.data(), u.data(), len); });
         expect("swiglu_forward_with_bf16 = swiglu_forward + f32_to_bf16" + s,
                bits(o2, o1) && bits16(o16, convert(o1)));
+        // the stacked gate/up variants, from the rows [gate | up] of one [n, 2·dim] buffer
+        std::vector<float> gu((size_t)2 * len);
+        for (int64_t i = 0; i < n; ++i)
+            for (int j = 0; j < dim; ++j) {
+                gu[(size_t)i * 2 * dim + j] = g[(size_t)i * dim + j];
+                gu[(size_t)i * 2 * dim + dim + j] = u[(size_t)i * dim + j];
+            }
+        std::vector<float> o3(len, NAN), o4(len, NAN);
+        std::vector<__nv_bfloat16> o16s(len, __nv_bfloat16{0xdead});
+        // two blocks, so the grid-stride loop goes round
+        emu::launch(dim3{2}, dim3{kBlock}, [&] { swiglu_forward_stacked(o3.data(), gu.data(), n, dim); });
+        emu::launch(dim3{2}, dim3{kBlock}, [&] {
+            swiglu_forward_stacked_with_bf16(o4.data(), o16s.data(), gu.data(), n, dim);
+        });
+        expect("swiglu_forward_stacked = swiglu_forward on the split rows" + s, bits(o3, o1));
+        expect("swiglu_forward_stacked_with_bf16 = swiglu_forward + f32_to_bf16" + s,
+               bits(o4, o1) && bits16(o16s, convert(o1)));
     }
 }
 

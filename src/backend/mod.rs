@@ -22,7 +22,7 @@ pub use peaks::dense_bf16_peak_tflops;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 /// Shape of a causal self-attention call over a right-padded batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +189,13 @@ pub trait Backend: Send + Sync {
     /// δ = rowsum(dO∘O)). CUDA in bf16 GEMM mode keeps only a bf16 copy, and δ is then summed
     /// from bf16 values. The default does nothing.
     fn keep_as_attention_output(&self, _buf: &mut Self::Buf) -> Result<()> {
+        Ok(())
+    }
+    /// The same hint for a weight made for inference only (the decoder's stacked q/k/v and
+    /// gate/up weights): from now on `buf` is read only as the `w` operand of
+    /// [`Backend::linear_forward`]. CUDA in bf16 GEMM mode keeps only the bf16 copy its GEMMs
+    /// read. The default does nothing.
+    fn keep_as_gemm_weight(&self, _buf: &mut Self::Buf) -> Result<()> {
         Ok(())
     }
 
@@ -379,6 +386,40 @@ pub trait Backend: Send + Sync {
         self.rope_forward(k, positions, inv_freq, s.batch, s.n_kv_heads, s.head_dim)?;
         self.kv_cache_write(k_cache, v_cache, k, v, positions, s)
     }
+    /// [`Backend::decode_rope_cache_write`] from the stacked q/k/v projection's output
+    /// `qkv [batch, Hq·hd + 2·Hkv·hd]` (each row q | k | v, left unchanged): the rotated q is
+    /// written to `q [batch, Hq·hd]`, the rotated k and v into the caches. The default splits the
+    /// rows and runs that op (the reference the fused kernel is tested against).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rope_cache_write_stacked(
+        &self,
+        q: &mut Self::Buf,
+        qkv: &Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        positions: &Self::Ids,
+        inv_freq: &Self::Buf,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let ld = qd + 2 * kvd;
+        ensure!(
+            self.len(qkv) == s.batch * ld && self.len(q) == s.batch * qd,
+            "decode_rope_cache_write_stacked: qkv holds {} values and q {}, for {} rows of \
+             {ld} and {qd}",
+            self.len(qkv),
+            self.len(q),
+            s.batch
+        );
+        let mut k = self.zeros(s.batch * kvd)?;
+        let mut v = self.zeros(s.batch * kvd)?;
+        for b in 0..s.batch {
+            self.copy(q, b * qd, qkv, b * ld, qd)?;
+            self.copy(&mut k, b * kvd, qkv, b * ld + qd, kvd)?;
+            self.copy(&mut v, b * kvd, qkv, b * ld + qd + kvd, kvd)?;
+        }
+        self.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, inv_freq, s)
+    }
     /// One query per sequence: `q [batch, Hq·hd]` attends to positions `0..=positions[b]`
     /// of slot `b`. Writes `out [batch, Hq·hd]`.
     #[allow(clippy::too_many_arguments)]
@@ -395,6 +436,32 @@ pub trait Backend: Send + Sync {
     // ---- SwiGLU --------------------------------------------------------------------
     /// `out = silu(gate) * up`, all `[n]` flattened
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// [`Backend::swiglu_forward`] from the stacked gate/up projection's output
+    /// `gate_up [rows, 2·f]` (each row gate | up) into `out [rows, f]`. The default splits the
+    /// rows and runs that op (the reference the fused kernel is tested against).
+    fn swiglu_forward_stacked(
+        &self,
+        out: &mut Self::Buf,
+        gate_up: &Self::Buf,
+        rows: usize,
+        f: usize,
+    ) -> Result<()> {
+        ensure!(
+            self.len(gate_up) == rows * 2 * f && self.len(out) == rows * f,
+            "swiglu_forward_stacked: gate_up holds {} values and out {}, for {rows} rows of {} \
+             and {f}",
+            self.len(gate_up),
+            self.len(out),
+            2 * f
+        );
+        let mut gate = self.zeros(rows * f)?;
+        let mut up = self.zeros(rows * f)?;
+        for r in 0..rows {
+            self.copy(&mut gate, r * f, gate_up, r * 2 * f, f)?;
+            self.copy(&mut up, r * f, gate_up, r * 2 * f + f, f)?;
+        }
+        self.swiglu_forward(out, &gate, &up)
+    }
     /// writes `dgate, dup`
     fn swiglu_backward(
         &self,

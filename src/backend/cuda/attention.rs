@@ -279,6 +279,48 @@ impl Cuda {
         )
     }
 
+    /// The same from the stacked q/k/v projection's output `qkv [batch, qd + 2·kvd]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode_rope_cache_write_stacked_impl(
+        &self,
+        q: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        need(q, s.batch * qd, "q")?;
+        need(qkv, s.batch * (qd + 2 * kvd), "qkv")?;
+        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
+        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
+        need_ids(positions, s.batch, "positions")?;
+        need(inv_freq, s.head_dim / 2, "inv_freq")?;
+        ensure!(
+            s.head_dim.is_multiple_of(2),
+            "decode_rope_cache_write_stacked: head_dim {} must be even",
+            s.head_dim
+        );
+        let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
+        if pairs == 0 {
+            return Ok(());
+        }
+        let dims = decode_dims(s)?;
+        kernels::decode_rope_cache_write_stacked(
+            self,
+            super::grid_1d(pairs),
+            q,
+            k_cache,
+            v_cache,
+            qkv,
+            positions,
+            inv_freq,
+            &dims,
+        )
+    }
+
     pub(super) fn decode_attention_impl(
         &self,
         out: &mut CudaBuf,

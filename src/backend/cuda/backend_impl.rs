@@ -131,6 +131,10 @@ impl Backend for Cuda {
         // as a GEMM input: narrowed in bf16 mode, where δ then reads the bf16 copy
         self.narrow_to_bf16(buf)
     }
+    fn keep_as_gemm_weight(&self, buf: &mut CudaBuf) -> Result<()> {
+        // read only through the bf16 copy in Bf16 mode, like a narrowed GEMM input
+        self.narrow_to_bf16(buf)
+    }
     fn keep_as_swiglu_input(&self, buf: &mut CudaBuf) -> Result<()> {
         // the bf16 mode's rule for GEMM inputs: narrowed there, kept f32 in the other modes
         self.narrow_to_bf16(buf)
@@ -448,6 +452,22 @@ impl Backend for Cuda {
     ) -> Result<()> {
         self.decode_rope_cache_write_impl(q, k, v, k_cache, v_cache, positions, inv_freq, s)
     }
+    fn decode_rope_cache_write_stacked(
+        &self,
+        q: &mut CudaBuf,
+        qkv: &CudaBuf,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaBuf,
+        s: DecodeShape,
+    ) -> Result<()> {
+        f32_values(
+            &[q, qkv, k_cache, v_cache],
+            "decode_rope_cache_write_stacked",
+        )?;
+        self.decode_rope_cache_write_stacked_impl(q, qkv, k_cache, v_cache, positions, inv_freq, s)
+    }
     fn decode_attention(
         &self,
         out: &mut CudaBuf,
@@ -462,6 +482,15 @@ impl Backend for Cuda {
 
     fn swiglu_forward(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
         self.swiglu_forward_impl(out, gate, up)
+    }
+    fn swiglu_forward_stacked(
+        &self,
+        out: &mut CudaBuf,
+        gate_up: &CudaBuf,
+        rows: usize,
+        f: usize,
+    ) -> Result<()> {
+        self.swiglu_forward_stacked_impl(out, gate_up, rows, f)
     }
     fn swiglu_backward(
         &self,

@@ -29,8 +29,23 @@ impl Cuda {
         if !x.is_narrowed() {
             need(x, n * k, "x")?;
         }
-        need(w, m * k, "w")?;
-        let w16 = Bf16Operand::whole(self.weight_bf16(w)?);
+        // a narrowed w (keep_as_gemm_weight: the decoder's stacked weights) is its bf16 copy
+        let w16 = match self.narrowed_operand(w, "w")? {
+            Some(copy) => {
+                ensure!(
+                    w.logical_len() >= m * k,
+                    "cuda backend: `w` holds {} values, the op needs {}",
+                    w.logical_len(),
+                    m * k
+                );
+                Some(copy)
+            }
+            None => {
+                need(w, m * k, "w")?;
+                self.weight_bf16(w)?
+            }
+        };
+        let w16 = Bf16Operand::whole(w16);
         self.gemm_pre(
             false,
             true,
@@ -155,6 +170,29 @@ impl Cuda {
         self.write_with_bf16_copy(out, n as usize, |out, copy| match copy {
             None => kernels::swiglu_forward(self, cfg, out, gate, up, &n),
             Some(c) => kernels::swiglu_forward_with_bf16(self, cfg, out, c, gate, up, &n),
+        })
+    }
+    /// SwiGLU from the stacked gate/up projection's output `[rows, 2·f]`.
+    pub(super) fn swiglu_forward_stacked_impl(
+        &self,
+        out: &mut CudaBuf,
+        gate_up: &CudaBuf,
+        rows: usize,
+        f: usize,
+    ) -> Result<()> {
+        f32_values(&[out, gate_up], "swiglu_forward_stacked")?;
+        need(gate_up, rows * 2 * f, "gate_up")?;
+        need(out, rows * f, "out")?;
+        if rows * f == 0 {
+            return Ok(());
+        }
+        let (r, fi) = (rows as i64, dim_i32(f, "f")?);
+        let cfg = grid_1d(rows * f);
+        self.write_with_bf16_copy(out, rows * f, |out, copy| match copy {
+            None => kernels::swiglu_forward_stacked(self, cfg, out, gate_up, &r, &fi),
+            Some(c) => {
+                kernels::swiglu_forward_stacked_with_bf16(self, cfg, out, c, gate_up, &r, &fi)
+            }
         })
     }
     /// The backward from f32 gate/up, or from their bf16 copies when both were kept in bf16

@@ -2,7 +2,7 @@
 //! sequence per step. [`Decoder`] owns the cache and every buffer of a step, allocated once,
 //! so that from its second step on the step is a fixed sequence of ops over fixed buffers: the
 //! backend records it once ([`Backend::record`], a CUDA graph) and replays it, paying one
-//! launch per step instead of ~15 per layer. Only the step's inputs (token ids, positions)
+//! launch per step instead of 9 to 12 per layer. Only the step's inputs (token ids, positions)
 //! are rewritten in place between replays.
 
 use super::Llama;
@@ -26,14 +26,60 @@ struct StepBuffers<B: Backend> {
     rstd: B::Buf,
     normed: B::Buf,
     q: B::Buf,
-    k: B::Buf,
-    v: B::Buf,
     attn: B::Buf,
-    gate: B::Buf,
-    up: B::Buf,
     act: B::Buf,
     tmp: B::Buf,
     logits: B::Buf,
+    projections: Projections<B>,
+}
+
+/// How a step runs the q/k/v and gate/up projections.
+enum Projections<B: Backend> {
+    /// One GEMM per weight, as the training forward does
+    Separate {
+        k: B::Buf,
+        v: B::Buf,
+        gate: B::Buf,
+        up: B::Buf,
+    },
+    /// One GEMM for q/k/v and one for gate/up, over weights stacked along their output rows
+    /// ([`StackedLayer`]): at a decode step's few rows each GEMM costs about its launch and
+    /// latency whatever its width, so 7 GEMMs a layer become 4.
+    Stacked {
+        layers: Vec<StackedLayer<B>>,
+        qkv: B::Buf,
+        gate_up: B::Buf,
+    },
+}
+
+/// One layer's projection weights stacked along their output rows, a copy made for one
+/// generation (the weights cannot change under it: the decoder borrows the model). Costs the
+/// copy's bytes while the decoder lives: 2 per parameter of these five weights in bf16 GEMM
+/// mode (only the bf16 copy is kept, [`Backend::keep_as_gemm_weight`]), 4 otherwise.
+struct StackedLayer<B: Backend> {
+    /// `[q_proj; k_proj; v_proj]`, `[qd + 2·kvd, hidden]`
+    qkv: B::Buf,
+    /// the three biases stacked the same way (zeros for a missing one), when any exists
+    qkv_bias: Option<B::Buf>,
+    /// `[gate_proj; up_proj]`, `[2·intermediate, hidden]`
+    gate_up: B::Buf,
+}
+
+/// Whether decoders stack their projection weights: `CADA_STACKED_DECODE=0` runs one GEMM per
+/// weight (for comparison); anything else, or unset, stacks.
+fn stacking_from_env() -> bool {
+    std::env::var("CADA_STACKED_DECODE").map_or(true, |v| v != "0")
+}
+
+/// `parts` (row-major, same width) one after another: rows stacked.
+fn stack_rows<B: Backend>(be: &B, parts: &[&B::Buf]) -> Result<B::Buf> {
+    let mut out = be.zeros(parts.iter().map(|p| be.len(p)).sum())?;
+    let mut at = 0;
+    for p in parts {
+        be.copy(&mut out, at, p, 0, be.len(p))?;
+        at += be.len(p);
+    }
+    Ok(out)
 }
 
 /// A generation's decoding state: the KV cache, the step buffers and, once recorded, the
@@ -135,7 +181,7 @@ impl<B: Backend> Llama<B> {
         positions: &[u32],
     ) -> Result<B::Buf> {
         self.check_step(cache, tokens, positions)?;
-        let mut bufs = self.step_buffers(be, tokens.len())?;
+        let mut bufs = self.step_buffers(be, tokens.len(), false)?;
         be.write_ids(&mut bufs.ids, tokens)?;
         be.write_ids(&mut bufs.positions, positions)?;
         self.decode_ops(be, cache, &mut bufs)?;
@@ -159,9 +205,23 @@ impl<B: Backend> Llama<B> {
         self.check_ids(tokens)
     }
 
-    fn step_buffers(&self, be: &B, n: usize) -> Result<StepBuffers<B>> {
+    fn step_buffers(&self, be: &B, n: usize, stacked: bool) -> Result<StepBuffers<B>> {
         let c = &self.cfg;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let projections = if stacked {
+            Projections::Stacked {
+                layers: self.stacked_layers(be)?,
+                qkv: be.zeros(n * (qd + 2 * kvd))?,
+                gate_up: be.zeros(n * 2 * f)?,
+            }
+        } else {
+            Projections::Separate {
+                k: be.zeros(n * kvd)?,
+                v: be.zeros(n * kvd)?,
+                gate: be.zeros(n * f)?,
+                up: be.zeros(n * f)?,
+            }
+        };
         Ok(StepBuffers {
             ids: be.upload_ids(&vec![0; n])?,
             positions: be.upload_ids(&vec![0; n])?,
@@ -169,15 +229,43 @@ impl<B: Backend> Llama<B> {
             rstd: be.zeros(n)?,
             normed: be.zeros(n * d)?,
             q: be.zeros(n * qd)?,
-            k: be.zeros(n * kvd)?,
-            v: be.zeros(n * kvd)?,
             attn: be.zeros(n * qd)?,
-            gate: be.zeros(n * f)?,
-            up: be.zeros(n * f)?,
             act: be.zeros(n * f)?,
             tmp: be.zeros(n * d)?,
             logits: be.zeros(n * c.vocab_size)?,
+            projections,
         })
+    }
+
+    fn stacked_layers(&self, be: &B) -> Result<Vec<StackedLayer<B>>> {
+        let (qd, kvd) = (self.cfg.q_dim(), self.cfg.kv_dim());
+        self.params
+            .layers
+            .iter()
+            .map(|lp| {
+                let mut qkv = stack_rows(be, &[&lp.q_proj, &lp.k_proj, &lp.v_proj])?;
+                let mut gate_up = stack_rows(be, &[&lp.gate_proj, &lp.up_proj])?;
+                be.keep_as_gemm_weight(&mut qkv)?;
+                be.keep_as_gemm_weight(&mut gate_up)?;
+                let biases = [(&lp.q_bias, 0), (&lp.k_bias, qd), (&lp.v_bias, qd + kvd)];
+                let qkv_bias = if biases.iter().any(|(b, _)| b.is_some()) {
+                    let mut stacked = be.zeros(qd + 2 * kvd)?;
+                    for (b, at) in biases {
+                        if let Some(b) = b {
+                            be.copy(&mut stacked, at, b, 0, be.len(b))?;
+                        }
+                    }
+                    Some(stacked)
+                } else {
+                    None
+                };
+                Ok(StackedLayer {
+                    qkv,
+                    qkv_bias,
+                    gate_up,
+                })
+            })
+            .collect()
     }
 
     /// The step itself, from `bufs.ids` / `bufs.positions` to `bufs.logits`: the same ops on
@@ -202,14 +290,11 @@ impl<B: Backend> Llama<B> {
             rstd,
             normed,
             q,
-            k,
-            v,
             attn,
-            gate,
-            up,
             act,
             tmp,
             logits,
+            projections,
         } = bufs;
         let _range = crate::profile::range("decode step");
         let layers = &self.params.layers;
@@ -218,20 +303,49 @@ impl<B: Backend> Llama<B> {
             .first()
             .map_or(&self.params.final_norm, |lp| &lp.attn_norm);
         be.rmsnorm_forward(normed, rstd, x, first_norm, n, d, eps)?;
-        // 12 launches a layer (15 with qkv biases): each residual add is fused with the norm
-        // after it, RoPE of q and k with the cache write
+        // 12 launches a layer with separate projections (15 with qkv biases), 9 (10) stacked:
+        // each residual add is fused with the norm after it, RoPE of q and k with the cache
+        // write
         for (l, lp) in layers.iter().enumerate() {
-            be.linear_forward(q, normed, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
-            be.linear_forward(k, normed, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
-            be.linear_forward(v, normed, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.inv_freq, shape)?;
+            match projections {
+                Projections::Separate { k, v, .. } => {
+                    be.linear_forward(q, normed, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
+                    be.linear_forward(k, normed, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
+                    be.linear_forward(v, normed, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
+                    be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.inv_freq, shape)?;
+                }
+                Projections::Stacked { layers, qkv, .. } => {
+                    let sl = &layers[l];
+                    let width = qd + 2 * kvd;
+                    be.linear_forward(qkv, normed, &sl.qkv, sl.qkv_bias.as_ref(), n, d, width)?;
+                    be.decode_rope_cache_write_stacked(
+                        q,
+                        qkv,
+                        kc,
+                        vc,
+                        positions,
+                        &self.inv_freq,
+                        shape,
+                    )?;
+                }
+            }
             be.decode_attention(attn, q, kc, vc, positions, shape)?;
             be.linear_forward(tmp, attn, &lp.o_proj, None, n, qd, d)?;
             be.add_rmsnorm_forward(x, tmp, normed, rstd, &lp.mlp_norm, n, d, eps)?;
-            be.linear_forward(gate, normed, &lp.gate_proj, None, n, d, f)?;
-            be.linear_forward(up, normed, &lp.up_proj, None, n, d, f)?;
-            be.swiglu_forward(act, gate, up)?;
+            match projections {
+                Projections::Separate { gate, up, .. } => {
+                    be.linear_forward(gate, normed, &lp.gate_proj, None, n, d, f)?;
+                    be.linear_forward(up, normed, &lp.up_proj, None, n, d, f)?;
+                    be.swiglu_forward(act, gate, up)?;
+                }
+                Projections::Stacked {
+                    layers, gate_up, ..
+                } => {
+                    be.linear_forward(gate_up, normed, &layers[l].gate_up, None, n, d, 2 * f)?;
+                    be.swiglu_forward_stacked(act, gate_up, n, f)?;
+                }
+            }
             be.linear_forward(tmp, act, &lp.down_proj, None, n, f, d)?;
             let next_norm = layers
                 .get(l + 1)
@@ -243,8 +357,22 @@ impl<B: Backend> Llama<B> {
 }
 
 impl<'a, B: Backend> Decoder<'a, B> {
-    /// A decoder for `slots` sequences of at most `capacity` tokens (prompt included).
+    /// A decoder for `slots` sequences of at most `capacity` tokens (prompt included), with
+    /// stacked projection weights unless `CADA_STACKED_DECODE=0`.
     pub fn new(be: &'a B, model: &'a Llama<B>, slots: usize, capacity: usize) -> Result<Self> {
+        Self::with_stacking(be, model, slots, capacity, stacking_from_env())
+    }
+
+    /// [`Decoder::new`] with the projections' form chosen: `stacked` runs one GEMM for q/k/v
+    /// and one for gate/up over copies of the weights stacked for this generation; otherwise
+    /// one GEMM per weight, as [`Llama::decode_step`] does.
+    pub fn with_stacking(
+        be: &'a B,
+        model: &'a Llama<B>,
+        slots: usize,
+        capacity: usize,
+        stacked: bool,
+    ) -> Result<Self> {
         Ok(Decoder {
             recording: None,
             may_record: true,
@@ -252,7 +380,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
             be,
             model,
             cache: model.new_kv_cache(be, slots, capacity)?,
-            bufs: model.step_buffers(be, slots)?,
+            bufs: model.step_buffers(be, slots, stacked)?,
         })
     }
 
