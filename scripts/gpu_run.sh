@@ -190,6 +190,11 @@ bench)
     step bench_step_rollout_launched_smollm2-135m 60 env CADA_CUDA_GRAPHS=0 "$cada" bench step \
         --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
         --new-tokens 256 --micro-batch-rows 16 --records "$work/launched_rollout_smollm2-135m.json"
+    # and with one GEMM per projection weight (CADA_STACKED_DECODE=0): what stacking q/k/v and
+    # gate/up into one GEMM each buys
+    step bench_step_rollout_separate_smollm2-135m 60 env CADA_STACKED_DECODE=0 "$cada" bench step \
+        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
+        --new-tokens 256 --micro-batch-rows 16 --records "$work/separate_rollout_smollm2-135m.json"
     ;;
 peers|peers_hf)
     "$cada" bench shapes --set full > "$work/shapes.json"

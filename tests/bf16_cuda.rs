@@ -480,6 +480,11 @@ fn cuda_ops_write_their_bf16_copies() {
         gemm_from(&gpu, &act, "swiglu_forward output");
         gpu.scale(&mut act, 0.5).unwrap();
         assert!(!act.has_bf16_copy(), "a write kept a stale bf16 copy");
+        // the decoder's stacked gate/up: rows gate | up of one [n, 2k] GEMM output
+        let gu = randv(&mut r, n * 2 * k, 3.0);
+        gpu.swiglu_forward_stacked(&mut act, &gpu.upload(&gu).unwrap(), n, k)
+            .unwrap();
+        gemm_from(&gpu, &act, "swiglu_forward_stacked output");
         // the decode step's attention output, o_proj's input: [batch, Hq·hd] = 5 × 160
         let s = cada::backend::DecodeShape {
             batch: 5,
@@ -528,4 +533,73 @@ fn cuda_ops_write_their_bf16_copies() {
     println!(
         "cuda_ops_write_their_bf16_copies: skipped: no GPU (built without the `cuda` feature)"
     );
+}
+
+/// `keep_as_gemm_weight` (the decoder's stacked weights): in Bf16 mode the weight keeps only its
+/// bf16 copy, and `linear_forward` from it equals, to the bit, the GEMM from the same weight
+/// kept in f32 (whose cached copy is the same conversion), bias included. Afterwards the
+/// narrowed weight is refused by name in another GEMM mode and when the shape needs more values
+/// than it holds; with narrowing switched off it keeps its f32 values.
+#[test]
+fn cuda_narrowed_gemm_weight() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::GemmPrecision;
+        let Some((mut gpu, mut r)) = common::cuda_setup("cuda_narrowed_gemm_weight") else {
+            return;
+        };
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        let (n, k, m) = (9, 133, 71);
+        let (x, w, b) = (
+            randv(&mut r, n * k, 1.0),
+            randv(&mut r, m * k, 1.0),
+            randv(&mut r, m, 1.0),
+        );
+        let (xg, bg) = (gpu.upload(&x).unwrap(), gpu.upload(&b).unwrap());
+        let kept = gpu.upload(&w).unwrap();
+        let mut narrowed = gpu.upload(&w).unwrap();
+        gpu.keep_as_gemm_weight(&mut narrowed).unwrap();
+        assert!(
+            narrowed.is_narrowed(),
+            "bf16 mode: the weight kept its f32 values"
+        );
+        let (mut a, mut c) = (poisoned(&gpu, n * m), poisoned(&gpu, n * m));
+        gpu.linear_forward(&mut a, &xg, &kept, Some(&bg), n, k, m)
+            .unwrap();
+        gpu.linear_forward(&mut c, &xg, &narrowed, Some(&bg), n, k, m)
+            .unwrap();
+        let (a, c) = (down(&gpu, &a), down(&gpu, &c));
+        assert_eq!(
+            a, c,
+            "GEMM from the narrowed weight differs from the kept one"
+        );
+        let mut oc = vec![0.0; n * m];
+        Cpu::new()
+            .linear_forward(&mut oc, &x, &w, Some(&b), n, k, m)
+            .unwrap();
+        check("narrowed-weight GEMM vs CPU", &c, &oc, BF16_TOL);
+        let mut big = poisoned(&gpu, n * (m + 1));
+        let e = gpu
+            .linear_forward(&mut big, &xg, &narrowed, None, n, k, m + 1)
+            .expect_err("a shape past the narrowed weight was accepted");
+        assert!(format!("{e:#}").contains("`w` holds"), "{e:#}");
+        gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
+        let mut out = poisoned(&gpu, n * m);
+        let e = gpu
+            .linear_forward(&mut out, &xg, &narrowed, None, n, k, m)
+            .expect_err("f32 GEMMs accepted a weight kept only in bf16");
+        assert!(format!("{e:#}").contains("kept only in bf16"), "{e:#}");
+        gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+        gpu.set_narrow_saved_inputs(false);
+        let mut unnarrowed = gpu.upload(&w).unwrap();
+        gpu.keep_as_gemm_weight(&mut unnarrowed).unwrap();
+        assert!(
+            !unnarrowed.is_narrowed(),
+            "narrowing off, yet the weight was narrowed"
+        );
+        gpu.set_narrow_saved_inputs(true);
+        println!("cuda_narrowed_gemm_weight: ran on the GPU and matched the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_narrowed_gemm_weight: skipped: no GPU (built without the `cuda` feature)");
 }

@@ -498,8 +498,10 @@ fn cuda_stacked_decode_matches_separate() {
                 for cfg in configs() {
                     let params = common::random_params(&cfg, rng.gen());
                     let (prompts, steps) = decode_inputs(&mut rng, &cfg, 5);
-                    let (st, _) = decode_logits(&gpu, &cfg, &params, &prompts, &steps, true);
-                    let (sep, _) = decode_logits(&gpu, &cfg, &params, &prompts, &steps, false);
+                    let (st, rec_st) = decode_logits(&gpu, &cfg, &params, &prompts, &steps, true);
+                    let (sep, rec_sep) =
+                        decode_logits(&gpu, &cfg, &params, &prompts, &steps, false);
+                    assert!(rec_st && rec_sep, "{precision:?}: a decoder did not record");
                     let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps, false);
                     for (i, ((a, b), c)) in st.iter().zip(&sep).zip(&c).enumerate() {
                         let at = format!("{precision:?} bias {} step {i}", cfg.attention_bias);
@@ -508,6 +510,28 @@ fn cuda_stacked_decode_matches_separate() {
                     }
                 }
             }
+            // bf16 with narrowing off: the stacked weights keep their f32 values beside the
+            // bf16 copy the first step makes (outside the recording)
+            gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+            gpu.set_narrow_saved_inputs(false);
+            let cfg = &configs()[0];
+            let params = common::random_params(cfg, rng.gen());
+            let (prompts, steps) = decode_inputs(&mut rng, cfg, 4);
+            let (st, recorded) = decode_logits(&gpu, cfg, &params, &prompts, &steps, true);
+            assert!(
+                recorded,
+                "narrowing off: the stacked decoder did not record"
+            );
+            let (c, _) = decode_logits(&cpu, cfg, &params, &prompts, &steps, false);
+            for (i, (a, c)) in st.iter().zip(&c).enumerate() {
+                check(
+                    &format!("bf16, narrowing off, step {i}: stacked vs CPU"),
+                    a,
+                    c,
+                    BF16_MODEL_TOL,
+                );
+            }
+            gpu.set_narrow_saved_inputs(true);
             println!("{name}: ran on the GPU and matched the CPU");
         }
     }

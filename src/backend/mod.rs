@@ -193,10 +193,18 @@ pub trait Backend: Send + Sync {
     }
     /// The same hint for a weight made for inference only (the decoder's stacked q/k/v and
     /// gate/up weights): from now on `buf` is read only as the `w` operand of
-    /// [`Backend::linear_forward`]. CUDA in bf16 GEMM mode keeps only the bf16 copy its GEMMs
-    /// read. The default does nothing.
+    /// [`Backend::linear_forward`]. CUDA in bf16 GEMM mode (with narrowing on, the default)
+    /// keeps only the bf16 copy its GEMMs read. The default does nothing.
     fn keep_as_gemm_weight(&self, _buf: &mut Self::Buf) -> Result<()> {
         Ok(())
+    }
+    /// Whether a [`crate::model::llama::Decoder`] should stack its q/k/v and gate/up weights into
+    /// one GEMM each ([`Backend::decode_rope_cache_write_stacked`],
+    /// [`Backend::swiglu_forward_stacked`] read the outputs). Worth it where a decode step's
+    /// small GEMMs cost their launch and latency whatever their width and the backend has the
+    /// fused readers; the copies cost memory. The default: no.
+    fn stacks_decode_projections(&self) -> bool {
+        false
     }
 
     // ---- elementwise / reductions -------------------------------------------------

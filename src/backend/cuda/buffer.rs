@@ -20,10 +20,11 @@
 //! the q/k/v, gate/up and down projections (`Backend::keep_as_gemm_input`), SwiGLU's gate and
 //! up (`keep_as_swiglu_input`) and the attention output (`keep_as_attention_output`); with the
 //! mma attention, whose kernels read bf16 copies in any GEMM mode, q, k and v
-//! (`keep_as_attention_input`). The mma attention also caches copies here without narrowing
+//! (`keep_as_attention_input`). A weight made for inference only (the decoder's stacked q/k/v and
+//! gate/up, `keep_as_gemm_weight`) is narrowed the same way in bf16 mode. The mma attention also caches copies here without narrowing
 //! (its dO, or q/k/v the caller did not narrow). A narrowed buffer has no f32 values: the ops
 //! refuse it (the length-sized ones by name, the others by their length check), and only its
-//! bf16 readers take it: the GEMMs' operand paths, the mma attention, `swiglu_backward_bf16`
+//! bf16 readers take it: the GEMMs' operand paths (`linear_forward`'s `w` included), the mma attention, `swiglu_backward_bf16`
 //! and the δ of either attention backward (`attention_backward_delta_bf16`).
 
 use cudarc::driver::{

@@ -1,6 +1,7 @@
 //! Launchers for the dense layers: linear (cuBLAS GEMM + bias kernels in elementwise.cu),
-//! SwiGLU (swiglu.cu) and RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16 copy, and a narrowed
-//! `x` (a saved activation, `keep_as_gemm_input`) through the bf16 copy that is all it holds
+//! SwiGLU (swiglu.cu) and RoPE (rope.cu). In Bf16 GEMM mode `w` is read through its cached bf16
+//! copy, and a narrowed `x` (a saved activation, `keep_as_gemm_input`) or `w` (the decoder's
+//! stacked weights, `keep_as_gemm_weight`) through the bf16 copy that is all it holds
 //! (`buffer.rs`).
 
 use super::backend_impl::{f32_values, narrowed_copy};
@@ -181,8 +182,15 @@ impl Cuda {
         f: usize,
     ) -> Result<()> {
         f32_values(&[out, gate_up], "swiglu_forward_stacked")?;
-        need(gate_up, rows * 2 * f, "gate_up")?;
-        need(out, rows * f, "out")?;
+        // exact lengths, as the trait's default: a longer `out` would also lose its bf16 copy
+        ensure!(
+            gate_up.len() == rows * 2 * f && out.len() == rows * f,
+            "swiglu_forward_stacked: gate_up holds {} values and out {}, for {rows} rows of {} \
+             and {f}",
+            gate_up.len(),
+            out.len(),
+            2 * f
+        );
         if rows * f == 0 {
             return Ok(());
         }

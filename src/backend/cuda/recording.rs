@@ -1,7 +1,7 @@
 //! `Backend::record` / `replay` on CUDA: a fixed sequence of ops captured into a CUDA graph
-//! and relaunched as one. A rollout's decode step is ~12 launches per layer (360 for
-//! SmolLM2's 30 layers) of small kernels; launched one by one, the host's per-launch cost
-//! bounds the step. Replayed as a graph, the host pays one launch per step.
+//! and relaunched as one. A rollout's decode step is 9 launches per layer (270 for SmolLM2's
+//! 30 layers; 12 with one GEMM per projection weight) of small kernels; launched one by one,
+//! the host's per-launch cost bounds the step. Replayed as a graph, the host pays one launch per step.
 //!
 //! Capture does not run the work: `record` captures, instantiates and then launches the graph
 //! once, so the work has run when it returns, as on the CPU. While capturing, every op that

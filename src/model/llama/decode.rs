@@ -54,8 +54,9 @@ enum Projections<B: Backend> {
 
 /// One layer's projection weights stacked along their output rows, a copy made for one
 /// generation (the weights cannot change under it: the decoder borrows the model). Costs the
-/// copy's bytes while the decoder lives: 2 per parameter of these five weights in bf16 GEMM
-/// mode (only the bf16 copy is kept, [`Backend::keep_as_gemm_weight`]), 4 otherwise.
+/// copy's bytes while the decoder lives: on CUDA in bf16 GEMM mode 2 per parameter of these
+/// five weights (only the bf16 copy is kept, [`Backend::keep_as_gemm_weight`]; 6 with
+/// narrowing switched off), 4 otherwise (Qwen2.5-0.5B: 234 M parameters, 0.47 / 0.94 GB).
 struct StackedLayer<B: Backend> {
     /// `[q_proj; k_proj; v_proj]`, `[qd + 2·kvd, hidden]`
     qkv: B::Buf,
@@ -65,10 +66,18 @@ struct StackedLayer<B: Backend> {
     gate_up: B::Buf,
 }
 
-/// Whether decoders stack their projection weights: `CADA_STACKED_DECODE=0` runs one GEMM per
-/// weight (for comparison); anything else, or unset, stacks.
-fn stacking_from_env() -> bool {
-    std::env::var("CADA_STACKED_DECODE").map_or(true, |v| v != "0")
+/// Whether a decoder stacks its projection weights: `CADA_STACKED_DECODE=1` stacks, `=0` runs
+/// one GEMM per weight (for comparison), unset leaves it to the backend
+/// ([`Backend::stacks_decode_projections`]: CUDA, whose decode GEMMs are latency-bound, yes; the
+/// CPU, where it measured no faster and would cost the copies' memory, no).
+fn stacking_from_env<B: Backend>(be: &B) -> Result<bool> {
+    match std::env::var("CADA_STACKED_DECODE") {
+        Err(std::env::VarError::NotPresent) => Ok(be.stacks_decode_projections()),
+        Ok(v) if v == "1" => Ok(true),
+        Ok(v) if v == "0" => Ok(false),
+        Ok(v) => anyhow::bail!("CADA_STACKED_DECODE={v:?}: expected `0` or `1`"),
+        Err(e) => anyhow::bail!("CADA_STACKED_DECODE: {e}"),
+    }
 }
 
 /// `parts` (row-major, same width) one after another: rows stacked.
@@ -358,9 +367,10 @@ impl<B: Backend> Llama<B> {
 
 impl<'a, B: Backend> Decoder<'a, B> {
     /// A decoder for `slots` sequences of at most `capacity` tokens (prompt included), with
-    /// stacked projection weights unless `CADA_STACKED_DECODE=0`.
+    /// stacked projection weights where the backend prefers them (`CADA_STACKED_DECODE=0|1`
+    /// overrides).
     pub fn new(be: &'a B, model: &'a Llama<B>, slots: usize, capacity: usize) -> Result<Self> {
-        Self::with_stacking(be, model, slots, capacity, stacking_from_env())
+        Self::with_stacking(be, model, slots, capacity, stacking_from_env(be)?)
     }
 
     /// [`Decoder::new`] with the projections' form chosen: `stacked` runs one GEMM for q/k/v
