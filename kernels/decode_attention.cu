@@ -186,3 +186,120 @@ CADA_KERNEL void decode_attention_with_bf16(float* out, __nv_bfloat16* out16, co
                                             float scale) {
     decode_attention_rows(out, out16, q, k_cache, v_cache, positions, s, scale);
 }
+
+// The same attention with one lane per key instead of one warp per key: warp w takes the
+// chunks of 32 keys w, w + DEC_WARPS, ...; lane j of a chunk scores key c0 + j with a whole-row
+// dot product (q from shared memory, k read as float4 where head_dim allows), so a chunk costs
+// one warp max and one warp sum where the warp-per-key kernel pays a 5-shuffle reduction per
+// key. Then each lane updates its output dims over the chunk's keys, their weights broadcast
+// by shuffles (independent, not a dependent chain). The warps' partial softmaxes merge as in
+// decode_attention_rows. Same grid and block.
+__device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bfloat16* out16,
+                                                           const float* q, const float* k_cache,
+                                                           const float* v_cache,
+                                                           const unsigned int* positions,
+                                                           DecodeDims s, float scale) {
+    __shared__ float4 qs4[DEC_MAX_HD / 4];
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
+    __shared__ float wo[DEC_WARPS * DEC_MAX_HD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = blockIdx.x, b = blockIdx.y;
+    const int kh = h / (s.n_heads / s.n_kv_heads);
+    const int hd = s.head_dim;
+    const int64_t kvd = (int64_t)s.n_kv_heads * hd;
+    const int64_t at = ((int64_t)b * s.n_heads + h) * hd;
+    if ((int64_t)positions[b] >= s.capacity) {  // caller bug: NaN instead of reading past the slot
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            out[at + d] = CUDART_NAN_F;
+            if (out16) out16[at + d] = __float2bfloat16_rn(CUDART_NAN_F);
+        }
+        return;
+    }
+    const int len = (int)positions[b] + 1;
+    float* qs = reinterpret_cast<float*>(qs4);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[at + d];
+    __syncthreads();
+    // float4 rows need head_dim % 4 == 0 (then every row offset is a multiple of 4 floats)
+    const bool vec4 = (hd & 3) == 0;
+    float o[DEC_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < DEC_PER_LANE; ++i) o[i] = 0.f;
+    float m = -CUDART_INF_F, l = 0.f;
+    const float* k_slot = k_cache + (int64_t)b * s.capacity * kvd + (int64_t)kh * hd;
+    const float* v_slot = v_cache + (int64_t)b * s.capacity * kvd + (int64_t)kh * hd;
+    for (int c0 = warp * 32; c0 < len; c0 += DEC_WARPS * 32) {
+        const int j = c0 + lane;
+        float score = -CUDART_INF_F;
+        if (j < len) {
+            const float* kr = k_slot + (int64_t)j * kvd;
+            float acc = 0.f;
+            if (vec4) {
+                const float4* k4 = reinterpret_cast<const float4*>(kr);
+                for (int d4 = 0; d4 < hd / 4; ++d4) {
+                    const float4 kv = k4[d4], qv = qs4[d4];
+                    acc += qv.x * kv.x;
+                    acc += qv.y * kv.y;
+                    acc += qv.z * kv.z;
+                    acc += qv.w * kv.w;
+                }
+            } else {
+                for (int d = 0; d < hd; ++d) acc += qs[d] * kr[d];
+            }
+            score = acc * scale;
+        }
+        // c0 < len: the chunk holds at least one key, so its max is finite
+        const float m_new = fmaxf(m, warp_max(score));
+        const float alpha = expf(m - m_new);
+        const float p = j < len ? expf(score - m_new) : 0.f;
+        l = l * alpha + warp_sum(p);
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < DEC_PER_LANE; ++i) o[i] *= alpha;
+        const int keys = min(32, len - c0);  // the same for every lane of the warp
+        for (int t = 0; t < keys; ++t) {
+            const float pt = __shfl_sync(0xffffffffu, p, t);
+            const float* vr = v_slot + (int64_t)(c0 + t) * kvd;
+#pragma unroll
+            for (int i = 0; i < DEC_PER_LANE; ++i) {
+                const int d = lane + 32 * i;
+                if (d < hd) o[i] += pt * vr[d];
+            }
+        }
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < DEC_PER_LANE; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) wo[warp * DEC_MAX_HD + d] = o[i];
+    }
+    __syncthreads();
+    float gm = -CUDART_INF_F;
+    for (int w = 0; w < DEC_WARPS; ++w) gm = fmaxf(gm, wm[w]);
+    float total = 0.f;
+    for (int w = 0; w < DEC_WARPS; ++w) total += wl[w] * expf(wm[w] - gm);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int w = 0; w < DEC_WARPS; ++w) acc += wo[w * DEC_MAX_HD + d] * expf(wm[w] - gm);
+        const float v = acc / total;
+        out[at + d] = v;
+        if (out16) out16[at + d] = __float2bfloat16_rn(v);
+    }
+}
+
+CADA_KERNEL void decode_attention_lane_per_key(float* out, const float* q, const float* k_cache,
+                                               const float* v_cache,
+                                               const unsigned int* positions, DecodeDims s,
+                                               float scale) {
+    decode_attention_lane_rows(out, nullptr, q, k_cache, v_cache, positions, s, scale);
+}
+
+CADA_KERNEL void decode_attention_lane_per_key_with_bf16(float* out, __nv_bfloat16* out16,
+                                                         const float* q, const float* k_cache,
+                                                         const float* v_cache,
+                                                         const unsigned int* positions,
+                                                         DecodeDims s, float scale) {
+    decode_attention_lane_rows(out, out16, q, k_cache, v_cache, positions, s, scale);
+}

@@ -1,7 +1,8 @@
 //! The two training-attention implementations against the CPU reference: the f32 kernels
 //! (attention.cu, `AttentionKernel::Simt`) and the bf16 tensor-core kernels (attention_mma.cu,
 //! `AttentionKernel::Mma`), forward (out, lse) and backward (dq, dk, dv), at shapes that are not
-//! tile multiples, plus the two mixed (one's forward feeding the other's backward). Fresh random
+//! tile multiples, plus the two mixed (one's forward feeding the other's backward); and the two
+//! decode-attention kernels over a KV cache (`DecodeAttentionKernel`). Fresh random
 //! inputs every run, outputs poisoned with NaN before each launch; the bounds sit beside each
 //! implementation. Without a GPU every test prints "skipped: no GPU".
 #![allow(clippy::too_many_arguments)]
@@ -334,4 +335,85 @@ fn attention_narrowed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: Attn
     let (out_tol, lse_tol, _) = MMA_TOLS;
     check("out after q was rescaled", &down(gpu, &og), &oc, out_tol);
     check("lse after q was rescaled", &down(gpu, &lg), &lc, lse_tol);
+}
+
+/// Both decode-attention kernels (`DecodeAttentionKernel`: lane per key, the default, and warp
+/// per key) against the CPU, one query per sequence over a KV cache, with sequences at their
+/// first position, partway and at the last position of the capacity (so every warp's later
+/// chunks of 32 keys run), GQA, head dims 64, 128 and 34 (not a multiple of 4: the lane kernel's
+/// scalar rows). f32 online softmax: 1e-5. The bf16 GEMM mode's `_with_bf16` twins must give
+/// the same f32 output to the bit.
+#[test]
+fn cuda_decode_attention_kernels() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::{DecodeAttentionKernel, GemmPrecision};
+        use cada::backend::DecodeShape;
+        let name = "cuda_decode_attention_kernels";
+        if let Some((mut gpu, mut r)) = common::cuda_setup(name) {
+            let cpu = Cpu::new();
+            for (batch, capacity, n_heads, n_kv_heads, head_dim) in
+                [(5, 300, 9, 3, 64), (3, 131, 8, 2, 128), (4, 70, 4, 2, 34)]
+            {
+                let s = DecodeShape {
+                    batch,
+                    capacity,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                };
+                let (qd, kvd) = (n_heads * head_dim, n_kv_heads * head_dim);
+                let kc = randv(&mut r, batch * capacity * kvd, 1.0);
+                let vc = randv(&mut r, batch * capacity * kvd, 1.0);
+                let q = randv(&mut r, batch * qd, 1.0);
+                let positions: Vec<u32> = (0..batch)
+                    .map(|b| match b {
+                        0 => 0,
+                        1 => capacity as u32 - 1,
+                        _ => (b * 97 % capacity) as u32,
+                    })
+                    .collect();
+                let mut want = vec![0.0; batch * qd];
+                cpu.decode_attention(&mut want, &q, &kc, &vc, &positions, s)
+                    .unwrap();
+                let (kg, vg, qg) = (
+                    gpu.upload(&kc).unwrap(),
+                    gpu.upload(&vc).unwrap(),
+                    gpu.upload(&q).unwrap(),
+                );
+                let pg = gpu.upload_ids(&positions).unwrap();
+                for kernel in [
+                    DecodeAttentionKernel::LanePerKey,
+                    DecodeAttentionKernel::WarpPerKey,
+                ] {
+                    gpu.set_decode_attention_kernel(kernel);
+                    let mut outs = Vec::new();
+                    for precision in [GemmPrecision::F32, GemmPrecision::Bf16] {
+                        gpu.set_gemm_precision(precision).unwrap();
+                        let mut og = poisoned(&gpu, batch * qd);
+                        gpu.decode_attention(&mut og, &qg, &kg, &vg, &pg, s)
+                            .unwrap();
+                        assert_eq!(
+                            og.has_bf16_copy(),
+                            precision == GemmPrecision::Bf16,
+                            "{kernel:?} {precision:?}: bf16 copy"
+                        );
+                        let got = down(&gpu, &og);
+                        let at = format!("{kernel:?} {precision:?} {s:?}");
+                        check(&format!("decode attention {at}"), &got, &want, F32_TOL);
+                        outs.push(got);
+                    }
+                    assert_eq!(
+                        outs[0], outs[1],
+                        "{kernel:?}: the _with_bf16 twin's f32 output"
+                    );
+                }
+            }
+            gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
+            gpu.set_decode_attention_kernel(DecodeAttentionKernel::LanePerKey);
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_decode_attention_kernels: skipped: no GPU (built without the `cuda` feature)");
 }

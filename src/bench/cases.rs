@@ -269,7 +269,54 @@ pub fn run_gemm_ops<B: BenchDevice>(
     Ok(())
 }
 
-/// The bandwidth-bound ops: GRPO loss, RMSNorm, SwiGLU, RoPE, AdamW, decode attention, sampling.
+/// The decode shape of a bench case: the cache holds `context + 1` positions, the last written.
+fn decode_shape(d: &shapes::DecodeShapeB) -> (DecodeShape, usize) {
+    let cap = d.context + 1;
+    let s = DecodeShape {
+        batch: d.batch,
+        capacity: cap,
+        n_heads: d.n_heads,
+        n_kv_heads: d.n_kv_heads,
+        head_dim: d.head_dim,
+    };
+    (s, cap)
+}
+
+/// The decode attention over the KV cache with the currently selected kernel: every sequence
+/// at the last position of a `context + 1` cache. Bytes: both caches read once (the query heads
+/// of a GQA group read the same rows again, counted once: the floor is the cache's size) plus q
+/// read and out written.
+pub fn run_decode_attention<B: BenchDevice>(
+    h: &mut Harness<B>,
+    variant: &str,
+    opts: &KernelBenchOptions,
+    out: &mut Sink,
+) -> Result<()> {
+    let be = h.be;
+    let mut rng = Rng8::seed_from_u64(5);
+    for (id, d) in &shapes::shapes(opts.set).decode_attention {
+        let id = format!("decode_attention.fwd/{id}");
+        if !wanted(opts, &id) {
+            continue;
+        }
+        let (s, cap) = decode_shape(d);
+        let (qd, kvd) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
+        let kc = be.upload(&randv(&mut rng, d.batch * cap * kvd, 1.0))?;
+        let vc = be.upload(&randv(&mut rng, d.batch * cap * kvd, 1.0))?;
+        let q = be.upload(&randv(&mut rng, d.batch * qd, 1.0))?;
+        let pos = be.upload_ids(&vec![(cap - 1) as u32; d.batch])?;
+        let mut o = be.zeros(d.batch * qd)?;
+        let bytes = (8 * d.batch * cap * kvd + 8 * d.batch * qd) as f64;
+        let r = h.record(id, variant, 0.0, bytes, &mut || {
+            be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
+        })?;
+        out.push(r)?;
+    }
+    Ok(())
+}
+
+/// The bandwidth-bound ops: GRPO loss, RMSNorm, SwiGLU, RoPE, AdamW, the decode step's fused
+/// RoPE + cache write, sampling.
 pub fn run_memory_ops<B: BenchDevice>(
     h: &mut Harness<B>,
     opts: &KernelBenchOptions,
@@ -413,50 +460,29 @@ fn run_layer_ops<B: BenchDevice>(
     }
 
     for (id, d) in &set.decode_attention {
-        let fused_id = format!("decode_rope_cache_write/{id}");
-        let id = format!("decode_attention.fwd/{id}");
-        if !wanted(opts, &id) && !wanted(opts, &fused_id) {
+        // the decode step's RoPE of q and k fused with the cache write: q and k read and
+        // written, v read, one row of each cache written (the attention: run_decode_attention)
+        let id = format!("decode_rope_cache_write/{id}");
+        if !wanted(opts, &id) {
             continue;
         }
-        let cap = d.context + 1;
-        let s = DecodeShape {
-            batch: d.batch,
-            capacity: cap,
-            n_heads: d.n_heads,
-            n_kv_heads: d.n_kv_heads,
-            head_dim: d.head_dim,
-        };
-        let kvd = d.n_kv_heads * d.head_dim;
-        let qd = d.n_heads * d.head_dim;
-        let kc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
-        let vc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
-        let q = be.upload(&randv(rng, d.batch * qd, 1.0))?;
+        let (s, cap) = decode_shape(d);
+        let (qd, kvd) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
+        let mut kc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
+        let mut vc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
         let pos = be.upload_ids(&vec![(cap - 1) as u32; d.batch])?;
-        let mut o = be.zeros(d.batch * qd)?;
-        let bytes = (8 * d.batch * cap * kvd + 8 * d.batch * qd) as f64;
-        if wanted(opts, &id) {
-            let r = h.record(id, variant, 0.0, bytes, &mut || {
-                be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
-            })?;
-            out.push(r)?;
-        }
-        // the decode step's RoPE of q and k fused with the cache write: q and k read and
-        // written, v read, one row of each cache written
-        if wanted(opts, &fused_id) {
-            let (mut kc, mut vc) = (kc, vc);
-            let mut qr = be.upload(&randv(rng, d.batch * qd, 1.0))?;
-            let mut kr = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
-            let v = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
-            let inv: Vec<f32> = (0..d.head_dim / 2)
-                .map(|i| 10000f32.powf(-2.0 * i as f32 / d.head_dim as f32))
-                .collect();
-            let inv = be.upload(&inv)?;
-            let bytes = (8 * d.batch * qd + 20 * d.batch * kvd) as f64;
-            let r = h.record(fused_id, variant, 0.0, bytes, &mut || {
-                be.decode_rope_cache_write(&mut qr, &mut kr, &v, &mut kc, &mut vc, &pos, &inv, s)
-            })?;
-            out.push(r)?;
-        }
+        let mut qr = be.upload(&randv(rng, d.batch * qd, 1.0))?;
+        let mut kr = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
+        let v = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
+        let inv: Vec<f32> = (0..d.head_dim / 2)
+            .map(|i| 10000f32.powf(-2.0 * i as f32 / d.head_dim as f32))
+            .collect();
+        let inv = be.upload(&inv)?;
+        let bytes = (8 * d.batch * qd + 20 * d.batch * kvd) as f64;
+        let r = h.record(id, variant, 0.0, bytes, &mut || {
+            be.decode_rope_cache_write(&mut qr, &mut kr, &v, &mut kc, &mut vc, &pos, &inv, s)
+        })?;
+        out.push(r)?;
     }
 
     for (id, s) in &set.sample {

@@ -85,6 +85,18 @@ impl BenchDevice for Cpu {
         Ok(())
     }
 
+    fn decode_attention_variants(&self) -> Vec<String> {
+        vec!["cpu".into()]
+    }
+
+    fn select_decode_attention(&mut self, variant: &str) -> Result<()> {
+        anyhow::ensure!(
+            variant == "cpu",
+            "cpu backend: no decode attention variant {variant:?}"
+        );
+        Ok(())
+    }
+
     fn gemm_variants(&self) -> Vec<String> {
         vec!["cpu".into()]
     }

@@ -4,7 +4,7 @@
 //! the stream-ordered pool's high-water mark.
 
 use super::BenchDevice;
-use crate::backend::cuda::{AttentionKernel, Cuda, GemmPrecision};
+use crate::backend::cuda::{AttentionKernel, Cuda, DecodeAttentionKernel, GemmPrecision};
 use crate::backend::Backend;
 use anyhow::{bail, Result};
 use std::cell::Cell;
@@ -77,6 +77,21 @@ impl BenchDevice for Cuda {
             other => bail!("cuda backend: no attention variant {other:?} (simt, mma)"),
         };
         self.set_attention_kernel(k);
+        Ok(())
+    }
+
+    fn decode_attention_variants(&self) -> Vec<String> {
+        [
+            DecodeAttentionKernel::LanePerKey,
+            DecodeAttentionKernel::WarpPerKey,
+        ]
+        .map(|k| k.label().to_string())
+        .into()
+    }
+
+    fn select_decode_attention(&mut self, variant: &str) -> Result<()> {
+        let k = DecodeAttentionKernel::parse(Some(variant))?;
+        self.set_decode_attention_kernel(k);
         Ok(())
     }
 

@@ -39,6 +39,10 @@ pub trait BenchDevice: Backend + Sized {
     fn attention_variants(&self) -> Vec<String>;
     /// Selects one of [`Self::attention_variants`] for the following attention calls.
     fn select_attention(&mut self, variant: &str) -> Result<()>;
+    /// The decode-attention kernels to time (`cpu`; `lane_per_key`, `warp_per_key` on CUDA).
+    fn decode_attention_variants(&self) -> Vec<String>;
+    /// Selects one of [`Self::decode_attention_variants`] for the following decode attentions.
+    fn select_decode_attention(&mut self, variant: &str) -> Result<()>;
     /// The GEMM precisions to time the GEMM-bound ops in (`cpu`; `f32`, `tf32`, `bf16` on CUDA).
     fn gemm_variants(&self) -> Vec<String>;
     /// Selects one of [`Self::gemm_variants`] for the following GEMMs.
@@ -254,6 +258,17 @@ pub fn run_kernel_bench<B: BenchDevice>(be: &mut B, opts: &KernelBenchOptions) -
         if let Err(e) = cases::run_attention(&mut h, v, opts, &mut sink) {
             return Err(partial(e, &sink));
         }
+    }
+    let decode_variants = be.decode_attention_variants();
+    for v in &decode_variants {
+        be.select_decode_attention(v)?;
+        let mut h = Harness::with_roofline(&*be, timing.clone(), roofline.clone())?;
+        if let Err(e) = cases::run_decode_attention(&mut h, v, opts, &mut sink) {
+            return Err(partial(e, &sink));
+        }
+    }
+    if let Some(first) = decode_variants.first() {
+        be.select_decode_attention(first)?;
     }
     // back to the defaults (the first of each list)
     if let Some(first) = gemm_variants.first() {

@@ -2,7 +2,7 @@
 //! kernels/decode_attention.cu (KV-cache write and single-token decode).
 
 use super::kernels::{self, defines, AttnDims, DecodeDims};
-use super::{dim_i32, need, need_ids, Cuda, CudaBuf};
+use super::{dim_i32, need, need_ids, Cuda, CudaBuf, DecodeAttentionKernel};
 use crate::backend::{AttnShape, Backend, DecodeShape};
 use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
@@ -345,11 +345,18 @@ impl Cuda {
         let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
         // in bf16 mode also the output's bf16 copy, which o_proj then reads unconverted
         let written = s.batch * s.n_heads * s.head_dim;
-        self.write_with_bf16_copy(out, written, |out, copy| match copy {
-            None => kernels::decode_attention(
+        let lane_per_key = self.decode_attention_kernel() == DecodeAttentionKernel::LanePerKey;
+        self.write_with_bf16_copy(out, written, |out, copy| match (copy, lane_per_key) {
+            (None, true) => kernels::decode_attention_lane_per_key(
                 self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
             ),
-            Some(c) => kernels::decode_attention_with_bf16(
+            (Some(c), true) => kernels::decode_attention_lane_per_key_with_bf16(
+                self, cfg, out, c, q, k_cache, v_cache, positions, &dims, &scale,
+            ),
+            (None, false) => kernels::decode_attention(
+                self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
+            ),
+            (Some(c), false) => kernels::decode_attention_with_bf16(
                 self, cfg, out, c, q, k_cache, v_cache, positions, &dims, &scale,
             ),
         })

@@ -115,6 +115,49 @@ impl AttentionKernel {
     }
 }
 
+/// Which kernel runs the decode step's attention over the KV cache (`decode_attention`); both
+/// in kernels/decode_attention.cu, f32, the same grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeAttentionKernel {
+    /// `decode_attention_lane_per_key`: a lane scores a key, one warp max and sum per 32 keys
+    LanePerKey,
+    /// `decode_attention`: a warp scores a key (a shuffle reduction per key)
+    WarpPerKey,
+}
+
+impl DecodeAttentionKernel {
+    /// `CADA_DECODE_ATTENTION` = `lane_per_key` | `warp_per_key`; unset means `lane_per_key`
+    /// (its per-key cost is a dot product, where the other pays a dependent 5-shuffle
+    /// reduction; neither has been timed on a GPU: `cada bench kernels` times both).
+    pub fn from_env() -> Result<DecodeAttentionKernel> {
+        match std::env::var("CADA_DECODE_ATTENTION") {
+            Err(std::env::VarError::NotPresent) => DecodeAttentionKernel::parse(None),
+            Ok(v) => DecodeAttentionKernel::parse(Some(&v)),
+            Err(e) => Err(anyhow!("cuda backend: CADA_DECODE_ATTENTION: {e}")),
+        }
+    }
+
+    /// The value of `CADA_DECODE_ATTENTION`, if set.
+    pub fn parse(value: Option<&str>) -> Result<DecodeAttentionKernel> {
+        match value {
+            None | Some("lane_per_key") => Ok(DecodeAttentionKernel::LanePerKey),
+            Some("warp_per_key") => Ok(DecodeAttentionKernel::WarpPerKey),
+            Some(v) => Err(anyhow!(
+                "cuda backend: CADA_DECODE_ATTENTION={v:?}: expected `lane_per_key` or \
+                 `warp_per_key`"
+            )),
+        }
+    }
+
+    /// The bench's variant label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DecodeAttentionKernel::LanePerKey => "lane_per_key",
+            DecodeAttentionKernel::WarpPerKey => "warp_per_key",
+        }
+    }
+}
+
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -124,6 +167,7 @@ pub struct Cuda {
     /// bf16 copies of the operands in `GemmPrecision::Bf16` (see `gemm.rs`)
     bf16_scratch: Mutex<gemm::Bf16Scratch>,
     attention: AttentionKernel,
+    decode_attention: DecodeAttentionKernel,
     /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block wraps it)
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
     /// whether `keep_as_gemm_input` narrows activations to bf16 in Bf16 mode (see gemm.rs)
@@ -142,6 +186,7 @@ impl Cuda {
     /// Opens device `ordinal`, loads every kernel module and creates the cuBLAS handle.
     pub fn new(ordinal: usize) -> Result<Cuda> {
         let attention = AttentionKernel::from_env()?;
+        let decode_attention = DecodeAttentionKernel::from_env()?;
         let gemm_precision = GemmPrecision::from_env()?;
         let graphs = recording::graphs_from_env()?;
         ensure!(
@@ -244,6 +289,7 @@ impl Cuda {
             gemm_precision,
             bf16_scratch: Mutex::new(gemm::Bf16Scratch::default()),
             attention,
+            decode_attention,
             grpo_ticket: Mutex::new(None),
             narrow_inputs: true,
             graphs,
@@ -270,6 +316,15 @@ impl Cuda {
 
     pub fn attention_kernel(&self) -> AttentionKernel {
         self.attention
+    }
+
+    /// Selects the decode attention's kernel (initially from `CADA_DECODE_ATTENTION`).
+    pub fn set_decode_attention_kernel(&mut self, kernel: DecodeAttentionKernel) {
+        self.decode_attention = kernel;
+    }
+
+    pub fn decode_attention_kernel(&self) -> DecodeAttentionKernel {
+        self.decode_attention
     }
 
     pub fn device_name(&self) -> Result<String> {
