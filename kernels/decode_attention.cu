@@ -216,11 +216,12 @@ __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bflo
         return;
     }
     const int len = (int)positions[b] + 1;
-    float* qs = reinterpret_cast<float*>(qs4);
+    float* qs = reinterpret_cast<float*>(qs4);  // q as floats, read back as float4 rows
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[at + d];
     __syncthreads();
-    // float4 rows need head_dim % 4 == 0 (then every row offset is a multiple of 4 floats)
-    const bool vec4 = (hd & 3) == 0;
+    // float4 rows need head_dim % 4 == 0 (then every row offset is a multiple of 4 floats) and
+    // a 16-byte aligned cache (a whole allocation is; checked so that a view cannot fault)
+    const bool vec4 = (hd & 3) == 0 && (reinterpret_cast<unsigned long long>(k_cache) & 15) == 0;
     float o[DEC_PER_LANE];
 #pragma unroll
     for (int i = 0; i < DEC_PER_LANE; ++i) o[i] = 0.f;
@@ -256,6 +257,7 @@ __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bflo
 #pragma unroll
         for (int i = 0; i < DEC_PER_LANE; ++i) o[i] *= alpha;
         const int keys = min(32, len - c0);  // the same for every lane of the warp
+#pragma unroll 8
         for (int t = 0; t < keys; ++t) {
             const float pt = __shfl_sync(0xffffffffu, p, t);
             const float* vr = v_slot + (int64_t)(c0 + t) * kvd;
