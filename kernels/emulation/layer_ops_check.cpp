@@ -539,7 +539,18 @@ void fused_logprob(Rand& r, int n, int dim, int vocab, int chunk, float temperat
     // peaked rows of scale 60 (log s0 with s0 near 1), where lse − E[z] gave 6.6e-5.
     check("logprob lse" + s, lse, lser, 1e-6);
     check("logprob logp" + s, logp, lr, 1e-5);
-    check("logprob entropy" + s, ent, er, 1e-5);
+    // The whole-vector relative error is ill-posed when every row is peaked (scale 60 can draw
+    // 7 rows with entropies ~1e-4: f32 rounding of ~60-sized terms is then 1e-4 of them, seed
+    // 51043760328062); the row-by-row bound, absolute floor included, is the criterion there.
+    double rms = 0;
+    for (double e : er) rms += e * e;
+    rms = std::sqrt(rms / er.size());
+    if (rms >= 1e-2)
+        check("logprob entropy" + s, ent, er, 1e-5);
+    else
+        std::printf("  logprob entropy%s: RMS entropy %.1e, every row peaked: the row-by-row bound "
+                    "below is the check\n",
+                    s.c_str(), rms);
     check_each("logprob entropy, row by row" + s, ent, er, 1e-6, 1e-5);
     expect("logprob logp ≤ 0" + s, std::all_of(logp.begin(), logp.end(), [](float v) { return v <= 0.f; }));
 
