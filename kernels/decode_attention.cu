@@ -95,6 +95,39 @@ CADA_KERNEL void decode_rope_cache_write_stacked(float* q_out, float* k_cache, f
                            positions, inv_freq, s);
 }
 
+// The end of both decode attentions: each warp's partial softmax (running max m, sum l, the
+// unnormalised output o of the lane's dims d = lane + 32·i; a warp with no keys has m = -inf and
+// weight 0) merged through shared memory into the output row at `at`, and its bf16 rounding
+// (RNE) into out16 when not null. Called by every thread of the block.
+__device__ __forceinline__ void decode_merge_warps(float* out, __nv_bfloat16* out16, int64_t at,
+                                                   int hd, float m, float l,
+                                                   const float (&o)[DEC_PER_LANE]) {
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
+    __shared__ float wo[DEC_WARPS * DEC_MAX_HD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < DEC_PER_LANE; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) wo[warp * DEC_MAX_HD + d] = o[i];
+    }
+    __syncthreads();
+    float gm = -CUDART_INF_F;
+    for (int w = 0; w < DEC_WARPS; ++w) gm = fmaxf(gm, wm[w]);
+    float total = 0.f;
+    for (int w = 0; w < DEC_WARPS; ++w) total += wl[w] * expf(wm[w] - gm);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int w = 0; w < DEC_WARPS; ++w) acc += wo[w * DEC_MAX_HD + d] * expf(wm[w] - gm);
+        const float v = acc / total;
+        out[at + d] = v;
+        if (out16) out16[at + d] = __float2bfloat16_rn(v);
+    }
+}
+
 // grid = (Hq, batch), block = 32·DEC_WARPS. Warp w scores keys w, w + DEC_WARPS, ...
 // (one warp-wide dot product per key), keeping its own running max/sum/output. `out16`, when
 // not null, receives the bf16 rounding (RNE) of every output value (the bf16 GEMM mode's copy
@@ -104,8 +137,6 @@ __device__ __forceinline__ void decode_attention_rows(float* out, __nv_bfloat16*
                                                       const float* v_cache,
                                                       const unsigned int* positions,
                                                       DecodeDims s, float scale) {
-    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
-    __shared__ float wo[DEC_WARPS * DEC_MAX_HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int h = blockIdx.x, b = blockIdx.y;
     const int kh = h / (s.n_heads / s.n_kv_heads);
@@ -148,29 +179,8 @@ __device__ __forceinline__ void decode_attention_rows(float* out, __nv_bfloat16*
             if (d < hd) o[i] = o[i] * alpha + p * vr[d];
         }
     }
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < DEC_PER_LANE; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) wo[warp * DEC_MAX_HD + d] = o[i];
-    }
-    __syncthreads();
-    // Merge the warps' partial softmaxes (a warp with no keys has m = -inf and weight 0).
-    float gm = -CUDART_INF_F;
-    for (int w = 0; w < DEC_WARPS; ++w) gm = fmaxf(gm, wm[w]);
-    float total = 0.f;
-    for (int w = 0; w < DEC_WARPS; ++w) total += wl[w] * expf(wm[w] - gm);
     const int64_t at = ((int64_t)b * s.n_heads + h) * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.f;
-        for (int w = 0; w < DEC_WARPS; ++w) acc += wo[w * DEC_MAX_HD + d] * expf(wm[w] - gm);
-        const float v = acc / total;
-        out[at + d] = v;
-        if (out16) out16[at + d] = __float2bfloat16_rn(v);
-    }
+    decode_merge_warps(out, out16, at, hd, m, l, o);
 }
 
 CADA_KERNEL void decode_attention(float* out, const float* q, const float* k_cache,
@@ -192,16 +202,14 @@ CADA_KERNEL void decode_attention_with_bf16(float* out, __nv_bfloat16* out16, co
 // dot product (q from shared memory, k read as float4 where head_dim allows), so a chunk costs
 // one warp max and one warp sum where the warp-per-key kernel pays a 5-shuffle reduction per
 // key. Then each lane updates its output dims over the chunk's keys, their weights broadcast
-// by shuffles (independent, not a dependent chain). The warps' partial softmaxes merge as in
-// decode_attention_rows. Same grid and block.
+// by shuffles (independent, not a dependent chain). The warps merge in decode_merge_warps, as
+// in decode_attention_rows. Same grid and block.
 __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bfloat16* out16,
                                                            const float* q, const float* k_cache,
                                                            const float* v_cache,
                                                            const unsigned int* positions,
                                                            DecodeDims s, float scale) {
     __shared__ float4 qs4[DEC_MAX_HD / 4];
-    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
-    __shared__ float wo[DEC_WARPS * DEC_MAX_HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int h = blockIdx.x, b = blockIdx.y;
     const int kh = h / (s.n_heads / s.n_kv_heads);
@@ -268,27 +276,7 @@ __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bflo
             }
         }
     }
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < DEC_PER_LANE; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) wo[warp * DEC_MAX_HD + d] = o[i];
-    }
-    __syncthreads();
-    float gm = -CUDART_INF_F;
-    for (int w = 0; w < DEC_WARPS; ++w) gm = fmaxf(gm, wm[w]);
-    float total = 0.f;
-    for (int w = 0; w < DEC_WARPS; ++w) total += wl[w] * expf(wm[w] - gm);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.f;
-        for (int w = 0; w < DEC_WARPS; ++w) acc += wo[w * DEC_MAX_HD + d] * expf(wm[w] - gm);
-        const float v = acc / total;
-        out[at + d] = v;
-        if (out16) out16[at + d] = __float2bfloat16_rn(v);
-    }
+    decode_merge_warps(out, out16, at, hd, m, l, o);
 }
 
 CADA_KERNEL void decode_attention_lane_per_key(float* out, const float* q, const float* k_cache,

@@ -454,14 +454,7 @@ pub trait Backend: Send + Sync {
         rows: usize,
         f: usize,
     ) -> Result<()> {
-        ensure!(
-            self.len(gate_up) == rows * 2 * f && self.len(out) == rows * f,
-            "swiglu_forward_stacked: gate_up holds {} values and out {}, for {rows} rows of {} \
-             and {f}",
-            self.len(gate_up),
-            self.len(out),
-            2 * f
-        );
+        check_swiglu_stacked(self.len(gate_up), self.len(out), rows, f)?;
         let mut gate = self.zeros(rows * f)?;
         let mut up = self.zeros(rows * f)?;
         for r in 0..rows {
@@ -623,4 +616,21 @@ pub trait Backend: Send + Sync {
         top_p: f32,
         top_k: usize,
     ) -> Result<Vec<u32>>;
+}
+
+/// The lengths [`Backend::swiglu_forward_stacked`] takes: exactly `rows · 2f` values in and
+/// `rows · f` out (every backend: a longer `out` would also lose CUDA's bf16 copy).
+pub(crate) fn check_swiglu_stacked(
+    gate_up_len: usize,
+    out_len: usize,
+    rows: usize,
+    f: usize,
+) -> Result<()> {
+    ensure!(
+        gate_up_len == rows * 2 * f && out_len == rows * f,
+        "swiglu_forward_stacked: gate_up holds {gate_up_len} values and out {out_len}, for \
+         {rows} rows of {} and {f}",
+        2 * f
+    );
+    Ok(())
 }

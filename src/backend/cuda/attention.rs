@@ -15,6 +15,34 @@ const ATTN_ROWS: usize = defines::ATTN_ROWS as usize;
 const DKV_KEYS: usize = defines::DKV_KEYS as usize;
 const DEC_WARPS: u32 = defines::DEC_WARPS as u32;
 
+/// The checks both RoPE + cache-write launchers share (caches, positions, inv_freq, an even
+/// head_dim), and their launch size: `Some((rotation pairs, dims))`, `None` when there is
+/// nothing to do.
+fn rope_cache_launch(
+    op: &str,
+    k_cache: &CudaSlice<f32>,
+    v_cache: &CudaSlice<f32>,
+    positions: &CudaSlice<u32>,
+    inv_freq: &CudaSlice<f32>,
+    s: DecodeShape,
+) -> Result<Option<(usize, DecodeDims)>> {
+    let kvd = s.n_kv_heads * s.head_dim;
+    need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
+    need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
+    need_ids(positions, s.batch, "positions")?;
+    need(inv_freq, s.head_dim / 2, "inv_freq")?;
+    ensure!(
+        s.head_dim.is_multiple_of(2),
+        "{op}: head_dim {} must be even",
+        s.head_dim
+    );
+    let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
+    if pairs == 0 {
+        return Ok(None);
+    }
+    Ok(Some((pairs, decode_dims(s)?)))
+}
+
 pub(super) fn check_heads(
     op: &str,
     n_heads: usize,
@@ -251,20 +279,17 @@ impl Cuda {
         need(q, s.batch * s.n_heads * s.head_dim, "q")?;
         need(k, s.batch * kvd, "k")?;
         need(v, s.batch * kvd, "v")?;
-        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
-        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
-        need_ids(positions, s.batch, "positions")?;
-        need(inv_freq, s.head_dim / 2, "inv_freq")?;
-        ensure!(
-            s.head_dim.is_multiple_of(2),
-            "decode_rope_cache_write: head_dim {} must be even",
-            s.head_dim
-        );
-        let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
-        if pairs == 0 {
+        let Some((pairs, dims)) = rope_cache_launch(
+            "decode_rope_cache_write",
+            k_cache,
+            v_cache,
+            positions,
+            inv_freq,
+            s,
+        )?
+        else {
             return Ok(());
-        }
-        let dims = decode_dims(s)?;
+        };
         kernels::decode_rope_cache_write(
             self,
             super::grid_1d(pairs),
@@ -294,20 +319,17 @@ impl Cuda {
         let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         need(q, s.batch * qd, "q")?;
         need(qkv, s.batch * (qd + 2 * kvd), "qkv")?;
-        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
-        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
-        need_ids(positions, s.batch, "positions")?;
-        need(inv_freq, s.head_dim / 2, "inv_freq")?;
-        ensure!(
-            s.head_dim.is_multiple_of(2),
-            "decode_rope_cache_write_stacked: head_dim {} must be even",
-            s.head_dim
-        );
-        let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
-        if pairs == 0 {
+        let Some((pairs, dims)) = rope_cache_launch(
+            "decode_rope_cache_write_stacked",
+            k_cache,
+            v_cache,
+            positions,
+            inv_freq,
+            s,
+        )?
+        else {
             return Ok(());
-        }
-        let dims = decode_dims(s)?;
+        };
         kernels::decode_rope_cache_write_stacked(
             self,
             super::grid_1d(pairs),

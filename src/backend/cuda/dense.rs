@@ -182,15 +182,7 @@ impl Cuda {
         f: usize,
     ) -> Result<()> {
         f32_values(&[out, gate_up], "swiglu_forward_stacked")?;
-        // exact lengths, as the trait's default: a longer `out` would also lose its bf16 copy
-        ensure!(
-            gate_up.len() == rows * 2 * f && out.len() == rows * f,
-            "swiglu_forward_stacked: gate_up holds {} values and out {}, for {rows} rows of {} \
-             and {f}",
-            gate_up.len(),
-            out.len(),
-            2 * f
-        );
+        crate::backend::check_swiglu_stacked(gate_up.len(), out.len(), rows, f)?;
         if rows * f == 0 {
             return Ok(());
         }
