@@ -417,3 +417,21 @@ fn cuda_decode_attention_kernels() {
     #[cfg(not(feature = "cuda"))]
     println!("cuda_decode_attention_kernels: skipped: no GPU (built without the `cuda` feature)");
 }
+
+/// `CADA_DECODE_ATTENTION`'s values, and a bad one refused by name (no GPU needed).
+#[cfg(feature = "cuda")]
+#[test]
+fn decode_attention_kernel_choice() {
+    use cada::backend::cuda::DecodeAttentionKernel as K;
+    assert_eq!(K::parse(None).unwrap(), K::LanePerKey);
+    assert_eq!(K::parse(Some("lane_per_key")).unwrap(), K::LanePerKey);
+    assert_eq!(K::parse(Some("warp_per_key")).unwrap(), K::WarpPerKey);
+    for k in [K::LanePerKey, K::WarpPerKey] {
+        assert_eq!(K::parse(Some(k.label())).unwrap(), k, "labels parse back");
+    }
+    let e = K::parse(Some("warp")).unwrap_err().to_string();
+    assert!(
+        e.contains("CADA_DECODE_ATTENTION") && e.contains("`warp_per_key`"),
+        "{e}"
+    );
+}

@@ -614,3 +614,48 @@ fn stacked_decoder_equals_separate_at_gemm_batches() {
     assert!(logits[0].iter().flatten().all(|x| x.is_finite()));
     assert_eq!(logits[0], logits[1], "stacked vs separate projections");
 }
+
+/// The stacked decode ops refuse buffers of the wrong length by name (the trait defaults, which
+/// the CPU runs and every backend's twin is tested against).
+#[test]
+fn stacked_decode_ops_refuse_wrong_lengths() {
+    use cada::backend::DecodeShape;
+    let be = Cpu::new();
+    let (rows, f) = (3, 5);
+    let mut out = vec![0.0; rows * f];
+    let e = be
+        .swiglu_forward_stacked(&mut out, &vec![0.0; rows * 2 * f - 1], rows, f)
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("swiglu_forward_stacked: gate_up holds 29"),
+        "{e:#}"
+    );
+    let mut short = vec![0.0; rows * f - 1];
+    assert!(be
+        .swiglu_forward_stacked(&mut short, &vec![0.0; rows * 2 * f], rows, f)
+        .is_err());
+    let s = DecodeShape {
+        batch: 2,
+        capacity: 4,
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 4,
+    };
+    let (mut q, qkv) = (vec![0.0; 2 * 8], vec![0.0; 2 * 16 - 1]);
+    let (mut kc, mut vc) = (vec![0.0; 2 * 4 * 4], vec![0.0; 2 * 4 * 4]);
+    let e = be
+        .decode_rope_cache_write_stacked(
+            &mut q,
+            &qkv,
+            &mut kc,
+            &mut vc,
+            &vec![0, 1],
+            &vec![1.0; 2],
+            s,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("decode_rope_cache_write_stacked: qkv holds 31"),
+        "{e:#}"
+    );
+}

@@ -72,11 +72,19 @@ struct StackedLayer<B: Backend> {
 /// CPU, where it measured no faster and would cost the copies' memory, no).
 fn stacking_from_env<B: Backend>(be: &B) -> Result<bool> {
     match std::env::var("CADA_STACKED_DECODE") {
-        Err(std::env::VarError::NotPresent) => Ok(be.stacks_decode_projections()),
-        Ok(v) if v == "1" => Ok(true),
-        Ok(v) if v == "0" => Ok(false),
-        Ok(v) => anyhow::bail!("CADA_STACKED_DECODE={v:?}: expected `0` or `1`"),
+        Err(std::env::VarError::NotPresent) => parse_stacking(None, be.stacks_decode_projections()),
+        Ok(v) => parse_stacking(Some(&v), be.stacks_decode_projections()),
         Err(e) => anyhow::bail!("CADA_STACKED_DECODE: {e}"),
+    }
+}
+
+/// The value of `CADA_STACKED_DECODE`, if set; `backend` is the backend's preference.
+fn parse_stacking(value: Option<&str>, backend: bool) -> Result<bool> {
+    match value {
+        None => Ok(backend),
+        Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(v) => anyhow::bail!("CADA_STACKED_DECODE={v:?}: expected `0` or `1`"),
     }
 }
 
@@ -434,5 +442,25 @@ impl<'a, B: Backend> Decoder<'a, B> {
         }
         self.steps += 1;
         Ok(&self.bufs.logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stacking;
+
+    #[test]
+    fn stacking_choice_and_bad_values() {
+        assert!(parse_stacking(None, true).unwrap());
+        assert!(!parse_stacking(None, false).unwrap());
+        assert!(parse_stacking(Some("1"), false).unwrap());
+        assert!(!parse_stacking(Some("0"), true).unwrap());
+        for bad in ["yes", "off", "", "true"] {
+            let e = parse_stacking(Some(bad), true).unwrap_err().to_string();
+            assert!(
+                e.contains("CADA_STACKED_DECODE") && e.contains("`0` or `1`"),
+                "{e}"
+            );
+        }
     }
 }
