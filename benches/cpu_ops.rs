@@ -89,6 +89,29 @@ fn ops(c: &mut Criterion) {
         })
     });
 
+    // sampling, 8 rows × vocab 49,152 (SmolLM2), the rollout's default (T 1, no top-k / top-p)
+    // and a truncating one; "peaked" rows have one token 12 above a spread of 6 (~95 % of the
+    // mass, like a model's next-token logits), "flat" rows only the spread (the CDF's draw lands
+    // deep in the order)
+    let (rows, vocab) = (8, 49152);
+    let flat: Vec<f32> = data(rows * vocab, 12).iter().map(|x| 6.0 * x).collect();
+    let mut peaked = flat.clone();
+    for r in 0..rows {
+        peaked[r * vocab + (r * 7919) % vocab] += 12.0;
+    }
+    let uniforms: Vec<f32> = (0..rows).map(|r| (r as f32 + 0.5) / rows as f32).collect();
+    g.throughput(Throughput::Elements(rows as u64));
+    for (name, logits) in [("peaked", &peaked), ("flat", &flat)] {
+        for (cfg, t, top_p, top_k) in [("t1", 1.0, 1.0, 0), ("t08_p09_k50", 0.8, 0.9, 50)] {
+            g.bench_function(format!("sample_8x49152_{name}_{cfg}"), |b| {
+                b.iter(|| {
+                    be.sample(logits, &uniforms, rows, vocab, t, top_p, top_k)
+                        .unwrap()
+                })
+            });
+        }
+    }
+
     // GRPO loss, 64 completions × 1,024 tokens
     let (rows, len) = (64, 1024);
     let (lpg, old, refl) = (
