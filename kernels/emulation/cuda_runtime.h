@@ -4,11 +4,12 @@
 // cp.async in warp_primitives.h) exchange values through per-warp slots behind a barrier over
 // the warp. One block runs at a time, so dynamic shared memory (`CADA_DYNAMIC_SMEM`) is a
 // global array defined by the harness and static `__shared__` variables are function-local
-// statics; atomics are std::atomic_ref. Why: no session has had a GPU, and this checks a
+// statics; atomics are std::atomic_ref. The blocks run in a fresh random order per launch: a GPU
+// promises no order, so a kernel that needs one fails here. Why: no session has had a GPU, and this checks a
 // kernel's index math (fragments, masks, pipelines, scans) against a reference;
 // ThreadSanitizer over it finds a missing barrier. It says nothing about speed, and the real
 // hardware can still differ (exp2f's last ulp, the MMA's internal accumulation order, and
-// anything that depends on blocks running concurrently).
+// anything that depends on blocks running at the same time: memory ordering between them).
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -21,6 +22,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -87,8 +89,17 @@ inline uint64_t (*exchange(const uint64_t* mine, int n))[8] {
     return table;
 }
 
-// Runs `kernel` over the grid, one block at a time, each CUDA thread a std::thread; `before`
-// and `after` (optional) run on the calling thread around every block.
+// The order of the blocks: a permutation per launch, drawn from the harness's seed
+// (start_harness seeds it), so the block that finishes last, and the blocks that ran before any
+// given one, change from launch to launch: the last-block ticket of grpo_loss.cu is taken by
+// any block, and a block that read another's output without synchronising would see it only
+// sometimes.
+inline std::mt19937_64 block_order(0);
+// the block `launch` is running, readable by its `before` and `after` on the calling thread
+inline dim3 running_block;
+
+// Runs `kernel` over the grid, one block at a time in a random order, each CUDA thread a
+// std::thread; `before` and `after` (optional) run on the calling thread around every block.
 inline void launch(dim3 grid, dim3 threads, const std::function<void()>& kernel,
                    const std::function<void()>& before = {},
                    const std::function<void()>& after = {}) {
@@ -99,28 +110,34 @@ inline void launch(dim3 grid, dim3 threads, const std::function<void()>& kernel,
     }
     block_dim = threads;
     grid_dim = grid;
+    std::vector<dim3> blocks;
+    blocks.reserve((size_t)grid.x * grid.y * grid.z);
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                auto b = std::make_unique<Block>();
-                b->block_barrier = std::make_unique<std::barrier<>>(n);
-                for (unsigned w = 0; w < n / kWarp; ++w)
-                    b->warp_barrier[w] = std::make_unique<std::barrier<>>(kWarp);
-                std::memset(b->parity, 0, sizeof b->parity);
-                block = b.get();
-                if (before) before();
-                std::vector<std::thread> pool;
-                pool.reserve(n);
-                for (unsigned t = 0; t < n; ++t)
-                    pool.emplace_back([&, t, x, y, z] {
-                        thread_idx = dim3{t, 0, 0};
-                        block_idx = dim3{x, y, z};
-                        kernel();
-                    });
-                for (auto& th : pool) th.join();
-                block = nullptr;
-                if (after) after();
-            }
+            for (unsigned x = 0; x < grid.x; ++x) blocks.push_back(dim3{x, y, z});
+    std::shuffle(blocks.begin(), blocks.end(), block_order);
+    for (const dim3 at : blocks) {
+        const unsigned x = at.x, y = at.y, z = at.z;
+        auto b = std::make_unique<Block>();
+        b->block_barrier = std::make_unique<std::barrier<>>(n);
+        for (unsigned w = 0; w < n / kWarp; ++w)
+            b->warp_barrier[w] = std::make_unique<std::barrier<>>(kWarp);
+        std::memset(b->parity, 0, sizeof b->parity);
+        block = b.get();
+        running_block = at;
+        if (before) before();
+        std::vector<std::thread> pool;
+        pool.reserve(n);
+        for (unsigned t = 0; t < n; ++t)
+            pool.emplace_back([&, t, x, y, z] {
+                thread_idx = dim3{t, 0, 0};
+                block_idx = dim3{x, y, z};
+                kernel();
+            });
+        for (auto& th : pool) th.join();
+        block = nullptr;
+        if (after) after();
+    }
 }
 }  // namespace emu
 

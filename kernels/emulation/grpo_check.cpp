@@ -4,8 +4,9 @@
 // the last block, its ticket back at 0), the separate forward and backward, for every loss
 // type with β = 0 and β > 0, over rows longer than a block, a fully masked row and NaN in the
 // padding (which must never be read); and the group-relative advantages for every scaling,
-// with all-equal groups and a non-finite reward's index. Blocks run one after another here, so
-// the last-block ticket is exercised but not raced. Exit status 1 on any failure.
+// with all-equal groups and a non-finite reward's index. Blocks run one after another here, in
+// a random order per launch, so the last-block ticket is taken by a different block each call,
+// but never raced (no two blocks run at once). Exit status 1 on any failure.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
 #include "harness.h"
@@ -124,11 +125,37 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     std::vector<float> dlogp(n, NAN);
     std::vector<double> partials((size_t)batch * 5, NAN), sums(5, NAN);
     unsigned ticket = 0;
-    emu::launch(grid, block, [&] {
-        grpo_loss_fused(dlogp.data(), partials.data(), sums.data(), &ticket, logp.data(),
-                        old_logp.data(), ref_logp.data(), mask.data(), adv.data(),
-                        row_count.data(), batch, len, p, grad_scale);
-    });
+    // Three calls on one ticket, each in a fresh block order: the block that finishes last, and
+    // so takes the last ticket and reduces, changes. Each call must leave the ticket at 0, write
+    // `sums` only in the last block to run (still NaN after every earlier one), and give the
+    // same bits (the reducer sums the partials in one fixed order, whichever block it is).
+    std::vector<double> first_sums;
+    bool reduced_last = true;
+    std::vector<unsigned> reducers;
+    for (int call = 0; call < 3; ++call) {
+        std::fill(dlogp.begin(), dlogp.end(), NAN);
+        std::fill(partials.begin(), partials.end(), NAN);
+        std::fill(sums.begin(), sums.end(), NAN);
+        int ran = 0;
+        emu::launch(
+            grid, block,
+            [&] {
+                grpo_loss_fused(dlogp.data(), partials.data(), sums.data(), &ticket, logp.data(),
+                                old_logp.data(), ref_logp.data(), mask.data(), adv.data(),
+                                row_count.data(), batch, len, p, grad_scale);
+            },
+            {},
+            [&] {
+                ++ran;
+                if (!std::isnan(sums[4])) {
+                    if (ran != batch || reducers.size() != (size_t)call) reduced_last = false;
+                    if (reducers.size() == (size_t)call) reducers.push_back(emu::running_block.x);
+                }
+            });
+        reduced_last = reduced_last && ticket == 0 && reducers.size() == (size_t)call + 1;
+        if (call == 0) first_sums = sums;
+        reduced_last = reduced_last && std::memcmp(first_sums.data(), sums.data(), 5 * sizeof(double)) == 0;
+    }
     // the separate forward (host sums its partials) and backward
     std::vector<double> fpart((size_t)batch * 5, NAN);
     emu::launch(grid, block, [&] {
@@ -147,7 +174,7 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     for (int b = 0; b < batch; ++b) f_m_loss += fpart[(size_t)b * 5], f_count += fpart[(size_t)b * 5 + 4];
 
     const char* names[] = {"grpo", "dapo", "dr_grpo"};
-    bool ok = ticket == 0;
+    bool ok = ticket == 0 && reduced_last;
     double worst = rel_vec(dlogp, want.dlogp, grad_scale);
     ok = ok && worst <= kTol;
     for (int c = 0; c < 5; ++c) {
@@ -158,8 +185,11 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     ok = ok && sums[4] == want.sums[4];  // the token count is exact
     const double sep = rel_vec(dsep, want.dlogp, 1.f);
     ok = ok && sep <= kTol && f_count == want.sums[4] && std::isfinite(f_m_loss);
-    std::printf("  %-7s β %.2f, %d × %d: fused ≤ %.1e, separate backward %.1e, ticket %u%s\n",
-                names[loss_type], beta, batch, len, worst, sep, ticket, ok ? "" : "  FAILED");
+    std::printf("  %-7s β %.2f, %d × %d: fused ≤ %.1e, separate backward %.1e, ticket %u, "
+                "reduced by block",
+                names[loss_type], beta, batch, len, worst, sep, ticket);
+    for (unsigned r : reducers) std::printf(" %u", r);
+    std::printf(" (last to run%s)%s\n", reduced_last ? ", same bits" : ": NOT", ok ? "" : "  FAILED");
     return ok;
 }
 

@@ -1,6 +1,7 @@
 // What every harness of this folder starts with: the random generator, seeded from
-// CADA_EMU_SEED when set (to repeat a run) or else from the clock, with the seed printed, and
-// the `--quick` flag that scripts/emulate_kernels.sh passes under ThreadSanitizer.
+// CADA_EMU_SEED when set (to repeat a run) or else from the clock, with the seed printed, that
+// also draws the block order of every launch; and the `--quick` flag that
+// scripts/emulate_kernels.sh passes under ThreadSanitizer.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -8,6 +9,8 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+
+#include "cuda_runtime.h"
 
 namespace emu {
 
@@ -23,6 +26,8 @@ inline Harness start_harness(const char* what, int argc, char** argv) {
         env ? std::strtoull(env, nullptr, 10)
             : (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
     std::printf("%s in the host emulation (seed %llu)\n", what, (unsigned long long)seed);
+    // the block order draws from its own stream of the same seed, so one seed repeats a run
+    block_order.seed(seed ^ 0x9e3779b97f4a7c15ull);
     return Harness{std::mt19937_64(seed), argc > 1 && std::string(argv[1]) == "--quick"};
 }
 
