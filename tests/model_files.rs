@@ -1,0 +1,281 @@
+//! Loading a model directory on the CPU: a directory written here loads with its weights bit-exact
+//! and its chat template; the BPE tokenizer round-trips; config.json parsing (Llama 3 RoPE
+//! scaling, transformers 5's rope_parameters) and every refusal (unknown fields the forward
+//! lacks, tensors the config does not use), each naming the file and the field.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn model_dir_written_by_the_test_loads_and_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_model_dir(dir.path(), true, false);
+    let m = cada::model::load::load_model(dir.path()).unwrap();
+    assert_eq!(m.cfg, cfg);
+    let want = random_params(&cfg, 7);
+    for (a, b) in m.params.tensors().iter().zip(want.tensors()) {
+        assert_eq!(
+            *a, b,
+            "weights must round-trip bit-exactly through safetensors"
+        );
+    }
+    // the chat template renders ChatML and the stop ids include <|im_end|>
+    let text = m
+        .chat
+        .render(&[cada::model::chat::Message::new("user", "hi")], true)
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert!(m
+        .stop_ids()
+        .contains(&m.tokenizer.token_to_id("<|im_end|>").unwrap()));
+}
+
+#[test]
+fn tokenizer_round_trips_and_special_tokens_are_single_ids() {
+    let texts: Vec<String> = CORPUS.iter().map(|s| s.to_string()).collect();
+    let tok = cada::model::tokenizer_train::train_bpe_tokenizer(&texts, 300).unwrap();
+    for s in CORPUS.iter().chain(
+        [
+            "  leading and   runs of   spaces\t\ttabs\n\nnewlines",
+            "<|im_start|>user\nhi<|im_end|>",
+        ]
+        .iter(),
+    ) {
+        let ids = tok.encode(s, false).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), *s, "round trip of {s:?}");
+    }
+    let ids = tok.encode("<|im_start|>user", false).unwrap();
+    assert_eq!(ids[0], tok.token_to_id("<|im_start|>").unwrap());
+    // known ids: special tokens come first, in the order they were declared
+    for (i, t) in cada::model::tokenizer_train::DEFAULT_SPECIAL_TOKENS
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(tok.token_to_id(t), Some(i as u32), "{t}");
+    }
+}
+
+#[test]
+fn config_parsing_llama3_rope_scaling_and_errors() {
+    let base = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    });
+    let c = cada::model::config::LlamaConfig::from_json(&base, "config.json").unwrap();
+    assert_eq!(c.head_dim, 16);
+    let inv = c.rope_inv_freq();
+    // transformers' llama3 rule, per frequency: high frequencies kept, low ones divided by
+    // `factor`, smooth interpolation between (wavelengths vs 8192/4 and 8192/1)
+    for (i, &f) in inv.iter().enumerate() {
+        let b = 1.0 / 500000f64.powf(2.0 * i as f64 / 16.0);
+        let wl = 2.0 * std::f64::consts::PI / b;
+        let want = if wl < 2048.0 {
+            b
+        } else if wl > 8192.0 {
+            b / 8.0
+        } else {
+            let s = (8192.0 / wl - 1.0) / 3.0;
+            (1.0 - s) * b / 8.0 + s * b
+        };
+        assert!(
+            (f as f64 - want).abs() <= 1e-6 * want,
+            "freq {i}: {f} vs {want}"
+        );
+    }
+    let mut q = base.clone();
+    q["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    q.as_object_mut().unwrap().remove("rope_scaling");
+    assert!(
+        cada::model::config::LlamaConfig::from_json(&q, "config.json")
+            .unwrap()
+            .attention_bias,
+        "Qwen2 has qkv bias by default"
+    );
+    let mut bad = base.clone();
+    bad["num_key_value_heads"] = serde_json::json!(3);
+    let e = cada::model::config::LlamaConfig::from_json(&bad, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("num_key_value_heads"),
+        "{e}"
+    );
+    let mut bad = base.clone();
+    bad["rope_scaling"]["rope_type"] = serde_json::json!("yarn");
+    let e = cada::model::config::LlamaConfig::from_json(&bad, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
+}
+
+/// transformers 5 writes RoPE as one `rope_parameters` object (no top-level `rope_theta`):
+/// it must be read, not silently replaced by the 10000 default, and must agree with the
+/// top-level fields when a file has both.
+#[test]
+fn config_parsing_reads_transformers_5_rope_parameters() {
+    use cada::model::config::LlamaConfig;
+    let mut v5 = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}
+    });
+    let c = LlamaConfig::from_json(&v5, "config.json").unwrap();
+    assert_eq!(c.rope_theta, 1e6);
+    assert!(c.rope_scaling.is_none());
+    // the same with Llama-3 scaling inside rope_parameters equals the transformers-4 spelling
+    v5["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    v5["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3",
+        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let mut v4 = v5.clone();
+    let rp = v4
+        .as_object_mut()
+        .unwrap()
+        .remove("rope_parameters")
+        .unwrap();
+    v4["rope_theta"] = rp["rope_theta"].clone();
+    v4["rope_scaling"] = rp.clone();
+    let (a, b) = (
+        LlamaConfig::from_json(&v5, "config.json").unwrap(),
+        LlamaConfig::from_json(&v4, "config.json").unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.rope_scaling.as_ref().unwrap().factor, 32.0);
+    assert_eq!(a.rope_inv_freq(), b.rope_inv_freq());
+    // both spellings in one file: equal is fine, different is an error naming both fields
+    let mut both = v5.clone();
+    both["rope_theta"] = serde_json::json!(500000.0);
+    assert_eq!(LlamaConfig::from_json(&both, "config.json").unwrap(), a);
+    both["rope_theta"] = serde_json::json!(10000.0);
+    let e = LlamaConfig::from_json(&both, "m/config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("m/config.json")
+            && e.contains("rope_parameters.rope_theta")
+            && e.contains("rope_theta"),
+        "{e}"
+    );
+    let mut bad = v5.clone();
+    bad["rope_parameters"]["rope_type"] = serde_json::json!("yarn");
+    let e = LlamaConfig::from_json(&bad, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rope_parameters.rope_type") && e.contains("yarn"),
+        "{e}"
+    );
+    let mut per_layer = v5.clone();
+    per_layer["rope_parameters"] = serde_json::json!({"full_attention": {"rope_theta": 1e6}});
+    let e = LlamaConfig::from_json(&per_layer, "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rope_parameters") && e.contains("per-layer"),
+        "{e}"
+    );
+}
+
+/// A tensor the config does not account for (here an `o_proj` bias, as a Llama with
+/// `attention_bias: true` or a converted checkpoint of another architecture would hold) is an
+/// error naming the file and the tensor, never silently dropped; a tied head saved beside the
+/// embedding is fine.
+#[test]
+fn tensors_the_config_does_not_use_are_refused() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_model_dir(dir.path(), true, true);
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rewrite = |extra: &[(&str, Vec<usize>)]| {
+        let extra_data: Vec<Vec<u8>> = extra
+            .iter()
+            .map(|(_, shape)| vec![0u8; shape.iter().product::<usize>() * 4])
+            .collect();
+        let mut views: Vec<(String, TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    n,
+                    TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+                )
+            })
+            .collect();
+        for ((name, shape), data) in extra.iter().zip(&extra_data) {
+            views.push((
+                name.to_string(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            ));
+        }
+        std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    };
+    let d = cfg.hidden_size;
+    rewrite(&[("model.layers.0.self_attn.o_proj.bias", vec![d])]);
+    let e = cada::model::load::load_model(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("o_proj.bias") && e.contains("silently"),
+        "{e}"
+    );
+    // tied head saved anyway: ignored
+    rewrite(&[("lm_head.weight", vec![cfg.vocab_size, d])]);
+    cada::model::load::load_model(dir.path()).unwrap();
+}
+
+/// Config fields the forward does not implement are errors naming the field, not ignored.
+#[test]
+fn config_features_the_forward_lacks_are_refused() {
+    use cada::model::config::LlamaConfig;
+    let base = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu"
+    });
+    LlamaConfig::from_json(&base, "config.json").unwrap();
+    for (field, value, arch, needle) in [
+        (
+            "hidden_act",
+            serde_json::json!("gelu"),
+            "LlamaForCausalLM",
+            "hidden_act",
+        ),
+        (
+            "use_sliding_window",
+            serde_json::json!(true),
+            "Qwen2ForCausalLM",
+            "use_sliding_window",
+        ),
+        (
+            "sliding_window",
+            serde_json::json!(4096),
+            "MistralForCausalLM",
+            "sliding_window",
+        ),
+    ] {
+        let mut c = base.clone();
+        c["architectures"] = serde_json::json!([arch]);
+        c[field] = value;
+        let e = LlamaConfig::from_json(&c, "m/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m/config.json") && e.contains(needle), "{e}");
+    }
+    // what the released configs say is accepted
+    let mut q = base.clone();
+    q["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    q["use_sliding_window"] = serde_json::json!(false);
+    q["sliding_window"] = serde_json::json!(32768);
+    LlamaConfig::from_json(&q, "config.json").unwrap();
+    let mut m = base.clone();
+    m["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    m["sliding_window"] = serde_json::Value::Null;
+    LlamaConfig::from_json(&m, "config.json").unwrap();
+}
