@@ -1,5 +1,8 @@
 // Batched single-token decode over a KV cache [slots, capacity, Hkv·hd]; row b uses slot b and
-// attends to positions 0..=positions[b]. f32, online softmax per warp, warps merged at the end.
+// attends to positions 0..=positions[b]. f32 math, online softmax per warp, warps merged at the
+// end. The cache is f32, or bf16 (the `_bf16_kv` kernels, CADA_KV_CACHE=bf16): it is the decode
+// step's largest read (SmolLM2 at batch 64 and 384 positions: 1.1 GB in f32 against 0.27 GB
+// of bf16 weights), written once per position with RNE and widened to f32 on every read.
 #include "common.cuh"
 
 #include <cuda_bf16.h>
@@ -12,17 +15,36 @@ struct DecodeDims {
     int batch, capacity, n_heads, n_kv_heads, head_dim;
 };
 
+// A cache element from / to f32: the one place the two cache types differ.
+__device__ __forceinline__ float cache_load(const float* p) { return *p; }
+__device__ __forceinline__ float cache_load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void cache_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void cache_store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
 // Thread per element of k/v [batch, Hkv·hd].
-CADA_KERNEL void kv_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,
-                                const unsigned int* positions, DecodeDims s) {
+template <typename T>
+__device__ __forceinline__ void kv_cache_write_rows(T* k_cache, T* v_cache, const float* k,
+                                                    const float* v, const unsigned int* positions,
+                                                    DecodeDims s) {
     const int64_t kvd = (int64_t)s.n_kv_heads * s.head_dim;
     GRID_STRIDE(i, (int64_t)s.batch * kvd) {
         const int64_t b = i / kvd, c = i % kvd;
         if ((int64_t)positions[b] >= s.capacity) continue;  // caller bug: never write past the slot
         const int64_t dst = (b * s.capacity + positions[b]) * kvd + c;
-        k_cache[dst] = k[i];
-        v_cache[dst] = v[i];
+        cache_store(k_cache + dst, k[i]);
+        cache_store(v_cache + dst, v[i]);
     }
+}
+
+CADA_KERNEL void kv_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,
+                                const unsigned int* positions, DecodeDims s) {
+    kv_cache_write_rows(k_cache, v_cache, k, v, positions, s);
+}
+
+CADA_KERNEL void kv_cache_write_bf16_kv(__nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                                        const float* k, const float* v,
+                                        const unsigned int* positions, DecodeDims s) {
+    kv_cache_write_rows(k_cache, v_cache, k, v, positions, s);
 }
 
 // The decode step's RoPE of q and k fused with the cache write: rope_apply (sign +1) on q and
@@ -32,8 +54,9 @@ CADA_KERNEL void kv_cache_write(float* k_cache, float* v_cache, const float* k, 
 // and v are read with row strides (`q_ld`, `kv_ld`: the stacked variant reads all three from one
 // GEMM output row); the rotated q goes to `q_out` [batch, Hq·hd], the rotated k to `k_out` when
 // not null, and into the cache.
-__device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_out, float* k_cache,
-                                                       float* v_cache, const float* q_in,
+template <typename T>
+__device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_out, T* k_cache,
+                                                       T* v_cache, const float* q_in,
                                                        const float* k_in, const float* v_in,
                                                        int64_t q_ld, int64_t kv_ld,
                                                        const unsigned int* positions,
@@ -67,10 +90,10 @@ __device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_ou
         }
         if ((int64_t)positions[b] >= s.capacity) continue;  // as kv_cache_write
         const int64_t dst = (b * s.capacity + positions[b]) * kvd + at;
-        k_cache[dst] = y1;
-        k_cache[dst + half] = y2;
-        v_cache[dst] = v_in[b * kv_ld + at];
-        v_cache[dst + half] = v_in[b * kv_ld + at + half];
+        cache_store(k_cache + dst, y1);
+        cache_store(k_cache + dst + half, y2);
+        cache_store(v_cache + dst, v_in[b * kv_ld + at]);
+        cache_store(v_cache + dst + half, v_in[b * kv_ld + at + half]);
     }
 }
 
@@ -82,6 +105,14 @@ CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, flo
     rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
 }
 
+CADA_KERNEL void decode_rope_cache_write_bf16_kv(float* q, float* k, __nv_bfloat16* k_cache,
+                                                 __nv_bfloat16* v_cache, const float* v,
+                                                 const unsigned int* positions,
+                                                 const float* inv_freq, DecodeDims s) {
+    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
+}
+
 // The same from the stacked q/k/v projection's output qkv [batch, Hq·hd + 2·Hkv·hd] (each row
 // q | k | v), left unchanged: the rotated q is written to q_out, the rotated k only into the
 // cache (the decode step reads k nowhere else).
@@ -89,6 +120,16 @@ CADA_KERNEL void decode_rope_cache_write_stacked(float* q_out, float* k_cache, f
                                                  const float* qkv,
                                                  const unsigned int* positions,
                                                  const float* inv_freq, DecodeDims s) {
+    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    const int64_t ld = qd + 2 * kvd;
+    rope_cache_write_pairs(q_out, nullptr, k_cache, v_cache, qkv, qkv + qd, qkv + qd + kvd, ld, ld,
+                           positions, inv_freq, s);
+}
+
+CADA_KERNEL void decode_rope_cache_write_stacked_bf16_kv(float* q_out, __nv_bfloat16* k_cache,
+                                                         __nv_bfloat16* v_cache, const float* qkv,
+                                                         const unsigned int* positions,
+                                                         const float* inv_freq, DecodeDims s) {
     const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
     const int64_t ld = qd + 2 * kvd;
     rope_cache_write_pairs(q_out, nullptr, k_cache, v_cache, qkv, qkv + qd, qkv + qd + kvd, ld, ld,
@@ -204,9 +245,56 @@ CADA_KERNEL void decode_attention_with_bf16(float* out, __nv_bfloat16* out16, co
 // key. Then each lane updates its output dims over the chunk's keys, their weights broadcast
 // by shuffles (independent, not a dependent chain). The warps merge in decode_merge_warps, as
 // in decode_attention_rows. Same grid and block.
+// A row of 8 bf16 keys (16 bytes) as f32, for the bf16 cache's vector path.
+__device__ __forceinline__ float dot8_bf16(const float4* q8, uint4 raw) {
+    const __nv_bfloat16* k = reinterpret_cast<const __nv_bfloat16*>(&raw);
+    const float4 qa = q8[0], qb = q8[1];
+    float acc = qa.x * __bfloat162float(k[0]);
+    acc += qa.y * __bfloat162float(k[1]);
+    acc += qa.z * __bfloat162float(k[2]);
+    acc += qa.w * __bfloat162float(k[3]);
+    acc += qb.x * __bfloat162float(k[4]);
+    acc += qb.y * __bfloat162float(k[5]);
+    acc += qb.z * __bfloat162float(k[6]);
+    acc += qb.w * __bfloat162float(k[7]);
+    return acc;
+}
+
+// The scaled dot product of q (shared memory) with one cached key row: 16-byte vector reads
+// where head_dim and the cache's alignment allow (4 f32 or 8 bf16 values a read), else scalar.
+__device__ __forceinline__ float key_score(const float* kr, const float* qs, const float4* qs4,
+                                           int hd, bool vec) {
+    float acc = 0.f;
+    if (vec) {
+        const float4* k4 = reinterpret_cast<const float4*>(kr);
+        for (int d4 = 0; d4 < hd / 4; ++d4) {
+            const float4 kv = k4[d4], qv = qs4[d4];
+            acc += qv.x * kv.x;
+            acc += qv.y * kv.y;
+            acc += qv.z * kv.z;
+            acc += qv.w * kv.w;
+        }
+    } else {
+        for (int d = 0; d < hd; ++d) acc += qs[d] * kr[d];
+    }
+    return acc;
+}
+__device__ __forceinline__ float key_score(const __nv_bfloat16* kr, const float* qs,
+                                           const float4* qs4, int hd, bool vec) {
+    float acc = 0.f;
+    if (vec) {
+        const uint4* k8 = reinterpret_cast<const uint4*>(kr);
+        for (int d8 = 0; d8 < hd / 8; ++d8) acc += dot8_bf16(qs4 + 2 * d8, k8[d8]);
+    } else {
+        for (int d = 0; d < hd; ++d) acc += qs[d] * __bfloat162float(kr[d]);
+    }
+    return acc;
+}
+
+template <typename T>
 __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bfloat16* out16,
-                                                           const float* q, const float* k_cache,
-                                                           const float* v_cache,
+                                                           const float* q, const T* k_cache,
+                                                           const T* v_cache,
                                                            const unsigned int* positions,
                                                            DecodeDims s, float scale) {
     __shared__ float4 qs4[DEC_MAX_HD / 4];
@@ -227,35 +315,21 @@ __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bflo
     float* qs = reinterpret_cast<float*>(qs4);  // q as floats, read back as float4 rows
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[at + d];
     __syncthreads();
-    // float4 rows need head_dim % 4 == 0 (then every row offset is a multiple of 4 floats) and
-    // a 16-byte aligned cache (a whole allocation is; checked so that a view cannot fault)
-    const bool vec4 = (hd & 3) == 0 && (reinterpret_cast<unsigned long long>(k_cache) & 15) == 0;
+    // 16-byte rows need head_dim a multiple of 16 bytes' worth of elements (then every row
+    // offset is too) and a 16-byte aligned cache (a whole allocation is; checked so that a view
+    // cannot fault)
+    constexpr int per16 = 16 / (int)sizeof(T);
+    const bool vec = hd % per16 == 0 && (reinterpret_cast<unsigned long long>(k_cache) & 15) == 0;
     float o[DEC_PER_LANE];
 #pragma unroll
     for (int i = 0; i < DEC_PER_LANE; ++i) o[i] = 0.f;
     float m = -CUDART_INF_F, l = 0.f;
-    const float* k_slot = k_cache + (int64_t)b * s.capacity * kvd + (int64_t)kh * hd;
-    const float* v_slot = v_cache + (int64_t)b * s.capacity * kvd + (int64_t)kh * hd;
+    const T* k_slot = k_cache + (int64_t)b * s.capacity * kvd + (int64_t)kh * hd;
+    const T* v_slot = v_cache + (int64_t)b * s.capacity * kvd + (int64_t)kh * hd;
     for (int c0 = warp * 32; c0 < len; c0 += DEC_WARPS * 32) {
         const int j = c0 + lane;
         float score = -CUDART_INF_F;
-        if (j < len) {
-            const float* kr = k_slot + (int64_t)j * kvd;
-            float acc = 0.f;
-            if (vec4) {
-                const float4* k4 = reinterpret_cast<const float4*>(kr);
-                for (int d4 = 0; d4 < hd / 4; ++d4) {
-                    const float4 kv = k4[d4], qv = qs4[d4];
-                    acc += qv.x * kv.x;
-                    acc += qv.y * kv.y;
-                    acc += qv.z * kv.z;
-                    acc += qv.w * kv.w;
-                }
-            } else {
-                for (int d = 0; d < hd; ++d) acc += qs[d] * kr[d];
-            }
-            score = acc * scale;
-        }
+        if (j < len) score = key_score(k_slot + (int64_t)j * kvd, qs, qs4, hd, vec) * scale;
         // c0 < len: the chunk holds at least one key, so its max is finite
         const float m_new = fmaxf(m, warp_max(score));
         const float alpha = expf(m - m_new);
@@ -268,11 +342,11 @@ __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bflo
 #pragma unroll 8
         for (int t = 0; t < keys; ++t) {
             const float pt = __shfl_sync(0xffffffffu, p, t);
-            const float* vr = v_slot + (int64_t)(c0 + t) * kvd;
+            const T* vr = v_slot + (int64_t)(c0 + t) * kvd;
 #pragma unroll
             for (int i = 0; i < DEC_PER_LANE; ++i) {
                 const int d = lane + 32 * i;
-                if (d < hd) o[i] += pt * vr[d];
+                if (d < hd) o[i] += pt * cache_load(vr + d);
             }
         }
     }
@@ -291,5 +365,20 @@ CADA_KERNEL void decode_attention_lane_per_key_with_bf16(float* out, __nv_bfloat
                                                          const float* v_cache,
                                                          const unsigned int* positions,
                                                          DecodeDims s, float scale) {
+    decode_attention_lane_rows(out, out16, q, k_cache, v_cache, positions, s, scale);
+}
+
+// The same over a bf16 cache (CADA_KV_CACHE=bf16), and with the output's bf16 copy.
+CADA_KERNEL void decode_attention_lane_per_key_bf16_kv(float* out, const float* q,
+                                                       const __nv_bfloat16* k_cache,
+                                                       const __nv_bfloat16* v_cache,
+                                                       const unsigned int* positions,
+                                                       DecodeDims s, float scale) {
+    decode_attention_lane_rows(out, nullptr, q, k_cache, v_cache, positions, s, scale);
+}
+
+CADA_KERNEL void decode_attention_lane_per_key_bf16_kv_with_bf16(
+    float* out, __nv_bfloat16* out16, const float* q, const __nv_bfloat16* k_cache,
+    const __nv_bfloat16* v_cache, const unsigned int* positions, DecodeDims s, float scale) {
     decode_attention_lane_rows(out, out16, q, k_cache, v_cache, positions, s, scale);
 }

@@ -209,6 +209,10 @@ bench)
     step bench_step_rollout_separate_smollm2-135m 60 env CADA_STACKED_DECODE=0 "$cada" bench step \
         --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
         --new-tokens 256 --micro-batch-rows 16 --records "$work/separate_rollout_smollm2-135m.json"
+    # and over a bf16 KV cache (CADA_KV_CACHE=bf16): half the decode step's largest read
+    step bench_step_rollout_bf16_kv_smollm2-135m 60 env CADA_KV_CACHE=bf16 "$cada" bench step \
+        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
+        --new-tokens 256 --micro-batch-rows 16 --records "$work/bf16_kv_rollout_smollm2-135m.json"
     ;;
 peers|peers_hf)
     "$cada" bench shapes --set full > "$work/shapes.json"

@@ -435,3 +435,146 @@ fn decode_attention_kernel_choice() {
         "{e}"
     );
 }
+
+/// The bf16 KV cache (`CADA_KV_CACHE=bf16`, `Backend::keep_as_kv_cache`): caches made narrowed,
+/// filled through `copy` (the prefill's path) and `kv_cache_write`, then read by the decode
+/// attention in both GEMM modes. Against the CPU over the bf16-rounded cache values: f32
+/// reassociation only (1e-5); against the CPU over the f32 values: the cache's rounding
+/// (≤ 2^-9 relative per element, averaged by the softmax; 1e-2, the bf16 bound). Then the
+/// refusals: the warp-per-key kernel over a bf16 cache, and a cache with one side narrowed.
+#[test]
+fn cuda_bf16_kv_cache() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::{DecodeAttentionKernel, GemmPrecision, KvCacheType};
+        use cada::backend::DecodeShape;
+        use half::bf16;
+        let name = "cuda_bf16_kv_cache";
+        if let Some((mut gpu, mut r)) = common::cuda_setup(name) {
+            let cpu = Cpu::new();
+            let round =
+                |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+            for (batch, capacity, n_heads, n_kv_heads, head_dim) in
+                [(5, 300, 9, 3, 64), (3, 131, 8, 2, 128), (4, 70, 4, 2, 34)]
+            {
+                let s = DecodeShape {
+                    batch,
+                    capacity,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                };
+                let (qd, kvd) = (n_heads * head_dim, n_kv_heads * head_dim);
+                let size = batch * capacity * kvd;
+                let (mut kc, mut vc) = (randv(&mut r, size, 1.0), randv(&mut r, size, 1.0));
+                let (k, v) = (
+                    randv(&mut r, batch * kvd, 1.0),
+                    randv(&mut r, batch * kvd, 1.0),
+                );
+                let q = randv(&mut r, batch * qd, 1.0);
+                let positions: Vec<u32> = (0..batch)
+                    .map(|b| match b {
+                        0 => 0,
+                        1 => capacity as u32 - 1,
+                        _ => (b * 97 % capacity) as u32,
+                    })
+                    .collect();
+                gpu.set_kv_cache_type(KvCacheType::Bf16);
+                let (mut kg, mut vg) = (gpu.zeros(size).unwrap(), gpu.zeros(size).unwrap());
+                gpu.keep_as_kv_cache(&mut kg).unwrap();
+                gpu.keep_as_kv_cache(&mut vg).unwrap();
+                assert!(
+                    kg.is_narrowed() && vg.is_narrowed(),
+                    "{s:?}: cache kept in bf16"
+                );
+                assert_eq!(gpu.len(&kg), size, "the cache's length, narrowed");
+                // the prefill's copy, in two pieces at an odd offset (the scalar conversion)
+                let (kh, vh) = (gpu.upload(&kc).unwrap(), gpu.upload(&vc).unwrap());
+                let cut = size / 3 + 1;
+                for (dst, src) in [(&mut kg, &kh), (&mut vg, &vh)] {
+                    gpu.copy(dst, 0, src, 0, cut).unwrap();
+                    gpu.copy(dst, cut, src, cut, size - cut).unwrap();
+                }
+                let (kn, vn, pg) = (
+                    gpu.upload(&k).unwrap(),
+                    gpu.upload(&v).unwrap(),
+                    gpu.upload_ids(&positions).unwrap(),
+                );
+                gpu.kv_cache_write(&mut kg, &mut vg, &kn, &vn, &pg, s)
+                    .unwrap();
+                cpu.kv_cache_write(&mut kc, &mut vc, &k, &v, &positions, s)
+                    .unwrap();
+                let mut want_f32 = vec![0.0; batch * qd];
+                cpu.decode_attention(&mut want_f32, &q, &kc, &vc, &positions, s)
+                    .unwrap();
+                let mut want_rounded = vec![0.0; batch * qd];
+                cpu.decode_attention(
+                    &mut want_rounded,
+                    &q,
+                    &round(&kc),
+                    &round(&vc),
+                    &positions,
+                    s,
+                )
+                .unwrap();
+                let qg = gpu.upload(&q).unwrap();
+                for precision in [GemmPrecision::F32, GemmPrecision::Bf16] {
+                    gpu.set_gemm_precision(precision).unwrap();
+                    let mut og = poisoned(&gpu, batch * qd);
+                    gpu.decode_attention(&mut og, &qg, &kg, &vg, &pg, s)
+                        .unwrap();
+                    let got = down(&gpu, &og);
+                    let at = format!("{precision:?} {s:?}");
+                    check(
+                        &format!("bf16 cache vs rounded values {at}"),
+                        &got,
+                        &want_rounded,
+                        F32_TOL,
+                    );
+                    check(
+                        &format!("bf16 cache vs f32 cache {at}"),
+                        &got,
+                        &want_f32,
+                        1e-2,
+                    );
+                }
+                gpu.set_gemm_precision(GemmPrecision::F32).unwrap();
+                gpu.set_decode_attention_kernel(DecodeAttentionKernel::WarpPerKey);
+                let mut og = poisoned(&gpu, batch * qd);
+                let e = gpu
+                    .decode_attention(&mut og, &qg, &kg, &vg, &pg, s)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains("warp_per_key") && e.contains("CADA_KV_CACHE"),
+                    "{e}"
+                );
+                gpu.set_decode_attention_kernel(DecodeAttentionKernel::LanePerKey);
+                gpu.set_kv_cache_type(KvCacheType::F32);
+                let mut vf = gpu.zeros(size).unwrap();
+                gpu.keep_as_kv_cache(&mut vf).unwrap();
+                assert!(!vf.is_narrowed(), "an f32 cache stays f32");
+                let e = gpu
+                    .kv_cache_write(&mut kg, &mut vf, &kn, &vn, &pg, s)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("both f32 or both bf16"), "{e}");
+            }
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_bf16_kv_cache: skipped: no GPU (built without the `cuda` feature)");
+}
+
+/// `CADA_KV_CACHE`'s values, and a bad one refused by name (no GPU needed).
+#[cfg(feature = "cuda")]
+#[test]
+fn kv_cache_type_choice() {
+    use cada::backend::cuda::KvCacheType as K;
+    assert_eq!(K::parse(None).unwrap(), K::F32);
+    assert_eq!(K::parse(Some("f32")).unwrap(), K::F32);
+    assert_eq!(K::parse(Some("bf16")).unwrap(), K::Bf16);
+    let e = K::parse(Some("BF16")).unwrap_err().to_string();
+    assert!(e.contains("CADA_KV_CACHE") && e.contains("`bf16`"), "{e}");
+}

@@ -541,6 +541,41 @@ fn cuda_stacked_decode_matches_separate() {
     );
 }
 
+/// Whole generations' logits over a bf16 KV cache (`CADA_KV_CACHE=bf16`: the prefill's copy,
+/// the fused RoPE + cache writes, stacked and separate, and the lane-per-key attention over
+/// bf16 keys and values), f32 GEMMs, recorded, against the CPU's f32 cache: the cache's
+/// rounding (≤ 2^-9 per element) under the bf16 model bound.
+#[test]
+fn cuda_decode_with_bf16_kv_cache() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::KvCacheType;
+        let name = "cuda_decode_with_bf16_kv_cache";
+        if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
+            let cpu = Cpu::new();
+            gpu.set_kv_cache_type(KvCacheType::Bf16);
+            for cfg in configs() {
+                let params = common::random_params(&cfg, rng.gen());
+                let (prompts, steps) = decode_inputs(&mut rng, &cfg, 5);
+                let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps, false);
+                for stacked in [true, false] {
+                    let (g, recorded) =
+                        decode_logits(&gpu, &cfg, &params, &prompts, &steps, stacked);
+                    assert!(recorded, "bf16 KV cache, stacked {stacked}: did not record");
+                    for (i, (a, c)) in g.iter().zip(&c).enumerate() {
+                        let at = format!("bias {} stacked {stacked} step {i}", cfg.attention_bias);
+                        check(&format!("{at}: bf16 KV cache vs CPU"), a, c, BF16_MODEL_TOL);
+                    }
+                }
+            }
+            gpu.set_kv_cache_type(KvCacheType::F32);
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_decode_with_bf16_kv_cache: skipped: no GPU (built without the `cuda` feature)");
+}
+
 /// The inference forward (no activations saved, buffers reused by every layer; the prefill,
 /// the reference model, scoring) against the saving forward on the GPU, in the f32 defaults
 /// and in the full tensor-core mix (bf16 GEMMs with narrowed GEMM inputs, the mma attention

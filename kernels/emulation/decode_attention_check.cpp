@@ -3,7 +3,9 @@
 // sequence, then decode_attention over each slot's positions 0..=positions[b] (sequences at
 // different lengths, GQA, head dims not a multiple of 32), against f64 attention of that query
 // over the cache; a position past the capacity must leave the cache untouched and give a NaN
-// row; and decode_rope_cache_write against rope_apply + kv_cache_write, bit for bit. Fresh
+// row; and decode_rope_cache_write against rope_apply + kv_cache_write, bit for bit. The bf16
+// cache's kernels (`_bf16_kv`): their writes are the RNE rounding of the f32 kernels' values,
+// and the attention over them is checked against f64 attention over the same bf16 values. Fresh
 // random inputs each run (CADA_EMU_SEED to repeat). Exit status 1 on any failure.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
@@ -16,10 +18,30 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 namespace {
 
 constexpr double kTol = 1e-5;  // f32 online softmax against f64
+
+std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& x) {
+    std::vector<__nv_bfloat16> out(x.size());
+    for (size_t i = 0; i < x.size(); ++i) out[i] = __float2bfloat16_rn(x[i]);
+    return out;
+}
+
+std::vector<float> widen(const std::vector<__nv_bfloat16>& x) {
+    std::vector<float> out(x.size());
+    for (size_t i = 0; i < x.size(); ++i) out[i] = __bfloat162float(x[i]);
+    return out;
+}
+
+bool same_bits(const std::vector<__nv_bfloat16>& a, const std::vector<__nv_bfloat16>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+        if (a[i].bits != b[i].bits) return false;
+    return true;
+}
 
 bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_kv_heads,
               int hd) {
@@ -93,7 +115,8 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
                 ok = ok && kc[at] == wk && vc[at] == wv;
             }
     const bool cache_ok = ok;
-    const auto error_of = [&](const std::vector<float>& result, bool& refused_nan) {
+    const auto error_over = [&](const std::vector<float>& result, const std::vector<float>& kc,
+                                const std::vector<float>& vc, bool& refused_nan) {
     double num = 0, den = 0;
     refused_nan = true;
     for (int b = 0; b < batch; ++b)
@@ -129,10 +152,40 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
         }
     return std::sqrt(num / den);
     };
-    ok = cache_ok;
-    for (const auto& [name, result] : {std::pair{"warp per key", &out}, std::pair{"lane per key", &lane_out}}) {
+    // the bf16 cache: the same write from the initial cache's bf16 values must give the f32
+    // cache's RNE rounding, and both lane-per-key kernels read it
+    auto kc16 = to_bf16(kc0), vc16 = to_bf16(vc0);
+    emu::launch(dim3{blocks, 1, 1}, dim3{256, 1, 1}, [&] {
+        kv_cache_write_bf16_kv(kc16.data(), vc16.data(), k.data(), v.data(), pos.data(), dims);
+    });
+    const bool cache16_ok = same_bits(kc16, to_bf16(kc)) && same_bits(vc16, to_bf16(vc));
+    std::printf("  kv_cache_write_bf16_kv: the f32 cache's RNE rounding, nothing else written: %s\n",
+                cache16_ok ? "ok" : "FAILED");
+    std::vector<float> kv16_out(out.size(), 12345.f), kv16_out2(out.size(), 54321.f);
+    std::vector<__nv_bfloat16> kv16_copy(out.size(), __nv_bfloat16{0xdead});
+    emu::launch(dim3{(unsigned)n_heads, (unsigned)batch, 1}, dim3{32 * DEC_WARPS, 1, 1}, [&] {
+        decode_attention_lane_per_key_bf16_kv(kv16_out.data(), q.data(), kc16.data(), vc16.data(),
+                                              pos.data(), dims, scale);
+    });
+    emu::launch(dim3{(unsigned)n_heads, (unsigned)batch, 1}, dim3{32 * DEC_WARPS, 1, 1}, [&] {
+        decode_attention_lane_per_key_bf16_kv_with_bf16(kv16_out2.data(), kv16_copy.data(),
+                                                        q.data(), kc16.data(), vc16.data(),
+                                                        pos.data(), dims, scale);
+    });
+    bool kv16_twin_ok =
+        std::memcmp(kv16_out2.data(), kv16_out.data(), out.size() * sizeof(float)) == 0;
+    for (size_t i = 0; i < out.size(); ++i)
+        kv16_twin_ok = kv16_twin_ok && kv16_copy[i].bits == __float2bfloat16_rn(kv16_out[i]).bits;
+    std::printf("  decode_attention_lane_per_key_bf16_kv_with_bf16: output and its bf16 copy as the kernel + RNE: %s\n",
+                kv16_twin_ok ? "ok" : "FAILED");
+    auto kcw = widen(kc16), vcw = widen(vc16);
+
+    ok = cache_ok && cache16_ok && kv16_twin_ok;
+    for (const auto& [name, result, kcr, vcr] :
+         {std::tuple{"warp per key", &out, &kc, &vc}, std::tuple{"lane per key", &lane_out, &kc, &vc},
+          std::tuple{"lane per key, bf16 cache", &kv16_out, &kcw, &vcw}}) {
         bool refused_nan = false;
-        const double err = error_of(*result, refused_nan);
+        const double err = error_over(*result, *kcr, *vcr, refused_nan);
         const bool good = refused_nan && err <= kTol;
         ok = ok && good;
         std::printf("  %s: %d slots × %d, heads %d/%d, head_dim %d: out %.2e (bound %.0e), cache %s, "
@@ -198,7 +251,26 @@ bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_
     const bool stacked_ok = same(q3, q1) && same(kc3, kc1) && same(vc3, vc1) && same(qkv, qkv0);
     std::printf("  decode_rope_cache_write_stacked b%d cap%d h%d/%d hd%d: q, caches equal the composite's bits, qkv unchanged: %s\n",
                 batch, capacity, n_heads, n_kv_heads, hd, stacked_ok ? "ok" : "FAILED");
-    return ok && stacked_ok;
+    // both over a bf16 cache: the same q (and k), the caches the RNE rounding of the f32 ones
+    auto q4 = q, k4 = k;
+    auto kc4 = to_bf16(kc), vc4 = to_bf16(vc);
+    emu::launch(two, block, [&] {
+        decode_rope_cache_write_bf16_kv(q4.data(), k4.data(), kc4.data(), vc4.data(), v.data(),
+                                        pos.data(), inv_freq.data(), dims);
+    });
+    std::vector<float> q5(q.size(), NAN);
+    auto kc5 = to_bf16(kc), vc5 = to_bf16(vc);
+    emu::launch(two, block, [&] {
+        decode_rope_cache_write_stacked_bf16_kv(q5.data(), kc5.data(), vc5.data(), qkv.data(),
+                                                pos.data(), inv_freq.data(), dims);
+    });
+    const auto kc1_16 = to_bf16(kc1), vc1_16 = to_bf16(vc1);
+    const bool bf16_ok = same(q4, q1) && same(k4, k1) && same_bits(kc4, kc1_16) &&
+                         same_bits(vc4, vc1_16) && same(q5, q1) && same_bits(kc5, kc1_16) &&
+                         same_bits(vc5, vc1_16) && same(qkv, qkv0);
+    std::printf("  decode_rope_cache_write[_stacked]_bf16_kv b%d cap%d h%d/%d hd%d: q, k as f32, caches the RNE of the f32 ones: %s\n",
+                batch, capacity, n_heads, n_kv_heads, hd, bf16_ok ? "ok" : "FAILED");
+    return ok && stacked_ok && bf16_ok;
 }
 
 }  // namespace

@@ -198,6 +198,13 @@ pub trait Backend: Send + Sync {
     fn keep_as_gemm_weight(&self, _buf: &mut Self::Buf) -> Result<()> {
         Ok(())
     }
+    /// The same hint for a decode KV cache (made zeroed, then written by
+    /// [`Backend::copy`] from the prefill, [`Backend::kv_cache_write`] and the
+    /// `decode_rope_cache_write` ops, read by [`Backend::decode_attention`]). CUDA with
+    /// `CADA_KV_CACHE=bf16` keeps it in bf16. The default does nothing.
+    fn keep_as_kv_cache(&self, _buf: &mut Self::Buf) -> Result<()> {
+        Ok(())
+    }
     /// Whether a [`crate::model::llama::Decoder`] should stack its q/k/v and gate/up weights into
     /// one GEMM each ([`Backend::decode_rope_cache_write_stacked`],
     /// [`Backend::swiglu_forward_stacked`] read the outputs). Worth it where a decode step's

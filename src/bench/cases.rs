@@ -301,12 +301,17 @@ pub fn run_decode_attention<B: BenchDevice>(
         }
         let (s, cap) = decode_shape(d);
         let (qd, kvd) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
-        let kc = be.upload(&randv(&mut rng, d.batch * cap * kvd, 1.0))?;
-        let vc = be.upload(&randv(&mut rng, d.batch * cap * kvd, 1.0))?;
+        let mut kc = be.upload(&randv(&mut rng, d.batch * cap * kvd, 1.0))?;
+        let mut vc = be.upload(&randv(&mut rng, d.batch * cap * kvd, 1.0))?;
+        // the variant's cache type (a bf16 cache narrows these values)
+        be.keep_as_kv_cache(&mut kc)?;
+        be.keep_as_kv_cache(&mut vc)?;
         let q = be.upload(&randv(&mut rng, d.batch * qd, 1.0))?;
         let pos = be.upload_ids(&vec![(cap - 1) as u32; d.batch])?;
         let mut o = be.zeros(d.batch * qd)?;
-        let bytes = (8 * d.batch * cap * kvd + 8 * d.batch * qd) as f64;
+        // k and v read once, q read and out written
+        let cache_bytes = 2 * be.kv_cache_value_bytes() * d.batch * cap * kvd;
+        let bytes = (cache_bytes + 8 * d.batch * qd) as f64;
         let r = h.record(id, variant, 0.0, bytes, &mut || {
             be.decode_attention(&mut o, &q, &kc, &vc, &pos, s)
         })?;

@@ -4,7 +4,9 @@
 //! the stream-ordered pool's high-water mark.
 
 use super::BenchDevice;
-use crate::backend::cuda::{AttentionKernel, Cuda, DecodeAttentionKernel, GemmPrecision};
+use crate::backend::cuda::{
+    AttentionKernel, Cuda, DecodeAttentionKernel, GemmPrecision, KvCacheType,
+};
 use crate::backend::Backend;
 use anyhow::{bail, Result};
 use std::cell::Cell;
@@ -13,6 +15,9 @@ thread_local! {
     /// pool bytes in use when the current memory window opened
     static WINDOW_BASE: Cell<u64> = const { Cell::new(0) };
 }
+
+/// The decode-attention variant suffix for a bf16 KV cache.
+const BF16_KV: &str = "_bf16_kv";
 
 impl BenchDevice for Cuda {
     fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
@@ -80,19 +85,37 @@ impl BenchDevice for Cuda {
         Ok(())
     }
 
+    /// Both kernels over an f32 cache, then the lane-per-key kernel over a bf16 cache
+    /// (`lane_per_key_bf16_kv`).
     fn decode_attention_variants(&self) -> Vec<String> {
-        [
+        let mut v: Vec<String> = [
             DecodeAttentionKernel::LanePerKey,
             DecodeAttentionKernel::WarpPerKey,
         ]
         .map(|k| k.label().to_string())
-        .into()
+        .into();
+        v.push(format!(
+            "{}{BF16_KV}",
+            DecodeAttentionKernel::LanePerKey.label()
+        ));
+        v
     }
 
     fn select_decode_attention(&mut self, variant: &str) -> Result<()> {
-        let k = DecodeAttentionKernel::parse(Some(variant))?;
-        self.set_decode_attention_kernel(k);
+        let (kernel, cache) = match variant.strip_suffix(BF16_KV) {
+            Some(k) => (k, KvCacheType::Bf16),
+            None => (variant, KvCacheType::F32),
+        };
+        self.set_decode_attention_kernel(DecodeAttentionKernel::parse(Some(kernel))?);
+        self.set_kv_cache_type(cache);
         Ok(())
+    }
+
+    fn kv_cache_value_bytes(&self) -> usize {
+        match self.kv_cache_type() {
+            KvCacheType::F32 => 4,
+            KvCacheType::Bf16 => 2,
+        }
     }
 
     fn gemm_variants(&self) -> Vec<String> {

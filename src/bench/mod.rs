@@ -43,6 +43,10 @@ pub trait BenchDevice: Backend + Sized {
     fn decode_attention_variants(&self) -> Vec<String>;
     /// Selects one of [`Self::decode_attention_variants`] for the following decode attentions.
     fn select_decode_attention(&mut self, variant: &str) -> Result<()>;
+    /// Bytes per KV-cache value under the selected variant (`Backend::keep_as_kv_cache`).
+    fn kv_cache_value_bytes(&self) -> usize {
+        4
+    }
     /// The GEMM precisions to time the GEMM-bound ops in (`cpu`; `f32`, `tf32`, `bf16` on CUDA).
     fn gemm_variants(&self) -> Vec<String>;
     /// Selects one of [`Self::gemm_variants`] for the following GEMMs.

@@ -1,9 +1,9 @@
-//! Launchers for kernels/attention.cu (causal GQA training attention) and
-//! kernels/decode_attention.cu (KV-cache write and single-token decode).
+//! Launchers for kernels/attention.cu (causal GQA training attention); the KV-cache decode's
+//! are in decode.rs.
 
-use super::kernels::{self, defines, AttnDims, DecodeDims};
-use super::{dim_i32, need, need_ids, Cuda, CudaBuf, DecodeAttentionKernel};
-use crate::backend::{AttnShape, Backend, DecodeShape};
+use super::kernels::{self, defines, AttnDims};
+use super::{dim_i32, Cuda, CudaBuf};
+use crate::backend::{AttnShape, Backend};
 use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
@@ -13,35 +13,6 @@ const _: () = assert!(defines::ATTN_MAX_HD == defines::DEC_MAX_HD);
 /// Query rows per forward/dq block and keys per dk/dv block, one warp each.
 const ATTN_ROWS: usize = defines::ATTN_ROWS as usize;
 const DKV_KEYS: usize = defines::DKV_KEYS as usize;
-const DEC_WARPS: u32 = defines::DEC_WARPS as u32;
-
-/// The checks both RoPE + cache-write launchers share (caches, positions, inv_freq, an even
-/// head_dim), and their launch size: `Some((rotation pairs, dims))`, `None` when there is
-/// nothing to do.
-fn rope_cache_launch(
-    op: &str,
-    k_cache: &CudaSlice<f32>,
-    v_cache: &CudaSlice<f32>,
-    positions: &CudaSlice<u32>,
-    inv_freq: &CudaSlice<f32>,
-    s: DecodeShape,
-) -> Result<Option<(usize, DecodeDims)>> {
-    let kvd = s.n_kv_heads * s.head_dim;
-    need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
-    need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
-    need_ids(positions, s.batch, "positions")?;
-    need(inv_freq, s.head_dim / 2, "inv_freq")?;
-    ensure!(
-        s.head_dim.is_multiple_of(2),
-        "{op}: head_dim {} must be even",
-        s.head_dim
-    );
-    let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
-    if pairs == 0 {
-        return Ok(None);
-    }
-    Ok(Some((pairs, decode_dims(s)?)))
-}
 
 pub(super) fn check_heads(
     op: &str,
@@ -64,16 +35,6 @@ pub(super) fn attn_dims(s: AttnShape) -> Result<AttnDims> {
     Ok(AttnDims {
         batch: dim_i32(s.batch, "batch")?,
         seq: dim_i32(s.seq, "seq")?,
-        n_heads: dim_i32(s.n_heads, "n_heads")?,
-        n_kv_heads: dim_i32(s.n_kv_heads, "n_kv_heads")?,
-        head_dim: dim_i32(s.head_dim, "head_dim")?,
-    })
-}
-
-fn decode_dims(s: DecodeShape) -> Result<DecodeDims> {
-    Ok(DecodeDims {
-        batch: dim_i32(s.batch, "batch")?,
-        capacity: dim_i32(s.capacity, "capacity")?,
         n_heads: dim_i32(s.n_heads, "n_heads")?,
         n_kv_heads: dim_i32(s.n_kv_heads, "n_kv_heads")?,
         head_dim: dim_i32(s.head_dim, "head_dim")?,
@@ -230,157 +191,5 @@ impl Cuda {
             kernels::attention_backward_delta(self, cfg, &mut delta, dout, out, &dims)?;
         }
         Ok(delta)
-    }
-
-    pub(super) fn kv_cache_write_impl(
-        &self,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        positions: &CudaSlice<u32>,
-        s: DecodeShape,
-    ) -> Result<()> {
-        let kvd = s.n_kv_heads * s.head_dim;
-        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
-        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
-        need(k, s.batch * kvd, "k")?;
-        need(v, s.batch * kvd, "v")?;
-        need_ids(positions, s.batch, "positions")?;
-        if s.batch * kvd == 0 {
-            return Ok(());
-        }
-        let dims = decode_dims(s)?;
-        kernels::kv_cache_write(
-            self,
-            super::grid_1d(s.batch * kvd),
-            k_cache,
-            v_cache,
-            k,
-            v,
-            positions,
-            &dims,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn decode_rope_cache_write_impl(
-        &self,
-        q: &mut CudaSlice<f32>,
-        k: &mut CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
-        positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
-        s: DecodeShape,
-    ) -> Result<()> {
-        let kvd = s.n_kv_heads * s.head_dim;
-        need(q, s.batch * s.n_heads * s.head_dim, "q")?;
-        need(k, s.batch * kvd, "k")?;
-        need(v, s.batch * kvd, "v")?;
-        let Some((pairs, dims)) = rope_cache_launch(
-            "decode_rope_cache_write",
-            k_cache,
-            v_cache,
-            positions,
-            inv_freq,
-            s,
-        )?
-        else {
-            return Ok(());
-        };
-        kernels::decode_rope_cache_write(
-            self,
-            super::grid_1d(pairs),
-            q,
-            k,
-            k_cache,
-            v_cache,
-            v,
-            positions,
-            inv_freq,
-            &dims,
-        )
-    }
-
-    /// The same from the stacked q/k/v projection's output `qkv [batch, qd + 2·kvd]`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn decode_rope_cache_write_stacked_impl(
-        &self,
-        q: &mut CudaSlice<f32>,
-        qkv: &CudaSlice<f32>,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
-        positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
-        s: DecodeShape,
-    ) -> Result<()> {
-        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-        need(q, s.batch * qd, "q")?;
-        need(qkv, s.batch * (qd + 2 * kvd), "qkv")?;
-        let Some((pairs, dims)) = rope_cache_launch(
-            "decode_rope_cache_write_stacked",
-            k_cache,
-            v_cache,
-            positions,
-            inv_freq,
-            s,
-        )?
-        else {
-            return Ok(());
-        };
-        kernels::decode_rope_cache_write_stacked(
-            self,
-            super::grid_1d(pairs),
-            q,
-            k_cache,
-            v_cache,
-            qkv,
-            positions,
-            inv_freq,
-            &dims,
-        )
-    }
-
-    pub(super) fn decode_attention_impl(
-        &self,
-        out: &mut CudaBuf,
-        q: &CudaSlice<f32>,
-        k_cache: &CudaSlice<f32>,
-        v_cache: &CudaSlice<f32>,
-        positions: &CudaSlice<u32>,
-        s: DecodeShape,
-    ) -> Result<()> {
-        check_heads("decode_attention", s.n_heads, s.n_kv_heads, s.head_dim)?;
-        let kvd = s.n_kv_heads * s.head_dim;
-        need(out, s.batch * s.n_heads * s.head_dim, "out")?;
-        need(q, s.batch * s.n_heads * s.head_dim, "q")?;
-        need(k_cache, s.batch * s.capacity * kvd, "k_cache")?;
-        need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
-        need_ids(positions, s.batch, "positions")?;
-        if s.batch == 0 {
-            return Ok(());
-        }
-        let dims = decode_dims(s)?;
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
-        // in bf16 mode also the output's bf16 copy, which o_proj then reads unconverted
-        let written = s.batch * s.n_heads * s.head_dim;
-        let lane_per_key = self.decode_attention_kernel() == DecodeAttentionKernel::LanePerKey;
-        self.write_with_bf16_copy(out, written, |out, copy| match (copy, lane_per_key) {
-            (None, true) => kernels::decode_attention_lane_per_key(
-                self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
-            ),
-            (Some(c), true) => kernels::decode_attention_lane_per_key_with_bf16(
-                self, cfg, out, c, q, k_cache, v_cache, positions, &dims, &scale,
-            ),
-            (None, false) => kernels::decode_attention(
-                self, cfg, out, q, k_cache, v_cache, positions, &dims, &scale,
-            ),
-            (Some(c), false) => kernels::decode_attention_with_bf16(
-                self, cfg, out, c, q, k_cache, v_cache, positions, &dims, &scale,
-            ),
-        })
     }
 }

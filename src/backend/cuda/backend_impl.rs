@@ -135,6 +135,12 @@ impl Backend for Cuda {
         // read only through the bf16 copy in Bf16 mode, like a narrowed GEMM input
         self.narrow_to_bf16(buf)
     }
+    fn keep_as_kv_cache(&self, buf: &mut CudaBuf) -> Result<()> {
+        if self.kv_cache_type() != super::KvCacheType::Bf16 || buf.is_narrowed() || buf.is_empty() {
+            return Ok(());
+        }
+        self.narrow_now(buf, "kv cache")
+    }
     fn stacks_decode_projections(&self) -> bool {
         // at a decode step's few rows each GEMM is launch/latency-bound: 4 GEMMs a layer, not 7
         true
@@ -151,11 +157,31 @@ impl Backend for Cuda {
         src_off: usize,
         len: usize,
     ) -> Result<()> {
-        need(dst, dst_off + len, "copy dst")?;
-        need(src, src_off + len, "copy src")?;
+        ensure!(
+            dst.logical_len() >= dst_off + len && src.logical_len() >= src_off + len,
+            "cuda backend: copy of {len} values from {src_off} of {} into {dst_off} of {}",
+            src.logical_len(),
+            dst.logical_len()
+        );
         if len == 0 {
             return Ok(());
         }
+        if dst.is_narrowed() {
+            // into a bf16 KV cache (the prefill's keys and values): rounded as the kernels do
+            f32_values(&[src], "copy into a bf16 buffer")?;
+            let dst16 = dst
+                .narrowed_mut()
+                .ok_or_else(|| anyhow!("copy: a narrowed buffer lost its bf16 values"))?;
+            let n = len as i64;
+            return kernels::f32_to_bf16(
+                self,
+                super::grid_1d(len.div_ceil(4)),
+                &mut dst16.slice_mut(dst_off..dst_off + len),
+                &src.slice(src_off..src_off + len),
+                &n,
+            );
+        }
+        f32_values(&[src], "copy")?;
         self.stream
             .memcpy_dtod(
                 &src.slice(src_off..src_off + len),
@@ -466,10 +492,7 @@ impl Backend for Cuda {
         inv_freq: &CudaBuf,
         s: DecodeShape,
     ) -> Result<()> {
-        f32_values(
-            &[q, qkv, k_cache, v_cache],
-            "decode_rope_cache_write_stacked",
-        )?;
+        f32_values(&[q, qkv], "decode_rope_cache_write_stacked")?;
         self.decode_rope_cache_write_stacked_impl(q, qkv, k_cache, v_cache, positions, inv_freq, s)
     }
     fn decode_attention(

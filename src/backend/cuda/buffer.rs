@@ -73,6 +73,13 @@ impl CudaBuf {
         self.narrowed.unwrap_or(self.data.len())
     }
 
+    /// The values of a narrowed buffer, to write in place (the KV cache kept in bf16); `None`
+    /// when it holds f32 values.
+    pub(super) fn narrowed_mut(&mut self) -> Option<&mut CudaSlice<bf16>> {
+        self.narrowed?;
+        self.bf16.get_mut()
+    }
+
     /// The cached bf16 copy, if one was made since the last write.
     pub(super) fn bf16_cached(&self) -> Option<&CudaSlice<bf16>> {
         self.bf16.get()

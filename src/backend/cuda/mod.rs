@@ -30,6 +30,7 @@ mod attention;
 mod attention_mma;
 mod backend_impl;
 mod buffer;
+mod decode;
 mod dense;
 mod gemm;
 mod grpo_loss;
@@ -158,6 +159,39 @@ impl DecodeAttentionKernel {
     }
 }
 
+/// The element type of the decode KV cache (`Backend::keep_as_kv_cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCacheType {
+    /// f32, the CPU reference's values to the bit
+    F32,
+    /// bf16 (RNE on the write, widened on every read): half the decode step's largest read;
+    /// only the lane-per-key decode attention reads it
+    Bf16,
+}
+
+impl KvCacheType {
+    /// `CADA_KV_CACHE` = `f32` | `bf16`; unset means `f32` until a GPU run has measured the
+    /// bf16 cache's speed and its effect on the rollouts.
+    pub fn from_env() -> Result<KvCacheType> {
+        match std::env::var("CADA_KV_CACHE") {
+            Err(std::env::VarError::NotPresent) => KvCacheType::parse(None),
+            Ok(v) => KvCacheType::parse(Some(&v)),
+            Err(e) => Err(anyhow!("cuda backend: CADA_KV_CACHE: {e}")),
+        }
+    }
+
+    /// The value of `CADA_KV_CACHE`, if set.
+    pub fn parse(value: Option<&str>) -> Result<KvCacheType> {
+        match value {
+            None | Some("f32") => Ok(KvCacheType::F32),
+            Some("bf16") => Ok(KvCacheType::Bf16),
+            Some(v) => Err(anyhow!(
+                "cuda backend: CADA_KV_CACHE={v:?}: expected `f32` or `bf16`"
+            )),
+        }
+    }
+}
+
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -168,6 +202,7 @@ pub struct Cuda {
     bf16_scratch: Mutex<gemm::Bf16Scratch>,
     attention: AttentionKernel,
     decode_attention: DecodeAttentionKernel,
+    kv_cache: KvCacheType,
     /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block wraps it)
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
     /// whether `keep_as_gemm_input` narrows activations to bf16 in Bf16 mode (see gemm.rs)
@@ -187,6 +222,7 @@ impl Cuda {
     pub fn new(ordinal: usize) -> Result<Cuda> {
         let attention = AttentionKernel::from_env()?;
         let decode_attention = DecodeAttentionKernel::from_env()?;
+        let kv_cache = KvCacheType::from_env()?;
         let gemm_precision = GemmPrecision::from_env()?;
         let graphs = recording::graphs_from_env()?;
         ensure!(
@@ -290,6 +326,7 @@ impl Cuda {
             bf16_scratch: Mutex::new(gemm::Bf16Scratch::default()),
             attention,
             decode_attention,
+            kv_cache,
             grpo_ticket: Mutex::new(None),
             narrow_inputs: true,
             graphs,
@@ -325,6 +362,16 @@ impl Cuda {
 
     pub fn decode_attention_kernel(&self) -> DecodeAttentionKernel {
         self.decode_attention
+    }
+
+    /// Selects the KV cache's element type for caches made from now on (initially from
+    /// `CADA_KV_CACHE`).
+    pub fn set_kv_cache_type(&mut self, kind: KvCacheType) {
+        self.kv_cache = kind;
+    }
+
+    pub fn kv_cache_type(&self) -> KvCacheType {
+        self.kv_cache
     }
 
     pub fn device_name(&self) -> Result<String> {

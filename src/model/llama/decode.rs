@@ -10,7 +10,8 @@ use crate::backend::{Backend, DecodeShape};
 use anyhow::{ensure, Result};
 use std::collections::HashMap;
 
-/// KV cache for batched decoding: per layer `[slots, capacity, kv_dim]`.
+/// KV cache for batched decoding: per layer `[slots, capacity, kv_dim]`, f32 or as the backend
+/// keeps it (`Backend::keep_as_kv_cache`).
 pub struct KvCache<B: Backend> {
     pub k: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
@@ -121,8 +122,12 @@ impl<B: Backend> Llama<B> {
         let mut k = Vec::new();
         let mut v = Vec::new();
         for _ in 0..self.cfg.num_hidden_layers {
-            k.push(be.zeros(size)?);
-            v.push(be.zeros(size)?);
+            // the backend may keep the cache narrower (CUDA: CADA_KV_CACHE=bf16)
+            for side in [&mut k, &mut v] {
+                let mut buf = be.zeros(size)?;
+                be.keep_as_kv_cache(&mut buf)?;
+                side.push(buf);
+            }
         }
         Ok(KvCache {
             k,

@@ -1,0 +1,267 @@
+//! Launchers for kernels/decode_attention.cu: the KV-cache writes (alone or fused with the
+//! decode step's RoPE) and the single-token decode attention, over an f32 cache or one kept in
+//! bf16 (`Backend::keep_as_kv_cache` with `CADA_KV_CACHE=bf16`).
+
+use super::attention::{check_heads, grid_3d};
+use super::kernels::{self, defines, DecodeDims};
+use super::{dim_i32, need, need_ids, Cuda, CudaBuf, DecodeAttentionKernel};
+use crate::backend::DecodeShape;
+use anyhow::{anyhow, bail, ensure, Result};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+
+const DEC_WARPS: u32 = defines::DEC_WARPS as u32;
+
+fn decode_dims(s: DecodeShape) -> Result<DecodeDims> {
+    Ok(DecodeDims {
+        batch: dim_i32(s.batch, "batch")?,
+        capacity: dim_i32(s.capacity, "capacity")?,
+        n_heads: dim_i32(s.n_heads, "n_heads")?,
+        n_kv_heads: dim_i32(s.n_kv_heads, "n_kv_heads")?,
+        head_dim: dim_i32(s.head_dim, "head_dim")?,
+    })
+}
+
+/// The cache's two buffers to write: both f32, or both kept in bf16.
+enum CacheMut<'a> {
+    F32(&'a mut CudaSlice<f32>, &'a mut CudaSlice<f32>),
+    Bf16(&'a mut CudaSlice<bf16>, &'a mut CudaSlice<bf16>),
+}
+
+/// The same to read.
+enum CacheRef<'a> {
+    F32(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<bf16>, &'a CudaSlice<bf16>),
+}
+
+fn mixed(op: &str) -> anyhow::Error {
+    anyhow!(
+        "{op}: k_cache and v_cache must both be f32 or both bf16 (Backend::keep_as_kv_cache \
+         narrowed only one)"
+    )
+}
+
+/// `k`, `v` as a cache of `len` values each, checked.
+fn cache_mut<'a>(
+    op: &str,
+    k: &'a mut CudaBuf,
+    v: &'a mut CudaBuf,
+    len: usize,
+) -> Result<CacheMut<'a>> {
+    match (k.is_narrowed(), v.is_narrowed()) {
+        (false, false) => {
+            let (k, v): (&mut CudaSlice<f32>, &mut CudaSlice<f32>) = (k, v);
+            need(k, len, "k_cache")?;
+            need(v, len, "v_cache")?;
+            Ok(CacheMut::F32(k, v))
+        }
+        (true, true) => {
+            let lost = || anyhow!("{op}: a bf16 KV cache lost its values");
+            let k = k.narrowed_mut().ok_or_else(lost)?;
+            let v = v.narrowed_mut().ok_or_else(lost)?;
+            need(k, len, "k_cache")?;
+            need(v, len, "v_cache")?;
+            Ok(CacheMut::Bf16(k, v))
+        }
+        _ => Err(mixed(op)),
+    }
+}
+
+fn cache_ref<'a>(op: &str, k: &'a CudaBuf, v: &'a CudaBuf, len: usize) -> Result<CacheRef<'a>> {
+    match (k.is_narrowed(), v.is_narrowed()) {
+        (false, false) => {
+            need(k, len, "k_cache")?;
+            need(v, len, "v_cache")?;
+            Ok(CacheRef::F32(k, v))
+        }
+        (true, true) => {
+            let k = super::backend_impl::narrowed_copy(k, op, "k_cache")?;
+            let v = super::backend_impl::narrowed_copy(v, op, "v_cache")?;
+            need(k, len, "k_cache")?;
+            need(v, len, "v_cache")?;
+            Ok(CacheRef::Bf16(k, v))
+        }
+        _ => Err(mixed(op)),
+    }
+}
+
+/// The checks both RoPE + cache-write launchers share (positions, inv_freq, an even head_dim),
+/// and their launch size: `Some((rotation pairs, dims))`, `None` when there is nothing to do.
+fn rope_cache_launch(
+    op: &str,
+    positions: &CudaSlice<u32>,
+    inv_freq: &CudaSlice<f32>,
+    s: DecodeShape,
+) -> Result<Option<(usize, DecodeDims)>> {
+    need_ids(positions, s.batch, "positions")?;
+    need(inv_freq, s.head_dim / 2, "inv_freq")?;
+    ensure!(
+        s.head_dim.is_multiple_of(2),
+        "{op}: head_dim {} must be even",
+        s.head_dim
+    );
+    let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
+    if pairs == 0 {
+        return Ok(None);
+    }
+    Ok(Some((pairs, decode_dims(s)?)))
+}
+
+impl Cuda {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn kv_cache_write_impl(
+        &self,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let kvd = s.n_kv_heads * s.head_dim;
+        let cache = cache_mut(
+            "kv_cache_write",
+            k_cache,
+            v_cache,
+            s.batch * s.capacity * kvd,
+        )?;
+        need(k, s.batch * kvd, "k")?;
+        need(v, s.batch * kvd, "v")?;
+        need_ids(positions, s.batch, "positions")?;
+        if s.batch * kvd == 0 {
+            return Ok(());
+        }
+        let dims = decode_dims(s)?;
+        let cfg = super::grid_1d(s.batch * kvd);
+        match cache {
+            CacheMut::F32(kc, vc) => {
+                kernels::kv_cache_write(self, cfg, kc, vc, k, v, positions, &dims)
+            }
+            CacheMut::Bf16(kc, vc) => {
+                kernels::kv_cache_write_bf16_kv(self, cfg, kc, vc, k, v, positions, &dims)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode_rope_cache_write_impl(
+        &self,
+        q: &mut CudaSlice<f32>,
+        k: &mut CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let op = "decode_rope_cache_write";
+        let kvd = s.n_kv_heads * s.head_dim;
+        let cache = cache_mut(op, k_cache, v_cache, s.batch * s.capacity * kvd)?;
+        need(q, s.batch * s.n_heads * s.head_dim, "q")?;
+        need(k, s.batch * kvd, "k")?;
+        need(v, s.batch * kvd, "v")?;
+        let Some((pairs, dims)) = rope_cache_launch(op, positions, inv_freq, s)? else {
+            return Ok(());
+        };
+        let cfg = super::grid_1d(pairs);
+        match cache {
+            CacheMut::F32(kc, vc) => kernels::decode_rope_cache_write(
+                self, cfg, q, k, kc, vc, v, positions, inv_freq, &dims,
+            ),
+            CacheMut::Bf16(kc, vc) => kernels::decode_rope_cache_write_bf16_kv(
+                self, cfg, q, k, kc, vc, v, positions, inv_freq, &dims,
+            ),
+        }
+    }
+
+    /// The same from the stacked q/k/v projection's output `qkv [batch, qd + 2·kvd]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode_rope_cache_write_stacked_impl(
+        &self,
+        q: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let op = "decode_rope_cache_write_stacked";
+        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let cache = cache_mut(op, k_cache, v_cache, s.batch * s.capacity * kvd)?;
+        need(q, s.batch * qd, "q")?;
+        need(qkv, s.batch * (qd + 2 * kvd), "qkv")?;
+        let Some((pairs, dims)) = rope_cache_launch(op, positions, inv_freq, s)? else {
+            return Ok(());
+        };
+        let cfg = super::grid_1d(pairs);
+        match cache {
+            CacheMut::F32(kc, vc) => kernels::decode_rope_cache_write_stacked(
+                self, cfg, q, kc, vc, qkv, positions, inv_freq, &dims,
+            ),
+            CacheMut::Bf16(kc, vc) => kernels::decode_rope_cache_write_stacked_bf16_kv(
+                self, cfg, q, kc, vc, qkv, positions, inv_freq, &dims,
+            ),
+        }
+    }
+
+    pub(super) fn decode_attention_impl(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        positions: &CudaSlice<u32>,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let op = "decode_attention";
+        check_heads(op, s.n_heads, s.n_kv_heads, s.head_dim)?;
+        let kvd = s.n_kv_heads * s.head_dim;
+        let cache = cache_ref(op, k_cache, v_cache, s.batch * s.capacity * kvd)?;
+        need(out, s.batch * s.n_heads * s.head_dim, "out")?;
+        need(q, s.batch * s.n_heads * s.head_dim, "q")?;
+        need_ids(positions, s.batch, "positions")?;
+        let lane_per_key = self.decode_attention_kernel() == DecodeAttentionKernel::LanePerKey;
+        if matches!(cache, CacheRef::Bf16(..)) && !lane_per_key {
+            bail!(
+                "{op}: CADA_DECODE_ATTENTION=warp_per_key reads an f32 KV cache only; with \
+                 CADA_KV_CACHE=bf16 use lane_per_key (the default)"
+            );
+        }
+        if s.batch == 0 {
+            return Ok(());
+        }
+        let dims = decode_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
+        // in bf16 mode also the output's bf16 copy, which o_proj then reads unconverted
+        let written = s.batch * s.n_heads * s.head_dim;
+        self.write_with_bf16_copy(out, written, |out, copy| match (cache, copy) {
+            (CacheRef::F32(kc, vc), None) if lane_per_key => {
+                kernels::decode_attention_lane_per_key(
+                    self, cfg, out, q, kc, vc, positions, &dims, &scale,
+                )
+            }
+            (CacheRef::F32(kc, vc), Some(c)) if lane_per_key => {
+                kernels::decode_attention_lane_per_key_with_bf16(
+                    self, cfg, out, c, q, kc, vc, positions, &dims, &scale,
+                )
+            }
+            (CacheRef::F32(kc, vc), None) => {
+                kernels::decode_attention(self, cfg, out, q, kc, vc, positions, &dims, &scale)
+            }
+            (CacheRef::F32(kc, vc), Some(c)) => kernels::decode_attention_with_bf16(
+                self, cfg, out, c, q, kc, vc, positions, &dims, &scale,
+            ),
+            (CacheRef::Bf16(kc, vc), None) => kernels::decode_attention_lane_per_key_bf16_kv(
+                self, cfg, out, q, kc, vc, positions, &dims, &scale,
+            ),
+            (CacheRef::Bf16(kc, vc), Some(c)) => {
+                kernels::decode_attention_lane_per_key_bf16_kv_with_bf16(
+                    self, cfg, out, c, q, kc, vc, positions, &dims, &scale,
+                )
+            }
+        })
+    }
+}
