@@ -238,13 +238,6 @@ CADA_KERNEL void decode_attention_with_bf16(float* out, __nv_bfloat16* out16, co
     decode_attention_rows(out, out16, q, k_cache, v_cache, positions, s, scale);
 }
 
-// The same attention with one lane per key instead of one warp per key: warp w takes the
-// chunks of 32 keys w, w + DEC_WARPS, ...; lane j of a chunk scores key c0 + j with a whole-row
-// dot product (q from shared memory, k read as float4 where head_dim allows), so a chunk costs
-// one warp max and one warp sum where the warp-per-key kernel pays a 5-shuffle reduction per
-// key. Then each lane updates its output dims over the chunk's keys, their weights broadcast
-// by shuffles (independent, not a dependent chain). The warps merge in decode_merge_warps, as
-// in decode_attention_rows. Same grid and block.
 // A row of 8 bf16 keys (16 bytes) as f32, for the bf16 cache's vector path.
 __device__ __forceinline__ float dot8_bf16(const float4* q8, uint4 raw) {
     const __nv_bfloat16* k = reinterpret_cast<const __nv_bfloat16*>(&raw);
@@ -291,6 +284,15 @@ __device__ __forceinline__ float key_score(const __nv_bfloat16* kr, const float*
     return acc;
 }
 
+// The same attention with one lane per key instead of one warp per key: warp w takes the
+// chunks of 32 keys w, w + DEC_WARPS, ...; lane j of a chunk scores key c0 + j with a whole-row
+// dot product (q from shared memory, k rows read 16 bytes at a time where head_dim allows: 4 f32
+// or 8 bf16 values, key_score), so a chunk costs one warp max and one warp sum where the
+// warp-per-key kernel pays a 5-shuffle reduction per key. Then each lane updates its output
+// dims over the chunk's keys, their weights broadcast by shuffles (independent, not a
+// dependent chain). The warps merge in decode_merge_warps, as in decode_attention_rows. Same
+// grid and block. T: the cache's element type (float, or __nv_bfloat16 for the _bf16_kv
+// kernels).
 template <typename T>
 __device__ __forceinline__ void decode_attention_lane_rows(float* out, __nv_bfloat16* out16,
                                                            const float* q, const T* k_cache,

@@ -441,7 +441,10 @@ fn decode_attention_kernel_choice() {
 /// attention in both GEMM modes. Against the CPU over the bf16-rounded cache values: f32
 /// reassociation only (1e-5); against the CPU over the f32 values: the cache's rounding
 /// (≤ 2^-9 relative per element, averaged by the softmax; 1e-2, the bf16 bound). Then the
-/// refusals: the warp-per-key kernel over a bf16 cache, and a cache with one side narrowed.
+/// refusals: the warp-per-key kernel over a bf16 cache (when the cache is made, and at the
+/// attention), a bf16 cache as an f32 copy source, and a cache with one side narrowed. Head
+/// dims 64/128 take the 16-byte key reads, 34 and 36 the scalar bf16 ones (36: the f32 cache's
+/// float4 path, but not 8 bf16 a read).
 #[test]
 fn cuda_bf16_kv_cache() {
     #[cfg(feature = "cuda")]
@@ -454,9 +457,12 @@ fn cuda_bf16_kv_cache() {
             let cpu = Cpu::new();
             let round =
                 |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
-            for (batch, capacity, n_heads, n_kv_heads, head_dim) in
-                [(5, 300, 9, 3, 64), (3, 131, 8, 2, 128), (4, 70, 4, 2, 34)]
-            {
+            for (batch, capacity, n_heads, n_kv_heads, head_dim) in [
+                (5, 300, 9, 3, 64),
+                (3, 131, 8, 2, 128),
+                (4, 70, 4, 2, 34),
+                (3, 45, 6, 2, 36),
+            ] {
                 let s = DecodeShape {
                     batch,
                     capacity,
@@ -549,7 +555,18 @@ fn cuda_bf16_kv_cache() {
                     e.contains("warp_per_key") && e.contains("CADA_KV_CACHE"),
                     "{e}"
                 );
+                // and refused already where the cache is made
+                let mut early = gpu.zeros(size).unwrap();
+                let e = gpu.keep_as_kv_cache(&mut early).unwrap_err().to_string();
+                assert!(
+                    e.contains("lane-per-key") && e.contains("CADA_KV_CACHE"),
+                    "{e}"
+                );
                 gpu.set_decode_attention_kernel(DecodeAttentionKernel::LanePerKey);
+                // a bf16 cache is no f32 source
+                let mut f = gpu.zeros(size).unwrap();
+                let e = gpu.copy(&mut f, 0, &kg, 0, size).unwrap_err().to_string();
+                assert!(e.contains("bf16"), "{e}");
                 gpu.set_kv_cache_type(KvCacheType::F32);
                 let mut vf = gpu.zeros(size).unwrap();
                 gpu.keep_as_kv_cache(&mut vf).unwrap();

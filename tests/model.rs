@@ -387,3 +387,68 @@ fn stacked_decode_ops_refuse_wrong_lengths() {
         "{e:#}"
     );
 }
+
+/// The CPU twin of CUDA's bf16 KV cache (`Cpu::with_bf16_kv_cache`): after the prefill and
+/// every step each cache value is a bf16 value; `decode_step` and both `Decoder`s (separate and
+/// stacked projections) give the same logits to the bit; and the logits move off the f32
+/// cache's by the rounding alone: not equal, within 5e-2 (random tiny models amplify the
+/// cache's 2^-9 rounding to ~0.4–1.9e-2 of the logits, measured over 6 seeds × 2 configs).
+#[test]
+fn bf16_kv_cache_twin_rounds_every_cache_write() {
+    let (be, be16) = (Cpu::new(), Cpu::with_bf16_kv_cache());
+    let cfg = tiny_cfg(61, true, false);
+    let params = random_params(&cfg, 3);
+    let (model, model16) = (
+        Llama::from_host(&be, cfg.clone(), &params).unwrap(),
+        Llama::from_host(&be16, cfg.clone(), &params).unwrap(),
+    );
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 5, 7, 11, 13], vec![17, 19], vec![23, 29, 31, 37]];
+    let is_bf16 = |c: &cada::model::llama::KvCache<Cpu>| {
+        c.k.iter()
+            .chain(&c.v)
+            .flatten()
+            .all(|&x| half::bf16::from_f32(x).to_f32() == x)
+    };
+    let (mut cache, mut cache16) = (
+        model.new_kv_cache(&be, 3, 16).unwrap(),
+        model16.new_kv_cache(&be16, 3, 16).unwrap(),
+    );
+    let mut decoders = [false, true]
+        .map(|stacked| Decoder::with_stacking(&be16, &model16, 3, 16, stacked).unwrap());
+    let exact = model.prefill(&be, &mut cache, &prompts).unwrap();
+    let rounded = model16.prefill(&be16, &mut cache16, &prompts).unwrap();
+    for d in &mut decoders {
+        assert_eq!(d.prefill(&prompts).unwrap(), rounded, "Decoder prefill");
+    }
+    assert!(
+        is_bf16(&cache16) && !is_bf16(&cache),
+        "the prefill's cache values"
+    );
+    // the prefill's own logits come from its forward, before any cache read
+    assert_eq!(exact, rounded, "the prefill reads no cache");
+    let mut worst = 0.0f64;
+    for s in 0..4u32 {
+        let toks: Vec<u32> = (0..3).map(|b| 40 + 3 * s + b).collect();
+        let pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32 + s).collect();
+        let exact = model.decode_step(&be, &mut cache, &toks, &pos).unwrap();
+        let rounded = model16
+            .decode_step(&be16, &mut cache16, &toks, &pos)
+            .unwrap();
+        for (stacked, d) in decoders.iter_mut().enumerate() {
+            assert_eq!(
+                *d.step(&toks, &pos).unwrap(),
+                rounded,
+                "step {s} stacked {stacked}"
+            );
+            assert!(is_bf16(d.cache()), "step {s}: the Decoder's cache values");
+        }
+        assert!(is_bf16(&cache16), "step {s}: the cache values");
+        assert_ne!(exact, rounded, "step {s}: the rounding changed nothing");
+        worst = worst.max(rel_err(&rounded, &exact));
+    }
+    println!("bf16 KV cache twin: logits within {worst:.2e} of the f32 cache's");
+    assert!(
+        worst <= 5e-2,
+        "bf16 cache twin: {worst:.3e} from the f32 cache"
+    );
+}

@@ -543,8 +543,12 @@ fn cuda_stacked_decode_matches_separate() {
 
 /// Whole generations' logits over a bf16 KV cache (`CADA_KV_CACHE=bf16`: the prefill's copy,
 /// the fused RoPE + cache writes, stacked and separate, and the lane-per-key attention over
-/// bf16 keys and values), f32 GEMMs, recorded, against the CPU's f32 cache: the cache's
-/// rounding (≤ 2^-9 per element) under the bf16 model bound.
+/// bf16 keys and values), f32 GEMMs, recorded, against the CPU's twin of that cache
+/// (`Cpu::with_bf16_kv_cache`: the same RNE on every cache write). Not against the f32 cache:
+/// these random tiny models amplify the cache's rounding to 0.4–1.9e-2 of the logits (CPU,
+/// 6 seeds). With the same rounding the GPU's f32 reassociation (~1e-6) only matters where it
+/// moves a value across a bf16 rounding boundary: a few elements in 10^4, each off by 2^-8,
+/// so 1e-3. The model's caches must really be bf16 (narrowed) for this to mean anything.
 #[test]
 fn cuda_decode_with_bf16_kv_cache() {
     #[cfg(feature = "cuda")]
@@ -552,19 +556,25 @@ fn cuda_decode_with_bf16_kv_cache() {
         use cada::backend::cuda::KvCacheType;
         let name = "cuda_decode_with_bf16_kv_cache";
         if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
-            let cpu = Cpu::new();
+            let cpu = Cpu::with_bf16_kv_cache();
             gpu.set_kv_cache_type(KvCacheType::Bf16);
             for cfg in configs() {
                 let params = common::random_params(&cfg, rng.gen());
                 let (prompts, steps) = decode_inputs(&mut rng, &cfg, 5);
                 let (c, _) = decode_logits(&cpu, &cfg, &params, &prompts, &steps, false);
+                let model = Llama::from_host(&gpu, cfg.clone(), &params).unwrap();
+                let cache = model.new_kv_cache(&gpu, 2, 8).unwrap();
+                assert!(
+                    cache.k.iter().chain(&cache.v).all(|b| b.is_narrowed()),
+                    "CADA_KV_CACHE=bf16: the model's cache is not bf16"
+                );
                 for stacked in [true, false] {
                     let (g, recorded) =
                         decode_logits(&gpu, &cfg, &params, &prompts, &steps, stacked);
                     assert!(recorded, "bf16 KV cache, stacked {stacked}: did not record");
                     for (i, (a, c)) in g.iter().zip(&c).enumerate() {
                         let at = format!("bias {} stacked {stacked} step {i}", cfg.attention_bias);
-                        check(&format!("{at}: bf16 KV cache vs CPU"), a, c, BF16_MODEL_TOL);
+                        check(&format!("{at}: bf16 KV cache vs the CPU twin"), a, c, 1e-3);
                     }
                 }
             }

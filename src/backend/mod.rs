@@ -147,6 +147,18 @@ pub trait Backend: Send + Sync {
     /// a [`Backend::Recording`] that reads it depends on.
     fn write_ids(&self, dst: &mut Self::Ids, ids: &[u32]) -> Result<()>;
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// [`Backend::copy`] into a KV cache (the prefill's keys and values): stored as the cache
+    /// stores its values (rounded to bf16 on a bf16 cache). The default is `copy`.
+    fn copy_into_kv_cache(
+        &self,
+        cache: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.copy(cache, dst_off, src, src_off, len)
+    }
     /// `dst[dst_off..dst_off+len] = src[src_off..src_off+len]`
     fn copy(
         &self,

@@ -16,11 +16,32 @@ use super::{
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+pub struct Cpu {
+    bf16_kv_cache: bool,
+}
 
 impl Cpu {
     pub fn new() -> Self {
-        Cpu
+        Cpu::default()
+    }
+
+    /// The CPU twin of CUDA's `CADA_KV_CACHE=bf16` (for the tests that compare them): every
+    /// value written into a KV cache ([`Backend::kv_cache_write`], so both
+    /// `decode_rope_cache_write` defaults, and [`Backend::copy_into_kv_cache`]) is rounded to
+    /// bf16 (RNE), as the `_bf16_kv` kernels store it, and read back as that value.
+    pub fn with_bf16_kv_cache() -> Self {
+        Cpu {
+            bf16_kv_cache: true,
+        }
+    }
+
+    /// With [`Cpu::with_bf16_kv_cache`], rounds the values of `cache` to bf16.
+    fn round_cache(&self, cache: &mut [f32]) {
+        if self.bf16_kv_cache {
+            for x in cache {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
     }
 }
 
@@ -99,6 +120,18 @@ impl Backend for Cpu {
         need(dst, dst_off + len, "copy dst")?;
         need(src, src_off + len, "copy src")?;
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
+        Ok(())
+    }
+    fn copy_into_kv_cache(
+        &self,
+        cache: &mut Vec<f32>,
+        dst_off: usize,
+        src: &Vec<f32>,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.copy(cache, dst_off, src, src_off, len)?;
+        self.round_cache(&mut cache[dst_off..dst_off + len]);
         Ok(())
     }
     fn fill(&self, buf: &mut Vec<f32>, value: f32) -> Result<()> {
@@ -357,6 +390,11 @@ impl Backend for Cpu {
         need(v_cache, s.batch * s.capacity * kvd, "v_cache")?;
         ids_in_range(positions, s.batch, s.capacity, "positions")?;
         attention::kv_cache_write(k_cache, v_cache, k, v, positions, s);
+        for (b, &p) in positions[..s.batch].iter().enumerate() {
+            let at = (b * s.capacity + p as usize) * kvd;
+            self.round_cache(&mut k_cache[at..at + kvd]);
+            self.round_cache(&mut v_cache[at..at + kvd]);
+        }
         Ok(())
     }
     fn decode_attention(

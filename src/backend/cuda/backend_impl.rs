@@ -139,6 +139,12 @@ impl Backend for Cuda {
         if self.kv_cache_type() != super::KvCacheType::Bf16 || buf.is_narrowed() || buf.is_empty() {
             return Ok(());
         }
+        // refused here, where the decoder makes its cache, not at the first step's attention
+        ensure!(
+            self.decode_attention_kernel() == super::DecodeAttentionKernel::LanePerKey,
+            "cuda backend: CADA_KV_CACHE=bf16 needs the lane-per-key decode attention; \
+             CADA_DECODE_ATTENTION=warp_per_key reads an f32 cache only"
+        );
         self.narrow_now(buf, "kv cache")
     }
     fn stacks_decode_projections(&self) -> bool {

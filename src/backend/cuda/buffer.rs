@@ -26,6 +26,9 @@
 //! refuse it (the length-sized ones by name, the others by their length check), and only its
 //! bf16 readers take it: the GEMMs' operand paths (`linear_forward`'s `w` included), the mma attention, `swiglu_backward_bf16`
 //! and the δ of either attention backward (`attention_backward_delta_bf16`).
+//! The one narrowed buffer that is written is the decode KV cache (`keep_as_kv_cache`, with
+//! `CADA_KV_CACHE=bf16`): the cache writers' `_bf16_kv` kernels and `copy` (the prefill) write
+//! its bf16 values in place, `copy` into any narrowed buffer rounding its f32 source.
 
 use cudarc::driver::{
     sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop,

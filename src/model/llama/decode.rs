@@ -179,8 +179,8 @@ impl<B: Backend> Llama<B> {
         let hidden = self.forward_inference(be, &ids, distinct.len(), seq, |l, k, v| {
             for (b, (p, &u)) in prompts.iter().zip(&source).enumerate() {
                 let dst = b * cache.capacity * kvd;
-                be.copy(&mut cache.k[l], dst, k, u * seq * kvd, p.len() * kvd)?;
-                be.copy(&mut cache.v[l], dst, v, u * seq * kvd, p.len() * kvd)?;
+                be.copy_into_kv_cache(&mut cache.k[l], dst, k, u * seq * kvd, p.len() * kvd)?;
+                be.copy_into_kv_cache(&mut cache.v[l], dst, v, u * seq * kvd, p.len() * kvd)?;
             }
             Ok(())
         })?;
