@@ -14,6 +14,7 @@
 //!   weight shared by several uses (tied embeddings) add up without extra buffers.
 //! - Anything that can fail (allocation, a launch) returns `anyhow::Result`.
 
+mod composite;
 pub mod cpu;
 pub mod device;
 mod peaks;
@@ -428,24 +429,9 @@ pub trait Backend: Send + Sync {
         inv_freq: &Self::Buf,
         s: DecodeShape,
     ) -> Result<()> {
-        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-        let ld = qd + 2 * kvd;
-        ensure!(
-            self.len(qkv) == s.batch * ld && self.len(q) == s.batch * qd,
-            "decode_rope_cache_write_stacked: qkv holds {} values and q {}, for {} rows of \
-             {ld} and {qd}",
-            self.len(qkv),
-            self.len(q),
-            s.batch
-        );
-        let mut k = self.zeros(s.batch * kvd)?;
-        let mut v = self.zeros(s.batch * kvd)?;
-        for b in 0..s.batch {
-            self.copy(q, b * qd, qkv, b * ld, qd)?;
-            self.copy(&mut k, b * kvd, qkv, b * ld + qd, kvd)?;
-            self.copy(&mut v, b * kvd, qkv, b * ld + qd + kvd, kvd)?;
-        }
-        self.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, inv_freq, s)
+        composite::decode_rope_cache_write_stacked(
+            self, q, qkv, k_cache, v_cache, positions, inv_freq, s,
+        )
     }
     /// One query per sequence: `q [batch, Hq·hd]` attends to positions `0..=positions[b]`
     /// of slot `b`. Writes `out [batch, Hq·hd]`.
@@ -473,14 +459,7 @@ pub trait Backend: Send + Sync {
         rows: usize,
         f: usize,
     ) -> Result<()> {
-        check_swiglu_stacked(self.len(gate_up), self.len(out), rows, f)?;
-        let mut gate = self.zeros(rows * f)?;
-        let mut up = self.zeros(rows * f)?;
-        for r in 0..rows {
-            self.copy(&mut gate, r * f, gate_up, r * 2 * f, f)?;
-            self.copy(&mut up, r * f, gate_up, r * 2 * f + f, f)?;
-        }
-        self.swiglu_forward(out, &gate, &up)
+        composite::swiglu_forward_stacked(self, out, gate_up, rows, f)
     }
     /// writes `dgate, dup`
     fn swiglu_backward(

@@ -1,6 +1,6 @@
-//! `impl Backend for Cuda`: memory and small elementwise ops inline, the rest delegated to
-//! the launchers in `dense.rs`, `attention.rs` / `attention_mma.rs` (chosen by
-//! `Cuda::set_attention_kernel`), `head.rs` and `grpo_loss.rs`.
+//! `impl Backend for Cuda`: the small elementwise ops inline, the rest delegated: memory ops to
+//! `memory.rs`, launchers to `dense.rs`, `attention.rs` / `attention_mma.rs` (chosen by
+//! `Cuda::set_attention_kernel`), `decode.rs`, `head.rs` and `grpo_loss.rs`.
 
 use super::kernels;
 use super::{
@@ -52,65 +52,19 @@ impl Backend for Cuda {
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
-        self.not_capturing("upload")?;
-        if data.is_empty() {
-            return Ok(CudaBuf::new(self.empty()?));
-        }
-        let data = self
-            .stream
-            .clone_htod(data)
-            .context("cuda backend: upload")?;
-        Ok(CudaBuf::new(data))
+        self.upload_impl(data)
     }
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        ensure!(
-            !buf.is_narrowed(),
-            "cuda backend: download of a buffer kept only in bf16 (a Backend::keep_as_* hint)"
-        );
-        if buf.is_empty() {
-            return Ok(Vec::new());
-        }
-        let host = self
-            .stream
-            .clone_dtoh(buf)
-            .context("cuda backend: download")?;
-        self.synchronize()?;
-        Ok(host)
+        self.download_impl(buf)
     }
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
-        self.not_capturing("zeros")?;
-        if len == 0 {
-            return Ok(CudaBuf::new(self.empty()?));
-        }
-        let data = self
-            .stream
-            .alloc_zeros::<f32>(len)
-            .with_context(|| format!("cuda backend: allocating {len} floats"))?;
-        Ok(CudaBuf::new(data))
+        self.zeros_impl(len)
     }
     fn upload_ids(&self, ids: &[u32]) -> Result<CudaSlice<u32>> {
-        self.not_capturing("upload_ids")?;
-        if ids.is_empty() {
-            return self.empty();
-        }
-        self.stream
-            .clone_htod(ids)
-            .context("cuda backend: upload ids")
+        self.upload_ids_impl(ids)
     }
     fn write_ids(&self, dst: &mut CudaSlice<u32>, ids: &[u32]) -> Result<()> {
-        self.not_capturing("write_ids")?;
-        ensure!(
-            dst.len() == ids.len(),
-            "cuda backend: write_ids: {} ids into a buffer of {}",
-            ids.len(),
-            dst.len()
-        );
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .memcpy_htod(ids, dst)
-            .context("cuda backend: write ids")
+        self.write_ids_impl(dst, ids)
     }
     fn record(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<super::CudaRecording>> {
         self.record_impl(work)
@@ -136,16 +90,7 @@ impl Backend for Cuda {
         self.narrow_to_bf16(buf)
     }
     fn keep_as_kv_cache(&self, buf: &mut CudaBuf) -> Result<()> {
-        if self.kv_cache_type() != super::KvCacheType::Bf16 || buf.is_narrowed() || buf.is_empty() {
-            return Ok(());
-        }
-        // refused here, where the decoder makes its cache, not at the first step's attention
-        ensure!(
-            self.decode_attention_kernel() == super::DecodeAttentionKernel::LanePerKey,
-            "cuda backend: CADA_KV_CACHE=bf16 needs the lane-per-key decode attention; \
-             CADA_DECODE_ATTENTION=warp_per_key reads an f32 cache only"
-        );
-        self.narrow_now(buf, "kv cache")
+        self.keep_as_kv_cache_impl(buf)
     }
     fn stacks_decode_projections(&self) -> bool {
         // at a decode step's few rows each GEMM is launch/latency-bound: 4 GEMMs a layer, not 7
@@ -163,37 +108,7 @@ impl Backend for Cuda {
         src_off: usize,
         len: usize,
     ) -> Result<()> {
-        ensure!(
-            dst.logical_len() >= dst_off + len && src.logical_len() >= src_off + len,
-            "cuda backend: copy of {len} values from {src_off} of {} into {dst_off} of {}",
-            src.logical_len(),
-            dst.logical_len()
-        );
-        if len == 0 {
-            return Ok(());
-        }
-        if dst.is_narrowed() {
-            // into a bf16 KV cache (the prefill's keys and values): rounded as the kernels do
-            f32_values(&[src], "copy into a bf16 buffer")?;
-            let dst16 = dst
-                .narrowed_mut()
-                .ok_or_else(|| anyhow!("copy: a narrowed buffer lost its bf16 values"))?;
-            let n = len as i64;
-            return kernels::f32_to_bf16(
-                self,
-                super::grid_1d(len.div_ceil(4)),
-                &mut dst16.slice_mut(dst_off..dst_off + len),
-                &src.slice(src_off..src_off + len),
-                &n,
-            );
-        }
-        f32_values(&[src], "copy")?;
-        self.stream
-            .memcpy_dtod(
-                &src.slice(src_off..src_off + len),
-                &mut dst.slice_mut(dst_off..dst_off + len),
-            )
-            .context("cuda backend: copy")
+        self.copy_impl(dst, dst_off, src, src_off, len)
     }
     fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
         f32_values(&[buf], "fill")?;
