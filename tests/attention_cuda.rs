@@ -486,6 +486,7 @@ fn cuda_bf16_kv_cache() {
                     })
                     .collect();
                 gpu.set_kv_cache_type(KvCacheType::Bf16);
+                assert!(gpu.name().contains("bf16 kv cache"), "{}", gpu.name());
                 let (mut kg, mut vg) = (gpu.zeros(size).unwrap(), gpu.zeros(size).unwrap());
                 gpu.keep_as_kv_cache(&mut kg).unwrap();
                 gpu.keep_as_kv_cache(&mut vg).unwrap();

@@ -40,9 +40,27 @@ impl Backend for Cuda {
     type Ids = CudaSlice<u32>;
     type Recording = super::CudaRecording;
 
+    /// The device and every setting that changes the numbers or the speed and is not the
+    /// default, so a bench record says what it timed (`cada bench step` under CADA_* variables).
     fn name(&self) -> String {
         let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
-        format!("cuda ({device}, {})", self.gemm_precision.label())
+        let mut parts = vec![device, self.gemm_precision.label().to_string()];
+        if self.attention_kernel() == AttentionKernel::Mma {
+            parts.push("mma attention".into());
+        }
+        if self.decode_attention_kernel() != super::DecodeAttentionKernel::LanePerKey {
+            parts.push(format!(
+                "{} decode attention",
+                self.decode_attention_kernel().label()
+            ));
+        }
+        if self.kv_cache_type() == super::KvCacheType::Bf16 {
+            parts.push("bf16 kv cache".into());
+        }
+        if !self.graphs() {
+            parts.push("no cuda graphs".into());
+        }
+        format!("cuda ({})", parts.join(", "))
     }
     fn dense_peak_tflops(&self) -> Option<f64> {
         crate::backend::dense_bf16_peak_tflops(&self.device_name().ok()?)
