@@ -98,42 +98,55 @@ __device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_ou
 }
 
 // q [batch, Hq·hd] and k [batch, Hkv·hd] rotated in place, v [batch, Hkv·hd].
+template <typename T>
+__device__ __forceinline__ void rope_cache_write_rows(float* q, float* k, T* k_cache, T* v_cache,
+                                                      const float* v,
+                                                      const unsigned int* positions,
+                                                      const float* inv_freq, DecodeDims s) {
+    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
+    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
+}
+
 CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, float* v_cache,
                                          const float* v, const unsigned int* positions,
                                          const float* inv_freq, DecodeDims s) {
-    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
-    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
+    rope_cache_write_rows(q, k, k_cache, v_cache, v, positions, inv_freq, s);
 }
 
 CADA_KERNEL void decode_rope_cache_write_bf16_kv(float* q, float* k, __nv_bfloat16* k_cache,
                                                  __nv_bfloat16* v_cache, const float* v,
                                                  const unsigned int* positions,
                                                  const float* inv_freq, DecodeDims s) {
-    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
-    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
+    rope_cache_write_rows(q, k, k_cache, v_cache, v, positions, inv_freq, s);
 }
 
 // The same from the stacked q/k/v projection's output qkv [batch, Hq·hd + 2·Hkv·hd] (each row
 // q | k | v), left unchanged: the rotated q is written to q_out, the rotated k only into the
 // cache (the decode step reads k nowhere else).
-CADA_KERNEL void decode_rope_cache_write_stacked(float* q_out, float* k_cache, float* v_cache,
-                                                 const float* qkv,
-                                                 const unsigned int* positions,
-                                                 const float* inv_freq, DecodeDims s) {
+template <typename T>
+__device__ __forceinline__ void rope_cache_write_stacked_rows(float* q_out, T* k_cache,
+                                                              T* v_cache, const float* qkv,
+                                                              const unsigned int* positions,
+                                                              const float* inv_freq,
+                                                              DecodeDims s) {
     const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
     const int64_t ld = qd + 2 * kvd;
     rope_cache_write_pairs(q_out, nullptr, k_cache, v_cache, qkv, qkv + qd, qkv + qd + kvd, ld, ld,
                            positions, inv_freq, s);
+}
+
+CADA_KERNEL void decode_rope_cache_write_stacked(float* q_out, float* k_cache, float* v_cache,
+                                                 const float* qkv,
+                                                 const unsigned int* positions,
+                                                 const float* inv_freq, DecodeDims s) {
+    rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, s);
 }
 
 CADA_KERNEL void decode_rope_cache_write_stacked_bf16_kv(float* q_out, __nv_bfloat16* k_cache,
                                                          __nv_bfloat16* v_cache, const float* qkv,
                                                          const unsigned int* positions,
                                                          const float* inv_freq, DecodeDims s) {
-    const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
-    const int64_t ld = qd + 2 * kvd;
-    rope_cache_write_pairs(q_out, nullptr, k_cache, v_cache, qkv, qkv + qd, qkv + qd + kvd, ld, ld,
-                           positions, inv_freq, s);
+    rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, s);
 }
 
 // The end of both decode attentions: each warp's partial softmax (running max m, sum l, the

@@ -366,13 +366,7 @@ fn cuda_decode_attention_kernels() {
                 let kc = randv(&mut r, batch * capacity * kvd, 1.0);
                 let vc = randv(&mut r, batch * capacity * kvd, 1.0);
                 let q = randv(&mut r, batch * qd, 1.0);
-                let positions: Vec<u32> = (0..batch)
-                    .map(|b| match b {
-                        0 => 0,
-                        1 => capacity as u32 - 1,
-                        _ => (b * 97 % capacity) as u32,
-                    })
-                    .collect();
+                let positions = decode_positions(batch, capacity);
                 let mut want = vec![0.0; batch * qd];
                 cpu.decode_attention(&mut want, &q, &kc, &vc, &positions, s)
                     .unwrap();
@@ -416,6 +410,19 @@ fn cuda_decode_attention_kernels() {
     }
     #[cfg(not(feature = "cuda"))]
     println!("cuda_decode_attention_kernels: skipped: no GPU (built without the `cuda` feature)");
+}
+
+/// Slot positions for the decode tests: a first token, a full slot (every warp's later chunks
+/// of 32 keys), the rest spread over the capacity.
+#[cfg(feature = "cuda")]
+fn decode_positions(batch: usize, capacity: usize) -> Vec<u32> {
+    (0..batch)
+        .map(|b| match b {
+            0 => 0,
+            1 => capacity as u32 - 1,
+            _ => (b * 97 % capacity) as u32,
+        })
+        .collect()
 }
 
 /// `CADA_DECODE_ATTENTION`'s values, and a bad one refused by name (no GPU needed).
@@ -478,13 +485,7 @@ fn cuda_bf16_kv_cache() {
                     randv(&mut r, batch * kvd, 1.0),
                 );
                 let q = randv(&mut r, batch * qd, 1.0);
-                let positions: Vec<u32> = (0..batch)
-                    .map(|b| match b {
-                        0 => 0,
-                        1 => capacity as u32 - 1,
-                        _ => (b * 97 % capacity) as u32,
-                    })
-                    .collect();
+                let positions = decode_positions(batch, capacity);
                 gpu.set_kv_cache_type(KvCacheType::Bf16);
                 assert!(gpu.name().contains("bf16 kv cache"), "{}", gpu.name());
                 let (mut kg, mut vg) = (gpu.zeros(size).unwrap(), gpu.zeros(size).unwrap());

@@ -527,10 +527,11 @@ impl Cuda {
         Ok(dst)
     }
 
-    /// `dst[..len] = bf16(src[..len])` (round to nearest even).
-    fn convert_bf16<S: DevicePtr<f32>>(
+    /// `dst[..len] = bf16(src[..len])` (round to nearest even); `dst` may be a view (the
+    /// prefill's copy into a bf16 KV cache).
+    pub(super) fn convert_bf16<D: DevicePtrMut<bf16>, S: DevicePtr<f32>>(
         &self,
-        dst: &mut CudaSlice<bf16>,
+        dst: &mut D,
         src: &S,
         len: usize,
         what: &str,
@@ -546,8 +547,8 @@ impl Cuda {
             src.len()
         );
         let n = len as i64;
-        kernels::f32_to_bf16(self, grid_1d(len.div_ceil(4)), &mut *dst, src, &n)
-            .with_context(|| format!("cuda backend: converting gemm operand {what} to bf16"))
+        kernels::f32_to_bf16(self, grid_1d(len.div_ceil(4)), dst, src, &n)
+            .with_context(|| format!("cuda backend: converting {what} to bf16"))
     }
 }
 

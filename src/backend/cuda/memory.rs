@@ -3,7 +3,7 @@
 //! cache) and the KV cache's narrowing hint.
 
 use super::backend_impl::f32_values;
-use super::{kernels, Cuda, CudaBuf, DecodeAttentionKernel, KvCacheType};
+use super::{Cuda, CudaBuf, DecodeAttentionKernel, KvCacheType};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 
@@ -110,13 +110,11 @@ impl Cuda {
             let dst16 = dst
                 .narrowed_mut()
                 .ok_or_else(|| anyhow!("copy: a narrowed buffer lost its bf16 values"))?;
-            let n = len as i64;
-            return kernels::f32_to_bf16(
-                self,
-                super::grid_1d(len.div_ceil(4)),
+            return self.convert_bf16(
                 &mut dst16.slice_mut(dst_off..dst_off + len),
                 &src.slice(src_off..src_off + len),
-                &n,
+                len,
+                "copy into a bf16 buffer",
             );
         }
         f32_values(&[src], "copy")?;
