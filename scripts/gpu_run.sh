@@ -4,8 +4,8 @@
 # kernels' PTX, Liger-Kernel) and run_on_gpu.sh, which on the GPU machine unpacks it and runs
 #   1. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
 #      tests/attention_cuda: both attention kernels; tests/grpo_cuda: the loss, its fused pass and
-#      the advantages; tests/model_cuda: the whole model's log-probs, every gradient and the KV
-#      cache; tests/hf_parity: the GPU against transformers' float64 dump), then
+#      the advantages; tests/model_cuda: the whole model's log-probs and every gradient;
+#      tests/decode_cuda: the KV-cache decode, graphs, stacking, bf16 cache; tests/hf_parity: the GPU against transformers' float64 dump), then
 #      compute-sanitizer memcheck and racecheck over the kernel tests,
 #   2. the main job on the GPU (cada train on models/default, --device cuda),
 #   3. cada bench kernels / cada bench step, 4. bench/peers.py (the ratio table is made here),
@@ -47,7 +47,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda --test hf_parity" "$stage/tests"
+collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda --test decode_cuda --test hf_parity" "$stage/tests"
 # The criterion benches time the CPU backend: useful there only on request (CADA_STAGE_CRITERION=1),
 # and at ~6 MB each they would crowd the 64 MiB carry.
 if [[ "${CADA_STAGE_CRITERION:-0}" == 1 ]]; then
@@ -151,7 +151,7 @@ step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is re
 for phase in "${phases[@]}"; do case $phase in
 tests)
     nvidia-smi > "$work/nvidia-smi.txt" 2>&1
-    for t in ops_cuda attention_cuda grpo_cuda bf16_cuda model_cuda hf_parity; do
+    for t in ops_cuda attention_cuda grpo_cuda bf16_cuda model_cuda decode_cuda hf_parity; do
         step "test_$t" 90 "$bin/tests/$t" --nocapture --test-threads=1
         [[ -f "$work/test_$t.log" ]] &&
             grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"

@@ -1,6 +1,8 @@
 //! Shared test helpers: tiny model directories written by the tests themselves (no download).
 #![allow(dead_code)]
 
+pub mod model_twin;
+
 use cada::model::config::LlamaConfig;
 use cada::model::init::{init_params, tiny_config};
 use cada::model::tokenizer_train::train_bpe_tokenizer;
