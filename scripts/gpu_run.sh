@@ -3,7 +3,8 @@
 # git-ignored device_out/: bundle.tar.xz (the cada binary, the GPU test executables, the
 # kernels' PTX, Liger-Kernel) and run_on_gpu.sh, which on the GPU machine unpacks it and runs
 #   1. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
-#      tests/attention_cuda: both attention kernels; tests/grpo_cuda: the loss, its fused pass and
+#      tests/attention_cuda: both attention kernels; tests/decode_attention_cuda: the decode
+#      attention and the KV-cache writes; tests/grpo_cuda: the loss, its fused pass and
 #      the advantages; tests/model_cuda: the whole model's log-probs and every gradient;
 #      tests/decode_cuda: the KV-cache decode, graphs, stacking, bf16 cache; tests/hf_parity: the GPU against transformers' float64 dump), then
 #      compute-sanitizer memcheck and racecheck over the kernel tests,
@@ -47,7 +48,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda --test attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda --test decode_cuda --test hf_parity" "$stage/tests"
+collect "test --release --test ops_cuda --test attention_cuda --test decode_attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda --test decode_cuda --test hf_parity" "$stage/tests"
 # The criterion benches time the CPU backend: useful there only on request (CADA_STAGE_CRITERION=1),
 # and at ~6 MB each they would crowd the 64 MiB carry.
 if [[ "${CADA_STAGE_CRITERION:-0}" == 1 ]]; then
@@ -151,7 +152,7 @@ step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is re
 for phase in "${phases[@]}"; do case $phase in
 tests)
     nvidia-smi > "$work/nvidia-smi.txt" 2>&1
-    for t in ops_cuda attention_cuda grpo_cuda bf16_cuda model_cuda decode_cuda hf_parity; do
+    for t in ops_cuda attention_cuda decode_attention_cuda grpo_cuda bf16_cuda model_cuda decode_cuda hf_parity; do
         step "test_$t" 90 "$bin/tests/$t" --nocapture --test-threads=1
         [[ -f "$work/test_$t.log" ]] &&
             grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
@@ -161,11 +162,11 @@ sanitize)
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     if [[ -n "$sanitizer" ]]; then
         # memcheck over every kernel test; racecheck (slow) where kernels share memory: the
-        # attentions, the GRPO reductions and the block-reduction kernels of ops_cuda
-        for t in ops_cuda attention_cuda grpo_cuda bf16_cuda; do
+        # attentions (training and decode), the GRPO reductions and the block-reduction kernels of ops_cuda
+        for t in ops_cuda attention_cuda decode_attention_cuda grpo_cuda bf16_cuda; do
             step "sanitizer_memcheck_$t" 60 "$sanitizer" --tool memcheck --error-exitcode 9 "$bin/tests/$t" --test-threads=1
         done
-        for t in attention_cuda grpo_cuda ops_cuda; do
+        for t in attention_cuda decode_attention_cuda grpo_cuda ops_cuda; do
             step "sanitizer_racecheck_$t" 60 "$sanitizer" --tool racecheck --error-exitcode 9 "$bin/tests/$t" --test-threads=1
         done
     else

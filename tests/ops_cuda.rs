@@ -19,7 +19,7 @@ mod common;
 use common::{check, check_each, down, poisoned, randv};
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{Backend, DecodeShape};
+use cada::backend::Backend;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -270,130 +270,6 @@ fn rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
     check("rope_backward", &down(gpu, &xg), &xc, F32_TOL);
 }
 
-fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
-    let cpu = Cpu::new();
-    let s = DecodeShape {
-        batch: 3,
-        capacity: 67,
-        n_heads: 6,
-        n_kv_heads: 2,
-        head_dim: 64,
-    };
-    let kvd = s.n_kv_heads * s.head_dim;
-    let cache_len = s.batch * s.capacity * kvd;
-    let (kc0, vc0) = (randv(r, cache_len, 1.0), randv(r, cache_len, 1.0));
-    let (k, v) = (randv(r, s.batch * kvd, 1.0), randv(r, s.batch * kvd, 1.0));
-    let positions = vec![0u32, 33, 66]; // first slot, middle, last position of the capacity
-    let pg = gpu.upload_ids(&positions).unwrap();
-    let (mut kcg, mut vcg) = (gpu.upload(&kc0).unwrap(), gpu.upload(&vc0).unwrap());
-    let (mut kcc, mut vcc) = (kc0.clone(), vc0.clone());
-    gpu.kv_cache_write(
-        &mut kcg,
-        &mut vcg,
-        &gpu.upload(&k).unwrap(),
-        &gpu.upload(&v).unwrap(),
-        &pg,
-        s,
-    )
-    .unwrap();
-    cpu.kv_cache_write(&mut kcc, &mut vcc, &k, &v, &positions, s)
-        .unwrap();
-    check("kv_cache_write k", &down(gpu, &kcg), &kcc, 0.0); // copies: exact
-    check("kv_cache_write v", &down(gpu, &vcg), &vcc, 0.0);
-    let q = randv(r, s.batch * s.n_heads * s.head_dim, 1.0);
-    let mut og = poisoned(gpu, q.len());
-    let mut oc = vec![0.0; q.len()];
-    gpu.decode_attention(&mut og, &gpu.upload(&q).unwrap(), &kcg, &vcg, &pg, s)
-        .unwrap();
-    cpu.decode_attention(&mut oc, &q, &kcc, &vcc, &positions, s)
-        .unwrap();
-    check("decode_attention", &down(gpu, &og), &oc, F32_TOL);
-    // the decode step's fused RoPE of q and k + cache write against the CPU's three ops (the
-    // trait's default), at positions 0, 33 and 66 of a 67-token capacity
-    let inv_freq: Vec<f32> = (0..s.head_dim / 2)
-        .map(|i| 10000f32.powf(-2.0 * i as f32 / s.head_dim as f32))
-        .collect();
-    let (mut qg, mut kg) = (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap());
-    let (mut qc, mut kc) = (q.clone(), k.clone());
-    gpu.decode_rope_cache_write(
-        &mut qg,
-        &mut kg,
-        &gpu.upload(&v).unwrap(),
-        &mut kcg,
-        &mut vcg,
-        &pg,
-        &gpu.upload(&inv_freq).unwrap(),
-        s,
-    )
-    .unwrap();
-    cpu.decode_rope_cache_write(
-        &mut qc, &mut kc, &v, &mut kcc, &mut vcc, &positions, &inv_freq, s,
-    )
-    .unwrap();
-    // sin/cos as in rope_case; the cache rows outside the positions are copies: exact
-    check("decode_rope_cache_write q", &down(gpu, &qg), &qc, F32_TOL);
-    check("decode_rope_cache_write k", &down(gpu, &kg), &kc, F32_TOL);
-    check(
-        "decode_rope_cache_write k_cache",
-        &down(gpu, &kcg),
-        &kcc,
-        F32_TOL,
-    );
-    check(
-        "decode_rope_cache_write v_cache",
-        &down(gpu, &vcg),
-        &vcc,
-        0.0,
-    );
-    // the stacked variant (rows q | k | v of one GEMM output) against the CPU's split + op
-    let qd = q.len() / s.batch;
-    let qkv: Vec<f32> = (0..s.batch)
-        .flat_map(|b| {
-            [
-                &q[b * qd..][..qd],
-                &k[b * kvd..][..kvd],
-                &v[b * kvd..][..kvd],
-            ]
-            .concat()
-        })
-        .collect();
-    let (mut kcg, mut vcg) = (gpu.upload(&kc0).unwrap(), gpu.upload(&vc0).unwrap());
-    let (mut kcc, mut vcc) = (kc0.clone(), vc0.clone());
-    let (mut qg, mut qc) = (poisoned(gpu, q.len()), vec![0.0; q.len()]);
-    let qkvg = gpu.upload(&qkv).unwrap();
-    let freq = gpu.upload(&inv_freq).unwrap();
-    gpu.decode_rope_cache_write_stacked(&mut qg, &qkvg, &mut kcg, &mut vcg, &pg, &freq, s)
-        .unwrap();
-    cpu.decode_rope_cache_write_stacked(
-        &mut qc, &qkv, &mut kcc, &mut vcc, &positions, &inv_freq, s,
-    )
-    .unwrap();
-    check(
-        "decode_rope_cache_write_stacked q",
-        &down(gpu, &qg),
-        &qc,
-        F32_TOL,
-    );
-    check(
-        "decode_rope_cache_write_stacked k_cache",
-        &down(gpu, &kcg),
-        &kcc,
-        F32_TOL,
-    );
-    check(
-        "decode_rope_cache_write_stacked v_cache",
-        &down(gpu, &vcg),
-        &vcc,
-        0.0,
-    );
-    check(
-        "decode_rope_cache_write_stacked qkv unchanged",
-        &down(gpu, &qkvg),
-        &qkv,
-        0.0,
-    );
-}
-
 fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let cpu = Cpu::new();
     let n = 10_007;
@@ -575,8 +451,6 @@ gpu_test!(cuda_embedding, embedding_case);
 gpu_test!(cuda_linear, linear_case);
 gpu_test!(cuda_rmsnorm, rmsnorm_case);
 gpu_test!(cuda_rope, rope_case);
-gpu_test!(cuda_decode_attention, decode_case);
-
 gpu_test!(cuda_swiglu, swiglu_case);
 gpu_test!(cuda_fused_logprob, fused_logprob_case);
 gpu_test!(cuda_adamw, adamw_case);
