@@ -18,103 +18,16 @@ mod composite;
 pub mod cpu;
 pub mod device;
 mod peaks;
+mod types;
 
 pub use peaks::dense_bf16_peak_tflops;
+pub use types::{
+    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards,
+};
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
 use anyhow::{ensure, Result};
-
-/// Shape of a causal self-attention call over a right-padded batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnShape {
-    /// sequences in the batch
-    pub batch: usize,
-    /// positions per sequence (the padded length)
-    pub seq: usize,
-    /// query heads
-    pub n_heads: usize,
-    /// key/value heads (GQA: `n_heads % n_kv_heads == 0`)
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// Shape of a batched single-token decode step over a KV cache.
-/// Cache layout per layer: `[slots, capacity, n_kv_heads · head_dim]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecodeShape {
-    /// sequences decoded in this step (row `b` uses cache slot `b`)
-    pub batch: usize,
-    /// positions reserved per slot in the cache
-    pub capacity: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// Aggregation of the per-token GRPO loss (../shared/CADA.md, step 7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossType {
-    /// mean over the tokens of each completion, then mean over completions
-    Grpo,
-    /// sum over all tokens / number of tokens in the batch (`bnpo` is the same)
-    #[serde(alias = "bnpo")]
-    Dapo,
-    /// sum over all tokens / (completions × max completion length)
-    DrGrpo,
-}
-
-/// What the centred rewards are divided by (group-relative advantages, ../shared/CADA.md
-/// step 6; the choice of population std is explained in `cpu/grpo_advantages.rs`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScaleRewards {
-    /// the std of the prompt's own group
-    #[default]
-    Group,
-    /// the std of the whole batch (centring still uses each group's mean)
-    Batch,
-    /// no division (Dr. GRPO): `A = r − mean(group)`
-    None,
-}
-
-/// Batch-level reward statistics for the step log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AdvantageStats {
-    /// share of groups whose rewards are all equal (they carry no learning signal)
-    pub frac_reward_zero_std: f32,
-    /// mean reward over the batch
-    pub reward_mean: f32,
-    /// population std of the rewards over the batch
-    pub reward_std: f32,
-}
-
-/// Knobs of the clipped-ratio + k3-KL loss.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GrpoLossConfig {
-    pub loss_type: LossType,
-    pub epsilon_low: f32,
-    pub epsilon_high: f32,
-    /// KL coefficient; 0 means no reference model (ref log-probs are ignored)
-    pub beta: f32,
-    /// `max completion length` for `dr_grpo`
-    pub max_completion_len: usize,
-}
-
-/// Metrics returned by the loss forward (all means over unmasked tokens).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GrpoLossMetrics {
-    pub loss: f32,
-    pub kl_mean: f32,
-    /// share of tokens where ρ < 1-ε_low and A < 0 (the clip is active, lower side)
-    pub clip_ratio_low: f32,
-    /// share of tokens where ρ > 1+ε_high and A > 0 (the clip is active, upper side)
-    pub clip_ratio_high: f32,
-    /// share of tokens where the clipped branch is the one taken (either side)
-    pub clip_ratio_region: f32,
-    pub tokens: f32,
-}
 
 /// One compute device. The model code (`model/llama.rs`) is written once against this.
 pub trait Backend: Send + Sync {

@@ -1,6 +1,9 @@
 //! The f32 CPU reference backend (the oracle): every op readable top to bottom, in
 //! `cpu/<op family>.rs`, with rayon for threads and matrixmultiply for GEMMs. Results are
 //! bit-deterministic whatever the thread count (fixed per-element summation order).
+//!
+//! This file is the one `impl Backend for Cpu` (a trait impl is one block, hence its ~670
+//! lines): each method checks its buffers, then calls the op's body in its own file.
 
 pub mod attention;
 pub mod elementwise;
