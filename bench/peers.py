@@ -33,11 +33,28 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
 FLUSH = None
+# "cuda" for measurements; "cpu" (--device cpu) only to check that every peer runs (a dry run
+# before device time is spent: the Recorder reports a failing peer as "unavailable", not as a
+# crash). CPU times mean nothing and are marked so.
+DEV = "cuda"
+# --smoke: the HF rows at toy sizes (with --device cpu)
+SMOKE = False
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def empty_cache():
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 def now_utc():
@@ -46,8 +63,10 @@ def now_utc():
 
 def flush_l2():
     global FLUSH
+    if DEV != "cuda":
+        return
     if FLUSH is None:
-        FLUSH = torch.empty(128 << 20, dtype=torch.float32, device="cuda")
+        FLUSH = torch.empty(128 << 20, dtype=torch.float32, device=DEV)
     FLUSH.fill_(1.0)
 
 
@@ -55,10 +74,15 @@ def time_ms(fn, warmup=3, min_reps=10, max_reps=200, target_s=0.5):
     """Per-repetition CUDA-event times (ms) of fn(), L2 flushed before each."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     while len(times) < min_reps or (len(times) < max_reps and sum(times) < target_s * 1e3):
         flush_l2()
+        if DEV != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+            continue
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
@@ -70,6 +94,9 @@ def time_ms(fn, warmup=3, min_reps=10, max_reps=200, target_s=0.5):
 
 
 def peak_extra_bytes(fn):
+    if DEV != "cuda":
+        fn()  # no allocator statistics on the CPU: run it once more, report 0
+        return 0
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -89,6 +116,7 @@ class Recorder:
 
     def __init__(self, roof, filt, out, meta):
         self.records = []
+        self.unavailable = []  # (id, variant, why): printed again at the end
         self.roof = roof
         self.filter = filt
         self.out = out
@@ -116,15 +144,17 @@ class Recorder:
             times = time_ms(fn)
             peak = peak_extra_bytes(fn)
         except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
+            empty_cache()
+            self.unavailable.append((rid, variant, "out of memory"))
             print(f"{rid:<56} {variant:>14}  out of memory", file=sys.stderr)
             return
         except Exception as e:  # a backend that does not support the shape
             try:
-                torch.cuda.synchronize()
+                sync()
             except Exception:
                 pass
             msg = (str(e) or type(e).__name__).splitlines()[0][:80]
+            self.unavailable.append((rid, variant, msg))
             print(f"{rid:<56} {variant:>14}  unavailable: {msg}", file=sys.stderr)
             return
         ms = median(times)
@@ -148,19 +178,20 @@ class Recorder:
 
 
 def rooflines():
-    n = 256 << 20
-    src = torch.empty(n, dtype=torch.float32, device="cuda").fill_(1.0)
+    n = 256 << 20 if DEV == "cuda" else 4 << 20
+    g = 8192 if DEV == "cuda" else 512
+    src = torch.empty(n, dtype=torch.float32, device=DEV).fill_(1.0)
     dst = torch.empty_like(src)
     copy_ms = median(time_ms(lambda: dst.copy_(src), warmup=2, min_reps=10, max_reps=10))
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    a = torch.randn(g, g, dtype=torch.bfloat16, device=DEV)
+    b = torch.randn(g, g, dtype=torch.bfloat16, device=DEV)
     gemm_ms = median(time_ms(lambda: a @ b, warmup=3, min_reps=10, max_reps=10))
     del src, dst, a, b
-    torch.cuda.empty_cache()
+    empty_cache()
     return dict(copy_gbps=8 * n / (copy_ms / 1e3) / 1e9,
-                copy_what="1 GiB torch copy_, median of 10",
-                gemm_tflops=2 * 8192**3 / (gemm_ms / 1e3) / 1e12,
-                gemm_what="8192³ bf16 torch matmul, median of 10",
+                copy_what=f"{4 * n >> 20} MiB torch copy_, median of 10",
+                gemm_tflops=2 * g**3 / (gemm_ms / 1e3) / 1e12,
+                gemm_what=f"{g}³ bf16 torch matmul, median of 10",
                 dense_peak_tflops=None)
 
 
@@ -176,10 +207,10 @@ def attention_peers(rec, shapes):
     for sid, s in shapes["attention"]:
         B, T, H, KV, D = s["batch"], s["seq"], s["n_heads"], s["n_kv_heads"], s["head_dim"]
         fwd_flops = 4.0 * B * H * T * T * D / 2.0
-        q = torch.randn(B, H, T, D, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-        k = torch.randn(B, KV, T, D, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-        v = torch.randn(B, KV, T, D, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-        do = torch.randn(B, H, T, D, dtype=torch.bfloat16, device="cuda")
+        q = torch.randn(B, H, T, D, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+        k = torch.randn(B, KV, T, D, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+        v = torch.randn(B, KV, T, D, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+        do = torch.randn(B, H, T, D, dtype=torch.bfloat16, device=DEV)
 
         def fwd():
             with torch.no_grad():
@@ -202,7 +233,7 @@ def attention_peers(rec, shapes):
             rec.add(f"attention.fwd/{sid}", "sdpa_default", fwd, flops=fwd_flops)
             rec.add(f"attention.fwd_bwd/{sid}", "sdpa_default", fwd_bwd, flops=3.5 * fwd_flops)
         del q, k, v, do
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def liger_flce():
@@ -232,10 +263,10 @@ def logprob_peers(rec, shapes, liger):
         f = 2.0 * N * Dm * V
         if not (rec.wanted(f"fused_logprob.fwd/{sid}") or rec.wanted(f"fused_logprob.fwd_bwd/{sid}")):
             continue
-        h = torch.randn(N, Dm, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-        w = (0.05 * torch.randn(V, Dm, dtype=torch.bfloat16, device="cuda")).requires_grad_()
-        tgt = torch.randint(0, V, (N,), device="cuda")
-        dlogp = torch.randn(N, device="cuda") / N
+        h = torch.randn(N, Dm, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+        w = (0.05 * torch.randn(V, Dm, dtype=torch.bfloat16, device=DEV)).requires_grad_()
+        tgt = torch.randint(0, V, (N,), device=DEV)
+        dlogp = torch.randn(N, device=DEV) / N
 
         def naive():
             logits = (h @ w.t()).float()
@@ -264,7 +295,7 @@ def logprob_peers(rec, shapes, liger):
             rec.add(f"fused_logprob.fwd/{sid}", "liger_flce", liger_fwd, flops=f)
             rec.add(f"fused_logprob.fwd_bwd/{sid}", "liger_flce", liger_fwd_bwd, flops=3 * f)
         del h, w, tgt, dlogp
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def grpo_loss(logp, old, ref, mask, adv, eps_low=0.2, eps_high=0.28, beta=0.04):
@@ -279,12 +310,12 @@ def grpo_loss(logp, old, ref, mask, adv, eps_low=0.2, eps_high=0.28, beta=0.04):
 
 
 def loss_inputs(B, L):
-    old = -4 * torch.rand(B, L, device="cuda")
-    logp = (old + 0.2 * torch.rand(B, L, device="cuda") - 0.1).requires_grad_()
-    ref = old + 0.2 * torch.rand(B, L, device="cuda") - 0.1
-    keep = torch.randint(L // 2, L + 1, (B, 1), device="cuda")
-    mask = (torch.arange(L, device="cuda")[None, :] < keep).float()
-    adv = 2 * torch.rand(B, device="cuda") - 1
+    old = -4 * torch.rand(B, L, device=DEV)
+    logp = (old + 0.2 * torch.rand(B, L, device=DEV) - 0.1).requires_grad_()
+    ref = old + 0.2 * torch.rand(B, L, device=DEV) - 0.1
+    keep = torch.randint(L // 2, L + 1, (B, 1), device=DEV)
+    mask = (torch.arange(L, device=DEV)[None, :] < keep).float()
+    adv = 2 * torch.rand(B, device=DEV) - 1
     return logp, old, ref, mask, adv
 
 
@@ -307,9 +338,9 @@ def loss_peers(rec, shapes):
             continue
         N, Dm, V = s["tokens"], s["hidden"], s["vocab"]
         B, L = l["batch"], l["len"]
-        h = torch.randn(N, Dm, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-        w = (0.05 * torch.randn(V, Dm, dtype=torch.bfloat16, device="cuda")).requires_grad_()
-        tgt = torch.randint(0, V, (N,), device="cuda")
+        h = torch.randn(N, Dm, dtype=torch.bfloat16, device=DEV, requires_grad=True)
+        w = (0.05 * torch.randn(V, Dm, dtype=torch.bfloat16, device=DEV)).requires_grad_()
+        tgt = torch.randint(0, V, (N,), device=DEV)
         _, old, ref, mask, adv = loss_inputs(B, L)
 
         def run():
@@ -332,30 +363,30 @@ def loss_peers(rec, shapes):
 
             rec.add(rid, "liger_fused_grpo_chunk8", run_liger, flops=6.0 * N * Dm * V)
         del h, w
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def layer_peers(rec, shapes):
     # torch's matmul default is true f32 (no TF32), as our default cuBLAS mode
     for sid, r in shapes["rmsnorm"]:
         n, d = r["rows"], r["dim"]
-        x = torch.randn(n, d, device="cuda")
-        w = torch.randn(d, device="cuda")
+        x = torch.randn(n, d, device=DEV)
+        w = torch.randn(d, device=DEV)
         rec.add(f"rmsnorm.fwd/{sid}", "torch_eager",
                 lambda: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w,
                 nbytes=8.0 * n * d)
         m = 4 * d
-        wl = 0.05 * torch.randn(m, d, device="cuda")
+        wl = 0.05 * torch.randn(m, d, device=DEV)
         rec.add(f"linear.fwd/{n}x{d}x{m}", "torch_f32", lambda: F.linear(x, wl),
                 flops=2.0 * n * d * m)
     for sid, r in shapes["swiglu"]:
-        g = torch.randn(r["rows"] * r["dim"], device="cuda")
+        g = torch.randn(r["rows"] * r["dim"], device=DEV)
         u = torch.randn_like(g)
         rec.add(f"swiglu.fwd/{sid}", "torch_eager", lambda: F.silu(g) * u, nbytes=12.0 * g.numel())
     for sid, p in shapes["adamw"]:
-        param = torch.nn.Parameter(torch.randn(p, device="cuda"))
-        param.grad = 1e-3 * torch.randn(p, device="cuda")
-        opt = torch.optim.AdamW([param], lr=1e-4, weight_decay=0.01, fused=True)
+        param = torch.nn.Parameter(torch.randn(p, device=DEV))
+        param.grad = 1e-3 * torch.randn(p, device=DEV)
+        opt = torch.optim.AdamW([param], lr=1e-4, weight_decay=0.01, fused=DEV == "cuda")
         rec.add(f"adamw.step/{sid}", "torch_fused", opt.step, nbytes=28.0 * p)
         del param, opt
 
@@ -382,16 +413,17 @@ def hf_peers(rec):
             hf_model_peers(rec, name, cfg, transformers)
         except Exception as e:  # a transformers/inductor error must not lose the other rows
             msg = (str(e) or type(e).__name__).splitlines()[0][:120]
+            rec.unavailable.append((f"hf {name}", "-", msg))
             print(f"hf {name}: skipped: {msg}", file=sys.stderr)
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def hf_model_peers(rec, name, cfg, transformers):
     """One architecture: generate (dynamic and static cache) and an autocast train step."""
     cls = transformers.LlamaForCausalLM if name.startswith("smollm2") else transformers.Qwen2ForCausalLM
-    model = cls(cfg).to("cuda", dtype=torch.bfloat16).eval()
-    B, P, N = 64, 128, 256
-    ids = torch.randint(0, cfg.vocab_size, (B, P), device="cuda")
+    model = cls(cfg).to(DEV, dtype=torch.bfloat16).eval()
+    B, P, N = (2, 8, 4) if SMOKE else (64, 128, 256)
+    ids = torch.randint(0, cfg.vocab_size, (B, P), device=DEV)
     for cache in ("dynamic", "static"):
         kw = dict(max_new_tokens=N, min_new_tokens=N, do_sample=True, temperature=1.0,
                   top_p=1.0, top_k=0, pad_token_id=0)
@@ -407,6 +439,7 @@ def hf_model_peers(rec, name, cfg, transformers):
                 t = time_ms(gen, warmup=1, min_reps=3, max_reps=3, target_s=0)
             except Exception as e:
                 msg = (str(e) or type(e).__name__).splitlines()[0][:120]
+                rec.unavailable.append((rid, f"hf_generate_{cache}", msg))
                 print(f"{rid} hf_generate_{cache}: skipped: {msg}", file=sys.stderr)
                 continue
             ms = median(t)
@@ -417,15 +450,15 @@ def hf_model_peers(rec, name, cfg, transformers):
                 note=f"{B * N / (ms / 1e3):.0f} generated tok/s"))
             print(f"{rid} hf_generate_{cache}: {B * N / (ms / 1e3):.0f} tok/s", file=sys.stderr)
     del model
-    torch.cuda.empty_cache()
+    empty_cache()
     # train step: f32 master weights, bf16 autocast, fused AdamW, 4 × 4096 tokens
-    model = cls(cfg).to("cuda").train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    Bt, T = 4, 4096
-    ids = torch.randint(0, cfg.vocab_size, (Bt, T), device="cuda")
+    model = cls(cfg).to(DEV).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=DEV == "cuda")
+    Bt, T = (1, 32) if SMOKE else (4, 4096)
+    ids = torch.randint(0, cfg.vocab_size, (Bt, T), device=DEV)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEV, dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
@@ -434,7 +467,7 @@ def hf_model_peers(rec, name, cfg, transformers):
     if rec.wanted(rid):
         rec.add(rid, "hf_autocast_bf16", step, note="fwd+bwd+fused AdamW")
     del model, opt
-    torch.cuda.empty_cache()
+    empty_cache()
 
 
 def main():
@@ -444,9 +477,15 @@ def main():
     ap.add_argument("--filter", default=None, help="only ids containing this text")
     ap.add_argument("--hf", action="store_true", help="also HF generate and train-step peers")
     ap.add_argument("--no-kernels", action="store_true", help="skip the kernel peers (with --hf: HF only)")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: a dry run that checks every peer runs (its times mean nothing)")
+    ap.add_argument("--smoke", action="store_true", help="the --hf rows at toy sizes")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("peers.py: needs a CUDA GPU (torch.cuda.is_available() is False)")
+    global DEV, SMOKE
+    DEV, SMOKE = args.device, args.smoke
+    if DEV == "cuda" and not torch.cuda.is_available():
+        sys.exit("peers.py: needs a CUDA GPU (torch.cuda.is_available() is False); "
+                 "--device cpu only checks that the peers run")
     with open(args.shapes) as f:
         shapes = json.load(f)
     roof = rooflines()
@@ -458,7 +497,7 @@ def main():
     except OSError:
         driver = "unknown"
     meta = dict(schema=1, tool=f"peers.py (torch {torch.__version__})",
-                device=torch.cuda.get_device_name(), driver=f"{driver} / CUDA {torch.version.cuda}",
+                device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu (dry run: times mean nothing)", driver=f"{driver} / CUDA {torch.version.cuda}",
                 date=now_utc(), commit="-", set=shapes.get("set", "?"))
     rec = Recorder(roof, args.filter, args.out, meta)
     rec.save()
@@ -471,6 +510,10 @@ def main():
         hf_peers(rec)
     rec.save()
     print(f"wrote {args.out} ({len(rec.records)} records)", file=sys.stderr)
+    if rec.unavailable:
+        print(f"{len(rec.unavailable)} peer rows did not run:", file=sys.stderr)
+        for rid, variant, why in rec.unavailable:
+            print(f"  {rid} {variant}: {why}", file=sys.stderr)
 
 
 if __name__ == "__main__":
