@@ -174,6 +174,7 @@ impl Backend for Cuda {
         Ok(self.download(&partials)?.iter().map(|&p| p as f64).sum())
     }
     fn all_finite(&self, y: &CudaBuf) -> Result<bool> {
+        self.not_capturing("all_finite")?; // it reads results back to the host
         f32_values(&[y], "all_finite")?;
         let n = y.len() as i64;
         if n == 0 {

@@ -231,9 +231,14 @@ impl Cuda {
         match self.bf16_output_copy(out, written)? {
             None => launch(out, None),
             Some(mut copy) => {
-                launch(out, Some(&mut copy))?;
-                out.cache_bf16(copy);
-                Ok(())
+                let launched = launch(out, Some(&mut copy));
+                // a failed launch inside a graph capture keeps the copy (dropping it would free
+                // device memory, which the capture refuses with an error that hides the
+                // launch's); the capture is then abandoned and the work re-run, rewriting both
+                if launched.is_ok() || self.is_capturing() {
+                    out.cache_bf16(copy);
+                }
+                launched
             }
         }
     }

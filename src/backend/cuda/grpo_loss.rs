@@ -103,6 +103,7 @@ impl Cuda {
         len: usize,
         cfg: &GrpoLossConfig,
     ) -> Result<GrpoLossMetrics> {
+        self.not_capturing("grpo_loss_forward")?; // it reads results back to the host
         let LossLaunch {
             params,
             reference,
@@ -213,6 +214,7 @@ impl Cuda {
         cfg: &GrpoLossConfig,
         grad_scale: f32,
     ) -> Result<GrpoLossMetrics> {
+        self.not_capturing("grpo_loss_fused")?; // it reads results back to the host
         let LossLaunch {
             params,
             reference,
@@ -291,6 +293,7 @@ impl Cuda {
         scale: ScaleRewards,
         eps: f32,
     ) -> Result<AdvantageStats> {
+        self.not_capturing("grpo_advantages")?; // it reads results back to the host
         let n = rewards.len();
         check_advantage_inputs(n, group_size, eps)?;
         need(advantages, n, "advantages")?;

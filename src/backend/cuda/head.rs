@@ -249,6 +249,7 @@ impl Cuda {
         top_p: f32,
         top_k: usize,
     ) -> Result<Vec<u32>> {
+        self.not_capturing("sample")?; // it reads results back to the host
         need(logits, batch * vocab, "logits")?;
         ensure!(
             uniforms.len() >= batch,

@@ -21,6 +21,7 @@ impl Cuda {
     }
 
     pub(super) fn download_impl(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        self.not_capturing("download")?;
         ensure!(
             !buf.is_narrowed(),
             "cuda backend: download of a buffer kept only in bf16 (a Backend::keep_as_* hint)"

@@ -50,6 +50,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
@@ -196,7 +197,11 @@ impl KvCacheType {
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    /// dropped by hand in `Drop for Cuda` (see there)
+    blas: ManuallyDrop<CudaBlas>,
+    /// cuBLAS's workspace, given to the handle once (`set_blas_workspace`); declared after
+    /// `blas` so that it outlives the handle
+    _blas_workspace: CudaSlice<u8>,
     functions: HashMap<&'static str, CudaFunction>,
     gemm_precision: GemmPrecision,
     /// bf16 copies of the operands in `GemmPrecision::Bf16` (see `gemm.rs`)
@@ -318,10 +323,12 @@ impl Cuda {
                 functions.insert(name, f);
             }
         }
+        let blas_workspace = set_blas_workspace(&stream, &blas, cc)?;
         let cuda = Cuda {
             ctx,
             stream,
-            blas,
+            blas: ManuallyDrop::new(blas),
+            _blas_workspace: blas_workspace,
             functions,
             gemm_precision,
             bf16_scratch: Mutex::new(gemm::Bf16Scratch::default()),
@@ -425,6 +432,56 @@ impl Cuda {
 /// driver at every synchronisation (the default threshold is 0): temporaries allocated inside
 /// each op (the head's logit chunk, attention's δ, reduction partials) are then reused rather
 /// than mapped again on every call.
+/// Gives cuBLAS a workspace of its own (32 MiB on Hopper and newer, 4 MiB before: cuBLAS's
+/// recommended sizes). Without one, a GEMM captured into a CUDA graph (the decode step,
+/// recording.rs) allocates its workspace as memory nodes of that graph, from the graph pool,
+/// which the stream pool's statistics do not see, once per captured decoder. Reapply after any
+/// `cublasSetStream` (it resets the workspace; the handle's stream is set once, at creation).
+fn set_blas_workspace(
+    stream: &Arc<CudaStream>,
+    blas: &CudaBlas,
+    cc: (i32, i32),
+) -> Result<CudaSlice<u8>> {
+    let bytes: usize = if cc.0 >= 9 { 32 << 20 } else { 4 << 20 };
+    let workspace = stream
+        .alloc_zeros::<u8>(bytes)
+        .context("cuda backend: allocating cuBLAS's workspace")?;
+    use cudarc::driver::DevicePtr;
+    let (ptr, rec) = workspace.device_ptr(stream);
+    // SAFETY: the handle is live; the workspace spans `bytes` and is kept (in `Cuda`, declared
+    // after the handle) until the handle is destroyed.
+    let status = unsafe {
+        cudarc::cublas::sys::cublasSetWorkspace_v2(
+            *blas.handle(),
+            ptr as *mut std::ffi::c_void,
+            bytes,
+        )
+    };
+    ensure!(
+        status == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS,
+        "cuda backend: cublasSetWorkspace ({bytes} bytes) returned {status:?}"
+    );
+    drop(rec);
+    Ok(workspace)
+}
+
+impl Drop for Cuda {
+    /// cudarc's handle drop unwraps `cublasDestroy`, which fails after a sticky device error
+    /// (an illegal address): that would panic (abort, while unwinding) where the op's error is
+    /// already on its way to the user. The handle is destroyed only if the stream drains
+    /// cleanly; otherwise it is leaked, with the process's context past saving anyway.
+    fn drop(&mut self) {
+        if self.stream.synchronize().is_ok() {
+            // SAFETY: dropped once, here; `blas` is not used after this.
+            unsafe { ManuallyDrop::drop(&mut self.blas) };
+        } else {
+            eprintln!(
+                "cuda backend: the device reported an error; cuBLAS's handle is left undestroyed"
+            );
+        }
+    }
+}
+
 fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
     use cudarc::driver::{result as dr, sys};
     // SAFETY: the device handle comes from the live context; the attribute is a cuuint64_t.

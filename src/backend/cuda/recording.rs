@@ -5,13 +5,16 @@
 //!
 //! Capture does not run the work: `record` captures, instantiates and then launches the graph
 //! once, so the work has run when it returns, as on the CPU. While capturing, every op that
-//! would allocate, upload from the host or fill a cache (a weight's bf16 copy, GEMM scratch
-//! growth) refuses with an error instead (`not_capturing`): such work would either be baked
+//! would allocate, upload from the host, read results back to it (a download, the loss's
+//! metrics, sampling) or fill a cache (a weight's bf16 copy, GEMM scratch growth) refuses with
+//! an error instead (`not_capturing`): such work would either be baked
 //! into the graph (a host buffer that is gone at replay, graph-owned memory the next launch
 //! cannot reuse) or change host state for work that never ran. A refused capture ran nothing:
 //! `record` says so once on stderr and runs the work again uncaptured, so a refusal costs
 //! speed, never a result. The GEMM scratch the captured GEMMs used moves into the recording,
 //! so a later, larger GEMM grows a new scratch instead of freeing the one the graph reads.
+//! cuBLAS has a workspace of its own (mod.rs, `set_blas_workspace`), so a captured GEMM adds
+//! no memory nodes to the graph.
 
 use super::gemm::Bf16Scratch;
 use super::Cuda;
@@ -77,12 +80,17 @@ impl Cuda {
         self.graph_launches.load(Ordering::Relaxed)
     }
 
+    /// Whether `record` is capturing now.
+    pub(super) fn is_capturing(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed)
+    }
+
     /// An error while a graph is being captured: called by every op that would allocate,
-    /// upload from the host or fill a cache (see the module comment).
+    /// upload from the host, read results back to it or fill a cache (see the module comment).
     pub(super) fn not_capturing(&self, what: &str) -> Result<()> {
         ensure!(
             !self.capturing.load(Ordering::Relaxed),
-            "cuda backend: {what} would allocate or copy from the host inside a CUDA graph \
+            "cuda backend: {what} would allocate, or copy between host and device, inside a CUDA graph \
              capture"
         );
         Ok(())
@@ -194,6 +202,10 @@ impl Cuda {
             "cuda backend: a recording replayed on another Cuda than the one that recorded it"
         );
         self.not_capturing("replaying a recording")?;
+        // the one driver call that goes through no cudarc method (which would bind the context)
+        self.ctx
+            .bind_to_thread()
+            .context("cuda backend: binding the context to replay a recording")?;
         // SAFETY: the exec is alive (owned by `recording`); our live stream.
         unsafe { driver::graph::launch(recording.exec, self.stream.cu_stream()) }
             .context("cuda backend: launching a recorded graph")?;
