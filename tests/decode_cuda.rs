@@ -110,6 +110,14 @@ fn cuda_decode_recorded_matches_launched() {
                 }
             }
             gpu.set_graphs(true);
+            // every recording above (f32 and bf16 GEMMs, steps and generations) allocated no
+            // graph memory: allocations refuse inside a capture, cuBLAS has its own workspace
+            let graph_bytes = gpu.graph_memory_high_bytes().unwrap();
+            println!("  graph memory high-water mark: {graph_bytes} bytes");
+            assert_eq!(
+                graph_bytes, 0,
+                "a captured decode step allocated graph memory"
+            );
             println!("{name}: ran on the GPU and matched the CPU");
         }
     }

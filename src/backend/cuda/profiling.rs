@@ -53,6 +53,25 @@ impl Cuda {
         self.pool_attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
     }
 
+    /// The most memory CUDA graphs have held at once on this device (graph memory nodes: a
+    /// `cudaMallocAsync` inside a capture). The decode step's recording should hold none: every
+    /// allocation refuses inside a capture and cuBLAS has its own workspace.
+    pub fn graph_memory_high_bytes(&self) -> Result<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: USED_MEM_HIGH is a cuuint64_t; the device handle comes from the live context.
+        let status = unsafe {
+            sys::cuDeviceGetGraphMemAttribute(
+                self.ctx.cu_device(),
+                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+                (&mut value as *mut u64).cast(),
+            )
+        };
+        status
+            .result()
+            .context("cuda backend: reading the graph memory high-water mark")?;
+        Ok(value)
+    }
+
     /// Restarts the high-water mark from the current use (after the queued work finished).
     pub fn reset_pool_high_water(&self) -> Result<()> {
         self.synchronize()?;
