@@ -71,6 +71,38 @@ fn meta_f64(g: &GgufFile, key: &str) -> Option<f64> {
     g.get(key).and_then(|v| v.as_f64())
 }
 
+/// Qwen2's split (its tokenizer.json's `Split` regex; llama.cpp's `qwen2` pre-tokenizer): one
+/// digit a token, contractions, letter runs with one leading non-letter, punctuation runs with
+/// trailing newlines, whitespace.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's (llama.cpp's `llama-bpe`): the same with digits in runs of up to three.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The normalizer and pre-tokenizer of a tokenizer.json for llama.cpp's pre-tokenizer name
+/// `pre` (`tokenizer.ggml.pre`), as the models' own Hugging Face tokenizer.json files have them.
+fn pre_tokenizer_json(pre: &str, src: &str) -> Result<(serde_json::Value, serde_json::Value)> {
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    // after a Split, the byte-level step only maps bytes (its own GPT-2 regex off)
+    let split_then_bytes = |regex: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        ]})
+    };
+    Ok(match pre {
+        // these split every digit on its own before the GPT-2 regex
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => (
+            serde_json::Value::Null,
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+        ),
+        "gpt-2" | "gpt2" | "default" => (serde_json::Value::Null, byte_level),
+        // Qwen2's tokenizer.json composes text to NFC first
+        "qwen2" => (json!({"type": "NFC"}), split_then_bytes(QWEN2_SPLIT)),
+        "llama-bpe" | "llama3" => (serde_json::Value::Null, split_then_bytes(LLAMA3_SPLIT)),
+        other => bail!("{src}: metadata `tokenizer.ggml.pre` = \"{other}\" is not supported (supported: smollm, starcoder, refact, gpt-2, qwen2, llama-bpe, default)"),
+    })
+}
+
 /// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE) and tokenizer_config.json.
 fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
     let src = g.path.display().to_string();
@@ -117,19 +149,11 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
         .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
         .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    // llama.cpp's pre-tokenizer names: these split every digit on its own before the GPT-2 regex
-    let pre_tokenizer = match pre {
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => {
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
-        }
-        "gpt-2" | "gpt2" | "default" => byte_level.clone(),
-        other => bail!("{src}: metadata `tokenizer.ggml.pre` = \"{other}\" is not supported (supported: smollm, starcoder, refact, gpt-2, default)"),
-    };
+    let (normalizer, pre_tokenizer) = pre_tokenizer_json(pre, &src)?;
     let tok = json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
@@ -398,4 +422,68 @@ pub fn run_convert(from: &Path, to: &Path, dtype: SaveDtype) -> Result<f64> {
     let hf = gguf_to_hf(from)?;
     write_hf_dir(&hf, to, dtype)?;
     Ok(t0.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::Tokenizer;
+
+    /// A byte-level BPE over the 256 byte symbols with the merges `1 2` and `3 4`, under the
+    /// normalizer and pre-tokenizer that `pre` maps to: a merge can only join symbols the
+    /// pre-tokenizer left in one piece, so the tokens show where it cut.
+    fn tokens(pre: &str, text: &str) -> Vec<String> {
+        let (normalizer, pre_tokenizer) = pre_tokenizer_json(pre, "test.gguf").unwrap();
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort();
+        let mut vocab: serde_json::Map<String, serde_json::Value> = alphabet
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), json!(i)))
+            .collect();
+        vocab.insert("12".into(), json!(256));
+        vocab.insert("34".into(), json!(257));
+        let tok = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+            "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": ["1 2", "3 4"]},
+        });
+        let t: Tokenizer = tok.to_string().parse().unwrap();
+        t.encode(text, false).unwrap().get_tokens().to_vec()
+    }
+
+    #[test]
+    fn pre_tokenizers_cut_digits_as_their_models_do() {
+        // GPT-2: digit runs whole; Llama 3: runs of up to three; Qwen2 and SmolLM: one digit
+        assert_eq!(tokens("gpt-2", "1234"), ["12", "34"]);
+        assert_eq!(tokens("llama-bpe", "1234"), ["12", "3", "4"]);
+        assert_eq!(tokens("qwen2", "1234"), ["1", "2", "3", "4"]);
+        assert_eq!(tokens("smollm", "1234"), ["1", "2", "3", "4"]);
+        // Llama 3's and Qwen2's regex keep a space before a letter run and split it from digits
+        assert_eq!(tokens("llama-bpe", "a 12"), ["a", "Ġ", "12"]);
+        assert_eq!(tokens("qwen2", " ab\n\n"), ["Ġ", "a", "b", "Ċ", "Ċ"]);
+    }
+
+    #[test]
+    fn qwen2_composes_to_nfc_and_llama3_does_not() {
+        // e + U+0301 (combining acute): NFC makes it é (bytes C3 A9, byte symbols Ã ©)
+        assert_eq!(tokens("qwen2", "e\u{301}"), ["Ã", "©"]);
+        assert_eq!(tokens("llama-bpe", "e\u{301}").len(), 3);
+    }
+
+    #[test]
+    fn an_unknown_pre_tokenizer_is_refused_by_name() {
+        let e = pre_tokenizer_json("falcon", "m.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.gguf") && e.contains("`tokenizer.ggml.pre`") && e.contains("falcon"),
+            "{e}"
+        );
+    }
 }
