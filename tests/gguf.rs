@@ -418,3 +418,54 @@ fn unmapped_tensors_are_refused_not_dropped() {
         );
     }
 }
+
+/// Every quantised type against an implementation that is not ours: random blocks (finite f16
+/// scales) and the values the `gguf` Python package (llama.cpp's reader) dequantises them to,
+/// made by scripts/gguf_quant_dump.py. Both compute in f32 in the same order (d·scale·q − dmin·m),
+/// so they agree to rounding: 1e-6 relative to the block's largest value.
+#[test]
+fn quantised_types_match_the_gguf_python_reference() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gguf_quant_blocks.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(
+        cases.len(),
+        10,
+        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K"
+    );
+    for case in cases {
+        let name = case["type"].as_str().unwrap();
+        let ty = GgmlType::from_id(case["id"].as_u64().unwrap() as u32)
+            .unwrap_or_else(|| panic!("{name}: not a type we read"));
+        let hex = case["bytes"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let (per_block, block_bytes) = ty.block();
+        assert_eq!(bytes.len() / block_bytes * per_block, want.len(), "{name}");
+        let got = cada::model::gguf::dequantize(ty, &bytes, want.len());
+        assert_eq!(got.len(), want.len(), "{name}");
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs() / scale)
+            .fold(0f32, f32::max);
+        println!(
+            "{name}: {} values, worst difference {worst:.1e} of the largest",
+            want.len()
+        );
+        assert!(worst <= 1e-6, "{name}: worst relative difference {worst:e}");
+    }
+}

@@ -1,5 +1,7 @@
 //! GGUF (v2/v3) reader: header, metadata of every value type, tensor infos, alignment, and
-//! dequantisation to f32 of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K.
+//! dequantisation to f32 of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K,
+//! Q3_K, Q4_K, Q5_K and Q6_K (checked against the `gguf` Python package's dequantisation:
+//! tests/gguf.rs, scripts/gguf_quant_dump.py).
 //!
 //! Every length read from the file is checked against the bytes that remain before anything is
 //! allocated, so a forged length cannot make us allocate gigabytes; every failure is an error
@@ -80,7 +82,10 @@ pub enum GgmlType {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
     Q4K,
+    Q5K,
     Q6K,
     BF16,
 }
@@ -95,7 +100,10 @@ impl GgmlType {
             6 => GgmlType::Q5_0,
             7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
             12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             30 => GgmlType::BF16,
             _ => return None,
@@ -110,7 +118,10 @@ impl GgmlType {
             GgmlType::Q5_0 => 6,
             GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
             GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
             GgmlType::BF16 => 30,
         }
@@ -125,7 +136,10 @@ impl GgmlType {
             GgmlType::Q5_0 => (32, 22),
             GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q2K => (256, 84),
+            GgmlType::Q3K => (256, 110),
             GgmlType::Q4K => (256, 144),
+            GgmlType::Q5K => (256, 176),
             GgmlType::Q6K => (256, 210),
         }
     }
@@ -367,6 +381,18 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+/// Q4_K's and Q5_K's sub-block `j` of 8: a 6-bit scale and min packed in 12 bytes.
+fn k4_scale_min(scales: &[u8], j: usize) -> (f32, f32) {
+    if j < 4 {
+        ((scales[j] & 63) as f32, (scales[j + 4] & 63) as f32)
+    } else {
+        (
+            ((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4)) as f32,
+            ((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)) as f32,
+        )
+    }
+}
+
 /// Dequantises `n` elements of `ty` from `bytes` (whose length the caller has checked).
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
@@ -428,26 +454,64 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
                 out.extend_from_slice(&blk);
             }
         }
+        GgmlType::Q2K => {
+            // 16 sub-blocks of 16: a 4-bit scale and min each, 2-bit values
+            for b in bytes.chunks_exact(bb) {
+                let (scales, qs) = (&b[0..16], &b[16..80]);
+                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+                for half in 0..2 {
+                    let q = &qs[half * 32..(half + 1) * 32];
+                    for j in 0..4 {
+                        let shift = 2 * j;
+                        for (k, q16) in [&q[..16], &q[16..]].into_iter().enumerate() {
+                            let sc = scales[half * 8 + 2 * j + k];
+                            let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
+                            out.extend(q16.iter().map(|&x| dl * ((x >> shift) & 3) as f32 - ml));
+                        }
+                    }
+                }
+            }
+        }
+        GgmlType::Q3K => {
+            // 16 sub-blocks of 16: 6-bit signed scales, values of 2 low bits and a high bit
+            // (`hmask`; clear: subtract 4)
+            for b in bytes.chunks_exact(bb) {
+                let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
+                let d = f16_at(b, 108);
+                let scale = |i: usize| -> f32 {
+                    let low = if i < 8 {
+                        packed[i] & 0x0F
+                    } else {
+                        packed[i - 8] >> 4
+                    };
+                    let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+                    ((low | (high << 4)) as i32 - 32) as f32
+                };
+                for half in 0..2 {
+                    let q = &qs[half * 32..(half + 1) * 32];
+                    for j in 0..4 {
+                        let (shift, bit) = (2 * j, 1u8 << (4 * half + j));
+                        for k in 0..2 {
+                            let dl = d * scale(half * 8 + 2 * j + k);
+                            out.extend((16 * k..16 * k + 16).map(|l| {
+                                let low = ((q[l] >> shift) & 3) as i32;
+                                let high = if hmask[l] & bit != 0 { 0 } else { 4 };
+                                dl * (low - high) as f32
+                            }));
+                        }
+                    }
+                }
+            }
+        }
         GgmlType::Q4K => {
             for b in bytes.chunks_exact(bb) {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
                 let scales = &b[4..16];
                 let qs = &b[16..144];
-                // 8 sub-blocks of 32, each with a 6-bit scale and min packed in `scales`
-                let scale_min = |j: usize| -> (f32, f32) {
-                    if j < 4 {
-                        ((scales[j] & 63) as f32, (scales[j + 4] & 63) as f32)
-                    } else {
-                        (
-                            ((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4)) as f32,
-                            ((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)) as f32,
-                        )
-                    }
-                };
                 for g in 0..4 {
                     let q = &qs[g * 32..(g + 1) * 32];
-                    let (s1, m1) = scale_min(2 * g);
-                    let (s2, m2) = scale_min(2 * g + 1);
+                    let (s1, m1) = k4_scale_min(scales, 2 * g);
+                    let (s2, m2) = k4_scale_min(scales, 2 * g + 1);
                     out.extend(
                         q.iter()
                             .map(|&x| d * s1 * (x & 0x0F) as f32 - dmin * m1)
@@ -458,6 +522,27 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
                             .map(|&x| d * s2 * (x >> 4) as f32 - dmin * m2)
                             .collect::<Vec<_>>(),
                     );
+                }
+            }
+        }
+        GgmlType::Q5K => {
+            // Q4_K's layout with a fifth bit per value in `qh` (bit 2g / 2g+1 for chunk g)
+            for b in bytes.chunks_exact(bb) {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+                for g in 0..4 {
+                    let q = &qs[g * 32..(g + 1) * 32];
+                    let (s1, m1) = k4_scale_min(scales, 2 * g);
+                    let (s2, m2) = k4_scale_min(scales, 2 * g + 1);
+                    let (d1, d2, m1, m2) = (d * s1, d * s2, dmin * m1, dmin * m2);
+                    out.extend((0..32).map(|l| {
+                        let hi = ((qh[l] >> (2 * g)) & 1) << 4;
+                        d1 * ((q[l] & 0x0F) | hi) as f32 - m1
+                    }));
+                    out.extend((0..32).map(|l| {
+                        let hi = ((qh[l] >> (2 * g + 1)) & 1) << 4;
+                        d2 * ((q[l] >> 4) | hi) as f32 - m2
+                    }));
                 }
             }
         }
