@@ -16,6 +16,7 @@ echo "== every kernel file in the host emulation (vs f64 / the CPU reference; Th
 bash scripts/emulate_kernels.sh
 bash scripts/emulate_kernels.sh --tsan
 echo "== SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
+echo "== llama.cpp's tokenizer test vocabularies (tests/gguf_vocab.rs)" && bash scripts/fetch_vocab_tests.sh
 echo "== tests" && cargo test --release
 echo "== GPU tests (skip without a GPU)"
 # cargo counts a skipped test as passed: say how many really ran on a GPU

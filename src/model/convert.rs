@@ -78,9 +78,17 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// Llama 3's (llama.cpp's `llama-bpe`): the same with digits in runs of up to three.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The normalizer and pre-tokenizer of a tokenizer.json for llama.cpp's pre-tokenizer name
-/// `pre` (`tokenizer.ggml.pre`), as the models' own Hugging Face tokenizer.json files have them.
-fn pre_tokenizer_json(pre: &str, src: &str) -> Result<(serde_json::Value, serde_json::Value)> {
+/// What a tokenizer.json needs beyond the vocabulary and merges, per llama.cpp's pre-tokenizer
+/// name (`tokenizer.ggml.pre`), as the models' own Hugging Face tokenizer.json files have it.
+struct TokenizerStyle {
+    normalizer: serde_json::Value,
+    pre_tokenizer: serde_json::Value,
+    /// BPE `ignore_merges`: a piece that is a whole vocabulary entry is that token, whatever
+    /// the merges would make of it (Llama 3's tokenizer.json; "Việt" is one token there)
+    ignore_merges: bool,
+}
+
+fn pre_tokenizer_json(pre: &str, src: &str) -> Result<TokenizerStyle> {
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     // after a Split, the byte-level step only maps bytes (its own GPT-2 regex off)
     let split_then_bytes = |regex: &str| {
@@ -89,18 +97,32 @@ fn pre_tokenizer_json(pre: &str, src: &str) -> Result<(serde_json::Value, serde_
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
         ]})
     };
+    let style = |normalizer, pre_tokenizer, ignore_merges| TokenizerStyle {
+        normalizer,
+        pre_tokenizer,
+        ignore_merges,
+    };
+    let none = serde_json::Value::Null;
     Ok(match pre {
         // these split every digit on its own before the GPT-2 regex
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => (
-            serde_json::Value::Null,
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => style(
+            none,
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+            false,
         ),
-        "gpt-2" | "gpt2" | "default" => (serde_json::Value::Null, byte_level),
+        "gpt-2" | "gpt2" | "default" => style(none, byte_level, false),
         // Qwen2's tokenizer.json composes text to NFC first
-        "qwen2" => (json!({"type": "NFC"}), split_then_bytes(QWEN2_SPLIT)),
-        "llama-bpe" | "llama3" => (serde_json::Value::Null, split_then_bytes(LLAMA3_SPLIT)),
+        "qwen2" => style(json!({"type": "NFC"}), split_then_bytes(QWEN2_SPLIT), false),
+        "llama-bpe" | "llama3" => style(none, split_then_bytes(LLAMA3_SPLIT), true),
         other => bail!("{src}: metadata `tokenizer.ggml.pre` = \"{other}\" is not supported (supported: smollm, starcoder, refact, gpt-2, qwen2, llama-bpe, default)"),
     })
+}
+
+/// The tokenizer.json that `cada convert` writes for a GGUF file's `tokenizer.ggml.*` metadata
+/// (the file may hold a vocabulary only: tests/gguf_vocab.rs reads llama.cpp's test vocabularies).
+pub fn gguf_tokenizer_json(path: &Path) -> Result<String> {
+    let g = GgufFile::open(path)?;
+    Ok(tokenizer_files(&g)?.0)
 }
 
 /// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE) and tokenizer_config.json.
@@ -149,7 +171,11 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
         .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
         .collect();
-    let (normalizer, pre_tokenizer) = pre_tokenizer_json(pre, &src)?;
+    let TokenizerStyle {
+        normalizer,
+        pre_tokenizer,
+        ignore_merges,
+    } = pre_tokenizer_json(pre, &src)?;
     let tok = json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": added,
@@ -158,7 +184,7 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
     });
     let name_of = |key: &str| {
         g.get(key)
@@ -170,7 +196,11 @@ fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
         "tokenizer_class": "GPT2Tokenizer",
         "add_bos_token": g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
         "clean_up_tokenization_spaces": false,
-        "model_max_length": meta_u64(g, &format!("{}.context_length", arch(g)?)).unwrap_or(2048),
+        "model_max_length": g
+            .get("general.architecture")
+            .and_then(|a| a.as_str())
+            .and_then(|a| meta_u64(g, &format!("{a}.context_length")).ok())
+            .unwrap_or(2048),
     });
     for (field, key) in [
         ("bos_token", "tokenizer.ggml.bos_token_id"),
@@ -434,7 +464,11 @@ mod tests {
     /// normalizer and pre-tokenizer that `pre` maps to: a merge can only join symbols the
     /// pre-tokenizer left in one piece, so the tokens show where it cut.
     fn tokens(pre: &str, text: &str) -> Vec<String> {
-        let (normalizer, pre_tokenizer) = pre_tokenizer_json(pre, "test.gguf").unwrap();
+        let TokenizerStyle {
+            normalizer,
+            pre_tokenizer,
+            ignore_merges,
+        } = pre_tokenizer_json(pre, "test.gguf").unwrap();
         let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
         alphabet.sort();
         let mut vocab: serde_json::Map<String, serde_json::Value> = alphabet
@@ -450,7 +484,7 @@ mod tests {
             "post_processor": null, "decoder": null,
             "model": {"type": "BPE", "dropout": null, "unk_token": null,
                       "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                       "vocab": vocab, "merges": ["1 2", "3 4"]},
         });
         let t: Tokenizer = tok.to_string().parse().unwrap();
@@ -479,7 +513,8 @@ mod tests {
     #[test]
     fn an_unknown_pre_tokenizer_is_refused_by_name() {
         let e = pre_tokenizer_json("falcon", "m.gguf")
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string();
         assert!(
             e.contains("m.gguf") && e.contains("`tokenizer.ggml.pre`") && e.contains("falcon"),

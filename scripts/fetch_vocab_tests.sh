@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fetches llama.cpp's tokenizer test vocabularies (vocabulary-only GGUF files with test strings
+# and the token ids Hugging Face's own tokenizers give for them: models/ggml-vocab-*.gguf,
+# .gguf.inp, .gguf.out) from the llama-cpp-python 0.3.36 source archive on PyPI, which vendors
+# llama.cpp, into the git-ignored models/vocab-tests/. tests/gguf_vocab.rs compares our GGUF
+# tokenizer conversion with those ids. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=models/vocab-tests
+names="qwen2 llama-bpe gpt-2 starcoder refact command-r"
+have=1
+for n in $names; do [[ -f "$dest/ggml-vocab-$n.gguf.out" ]] || have=0; done
+if (( ! have )); then
+    url=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz
+    sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    python3 - "$url" "$tmp/src.tar.gz" <<'PY'
+import sys, urllib.request
+urllib.request.urlretrieve(sys.argv[1], sys.argv[2])
+PY
+    echo "$sha  $tmp/src.tar.gz" | sha256sum -c --quiet
+    mkdir -p "$dest"
+    for n in $names; do
+        for ext in gguf gguf.inp gguf.out; do
+            tar xzf "$tmp/src.tar.gz" -C "$dest" --strip-components=4 \
+                "llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-$n.$ext"
+        done
+    done
+fi
+echo "$dest"
