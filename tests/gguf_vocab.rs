@@ -46,7 +46,7 @@ fn gguf_tokenizers_match_hugging_face_on_llama_cpp_test_vocabularies() {
         return;
     }
     for name in VOCABS {
-        let json = cada::model::convert::gguf_tokenizer_json(Path::new(&format!(
+        let json = cada::model::gguf_tokenizer::gguf_tokenizer_json(Path::new(&format!(
             "{DIR}/ggml-vocab-{name}.gguf"
         )))
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));

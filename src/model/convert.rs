@@ -58,7 +58,7 @@ pub fn permute_qk(w: &[f32], n_heads: usize, rows: usize, cols: usize) -> Vec<f3
     out
 }
 
-fn meta_u64(g: &GgufFile, key: &str) -> Result<u64> {
+pub(super) fn meta_u64(g: &GgufFile, key: &str) -> Result<u64> {
     g.get(key).and_then(|v| v.as_u64()).with_context(|| {
         format!(
             "{}: missing or non-integer metadata `{key}`",
@@ -69,153 +69,6 @@ fn meta_u64(g: &GgufFile, key: &str) -> Result<u64> {
 
 fn meta_f64(g: &GgufFile, key: &str) -> Option<f64> {
     g.get(key).and_then(|v| v.as_f64())
-}
-
-/// Qwen2's split (its tokenizer.json's `Split` regex; llama.cpp's `qwen2` pre-tokenizer): one
-/// digit a token, contractions, letter runs with one leading non-letter, punctuation runs with
-/// trailing newlines, whitespace.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Llama 3's (llama.cpp's `llama-bpe`): the same with digits in runs of up to three.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// What a tokenizer.json needs beyond the vocabulary and merges, per llama.cpp's pre-tokenizer
-/// name (`tokenizer.ggml.pre`), as the models' own Hugging Face tokenizer.json files have it.
-struct TokenizerStyle {
-    normalizer: serde_json::Value,
-    pre_tokenizer: serde_json::Value,
-    /// BPE `ignore_merges`: a piece that is a whole vocabulary entry is that token, whatever
-    /// the merges would make of it (Llama 3's tokenizer.json; "Việt" is one token there)
-    ignore_merges: bool,
-}
-
-fn pre_tokenizer_json(pre: &str, src: &str) -> Result<TokenizerStyle> {
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    // after a Split, the byte-level step only maps bytes (its own GPT-2 regex off)
-    let split_then_bytes = |regex: &str| {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-        ]})
-    };
-    let style = |normalizer, pre_tokenizer, ignore_merges| TokenizerStyle {
-        normalizer,
-        pre_tokenizer,
-        ignore_merges,
-    };
-    let none = serde_json::Value::Null;
-    Ok(match pre {
-        // these split every digit on its own before the GPT-2 regex
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => style(
-            none,
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
-            false,
-        ),
-        "gpt-2" | "gpt2" | "default" => style(none, byte_level, false),
-        // Qwen2's tokenizer.json composes text to NFC first
-        "qwen2" => style(json!({"type": "NFC"}), split_then_bytes(QWEN2_SPLIT), false),
-        "llama-bpe" | "llama3" => style(none, split_then_bytes(LLAMA3_SPLIT), true),
-        other => bail!("{src}: metadata `tokenizer.ggml.pre` = \"{other}\" is not supported (supported: smollm, starcoder, refact, gpt-2, qwen2, llama-bpe, default)"),
-    })
-}
-
-/// The tokenizer.json that `cada convert` writes for a GGUF file's `tokenizer.ggml.*` metadata
-/// (the file may hold a vocabulary only: tests/gguf_vocab.rs reads llama.cpp's test vocabularies).
-pub fn gguf_tokenizer_json(path: &Path) -> Result<String> {
-    let g = GgufFile::open(path)?;
-    Ok(tokenizer_files(&g)?.0)
-}
-
-/// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE) and tokenizer_config.json.
-fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
-    let src = g.path.display().to_string();
-    let model = g
-        .get("tokenizer.ggml.model")
-        .and_then(|v| v.as_str())
-        .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.model`"))?;
-    if model != "gpt2" {
-        bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2 byte-level BPE)");
-    }
-    let tokens: Vec<&str> = g
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.as_array())
-        .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.tokens`"))?
-        .iter()
-        .map(|t| {
-            t.as_str()
-                .with_context(|| format!("{src}: `tokenizer.ggml.tokens` holds a non-string"))
-        })
-        .collect::<Result<_>>()?;
-    let types: Vec<u64> = g
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect())
-        .unwrap_or_default();
-    let merges: Vec<&str> = g
-        .get("tokenizer.ggml.merges")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
-        .unwrap_or_default();
-    let pre = g
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), json!(i)))
-        .collect();
-    // control (3) and user-defined (4) tokens are matched whole, before the BPE
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
-        .collect();
-    let TokenizerStyle {
-        normalizer,
-        pre_tokenizer,
-        ignore_merges,
-    } = pre_tokenizer_json(pre, &src)?;
-    let tok = json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
-    });
-    let name_of = |key: &str| {
-        g.get(key)
-            .and_then(|v| v.as_u64())
-            .and_then(|i| tokens.get(i as usize))
-            .map(|s| s.to_string())
-    };
-    let mut cfg = json!({
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_bos_token": g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
-        "clean_up_tokenization_spaces": false,
-        "model_max_length": g
-            .get("general.architecture")
-            .and_then(|a| a.as_str())
-            .and_then(|a| meta_u64(g, &format!("{a}.context_length")).ok())
-            .unwrap_or(2048),
-    });
-    for (field, key) in [
-        ("bos_token", "tokenizer.ggml.bos_token_id"),
-        ("eos_token", "tokenizer.ggml.eos_token_id"),
-        ("pad_token", "tokenizer.ggml.padding_token_id"),
-        ("unk_token", "tokenizer.ggml.unknown_token_id"),
-    ] {
-        if let Some(t) = name_of(key) {
-            cfg[field] = json!(t);
-        }
-    }
-    if let Some(t) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-        cfg["chat_template"] = json!(t);
-    }
-    Ok((serde_json::to_string(&tok)?, cfg))
 }
 
 fn arch(g: &GgufFile) -> Result<String> {
@@ -379,7 +232,7 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         }
         tensors.push((hname, shape, data));
     }
-    let (tokenizer_json, tokenizer_config) = tokenizer_files(&g)?;
+    let (tokenizer_json, tokenizer_config) = super::gguf_tokenizer::tokenizer_files(&g)?;
     Ok(HfModel {
         config,
         tensors,
@@ -452,73 +305,4 @@ pub fn run_convert(from: &Path, to: &Path, dtype: SaveDtype) -> Result<f64> {
     let hf = gguf_to_hf(from)?;
     write_hf_dir(&hf, to, dtype)?;
     Ok(t0.elapsed().as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::Tokenizer;
-
-    /// A byte-level BPE over the 256 byte symbols with the merges `1 2` and `3 4`, under the
-    /// normalizer and pre-tokenizer that `pre` maps to: a merge can only join symbols the
-    /// pre-tokenizer left in one piece, so the tokens show where it cut.
-    fn tokens(pre: &str, text: &str) -> Vec<String> {
-        let TokenizerStyle {
-            normalizer,
-            pre_tokenizer,
-            ignore_merges,
-        } = pre_tokenizer_json(pre, "test.gguf").unwrap();
-        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-        alphabet.sort();
-        let mut vocab: serde_json::Map<String, serde_json::Value> = alphabet
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.to_string(), json!(i)))
-            .collect();
-        vocab.insert("12".into(), json!(256));
-        vocab.insert("34".into(), json!(257));
-        let tok = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
-            "post_processor": null, "decoder": null,
-            "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
-                      "vocab": vocab, "merges": ["1 2", "3 4"]},
-        });
-        let t: Tokenizer = tok.to_string().parse().unwrap();
-        t.encode(text, false).unwrap().get_tokens().to_vec()
-    }
-
-    #[test]
-    fn pre_tokenizers_cut_digits_as_their_models_do() {
-        // GPT-2: digit runs whole; Llama 3: runs of up to three; Qwen2 and SmolLM: one digit
-        assert_eq!(tokens("gpt-2", "1234"), ["12", "34"]);
-        assert_eq!(tokens("llama-bpe", "1234"), ["12", "3", "4"]);
-        assert_eq!(tokens("qwen2", "1234"), ["1", "2", "3", "4"]);
-        assert_eq!(tokens("smollm", "1234"), ["1", "2", "3", "4"]);
-        // Llama 3's and Qwen2's regex keep a space before a letter run and split it from digits
-        assert_eq!(tokens("llama-bpe", "a 12"), ["a", "Ġ", "12"]);
-        assert_eq!(tokens("qwen2", " ab\n\n"), ["Ġ", "a", "b", "Ċ", "Ċ"]);
-    }
-
-    #[test]
-    fn qwen2_composes_to_nfc_and_llama3_does_not() {
-        // e + U+0301 (combining acute): NFC makes it é (bytes C3 A9, byte symbols Ã ©)
-        assert_eq!(tokens("qwen2", "e\u{301}"), ["Ã", "©"]);
-        assert_eq!(tokens("llama-bpe", "e\u{301}").len(), 3);
-    }
-
-    #[test]
-    fn an_unknown_pre_tokenizer_is_refused_by_name() {
-        let e = pre_tokenizer_json("falcon", "m.gguf")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            e.contains("m.gguf") && e.contains("`tokenizer.ggml.pre`") && e.contains("falcon"),
-            "{e}"
-        );
-    }
 }

@@ -3,6 +3,7 @@ pub mod chat;
 pub mod config;
 pub mod convert;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod init;
 pub mod llama;
 pub mod load;
