@@ -19,6 +19,12 @@ inline uint32_t pack_bf16(float lo, float hi) {
 // Matrix i's row r comes from the address lane 8i + r gave; lane l gets row l / 4, columns
 // 2(l % 4) + {0, 1} (non-transposed) or rows 2(l % 4) + {0, 1}, column l / 4 (transposed).
 inline void ldsm_common(uint32_t r[4], const uint16_t* row, bool trans) {
+    // the hardware needs each row address 16-byte aligned (a misaligned one faults on the GPU)
+    if ((uintptr_t)row & 15) {
+        std::fprintf(stderr, "emulation: ldmatrix row address %p is not 16-byte aligned\n",
+                     (const void*)row);
+        std::abort();
+    }
     const uint64_t mine = (uint64_t)(uintptr_t)row;
     auto table = emu::exchange(&mine, 1);
     const int l = emu::lane_id();
@@ -103,6 +109,12 @@ inline thread_local CpAsyncQueue cp_async_queue;
 }  // namespace emu
 
 inline void cp_async_n(void* smem, const void* gmem, bool valid, int size) {
+    // cp.async of `size` bytes needs both addresses aligned to `size`, as on the GPU
+    if (((uintptr_t)smem | (valid ? (uintptr_t)gmem : 0)) & (uintptr_t)(size - 1)) {
+        std::fprintf(stderr, "emulation: cp.async of %d bytes at misaligned %p <- %p\n", size,
+                     smem, gmem);
+        std::abort();
+    }
     emu::PendingCopy c{smem, size, {}};
     if (valid) std::memcpy(c.bytes, gmem, size);  // else zero bytes (src-size 0)
     emu::cp_async_queue.open.push_back(c);
