@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=models/vocab-tests
-names="qwen2 llama-bpe gpt-2 starcoder refact command-r"
+names="qwen2 llama-bpe gpt-2 starcoder refact command-r llama-spm phi-3"
 have=1
 for n in $names; do [[ -f "$dest/ggml-vocab-$n.gguf.out" ]] || have=0; done
 if (( ! have )); then

@@ -10,7 +10,8 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/vocab-tests");
-/// the pre-tokenizer names of the vocabularies, as in `tokenizer.ggml.pre`
+/// the vocabularies: llama.cpp's names (`tokenizer.ggml.pre` for the byte-level BPE ones;
+/// `llama-spm` is Llama 2's SentencePiece)
 const VOCABS: &[&str] = &[
     "qwen2",
     "llama-bpe",
@@ -18,6 +19,8 @@ const VOCABS: &[&str] = &[
     "starcoder",
     "refact",
     "command-r",
+    "llama-spm",
+    "phi-3",
 ];
 
 /// (text, ids) pairs of one vocabulary's .inp/.out files.
@@ -60,10 +63,35 @@ fn gguf_tokenizers_match_hugging_face_on_llama_cpp_test_vocabularies() {
                 wrong.push(format!("  {text:?}: ours {got:?}, HF {want:?}"));
             }
         }
+        let tokenized = cases.len() - wrong.len();
+        // decoding gives the text back (byte-level BPE exactly; SentencePiece strips the one
+        // space it prefixed)
+        for (text, want) in &cases {
+            let back = tok.decode(want, false).unwrap();
+            if &back != text {
+                wrong.push(format!("  {text:?}: decodes to {back:?}"));
+            }
+        }
+        // with special tokens, BOS is prefixed only where the file says add_bos_token
+        let plain = tok.encode("Hello world", false).unwrap().get_ids().to_vec();
+        let with = tok.encode("Hello world", true).unwrap().get_ids().to_vec();
+        assert_eq!(
+            &with[with.len() - plain.len()..],
+            &plain[..],
+            "{name}: BOS template"
+        );
+        let bos = (with.len() > plain.len()).then(|| with[0]);
+        // the files' add_bos_token: Llama 2 / Phi-3 <s> = 1, Command-R <BOS_TOKEN> = 5
+        let want_bos = match *name {
+            "llama-spm" | "phi-3" => Some(1),
+            "command-r" => Some(5),
+            _ => None,
+        };
+        assert_eq!(bos, want_bos, "{name}: BOS with special tokens");
         println!(
-            "{name}: {}/{} strings tokenized as HF does",
-            cases.len() - wrong.len(),
-            cases.len()
+            "{name}: {tokenized}/{} strings tokenized as HF does; {} decoded back; BOS added: {bos:?}",
+            cases.len(),
+            cases.len() * 2 - wrong.len() - tokenized,
         );
         assert!(wrong.is_empty(), "{name}:\n{}", wrong.join("\n"));
     }

@@ -64,15 +64,96 @@ pub fn gguf_tokenizer_json(path: &Path) -> Result<String> {
     Ok(tokenizer_files(&g)?.0)
 }
 
-/// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE) and tokenizer_config.json.
+/// SentencePiece (`tokenizer.ggml.model` = "llama": Llama 2, Mistral, TinyLlama) as Hugging
+/// Face's converter writes it: a BPE over the pieces with byte fallback, whose merges are every
+/// split of a piece into two pieces, ranked by the whole piece's score (highest first; a
+/// piece's splits by their ids), and `▁` for spaces (prefixed once when `add_space_prefix`).
+fn sentencepiece_parts(
+    g: &GgufFile,
+    tokens: &[&str],
+    src: &str,
+) -> Result<(serde_json::Value, serde_json::Value, serde_json::Value)> {
+    let scores: Vec<f64> = g
+        .get("tokenizer.ggml.scores")
+        .and_then(|v| v.as_array())
+        .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.scores` (a SentencePiece vocabulary needs them)"))?
+        .iter()
+        .map(|s| s.as_f64().with_context(|| format!("{src}: `tokenizer.ggml.scores` holds a non-number")))
+        .collect::<Result<_>>()?;
+    if scores.len() != tokens.len() {
+        bail!(
+            "{src}: `tokenizer.ggml.scores` holds {} values for {} tokens",
+            scores.len(),
+            tokens.len()
+        );
+    }
+    let id: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new(); // (score, piece, left, right)
+    for (piece, text) in tokens.iter().enumerate() {
+        for (cut, _) in text.char_indices().skip(1) {
+            if let (Some(&l), Some(&r)) = (id.get(&text[..cut]), id.get(&text[cut..])) {
+                merges.push((scores[piece], piece, l, r));
+            }
+        }
+    }
+    // stable: equal scores keep piece order, then (left, right) ids
+    merges.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then((a.2, a.3).cmp(&(b.2, b.3)))
+    });
+    let merges: Vec<serde_json::Value> = merges
+        .iter()
+        .map(|&(_, _, l, r)| json!([tokens[l], tokens[r]]))
+        .collect();
+    let prefix = g
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if prefix {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, space]})
+    } else {
+        space
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let unk = g
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.as_u64())
+        .and_then(|i| tokens.get(i as usize));
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                       "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                       "ignore_merges": false, "vocab": vocab, "merges": merges});
+    Ok((
+        normalizer,
+        json!({"type": "Sequence", "decoders": decoders}),
+        model,
+    ))
+}
+
+/// `tokenizer.ggml.*` → a Hugging Face tokenizer.json (byte-level BPE, or SentencePiece's BPE)
+/// and tokenizer_config.json.
 pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value)> {
     let src = g.path.display().to_string();
     let model = g
         .get("tokenizer.ggml.model")
         .and_then(|v| v.as_str())
         .with_context(|| format!("{src}: missing metadata `tokenizer.ggml.model`"))?;
-    if model != "gpt2" {
-        bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2 byte-level BPE)");
+    if model != "gpt2" && model != "llama" {
+        bail!("{src}: metadata `tokenizer.ggml.model` = \"{model}\" is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)");
     }
     let tokens: Vec<&str> = g
         .get("tokenizer.ggml.tokens")
@@ -103,37 +184,80 @@ pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value
         .enumerate()
         .map(|(i, t)| (t.to_string(), json!(i)))
         .collect();
-    // control (3) and user-defined (4) tokens are matched whole, before the BPE
+    // control (3) and user-defined (4) tokens, and SentencePiece's unknown (2), are matched
+    // whole, before the BPE
+    let spm = model == "llama";
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
+        .filter(|(i, _)| match types.get(*i) {
+            Some(3) | Some(4) => true,
+            Some(2) => spm,
+            _ => false,
+        })
+        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] != 4}))
         .collect();
-    let TokenizerStyle {
-        normalizer,
-        pre_tokenizer,
-        ignore_merges,
-    } = pre_tokenizer_json(pre, &src)?;
-    let tok = json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
-    });
     let name_of = |key: &str| {
         g.get(key)
             .and_then(|v| v.as_u64())
             .and_then(|i| tokens.get(i as usize))
             .map(|s| s.to_string())
     };
+    let add_bos = g
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    // BOS where the file says to add it (the post-processor runs with add_special_tokens)
+    let bos_template = match (add_bos, name_of("tokenizer.ggml.bos_token_id")) {
+        (true, Some(bos)) => {
+            let bos_id = g
+                .get("tokenizer.ggml.bos_token_id")
+                .and_then(|v| v.as_u64());
+            let special = |type_id: u32| json!({"SpecialToken": {"id": bos, "type_id": type_id}});
+            let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+            Some(json!({"type": "TemplateProcessing",
+                        "single": [special(0), seq("A", 0)],
+                        "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+                        "special_tokens": {bos.clone(): {"id": bos, "ids": [bos_id], "tokens": [bos]}}}))
+        }
+        _ => None,
+    };
+    let tok = if spm {
+        let (normalizer, decoder, model) = sentencepiece_parts(g, &tokens, &src)?;
+        json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": null,
+            "post_processor": bos_template,
+            "decoder": decoder,
+            "model": model,
+        })
+    } else {
+        let TokenizerStyle {
+            normalizer,
+            pre_tokenizer,
+            ignore_merges,
+        } = pre_tokenizer_json(pre, &src)?;
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
+        let post_processor = match bos_template {
+            Some(t) => json!({"type": "Sequence", "processors": [byte_level, t]}),
+            None => byte_level,
+        };
+        json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": post_processor,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
+        })
+    };
     let mut cfg = json!({
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_bos_token": g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+        "tokenizer_class": if spm { "LlamaTokenizer" } else { "GPT2Tokenizer" },
+        "add_bos_token": add_bos,
         "clean_up_tokenization_spaces": false,
         "model_max_length": g
             .get("general.architecture")
