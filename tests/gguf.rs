@@ -382,8 +382,8 @@ fn bad_files_are_clear_errors() {
 }
 
 /// A GGUF tensor the converter does not map is an error naming the file and the tensor, not
-/// silently dropped; Llama 3.1's `rope_freqs.weight` (RoPE scaling baked into a tensor) gets
-/// its own explanation.
+/// silently dropped; a `rope_freqs.weight` that is no Llama 3 scaling (here: the wrong length)
+/// gets its own explanation.
 #[test]
 fn unmapped_tensors_are_refused_not_dropped() {
     let f32_bytes = |n: usize| -> Vec<u8> {
@@ -468,4 +468,105 @@ fn quantised_types_match_the_gguf_python_reference() {
         );
         assert!(worst <= 1e-6, "{name}: worst relative difference {worst:e}");
     }
+}
+
+/// Llama 3.1+ GGUFs carry their RoPE scaling as `rope_freqs.weight`, one divisor per frequency,
+/// computed by llama.cpp's converter (its formula, written out here from the converter, not from
+/// our config code). The conversion recovers Llama 3.2's rope_scaling (factor 32, low 1, high 4,
+/// original 8192) and then gives exactly llama.cpp's frequencies, base / divisor; divisors no
+/// Llama 3 scaling makes are refused, and all-ones divisors mean no scaling.
+#[test]
+fn llama3_rope_divisors_become_rope_scaling() {
+    let (hd, theta) = (64usize, 500_000f64);
+    let llama_cpp_divisors = |factor: f64, low: f64, high: f64, original: f64| -> Vec<f32> {
+        let (low_wavelen, high_wavelen) = (original / low, original / high);
+        (0..hd / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                (if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (original / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }) as f32
+            })
+            .collect()
+    };
+    let model = |divisors: &[f32]| {
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut w = Writer::new(3);
+        w.kv_str("general.architecture", "llama");
+        w.kv_u32("llama.embedding_length", hd as u32);
+        w.kv_u32("llama.block_count", 0);
+        w.kv_u32("llama.attention.head_count", 1);
+        w.kv_u32("llama.feed_forward_length", 16);
+        w.kv_f32("llama.rope.freq_base", theta as f32);
+        w.kv_str("tokenizer.ggml.model", "gpt2");
+        w.kv_strs("tokenizer.ggml.tokens", &["a", "b", "c", "d"]);
+        let emb: Vec<f32> = (0..4 * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+        w.tensor(
+            "token_embd.weight",
+            &[hd as u64, 4],
+            GgmlType::F32,
+            f32_bytes(&emb),
+        );
+        w.tensor(
+            "output_norm.weight",
+            &[hd as u64],
+            GgmlType::F32,
+            f32_bytes(&vec![1.0; hd]),
+        );
+        w.tensor(
+            "rope_freqs.weight",
+            &[(hd / 2) as u64],
+            GgmlType::F32,
+            f32_bytes(divisors),
+        );
+        w.bytes()
+    };
+    let divisors = llama_cpp_divisors(32.0, 1.0, 4.0, 8192.0);
+    assert!(
+        divisors.iter().any(|&d| d > 1.0 && d < 32.0),
+        "the blend region is exercised"
+    );
+    let (_d, p) = write(&model(&divisors));
+    let hf = cada::model::convert::gguf_to_hf(&p).unwrap();
+    let rs = &hf.config["rope_scaling"];
+    assert_eq!(rs["rope_type"], "llama3", "{rs}");
+    for (field, want) in [
+        ("factor", 32.0),
+        ("low_freq_factor", 1.0),
+        ("high_freq_factor", 4.0),
+        ("original_max_position_embeddings", 8192.0),
+    ] {
+        assert_eq!(rs[field].as_f64(), Some(want), "{field}: {rs}");
+    }
+    // the file has no layers; the rope settings are what is read here
+    let mut config = hf.config.clone();
+    config["num_hidden_layers"] = serde_json::json!(1);
+    let cfg = cada::model::config::LlamaConfig::from_json(&config, "config.json").unwrap();
+    let ours = cfg.rope_inv_freq();
+    for (i, (&f, &d)) in ours.iter().zip(&divisors).enumerate() {
+        let want = (1.0 / theta.powf((2 * i) as f64 / hd as f64)) / d as f64;
+        assert!(
+            ((f as f64) - want).abs() <= 1e-6 * want,
+            "frequency {i}: ours {f}, llama.cpp {want}"
+        );
+    }
+    // no scaling: all ones
+    let (_d, p) = write(&model(&vec![1.0; hd / 2]));
+    let hf = cada::model::convert::gguf_to_hf(&p).unwrap();
+    assert!(hf.config.get("rope_scaling").is_none(), "{}", hf.config);
+    // divisors of no Llama 3 scaling: refused by name
+    let mut odd = divisors.clone();
+    odd[hd / 4] *= 1.5;
+    let (_d, p) = write(&model(&odd));
+    let e = format!("{:#}", cada::model::convert::gguf_to_hf(&p).err().unwrap());
+    assert!(
+        e.contains("t.gguf") && e.contains("rope_freqs.weight"),
+        "{e}"
+    );
 }

@@ -17,6 +17,26 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: f64,
 }
 
+impl Llama3RopeScaling {
+    /// The scaled inverse frequency of one RoPE pair whose unscaled one is `base`
+    /// (transformers' `_compute_llama3_parameters`): high frequencies kept, low ones divided by
+    /// `factor`, a smooth blend between.
+    pub fn scale(&self, base: f64) -> f64 {
+        let low_wavelen = self.original_max_position_embeddings / self.low_freq_factor;
+        let high_wavelen = self.original_max_position_embeddings / self.high_freq_factor;
+        let wavelen = 2.0 * std::f64::consts::PI / base;
+        if wavelen < high_wavelen {
+            base
+        } else if wavelen > low_wavelen {
+            base / self.factor
+        } else {
+            let smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * base / self.factor + smooth * base
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlamaConfig {
     pub architecture: String,
@@ -314,22 +334,7 @@ impl LlamaConfig {
                 let base = 1.0 / self.rope_theta.powf((2 * i) as f64 / hd as f64);
                 let f = match &self.rope_scaling {
                     None => base,
-                    Some(rs) => {
-                        let low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor;
-                        let high_wavelen =
-                            rs.original_max_position_embeddings / rs.high_freq_factor;
-                        let wavelen = 2.0 * std::f64::consts::PI / base;
-                        if wavelen < high_wavelen {
-                            base
-                        } else if wavelen > low_wavelen {
-                            base / rs.factor
-                        } else {
-                            let smooth = (rs.original_max_position_embeddings / wavelen
-                                - rs.low_freq_factor)
-                                / (rs.high_freq_factor - rs.low_freq_factor);
-                            (1.0 - smooth) * base / rs.factor + smooth * base
-                        }
-                    }
+                    Some(rs) => rs.scale(base),
                 };
                 f as f32
             })

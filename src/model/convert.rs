@@ -205,13 +205,33 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         .map(|t| t.name.as_str())
         .filter(|n| !mapped.contains(n))
         .collect();
-    if unmapped.contains(&"rope_freqs.weight") {
-        bail!(
-            "{src}: tensor `rope_freqs.weight` holds per-frequency RoPE factors (Llama 3.1+ rope \
-             scaling baked in by llama.cpp), which this converter does not apply; convert the \
-             Hugging Face safetensors instead (their config.json carries rope_scaling)"
-        );
-    }
+    // Llama 3.1+: llama.cpp bakes the rope_scaling into per-frequency divisors; recover the
+    // parameters they came from, or refuse
+    let unmapped: Vec<&str> = if let Some(info) = g.tensor_info("rope_freqs.weight") {
+        let divisors = g.tensor_f32(info)?;
+        let scaling = fit_llama3_scaling(&divisors, config["rope_theta"].as_f64().unwrap_or(10000.0), head_dim)
+            .with_context(|| format!(
+                "{src}: tensor `rope_freqs.weight` holds per-frequency RoPE divisors that no Llama 3 \
+                 rope_scaling (factor, low/high_freq_factor, original_max_position_embeddings) \
+                 reproduces; convert the Hugging Face safetensors instead (their config.json \
+                 carries rope_scaling)"
+            ))?;
+        if let Some(rs) = scaling {
+            config["rope_scaling"] = json!({
+                "rope_type": "llama3",
+                "factor": rs.factor,
+                "low_freq_factor": rs.low_freq_factor,
+                "high_freq_factor": rs.high_freq_factor,
+                "original_max_position_embeddings": rs.original_max_position_embeddings,
+            });
+        }
+        unmapped
+            .into_iter()
+            .filter(|n| *n != "rope_freqs.weight")
+            .collect()
+    } else {
+        unmapped
+    };
     if let Some(first) = unmapped.first() {
         bail!(
             "{src}: {} tensor(s) this converter does not map for `{a}`, e.g. `{first}`; \
@@ -239,6 +259,43 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         tokenizer_json,
         tokenizer_config,
     })
+}
+
+/// The Llama 3 `rope_scaling` whose divisors (unscaled / scaled inverse frequency, one per RoPE
+/// pair) are `divisors`, as llama.cpp writes them into `rope_freqs.weight`: `Ok(None)` when all
+/// are 1 (no scaling), `None` (an error for the caller) when no candidate reproduces them to
+/// 1e-5. The factor is the largest divisor; the other three are searched over the values
+/// Meta's Llama 3.x releases and their fine-tunes use.
+fn fit_llama3_scaling(
+    divisors: &[f32],
+    theta: f64,
+    head_dim: usize,
+) -> Option<Option<crate::model::config::Llama3RopeScaling>> {
+    if divisors.len() != head_dim / 2 {
+        return None;
+    }
+    if divisors.iter().all(|&d| d == 1.0) {
+        return Some(None);
+    }
+    let factor = divisors.iter().fold(0f32, |m, &d| m.max(d)) as f64;
+    for original in [8192.0, 4096.0, 16384.0, 32768.0, 65536.0, 131072.0] {
+        for (low, high) in [(1.0, 4.0), (1.0, 2.0), (2.0, 4.0), (1.0, 8.0)] {
+            let rs = crate::model::config::Llama3RopeScaling {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: original,
+            };
+            let fits = divisors.iter().enumerate().all(|(i, &d)| {
+                let base = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+                ((base / rs.scale(base)) - d as f64).abs() <= 1e-5 * d as f64
+            });
+            if fits {
+                return Some(Some(rs));
+            }
+        }
+    }
+    None
 }
 
 /// Writes `config.json`, `model.safetensors` (in `dtype`), `tokenizer.json` and
