@@ -1,11 +1,10 @@
-//! Our GGUF tokenizer conversion (`tokenizer.ggml.*` → tokenizer.json, src/model/convert.rs)
+//! Our GGUF tokenizer conversion (`tokenizer.ggml.*` → tokenizer.json, src/model/gguf_tokenizer.rs)
 //! against the token ids Hugging Face's own tokenizers give, on llama.cpp's test vocabularies:
 //! vocabulary-only GGUF files of real models with test strings (whitespace runs, digits,
 //! contractions, accents, emoji, CJK, code) and the ids made from the models' tokenizer.json
 //! (`models/ggml-vocab-<pre>.gguf.inp/.out` in llama.cpp, fetched by
 //! scripts/fetch_vocab_tests.sh), through the tokenizer the engine loads (`model::tokenizer`).
-//! Every id must match. Without the files the test prints that
-//! it skipped.
+//! Every id must match. Without the files the test prints that it skipped.
 
 use cada::model::tokenizer::Tokenizer;
 use std::path::Path;
