@@ -17,6 +17,11 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// RoPE pair `i`'s inverse frequency before any scaling: theta^(−2i/head_dim).
+pub fn unscaled_inv_freq(theta: f64, head_dim: usize, i: usize) -> f64 {
+    1.0 / theta.powf((2 * i) as f64 / head_dim as f64)
+}
+
 impl Llama3RopeScaling {
     /// The scaled inverse frequency of one RoPE pair whose unscaled one is `base`
     /// (transformers' `_compute_llama3_parameters`): high frequencies kept, low ones divided by
@@ -331,7 +336,7 @@ impl LlamaConfig {
         let hd = self.head_dim;
         (0..hd / 2)
             .map(|i| {
-                let base = 1.0 / self.rope_theta.powf((2 * i) as f64 / hd as f64);
+                let base = unscaled_inv_freq(self.rope_theta, hd, i);
                 let f = match &self.rope_scaling {
                     None => base,
                     Some(rs) => rs.scale(base),

@@ -287,7 +287,7 @@ fn fit_llama3_scaling(
                 original_max_position_embeddings: original,
             };
             let fits = divisors.iter().enumerate().all(|(i, &d)| {
-                let base = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+                let base = crate::model::config::unscaled_inv_freq(theta, head_dim, i);
                 ((base / rs.scale(base)) - d as f64).abs() <= 1e-5 * d as f64
             });
             if fits {

@@ -71,6 +71,7 @@ pub fn gguf_tokenizer_json(path: &Path) -> Result<String> {
 fn sentencepiece_parts(
     g: &GgufFile,
     tokens: &[&str],
+    vocab: serde_json::Map<String, serde_json::Value>,
     src: &str,
 ) -> Result<(serde_json::Value, serde_json::Value, serde_json::Value)> {
     let scores: Vec<f64> = g
@@ -129,11 +130,6 @@ fn sentencepiece_parts(
         .get("tokenizer.ggml.unknown_token_id")
         .and_then(|v| v.as_u64())
         .and_then(|i| tokens.get(i as usize));
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), json!(i)))
-        .collect();
     let model = json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                        "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
                        "ignore_merges": false, "vocab": vocab, "merges": merges});
@@ -208,22 +204,22 @@ pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     // BOS where the file says to add it (the post-processor runs with add_special_tokens)
-    let bos_template = match (add_bos, name_of("tokenizer.ggml.bos_token_id")) {
-        (true, Some(bos)) => {
-            let bos_id = g
-                .get("tokenizer.ggml.bos_token_id")
-                .and_then(|v| v.as_u64());
+    let bos_id = g
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u64());
+    let bos_template = match (add_bos, bos_id.and_then(|i| tokens.get(i as usize))) {
+        (true, Some(&bos)) => {
             let special = |type_id: u32| json!({"SpecialToken": {"id": bos, "type_id": type_id}});
             let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
             Some(json!({"type": "TemplateProcessing",
                         "single": [special(0), seq("A", 0)],
                         "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
-                        "special_tokens": {bos.clone(): {"id": bos, "ids": [bos_id], "tokens": [bos]}}}))
+                        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}))
         }
         _ => None,
     };
     let tok = if spm {
-        let (normalizer, decoder, model) = sentencepiece_parts(g, &tokens, &src)?;
+        let (normalizer, decoder, model) = sentencepiece_parts(g, &tokens, vocab, &src)?;
         json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": added,
