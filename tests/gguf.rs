@@ -52,6 +52,15 @@ impl Writer {
         }
         self.kv.push((k.into(), b));
     }
+    fn kv_f32s(&mut self, k: &str, v: &[f32]) {
+        let mut b = 9u32.to_le_bytes().to_vec();
+        b.extend(6u32.to_le_bytes());
+        b.extend((v.len() as u64).to_le_bytes());
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+        self.kv.push((k.into(), b));
+    }
     fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) {
         self.tensors
             .push((name.into(), dims.to_vec(), ty.id(), data));
@@ -569,4 +578,36 @@ fn llama3_rope_divisors_become_rope_scaling() {
         e.contains("t.gguf") && e.contains("rope_freqs.weight"),
         "{e}"
     );
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model` = llama) without its scores, or with a
+/// score count that is not the token count, is refused naming the file and field.
+#[test]
+fn sentencepiece_vocabularies_without_matching_scores_are_refused() {
+    let file = |scores: Option<&[f32]>| {
+        let mut w = Writer::new(3);
+        w.kv_str("general.architecture", "llama");
+        w.kv_str("tokenizer.ggml.model", "llama");
+        w.kv_strs("tokenizer.ggml.tokens", &["<unk>", "\u{2581}a", "b"]);
+        if let Some(s) = scores {
+            w.kv_f32s("tokenizer.ggml.scores", s);
+        }
+        w.bytes()
+    };
+    for (scores, needle) in [
+        (None, "missing metadata `tokenizer.ggml.scores`"),
+        (Some(&[0.0f32, -1.0][..]), "holds 2 values for 3 tokens"),
+    ] {
+        let (_d, p) = write(&file(scores));
+        let e = format!(
+            "{:#}",
+            cada::model::gguf_tokenizer::gguf_tokenizer_json(&p)
+                .err()
+                .unwrap()
+        );
+        assert!(e.contains("t.gguf") && e.contains(needle), "{e}");
+    }
+    // with the scores it converts
+    let (_d, p) = write(&file(Some(&[0.0, -1.0, -2.0])));
+    cada::model::gguf_tokenizer::gguf_tokenizer_json(&p).unwrap();
 }
