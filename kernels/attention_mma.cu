@@ -25,32 +25,17 @@
 //   C (16×8, 4 f32):             c[i] is row g + 8·(i >> 1), col 2c + (i & 1)
 // so a C tile of scores is already the A operand of the next product (P·V, dS·K) once packed to
 // bf16, without going through shared memory.
-#include "common.cuh"
-#ifndef CADA_HOST_EMULATION
-#include <cuda_bf16.h>
-#endif
+#include "tensor_core_common.cuh"
 
 #define MMA_THREADS 128  // 4 warps
 #define MMA_BQ 64        // query rows per forward / dq block (16 per warp)
 #define MMA_BK 64        // keys per staged tile (forward, dq) and per dk/dv block (16 per warp)
 #define MMA_DKV_BQ 32    // query rows per tile streamed through a dk/dv block
 #define MMA_SKEW 8       // bf16 pad per smem row: rows 16 B apart mod 128, ldmatrix conflict-free
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
-
-struct AttnDims {
-    int batch, seq, n_heads, n_kv_heads, head_dim;
-};
 
 #ifndef CADA_HOST_EMULATION
-// The warp-collective and asynchronous-copy primitives. (kernels/emulation/ replaces exactly
-// these to run this file on the host and check its index math without a GPU.)
-
-// Two f32 → one bf16x2 register, `lo` in the low half (the lower column / k index).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
+// The warp-collective primitives of mma.sync. (kernels/emulation/ replaces exactly these to run
+// this file on the host and check its index math without a GPU.)
 
 // Four 8×8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8 and receives
 // row l / 4, cols 2(l % 4) + {0, 1} of each matrix in r[0..3].
@@ -78,29 +63,6 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// 16 bytes global → shared, asynchronously; `valid` false writes 16 zero bytes and reads
-// nothing (src-size 0). .cg: the tiles are re-read by other blocks through L2, not L1.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-// 4 bytes global → shared (.ca: the only cp.async size below 16 B); `valid` false writes zero.
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem),
-                 "r"(valid ? 4 : 0)
-                 : "memory");
-}
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 #endif
 
 // ldmatrix row addresses, for a 16×16 block at (r0, c0) of a tile with row stride `ld`.
@@ -150,15 +112,6 @@ __device__ __forceinline__ void stage_tile(uint16_t* dst, const uint16_t* src, i
             *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
         }
     }
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 // Forward. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 2·2·64·(HDP + 8) bf16
@@ -234,36 +187,7 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const uint1
                 mma_bf16(sc[2 * nn + 1], qf[kk], kb[2], kb[3]);
             }
         }
-        // Causal mask (it also covers keys ≥ T for every row < T) and the tile's row max.
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int n = 0; n < SN; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = k0 + n * 8 + 2 * c + (i & 1);
-                const float x = key > rows[i >> 1] ? -CUDART_INF_F : sc[n][i] * c2;
-                sc[n][i] = x;
-                mx[i >> 1] = fmaxf(mx[i >> 1], x);
-            }
-        float ref[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = quad_max(mx[r]);
-            ref[r] = mx[r] == -CUDART_INF_F ? 0.f : mx[r];  // no key yet: exp2f(-inf) = 0, no NaN
-            const float alpha = exp2f(m[r] - ref[r]);     // 0 while m = -inf
-            m[r] = mx[r];
-            l[r] *= alpha;
-#pragma unroll
-            for (int n = 0; n < DN; ++n) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
-        }
-#pragma unroll
-        for (int n = 0; n < SN; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const float p = exp2f(sc[n][i] - ref[i >> 1]);
-                sc[n][i] = p;
-                l[i >> 1] += p;
-            }
+        online_softmax_tile(sc, o, m, l, k0, rows, c, c2);
         // O += P·V: the score C tiles 2j, 2j + 1 are the A operand for keys 16j .. 16j + 15.
 #pragma unroll
         for (int j = 0; j < MMA_BK / 16; ++j) {
@@ -281,22 +205,7 @@ __device__ __forceinline__ void forward_body(float* out, float* lse, const uint1
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float lt = quad_sum(l[r]);  // ≥ 1 for a real row: its max key contributes exp2(0)
-        const int t = rows[r];
-        if (t >= s.seq) continue;
-        const float inv = 1.f / lt;
-        float* dst = out + (base + t) * qs + h * hd;
-#pragma unroll
-        for (int n = 0; n < DN; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = n * 8 + 2 * c + e;
-                if (d < hd) dst[d] = o[n][2 * r + e] * inv;
-            }
-        if (c == 0) lse[((int64_t)b * s.n_heads + h) * s.seq + t] = (m[r] + log2f(lt)) * LN2;
-    }
+    write_forward_rows(out, lse, o, m, l, rows, s, base, b, h, c);
 }
 
 // Backward, dq. grid = (ceil(T / 64), Hq, B), 128 threads, dynamic smem 6·64·(HDP + 8) bf16

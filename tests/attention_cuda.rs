@@ -1,7 +1,9 @@
-//! The two training-attention implementations against the CPU reference: the f32 kernels
-//! (attention.cu, `AttentionKernel::Simt`) and the bf16 tensor-core kernels (attention_mma.cu,
-//! `AttentionKernel::Mma`), forward (out, lse) and backward (dq, dk, dv), at shapes that are not
-//! tile multiples, plus the two mixed (one's forward feeding the other's backward) (the
+//! The training-attention implementations against the CPU reference: the f32 kernels
+//! (attention.cu, `AttentionKernel::Simt`), the bf16 tensor-core kernels (attention_mma.cu,
+//! `AttentionKernel::Mma`) and Hopper's wgmma forward with the mma backward
+//! (attention_wgmma.cu, `AttentionKernel::Wgmma`, compute capability 9.0 only), forward (out,
+//! lse) and backward (dq, dk, dv), at shapes that are not tile multiples, plus f32 and tensor
+//! cores mixed (one's forward feeding the other's backward) (the
 //! decode attention over a KV cache is in decode_attention_cuda.rs). Fresh random
 //! inputs every run, outputs poisoned with NaN before each launch; the bounds sit beside each
 //! implementation. Without a GPU every test prints "skipped: no GPU".
@@ -98,7 +100,8 @@ fn attention_case<B: Backend>(gpu: &B, r: &mut Rand) {
     attention_shape(gpu, r, attn_shape(3, 9, 2, 2, 40), t); // hd not a multiple of 32
 }
 
-/// The tensor-core kernels (the caller selects `AttentionKernel::Mma`). Tiles are 64 rows/keys.
+/// The tensor-core kernels (the caller selects `AttentionKernel::Mma` or `Wgmma`). Tiles are 64
+/// rows/keys (mma) or 128 rows by 64 keys (wgmma).
 fn attention_mma_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let t = MMA_TOLS;
     attention_shape(gpu, r, attn_shape(2, 77, 9, 3, 64), t); // group 3, T = 64 + 13
@@ -122,9 +125,14 @@ fn cuda_attention_mma() {
             gpu.set_attention_kernel(AttentionKernel::Mma);
             assert_eq!(gpu.attention_kernel(), AttentionKernel::Mma);
             attention_mma_case(&gpu, &mut rng);
-            attention_mixed(&mut gpu, &mut rng, attn_shape(2, 77, 9, 3, 64));
+            attention_mixed(
+                &mut gpu,
+                &mut rng,
+                attn_shape(2, 77, 9, 3, 64),
+                AttentionKernel::Mma,
+            );
             for s in [attn_shape(2, 77, 9, 3, 64), attn_shape(2, 33, 2, 1, 37)] {
-                attention_narrowed(&mut gpu, &mut rng, s);
+                attention_narrowed(&mut gpu, &mut rng, s, AttentionKernel::Mma);
             }
             println!("cuda_attention_mma: ran on the GPU and matched the CPU");
         }
@@ -136,11 +144,51 @@ fn cuda_attention_mma() {
     }
 }
 
-/// Forward with one attention implementation, backward with the other (both orders): the
-/// gradients must match the CPU within the mma bounds, since the `lse` layouts are identical.
+/// `AttentionKernel::Wgmma` (attention_wgmma.cu's forward, attention_mma.cu's backward) against
+/// the CPU at the mma shapes plus longer ones (blocks where one warpgroup's rows end before the
+/// other's diagonal tile; several pipeline slots reused), mixed with the f32 kernels, and with
+/// narrowed inputs. A GPU that is not compute capability 9.0 cannot run it: the test says so.
+#[test]
+fn cuda_attention_wgmma() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::AttentionKernel;
+        if let Some((mut gpu, mut rng)) = common::cuda_setup("cuda_attention_wgmma") {
+            if !gpu.supports_wgmma() {
+                println!(
+                    "cuda_attention_wgmma: skipped: this GPU is not compute capability 9.0 \
+                     (wgmma is in the sm_90a cubin only)"
+                );
+                return;
+            }
+            gpu.set_attention_kernel(AttentionKernel::Wgmma);
+            attention_mma_case(&gpu, &mut rng);
+            for s in [attn_shape(1, 300, 2, 1, 128), attn_shape(2, 1000, 3, 1, 64)] {
+                attention_shape(&gpu, &mut rng, s, MMA_TOLS);
+            }
+            let tc = AttentionKernel::Wgmma;
+            attention_mixed(&mut gpu, &mut rng, attn_shape(2, 77, 9, 3, 64), tc);
+            for s in [attn_shape(2, 77, 9, 3, 64), attn_shape(2, 33, 2, 1, 37)] {
+                attention_narrowed(&mut gpu, &mut rng, s, tc);
+            }
+            println!("cuda_attention_wgmma: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_attention_wgmma: skipped: no GPU (built without the `cuda` feature)");
+}
+
+/// Forward with the f32 attention, backward with the tensor-core kernel `tc`, and the other way
+/// round: the gradients must match the CPU within the mma bounds, since the `lse` layouts are
+/// identical.
 #[cfg(feature = "cuda")]
-fn attention_mixed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnShape) {
-    use cada::backend::cuda::AttentionKernel::{Mma, Simt};
+fn attention_mixed(
+    gpu: &mut cada::backend::cuda::Cuda,
+    r: &mut Rand,
+    s: AttnShape,
+    tc: cada::backend::cuda::AttentionKernel,
+) {
+    use cada::backend::cuda::AttentionKernel::Simt;
     let cpu = Cpu::new();
     let n = s.batch * s.seq;
     let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
@@ -163,7 +211,7 @@ fn attention_mixed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnSha
         gpu.upload(&v).unwrap(),
         gpu.upload(&dout).unwrap(),
     );
-    for (fwd, bwd) in [(Simt, Mma), (Mma, Simt)] {
+    for (fwd, bwd) in [(Simt, tc), (tc, Simt)] {
         println!("  forward {fwd:?}, backward {bwd:?}");
         gpu.set_attention_kernel(fwd);
         let (mut og, mut lg) = (poisoned(gpu, n * qd), poisoned(gpu, lse_len));
@@ -184,17 +232,22 @@ fn attention_mixed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnSha
         check("mixed dk", &down(gpu, &dkg), &dkc, grad_tol);
         check("mixed dv", &down(gpu, &dvg), &dvc, grad_tol);
     }
-    gpu.set_attention_kernel(Mma);
+    gpu.set_attention_kernel(tc);
 }
 
 /// q, k, v narrowed to bf16 (`keep_as_attention_input`) against the same values kept in f32:
-/// the mma kernels read bf16 copies either way (made by the same rounding), so forward and
+/// the tensor-core kernels (`tc`) read bf16 copies either way (made by the same rounding), so forward and
 /// backward must agree bit for bit. Then: the f32 attention refuses a narrowed input by name;
 /// with narrowing off the hint keeps the f32 values; and a write to q after a forward drops
 /// its cached bf16 copy, so the next forward sees the new values (checked against the CPU).
 #[cfg(feature = "cuda")]
-fn attention_narrowed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: AttnShape) {
-    use cada::backend::cuda::AttentionKernel::{Mma, Simt};
+fn attention_narrowed(
+    gpu: &mut cada::backend::cuda::Cuda,
+    r: &mut Rand,
+    s: AttnShape,
+    tc: cada::backend::cuda::AttentionKernel,
+) {
+    use cada::backend::cuda::AttentionKernel::Simt;
     println!("  narrowed q, k, v: shape {s:?}");
     let n = s.batch * s.seq;
     let (qd, kd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
@@ -269,7 +322,7 @@ fn attention_narrowed(gpu: &mut cada::backend::cuda::Cuda, r: &mut Rand, s: Attn
         e.contains("attention_backward (simt)") && e.contains("bf16"),
         "{e}"
     );
-    gpu.set_attention_kernel(Mma);
+    gpu.set_attention_kernel(tc);
 
     // narrowing a buffer whose copy a forward already cached keeps that copy: same results
     let (mut qc, mut kc, mut vc) = (

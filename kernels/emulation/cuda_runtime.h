@@ -70,6 +70,10 @@ struct Block {
     std::unique_ptr<std::barrier<>> warp_barrier[kMaxWarps];
     uint64_t slots[kMaxWarps][2][kWarp][8];
     int parity[kMaxWarps][kWarp];
+    // warpgroups (4 warps) for the wgmma emulation (wgmma_primitives.h): a barrier and one
+    // pointer slot per thread each
+    std::unique_ptr<std::barrier<>> group_barrier[kMaxWarps / 4];
+    const void* group_slots[kMaxWarps / 4][4 * kWarp];
 };
 inline Block* block = nullptr;
 
@@ -122,6 +126,8 @@ inline void launch(dim3 grid, dim3 threads, const std::function<void()>& kernel,
         b->block_barrier = std::make_unique<std::barrier<>>(n);
         for (unsigned w = 0; w < n / kWarp; ++w)
             b->warp_barrier[w] = std::make_unique<std::barrier<>>(kWarp);
+        for (unsigned w = 0; w < n / (4 * kWarp); ++w)
+            b->group_barrier[w] = std::make_unique<std::barrier<>>(4 * kWarp);
         std::memset(b->parity, 0, sizeof b->parity);
         block = b.get();
         running_block = at;

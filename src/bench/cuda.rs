@@ -71,15 +71,21 @@ impl BenchDevice for Cuda {
         self.driver_version()
     }
 
+    /// wgmma only where it runs (compute capability 9.0).
     fn attention_variants(&self) -> Vec<String> {
-        vec!["simt".into(), "mma".into()]
+        let mut v = vec!["simt".into(), "mma".into()];
+        if self.supports_wgmma() {
+            v.push("wgmma".into());
+        }
+        v
     }
 
     fn select_attention(&mut self, variant: &str) -> Result<()> {
         let k = match variant {
             "simt" => AttentionKernel::Simt,
             "mma" => AttentionKernel::Mma,
-            other => bail!("cuda backend: no attention variant {other:?} (simt, mma)"),
+            "wgmma" => AttentionKernel::Wgmma,
+            other => bail!("cuda backend: no attention variant {other:?} (simt, mma, wgmma)"),
         };
         self.set_attention_kernel(k);
         Ok(())

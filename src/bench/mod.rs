@@ -35,7 +35,7 @@ pub trait BenchDevice: Backend + Sized {
     fn memory_window_peak(&self) -> Result<Option<u64>>;
     /// Driver version string (`-` when not applicable).
     fn driver(&self) -> String;
-    /// The attention implementations to time (`cpu`; `simt`, `mma` on CUDA).
+    /// The attention implementations to time (`cpu`; `simt`, `mma`, and `wgmma` on a 9.0 device).
     fn attention_variants(&self) -> Vec<String>;
     /// Selects one of [`Self::attention_variants`] for the following attention calls.
     fn select_attention(&mut self, variant: &str) -> Result<()>;

@@ -15,7 +15,7 @@
 use super::attention::{attn_dims, check_backward_buffers, check_forward_buffers, grid_3d};
 use super::buffer::CudaBuf;
 use super::kernels::{self, defines};
-use super::{AttentionKernel, Cuda};
+use super::Cuda;
 use crate::backend::AttnShape;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
@@ -35,7 +35,7 @@ const SKEW: usize = defines::MMA_SKEW as usize;
 const DEFAULT_SMEM: usize = 48 * 1024;
 
 /// The padded head width the kernels are instantiated for (`_hd64`, `_hd128`).
-fn padded(head_dim: usize) -> usize {
+pub(super) fn padded(head_dim: usize) -> usize {
     if head_dim <= 64 {
         64
     } else {
@@ -103,7 +103,11 @@ impl Cuda {
 
     /// The bf16 copy the kernels read: the buffer's cached (or narrowed) copy, else converted
     /// now and cached.
-    fn attention_operand<'b>(&self, buf: &'b CudaBuf, what: &str) -> Result<&'b CudaSlice<bf16>> {
+    pub(super) fn attention_operand<'b>(
+        &self,
+        buf: &'b CudaBuf,
+        what: &str,
+    ) -> Result<&'b CudaSlice<bf16>> {
         if let Some(copy) = buf.bf16_cached() {
             return Ok(copy);
         }
@@ -114,12 +118,12 @@ impl Cuda {
         Ok(buf.cache_bf16(self.to_bf16(buf, what)?))
     }
 
-    /// `keep_as_attention_input`: with the mma attention, keeps only the bf16 copy its kernels
+    /// `keep_as_attention_input`: with a tensor-core attention (mma, wgmma), keeps only the bf16 copy its kernels
     /// read (converted now, or the one already cached) and frees the f32 values. The simt
     /// attention reads f32, so it keeps them (as does `set_narrow_saved_inputs(false)`).
     pub(super) fn narrow_attention_input(&self, buf: &mut CudaBuf) -> Result<()> {
         if !self.narrow_inputs
-            || self.attention != AttentionKernel::Mma
+            || !self.attention.reads_bf16()
             || buf.is_narrowed()
             || buf.is_empty()
         {
@@ -266,9 +270,13 @@ mod tests {
             AttentionKernel::parse(Some("mma")).unwrap(),
             AttentionKernel::Mma
         );
+        assert_eq!(
+            AttentionKernel::parse(Some("wgmma")).unwrap(),
+            AttentionKernel::Wgmma
+        );
         let e = AttentionKernel::parse(Some("MMA")).unwrap_err().to_string();
         assert!(
-            e.contains("CADA_ATTENTION") && e.contains("`simt` or `mma`"),
+            e.contains("CADA_ATTENTION") && e.contains("`simt`, `mma` or `wgmma`"),
             "{e}"
         );
     }

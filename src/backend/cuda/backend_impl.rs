@@ -45,8 +45,10 @@ impl Backend for Cuda {
     fn name(&self) -> String {
         let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
         let mut parts = vec![device, self.gemm_precision.label().to_string()];
-        if self.attention_kernel() == AttentionKernel::Mma {
-            parts.push("mma attention".into());
+        match self.attention_kernel() {
+            AttentionKernel::Simt => {}
+            AttentionKernel::Mma => parts.push("mma attention".into()),
+            AttentionKernel::Wgmma => parts.push("wgmma attention".into()),
         }
         if self.decode_attention_kernel() != super::DecodeAttentionKernel::LanePerKey {
             parts.push(format!(
@@ -372,6 +374,7 @@ impl Backend for Cuda {
                 self.attention_forward_impl(out, lse, q, k, v, s)
             }
             AttentionKernel::Mma => self.attention_mma_forward_impl(out, lse, q, k, v, s),
+            AttentionKernel::Wgmma => self.attention_wgmma_forward_impl(out, lse, q, k, v, s),
         }
     }
     fn attention_backward(
@@ -392,7 +395,8 @@ impl Backend for Cuda {
                 f32_values(&[dout, q, k, v], "attention_backward (simt)")?;
                 self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
             }
-            AttentionKernel::Mma => {
+            // wgmma has no backward of its own yet: the mma one reads the same lse and copies
+            AttentionKernel::Mma | AttentionKernel::Wgmma => {
                 self.attention_mma_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
             }
         }

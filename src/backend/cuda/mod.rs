@@ -18,8 +18,9 @@
 //! `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
 //! operands (q, k, v, dO converted once and cached on their buffers; the model keeps its saved
 //! q, k, v in bf16 alone, `keep_as_attention_input`), f32 accumulation and softmax statistics,
-//! ~1e-2 relative. Neither tensor-core mode has run on a GPU yet; the mma attention runs in CI
-//! in a host emulation (kernels/emulation/).
+//! ~1e-2 relative; `CADA_ATTENTION=wgmma` swaps its forward for kernels/attention_wgmma.cu's
+//! (Hopper's warpgroup MMA, compute capability 9.0 only). No tensor-core mode has run on a GPU
+//! yet; both tensor-core attentions run in CI in a host emulation (kernels/emulation/).
 //!
 //! One stream per `Cuda` (a created, non-blocking one: graphs cannot be captured on the
 //! default stream); every op is enqueued on it, so ops run in call order. Downloads and
@@ -28,6 +29,7 @@
 
 mod attention;
 mod attention_mma;
+mod attention_wgmma;
 mod backend_impl;
 mod buffer;
 mod decode;
@@ -93,10 +95,13 @@ pub enum AttentionKernel {
     Simt,
     /// kernels/attention_mma.cu: bf16 tensor cores, f32 accumulation (~1e-2 relative)
     Mma,
+    /// kernels/attention_wgmma.cu's forward (Hopper's warpgroup MMA, compute capability 9.0
+    /// only) with attention_mma.cu's backward
+    Wgmma,
 }
 
 impl AttentionKernel {
-    /// `CADA_ATTENTION` = `simt` | `mma`; unset means `simt`, since neither has yet run on a GPU
+    /// `CADA_ATTENTION` = `simt` | `mma` | `wgmma`; unset means `simt`, since none has yet run on a GPU
     /// and the f32 kernel is the one that matches the CPU to f32 rounding.
     pub fn from_env() -> Result<AttentionKernel> {
         match std::env::var("CADA_ATTENTION") {
@@ -111,10 +116,16 @@ impl AttentionKernel {
         match value {
             None | Some("simt") => Ok(AttentionKernel::Simt),
             Some("mma") => Ok(AttentionKernel::Mma),
+            Some("wgmma") => Ok(AttentionKernel::Wgmma),
             Some(v) => Err(anyhow!(
-                "cuda backend: CADA_ATTENTION={v:?}: expected `simt` or `mma`"
+                "cuda backend: CADA_ATTENTION={v:?}: expected `simt`, `mma` or `wgmma`"
             )),
         }
+    }
+
+    /// Whether its kernels read q, k, v (and dO) as bf16 copies.
+    pub fn reads_bf16(self) -> bool {
+        matches!(self, AttentionKernel::Mma | AttentionKernel::Wgmma)
     }
 }
 
@@ -209,6 +220,8 @@ pub struct Cuda {
     attention: AttentionKernel,
     decode_attention: DecodeAttentionKernel,
     kv_cache: KvCacheType,
+    /// (major, minor); 9.0 loads the sm_90a cubin, where the wgmma attention lives
+    compute_capability: (i32, i32),
     /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block wraps it)
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
     /// whether `keep_as_gemm_input` narrows activations to bf16 in Bf16 mode (see gemm.rs)
@@ -335,6 +348,7 @@ impl Cuda {
             attention,
             decode_attention,
             kv_cache,
+            compute_capability: cc,
             grpo_ticket: Mutex::new(None),
             narrow_inputs: true,
             graphs,
@@ -350,6 +364,10 @@ impl Cuda {
                 "cuda backend: warning: {e:#}; CADA_ATTENTION=mma cannot run those kernels' \
                  head widths here"
             );
+        }
+        cuda.opt_in_wgmma_shared_memory()?;
+        if cuda.attention == AttentionKernel::Wgmma {
+            cuda.require_wgmma_device()?;
         }
         Ok(cuda)
     }

@@ -1,0 +1,142 @@
+// Runs kernels/attention_wgmma.cu, unchanged, in the host emulation (cuda_runtime.h,
+// warp_primitives.h, wgmma_primitives.h) and compares out and lse with an f64 reference, then
+// feeds its out and lse to attention_mma.cu's backward kernels (the pairing the CUDA backend
+// runs with CADA_ATTENTION=wgmma) and compares dq, dk and dv. Fresh random inputs each run
+// (seeded from the clock unless CADA_EMU_SEED is set), shared memory poisoned with NaN before
+// every block and checked untouched past the size the Rust launcher reserves, outputs poisoned
+// before each launch. Exit status 1 when any figure is above its bound or not finite.
+#define CADA_HOST_EMULATION
+#include "wgmma_primitives.h"
+#include "harness.h"
+
+#include "../attention_mma.cu"
+#include "../attention_wgmma.cu"
+#include "attention_reference.h"
+
+#include <cstdio>
+#include <random>
+
+// The dynamic shared memory of the running block (one block runs at a time), under each kernel
+// file's name.
+constexpr size_t kSmemBytes = 256 * 1024;
+uint4 attn_wgmma_smem[kSmemBytes / sizeof(uint4)];
+uint4 attn_mma_smem[kSmemBytes / sizeof(uint4)];
+
+namespace {
+using attn_ref::check;
+using attn_ref::rel_err;
+using attn_ref::Shape;
+
+// Bounds, as in tests/attention_cuda.rs (MMA_TOLS): bf16 operands through two products.
+constexpr double kOutTol = 1e-2, kLseTol = 1e-3, kGradTol = 1e-2;
+
+// Shared memory per block, as src/backend/cuda/attention_wgmma.rs reserves it: Q, 2 × (K, V).
+constexpr size_t forward_smem(int hdp) { return (size_t)(WGMMA_BQ + 4 * WGMMA_BK) * hdp * 2; }
+static_assert(forward_smem(64) == 49152 && forward_smem(128) == 98304);
+constexpr size_t mma_smem_dq(int hdp) { return (size_t)(2 * MMA_BQ + 4 * MMA_BK) * (hdp + MMA_SKEW) * 2; }
+constexpr size_t mma_smem_dkv(int hdp) {
+    return (size_t)(2 * MMA_BK + 4 * MMA_DKV_BQ) * (hdp + MMA_SKEW) * 2 + 4 * MMA_DKV_BQ * 4;
+}
+
+bool smem_tail_untouched(const uint4* smem, size_t reserved) {
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(smem);
+    for (size_t i = reserved; i < kSmemBytes; ++i)
+        if (p[i] != 0xff) return false;
+    return true;
+}
+
+// Runs one kernel over the grid, poisoning its shared memory before every block; false when a
+// block wrote past `reserved` bytes.
+bool run(dim3 grid, unsigned threads, uint4* smem, size_t reserved,
+         const std::function<void()>& kernel) {
+    bool ok = true;
+    emu::launch(grid, dim3{threads, 1, 1}, kernel, [&] { std::memset(smem, 0xff, kSmemBytes); },
+                [&] { ok = ok && smem_tail_untouched(smem, reserved); });
+    return ok;
+}
+
+bool run_shape(const Shape& s, std::mt19937_64& rng) {
+    const auto [q, k, v, dout, want] = attn_ref::random_inputs(s, rng);
+    const size_t nq = q.size(), nk = k.size(), nl = (size_t)s.batch * s.n_heads * s.seq;
+    auto to_bf16 = [](const std::vector<float>& x) {
+        std::vector<uint16_t> b(x.size());
+        for (size_t i = 0; i < x.size(); ++i) b[i] = emu::bf16_bits(x[i]);
+        return b;
+    };
+    const auto qb = to_bf16(q), kb = to_bf16(k), vb = to_bf16(v), dob = to_bf16(dout);
+    const AttnDims dims{s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim};
+    const float scale = 1.f / std::sqrt((float)s.head_dim);
+    const int hdp = s.head_dim <= 64 ? 64 : 128;
+    auto nan_vec = [](size_t n) {
+        std::vector<float> x(n);
+        std::memset(x.data(), 0xff, n * 4);
+        return x;
+    };
+    std::vector<float> out = nan_vec(nq), lse = nan_vec(nl);
+    const dim3 fgrid{(unsigned)((s.seq + WGMMA_BQ - 1) / WGMMA_BQ), (unsigned)s.n_heads,
+                     (unsigned)s.batch};
+    bool smem_ok = run(fgrid, WGMMA_THREADS, attn_wgmma_smem, forward_smem(hdp), [&] {
+        if (hdp == 64)
+            attention_wgmma_forward_hd64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(),
+                                         dims, scale);
+        else
+            attention_wgmma_forward_hd128(out.data(), lse.data(), qb.data(), kb.data(), vb.data(),
+                                          dims, scale);
+    });
+    std::vector<float> delta(nl);
+    for (int b = 0; b < s.batch; ++b)
+        for (int h = 0; h < s.n_heads; ++h)
+            for (int t = 0; t < s.seq; ++t) {
+                const size_t qi = (((size_t)b * s.seq + t) * s.n_heads + h) * s.head_dim;
+                double acc = 0;
+                for (int d = 0; d < s.head_dim; ++d) acc += (double)dout[qi + d] * out[qi + d];
+                delta[((size_t)b * s.n_heads + h) * s.seq + t] = (float)acc;
+            }
+    std::vector<float> dq = nan_vec(nq), dk = nan_vec(nk), dv = nan_vec(nk);
+    const dim3 qgrid{(unsigned)((s.seq + MMA_BQ - 1) / MMA_BQ), (unsigned)s.n_heads,
+                     (unsigned)s.batch};
+    smem_ok = run(qgrid, MMA_THREADS, attn_mma_smem, mma_smem_dq(hdp), [&] {
+                  (hdp == 64 ? attention_mma_backward_dq_hd64 : attention_mma_backward_dq_hd128)(
+                      dq.data(), dob.data(), qb.data(), kb.data(), vb.data(), lse.data(),
+                      delta.data(), dims, scale);
+              }) &&
+              smem_ok;
+    const dim3 kgrid{(unsigned)((s.seq + MMA_BK - 1) / MMA_BK), (unsigned)s.n_kv_heads,
+                     (unsigned)s.batch};
+    smem_ok = run(kgrid, MMA_THREADS, attn_mma_smem, mma_smem_dkv(hdp), [&] {
+                  (hdp == 64 ? attention_mma_backward_dkv_hd64 : attention_mma_backward_dkv_hd128)(
+                      dk.data(), dv.data(), dob.data(), qb.data(), kb.data(), vb.data(),
+                      lse.data(), delta.data(), dims, scale);
+              }) &&
+              smem_ok;
+
+    std::printf("  B %d, T %d, heads %d/%d, head_dim %d (padded to %d)\n", s.batch, s.seq,
+                s.n_heads, s.n_kv_heads, s.head_dim, hdp);
+    bool ok = true;
+    check("out", rel_err(out, want.out), kOutTol, ok);
+    check("lse", rel_err(lse, want.lse), kLseTol, ok);
+    check("dq", rel_err(dq, want.dq), kGradTol, ok);
+    check("dk", rel_err(dk, want.dk), kGradTol, ok);
+    check("dv", rel_err(dv, want.dv), kGradTol, ok);
+    if (!smem_ok) std::printf("    shared memory written past the launcher's reservation  FAILED\n");
+    return ok && smem_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto [rng, quick] = emu::start_harness("attention_wgmma.cu", argc, argv);
+    emu::smem_window = reinterpret_cast<const uint8_t*>(attn_wgmma_smem);
+    // tests/attention_cuda.rs's shapes: odd lengths (a block's second warpgroup past T, tiles
+    // above one group's diagonal but not the other's), GQA groups 1..7, padded head dims
+    std::vector<Shape> shapes = {{2, 77, 9, 3, 64}, {1, 200, 4, 2, 128}, {1, 130, 14, 2, 64},
+                                 {1, 70, 2, 1, 32}, {1, 90, 2, 2, 96},   {2, 33, 2, 1, 37},
+                                 {1, 300, 2, 1, 128}};
+    // quick (ThreadSanitizer): three key tiles, so every slot of the pipeline is reused
+    if (quick) shapes = {{1, 150, 2, 1, 64}, {1, 40, 2, 2, 96}, {1, 140, 2, 1, 37}};
+    bool ok = true;
+    for (const auto& s : shapes) ok = run_shape(s, rng) && ok;
+    std::printf(ok ? "attention_wgmma emulation: every figure within its bound\n"
+                   : "attention_wgmma emulation: FAILED\n");
+    return ok ? 0 : 1;
+}
