@@ -1,191 +1,38 @@
-// Causal GQA self-attention forward on Hopper's warpgroup MMA ("attention v3", sm_90a only):
-// `wgmma.mma_async` bf16 → f32 with both operands of S = Q·Kᵀ and the B operand of O += P·V
-// read by the tensor cores straight from shared memory through matrix descriptors, where
-// mma.sync (attention_mma.cu) has every warp load its fragments with ldmatrix. Same buffers,
-// layouts, scale and `lse` as attention_mma.cu's forward, whose backward kernels follow it.
+// Causal GQA self-attention on Hopper's warpgroup MMA ("attention v3", sm_90a only): forward
+// and backward with `wgmma.mma_async` bf16 → f32 (wgmma.cuh), the operands of every product
+// read by the tensor cores from shared memory through matrix descriptors or, for the
+// probabilities and score gradients, straight from the registers that computed them. Same
+// buffers, layouts, scale and `lse` as attention_mma.cu (mma.sync), so either's forward pairs
+// with either's backward; δ = rowsum(dO∘O) comes from attention.cu's `attention_backward_delta`.
 //
-// Block: two warpgroups (256 threads), 128 query rows; warpgroup w owns rows q0 + 64w .. +63,
-// one m64 row block. Per 64-key tile, each warpgroup issues HDP/16 wgmma m64n64k16 for S (A = its
-// Q rows, B = the K tile, both K-major), runs the online softmax on the accumulator (its layout
-// per warp is mma.sync's C tile, so tensor_core_common.cuh's helpers serve both kernels), then
-// four wgmma m64n{HDP}k16 for O += P·V with P from registers (packed to bf16, mma.sync's A
-// fragment per warp) and B = the V tile read N-major (imm-trans-b), so V is staged exactly as K
-// is. A tile above a warpgroup's diagonal is skipped by that warpgroup (uniformly, as wgmma
-// requires). Each wgmma group is waited for at once: no overlap of softmax and MMA yet (FA3's
-// ping-pong and producer warps are the next step, and want a GPU to time them).
+// Every block is two warpgroups (256 threads); a warpgroup owns one m64 row block (64 query
+// rows in the forward and dq kernels, 64 keys in dk/dv), and its accumulators hold, per warp,
+// mma.sync's C-tile layout, so the online softmax and epilogue are tensor_core_common.cuh's.
+// Tiles stream through double-buffered slots by cp.async (zero-filled past T and head_dim) in
+// the no-swizzle core-matrix layout; per tile: barrier → issue the next tile → wait for this
+// one → `fence.proxy.async` (the copies become visible to the tensor cores) → barrier →
+// MMAs. A tile wholly above a warpgroup's diagonal is skipped by that warpgroup (uniformly,
+// as wgmma requires). Each group of MMAs is waited for at once: no softmax/MMA overlap, no
+// producer warps, no TMA or swizzled tiles yet (FA3's; they want a GPU to time them).
 //
-// Shared memory holds every tile in the canonical no-swizzle ("interleaved") layout: 8 × 8
-// bf16 core matrices of 128 contiguous bytes (row r of one at byte 16r), the HDP/8 core
-// matrices of an 8-row block side by side (128 B apart), 8-row blocks HDP·16 B apart. K-major
-// descriptors then have LBO = 128 (next 8 columns, the K direction) and SBO = HDP·16 (next 8
-// rows); V read N-major has LBO = HDP·16 (next 8 keys, its K direction) and SBO = 128 (next 8
-// dims). Tiles come in by cp.async as in attention_mma.cu (double-buffered K/V, zero-filled
-// past T and head_dim), then `fence.proxy.async` makes them visible to the tensor cores.
-//
-// Built only into the sm_90a cubin (wgmma exists nowhere else); the compute_80 PTX gets a body
-// that traps, and the host selects this kernel only on a 9.0 device.
-#include "tensor_core_common.cuh"
+// Built only into the sm_90a cubin (wgmma exists nowhere else); the compute_80 PTX gets bodies
+// that trap, and the host selects these kernels only on a 9.0 device.
+#include "wgmma.cuh"
 
 #define WGMMA_THREADS 256  // two warpgroups
-#define WGMMA_BQ 128       // query rows per block (64 per warpgroup)
-#define WGMMA_BK 64        // keys per staged tile
+#define WGMMA_BQ 128       // query rows per forward / dq block (64 per warpgroup)
+#define WGMMA_BK 64        // keys per tile streamed through a forward / dq block
+#define WGMMA_DKV_BK 128   // keys per dk/dv block (64 per warpgroup)
+#define WGMMA_DKV_BQ 64    // query rows per tile streamed through a dk/dv block
 
-#if defined(CADA_HOST_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define CADA_HAS_WGMMA 1
-#endif
-
-#if !defined(CADA_HOST_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// The warpgroup-MMA primitives (kernels/emulation/wgmma_primitives.h replaces exactly these).
-
-// Orders this thread's register writes (accumulators, A fragments) before the next wgmma.
-__device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-// Waits until at most N committed wgmma groups are pending.
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Makes this thread's shared-memory writes (generic proxy: stores, landed cp.async) visible
-// to wgmma's reads (async proxy).
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// Pins registers an MMA reads or writes asynchronously at this point of the program: the
-// compiler sees wgmma's accumulators as written at issue, so without this it may move their
-// reads above the wait (or writes below the fence); ptxas would then serialise or misorder.
-template <int N>
-__device__ __forceinline__ void pin_registers(float (&r)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void pin_registers(uint32_t (&r)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
-}
-// Matrix descriptor, no swizzle, base offset 0: start address, LBO and SBO in 16-byte units.
-__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t lbo, uint32_t sbo) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    return (uint64_t)((a & 0x3ffff) >> 4) | ((uint64_t)((lbo & 0x3ffff) >> 4) << 16) |
-           ((uint64_t)((sbo & 0x3ffff) >> 4) << 32);
-}
-
-// d (+)= A·B, m64n64k16: A and B from shared memory, both K-major.
-__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a,
-                                                 uint64_t desc_b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-}
-// d (+)= A·B, m64n64k16: A from registers (four bf16x2 per thread: each warp holds its 16 rows as
-// mma.sync's A fragment), B from shared memory MN-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_m64n64k16_rs_trans_b(float (&d)[32], const uint32_t a[4],
-                                                        uint64_t desc_b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-}
-// d (+)= A·B, m64n128k16: A from registers (four bf16x2 per thread: each warp holds its 16 rows as
-// mma.sync's A fragment), B from shared memory MN-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_m64n128k16_rs_trans_b(float (&d)[64], const uint32_t a[4],
-                                                        uint64_t desc_b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-          "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-}
-
-#endif
-
-// Stages rows [r0, r0 + ROWS) of one head (columns [col0, col0 + hd) of a [B·T, stride] bf16
-// matrix, rows counted from `base` = b·T) into a ROWS × HDP tile in the core-matrix layout
-// above; rows ≥ seq and columns ≥ hd become zeros. The chunk order takes pairs of 16-byte
-// chunks of one row together (a 32-byte sector of global memory), then the 8 rows of a core
-// matrix. With hd % 8 == 0 and a 16-byte aligned matrix each chunk is one cp.async (part of the
-// caller's next commit group), else a synchronous copy; either way the tile is ready after
-// the caller's cp_async_wait, fence_proxy_async and __syncthreads.
-template <int ROWS, int HDP>
-__device__ __forceinline__ void stage_core_matrices(uint16_t* dst, const uint16_t* src,
-                                                    int64_t base, int r0, int seq,
-                                                    int64_t stride, int col0, int hd) {
-    constexpr int C8 = HDP / 8;  // chunks per row (even)
-    const bool vec = (hd & 7) == 0 && ((uintptr_t)src & 15) == 0;
-    for (int idx = threadIdx.x; idx < ROWS * C8; idx += WGMMA_THREADS) {
-        const int pair = idx & 1, r8 = (idx >> 1) & 7, rest = idx >> 4;
-        const int cb = 2 * (rest % (C8 / 2)) + pair, rb = rest / (C8 / 2);
-        const int col = cb * 8, t = r0 + rb * 8 + r8;
-        const bool in = t < seq && col < hd;
-        const uint16_t* p = src + (in ? (base + t) * stride + col0 + col : 0);
-        uint16_t* d = dst + rb * (HDP * 8) + cb * 64 + r8 * 8;
-        if (vec) {
-            cp_async_16(d, p, in);
-        } else {
-            uint32_t w[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const uint32_t lo = in && col + 2 * e < hd ? p[2 * e] : 0;
-                const uint32_t hi = in && col + 2 * e + 1 < hd ? p[2 * e + 1] : 0;
-                w[e] = lo | (hi << 16);
-            }
-            *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
-        }
-    }
-}
-
-// grid = (ceil(T / 128), Hq, B), 256 threads, dynamic smem (128 + 4·64)·HDP bf16: Q, then two
-// slots of (K, V).
+// Forward. grid = (ceil(T / 128), Hq, B), dynamic smem (128 + 4·64)·HDP bf16: Q, then two
+// slots of (K, V). Per key tile: S = Q·Kᵀ, the online softmax, O += P·V.
 template <int HDP>
 __device__ __forceinline__ void wgmma_forward_body(float* out, float* lse, const uint16_t* q,
                                                    const uint16_t* k, const uint16_t* v,
                                                    AttnDims s, float scale) {
 #ifdef CADA_HAS_WGMMA
-    constexpr int KS = HDP / 16, DN = HDP / 8, SN = WGMMA_BK / 8;
-    constexpr uint32_t ROW_BLOCK = HDP * 16;  // bytes from one 8-row block to the next
-    constexpr uint32_t CORE = 128;            // bytes from one core matrix to the next in a row block
-    constexpr int KV_TILE = WGMMA_BK * HDP;   // elements of one K or V slot
+    constexpr int DN = HDP / 8, KV_TILE = WGMMA_BK * HDP;
     CADA_DYNAMIC_SMEM(uint4, attn_wgmma_smem);
     uint16_t* const sq = reinterpret_cast<uint16_t*>(attn_wgmma_smem);
     uint16_t* const kv_slots = sq + WGMMA_BQ * HDP;  // K0 V0 K1 V1
@@ -204,11 +51,12 @@ __device__ __forceinline__ void wgmma_forward_body(float* out, float* lse, const
     const float c2 = scale * LOG2E;
     auto stage_kv = [&](int tile, int slot) {
         uint16_t* sk = kv_slots + 2 * slot * KV_TILE;
-        stage_core_matrices<WGMMA_BK, HDP>(sk, k, base, tile * WGMMA_BK, s.seq, ks, kh * hd, hd);
-        stage_core_matrices<WGMMA_BK, HDP>(sk + KV_TILE, v, base, tile * WGMMA_BK, s.seq, ks,
-                                           kh * hd, hd);
+        const int r0 = tile * WGMMA_BK;
+        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk, k, base, r0, s.seq, ks, kh * hd, hd);
+        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk + KV_TILE, v, base, r0, s.seq, ks,
+                                                          kh * hd, hd);
     };
-    stage_core_matrices<WGMMA_BQ, HDP>(sq, q, base, q0, s.seq, qs, h * hd, hd);
+    stage_core_matrices<WGMMA_BQ, HDP, WGMMA_THREADS>(sq, q, base, q0, s.seq, qs, h * hd, hd);
     stage_kv(0, 0);
     cp_async_commit();
 
@@ -228,41 +76,22 @@ __device__ __forceinline__ void wgmma_forward_body(float* out, float* lse, const
         __syncthreads();
         if (k0 > glast) continue;  // the tile is above this group's diagonal (uniform)
         const uint16_t* sk = kv_slots + 2 * (it & 1) * KV_TILE;
-        const uint16_t* sv = sk + KV_TILE;
-        float sc[SN][4];  // the first MMA overwrites it (scale-d = 0)
+        float sc[8][4];  // the first MMA overwrites it (scale-d = 0)
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < KS; ++kk)  // 16 dims (two core matrices) per step
-            wgmma_m64n64k16_ss(*reinterpret_cast<float(*)[4 * SN]>(&sc),
-                               smem_desc(my_q + kk * 128, CORE, ROW_BLOCK),
-                               smem_desc(sk + kk * 128, CORE, ROW_BLOCK), kk > 0);
+        mma_rows_by_rows<HDP>(sc, my_q, sk);
         wgmma_commit();
         wgmma_wait<0>();
-        pin_registers(*reinterpret_cast<float(*)[4 * SN]>(&sc));
+        pin_accumulator(sc);
         online_softmax_tile(sc, o, m, l, k0, rows, c, c2);
-        // P as A fragments: the score tiles 2j, 2j + 1 are keys 16j .. 16j + 15
-        uint32_t pa[WGMMA_BK / 16][4];
-#pragma unroll
-        for (int j = 0; j < WGMMA_BK / 16; ++j) {
-            pa[j][0] = pack_bf16(sc[2 * j][0], sc[2 * j][1]);
-            pa[j][1] = pack_bf16(sc[2 * j][2], sc[2 * j][3]);
-            pa[j][2] = pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]);
-            pa[j][3] = pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3]);
-        }
-        pin_registers(*reinterpret_cast<float(*)[4 * DN]>(&o));
-        pin_registers(*reinterpret_cast<uint32_t(*)[WGMMA_BK / 4]>(&pa));
+        uint32_t pa[4][4];  // P as A fragments (exactly 0 above the diagonal)
+        pack_a_fragments(pa, sc);
+        pin_accumulator(o);
+        pin_registers(*reinterpret_cast<uint32_t(*)[16]>(&pa));
         wgmma_fence();  // o was rescaled and pa written: both are read by the MMAs below
-#pragma unroll
-        for (int j = 0; j < WGMMA_BK / 16; ++j) {  // (all four: P is exactly 0 above the diagonal)
-            const uint64_t dv = smem_desc(sv + j * 2 * HDP * 8, ROW_BLOCK, CORE);  // keys 16j..
-            if constexpr (HDP == 64)
-                wgmma_m64n64k16_rs_trans_b(*reinterpret_cast<float(*)[4 * DN]>(&o), pa[j], dv, 1);
-            else
-                wgmma_m64n128k16_rs_trans_b(*reinterpret_cast<float(*)[4 * DN]>(&o), pa[j], dv, 1);
-        }
+        mma_regs_by_tile<HDP>(o, pa, sk + KV_TILE);
         wgmma_commit();
         wgmma_wait<0>();
-        pin_registers(*reinterpret_cast<float(*)[4 * DN]>(&o));
+        pin_accumulator(o);
     }
     write_forward_rows(out, lse, o, m, l, rows, s, base, b, h, c);
 #else
@@ -270,13 +99,266 @@ __device__ __forceinline__ void wgmma_forward_body(float* out, float* lse, const
 #endif
 }
 
+// Backward, dq. grid = (ceil(T / 128), Hq, B), dynamic smem (2·128 + 4·64)·HDP bf16: Q, dO,
+// two slots of (K, V). Per key tile: S = Q·Kᵀ and dP = dO·Vᵀ, P = exp(S·scale − lse) from the
+// forward's lse, dS = P∘(dP − δ), dq += dS·K in registers, written once: no atomics.
+template <int HDP>
+__device__ __forceinline__ void wgmma_dq_body(float* dq, const uint16_t* dout, const uint16_t* q,
+                                              const uint16_t* k, const uint16_t* v,
+                                              const float* lse, const float* delta, AttnDims s,
+                                              float scale) {
+#ifdef CADA_HAS_WGMMA
+    constexpr int DN = HDP / 8, KV_TILE = WGMMA_BK * HDP;
+    CADA_DYNAMIC_SMEM(uint4, attn_wgmma_smem);
+    uint16_t* const sq = reinterpret_cast<uint16_t*>(attn_wgmma_smem);
+    uint16_t* const sdo = sq + WGMMA_BQ * HDP;
+    uint16_t* const kv_slots = sdo + WGMMA_BQ * HDP;  // K0 V0 K1 V1
+    const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
+    const int hd = s.head_dim;
+    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t base = (int64_t)b * s.seq;
+    const int q0 = blockIdx.x * WGMMA_BQ;
+    const int g0 = q0 + wg * 64;
+    const int rows[2] = {g0 + warp * 16 + g, g0 + warp * 16 + g + 8};
+    const int glast = g0 < s.seq ? g0 + 63 : -1;
+    const int last_key = min(s.seq - 1, q0 + WGMMA_BQ - 1);
+    const int tiles = last_key / WGMMA_BK + 1;
+    const float c2 = scale * LOG2E;
+    float lse2[2], dlt[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const bool ok = rows[r] < s.seq;
+        const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + rows[r];
+        lse2[r] = ok ? lse[st] * LOG2E : 0.f;
+        dlt[r] = ok ? delta[st] : 0.f;
+    }
+    auto stage_kv = [&](int tile, int slot) {
+        uint16_t* sk = kv_slots + 2 * slot * KV_TILE;
+        const int r0 = tile * WGMMA_BK;
+        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk, k, base, r0, s.seq, ks, kh * hd, hd);
+        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk + KV_TILE, v, base, r0, s.seq, ks,
+                                                          kh * hd, hd);
+    };
+    // Q, dO and key tile 0 in one group
+    stage_core_matrices<WGMMA_BQ, HDP, WGMMA_THREADS>(sq, q, base, q0, s.seq, qs, h * hd, hd);
+    stage_core_matrices<WGMMA_BQ, HDP, WGMMA_THREADS>(sdo, dout, base, q0, s.seq, qs, h * hd, hd);
+    stage_kv(0, 0);
+    cp_async_commit();
+    float acc[DN][4];
+#pragma unroll
+    for (int n = 0; n < DN; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    const uint16_t* const my_q = sq + wg * 64 * HDP;
+    const uint16_t* const my_do = sdo + wg * 64 * HDP;
+
+    for (int it = 0; it < tiles; ++it) {
+        const int k0 = it * WGMMA_BK;
+        __syncthreads();  // both warpgroups are done with the other slot (tile it - 1)
+        if (it + 1 < tiles) stage_kv(it + 1, (it + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        if (k0 > glast) continue;  // above this group's diagonal (uniform)
+        const uint16_t* sk = kv_slots + 2 * (it & 1) * KV_TILE;
+        const uint16_t* sv = sk + KV_TILE;
+        float sc[8][4], dp[8][4];
+        wgmma_fence();
+        mma_rows_by_rows<HDP>(sc, my_q, sk);
+        mma_rows_by_rows<HDP>(dp, my_do, sv);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin_accumulator(sc);
+        pin_accumulator(dp);
+        // dS (unscaled) overwrites sc; masked entries are exactly 0
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int key = k0 + n * 8 + 2 * c + (i & 1);
+                const int r = i >> 1;
+                const float p = key > rows[r] ? 0.f : exp2f(sc[n][i] * c2 - lse2[r]);
+                sc[n][i] = p * (dp[n][i] - dlt[r]);
+            }
+        uint32_t da[4][4];
+        pack_a_fragments(da, sc);
+        pin_accumulator(acc);
+        pin_registers(*reinterpret_cast<uint32_t(*)[16]>(&da));
+        wgmma_fence();
+        mma_regs_by_tile<HDP>(acc, da, sk);  // dq += dS·K, K read N-major
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin_accumulator(acc);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int t = rows[r];
+        if (t >= s.seq) continue;
+        float* dst = dq + (base + t) * qs + h * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) dst[d] = acc[n][2 * r + e] * scale;
+            }
+    }
+#else
+    __trap();
+#endif
+}
+
+// Backward, dk and dv. grid = (ceil(T / 128), Hkv, B), dynamic smem (2·128 + 4·64)·HDP bf16 +
+// 4·64 f32: K, V, two slots of (Q, dO) and of (lse, δ). Warpgroup w owns keys k0 + 64w .. +63;
+// tiles of 64 query rows of every head of the GQA group stream through, from the block's first
+// key to T. Per tile: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, Pᵀ from lse, dSᵀ = Pᵀ∘(dPᵀ − δ), dv += Pᵀ·dO,
+// dk += dSᵀ·Q. Each key belongs to one warpgroup of one block: no atomics.
+template <int HDP>
+__device__ __forceinline__ void wgmma_dkv_body(float* dk, float* dv, const uint16_t* dout,
+                                               const uint16_t* q, const uint16_t* k,
+                                               const uint16_t* v, const float* lse,
+                                               const float* delta, AttnDims s, float scale) {
+#ifdef CADA_HAS_WGMMA
+    constexpr int DN = HDP / 8, Q_TILE = WGMMA_DKV_BQ * HDP;
+    CADA_DYNAMIC_SMEM(uint4, attn_wgmma_smem);
+    uint16_t* const sk = reinterpret_cast<uint16_t*>(attn_wgmma_smem);
+    uint16_t* const sv = sk + WGMMA_DKV_BK * HDP;
+    uint16_t* const q_slots = sv + WGMMA_DKV_BK * HDP;  // Q0 dO0 Q1 dO1
+    float* const stat_slots = reinterpret_cast<float*>(q_slots + 4 * Q_TILE);  // lse0 δ0 lse1 δ1
+    const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, kh = blockIdx.y, group = s.n_heads / s.n_kv_heads;
+    const int hd = s.head_dim;
+    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t base = (int64_t)b * s.seq;
+    const int k0 = blockIdx.x * WGMMA_DKV_BK;
+    const int g0 = k0 + wg * 64;  // this warpgroup's first key
+    const int keys[2] = {g0 + warp * 16 + g, g0 + warp * 16 + g + 8};
+    const float c2 = scale * LOG2E;
+    // the query tiles, head by head of the group: tile i is head kh·group + i / per_head, rows
+    // from k0 + (i % per_head)·64
+    const int per_head = (s.seq - k0 + WGMMA_DKV_BQ - 1) / WGMMA_DKV_BQ;  // k0 < T
+    const int tiles = group * per_head;
+    auto stage_q = [&](int tile, int slot) {
+        const int h = kh * group + tile / per_head;
+        const int t0 = k0 + (tile % per_head) * WGMMA_DKV_BQ;
+        uint16_t* sq = q_slots + 2 * slot * Q_TILE;
+        stage_core_matrices<WGMMA_DKV_BQ, HDP, WGMMA_THREADS>(sq, q, base, t0, s.seq, qs, h * hd,
+                                                              hd);
+        stage_core_matrices<WGMMA_DKV_BQ, HDP, WGMMA_THREADS>(sq + Q_TILE, dout, base, t0, s.seq,
+                                                              qs, h * hd, hd);
+        // lse and δ of the tile's rows ride in the same commit group (0 past T)
+        if (threadIdx.x < WGMMA_DKV_BQ) {
+            float* st = stat_slots + 2 * slot * WGMMA_DKV_BQ;
+            const int t = t0 + threadIdx.x;
+            const int64_t at = t < s.seq ? ((int64_t)b * s.n_heads + h) * s.seq + t : 0;
+            cp_async_4(st + threadIdx.x, lse + at, t < s.seq);
+            cp_async_4(st + WGMMA_DKV_BQ + threadIdx.x, delta + at, t < s.seq);
+        }
+    };
+    // K, V and query tile 0 in one group
+    stage_core_matrices<WGMMA_DKV_BK, HDP, WGMMA_THREADS>(sk, k, base, k0, s.seq, ks, kh * hd, hd);
+    stage_core_matrices<WGMMA_DKV_BK, HDP, WGMMA_THREADS>(sv, v, base, k0, s.seq, ks, kh * hd, hd);
+    stage_q(0, 0);
+    cp_async_commit();
+    float gk[DN][4], gv[DN][4];
+#pragma unroll
+    for (int n = 0; n < DN; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) gk[n][i] = gv[n][i] = 0.f;
+    const uint16_t* const my_k = sk + wg * 64 * HDP;
+    const uint16_t* const my_v = sv + wg * 64 * HDP;
+
+    for (int it = 0; it < tiles; ++it) {
+        const int t0 = k0 + (it % per_head) * WGMMA_DKV_BQ;
+        __syncthreads();  // both warpgroups are done with the other slot (tile it - 1)
+        if (it + 1 < tiles) stage_q(it + 1, (it + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        // uniform: every query of the tile precedes every key of the group, or no key is < T
+        if (t0 + WGMMA_DKV_BQ - 1 < g0 || g0 >= s.seq) continue;
+        const uint16_t* sq = q_slots + 2 * (it & 1) * Q_TILE;
+        const uint16_t* sdo = sq + Q_TILE;
+        const float* slse = stat_slots + 2 * (it & 1) * WGMMA_DKV_BQ;
+        const float* sdlt = slse + WGMMA_DKV_BQ;
+        float st[8][4], dpt[8][4];
+        wgmma_fence();
+        mma_rows_by_rows<HDP>(st, my_k, sq);
+        mma_rows_by_rows<HDP>(dpt, my_v, sdo);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin_accumulator(st);
+        pin_accumulator(dpt);
+        // st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int j = n * 8 + 2 * c + (i & 1);
+                const int t = t0 + j;
+                const bool ok = t >= keys[i >> 1] && t < s.seq;
+                const float p = ok ? exp2f(st[n][i] * c2 - slse[j] * LOG2E) : 0.f;
+                st[n][i] = p;
+                dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
+            }
+        uint32_t pa[4][4], sa[4][4];
+        pack_a_fragments(pa, st);
+        pack_a_fragments(sa, dpt);
+        pin_accumulator(gv);
+        pin_accumulator(gk);
+        pin_registers(*reinterpret_cast<uint32_t(*)[16]>(&pa));
+        pin_registers(*reinterpret_cast<uint32_t(*)[16]>(&sa));
+        wgmma_fence();
+        mma_regs_by_tile<HDP>(gv, pa, sdo);  // dv += Pᵀ·dO
+        mma_regs_by_tile<HDP>(gk, sa, sq);   // dk += dSᵀ·Q
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin_accumulator(gv);
+        pin_accumulator(gk);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = keys[r];
+        if (key >= s.seq) continue;
+        const int64_t at = (base + key) * ks + kh * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) {
+                    dk[at + d] = gk[n][2 * r + e] * scale;
+                    dv[at + d] = gv[n][2 * r + e];
+                }
+            }
+    }
+#else
+    __trap();
+#endif
+}
+
 // One entry point per padded head width; the host picks hd64 for head_dim ≤ 64, else hd128.
+// q, k, v and dout are bf16 (passed as their 16-bit patterns), every output and lse/δ f32.
+// One block per SM's worth of registers: the dk/dv accumulators alone are HDP floats a thread.
 #define ATTN_WGMMA_KERNELS(HDP)                                                                \
     CADA_KERNEL void __launch_bounds__(WGMMA_THREADS, 1)                                       \
         attention_wgmma_forward_hd##HDP(float* out, float* lse, const uint16_t* q,             \
                                         const uint16_t* k, const uint16_t* v, AttnDims s,      \
                                         float scale) {                                         \
         wgmma_forward_body<HDP>(out, lse, q, k, v, s, scale);                                  \
+    }                                                                                          \
+    CADA_KERNEL void __launch_bounds__(WGMMA_THREADS, 1) attention_wgmma_backward_dq_hd##HDP( \
+        float* dq, const uint16_t* dout, const uint16_t* q, const uint16_t* k,                 \
+        const uint16_t* v, const float* lse, const float* delta, AttnDims s, float scale) {    \
+        wgmma_dq_body<HDP>(dq, dout, q, k, v, lse, delta, s, scale);                           \
+    }                                                                                          \
+    CADA_KERNEL void __launch_bounds__(WGMMA_THREADS, 1) attention_wgmma_backward_dkv_hd##HDP( \
+        float* dk, float* dv, const uint16_t* dout, const uint16_t* q, const uint16_t* k,      \
+        const uint16_t* v, const float* lse, const float* delta, AttnDims s, float scale) {    \
+        wgmma_dkv_body<HDP>(dk, dv, dout, q, k, v, lse, delta, s, scale);                      \
     }
 
 ATTN_WGMMA_KERNELS(64)

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs kernels in the host emulation of kernels/emulation/, each .cu file unchanged: the
 # training attentions (attention_mma.cu: the index math of its fragments, masks and pipelines;
-# attention_wgmma.cu's forward: its matrix descriptors and warpgroup MMAs, with the mma
-# backward after it; attention.cu, the default) and the KV-cache decode (decode_attention.cu) against f64
+# attention_wgmma.cu: its matrix descriptors and warpgroup MMAs; attention.cu, the default) and the KV-cache decode (decode_attention.cu) against f64
 # references, the sampler (sampling.cu) against the CPU reference's token choice, and the GRPO
 # loss and advantages (grpo_loss.cu) against a transcription of the CPU reference, and the rest
 # of the layer (rmsnorm, rope, embedding, swiglu, adamw, convert, elementwise, fused_logprob)

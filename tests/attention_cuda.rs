@@ -1,7 +1,7 @@
 //! The training-attention implementations against the CPU reference: the f32 kernels
 //! (attention.cu, `AttentionKernel::Simt`), the bf16 tensor-core kernels (attention_mma.cu,
-//! `AttentionKernel::Mma`) and Hopper's wgmma forward with the mma backward
-//! (attention_wgmma.cu, `AttentionKernel::Wgmma`, compute capability 9.0 only), forward (out,
+//! `AttentionKernel::Mma`) and the same on Hopper's warpgroup MMA (attention_wgmma.cu,
+//! `AttentionKernel::Wgmma`, compute capability 9.0 only), forward (out,
 //! lse) and backward (dq, dk, dv), at shapes that are not tile multiples, plus f32 and tensor
 //! cores mixed (one's forward feeding the other's backward) (the
 //! decode attention over a KV cache is in decode_attention_cuda.rs). Fresh random
@@ -144,7 +144,7 @@ fn cuda_attention_mma() {
     }
 }
 
-/// `AttentionKernel::Wgmma` (attention_wgmma.cu's forward, attention_mma.cu's backward) against
+/// `AttentionKernel::Wgmma` (attention_wgmma.cu, forward and backward) against
 /// the CPU at the mma shapes plus longer ones (blocks where one warpgroup's rows end before the
 /// other's diagonal tile; several pipeline slots reused), mixed with the f32 kernels, and with
 /// narrowed inputs. A GPU that is not compute capability 9.0 cannot run it: the test says so.

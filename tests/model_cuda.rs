@@ -215,7 +215,7 @@ fn cuda_whole_model_mma_attention() {
     println!("cuda_whole_model_mma_attention: skipped: no GPU (built without the `cuda` feature)");
 }
 
-/// Hopper's wgmma attention forward (`AttentionKernel::Wgmma`, with the mma backward) in the
+/// Hopper's wgmma attention (`AttentionKernel::Wgmma`, forward and backward) in the
 /// whole model: log-probs, entropies and every gradient against the CPU with f32 and with bf16
 /// GEMMs, and the prefill + decode logits, bounds as the mma attention's. Compute capability
 /// 9.0 only; elsewhere the test says it skipped.

@@ -1,7 +1,6 @@
 // Runs kernels/attention_wgmma.cu, unchanged, in the host emulation (cuda_runtime.h,
-// warp_primitives.h, wgmma_primitives.h) and compares out and lse with an f64 reference, then
-// feeds its out and lse to attention_mma.cu's backward kernels (the pairing the CUDA backend
-// runs with CADA_ATTENTION=wgmma) and compares dq, dk and dv. Fresh random inputs each run
+// warp_primitives.h, wgmma_primitives.h) over the shapes of tests/attention_cuda.rs and compares
+// out, lse, dq, dk and dv with an f64 reference. Fresh random inputs each run
 // (seeded from the clock unless CADA_EMU_SEED is set), shared memory poisoned with NaN before
 // every block and checked untouched past the size the Rust launcher reserves, outputs poisoned
 // before each launch. Exit status 1 when any figure is above its bound or not finite.
@@ -9,18 +8,15 @@
 #include "wgmma_primitives.h"
 #include "harness.h"
 
-#include "../attention_mma.cu"
 #include "../attention_wgmma.cu"
 #include "attention_reference.h"
 
 #include <cstdio>
 #include <random>
 
-// The dynamic shared memory of the running block (one block runs at a time), under each kernel
-// file's name.
+// The dynamic shared memory of the running block (one block runs at a time).
 constexpr size_t kSmemBytes = 256 * 1024;
 uint4 attn_wgmma_smem[kSmemBytes / sizeof(uint4)];
-uint4 attn_mma_smem[kSmemBytes / sizeof(uint4)];
 
 namespace {
 using attn_ref::check;
@@ -30,13 +26,16 @@ using attn_ref::Shape;
 // Bounds, as in tests/attention_cuda.rs (MMA_TOLS): bf16 operands through two products.
 constexpr double kOutTol = 1e-2, kLseTol = 1e-3, kGradTol = 1e-2;
 
-// Shared memory per block, as src/backend/cuda/attention_wgmma.rs reserves it: Q, 2 × (K, V).
+// Shared memory per block, as src/backend/cuda/attention_wgmma.rs reserves it (its
+// `shared_memory_sizes` test pins the same figures).
 constexpr size_t forward_smem(int hdp) { return (size_t)(WGMMA_BQ + 4 * WGMMA_BK) * hdp * 2; }
-static_assert(forward_smem(64) == 49152 && forward_smem(128) == 98304);
-constexpr size_t mma_smem_dq(int hdp) { return (size_t)(2 * MMA_BQ + 4 * MMA_BK) * (hdp + MMA_SKEW) * 2; }
-constexpr size_t mma_smem_dkv(int hdp) {
-    return (size_t)(2 * MMA_BK + 4 * MMA_DKV_BQ) * (hdp + MMA_SKEW) * 2 + 4 * MMA_DKV_BQ * 4;
+constexpr size_t dq_smem(int hdp) { return (size_t)(2 * WGMMA_BQ + 4 * WGMMA_BK) * hdp * 2; }
+constexpr size_t dkv_smem(int hdp) {
+    return (size_t)(2 * WGMMA_DKV_BK + 4 * WGMMA_DKV_BQ) * hdp * 2 + 4 * WGMMA_DKV_BQ * 4;
 }
+static_assert(forward_smem(64) == 49152 && forward_smem(128) == 98304);
+static_assert(dq_smem(64) == 65536 && dq_smem(128) == 131072);
+static_assert(dkv_smem(64) == 66560 && dkv_smem(128) == 132096);
 
 bool smem_tail_untouched(const uint4* smem, size_t reserved) {
     const uint8_t* p = reinterpret_cast<const uint8_t*>(smem);
@@ -47,11 +46,11 @@ bool smem_tail_untouched(const uint4* smem, size_t reserved) {
 
 // Runs one kernel over the grid, poisoning its shared memory before every block; false when a
 // block wrote past `reserved` bytes.
-bool run(dim3 grid, unsigned threads, uint4* smem, size_t reserved,
-         const std::function<void()>& kernel) {
+bool run(dim3 grid, size_t reserved, const std::function<void()>& kernel) {
     bool ok = true;
-    emu::launch(grid, dim3{threads, 1, 1}, kernel, [&] { std::memset(smem, 0xff, kSmemBytes); },
-                [&] { ok = ok && smem_tail_untouched(smem, reserved); });
+    emu::launch(grid, dim3{WGMMA_THREADS, 1, 1}, kernel,
+                [&] { std::memset(attn_wgmma_smem, 0xff, kSmemBytes); },
+                [&] { ok = ok && smem_tail_untouched(attn_wgmma_smem, reserved); });
     return ok;
 }
 
@@ -75,7 +74,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
     std::vector<float> out = nan_vec(nq), lse = nan_vec(nl);
     const dim3 fgrid{(unsigned)((s.seq + WGMMA_BQ - 1) / WGMMA_BQ), (unsigned)s.n_heads,
                      (unsigned)s.batch};
-    bool smem_ok = run(fgrid, WGMMA_THREADS, attn_wgmma_smem, forward_smem(hdp), [&] {
+    bool smem_ok = run(fgrid, forward_smem(hdp), [&] {
         if (hdp == 64)
             attention_wgmma_forward_hd64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(),
                                          dims, scale);
@@ -93,18 +92,17 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
                 delta[((size_t)b * s.n_heads + h) * s.seq + t] = (float)acc;
             }
     std::vector<float> dq = nan_vec(nq), dk = nan_vec(nk), dv = nan_vec(nk);
-    const dim3 qgrid{(unsigned)((s.seq + MMA_BQ - 1) / MMA_BQ), (unsigned)s.n_heads,
-                     (unsigned)s.batch};
-    smem_ok = run(qgrid, MMA_THREADS, attn_mma_smem, mma_smem_dq(hdp), [&] {
-                  (hdp == 64 ? attention_mma_backward_dq_hd64 : attention_mma_backward_dq_hd128)(
+    smem_ok = run(fgrid, dq_smem(hdp), [&] {
+                  (hdp == 64 ? attention_wgmma_backward_dq_hd64 : attention_wgmma_backward_dq_hd128)(
                       dq.data(), dob.data(), qb.data(), kb.data(), vb.data(), lse.data(),
                       delta.data(), dims, scale);
               }) &&
               smem_ok;
-    const dim3 kgrid{(unsigned)((s.seq + MMA_BK - 1) / MMA_BK), (unsigned)s.n_kv_heads,
+    const dim3 kgrid{(unsigned)((s.seq + WGMMA_DKV_BK - 1) / WGMMA_DKV_BK), (unsigned)s.n_kv_heads,
                      (unsigned)s.batch};
-    smem_ok = run(kgrid, MMA_THREADS, attn_mma_smem, mma_smem_dkv(hdp), [&] {
-                  (hdp == 64 ? attention_mma_backward_dkv_hd64 : attention_mma_backward_dkv_hd128)(
+    smem_ok = run(kgrid, dkv_smem(hdp), [&] {
+                  (hdp == 64 ? attention_wgmma_backward_dkv_hd64
+                             : attention_wgmma_backward_dkv_hd128)(
                       dk.data(), dv.data(), dob.data(), qb.data(), kb.data(), vb.data(),
                       lse.data(), delta.data(), dims, scale);
               }) &&
@@ -128,7 +126,8 @@ int main(int argc, char** argv) {
     auto [rng, quick] = emu::start_harness("attention_wgmma.cu", argc, argv);
     emu::smem_window = reinterpret_cast<const uint8_t*>(attn_wgmma_smem);
     // tests/attention_cuda.rs's shapes: odd lengths (a block's second warpgroup past T, tiles
-    // above one group's diagonal but not the other's), GQA groups 1..7, padded head dims
+    // above one group's diagonal but not the other's), GQA groups 1..7, padded head dims, and
+    // T = 300 (dk/dv blocks streaming five query tiles per head)
     std::vector<Shape> shapes = {{2, 77, 9, 3, 64}, {1, 200, 4, 2, 128}, {1, 130, 14, 2, 64},
                                  {1, 70, 2, 1, 32}, {1, 90, 2, 2, 96},   {2, 33, 2, 1, 37},
                                  {1, 300, 2, 1, 128}};

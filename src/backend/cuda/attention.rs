@@ -166,7 +166,7 @@ impl Cuda {
         )
     }
 
-    /// δ[b, h, t] = Σ_d dout·out, the softmax-backward row term (shared with the mma backward),
+    /// δ[b, h, t] = Σ_d dout·out, the softmax-backward row term (shared with the tensor-core backwards),
     /// from the f32 `out` or, when the model kept it in bf16 alone (`keep_as_attention_output`),
     /// from its bf16 values.
     pub(super) fn attention_delta(

@@ -15,7 +15,7 @@
 use super::attention::{attn_dims, check_backward_buffers, check_forward_buffers, grid_3d};
 use super::buffer::CudaBuf;
 use super::kernels::{self, defines};
-use super::Cuda;
+use super::{AttentionKernel, Cuda};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
@@ -165,6 +165,8 @@ impl Cuda {
         kernels::attention_mma_forward_hd(self, hdp, cfg, out, lse, qb, kb, vb, &dims, &scale)
     }
 
+    /// The tensor-core backward: δ, the bf16 operand copies, then the mma kernels, or the
+    /// wgmma ones when `CADA_ATTENTION=wgmma` (attention_wgmma.rs).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_mma_backward_impl(
         &self,
@@ -209,6 +211,10 @@ impl Cuda {
             self.attention_operand(v, "v")?,
         );
         let hdp = padded(s.head_dim);
+        if self.attention == AttentionKernel::Wgmma {
+            let inputs = [dob, qb, kb, vb];
+            return self.attention_wgmma_backward_launch(dq, dk, dv, inputs, lse, &delta, s);
+        }
         let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
         let cfg = self.mma_config(grid, smem_bytes("dq", hdp))?;
         kernels::attention_mma_backward_dq_hd(

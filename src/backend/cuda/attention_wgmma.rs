@@ -1,9 +1,9 @@
-//! Launcher for kernels/attention_wgmma.cu: the causal GQA training-attention forward on
-//! Hopper's warpgroup MMA (`wgmma.mma_async`, bf16 → f32), "attention v3", selected with
-//! `CADA_ATTENTION=wgmma` on a compute-capability 9.0 device (H100/H200) only: wgmma exists
-//! in the sm_90a cubin alone, and the compute_80 PTX other devices load has a body that traps.
-//! Its backward is attention_mma.cu's (the same `lse` layout and bf16 operand copies), so
-//! the selection changes the forward only.
+//! Launchers for kernels/attention_wgmma.cu: causal GQA training attention, forward and
+//! backward, on Hopper's warpgroup MMA (`wgmma.mma_async`, bf16 → f32), "attention v3",
+//! selected with `CADA_ATTENTION=wgmma` on a compute-capability 9.0 device (H100/H200) only:
+//! wgmma exists in the sm_90a cubin alone, and the compute_80 PTX other devices load has bodies
+//! that trap. Same buffers, `lse` layout and bf16 operand copies as attention_mma.rs, whose
+//! backward entry (δ, the copies) dispatches here.
 
 use super::attention::{attn_dims, check_forward_buffers, grid_3d};
 use super::attention_mma::padded;
@@ -13,35 +13,50 @@ use super::Cuda;
 use crate::backend::AttnShape;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+use half::bf16;
 
 /// Threads per block (two warpgroups).
 const THREADS: u32 = defines::WGMMA_THREADS as u32;
-/// Query rows per block (64 per warpgroup).
+/// Query rows per forward / dq block (64 per warpgroup).
 const BLOCK_ROWS: usize = defines::WGMMA_BQ as usize;
-/// Keys per staged tile.
+/// Keys per tile streamed through a forward / dq block.
 const BLOCK_KEYS: usize = defines::WGMMA_BK as usize;
+/// Keys per dk/dv block (64 per warpgroup) and query rows per tile streamed through it.
+const DKV_KEYS: usize = defines::WGMMA_DKV_BK as usize;
+const DKV_QUERIES: usize = defines::WGMMA_DKV_BQ as usize;
 
-/// Dynamic shared memory of the forward at padded width `hdp`: Q (128 rows), then two slots of
-/// (K, V) (64 rows each), bf16, unpadded (the core-matrix layout has no bank conflicts to skew).
-pub(super) fn wgmma_smem_bytes(hdp: usize) -> usize {
-    (BLOCK_ROWS + 4 * BLOCK_KEYS) * hdp * 2
+/// Dynamic shared memory of each kernel at padded width `hdp`, bf16 tiles unpadded (the
+/// core-matrix layout needs no skew): forward Q + 2 × (K, V); dq Q, dO + 2 × (K, V); dk/dv K, V
+/// + 2 × (Q, dO) + 2 × (lse, δ) in f32.
+fn wgmma_smem_bytes(kernel: &str, hdp: usize) -> usize {
+    match kernel {
+        "forward" => (BLOCK_ROWS + 4 * BLOCK_KEYS) * hdp * 2,
+        "dq" => (2 * BLOCK_ROWS + 4 * BLOCK_KEYS) * hdp * 2,
+        _ => (2 * DKV_KEYS + 4 * DKV_QUERIES) * hdp * 2 + 4 * DKV_QUERIES * 4,
+    }
 }
 
-const WGMMA_KERNELS: [(&str, usize); 2] = [
-    ("attention_wgmma_forward_hd64", 64),
-    ("attention_wgmma_forward_hd128", 128),
+/// Every wgmma kernel with its shared-memory layout and padded width.
+const WGMMA_KERNELS: [(&str, &str, usize); 6] = [
+    ("attention_wgmma_forward_hd64", "forward", 64),
+    ("attention_wgmma_forward_hd128", "forward", 128),
+    ("attention_wgmma_backward_dq_hd64", "dq", 64),
+    ("attention_wgmma_backward_dq_hd128", "dq", 128),
+    ("attention_wgmma_backward_dkv_hd64", "dkv", 64),
+    ("attention_wgmma_backward_dkv_hd128", "dkv", 128),
 ];
 
 impl Cuda {
-    /// On a 9.0 device, opts both forward kernels into the shared memory they use (hd128 needs
-    /// 96 KiB), once at start-up. Elsewhere nothing: they are never launched there.
+    /// On a 9.0 device, opts every wgmma kernel into the shared memory it uses (up to 129 KiB),
+    /// once at start-up. Elsewhere nothing: they are never launched there.
     pub(super) fn opt_in_wgmma_shared_memory(&self) -> Result<()> {
         if !self.supports_wgmma() {
             return Ok(());
         }
-        for (name, hdp) in WGMMA_KERNELS {
+        for (name, kind, hdp) in WGMMA_KERNELS {
             let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            let bytes = wgmma_smem_bytes(hdp) as i32;
+            let bytes = wgmma_smem_bytes(kind, hdp) as i32;
             self.function(name)?
                 .set_attribute(attr, bytes)
                 .map_err(|e| {
@@ -96,10 +111,46 @@ impl Cuda {
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let hdp = padded(s.head_dim);
-        let mut cfg = grid_3d(s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch, THREADS)?;
-        cfg.shared_mem_bytes = wgmma_smem_bytes(hdp) as u32;
+        let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
+        let cfg = wgmma_config(grid, wgmma_smem_bytes("forward", hdp))?;
         kernels::attention_wgmma_forward_hd(self, hdp, cfg, out, lse, qb, kb, vb, &dims, &scale)
     }
+
+    /// The backward's two launches (dq; dk and dv), given δ and the bf16 copies of dO, q, k
+    /// and v that `attention_mma_backward_impl` checked and made.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_wgmma_backward_launch(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        [dob, qb, kb, vb]: [&CudaSlice<bf16>; 4],
+        lse: &CudaBuf,
+        delta: &CudaBuf,
+        s: AttnShape,
+    ) -> Result<()> {
+        self.require_wgmma_device()?;
+        let dims = attn_dims(s)?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let hdp = padded(s.head_dim);
+        let grid = (s.seq.div_ceil(BLOCK_ROWS), s.n_heads, s.batch);
+        let cfg = wgmma_config(grid, wgmma_smem_bytes("dq", hdp))?;
+        kernels::attention_wgmma_backward_dq_hd(
+            self, hdp, cfg, dq, dob, qb, kb, vb, lse, delta, &dims, &scale,
+        )?;
+        let grid = (s.seq.div_ceil(DKV_KEYS), s.n_kv_heads, s.batch);
+        let cfg = wgmma_config(grid, wgmma_smem_bytes("dkv", hdp))?;
+        kernels::attention_wgmma_backward_dkv_hd(
+            self, hdp, cfg, dk, dv, dob, qb, kb, vb, lse, delta, &dims, &scale,
+        )
+    }
+}
+
+/// Launch config: 256 threads, `bytes` of dynamic shared memory (opted in at start-up).
+fn wgmma_config((x, y, z): (usize, usize, usize), bytes: usize) -> Result<LaunchConfig> {
+    let mut cfg = grid_3d(x, y, z, THREADS)?;
+    cfg.shared_mem_bytes = bytes as u32;
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -107,11 +158,15 @@ mod tests {
     use super::*;
 
     /// The figures kernels/emulation/attention_wgmma_check.cpp static_asserts (and checks that
-    /// no block writes past); both fit a Hopper SM's 227 KiB.
+    /// no block writes past); all fit a Hopper SM's 227 KiB.
     #[test]
     fn shared_memory_sizes() {
-        assert_eq!(wgmma_smem_bytes(64), 49_152);
-        assert_eq!(wgmma_smem_bytes(128), 98_304);
+        assert_eq!(wgmma_smem_bytes("forward", 64), 49_152);
+        assert_eq!(wgmma_smem_bytes("forward", 128), 98_304);
+        assert_eq!(wgmma_smem_bytes("dq", 64), 65_536);
+        assert_eq!(wgmma_smem_bytes("dq", 128), 131_072);
+        assert_eq!(wgmma_smem_bytes("dkv", 64), 66_560);
+        assert_eq!(wgmma_smem_bytes("dkv", 128), 132_096);
     }
 
     #[test]

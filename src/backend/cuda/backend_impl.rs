@@ -395,7 +395,7 @@ impl Backend for Cuda {
                 f32_values(&[dout, q, k, v], "attention_backward (simt)")?;
                 self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
             }
-            // wgmma has no backward of its own yet: the mma one reads the same lse and copies
+            // one entry for both tensor-core backwards (δ and the bf16 copies are the same)
             AttentionKernel::Mma | AttentionKernel::Wgmma => {
                 self.attention_mma_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, s)
             }

@@ -18,8 +18,8 @@
 //! `CADA_ATTENTION=mma`), is the tensor-core attention of kernels/attention_mma.cu: bf16
 //! operands (q, k, v, dO converted once and cached on their buffers; the model keeps its saved
 //! q, k, v in bf16 alone, `keep_as_attention_input`), f32 accumulation and softmax statistics,
-//! ~1e-2 relative; `CADA_ATTENTION=wgmma` swaps its forward for kernels/attention_wgmma.cu's
-//! (Hopper's warpgroup MMA, compute capability 9.0 only). No tensor-core mode has run on a GPU
+//! ~1e-2 relative; `CADA_ATTENTION=wgmma` runs kernels/attention_wgmma.cu instead (Hopper's
+//! warpgroup MMA, forward and backward, compute capability 9.0 only). No tensor-core mode has run on a GPU
 //! yet; both tensor-core attentions run in CI in a host emulation (kernels/emulation/).
 //!
 //! One stream per `Cuda` (a created, non-blocking one: graphs cannot be captured on the
@@ -95,8 +95,8 @@ pub enum AttentionKernel {
     Simt,
     /// kernels/attention_mma.cu: bf16 tensor cores, f32 accumulation (~1e-2 relative)
     Mma,
-    /// kernels/attention_wgmma.cu's forward (Hopper's warpgroup MMA, compute capability 9.0
-    /// only) with attention_mma.cu's backward
+    /// kernels/attention_wgmma.cu: Hopper's warpgroup MMA (compute capability 9.0 only), bf16
+    /// operands, f32 accumulation (the mma kernels' bounds)
     Wgmma,
 }
 
