@@ -3,7 +3,8 @@
 # git-ignored device_out/: bundle.tar.xz (the cada binary, the GPU test executables, the
 # kernels' PTX, Liger-Kernel) and run_on_gpu.sh, which on the GPU machine unpacks it and runs
 #   1. the GPU test binaries (tests/ops_cuda: every kernel against the CPU reference;
-#      tests/attention_cuda: both attention kernels; tests/decode_attention_cuda: the decode
+#      tests/attention_cuda: the f32 and mma attentions; tests/attention_wgmma_cuda: the wgmma
+#      attention (sm_90 only), per op and in the whole model; tests/decode_attention_cuda: the decode
 #      attention and the KV-cache writes; tests/grpo_cuda: the loss, its fused pass and
 #      the advantages; tests/model_cuda: the whole model's log-probs and every gradient;
 #      tests/decode_cuda: the KV-cache decode, graphs, stacking, bf16 cache; tests/hf_parity: the GPU against transformers' float64 dump), then
@@ -48,7 +49,7 @@ for line in sys.stdin:
 }
 # Only the GPU tests travel: the others run here in CI, and several find the cada binary and the
 # models by their build-time paths, which do not exist on the GPU machine.
-collect "test --release --test ops_cuda --test attention_cuda --test decode_attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda --test decode_cuda --test hf_parity" "$stage/tests"
+collect "test --release --test ops_cuda --test attention_cuda --test attention_wgmma_cuda --test decode_attention_cuda --test grpo_cuda --test bf16_cuda --test model_cuda --test decode_cuda --test hf_parity" "$stage/tests"
 # The criterion benches time the CPU backend: useful there only on request (CADA_STAGE_CRITERION=1),
 # and at ~6 MB each they would crowd the 64 MiB carry.
 if [[ "${CADA_STAGE_CRITERION:-0}" == 1 ]]; then
@@ -152,7 +153,7 @@ step() {  # $1 = log name, $2 = seconds allowed, rest = command; a failure is re
 for phase in "${phases[@]}"; do case $phase in
 tests)
     nvidia-smi > "$work/nvidia-smi.txt" 2>&1 && has_gpu=1 || has_gpu=0
-    for t in ops_cuda attention_cuda decode_attention_cuda grpo_cuda bf16_cuda model_cuda decode_cuda hf_parity; do
+    for t in ops_cuda attention_cuda attention_wgmma_cuda decode_attention_cuda grpo_cuda bf16_cuda model_cuda decode_cuda hf_parity; do
         step "test_$t" 90 "$bin/tests/$t" --nocapture --test-threads=1
         [[ -f "$work/test_$t.log" ]] &&
             grep -E "^test |rel err|skipped" "$work/test_$t.log" | tail -60 >> "$OUT/summary.txt"
@@ -162,6 +163,11 @@ tests)
     skipped=$(cat "$work"/test_*.log 2>/dev/null | grep -c "skipped: no GPU")
     echo "== GPU tests: $ran ran on the GPU, $skipped skipped (nvidia-smi: $( ((has_gpu)) && echo GPU || echo none))" |
         tee -a "$OUT/summary.txt"
+    # the wgmma tests skip, by design and saying so, on a GPU that is not compute capability 9.0
+    not_sm90=$(cat "$work"/test_*.log 2>/dev/null | grep -c "skipped: this GPU is not compute capability 9.0")
+    if (( not_sm90 > 0 )); then
+        echo "   $not_sm90 wgmma tests skipped: this GPU is not compute capability 9.0" | tee -a "$OUT/summary.txt"
+    fi
     if (( has_gpu && skipped > 0 )); then
         echo "   FAILED: $skipped tests skipped on a machine with a GPU" | tee -a "$OUT/summary.txt"
         status=1
@@ -172,10 +178,10 @@ sanitize)
     if [[ -n "$sanitizer" ]]; then
         # memcheck over every kernel test; racecheck (slow) where kernels share memory: the
         # attentions (training and decode), the GRPO reductions and the block-reduction kernels of ops_cuda
-        for t in ops_cuda attention_cuda decode_attention_cuda grpo_cuda bf16_cuda; do
+        for t in ops_cuda attention_cuda attention_wgmma_cuda decode_attention_cuda grpo_cuda bf16_cuda; do
             step "sanitizer_memcheck_$t" 60 "$sanitizer" --tool memcheck --error-exitcode 9 "$bin/tests/$t" --test-threads=1
         done
-        for t in attention_cuda decode_attention_cuda grpo_cuda ops_cuda; do
+        for t in attention_cuda attention_wgmma_cuda decode_attention_cuda grpo_cuda ops_cuda; do
             step "sanitizer_racecheck_$t" 60 "$sanitizer" --tool racecheck --error-exitcode 9 "$bin/tests/$t" --test-threads=1
         done
     else

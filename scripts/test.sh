@@ -23,7 +23,7 @@ echo "== GPU tests (skip without a GPU)"
 gpu_log=target/gpu_tests.log
 # --lib: the GPU backend's own unit tests (env-var parsing, shared-memory sizes, the mma kernels'
 # opt-in list against the compiled names) need no GPU and run only in this build
-cargo test --release --features cuda --lib --test ops_cuda --test attention_cuda --test decode_attention_cuda --test grpo_cuda --test bf16_cuda \
+cargo test --release --features cuda --lib --test ops_cuda --test attention_cuda --test attention_wgmma_cuda --test decode_attention_cuda --test grpo_cuda --test bf16_cuda \
     --test model_cuda --test decode_cuda --test hf_parity -- --nocapture 2>&1 | tee "$gpu_log"
 skipped=$(grep -c "skipped: no GPU" "$gpu_log" || true)
 ran=$(grep -c "ran on the GPU and matched the CPU" "$gpu_log" || true)

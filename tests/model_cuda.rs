@@ -215,37 +215,6 @@ fn cuda_whole_model_mma_attention() {
     println!("cuda_whole_model_mma_attention: skipped: no GPU (built without the `cuda` feature)");
 }
 
-/// Hopper's wgmma attention (`AttentionKernel::Wgmma`, forward and backward) in the
-/// whole model: log-probs, entropies and every gradient against the CPU with f32 and with bf16
-/// GEMMs, and the prefill + decode logits, bounds as the mma attention's. Compute capability
-/// 9.0 only; elsewhere the test says it skipped.
-#[test]
-fn cuda_whole_model_wgmma_attention() {
-    #[cfg(feature = "cuda")]
-    {
-        use cada::backend::cuda::{AttentionKernel, GemmPrecision};
-        if let Some((mut gpu, mut rng)) = common::cuda_setup("cuda_whole_model_wgmma_attention") {
-            if !gpu.supports_wgmma() {
-                println!(
-                    "cuda_whole_model_wgmma_attention: skipped: this GPU is not compute \
-                     capability 9.0 (wgmma is in the sm_90a cubin only)"
-                );
-                return;
-            }
-            gpu.set_attention_kernel(AttentionKernel::Wgmma);
-            whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
-            decode_case_within(&gpu, &mut rng, BF16_MODEL_TOL);
-            gpu.set_gemm_precision(GemmPrecision::Bf16).unwrap();
-            whole_model_case_within(&gpu, &mut rng, BF16_MODEL_TOL, BF16_MODEL_TOL);
-            println!("cuda_whole_model_wgmma_attention: ran on the GPU and matched the CPU");
-        }
-    }
-    #[cfg(not(feature = "cuda"))]
-    println!(
-        "cuda_whole_model_wgmma_attention: skipped: no GPU (built without the `cuda` feature)"
-    );
-}
-
 /// The inference forward (no activations saved, buffers reused by every layer; the prefill,
 /// the reference model, scoring) against the saving forward on the GPU, in the f32 defaults
 /// and in the full tensor-core mix (bf16 GEMMs with narrowed GEMM inputs, the mma attention

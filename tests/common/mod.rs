@@ -1,6 +1,7 @@
 //! Shared test helpers: tiny model directories written by the tests themselves (no download).
 #![allow(dead_code)]
 
+pub mod attention_twin;
 pub mod model_twin;
 
 use cada::model::config::LlamaConfig;
