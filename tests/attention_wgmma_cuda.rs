@@ -78,3 +78,54 @@ fn cuda_whole_model_wgmma_attention() {
         "cuda_whole_model_wgmma_attention: skipped: no GPU (built without the `cuda` feature)"
     );
 }
+
+/// kernels/wgmma_probe.cu: the two wgmma forms alone, on bf16-exact random inputs, against the
+/// CPU's products (f32 accumulation of 16 exact products: 1e-6). Which one fails says which
+/// layout is wrong: A·Bᵀ the K-major shared-memory descriptors, A·W the N-major descriptor or
+/// the A fragments, both the accumulator layout.
+#[test]
+fn cuda_wgmma_layout_probe() {
+    #[cfg(feature = "cuda")]
+    {
+        use rand::Rng;
+        if let Some((gpu, mut rng)) = common::cuda_setup("cuda_wgmma_layout_probe") {
+            if !gpu.supports_wgmma() {
+                println!(
+                    "cuda_wgmma_layout_probe: skipped: this GPU is not compute capability 9.0 \
+                     (wgmma is in the sm_90a cubin only)"
+                );
+                return;
+            }
+            let mut draw = |n: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|_| half::bf16::from_f32(rng.gen_range(-1.0..1.0)).to_f32())
+                    .collect()
+            };
+            let (a, bt, w) = (draw(64 * 16), draw(64 * 16), draw(16 * 64));
+            let (d_ss, d_rs) = gpu.wgmma_layout_probe(&a, &bt, &w).unwrap();
+            let (mut want_ss, mut want_rs) = (vec![0f32; 64 * 64], vec![0f32; 64 * 64]);
+            for i in 0..64 {
+                for j in 0..64 {
+                    let (mut ss, mut rs) = (0f64, 0f64);
+                    for k in 0..16 {
+                        ss += a[i * 16 + k] as f64 * bt[j * 16 + k] as f64;
+                        rs += a[i * 16 + k] as f64 * w[k * 64 + j] as f64;
+                    }
+                    want_ss[i * 64 + j] = ss as f32;
+                    want_rs[i * 64 + j] = rs as f32;
+                }
+            }
+            let e_ss = common::rel_err(&d_ss, &want_ss);
+            let e_rs = common::rel_err(&d_rs, &want_rs);
+            println!("  A·Bt (shared memory, K-major): rel err {e_ss:.2e}");
+            println!("  A·W (registers × shared memory, N-major): rel err {e_rs:.2e}");
+            assert!(
+                e_ss <= 1e-6 && e_rs <= 1e-6,
+                "wgmma layout probe: A·Bt {e_ss:.2e}, A·W {e_rs:.2e} (bound 1e-6)"
+            );
+            println!("cuda_wgmma_layout_probe: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_wgmma_layout_probe: skipped: no GPU (built without the `cuda` feature)");
+}

@@ -45,16 +45,20 @@ fn every_kernel_gets_one_typed_launcher() {
         }
     }
     let launchers = rust.matches("(\n    cuda: &Cuda,\n").count();
-    // the three macro-built mma kernels are one launcher each (with a `variant`)
+    // the three macro-built mma kernels and the three wgmma ones are one launcher each (with
+    // a `variant`)
     assert_eq!(
         launchers,
-        plain + 3,
+        plain + 6,
         "launchers: {launchers}, plain kernels: {plain}"
     );
     for k in [
         "attention_mma_forward_hd",
         "attention_mma_backward_dq_hd",
         "attention_mma_backward_dkv_hd",
+        "attention_wgmma_forward_hd",
+        "attention_wgmma_backward_dq_hd",
+        "attention_wgmma_backward_dkv_hd",
     ] {
         assert!(rust.contains(&format!(
             "pub(super) fn {k}(\n    cuda: &Cuda,\n    variant: usize,"

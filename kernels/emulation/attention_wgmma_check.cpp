@@ -9,14 +9,17 @@
 #include "harness.h"
 
 #include "../attention_wgmma.cu"
+#include "../wgmma_probe.cu"
 #include "attention_reference.h"
 
 #include <cstdio>
 #include <random>
 
-// The dynamic shared memory of the running block (one block runs at a time).
+// The dynamic shared memory of the running block (one block runs at a time), under each kernel
+// file's name.
 constexpr size_t kSmemBytes = 256 * 1024;
 uint4 attn_wgmma_smem[kSmemBytes / sizeof(uint4)];
+uint4 wgmma_probe_smem[kSmemBytes / sizeof(uint4)];
 
 namespace {
 using attn_ref::check;
@@ -120,6 +123,41 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
     return ok && smem_ok;
 }
 
+// wgmma_probe.cu's two products against the host's, on bf16-exact random inputs (so the f32
+// accumulation of 16 products is the only rounding): 1e-6.
+bool run_probe(std::mt19937_64& rng) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    auto draw = [&](size_t n) {
+        std::vector<uint16_t> x(n);
+        for (auto& e : x) e = emu::bf16_bits(u(rng));
+        return x;
+    };
+    const auto a = draw(64 * 16), bt = draw(64 * 16), w = draw(16 * 64);
+    std::vector<float> dss(64 * 64, NAN), drs(64 * 64, NAN);
+    emu::smem_window = reinterpret_cast<const uint8_t*>(wgmma_probe_smem);
+    emu::launch(dim3{1, 1, 1}, dim3{WGMMA_PROBE_THREADS, 1, 1}, [&] {
+        wgmma_layout_probe(dss.data(), drs.data(), a.data(), bt.data(), w.data());
+    });
+    emu::smem_window = reinterpret_cast<const uint8_t*>(attn_wgmma_smem);
+    std::vector<double> want_ss(64 * 64), want_rs(64 * 64);
+    for (int i = 0; i < 64; ++i)
+        for (int j = 0; j < 64; ++j) {
+            double ss = 0, rs = 0;
+            for (int k = 0; k < 16; ++k) {
+                const double x = emu::bf16_value(a[i * 16 + k]);
+                ss += x * emu::bf16_value(bt[j * 16 + k]);
+                rs += x * emu::bf16_value(w[k * 64 + j]);
+            }
+            want_ss[i * 64 + j] = ss;
+            want_rs[i * 64 + j] = rs;
+        }
+    std::printf("  wgmma_layout_probe\n");
+    bool ok = true;
+    check("A·Bt (shared, K-major)", rel_err(dss, want_ss), 1e-6, ok);
+    check("A·W (registers, N-major)", rel_err(drs, want_rs), 1e-6, ok);
+    return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -133,7 +171,7 @@ int main(int argc, char** argv) {
                                  {1, 300, 2, 1, 128}};
     // quick (ThreadSanitizer): three key tiles, so every slot of the pipeline is reused
     if (quick) shapes = {{1, 150, 2, 1, 64}, {1, 40, 2, 2, 96}, {1, 140, 2, 1, 37}};
-    bool ok = true;
+    bool ok = run_probe(rng);
     for (const auto& s : shapes) ok = run_shape(s, rng) && ok;
     std::printf(ok ? "attention_wgmma emulation: every figure within its bound\n"
                    : "attention_wgmma emulation: FAILED\n");

@@ -146,6 +146,36 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// Runs kernels/wgmma_probe.cu once (compute capability 9.0 only): `(A·Bᵀ, A·W)` for
+    /// row-major `a` 64×16, `bt` 64×16 and `w` 16×64 (rounded to bf16 on the way in), each
+    /// 64×64 row-major, through the two wgmma forms the attention kernels use. For the GPU
+    /// tests: which of the two is wrong, if either, says which layout is.
+    pub fn wgmma_layout_probe(
+        &self,
+        a: &[f32],
+        bt: &[f32],
+        w: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.require_wgmma_device()?;
+        ensure!(
+            a.len() == 64 * 16 && bt.len() == 64 * 16 && w.len() == 16 * 64,
+            "wgmma_layout_probe: expected 64×16, 64×16 and 16×64 inputs"
+        );
+        let bf = |x: &[f32], what| -> Result<CudaSlice<bf16>> {
+            let buf = self.upload_impl(x)?;
+            self.to_bf16(&buf, what)
+        };
+        let (ab, bb, wb) = (bf(a, "a")?, bf(bt, "bt")?, bf(w, "w")?);
+        let mut d_ss = self.upload_impl(&vec![f32::NAN; 64 * 64])?;
+        let mut d_rs = self.upload_impl(&vec![f32::NAN; 64 * 64])?;
+        let mut cfg = grid_3d(1, 1, 1, defines::WGMMA_PROBE_THREADS as u32)?;
+        cfg.shared_mem_bytes = 3 * 1024 * 2;
+        kernels::wgmma_layout_probe(self, cfg, &mut d_ss, &mut d_rs, &ab, &bb, &wb)?;
+        Ok((self.download_impl(&d_ss)?, self.download_impl(&d_rs)?))
+    }
+}
+
 /// Launch config: 256 threads, `bytes` of dynamic shared memory (opted in at start-up).
 fn wgmma_config((x, y, z): (usize, usize, usize), bytes: usize) -> Result<LaunchConfig> {
     let mut cfg = grid_3d(x, y, z, THREADS)?;
