@@ -125,9 +125,9 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_trans_b(float (&d)[64], cons
 
 // Stages rows [r0, r0 + ROWS) of one head (columns [col0, col0 + hd) of a [B·T, stride] bf16
 // matrix, rows counted from `base` = b·T) into a ROWS × HDP tile in the core-matrix layout
-// above; rows ≥ seq and columns ≥ hd become zeros. The chunk order takes pairs of 16-byte
-// chunks of one row together (a 32-byte sector of global memory), then the 8 rows of a core
-// matrix. With hd % 8 == 0 and a 16-byte aligned matrix each chunk is one cp.async (part of the
+// above; rows ≥ seq and columns ≥ hd become zeros. The chunk order: 8 consecutive threads
+// write the 8 rows of one core matrix (128 contiguous bytes: no bank conflict), the next 8 the
+// next chunk of the same rows, so a warp still reads whole 32-byte sectors of each row. With hd % 8 == 0 and a 16-byte aligned matrix each chunk is one cp.async (part of the
 // caller's next commit group), else a synchronous copy; either way the tile is ready after
 // the caller's cp_async_wait, fence_proxy_async and __syncthreads.
 template <int ROWS, int HDP, int THREADS>
@@ -137,7 +137,7 @@ __device__ __forceinline__ void stage_core_matrices(uint16_t* dst, const uint16_
     constexpr int C8 = HDP / 8;  // chunks per row (even)
     const bool vec = (hd & 7) == 0 && ((uintptr_t)src & 15) == 0;
     for (int idx = threadIdx.x; idx < ROWS * C8; idx += THREADS) {
-        const int pair = idx & 1, r8 = (idx >> 1) & 7, rest = idx >> 4;
+        const int r8 = idx & 7, pair = (idx >> 3) & 1, rest = idx >> 4;
         const int cb = 2 * (rest % (C8 / 2)) + pair, rb = rest / (C8 / 2);
         const int col = cb * 8, t = r0 + rb * 8 + r8;
         const bool in = t < seq && col < hd;

@@ -365,9 +365,12 @@ impl Cuda {
                  head widths here"
             );
         }
-        cuda.opt_in_wgmma_shared_memory()?;
+        // as above: fatal only when the wgmma attention is the one selected
         if cuda.attention == AttentionKernel::Wgmma {
             cuda.require_wgmma_device()?;
+            cuda.opt_in_wgmma_shared_memory()?;
+        } else if let Err(e) = cuda.opt_in_wgmma_shared_memory() {
+            eprintln!("cuda backend: warning: {e:#}; CADA_ATTENTION=wgmma cannot run here");
         }
         Ok(cuda)
     }
