@@ -102,14 +102,7 @@ __device__ __forceinline__ void stage_tile(uint16_t* dst, const uint16_t* src, i
         if (vec) {
             cp_async_16(d, p, in);
         } else {
-            uint32_t w[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const uint32_t lo = in && c + 2 * e < hd ? p[2 * e] : 0;
-                const uint32_t hi = in && c + 2 * e + 1 < hd ? p[2 * e + 1] : 0;
-                w[e] = lo | (hi << 16);
-            }
-            *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
+            copy_chunk_zero_padded(d, p, in, c, hd);
         }
     }
 }
@@ -234,13 +227,7 @@ __device__ __forceinline__ void dq_body(float* dq, const uint16_t* dout, const u
     const int last_key = min(s.seq - 1, q0 + MMA_BQ - 1);
     const float c2 = scale * LOG2E;
     float lse2[2], dlt[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const bool ok = rows[r] < s.seq;
-        const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + rows[r];
-        lse2[r] = ok ? lse[st] * LOG2E : 0.f;
-        dlt[r] = ok ? delta[st] : 0.f;
-    }
+    load_row_stats(lse2, dlt, lse, delta, rows, s, b, h);
     const int tiles = last_key / MMA_BK + 1;
     auto stage_kv = [&](int tile, int slot) {
         uint16_t* sk = kv_slots + 2 * slot * TILE;
@@ -287,16 +274,7 @@ __device__ __forceinline__ void dq_body(float* dq, const uint16_t* dout, const u
                 mma_bf16(dp[2 * nn + 1], da, vb[2], vb[3]);
             }
         }
-        // dS (unscaled) overwrites sc; masked entries are exactly 0.
-#pragma unroll
-        for (int n = 0; n < SN; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = k0 + n * 8 + 2 * c + (i & 1);
-                const int r = i >> 1;
-                const float p = key > rows[r] ? 0.f : exp2f(sc[n][i] * c2 - lse2[r]);
-                sc[n][i] = p * (dp[n][i] - dlt[r]);
-            }
+        score_grads_by_row(sc, dp, k0, rows, c, c2, lse2, dlt);
         // dq += dS·K: K [key][dim] is the row-major [k][n] B operand, read with .trans.
 #pragma unroll
         for (int j = 0; j < MMA_BK / 16; ++j) {
@@ -314,19 +292,7 @@ __device__ __forceinline__ void dq_body(float* dq, const uint16_t* dout, const u
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int t = rows[r];
-        if (t >= s.seq) continue;
-        float* dst = dq + (base + t) * qs + h * hd;
-#pragma unroll
-        for (int n = 0; n < DN; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = n * 8 + 2 * c + e;
-                if (d < hd) dst[d] = acc[n][2 * r + e] * scale;
-            }
-    }
+    write_dq_rows(dq, acc, rows, s, base, h, c, scale);
 }
 
 // Backward, dk and dv. grid = (ceil(T / 64), Hkv, B), 128 threads, dynamic smem
@@ -422,18 +388,7 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const uint16_t* d
                 mma_bf16(dpt[2 * nn + 1], va, db[2], db[3]);
             }
         }
-        // st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0.
-#pragma unroll
-        for (int n = 0; n < SN; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int j = n * 8 + 2 * c + (i & 1);
-                const int t = t0 + j;
-                const bool ok = t >= keys[i >> 1] && t < s.seq;
-                const float p = ok ? exp2f(st[n][i] * c2 - slse[j] * LOG2E) : 0.f;
-                st[n][i] = p;
-                dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
-            }
+        score_grads_by_key(st, dpt, t0, keys, c, c2, slse, sdlt, s.seq);
         // dv += Pᵀ·dO and dk += dSᵀ·Q over the tile's queries, 16 at a time.
 #pragma unroll
         for (int j = 0; j < MMA_DKV_BQ / 16; ++j) {
@@ -457,22 +412,7 @@ __device__ __forceinline__ void dkv_body(float* dk, float* dv, const uint16_t* d
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int key = keys[r];
-        if (key >= s.seq) continue;
-        const int64_t at = (base + key) * ks + kh * hd;
-#pragma unroll
-        for (int n = 0; n < DN; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = n * 8 + 2 * c + e;
-                if (d < hd) {
-                    dk[at + d] = gk[n][2 * r + e] * scale;
-                    dv[at + d] = gv[n][2 * r + e];
-                }
-            }
-    }
+    write_dkv_rows(dk, dv, gk, gv, keys, s, base, kh, c, scale);
 }
 
 // One entry point per padded head width; the host picks hd64 for head_dim ≤ 64, else hd128.

@@ -25,6 +25,18 @@
 #define WGMMA_DKV_BK 128   // keys per dk/dv block (64 per warpgroup)
 #define WGMMA_DKV_BQ 64    // query rows per tile streamed through a dk/dv block
 
+// Key tile r0 .. r0 + 63 of kv head kh: K into `slot`, V right after it (one commit group's
+// worth of copies, in the forward and dq kernels).
+template <int HDP>
+__device__ __forceinline__ void stage_kv_tile(uint16_t* slot, const uint16_t* k, const uint16_t* v,
+                                              int64_t base, int r0, AttnDims s, int kh) {
+    const int hd = s.head_dim;
+    const int64_t ks = (int64_t)s.n_kv_heads * hd;
+    stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(slot, k, base, r0, s.seq, ks, kh * hd, hd);
+    stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(slot + WGMMA_BK * HDP, v, base, r0, s.seq,
+                                                      ks, kh * hd, hd);
+}
+
 // Forward. grid = (ceil(T / 128), Hq, B), dynamic smem (128 + 4·64)·HDP bf16: Q, then two
 // slots of (K, V). Per key tile: S = Q·Kᵀ, the online softmax, O += P·V.
 template <int HDP>
@@ -40,7 +52,7 @@ __device__ __forceinline__ void wgmma_forward_body(float* out, float* lse, const
     const int g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
     const int hd = s.head_dim;
-    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t qs = (int64_t)s.n_heads * hd;
     const int64_t base = (int64_t)b * s.seq;
     const int q0 = blockIdx.x * WGMMA_BQ;
     const int g0 = q0 + wg * 64;                          // this warpgroup's first row
@@ -50,11 +62,7 @@ __device__ __forceinline__ void wgmma_forward_body(float* out, float* lse, const
     const int tiles = last_key / WGMMA_BK + 1;            // q0 < T, so last_key ≥ 0
     const float c2 = scale * LOG2E;
     auto stage_kv = [&](int tile, int slot) {
-        uint16_t* sk = kv_slots + 2 * slot * KV_TILE;
-        const int r0 = tile * WGMMA_BK;
-        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk, k, base, r0, s.seq, ks, kh * hd, hd);
-        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk + KV_TILE, v, base, r0, s.seq, ks,
-                                                          kh * hd, hd);
+        stage_kv_tile<HDP>(kv_slots + 2 * slot * KV_TILE, k, v, base, tile * WGMMA_BK, s, kh);
     };
     stage_core_matrices<WGMMA_BQ, HDP, WGMMA_THREADS>(sq, q, base, q0, s.seq, qs, h * hd, hd);
     stage_kv(0, 0);
@@ -117,7 +125,7 @@ __device__ __forceinline__ void wgmma_dq_body(float* dq, const uint16_t* dout, c
     const int g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, kh = h / (s.n_heads / s.n_kv_heads);
     const int hd = s.head_dim;
-    const int64_t qs = (int64_t)s.n_heads * hd, ks = (int64_t)s.n_kv_heads * hd;
+    const int64_t qs = (int64_t)s.n_heads * hd;
     const int64_t base = (int64_t)b * s.seq;
     const int q0 = blockIdx.x * WGMMA_BQ;
     const int g0 = q0 + wg * 64;
@@ -127,19 +135,9 @@ __device__ __forceinline__ void wgmma_dq_body(float* dq, const uint16_t* dout, c
     const int tiles = last_key / WGMMA_BK + 1;
     const float c2 = scale * LOG2E;
     float lse2[2], dlt[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const bool ok = rows[r] < s.seq;
-        const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + rows[r];
-        lse2[r] = ok ? lse[st] * LOG2E : 0.f;
-        dlt[r] = ok ? delta[st] : 0.f;
-    }
+    load_row_stats(lse2, dlt, lse, delta, rows, s, b, h);
     auto stage_kv = [&](int tile, int slot) {
-        uint16_t* sk = kv_slots + 2 * slot * KV_TILE;
-        const int r0 = tile * WGMMA_BK;
-        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk, k, base, r0, s.seq, ks, kh * hd, hd);
-        stage_core_matrices<WGMMA_BK, HDP, WGMMA_THREADS>(sk + KV_TILE, v, base, r0, s.seq, ks,
-                                                          kh * hd, hd);
+        stage_kv_tile<HDP>(kv_slots + 2 * slot * KV_TILE, k, v, base, tile * WGMMA_BK, s, kh);
     };
     // Q, dO and key tile 0 in one group
     stage_core_matrices<WGMMA_BQ, HDP, WGMMA_THREADS>(sq, q, base, q0, s.seq, qs, h * hd, hd);
@@ -171,16 +169,7 @@ __device__ __forceinline__ void wgmma_dq_body(float* dq, const uint16_t* dout, c
         wgmma_wait<0>();
         pin_accumulator(sc);
         pin_accumulator(dp);
-        // dS (unscaled) overwrites sc; masked entries are exactly 0
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = k0 + n * 8 + 2 * c + (i & 1);
-                const int r = i >> 1;
-                const float p = key > rows[r] ? 0.f : exp2f(sc[n][i] * c2 - lse2[r]);
-                sc[n][i] = p * (dp[n][i] - dlt[r]);
-            }
+        score_grads_by_row(sc, dp, k0, rows, c, c2, lse2, dlt);
         uint32_t da[4][4];
         pack_a_fragments(da, sc);
         pin_accumulator(acc);
@@ -191,19 +180,7 @@ __device__ __forceinline__ void wgmma_dq_body(float* dq, const uint16_t* dout, c
         wgmma_wait<0>();
         pin_accumulator(acc);
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int t = rows[r];
-        if (t >= s.seq) continue;
-        float* dst = dq + (base + t) * qs + h * hd;
-#pragma unroll
-        for (int n = 0; n < DN; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = n * 8 + 2 * c + e;
-                if (d < hd) dst[d] = acc[n][2 * r + e] * scale;
-            }
-    }
+    write_dq_rows(dq, acc, rows, s, base, h, c, scale);
 #else
     __trap();
 #endif
@@ -292,18 +269,7 @@ __device__ __forceinline__ void wgmma_dkv_body(float* dk, float* dv, const uint1
         wgmma_wait<0>();
         pin_accumulator(st);
         pin_accumulator(dpt);
-        // st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int j = n * 8 + 2 * c + (i & 1);
-                const int t = t0 + j;
-                const bool ok = t >= keys[i >> 1] && t < s.seq;
-                const float p = ok ? exp2f(st[n][i] * c2 - slse[j] * LOG2E) : 0.f;
-                st[n][i] = p;
-                dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
-            }
+        score_grads_by_key(st, dpt, t0, keys, c, c2, slse, sdlt, s.seq);
         uint32_t pa[4][4], sa[4][4];
         pack_a_fragments(pa, st);
         pack_a_fragments(sa, dpt);
@@ -319,22 +285,7 @@ __device__ __forceinline__ void wgmma_dkv_body(float* dk, float* dv, const uint1
         pin_accumulator(gv);
         pin_accumulator(gk);
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int key = keys[r];
-        if (key >= s.seq) continue;
-        const int64_t at = (base + key) * ks + kh * hd;
-#pragma unroll
-        for (int n = 0; n < DN; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = n * 8 + 2 * c + e;
-                if (d < hd) {
-                    dk[at + d] = gk[n][2 * r + e] * scale;
-                    dv[at + d] = gv[n][2 * r + e];
-                }
-            }
-    }
+    write_dkv_rows(dk, dv, gk, gv, keys, s, base, kh, c, scale);
 #else
     __trap();
 #endif

@@ -15,6 +15,21 @@ struct AttnDims {
     int batch, seq, n_heads, n_kv_heads, head_dim;
 };
 
+// The synchronous fallback of the tile stagers (a head_dim not a multiple of 8, or an
+// unaligned matrix): columns col .. col + 7 of one row from p into 16 bytes at d, those ≥ hd
+// (and all of them when !in) as zeros.
+__device__ __forceinline__ void copy_chunk_zero_padded(uint16_t* d, const uint16_t* p, bool in,
+                                                       int col, int hd) {
+    uint32_t w[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const uint32_t lo = in && col + 2 * e < hd ? p[2 * e] : 0;
+        const uint32_t hi = in && col + 2 * e + 1 < hd ? p[2 * e + 1] : 0;
+        w[e] = lo | (hi << 16);
+    }
+    *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 #ifndef CADA_HOST_EMULATION
 // Two f32 → one bf16x2 register, `lo` in the low half (the lower column / k index).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -123,5 +138,104 @@ __device__ __forceinline__ void write_forward_rows(float* out, float* lse, const
                 if (d < hd) dst[d] = o[n][2 * r + e] * inv;
             }
         if (c == 0) lse[((int64_t)b * s.n_heads + h) * s.seq + t] = (m[r] + log2f(lt)) * LN2;
+    }
+}
+
+// The dq kernels' per-row statistics: lse in log2 units and δ of this thread's two rows
+// (0 for rows ≥ T).
+__device__ __forceinline__ void load_row_stats(float lse2[2], float dlt[2], const float* lse,
+                                               const float* delta, const int rows[2], AttnDims s,
+                                               int b, int h) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const bool ok = rows[r] < s.seq;
+        const int64_t st = ((int64_t)b * s.n_heads + h) * s.seq + rows[r];
+        lse2[r] = ok ? lse[st] * LOG2E : 0.f;
+        dlt[r] = ok ? delta[st] : 0.f;
+    }
+}
+
+// dq's tile, rows = queries, keys k0 + 8n + 2c + {0, 1}: dS (unscaled) = P∘(dP − δ) overwrites
+// sc, P = exp2(S·c2 − lse2) recomputed from the forward's lse; masked entries are exactly 0.
+template <int SN>
+__device__ __forceinline__ void score_grads_by_row(float (&sc)[SN][4], const float (&dp)[SN][4],
+                                                   int k0, const int rows[2], int c, float c2,
+                                                   const float lse2[2], const float dlt[2]) {
+#pragma unroll
+    for (int n = 0; n < SN; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int key = k0 + n * 8 + 2 * c + (i & 1);
+            const int r = i >> 1;
+            const float p = key > rows[r] ? 0.f : exp2f(sc[n][i] * c2 - lse2[r]);
+            sc[n][i] = p * (dp[n][i] - dlt[r]);
+        }
+}
+
+// dk/dv's tile, transposed (rows = keys, columns = queries t0 + j with lse and δ of query j in
+// slse[j], sdlt[j]): st ← Pᵀ, dpt ← dSᵀ (unscaled); entries with query < key or query ≥ T are 0.
+template <int SN>
+__device__ __forceinline__ void score_grads_by_key(float (&st)[SN][4], float (&dpt)[SN][4],
+                                                   int t0, const int keys[2], int c, float c2,
+                                                   const float* slse, const float* sdlt,
+                                                   int seq) {
+#pragma unroll
+    for (int n = 0; n < SN; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int j = n * 8 + 2 * c + (i & 1);
+            const int t = t0 + j;
+            const bool ok = t >= keys[i >> 1] && t < seq;
+            const float p = ok ? exp2f(st[n][i] * c2 - slse[j] * LOG2E) : 0.f;
+            st[n][i] = p;
+            dpt[n][i] = p * (dpt[n][i] - sdlt[j]);
+        }
+}
+
+// dq's epilogue: dq = scale · acc for this thread's rows < T and columns < head_dim.
+template <int DN>
+__device__ __forceinline__ void write_dq_rows(float* dq, const float (&acc)[DN][4],
+                                              const int rows[2], AttnDims s, int64_t base, int h,
+                                              int c, float scale) {
+    const int hd = s.head_dim;
+    const int64_t qs = (int64_t)s.n_heads * hd;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int t = rows[r];
+        if (t >= s.seq) continue;
+        float* dst = dq + (base + t) * qs + h * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) dst[d] = acc[n][2 * r + e] * scale;
+            }
+    }
+}
+
+// dk/dv's epilogue: dk = scale · gk and dv = gv for this thread's keys < T (kv head kh).
+template <int DN>
+__device__ __forceinline__ void write_dkv_rows(float* dk, float* dv, const float (&gk)[DN][4],
+                                               const float (&gv)[DN][4], const int keys[2],
+                                               AttnDims s, int64_t base, int kh, int c,
+                                               float scale) {
+    const int hd = s.head_dim;
+    const int64_t ks = (int64_t)s.n_kv_heads * hd;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = keys[r];
+        if (key >= s.seq) continue;
+        const int64_t at = (base + key) * ks + kh * hd;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = n * 8 + 2 * c + e;
+                if (d < hd) {
+                    dk[at + d] = gk[n][2 * r + e] * scale;
+                    dv[at + d] = gv[n][2 * r + e];
+                }
+            }
     }
 }

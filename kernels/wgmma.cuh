@@ -146,14 +146,7 @@ __device__ __forceinline__ void stage_core_matrices(uint16_t* dst, const uint16_
         if (vec) {
             cp_async_16(d, p, in);
         } else {
-            uint32_t w[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const uint32_t lo = in && col + 2 * e < hd ? p[2 * e] : 0;
-                const uint32_t hi = in && col + 2 * e + 1 < hd ? p[2 * e + 1] : 0;
-                w[e] = lo | (hi << 16);
-            }
-            *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
+            copy_chunk_zero_padded(d, p, in, col, hd);
         }
     }
 }

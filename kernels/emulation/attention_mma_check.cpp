@@ -23,6 +23,9 @@ uint4 attn_mma_smem[kSmemBytes / sizeof(uint4)];
 
 namespace {
 using attn_ref::check;
+using attn_ref::delta_of;
+using attn_ref::nan_vec;
+using attn_ref::to_bf16;
 using attn_ref::rel_err;
 using attn_ref::Shape;
 
@@ -68,23 +71,12 @@ bool run(dim3 grid, size_t reserved, const std::function<void()>& kernel) {
 bool run_shape(const Shape& s, std::mt19937_64& rng) {
     const auto [q, k, v, dout, want] = attn_ref::random_inputs(s, rng);
     const size_t nq = q.size(), nk = k.size(), nl = (size_t)s.batch * s.n_heads * s.seq;
-    // the kernels read bf16 copies, made as Cuda::attention_operand makes them (round to
-    // nearest even); the reference sees the f32 values
-    auto to_bf16 = [](const std::vector<float>& x) {
-        std::vector<uint16_t> b(x.size());
-        for (size_t i = 0; i < x.size(); ++i) b[i] = emu::bf16_bits(x[i]);
-        return b;
-    };
+    // the kernels read bf16 copies; the reference sees the f32 values
     const auto qb = to_bf16(q), kb = to_bf16(k), vb = to_bf16(v), dob = to_bf16(dout);
 
     const AttnDims dims{s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim};
     const float scale = 1.f / std::sqrt((float)s.head_dim);
     const int hdp = s.head_dim <= 64 ? 64 : 128;
-    auto nan_vec = [](size_t n) {
-        std::vector<float> x(n);
-        std::memset(x.data(), 0xff, n * 4);
-        return x;
-    };
     std::vector<float> out = nan_vec(nq), lse = nan_vec(nl);
     const dim3 qgrid{(unsigned)((s.seq + MMA_BQ - 1) / MMA_BQ), (unsigned)s.n_heads,
                      (unsigned)s.batch};
@@ -97,15 +89,7 @@ bool run_shape(const Shape& s, std::mt19937_64& rng) {
                                         dims, scale);
     });
     // δ = rowsum(dO∘O) from the kernel's own output, in f32 as attention_backward_delta stores it
-    std::vector<float> delta(nl);
-    for (int b = 0; b < s.batch; ++b)
-        for (int h = 0; h < s.n_heads; ++h)
-            for (int t = 0; t < s.seq; ++t) {
-                const size_t qi = (((size_t)b * s.seq + t) * s.n_heads + h) * s.head_dim;
-                double acc = 0;
-                for (int d = 0; d < s.head_dim; ++d) acc += (double)dout[qi + d] * out[qi + d];
-                delta[((size_t)b * s.n_heads + h) * s.seq + t] = (float)acc;
-            }
+    const std::vector<float> delta = delta_of(s, dout, out);
     std::vector<float> dq = nan_vec(nq), dk = nan_vec(nk), dv = nan_vec(nk);
     smem_ok = run(qgrid, smem_bytes(Kernel::Dq, hdp), [&] {
                   if (hdp == 64)

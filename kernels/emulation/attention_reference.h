@@ -1,15 +1,52 @@
 // The f64 reference shared by the attention harnesses (attention_mma_check.cpp,
-// attention_simt_check.cpp): causal GQA attention and its gradients straight from the
-// definitions, and the relative error ‖got − want‖ / ‖want‖ (infinite when anything is not
-// finite, so NaN never passes).
+// attention_wgmma_check.cpp, attention_simt_check.cpp): causal GQA attention and its gradients
+// straight from the definitions, the relative error ‖got − want‖ / ‖want‖ (infinite when
+// anything is not finite, so NaN never passes), and the inputs' bf16 copies, NaN-poisoned
+// outputs and δ the tensor-core harnesses hand their kernels.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
 namespace attn_ref {
+
+struct Shape {
+    int batch, seq, n_heads, n_kv_heads, head_dim;
+};
+
+// The bf16 copies the tensor-core kernels read, made as Cuda::attention_operand makes them
+// (round to nearest even).
+inline std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = emu::bf16_bits(x[i]);
+    return b;
+}
+
+// n floats of NaN (all bits set): an output a kernel must overwrite.
+inline std::vector<float> nan_vec(size_t n) {
+    std::vector<float> x(n);
+    std::memset(x.data(), 0xff, n * 4);
+    return x;
+}
+
+// δ = rowsum(dO∘O) [B, Hq, T] from a kernel's own output, in f32 as attention_backward_delta
+// stores it.
+inline std::vector<float> delta_of(const Shape& s, const std::vector<float>& dout,
+                                   const std::vector<float>& out) {
+    std::vector<float> delta((size_t)s.batch * s.n_heads * s.seq);
+    for (int b = 0; b < s.batch; ++b)
+        for (int h = 0; h < s.n_heads; ++h)
+            for (int t = 0; t < s.seq; ++t) {
+                const size_t qi = (((size_t)b * s.seq + t) * s.n_heads + h) * s.head_dim;
+                double acc = 0;
+                for (int d = 0; d < s.head_dim; ++d) acc += (double)dout[qi + d] * out[qi + d];
+                delta[((size_t)b * s.n_heads + h) * s.seq + t] = (float)acc;
+            }
+    return delta;
+}
 
 inline double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
     double num = 0, den = 0;
@@ -20,10 +57,6 @@ inline double rel_err(const std::vector<float>& got, const std::vector<double>& 
     }
     return std::sqrt(num / std::max(den, 1e-300));
 }
-
-struct Shape {
-    int batch, seq, n_heads, n_kv_heads, head_dim;
-};
 
 struct Reference {
     std::vector<double> out, lse, dq, dk, dv;

@@ -22,7 +22,7 @@ using attn_ref::Shape;
 // f32 kernels: reassociation only (tests/attention_cuda.rs SIMT_TOLS, here against f64)
 constexpr double kValueTol = 1e-5, kGradTol = 1e-4;
 
-std::vector<float> nan_vec(size_t n) { return std::vector<float>(n, NAN); }
+using attn_ref::nan_vec;
 
 bool run_shape(const Shape& s, std::mt19937_64& rng) {
     const auto [q, k, v, dout, want] = attn_ref::random_inputs(s, rng);

@@ -103,11 +103,7 @@ impl Cuda {
 
     /// The bf16 copy the kernels read: the buffer's cached (or narrowed) copy, else converted
     /// now and cached.
-    pub(super) fn attention_operand<'b>(
-        &self,
-        buf: &'b CudaBuf,
-        what: &str,
-    ) -> Result<&'b CudaSlice<bf16>> {
+    fn attention_operand<'b>(&self, buf: &'b CudaBuf, what: &str) -> Result<&'b CudaSlice<bf16>> {
         if let Some(copy) = buf.bf16_cached() {
             return Ok(copy);
         }
@@ -132,6 +128,8 @@ impl Cuda {
         self.narrow_now(buf, "attention input")
     }
 
+    /// The tensor-core forward: checks and the bf16 operand copies, then the mma kernel, or the
+    /// wgmma one when `CADA_ATTENTION=wgmma` (attention_wgmma.rs).
     pub(super) fn attention_mma_forward_impl(
         &self,
         out: &mut CudaBuf,
@@ -157,6 +155,9 @@ impl Cuda {
             self.attention_operand(k, "k")?,
             self.attention_operand(v, "v")?,
         );
+        if self.attention == AttentionKernel::Wgmma {
+            return self.attention_wgmma_forward_launch(out, lse, [qb, kb, vb], s);
+        }
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let hdp = padded(s.head_dim);

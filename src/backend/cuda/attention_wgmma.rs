@@ -5,7 +5,7 @@
 //! that trap. Same buffers, `lse` layout and bf16 operand copies as attention_mma.rs, whose
 //! backward entry (δ, the copies) dispatches here.
 
-use super::attention::{attn_dims, check_forward_buffers, grid_3d};
+use super::attention::{attn_dims, grid_3d};
 use super::attention_mma::padded;
 use super::buffer::CudaBuf;
 use super::kernels::{self, defines};
@@ -83,31 +83,16 @@ impl Cuda {
         Ok(())
     }
 
-    pub(super) fn attention_wgmma_forward_impl(
+    /// The forward's launch, given the bf16 copies of q, k and v that
+    /// `attention_mma_forward_impl` checked and made.
+    pub(super) fn attention_wgmma_forward_launch(
         &self,
         out: &mut CudaBuf,
         lse: &mut CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
+        [qb, kb, vb]: [&CudaSlice<bf16>; 3],
         s: AttnShape,
     ) -> Result<()> {
         self.require_wgmma_device()?;
-        let lens = [
-            out.len(),
-            lse.len(),
-            q.logical_len(),
-            k.logical_len(),
-            v.logical_len(),
-        ];
-        if !check_forward_buffers(lens, s)? {
-            return Ok(());
-        }
-        let (qb, kb, vb) = (
-            self.attention_operand(q, "q")?,
-            self.attention_operand(k, "k")?,
-            self.attention_operand(v, "v")?,
-        );
         let dims = attn_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let hdp = padded(s.head_dim);

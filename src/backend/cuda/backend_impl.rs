@@ -373,8 +373,10 @@ impl Backend for Cuda {
                 f32_values(&[q, k, v], "attention_forward (simt)")?;
                 self.attention_forward_impl(out, lse, q, k, v, s)
             }
-            AttentionKernel::Mma => self.attention_mma_forward_impl(out, lse, q, k, v, s),
-            AttentionKernel::Wgmma => self.attention_wgmma_forward_impl(out, lse, q, k, v, s),
+            // one entry for both tensor-core forwards (the checks and bf16 copies are the same)
+            AttentionKernel::Mma | AttentionKernel::Wgmma => {
+                self.attention_mma_forward_impl(out, lse, q, k, v, s)
+            }
         }
     }
     fn attention_backward(
