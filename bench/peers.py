@@ -22,6 +22,9 @@ Peers (../shared/TARGETS.md):
                  eager and torch.compile'd
   logprob_grpo   torch naive head + the loss above
   layer ops      torch eager rmsnorm / silu·mul / linear (f32, TF32 off, as ours) / fused AdamW
+  decode_attention  torch SDPA of one query per sequence over its KV cache (enable_gqa), the
+                 cache f32 (sdpa_f32, as our default cache) and bf16 (sdpa_bf16, as
+                 CADA_KV_CACHE=bf16), torch's choice of backend
   --hf           HF transformers generate (dynamic and static cache) and a train step, random
                  weights (timing does not depend on the values)
 """
@@ -391,6 +394,27 @@ def layer_peers(rec, shapes):
         del param, opt
 
 
+def decode_attention_peers(rec, shapes):
+    # ours: every sequence at the last position of a context + 1 cache, so context + 1 keys
+    for sid, d in shapes.get("decode_attention", []):
+        B, H, KV, D = d["batch"], d["n_heads"], d["n_kv_heads"], d["head_dim"]
+        keys = d["context"] + 1
+        for variant, dtype, size in (("sdpa_f32", torch.float32, 4), ("sdpa_bf16", torch.bfloat16, 2)):
+            q = torch.randn(B, H, 1, D, dtype=dtype, device=DEV)
+            k = torch.randn(B, KV, keys, D, dtype=dtype, device=DEV)
+            v = torch.randn(B, KV, keys, D, dtype=dtype, device=DEV)
+            # k and v read once, q read and out written (as ours counts them)
+            nbytes = 2.0 * size * B * keys * KV * D + 2.0 * size * B * H * D
+
+            def run(q=q, k=k, v=v):
+                with torch.no_grad():
+                    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+            rec.add(f"decode_attention.fwd/{sid}", variant, run, nbytes=nbytes)
+            del q, k, v
+        empty_cache()
+
+
 def hf_peers(rec):
     """HF generate tokens/s and a train step (ids match `cada bench step --records`)."""
     try:
@@ -506,6 +530,7 @@ def main():
         logprob_peers(rec, shapes, liger_flce())
         loss_peers(rec, shapes)
         layer_peers(rec, shapes)
+        decode_attention_peers(rec, shapes)
     if args.hf:
         hf_peers(rec)
     rec.save()

@@ -3,23 +3,7 @@
 // end. The cache is f32, or bf16 (the `_bf16_kv` kernels, CADA_KV_CACHE=bf16): it is the decode
 // step's largest read (SmolLM2 at batch 64 and 384 positions: 1.1 GB in f32 against 0.27 GB
 // of bf16 weights), written once per position with RNE and widened to f32 on every read.
-#include "common.cuh"
-
-#include <cuda_bf16.h>
-
-#define DEC_MAX_HD 128
-#define DEC_PER_LANE (DEC_MAX_HD / 32)
-#define DEC_WARPS 4
-
-struct DecodeDims {
-    int batch, capacity, n_heads, n_kv_heads, head_dim;
-};
-
-// A cache element from / to f32: the one place the two cache types differ.
-__device__ __forceinline__ float cache_load(const float* p) { return *p; }
-__device__ __forceinline__ float cache_load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void cache_store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void cache_store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+#include "decode_common.cuh"
 
 // Thread per element of k/v [batch, Hkv·hd].
 template <typename T>
@@ -253,16 +237,17 @@ CADA_KERNEL void decode_attention_with_bf16(float* out, __nv_bfloat16* out16, co
 
 // A row of 8 bf16 keys (16 bytes) as f32, for the bf16 cache's vector path.
 __device__ __forceinline__ float dot8_bf16(const float4* q8, uint4 raw) {
-    const __nv_bfloat16* k = reinterpret_cast<const __nv_bfloat16*>(&raw);
+    float k[8];
+    widen8_bf16(raw, k);
     const float4 qa = q8[0], qb = q8[1];
-    float acc = qa.x * __bfloat162float(k[0]);
-    acc += qa.y * __bfloat162float(k[1]);
-    acc += qa.z * __bfloat162float(k[2]);
-    acc += qa.w * __bfloat162float(k[3]);
-    acc += qb.x * __bfloat162float(k[4]);
-    acc += qb.y * __bfloat162float(k[5]);
-    acc += qb.z * __bfloat162float(k[6]);
-    acc += qb.w * __bfloat162float(k[7]);
+    float acc = qa.x * k[0];
+    acc += qa.y * k[1];
+    acc += qa.z * k[2];
+    acc += qa.w * k[3];
+    acc += qb.x * k[4];
+    acc += qb.y * k[5];
+    acc += qb.z * k[6];
+    acc += qb.w * k[7];
     return acc;
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs kernels in the host emulation of kernels/emulation/, each .cu file unchanged: the
 # training attentions (attention_mma.cu: the index math of its fragments, masks and pipelines;
-# attention_wgmma.cu: its matrix descriptors and warpgroup MMAs; attention.cu, the default) and the KV-cache decode (decode_attention.cu) against f64
+# attention_wgmma.cu: its matrix descriptors and warpgroup MMAs; attention.cu, the default) and the KV-cache decode (decode_attention.cu, decode_attention_split.cu) against f64
 # references, the sampler (sampling.cu) against the CPU reference's token choice, and the GRPO
 # loss and advantages (grpo_loss.cu) against a transcription of the CPU reference, and the rest
 # of the layer (rmsnorm, rope, embedding, swiglu, adamw, convert, elementwise, fused_logprob)
@@ -24,7 +24,7 @@ fi
 out=target/emulation
 mkdir -p "$out"
 # each harness compiles one kernel file unchanged against the emulation and exits 1 on a failure
-for name in attention_mma attention_wgmma attention_simt decode_attention sampling grpo layer_ops; do
+for name in attention_mma attention_wgmma attention_simt decode_attention decode_attention_split sampling grpo layer_ops; do
     src=kernels/emulation/${name}_check.cpp
     if [[ "${1:-}" == "--tsan" ]]; then
         "$cxx" -std=c++20 -O1 -g -fsanitize=thread -pthread -Ikernels/emulation -o "$out/${name}_tsan" "$src"

@@ -1,6 +1,6 @@
-//! The decode attention over a KV cache against the CPU reference: the cache write and both
-//! decode-attention kernels (`DecodeAttentionKernel`: lane per key, the default, and warp per
-//! key) at GQA shapes, head dims that take the vector and the scalar rows, sequences at their
+//! The decode attention over a KV cache against the CPU reference: the cache write and the
+//! three decode-attention kernels (`DecodeAttentionKernel`: lane per key, the default, warp per
+//! key and split-KV) at GQA shapes, head dims that take the vector and the scalar rows, sequences at their
 //! first position, partway and at the end of the capacity, and the bf16 KV cache
 //! (`CADA_KV_CACHE=bf16`) with its refusals. Fresh random inputs every run, outputs poisoned with
 //! NaN before each launch; bounds beside each check. The whole model's decode (graphs,
@@ -145,12 +145,13 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
 
 gpu_test!(cuda_decode_attention, decode_case);
 
-/// Both decode-attention kernels (`DecodeAttentionKernel`: lane per key, the default, and warp
-/// per key) against the CPU, one query per sequence over a KV cache, with sequences at their
-/// first position, partway and at the last position of the capacity (so every warp's later
-/// chunks of 32 keys run), GQA, head dims 64, 128 and 34 (not a multiple of 4: the lane kernel's
-/// scalar rows). f32 online softmax: 1e-5. The bf16 GEMM mode's `_with_bf16` twins must give
-/// the same f32 output to the bit.
+/// The three decode-attention kernels (`DecodeAttentionKernel`: lane per key, the default, warp
+/// per key and split-KV) against the CPU, one query per sequence over a KV cache, with
+/// sequences at their first position, partway and at the last position of the capacity (so
+/// every warp's later chunks of 32 keys run, and every split-KV range), GQA groups of 3, 4, 2
+/// and 10, head dims 64, 128, 40 and 34 (not a multiple of 4: the scalar key rows). f32 online
+/// softmax: 1e-5. The bf16 GEMM mode's `_with_bf16` twins must give the same f32 output to
+/// the bit. The split-KV plans these shapes get on this GPU are printed.
 #[test]
 fn cuda_decode_attention_kernels() {
     #[cfg(feature = "cuda")]
@@ -160,9 +161,13 @@ fn cuda_decode_attention_kernels() {
         let name = "cuda_decode_attention_kernels";
         if let Some((mut gpu, mut r)) = common::cuda_setup(name) {
             let cpu = Cpu::new();
-            for (batch, capacity, n_heads, n_kv_heads, head_dim) in
-                [(5, 300, 9, 3, 64), (3, 131, 8, 2, 128), (4, 70, 4, 2, 34)]
-            {
+            for (batch, capacity, n_heads, n_kv_heads, head_dim) in [
+                (5, 300, 9, 3, 64),
+                (3, 131, 8, 2, 128),
+                (4, 70, 4, 2, 34),
+                (2, 1500, 9, 3, 64), // split-KV at batch 2: 10 ranges of 160 keys on a 132-SM GPU
+                (3, 400, 20, 2, 40), // a GQA group of 10: split-KV's head tiles 8 + 2
+            ] {
                 let s = DecodeShape {
                     batch,
                     capacity,
@@ -184,9 +189,14 @@ fn cuda_decode_attention_kernels() {
                     gpu.upload(&q).unwrap(),
                 );
                 let pg = gpu.upload_ids(&positions).unwrap();
+                println!(
+                    "  {s:?}: split-KV plan {:?}",
+                    cada::backend::cuda::split_kv_plan(s, gpu.sm_count())
+                );
                 for kernel in [
                     DecodeAttentionKernel::LanePerKey,
                     DecodeAttentionKernel::WarpPerKey,
+                    DecodeAttentionKernel::SplitKv,
                 ] {
                     gpu.set_decode_attention_kernel(kernel);
                     let mut outs = Vec::new();
@@ -241,19 +251,20 @@ fn decode_attention_kernel_choice() {
     assert_eq!(K::parse(None).unwrap(), K::LanePerKey);
     assert_eq!(K::parse(Some("lane_per_key")).unwrap(), K::LanePerKey);
     assert_eq!(K::parse(Some("warp_per_key")).unwrap(), K::WarpPerKey);
-    for k in [K::LanePerKey, K::WarpPerKey] {
+    assert_eq!(K::parse(Some("split_kv")).unwrap(), K::SplitKv);
+    for k in [K::LanePerKey, K::WarpPerKey, K::SplitKv] {
         assert_eq!(K::parse(Some(k.label())).unwrap(), k, "labels parse back");
     }
     let e = K::parse(Some("warp")).unwrap_err().to_string();
     assert!(
-        e.contains("CADA_DECODE_ATTENTION") && e.contains("`warp_per_key`"),
+        e.contains("CADA_DECODE_ATTENTION") && e.contains("`split_kv`"),
         "{e}"
     );
 }
 
 /// The bf16 KV cache (`CADA_KV_CACHE=bf16`, `Backend::keep_as_kv_cache`): caches made narrowed,
-/// filled through `copy` (the prefill's path) and `kv_cache_write`, then read by the decode
-/// attention in both GEMM modes. Against the CPU over the bf16-rounded cache values: f32
+/// filled through `copy` (the prefill's path) and `kv_cache_write`, then read by the lane-per-key
+/// and split-KV decode attentions in both GEMM modes. Against the CPU over the bf16-rounded cache values: f32
 /// reassociation only (1e-5); against the CPU over the f32 values: the cache's rounding
 /// (≤ 2^-9 relative per element, averaged by the softmax; 1e-2, the bf16 bound). Then the
 /// refusals: the warp-per-key kernel over a bf16 cache (when the cache is made, and at the
@@ -334,13 +345,19 @@ fn cuda_bf16_kv_cache() {
                 )
                 .unwrap();
                 let qg = gpu.upload(&q).unwrap();
-                for precision in [GemmPrecision::F32, GemmPrecision::Bf16] {
+                for (kernel, precision) in [
+                    (DecodeAttentionKernel::LanePerKey, GemmPrecision::F32),
+                    (DecodeAttentionKernel::LanePerKey, GemmPrecision::Bf16),
+                    (DecodeAttentionKernel::SplitKv, GemmPrecision::F32),
+                    (DecodeAttentionKernel::SplitKv, GemmPrecision::Bf16),
+                ] {
+                    gpu.set_decode_attention_kernel(kernel);
                     gpu.set_gemm_precision(precision).unwrap();
                     let mut og = poisoned(&gpu, batch * qd);
                     gpu.decode_attention(&mut og, &qg, &kg, &vg, &pg, s)
                         .unwrap();
                     let got = down(&gpu, &og);
-                    let at = format!("{precision:?} {s:?}");
+                    let at = format!("{kernel:?} {precision:?} {s:?}");
                     check(
                         &format!("bf16 cache vs rounded values {at}"),
                         &got,

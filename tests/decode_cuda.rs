@@ -237,4 +237,75 @@ fn cuda_decode_with_bf16_kv_cache() {
     println!("cuda_decode_with_bf16_kv_cache: skipped: no GPU (built without the `cuda` feature)");
 }
 
+/// The split-KV decode attention (`CADA_DECODE_ATTENTION=split_kv`) in whole recorded
+/// generations, over an f32 cache against the CPU (f32 reassociation: 1e-5, as
+/// `cuda_whole_model_kv_cache_decode`) and over a bf16 cache against the CPU's twin of it
+/// (1e-3, as `cuda_decode_with_bf16_kv_cache`). A 256-position cache and prompts of 200, 5 and
+/// 150 tokens: the plan splits the keys in two ranges of 128, so two sequences decode across
+/// both and one within the first (a range past its length is skipped). Recorded from the
+/// second step, so the partials the graph captured must outlive the capture (they move into
+/// the recording); no graph memory allocated.
+#[test]
+fn cuda_decode_split_kv_attention() {
+    #[cfg(feature = "cuda")]
+    {
+        use cada::backend::cuda::{split_kv_plan, DecodeAttentionKernel, KvCacheType};
+        use cada::backend::{Backend, DecodeShape};
+        let name = "cuda_decode_split_kv_attention";
+        if let Some((mut gpu, mut rng)) = common::cuda_setup(name) {
+            gpu.set_decode_attention_kernel(DecodeAttentionKernel::SplitKv);
+            assert!(
+                gpu.name().contains("split_kv decode attention"),
+                "{}",
+                gpu.name()
+            );
+            for (kind, cpu, tol) in [
+                (KvCacheType::F32, Cpu::new(), VALUE_TOL),
+                (KvCacheType::Bf16, Cpu::with_bf16_kv_cache(), 1e-3),
+            ] {
+                gpu.set_kv_cache_type(kind);
+                for cfg in configs() {
+                    let plan = split_kv_plan(
+                        DecodeShape {
+                            batch: 3,
+                            capacity: 256,
+                            n_heads: cfg.num_attention_heads,
+                            n_kv_heads: cfg.num_key_value_heads,
+                            head_dim: cfg.head_dim,
+                        },
+                        gpu.sm_count(),
+                    );
+                    assert_eq!(plan.splits, 2, "{plan:?}: the keys in two ranges");
+                    let params = common::random_params(&cfg, rng.gen());
+                    let v = cfg.vocab_size as u32;
+                    let prompts: Vec<Vec<u32>> = [200usize, 5, 150]
+                        .iter()
+                        .map(|&n| (0..n).map(|_| rng.gen_range(0..v)).collect())
+                        .collect();
+                    let steps: Vec<Vec<u32>> = (0..6)
+                        .map(|_| (0..3).map(|_| rng.gen_range(0..v)).collect())
+                        .collect();
+                    let (c, _) = decode_logits_in(&cpu, &cfg, &params, &prompts, &steps, true, 256);
+                    let (g, recorded) =
+                        decode_logits_in(&gpu, &cfg, &params, &prompts, &steps, true, 256);
+                    assert!(recorded, "{kind:?}: the split-KV decoder did not record");
+                    for (i, (a, c)) in g.iter().zip(&c).enumerate() {
+                        check(&format!("{kind:?} cache, split-KV, step {i}"), a, c, tol);
+                    }
+                }
+            }
+            gpu.set_kv_cache_type(KvCacheType::F32);
+            gpu.set_decode_attention_kernel(DecodeAttentionKernel::LanePerKey);
+            let graph_bytes = gpu.graph_memory_high_bytes().unwrap();
+            assert_eq!(
+                graph_bytes, 0,
+                "a captured split-KV step allocated graph memory"
+            );
+            println!("{name}: ran on the GPU and matched the CPU");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda_decode_split_kv_attention: skipped: no GPU (built without the `cuda` feature)");
+}
+
 gpu_test!(cuda_whole_model_kv_cache_decode, decode_case);

@@ -9,6 +9,7 @@
 // random inputs each run (CADA_EMU_SEED to repeat). Exit status 1 on any failure.
 #define CADA_HOST_EMULATION
 #include "cuda_runtime.h"
+#include "decode_reference.h"
 #include "harness.h"
 #include "math_constants.h"
 
@@ -24,24 +25,9 @@ namespace {
 
 constexpr double kTol = 1e-5;  // f32 online softmax against f64
 
-std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& x) {
-    std::vector<__nv_bfloat16> out(x.size());
-    for (size_t i = 0; i < x.size(); ++i) out[i] = __float2bfloat16_rn(x[i]);
-    return out;
-}
-
-std::vector<float> widen(const std::vector<__nv_bfloat16>& x) {
-    std::vector<float> out(x.size());
-    for (size_t i = 0; i < x.size(); ++i) out[i] = __bfloat162float(x[i]);
-    return out;
-}
-
-bool same_bits(const std::vector<__nv_bfloat16>& a, const std::vector<__nv_bfloat16>& b) {
-    if (a.size() != b.size()) return false;
-    for (size_t i = 0; i < a.size(); ++i)
-        if (a[i].bits != b[i].bits) return false;
-    return true;
-}
+using decode_ref::same_bits;
+using decode_ref::to_bf16;
+using decode_ref::widen;
 
 bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_kv_heads,
               int hd) {
@@ -115,43 +101,7 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
                 ok = ok && kc[at] == wk && vc[at] == wv;
             }
     const bool cache_ok = ok;
-    const auto error_over = [&](const std::vector<float>& result, const std::vector<float>& kc,
-                                const std::vector<float>& vc, bool& refused_nan) {
-    double num = 0, den = 0;
-    refused_nan = true;
-    for (int b = 0; b < batch; ++b)
-        for (int h = 0; h < n_heads; ++h) {
-            const int kh = h / (n_heads / n_kv_heads);
-            const float* got = &result[((size_t)b * n_heads + h) * hd];
-            if (pos[b] >= (unsigned)capacity) {
-                for (int d = 0; d < hd; ++d) refused_nan = refused_nan && std::isnan(got[d]);
-                continue;
-            }
-            const int len = (int)pos[b] + 1;
-            std::vector<double> s(len);
-            double mx = -INFINITY;
-            for (int j = 0; j < len; ++j) {
-                double dot = 0;
-                for (int d = 0; d < hd; ++d)
-                    dot += (double)q[((size_t)b * n_heads + h) * hd + d] *
-                           kc[((size_t)b * capacity + j) * kvd + (size_t)kh * hd + d];
-                s[j] = dot * scale;
-                mx = std::max(mx, s[j]);
-            }
-            double sum = 0;
-            for (int j = 0; j < len; ++j) sum += std::exp(s[j] - mx);
-            for (int d = 0; d < hd; ++d) {
-                double o = 0;
-                for (int j = 0; j < len; ++j)
-                    o += std::exp(s[j] - mx) / sum *
-                         vc[((size_t)b * capacity + j) * kvd + (size_t)kh * hd + d];
-                if (!std::isfinite(got[d])) num = INFINITY;
-                num += (got[d] - o) * (got[d] - o);
-                den += o * o;
-            }
-        }
-    return std::sqrt(num / den);
-    };
+    const decode_ref::Shape shape{batch, capacity, n_heads, n_kv_heads, hd};
     // the bf16 cache: the same write from the initial cache's bf16 values must give the f32
     // cache's RNE rounding, and both lane-per-key kernels read it
     auto kc16 = to_bf16(kc0), vc16 = to_bf16(vc0);
@@ -185,7 +135,7 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
          {std::tuple{"warp per key", &out, &kc, &vc}, std::tuple{"lane per key", &lane_out, &kc, &vc},
           std::tuple{"lane per key, bf16 cache", &kv16_out, &kcw, &vcw}}) {
         bool refused_nan = false;
-        const double err = error_over(*result, *kcr, *vcr, refused_nan);
+        const double err = decode_ref::error_over(*result, q, *kcr, *vcr, pos, shape, refused_nan);
         const bool good = refused_nan && err <= kTol;
         ok = ok && good;
         std::printf("  %s: %d slots × %d, heads %d/%d, head_dim %d: out %.2e (bound %.0e), cache %s, "

@@ -91,19 +91,20 @@ impl BenchDevice for Cuda {
         Ok(())
     }
 
-    /// Both kernels over an f32 cache, then the lane-per-key kernel over a bf16 cache
-    /// (`lane_per_key_bf16_kv`).
+    /// The three kernels over an f32 cache, then the two that read a bf16 cache over one
+    /// (`lane_per_key_bf16_kv`, `split_kv_bf16_kv`).
     fn decode_attention_variants(&self) -> Vec<String> {
-        let mut v: Vec<String> = [
+        let all = [
             DecodeAttentionKernel::LanePerKey,
             DecodeAttentionKernel::WarpPerKey,
-        ]
-        .map(|k| k.label().to_string())
-        .into();
-        v.push(format!(
-            "{}{BF16_KV}",
-            DecodeAttentionKernel::LanePerKey.label()
-        ));
+            DecodeAttentionKernel::SplitKv,
+        ];
+        let mut v: Vec<String> = all.map(|k| k.label().to_string()).into();
+        v.extend(
+            all.iter()
+                .filter(|k| k.reads_bf16_cache())
+                .map(|k| format!("{}{BF16_KV}", k.label())),
+        );
         v
     }
 

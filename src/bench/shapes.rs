@@ -169,6 +169,22 @@ pub fn shapes(set: ShapeSet) -> Shapes {
                         n_kv_heads: 2,
                         head_dim: 64,
                     },
+                    // `cada generate` (one sequence) and a short batch at long context: a
+                    // block per (head, sequence) leaves most SMs idle, split-KV's case
+                    DecodeShapeB {
+                        batch: 1,
+                        context: 2048,
+                        n_heads: 9,
+                        n_kv_heads: 3,
+                        head_dim: 64,
+                    },
+                    DecodeShapeB {
+                        batch: 8,
+                        context: 4096,
+                        n_heads: 14,
+                        n_kv_heads: 2,
+                        head_dim: 64,
+                    },
                 ],
                 vec![
                     SampleShape {

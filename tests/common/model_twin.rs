@@ -137,8 +137,21 @@ pub fn decode_logits<B: Backend>(
     steps: &[Vec<u32>],
     stacked: bool,
 ) -> (Vec<Vec<f32>>, bool) {
+    decode_logits_in(be, cfg, params, prompts, steps, stacked, 32)
+}
+
+/// [`decode_logits`] with a KV cache of `capacity` positions per sequence.
+pub fn decode_logits_in<B: Backend>(
+    be: &B,
+    cfg: &LlamaConfig,
+    params: &Params<Vec<f32>>,
+    prompts: &[Vec<u32>],
+    steps: &[Vec<u32>],
+    stacked: bool,
+    capacity: usize,
+) -> (Vec<Vec<f32>>, bool) {
     let model = Llama::from_host(be, cfg.clone(), params).unwrap();
-    let mut decoder = Decoder::with_stacking(be, &model, prompts.len(), 32, stacked).unwrap();
+    let mut decoder = Decoder::with_stacking(be, &model, prompts.len(), capacity, stacked).unwrap();
     let mut out = vec![be.download(&decoder.prefill(prompts).unwrap()).unwrap()];
     let mut pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     for tokens in steps {

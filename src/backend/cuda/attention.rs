@@ -45,7 +45,7 @@ pub(super) fn attn_dims(s: AttnShape) -> Result<AttnDims> {
 pub(super) fn grid_3d(x: usize, y: usize, z: usize, threads: u32) -> Result<LaunchConfig> {
     ensure!(
         y <= 65535 && z <= 65535,
-        "cuda backend: attention grid ({y} heads, {z} sequences) exceeds 65535"
+        "cuda backend: launch grid ({x}, {y}, {z}) exceeds 65535 in y or z"
     );
     Ok(LaunchConfig {
         grid_dim: (x as u32, y as u32, z as u32),

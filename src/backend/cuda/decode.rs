@@ -1,6 +1,7 @@
 //! Launchers for kernels/decode_attention.cu: the KV-cache writes (alone or fused with the
 //! decode step's RoPE) and the single-token decode attention, over an f32 cache or one kept in
-//! bf16 (`Backend::keep_as_kv_cache` with `CADA_KV_CACHE=bf16`).
+//! bf16 (`Backend::keep_as_kv_cache` with `CADA_KV_CACHE=bf16`); `CADA_DECODE_ATTENTION=
+//! split_kv` hands the attention to decode_split.rs.
 
 use super::attention::{check_heads, grid_3d};
 use super::kernels::{self, defines, DecodeDims};
@@ -28,8 +29,8 @@ enum CacheMut<'a> {
     Bf16(&'a mut CudaSlice<bf16>, &'a mut CudaSlice<bf16>),
 }
 
-/// The same to read.
-enum CacheRef<'a> {
+/// The same to read (also by decode_split.rs).
+pub(super) enum CacheRef<'a> {
     F32(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
     Bf16(&'a CudaSlice<bf16>, &'a CudaSlice<bf16>),
 }
@@ -222,11 +223,11 @@ impl Cuda {
         need(out, s.batch * s.n_heads * s.head_dim, "out")?;
         need(q, s.batch * s.n_heads * s.head_dim, "q")?;
         need_ids(positions, s.batch, "positions")?;
-        let lane_per_key = self.decode_attention_kernel() == DecodeAttentionKernel::LanePerKey;
-        if matches!(cache, CacheRef::Bf16(..)) && !lane_per_key {
+        let kernel = self.decode_attention_kernel();
+        if matches!(cache, CacheRef::Bf16(..)) && !kernel.reads_bf16_cache() {
             bail!(
                 "{op}: CADA_DECODE_ATTENTION=warp_per_key reads an f32 KV cache only; with \
-                 CADA_KV_CACHE=bf16 use lane_per_key (the default)"
+                 CADA_KV_CACHE=bf16 use lane_per_key (the default) or split_kv"
             );
         }
         if s.batch == 0 {
@@ -234,6 +235,10 @@ impl Cuda {
         }
         let dims = decode_dims(s)?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
+        if kernel == DecodeAttentionKernel::SplitKv {
+            return self.decode_attention_split_kv(out, q, cache, positions, s, &dims, scale);
+        }
+        let lane_per_key = kernel == DecodeAttentionKernel::LanePerKey;
         let cfg = grid_3d(s.n_heads, s.batch, 1, 32 * DEC_WARPS)?;
         // in bf16 mode also the output's bf16 copy, which o_proj then reads unconverted
         let written = s.batch * s.n_heads * s.head_dim;

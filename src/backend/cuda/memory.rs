@@ -3,7 +3,7 @@
 //! cache) and the KV cache's narrowing hint.
 
 use super::backend_impl::f32_values;
-use super::{Cuda, CudaBuf, DecodeAttentionKernel, KvCacheType};
+use super::{Cuda, CudaBuf, KvCacheType};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 
@@ -81,9 +81,9 @@ impl Cuda {
         }
         // refused here, where the decoder makes its cache, not at the first step's attention
         ensure!(
-            self.decode_attention_kernel() == DecodeAttentionKernel::LanePerKey,
-            "cuda backend: CADA_KV_CACHE=bf16 needs the lane-per-key decode attention; \
-             CADA_DECODE_ATTENTION=warp_per_key reads an f32 cache only"
+            self.decode_attention_kernel().reads_bf16_cache(),
+            "cuda backend: CADA_KV_CACHE=bf16 needs the lane-per-key or split-KV decode \
+             attention; CADA_DECODE_ATTENTION=warp_per_key reads an f32 cache only"
         );
         self.narrow_now(buf, "kv cache")
     }

@@ -33,6 +33,7 @@ mod attention_wgmma;
 mod backend_impl;
 mod buffer;
 mod decode;
+mod decode_split;
 mod dense;
 mod gemm;
 mod grpo_loss;
@@ -57,6 +58,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 pub use buffer::CudaBuf;
+pub use decode_split::{split_kv_plan, SplitPlan};
 pub use gemm::GemmPrecision;
 pub use recording::CudaRecording;
 
@@ -129,20 +131,25 @@ impl AttentionKernel {
     }
 }
 
-/// Which kernel runs the decode step's attention over the KV cache (`decode_attention`); both
-/// in kernels/decode_attention.cu, f32, the same grid.
+/// Which kernel runs the decode step's attention over the KV cache (`decode_attention`): the
+/// first two in kernels/decode_attention.cu (grid: one block per query head and sequence), the
+/// third in kernels/decode_attention_split.cu; all f32 math.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeAttentionKernel {
     /// `decode_attention_lane_per_key`: a lane scores a key, one warp max and sum per 32 keys
     LanePerKey,
     /// `decode_attention`: a warp scores a key (a shuffle reduction per key)
     WarpPerKey,
+    /// `decode_attention_split_partials` + `decode_attention_merge_splits` ("flash-decoding"):
+    /// a block serves every query head of a kv head's GQA group (each cached row read once per
+    /// group) over a range of the keys, and a second launch merges the ranges, so a small batch
+    /// still fills the GPU
+    SplitKv,
 }
 
 impl DecodeAttentionKernel {
-    /// `CADA_DECODE_ATTENTION` = `lane_per_key` | `warp_per_key`; unset means `lane_per_key`
-    /// (its per-key cost is a dot product, where the other pays a dependent 5-shuffle
-    /// reduction; neither has been timed on a GPU: `cada bench kernels` times both).
+    /// `CADA_DECODE_ATTENTION` = `lane_per_key` | `warp_per_key` | `split_kv`; unset means
+    /// `lane_per_key` (none has been timed on a GPU: `cada bench kernels` times all three).
     pub fn from_env() -> Result<DecodeAttentionKernel> {
         match std::env::var("CADA_DECODE_ATTENTION") {
             Err(std::env::VarError::NotPresent) => DecodeAttentionKernel::parse(None),
@@ -156,9 +163,10 @@ impl DecodeAttentionKernel {
         match value {
             None | Some("lane_per_key") => Ok(DecodeAttentionKernel::LanePerKey),
             Some("warp_per_key") => Ok(DecodeAttentionKernel::WarpPerKey),
+            Some("split_kv") => Ok(DecodeAttentionKernel::SplitKv),
             Some(v) => Err(anyhow!(
-                "cuda backend: CADA_DECODE_ATTENTION={v:?}: expected `lane_per_key` or \
-                 `warp_per_key`"
+                "cuda backend: CADA_DECODE_ATTENTION={v:?}: expected `lane_per_key`, \
+                 `warp_per_key` or `split_kv`"
             )),
         }
     }
@@ -168,7 +176,13 @@ impl DecodeAttentionKernel {
         match self {
             DecodeAttentionKernel::LanePerKey => "lane_per_key",
             DecodeAttentionKernel::WarpPerKey => "warp_per_key",
+            DecodeAttentionKernel::SplitKv => "split_kv",
         }
+    }
+
+    /// Whether it reads a bf16 KV cache (`CADA_KV_CACHE=bf16`).
+    pub fn reads_bf16_cache(self) -> bool {
+        self != DecodeAttentionKernel::WarpPerKey
     }
 }
 
@@ -178,7 +192,7 @@ pub enum KvCacheType {
     /// f32, the CPU reference's values to the bit
     F32,
     /// bf16 (RNE on the write, widened on every read): half the decode step's largest read;
-    /// only the lane-per-key decode attention reads it
+    /// the lane-per-key and split-KV decode attentions read it
     Bf16,
 }
 
@@ -222,6 +236,11 @@ pub struct Cuda {
     kv_cache: KvCacheType,
     /// (major, minor); 9.0 loads the sm_90a cubin, where the wgmma attention lives
     compute_capability: (i32, i32),
+    /// streaming multiprocessors: the split-KV decode attention sizes its grid by them
+    sm_count: usize,
+    /// the split-KV decode attention's partials (grow-only, as the bf16 GEMM scratch: moved
+    /// into a recording that captured them, decode.rs)
+    decode_partials: Mutex<Option<CudaSlice<f32>>>,
     /// the last-block ticket of `grpo_loss_fused` (0 between calls: the last block wraps it)
     grpo_ticket: Mutex<Option<CudaSlice<u32>>>,
     /// whether `keep_as_gemm_input` narrows activations to bf16 in Bf16 mode (see gemm.rs)
@@ -308,6 +327,12 @@ impl Cuda {
             cc.0,
             cc.1
         );
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .context("cuda backend: reading the multiprocessor count")?
+            .max(1) as usize;
         let mut functions = HashMap::new();
         for module in KERNEL_MODULES {
             // The sm_90a cubin runs only on 9.0 devices; anything else JIT-compiles the PTX.
@@ -349,6 +374,8 @@ impl Cuda {
             decode_attention,
             kv_cache,
             compute_capability: cc,
+            sm_count,
+            decode_partials: Mutex::new(None),
             grpo_ticket: Mutex::new(None),
             narrow_inputs: true,
             graphs,
@@ -401,6 +428,11 @@ impl Cuda {
 
     pub fn kv_cache_type(&self) -> KvCacheType {
         self.kv_cache
+    }
+
+    /// Streaming multiprocessors (the split-KV decode attention's plan, `split_kv_plan`).
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     pub fn device_name(&self) -> Result<String> {

@@ -12,7 +12,8 @@
 //! cannot reuse) or change host state for work that never ran. A refused capture ran nothing:
 //! `record` says so once on stderr and runs the work again uncaptured, so a refusal costs
 //! speed, never a result. The GEMM scratch the captured GEMMs used moves into the recording,
-//! so a later, larger GEMM grows a new scratch instead of freeing the one the graph reads.
+//! so a later, larger GEMM grows a new scratch instead of freeing the one the graph reads; so
+//! do the split-KV decode attention's partials.
 //! cuBLAS has a workspace of its own (mod.rs, `set_blas_workspace`), so a captured GEMM adds
 //! no memory nodes to the graph.
 
@@ -23,7 +24,7 @@ use cudarc::driver::result as driver;
 use cudarc::driver::sys::{
     self, CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus,
 };
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -42,14 +43,15 @@ pub(super) fn graphs_from_env() -> Result<bool> {
 }
 
 /// An instantiated CUDA graph, with what its nodes point into that `Cuda` does not own for
-/// the caller: the bf16 GEMM scratch of the captured GEMMs.
+/// the caller: the bf16 GEMM scratch of the captured GEMMs and the split-KV decode partials.
 pub struct CudaRecording {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
     /// replays go on this stream only (the one captured on)
     stream: Arc<CudaStream>,
-    // dropped after the graph (fields drop in order): nothing frees it while the graph exists
+    // dropped after the graph (fields drop in order): nothing frees them while the graph exists
     _scratch: Bf16Scratch,
+    _decode_partials: Option<CudaSlice<f32>>,
 }
 
 impl Drop for CudaRecording {
@@ -188,11 +190,14 @@ impl Cuda {
                 .lock()
                 .map_err(|_| anyhow!("cuda backend: GEMM scratch lock poisoned"))?,
         );
+        // and so do the split-KV decode attention's partials
+        let decode_partials = self.take_decode_partials()?;
         Ok(CudaRecording {
             graph,
             exec,
             stream: self.stream.clone(),
             _scratch: scratch,
+            _decode_partials: decode_partials,
         })
     }
 
