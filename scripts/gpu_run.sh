@@ -229,6 +229,11 @@ bench)
     step bench_step_rollout_bf16_kv_smollm2-135m 60 env CADA_KV_CACHE=bf16 "$cada" bench step \
         --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
         --new-tokens 256 --micro-batch-rows 16 --records "$work/bf16_kv_rollout_smollm2-135m.json"
+    # and with the split-KV decode attention (CADA_DECODE_ATTENTION=split_kv): a block per GQA
+    # group and key range instead of one per query head
+    step bench_step_rollout_split_kv_smollm2-135m 60 env CADA_DECODE_ATTENTION=split_kv "$cada" bench step \
+        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
+        --new-tokens 256 --micro-batch-rows 16 --records "$work/split_kv_rollout_smollm2-135m.json"
     ;;
 peers|peers_hf)
     "$cada" bench shapes --set full > "$work/shapes.json"
