@@ -3,12 +3,13 @@
 //! cached in `Cuda` (`decode_partials`), which a CUDA graph that captured them takes along
 //! (recording.rs), like the bf16 GEMM scratch.
 
+use super::attention::grid_3d;
 use super::decode::CacheRef;
 use super::kernels::{self, defines, DecodeDims, DecodeSplit};
 use super::{Cuda, CudaBuf};
 use crate::backend::DecodeShape;
-use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use anyhow::{anyhow, Context, Result};
+use cudarc::driver::CudaSlice;
 
 /// Query heads one block serves (`DEC_SPLIT_GROUP`).
 const GROUP: usize = defines::DEC_SPLIT_GROUP as usize;
@@ -70,12 +71,6 @@ impl Cuda {
         scale: f32,
     ) -> Result<()> {
         let plan = split_kv_plan(s, self.sm_count);
-        ensure!(
-            s.batch <= 65535 && plan.splits <= 65535,
-            "cuda backend: split-KV decode: grid of {} sequences × {} key ranges exceeds 65535",
-            s.batch,
-            plan.splits
-        );
         let sp = DecodeSplit {
             splits: i32_of(plan.splits, "splits")?,
             keys_per_split: i32_of(plan.keys_per_split, "keys per split")?,
@@ -84,20 +79,8 @@ impl Cuda {
         let slots = s.batch * s.n_heads * plan.splits;
         let len = slots * (2 + s.head_dim);
         let block = 32 * defines::DEC_WARPS as u32;
-        let partials_cfg = LaunchConfig {
-            grid_dim: (
-                (s.n_kv_heads * plan.head_tiles) as u32,
-                s.batch as u32,
-                plan.splits as u32,
-            ),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let merge_cfg = LaunchConfig {
-            grid_dim: (s.n_heads as u32, s.batch as u32, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let partials_cfg = grid_3d(s.n_kv_heads * plan.head_tiles, s.batch, plan.splits, block)?;
+        let merge_cfg = grid_3d(s.n_heads, s.batch, 1, block)?;
         // held across both launches: one host thread's partials are not another's
         let mut slot = self
             .decode_partials
