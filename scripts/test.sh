@@ -6,19 +6,23 @@
 # whole test suite. GPU tests print "skipped: no GPU" on a machine without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== cargo fmt --check" && cargo fmt --check
-echo "== clippy (CPU build)" && cargo clippy --release --all-targets -- -D warnings
-echo "== nvcc 13.0 from PyPI" && bash scripts/install_nvcc.sh
-echo "== clippy (GPU backend)" && cargo clippy --release --features cuda --all-targets -- -D warnings
-echo "== ptxas sm_90a over every kernel" && bash scripts/check_ptx.sh
-echo "== every kernel file in the host emulation (vs f64 / the CPU reference; ThreadSanitizer)"
-# two commands, not `a && b`: under `set -e` a failure on the left of `&&` does not stop the script
-bash scripts/emulate_kernels.sh
-bash scripts/emulate_kernels.sh --tsan
-echo "== SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
-echo "== llama.cpp's tokenizer test vocabularies (tests/gguf_vocab.rs)" && bash scripts/fetch_vocab_tests.sh
-echo "== tests" && cargo test --release
-echo "== GPU tests (skip without a GPU)"
+# each phase's wall time, printed at the end, so a slow CI run says where its time went
+phase_names=(); phase_secs=(); phase_start=$SECONDS
+phase() {
+    if [ ${#phase_names[@]} -gt 0 ]; then phase_secs+=($((SECONDS - phase_start))); fi
+    phase_names+=("$1"); phase_start=$SECONDS; echo "== $1"
+}
+phase "cargo fmt --check" && cargo fmt --check
+phase "clippy (CPU build)" && cargo clippy --release --all-targets -- -D warnings
+phase "nvcc 13.0 from PyPI" && bash scripts/install_nvcc.sh
+phase "clippy (GPU backend)" && cargo clippy --release --features cuda --all-targets -- -D warnings
+phase "ptxas sm_90a over every kernel" && bash scripts/check_ptx.sh
+phase "every kernel file in the host emulation (vs f64 / the CPU reference)" && bash scripts/emulate_kernels.sh
+phase "the emulation again under ThreadSanitizer" && bash scripts/emulate_kernels.sh --tsan
+phase "SmolLM2-135M-Instruct (for the real-model tests)" && bash scripts/fetch_smollm2.sh
+phase "llama.cpp's tokenizer test vocabularies (tests/gguf_vocab.rs)" && bash scripts/fetch_vocab_tests.sh
+phase "tests" && cargo test --release
+phase "GPU tests (skip without a GPU)"
 # cargo counts a skipped test as passed: say how many really ran on a GPU
 gpu_log=target/gpu_tests.log
 # --lib: the GPU backend's own unit tests (env-var parsing, shared-memory sizes, the mma kernels'
@@ -28,3 +32,6 @@ cargo test --release --features cuda --lib --test ops_cuda --test attention_cuda
 skipped=$(grep -c "skipped: no GPU" "$gpu_log" || true)
 ran=$(grep -c "ran on the GPU and matched the CPU" "$gpu_log" || true)
 echo "== GPU tests: $ran ran on a GPU, $skipped skipped (no GPU); cargo's 'passed' includes the skipped"
+phase_secs+=($((SECONDS - phase_start)))
+echo "== wall time per phase (total ${SECONDS} s)"
+for i in "${!phase_names[@]}"; do printf '%6d s  %s\n' "${phase_secs[$i]}" "${phase_names[$i]}"; done
