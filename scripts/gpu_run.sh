@@ -206,34 +206,45 @@ train_tc)
 bench)
     step bench_kernels 300 "$cada" bench kernels --device cuda --json "$work/ours_kernels.json"
     # TARGETS.md's rollout shape (64 sequences, prompt 128, 256 new tokens) and its train-step
-    # shape (4 × 4096); random weights
+    # shape (4 × 4096); random weights. $1 = log name, $2 = records file, $3 = limit, then
+    # CADA_* settings (env assignments), then rollout|train and the shape. A run under other
+    # settings records another variant of the same ids (`cada bench report` takes the fastest);
+    # the ablations (no graphs, one GEMM per weight) go to files outside ours_*.
+    bench_step() {
+        local name=$1 records=$2 limit=$3; shift 3
+        local settings=(); while [[ $1 == *=* ]]; do settings+=("$1"); shift; done
+        local kind=$1 shape=$2 args
+        if [[ $kind == rollout ]]; then
+            args=(--prompts 8 --group 8 --prompt-len 128 --new-tokens 256 --micro-batch-rows 16)
+        else
+            args=(--prompts 1 --group 4 --prompt-len 3840 --new-tokens 256 --micro-batch-rows 4)
+        fi
+        step "$name" "$limit" env "${settings[@]}" "$cada" bench step --device cuda --shape "$shape" \
+            "${args[@]}" --records "$work/$records"
+    }
     for shape in smollm2-135m qwen2.5-0.5b; do
-        step "bench_step_rollout_$shape" 90 "$cada" bench step --device cuda --shape "$shape" \
-            --prompts 8 --group 8 --prompt-len 128 --new-tokens 256 --micro-batch-rows 16 \
-            --records "$work/ours_rollout_$shape.json"
-        step "bench_step_train_$shape" 90 "$cada" bench step --device cuda --shape "$shape" \
-            --prompts 1 --group 4 --prompt-len 3840 --new-tokens 256 --micro-batch-rows 4 \
-            --records "$work/ours_train_$shape.json"
+        bench_step "bench_step_rollout_$shape" "ours_rollout_$shape.json" 90 rollout "$shape"
+        bench_step "bench_step_train_$shape" "ours_train_$shape.json" 90 train "$shape"
+        # the tensor-core paths: bf16 GEMMs over bf16 working weights, Hopper's wgmma attention
+        bench_step "bench_step_train_tc_$shape" "ours_train_tc_$shape.json" 90 \
+            CADA_GEMM=bf16 CADA_ATTENTION=wgmma train "$shape"
     done
-    # the same SmolLM2 rollout with every decode op launched one by one (no CUDA graph): what
-    # recording the decode step buys (not an ours_* file: the same ids as the recorded run)
-    step bench_step_rollout_launched_smollm2-135m 60 env CADA_CUDA_GRAPHS=0 "$cada" bench step \
-        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
-        --new-tokens 256 --micro-batch-rows 16 --records "$work/launched_rollout_smollm2-135m.json"
-    # and with one GEMM per projection weight (CADA_STACKED_DECODE=0): what stacking q/k/v and
-    # gate/up into one GEMM each buys
-    step bench_step_rollout_separate_smollm2-135m 60 env CADA_STACKED_DECODE=0 "$cada" bench step \
-        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
-        --new-tokens 256 --micro-batch-rows 16 --records "$work/separate_rollout_smollm2-135m.json"
-    # and over a bf16 KV cache (CADA_KV_CACHE=bf16): half the decode step's largest read
-    step bench_step_rollout_bf16_kv_smollm2-135m 60 env CADA_KV_CACHE=bf16 "$cada" bench step \
-        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
-        --new-tokens 256 --micro-batch-rows 16 --records "$work/bf16_kv_rollout_smollm2-135m.json"
-    # and with the split-KV decode attention (CADA_DECODE_ATTENTION=split_kv): a block per GQA
-    # group and key range instead of one per query head
-    step bench_step_rollout_split_kv_smollm2-135m 60 env CADA_DECODE_ATTENTION=split_kv "$cada" bench step \
-        --device cuda --shape smollm2-135m --prompts 8 --group 8 --prompt-len 128 \
-        --new-tokens 256 --micro-batch-rows 16 --records "$work/split_kv_rollout_smollm2-135m.json"
+    # SmolLM2's rollout under each decode choice: bf16 GEMMs, a bf16 KV cache (half the decode
+    # step's largest read), the split-KV decode attention (a block per GQA group and key range)
+    bench_step bench_step_rollout_bf16_gemm_smollm2-135m ours_rollout_bf16_gemm_smollm2-135m.json 60 \
+        CADA_GEMM=bf16 rollout smollm2-135m
+    bench_step bench_step_rollout_bf16_kv_smollm2-135m ours_rollout_bf16_kv_smollm2-135m.json 60 \
+        CADA_KV_CACHE=bf16 rollout smollm2-135m
+    bench_step bench_step_rollout_split_kv_smollm2-135m ours_rollout_split_kv_smollm2-135m.json 60 \
+        CADA_DECODE_ATTENTION=split_kv rollout smollm2-135m
+    bench_step bench_step_rollout_tc_smollm2-135m ours_rollout_tc_smollm2-135m.json 60 \
+        CADA_GEMM=bf16 CADA_KV_CACHE=bf16 CADA_DECODE_ATTENTION=split_kv rollout smollm2-135m
+    # ablations: every decode op launched one by one (what recording the step as a CUDA graph
+    # buys), and one GEMM per projection weight (what stacking q/k/v and gate/up buys)
+    bench_step bench_step_rollout_launched_smollm2-135m launched_rollout_smollm2-135m.json 60 \
+        CADA_CUDA_GRAPHS=0 rollout smollm2-135m
+    bench_step bench_step_rollout_separate_smollm2-135m separate_rollout_smollm2-135m.json 60 \
+        CADA_STACKED_DECODE=0 rollout smollm2-135m
     ;;
 peers|peers_hf)
     "$cada" bench shapes --set full > "$work/shapes.json"

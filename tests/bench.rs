@@ -376,6 +376,9 @@ fn bench_step_times_the_three_phases() {
     let ids: Vec<&str> = r.records.iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["rollout/tiny/B4/P8/N8", "train_step/tiny/B4/T16"]);
     assert!(r.records.iter().all(|x| x.median_ms > 0.0));
+    // the CPU has no settings to name: the plain variant
+    assert_eq!(v["settings"], serde_json::json!([]));
+    assert!(r.records.iter().all(|x| x.variant == "cada"));
 
     let o = cada(&["bench", "step", "--shape", "gpt5"]);
     assert!(!o.status.success() && text(&o).contains("known shapes"));

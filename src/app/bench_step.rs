@@ -62,6 +62,8 @@ pub struct StepBench<'a> {
 #[derive(Debug, serde::Serialize)]
 pub struct StepBenchReport {
     pub device: String,
+    /// the backend's non-default settings (`Backend::settings`): the records' variant
+    pub settings: Vec<String>,
     pub model: String,
     pub params: usize,
     pub random_weights: bool,
@@ -203,6 +205,7 @@ impl OnDevice for StepBench<'_> {
         let peak = be.dense_peak_tflops();
         Ok(StepBenchReport {
             device: be.name(),
+            settings: be.settings(),
             model: cfg.architecture.clone(),
             params: cfg.num_params(),
             random_weights: self.params.is_none(),
@@ -236,13 +239,20 @@ impl StepBenchReport {
     pub fn to_report(&self, name: &str) -> crate::bench::report::Report {
         use crate::bench::report::{Record, Report, SCHEMA};
         let ms = |v: &[f64]| v.iter().map(|s| s * 1e3).collect::<Vec<f64>>();
+        // runs under other CADA_* settings are other variants of the same ids, so `cada bench
+        // report` can put them side by side and pick the fastest
+        let variant = if self.settings.is_empty() {
+            "cada".to_string()
+        } else {
+            format!("cada ({})", self.settings.join(", "))
+        };
         let seq = self.prompt_len + self.new_tokens;
         let mut roll = Record::new(
             format!(
                 "rollout/{name}/B{}/P{}/N{}",
                 self.rows, self.prompt_len, self.new_tokens
             ),
-            "cada",
+            &variant,
             &ms(&self.rollout_all_s),
             0.0,
             0.0,
@@ -250,7 +260,7 @@ impl StepBenchReport {
         roll.note = format!("{:.0} generated tok/s", self.rollout_tokens_per_s);
         let mut train = Record::new(
             format!("train_step/{name}/B{}/T{seq}", self.rows),
-            "cada",
+            &variant,
             &ms(&self.train_all_s),
             self.train_tflops * 1e12 * self.train_s,
             0.0,
@@ -272,6 +282,48 @@ impl StepBenchReport {
             set: "step".into(),
             roofline: Default::default(),
             records: vec![roll, train],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run under non-default CADA_* settings records another variant of the same ids.
+    #[test]
+    fn settings_name_the_records_variant() {
+        let report = |settings: Vec<String>| StepBenchReport {
+            device: "cuda (H100, bf16 gemm)".into(),
+            settings,
+            model: "m".into(),
+            params: 1,
+            random_weights: true,
+            rows: 4,
+            prompt_len: 8,
+            new_tokens: 8,
+            micro_batch_rows: 2,
+            rollout_s: 1.0,
+            reference_s: 1.0,
+            train_s: 1.0,
+            rollout_tokens_per_s: 1.0,
+            reference_tokens_per_s: 1.0,
+            train_tokens_per_s: 1.0,
+            train_tflops: 1.0,
+            train_mfu: None,
+            dense_peak_tflops: None,
+            peak_memory_bytes: 1,
+            repeats: 1,
+            rollout_all_s: vec![1.0],
+            reference_all_s: vec![1.0],
+            train_all_s: vec![1.0],
+        };
+        let plain = report(vec![]).to_report("s");
+        let tc = report(vec!["bf16 gemm".into(), "wgmma attention".into()]).to_report("s");
+        for (a, b) in plain.records.iter().zip(&tc.records) {
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.variant, "cada");
+            assert_eq!(b.variant, "cada (bf16 gemm, wgmma attention)");
         }
     }
 }

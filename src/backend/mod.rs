@@ -41,6 +41,13 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// The settings that change the numbers or the speed and are not the defaults (the CUDA
+    /// backend's `CADA_*` choices: GEMM precision, attention kernels, KV cache, graphs), so a
+    /// benchmark record says what it timed. Empty for the defaults and on the CPU.
+    fn settings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Spec-sheet dense bf16 tensor peak in TFLOP/s (for MFU), when the device is known.
     fn dense_peak_tflops(&self) -> Option<f64> {
         None

@@ -1,6 +1,6 @@
 //! `impl Backend for Cuda`: the small elementwise ops inline, the rest delegated: memory ops to
 //! `memory.rs`, launchers to `dense.rs`, `attention.rs` / `attention_mma.rs` (chosen by
-//! `Cuda::set_attention_kernel`), `decode.rs`, `head.rs` and `grpo_loss.rs`.
+//! `Cuda::set_attention_kernel`), `decode.rs`, `head.rs` and `grpo_loss.rs`. A trait impl is one block, hence its ~630 lines.
 
 use super::kernels;
 use super::{
@@ -40,29 +40,17 @@ impl Backend for Cuda {
     type Ids = CudaSlice<u32>;
     type Recording = super::CudaRecording;
 
-    /// The device and every setting that changes the numbers or the speed and is not the
-    /// default, so a bench record says what it timed (`cada bench step` under CADA_* variables).
+    /// The device and its non-default settings.
     fn name(&self) -> String {
         let device = self.device_name().unwrap_or_else(|_| "unknown GPU".into());
         let mut parts = vec![device, self.gemm_precision.label().to_string()];
-        match self.attention_kernel() {
-            AttentionKernel::Simt => {}
-            AttentionKernel::Mma => parts.push("mma attention".into()),
-            AttentionKernel::Wgmma => parts.push("wgmma attention".into()),
-        }
-        if self.decode_attention_kernel() != super::DecodeAttentionKernel::LanePerKey {
-            parts.push(format!(
-                "{} decode attention",
-                self.decode_attention_kernel().label()
-            ));
-        }
-        if self.kv_cache_type() == super::KvCacheType::Bf16 {
-            parts.push("bf16 kv cache".into());
-        }
-        if !self.graphs() {
-            parts.push("no cuda graphs".into());
-        }
+        // the GEMM precision is always named in the device line, so not twice
+        let gemm = parts[1].clone();
+        parts.extend(self.settings().into_iter().filter(|s| *s != gemm));
         format!("cuda ({})", parts.join(", "))
+    }
+    fn settings(&self) -> Vec<String> {
+        self.non_default_settings()
     }
     fn dense_peak_tflops(&self) -> Option<f64> {
         crate::backend::dense_bf16_peak_tflops(&self.device_name().ok()?)
