@@ -8,7 +8,7 @@ use super::decode::CacheRef;
 use super::kernels::{self, defines, DecodeDims, DecodeSplit};
 use super::{Cuda, CudaBuf};
 use crate::backend::DecodeShape;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use cudarc::driver::CudaSlice;
 
 /// Query heads one block serves (`DEC_SPLIT_GROUP`).
@@ -86,15 +86,7 @@ impl Cuda {
             .decode_partials
             .lock()
             .map_err(|_| anyhow!("cuda backend: decode partials lock poisoned"))?;
-        if slot.as_ref().is_none_or(|p| p.len() < len) {
-            self.not_capturing("growing the split-KV decode partials")?;
-            *slot = None; // freed (stream-ordered) before the larger one is taken from the pool
-            let grown = self.stream.alloc_zeros::<f32>(len).with_context(|| {
-                format!("cuda backend: allocating {len} f32 of split-KV decode partials")
-            })?;
-            *slot = Some(grown);
-        }
-        let partials = slot.as_mut().expect("partials allocated above");
+        let partials = self.grow_scratch(&mut slot, len, "split-KV decode partials")?;
         match cache {
             CacheRef::F32(kc, vc) => kernels::decode_attention_split_partials(
                 self,

@@ -519,15 +519,7 @@ impl Cuda {
         len: usize,
         what: &str,
     ) -> Result<&'s CudaSlice<bf16>> {
-        if slot.as_ref().is_none_or(|s| s.len() < len) {
-            self.not_capturing("growing the bf16 GEMM scratch")?;
-            *slot = None; // freed (stream-ordered) before the larger one is taken from the pool
-            let grown = self.stream.alloc_zeros::<bf16>(len).with_context(|| {
-                format!("cuda backend: allocating {len} bf16 of GEMM scratch for {what}")
-            })?;
-            *slot = Some(grown);
-        }
-        let dst = slot.as_mut().expect("scratch allocated above");
+        let dst = self.grow_scratch(slot, len, "bf16 GEMM scratch")?;
         self.convert_bf16(dst, src, len, what)?;
         Ok(dst)
     }

@@ -5,9 +5,30 @@
 use super::backend_impl::f32_values;
 use super::{Cuda, CudaBuf, KvCacheType};
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 impl Cuda {
+    /// A grow-only scratch buffer cached in `Cuda` (the bf16 GEMM operands, the split-KV decode
+    /// partials): at least `len` elements, reallocated only when too small, and never inside a
+    /// CUDA graph capture (a graph keeps the buffer it captured: recording.rs takes it along).
+    pub(super) fn grow_scratch<'s, T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        slot: &'s mut Option<CudaSlice<T>>,
+        len: usize,
+        what: &str,
+    ) -> Result<&'s mut CudaSlice<T>> {
+        if slot.as_ref().is_none_or(|s| s.len() < len) {
+            self.not_capturing(&format!("growing the {what}"))?;
+            *slot = None; // freed (stream-ordered) before the larger one is taken from the pool
+            let grown = self
+                .stream
+                .alloc_zeros::<T>(len)
+                .with_context(|| format!("cuda backend: allocating {len} values of {what}"))?;
+            *slot = Some(grown);
+        }
+        Ok(slot.as_mut().expect("allocated above"))
+    }
+
     pub(super) fn upload_impl(&self, data: &[f32]) -> Result<CudaBuf> {
         self.not_capturing("upload")?;
         if data.is_empty() {
