@@ -38,6 +38,20 @@ impl Writer {
         b.extend(v.to_le_bytes());
         self.kv.push((k.into(), b));
     }
+    fn kv_bool(&mut self, k: &str, v: bool) {
+        let mut b = 7u32.to_le_bytes().to_vec();
+        b.push(v as u8);
+        self.kv.push((k.into(), b));
+    }
+    fn kv_u32s(&mut self, k: &str, v: &[u32]) {
+        let mut b = 9u32.to_le_bytes().to_vec();
+        b.extend(4u32.to_le_bytes());
+        b.extend((v.len() as u64).to_le_bytes());
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+        self.kv.push((k.into(), b));
+    }
     fn kv_f32(&mut self, k: &str, v: f32) {
         let mut b = 6u32.to_le_bytes().to_vec();
         b.extend(v.to_le_bytes());
@@ -610,4 +624,36 @@ fn sentencepiece_vocabularies_without_matching_scores_are_refused() {
     // with the scores it converts
     let (_d, p) = write(&file(Some(&[0.0, -1.0, -2.0])));
     cada::model::gguf_tokenizer::gguf_tokenizer_json(&p).unwrap();
+}
+
+/// `tokenizer.ggml.add_bos_token` / `add_eos_token`: with special tokens, BOS goes before and EOS
+/// after the text exactly where the file says (llama.cpp's and Hugging Face's rule); without
+/// special tokens neither is added.
+#[test]
+fn bos_and_eos_are_added_where_the_file_says() {
+    for (add_bos, add_eos) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mut w = Writer::new(3);
+        w.kv_str("tokenizer.ggml.model", "gpt2");
+        w.kv_strs("tokenizer.ggml.tokens", &["a", "b", "<s>", "</s>"]);
+        // normal, normal, control, control: the two specials are matched whole
+        w.kv_u32s("tokenizer.ggml.token_type", &[1, 1, 3, 3]);
+        w.kv_u32("tokenizer.ggml.bos_token_id", 2);
+        w.kv_u32("tokenizer.ggml.eos_token_id", 3);
+        w.kv_bool("tokenizer.ggml.add_bos_token", add_bos);
+        w.kv_bool("tokenizer.ggml.add_eos_token", add_eos);
+        let (_d, p) = write(&w.bytes());
+        let json = cada::model::gguf_tokenizer::gguf_tokenizer_json(&p).unwrap();
+        let tok = cada::model::tokenizer::Tokenizer::from_json_str(&json, "t.gguf").unwrap();
+        let mut want = vec![];
+        if add_bos {
+            want.push(2);
+        }
+        want.extend([0, 1]);
+        if add_eos {
+            want.push(3);
+        }
+        let case = format!("add_bos {add_bos}, add_eos {add_eos}");
+        assert_eq!(tok.encode("ab", true).unwrap(), want, "{case}");
+        assert_eq!(tok.encode("ab", false).unwrap(), [0, 1], "{case}");
+    }
 }

@@ -199,25 +199,35 @@ pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value
             .and_then(|i| tokens.get(i as usize))
             .map(|s| s.to_string())
     };
-    let add_bos = g
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    // BOS where the file says to add it (the post-processor runs with add_special_tokens)
-    let bos_id = g
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.as_u64());
-    let bos_template = match (add_bos, bos_id.and_then(|i| tokens.get(i as usize))) {
-        (true, Some(&bos)) => {
-            let special = |type_id: u32| json!({"SpecialToken": {"id": bos, "type_id": type_id}});
-            let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
-            Some(json!({"type": "TemplateProcessing",
-                        "single": [special(0), seq("A", 0)],
-                        "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
-                        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}))
-        }
-        _ => None,
+    let flag = |key: &str| g.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+    let add_bos = flag("tokenizer.ggml.add_bos_token");
+    let add_eos = flag("tokenizer.ggml.add_eos_token");
+    // BOS before and EOS after each sequence where the file says to add them, as Hugging Face's
+    // LlamaTokenizerFast builds its post-processor (it runs with add_special_tokens)
+    let special_of = |wanted: bool, key: &str| -> Option<(String, u64)> {
+        let id = g.get(key).and_then(|v| v.as_u64())?;
+        wanted.then(|| tokens.get(id as usize).map(|t| (t.to_string(), id)))?
     };
+    let bos = special_of(add_bos, "tokenizer.ggml.bos_token_id");
+    let eos = special_of(add_eos, "tokenizer.ggml.eos_token_id");
+    let special_template = (bos.is_some() || eos.is_some()).then(|| {
+        let special = |(t, _): &(String, u64), type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+        let one = |seq: &str, type_id: u32| {
+            let mut v = Vec::new();
+            v.extend(bos.iter().map(|b| special(b, type_id)));
+            v.push(json!({"Sequence": {"id": seq, "type_id": type_id}}));
+            v.extend(eos.iter().map(|e| special(e, type_id)));
+            v
+        };
+        let pair: Vec<_> = one("A", 0).into_iter().chain(one("B", 1)).collect();
+        let specials: serde_json::Map<String, serde_json::Value> = bos
+            .iter()
+            .chain(eos.iter())
+            .map(|(t, id)| (t.clone(), json!({"id": t, "ids": [id], "tokens": [t]})))
+            .collect();
+        json!({"type": "TemplateProcessing", "single": one("A", 0), "pair": pair,
+               "special_tokens": specials})
+    });
     let tok = if spm {
         let (normalizer, decoder, model) = sentencepiece_parts(g, &tokens, vocab, &src)?;
         json!({
@@ -225,7 +235,7 @@ pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value
             "added_tokens": added,
             "normalizer": normalizer,
             "pre_tokenizer": null,
-            "post_processor": bos_template,
+            "post_processor": special_template,
             "decoder": decoder,
             "model": model,
         })
@@ -236,7 +246,7 @@ pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value
             ignore_merges,
         } = pre_tokenizer_json(pre, &src)?;
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
-        let post_processor = match bos_template {
+        let post_processor = match special_template {
             Some(t) => json!({"type": "Sequence", "processors": [byte_level, t]}),
             None => byte_level,
         };
@@ -254,6 +264,7 @@ pub(super) fn tokenizer_files(g: &GgufFile) -> Result<(String, serde_json::Value
     let mut cfg = json!({
         "tokenizer_class": if spm { "LlamaTokenizer" } else { "GPT2Tokenizer" },
         "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": false,
         "model_max_length": g
             .get("general.architecture")
