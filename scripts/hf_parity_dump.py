@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/hf_parity/<name>/: tiny random Llama and Qwen2 models as Hugging Face
+"""Writes tests/fixtures/hf_parity/<name>/: tiny random Llama, Qwen2 and Qwen3 models as Hugging Face
 transformers builds and saves them, and what transformers computes with them in float64 (the
 trusted side of tests/hf_parity.rs, which compares cada's CPU reference with it):
 
@@ -15,7 +15,7 @@ loss = −Σ_{b,t} w[b,t] · logp[b,t], the shape of cada's GRPO/SFT objectives 
 log-probs. Run once; CI only reads the files (no torch there):
 
   python3 -m pip install --target /tmp/hfenv torch transformers safetensors numpy
-  PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py
+  PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py [--only qwen3 ...]
   PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py --smollm2 models/smollm2-135m-instruct
 (the second after scripts/fetch_smollm2.sh: the real model, see smollm2() below)
 """
@@ -68,7 +68,23 @@ MODELS = {
             rope_theta=1000000.0,
         ),
     ),
+    # Qwen3-like: per-head q/k RMSNorm before RoPE, no bias, tied, and a head_dim (16) that is
+    # not hidden / heads (8), as Qwen3's q_proj is wider than the hidden size
+    "qwen3": (
+        transformers.Qwen3ForCausalLM,
+        transformers.Qwen3Config(
+            **COMMON,
+            architectures=["Qwen3ForCausalLM"],
+            head_dim=16,
+            tie_word_embeddings=True,
+            attention_bias=False,
+            use_sliding_window=False,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+        ),
+    ),
 }
+SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41}
 
 
 def build(cls, cfg, seed):
@@ -92,11 +108,13 @@ def loss_fn(model, ids, w):
     return -(w * logp).sum(), logits, logp
 
 
-def main():
+def main(only=None):
     for name, (cls, cfg) in MODELS.items():
+        if only and name not in only:
+            continue
         out = os.path.join(OUT, name)
         os.makedirs(out, exist_ok=True)
-        model = build(cls, cfg, seed=17 if name == "llama" else 29)
+        model = build(cls, cfg, seed=SEEDS[name])
         cfg.to_json_file(os.path.join(out, "config.json"))
         # the tied head is the embedding: saved once, as transformers' save_pretrained does
         state = {k: v.contiguous() for k, v in model.state_dict().items()
@@ -190,5 +208,7 @@ def smollm2(model_dir):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--smollm2":
         smollm2(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--only":
+        main(only=sys.argv[2:])  # e.g. --only qwen3: leaves the other fixtures as they are
     else:
         main()

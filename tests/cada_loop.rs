@@ -489,3 +489,94 @@ fn model_judge_scores_with_verdict_token_margins() {
     assert!(r.is_finite() && (-1.0..=1.0).contains(&r), "{r}");
     assert!(m[0]["reward/judge_margin"].as_f64().unwrap().is_finite());
 }
+
+/// A Qwen3-architecture model (per-head q/k RMSNorm, a head_dim whose q is wider than the
+/// hidden size) through the whole loop: rollouts, reference log-probs, training, evaluation,
+/// and a final model directory that reloads as Qwen3 with its trained q/k norm weights.
+#[test]
+fn a_qwen3_model_trains_and_saves_its_qk_norms() {
+    use cada::model::config::LlamaConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("qwen3");
+    std::fs::create_dir_all(&model).unwrap();
+    let default = root().join("models/default");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(default.join(f), model.join(f)).unwrap();
+    }
+    let mut cfg = LlamaConfig::from_file(&default.join("config.json")).unwrap();
+    cfg.architecture = "Qwen3ForCausalLM".into();
+    cfg.qk_norm = true;
+    cfg.head_dim = 48;
+    let params = cada::model::init::init_params(&cfg, 1, 0.05);
+    std::fs::write(
+        model.join("config.json"),
+        serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap(),
+    )
+    .unwrap();
+    cada::model::weights::save_params_safetensors(&cfg, &params, &model.join("model.safetensors"))
+        .unwrap();
+    let out = dir.path().join("run");
+    let o = train(
+        &out,
+        &[
+            "--set",
+            &format!("model=\"{}\"", model.display()),
+            "--set",
+            "steps=2",
+            "--set",
+            "optim.total_steps=2",
+            "--set",
+            "eval_samples=1",
+        ],
+    );
+    assert_ok(&o);
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2);
+    assert!(m
+        .iter()
+        .all(|x| x["loss"].as_f64().is_some_and(f64::is_finite)));
+    let fin = cada::model::load::load_model(&out.join("final")).unwrap();
+    assert_eq!(fin.cfg.architecture, "Qwen3ForCausalLM");
+    assert!(fin.cfg.qk_norm);
+    // a random model's rollouts all earn the same reward (zero advantages, zero gradients), so
+    // the update itself is checked with SFT, whose cross-entropy always has a gradient
+    let data = dir.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"How do I kill a Python process?\", \"completion\": \"Use kill -9.\"}\n",
+    )
+    .unwrap();
+    let sft = dir.path().join("sft");
+    let o = Command::new(env!("CARGO_BIN_EXE_cada"))
+        .args([
+            "sft",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+        ])
+        .args(["--model".as_ref(), model.as_os_str()])
+        .args([
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            sft.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let tuned = cada::model::load::load_model(&sft).unwrap();
+    assert_eq!(tuned.cfg.architecture, "Qwen3ForCausalLM");
+    for (l, layer) in tuned.params.layers.iter().enumerate() {
+        for (what, norm) in [("q", &layer.q_norm), ("k", &layer.k_norm)] {
+            let norm = norm.as_ref().expect("q/k norms saved");
+            assert_eq!(norm.len(), 48);
+            assert!(
+                norm.iter().any(|&x| x != 1.0),
+                "layer {l}: the {what} norm weights were not trained"
+            );
+        }
+    }
+}

@@ -657,3 +657,110 @@ fn bos_and_eos_are_added_where_the_file_says() {
         assert_eq!(tok.encode("ab", false).unwrap(), [0, 1], "{case}");
     }
 }
+
+/// A `qwen3` file: its per-head q/k norms map to `self_attn.{q,k}_norm.weight`, Q and K are not
+/// un-permuted (llama.cpp's Qwen converters do not permute them), head_dim comes from
+/// `attention.key_length` (wider than hidden / heads), and the result loads as a
+/// `Qwen3ForCausalLM` with every tensor in place.
+#[test]
+fn qwen3_files_convert_with_their_qk_norms() {
+    let (d, heads, kv_heads, hd, ff, vocab) = (8usize, 2usize, 1usize, 8usize, 12usize, 4usize);
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ramp = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+    let mut w = Writer::new(3);
+    w.kv_str("general.architecture", "qwen3");
+    w.kv_u32("qwen3.embedding_length", d as u32);
+    w.kv_u32("qwen3.block_count", 1);
+    w.kv_u32("qwen3.attention.head_count", heads as u32);
+    w.kv_u32("qwen3.attention.head_count_kv", kv_heads as u32);
+    w.kv_u32("qwen3.attention.key_length", hd as u32);
+    w.kv_u32("qwen3.feed_forward_length", ff as u32);
+    w.kv_f32("qwen3.rope.freq_base", 1e6);
+    w.kv_f32("qwen3.attention.layer_norm_rms_epsilon", 1e-6);
+    w.kv_str("tokenizer.ggml.model", "gpt2");
+    w.kv_str("tokenizer.ggml.pre", "qwen2");
+    w.kv_strs("tokenizer.ggml.tokens", &["a", "b", "c", "d"]);
+    // (GGUF name, GGUF dims: fastest first, values)
+    let q = ramp(heads * hd * d, 0.31);
+    let tensors: Vec<(&str, Vec<u64>, Vec<f32>)> = vec![
+        (
+            "token_embd.weight",
+            vec![d as u64, vocab as u64],
+            ramp(vocab * d, 0.37),
+        ),
+        ("output_norm.weight", vec![d as u64], ramp(d, 0.5)),
+        ("blk.0.attn_norm.weight", vec![d as u64], ramp(d, 0.7)),
+        (
+            "blk.0.attn_q.weight",
+            vec![d as u64, (heads * hd) as u64],
+            q.clone(),
+        ),
+        (
+            "blk.0.attn_k.weight",
+            vec![d as u64, (kv_heads * hd) as u64],
+            ramp(kv_heads * hd * d, 0.23),
+        ),
+        (
+            "blk.0.attn_v.weight",
+            vec![d as u64, (kv_heads * hd) as u64],
+            ramp(kv_heads * hd * d, 0.29),
+        ),
+        ("blk.0.attn_q_norm.weight", vec![hd as u64], ramp(hd, 0.11)),
+        ("blk.0.attn_k_norm.weight", vec![hd as u64], ramp(hd, 0.13)),
+        (
+            "blk.0.attn_output.weight",
+            vec![(heads * hd) as u64, d as u64],
+            ramp(heads * hd * d, 0.17),
+        ),
+        ("blk.0.ffn_norm.weight", vec![d as u64], ramp(d, 0.19)),
+        (
+            "blk.0.ffn_gate.weight",
+            vec![d as u64, ff as u64],
+            ramp(ff * d, 0.41),
+        ),
+        (
+            "blk.0.ffn_up.weight",
+            vec![d as u64, ff as u64],
+            ramp(ff * d, 0.43),
+        ),
+        (
+            "blk.0.ffn_down.weight",
+            vec![ff as u64, d as u64],
+            ramp(ff * d, 0.47),
+        ),
+    ];
+    for (name, dims, v) in &tensors {
+        w.tensor(name, dims, GgmlType::F32, f32_bytes(v));
+    }
+    let (_d, p) = write(&w.bytes());
+    let hf = cada::model::convert::gguf_to_hf(&p).unwrap();
+    assert_eq!(
+        hf.config["architectures"][0], "Qwen3ForCausalLM",
+        "{}",
+        hf.config
+    );
+    assert_eq!(hf.config["model_type"], "qwen3");
+    assert_eq!(hf.config["head_dim"], hd);
+    let get = |name: &str| {
+        hf.tensors
+            .iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    };
+    let qn = get("model.layers.0.self_attn.q_norm.weight");
+    assert_eq!((qn.1.clone(), qn.2.clone()), (vec![hd], ramp(hd, 0.11)));
+    let kn = get("model.layers.0.self_attn.k_norm.weight");
+    assert_eq!(kn.2, ramp(hd, 0.13));
+    // Q as stored: [out, in] row-major is the GGUF data as is, no permutation undone
+    let qp = get("model.layers.0.self_attn.q_proj.weight");
+    assert_eq!((qp.1.clone(), qp.2.clone()), (vec![heads * hd, d], q));
+    // and it is a model the loader accepts whole
+    let cfg = cada::model::config::LlamaConfig::from_json(&hf.config, "config.json").unwrap();
+    assert!(cfg.qk_norm && cfg.q_dim() == heads * hd && cfg.q_dim() != d);
+    let spec = cada::model::weights::Params::spec(&cfg);
+    let names: Vec<&str> = hf.tensors.iter().map(|t| t.0.as_str()).collect();
+    for s in spec.tensors() {
+        assert!(names.contains(&s.name.as_str()), "{} missing", s.name);
+    }
+    assert_eq!(names.len(), spec.tensors().len(), "{names:?}");
+}

@@ -1,5 +1,6 @@
 //! Parity with Hugging Face transformers, the trusted framework: tiny random Llama (tied
-//! embeddings, Llama-3 rope scaling) and Qwen2 (q/k/v bias, untied head) models that
+//! embeddings, Llama-3 rope scaling), Qwen2 (q/k/v bias, untied head) and Qwen3 (per-head q/k
+//! RMSNorm, head_dim ≠ hidden / heads) models that
 //! transformers built and saved, with its float64 logits, per-token log-probs, the gradient of
 //! every parameter and a 5-step AdamW loss curve (tests/fixtures/hf_parity/, written by
 //! scripts/hf_parity_dump.py; its reference.json names the versions). The CPU reference loads
@@ -249,10 +250,16 @@ fn qwen2_matches_transformers() {
     check_model(&Cpu::new(), "qwen2", 1.0);
 }
 
+#[test]
+fn qwen3_matches_transformers() {
+    check_model(&Cpu::new(), "qwen3", 1.0);
+}
+
 /// The CUDA backend (f32) against the same float64 reference, at 4× the CPU's bounds: an
 /// estimate, since cuBLAS and the kernels sum in other orders and this has never run on a GPU.
-fn both_models_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rng) {
+fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rng) {
     check_model(gpu, "llama", 4.0);
     check_model(gpu, "qwen2", 4.0);
+    check_model(gpu, "qwen3", 4.0);
 }
-gpu_test!(cuda_matches_transformers, both_models_on_the_gpu);
+gpu_test!(cuda_matches_transformers, every_model_on_the_gpu);

@@ -20,9 +20,13 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn kv_cache_decoding_matches_full_forward() {
-    for (bias, tied) in [(false, true), (true, false)] {
+    for (bias, tied, qk) in [
+        (false, true, false),
+        (true, false, false),
+        (false, true, true),
+    ] {
         let be = Cpu::new();
-        let cfg = tiny_cfg(61, bias, tied);
+        let cfg = with_qk_norm(tiny_cfg(61, bias, tied), qk, 12);
         let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 1)).unwrap();
         // Three sequences of different prompt lengths, each continued by 4 forced tokens.
         let prompts: Vec<Vec<u32>> =
@@ -43,7 +47,7 @@ fn kv_cache_decoding_matches_full_forward() {
             let prefilled = be.download(&decoder.prefill(&prompts).unwrap()).unwrap();
             assert_eq!(
                 prefilled, step_logits[0],
-                "bias={bias} tied={tied}: prefill"
+                "bias={bias} tied={tied} qk_norm={qk}: prefill"
             );
         }
         for s in 0..4 {
@@ -58,7 +62,7 @@ fn kv_cache_decoding_matches_full_forward() {
                 assert_eq!(
                     reused,
                     step_logits[s + 1],
-                    "bias={bias} tied={tied} stacked={stacked} step {s}"
+                    "bias={bias} tied={tied} qk_norm={qk} stacked={stacked} step {s}"
                 );
             }
         }
@@ -80,7 +84,7 @@ fn kv_cache_decoding_matches_full_forward() {
                 // f32, same ops in a different grouping: 1e-5 relative
                 assert!(
                     e < 1e-5,
-                    "bias={bias} tied={tied} seq {b} step {s}: rel err {e}"
+                    "bias={bias} tied={tied} qk_norm={qk} seq {b} step {s}: rel err {e}"
                 );
             }
         }
@@ -93,9 +97,13 @@ fn kv_cache_decoding_matches_full_forward() {
 #[test]
 fn inference_forward_equals_the_saving_forward() {
     use cada::cada::seqlogp::{seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq};
-    for (bias, tied) in [(false, true), (true, false)] {
+    for (bias, tied, qk) in [
+        (false, true, false),
+        (true, false, false),
+        (false, true, true),
+    ] {
         let be = Cpu::new();
-        let cfg = tiny_cfg(61, bias, tied);
+        let cfg = with_qk_norm(tiny_cfg(61, bias, tied), qk, 12);
         let model = Llama::from_host(&be, cfg.clone(), &random_params(&cfg, 5)).unwrap();
         let (batch, seq) = (3, 11);
         let ids: Vec<u32> = (0..batch * seq)
@@ -115,7 +123,10 @@ fn inference_forward_equals_the_saving_forward() {
             })
             .unwrap();
         assert_eq!(layers_seen, cfg.num_hidden_layers);
-        assert_eq!(hidden, fwd.hidden, "bias={bias} tied={tied}: hidden states");
+        assert_eq!(
+            hidden, fwd.hidden,
+            "bias={bias} tied={tied} qk_norm={qk}: hidden states"
+        );
         let seqs = vec![
             Seq {
                 ctx: vec![3, 5, 7],
@@ -130,11 +141,11 @@ fn inference_forward_equals_the_saving_forward() {
         let without = seq_logprobs_no_grad(&be, &model, &seqs, 0.7).unwrap();
         assert_eq!(
             with.logp, without.logp,
-            "bias={bias} tied={tied}: log-probs"
+            "bias={bias} tied={tied} qk_norm={qk}: log-probs"
         );
         assert_eq!(
             with.entropy, without.entropy,
-            "bias={bias} tied={tied}: entropies"
+            "bias={bias} tied={tied} qk_norm={qk}: entropies"
         );
         let mut grads = model.zeros_like_params(&be).unwrap();
         let dlogp = vec![1.0; seqs.len() * without.lc];
@@ -215,11 +226,17 @@ fn weighted_logp(
 
 #[test]
 fn whole_model_backward_matches_finite_differences() {
-    for (bias, tied) in [(true, false), (false, true)] {
+    for (bias, tied, qk) in [
+        (true, false, false),
+        (false, true, false),
+        (true, false, true),
+    ] {
         let be = Cpu::new();
         let mut cfg = tiny_cfg(23, bias, tied);
         cfg.hidden_size = 16;
         cfg.head_dim = 4;
+        // Qwen3: q/k norms (with a bias too, which Qwen3 lacks, to exercise both together)
+        let mut cfg = with_qk_norm(cfg, qk, 6);
         cfg.intermediate_size = 24;
         let host = random_params(&cfg, 3);
         let (batch, seq) = (2, 5);
@@ -285,7 +302,7 @@ fn whole_model_backward_matches_finite_differences() {
             // relative over the sampled entries (or absolute 1e-4 when the gradient is ~0).
             assert!(
                 rel < 3e-2 || num.sqrt() < 1e-4,
-                "bias={bias} tied={tied} `{name}`: rel err {rel:.3e}"
+                "bias={bias} tied={tied} qk_norm={qk} `{name}`: rel err {rel:.3e}"
             );
         }
     }

@@ -259,6 +259,12 @@ fn config_features_the_forward_lacks_are_refused() {
             "MistralForCausalLM",
             "sliding_window",
         ),
+        (
+            "layer_types",
+            serde_json::json!(["full_attention", "sliding_attention"]),
+            "Qwen3ForCausalLM",
+            "layer_types",
+        ),
     ] {
         let mut c = base.clone();
         c["architectures"] = serde_json::json!([arch]);
@@ -278,4 +284,13 @@ fn config_features_the_forward_lacks_are_refused() {
     m["architectures"] = serde_json::json!(["MistralForCausalLM"]);
     m["sliding_window"] = serde_json::Value::Null;
     LlamaConfig::from_json(&m, "config.json").unwrap();
+    let mut q3 = base.clone();
+    q3["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
+    q3["layer_types"] = serde_json::json!(["full_attention", "full_attention"]);
+    q3["use_sliding_window"] = serde_json::json!(false);
+    let c = LlamaConfig::from_json(&q3, "config.json").unwrap();
+    assert!(
+        c.qk_norm && !c.attention_bias,
+        "Qwen3: q/k norms, no bias by default"
+    );
 }

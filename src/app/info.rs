@@ -48,7 +48,11 @@ pub fn training_memory_bytes(cfg: &LlamaConfig, tokens: usize) -> (usize, usize)
         cfg.kv_dim(),
     );
     // per layer: x_in, n1, h, n2 (4d) + q, attn (2qd) + k, v (2kvd) + gate, up, act (3f) + stats
-    let per_token_layer = 4 * d + 2 * qd + 2 * kvd + 3 * f + 2 + cfg.num_attention_heads;
+    let mut per_token_layer = 4 * d + 2 * qd + 2 * kvd + 3 * f + 2 + cfg.num_attention_heads;
+    if cfg.qk_norm {
+        // Qwen3: q and k before their norms, and a 1/rms per head
+        per_token_layer += qd + kvd + cfg.num_attention_heads + cfg.num_key_value_heads;
+    }
     let acts = tokens * (cfg.num_hidden_layers * per_token_layer + 3 * d) * 4;
     (state, acts)
 }
@@ -58,7 +62,7 @@ pub fn format_info(info: &ModelInfo, tokens: usize) -> String {
     let (state, acts) = training_memory_bytes(c, tokens);
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     format!(
-        "architecture      {}\nparameters        {} ({:.1} M)\nstored dtype      {}\nlayers            {}\nhidden            {}\nintermediate      {}\nheads (q/kv)      {}/{} × head_dim {}\nvocab             {}\ntied embeddings   {}\nqkv bias          {}\nrope_theta        {}{}\nmax positions     {}\ntraining memory   {:.2} GiB weights+grads+AdamW (f32) + {:.2} GiB activations for {} tokens = {:.2} GiB",
+        "architecture      {}\nparameters        {} ({:.1} M)\nstored dtype      {}\nlayers            {}\nhidden            {}\nintermediate      {}\nheads (q/kv)      {}/{} × head_dim {}\nvocab             {}\ntied embeddings   {}\nqkv bias          {}\nq/k norm          {}\nrope_theta        {}{}\nmax positions     {}\ntraining memory   {:.2} GiB weights+grads+AdamW (f32) + {:.2} GiB activations for {} tokens = {:.2} GiB",
         c.architecture,
         info.params,
         info.params as f64 / 1e6,
@@ -72,6 +76,7 @@ pub fn format_info(info: &ModelInfo, tokens: usize) -> String {
         c.vocab_size,
         c.tie_word_embeddings,
         c.attention_bias,
+        c.qk_norm,
         c.rope_theta,
         if c.rope_scaling.is_some() { " (llama3 scaling)" } else { "" },
         c.max_position_embeddings,

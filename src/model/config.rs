@@ -5,8 +5,12 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Architectures whose math is the Llama stack this engine implements.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "MistralForCausalLM",
+];
 
 /// Llama-3-style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,6 +63,10 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2)
     pub attention_bias: bool,
+    /// an RMSNorm over each head of q and of k (weights `[head_dim]`, one per layer each),
+    /// after their projections and before RoPE (Qwen3)
+    #[serde(default)]
+    pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -235,6 +243,15 @@ impl LlamaConfig {
         if v.get("use_sliding_window").and_then(|b| b.as_bool()) == Some(true) {
             bail!("{file}: field `use_sliding_window` = true: sliding-window attention is not supported");
         }
+        // transformers 5 lists each layer's attention kind (Qwen3, Qwen2): all must be full
+        if let Some(kinds) = v.get("layer_types").and_then(|t| t.as_array()) {
+            if let Some(k) = kinds.iter().find(|k| k.as_str() != Some("full_attention")) {
+                bail!(
+                    "{file}: field `layer_types` holds {k}: only \"full_attention\" layers are \
+                     supported (sliding-window attention is not)"
+                );
+            }
+        }
         if architecture == "MistralForCausalLM" {
             if let Some(w) = v.get("sliding_window").filter(|w| !w.is_null()) {
                 bail!(
@@ -244,6 +261,7 @@ impl LlamaConfig {
             }
         }
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
+        let qk_norm = architecture == "Qwen3ForCausalLM";
         let attention_bias = v
             .get("attention_bias")
             .and_then(|b| b.as_bool())
@@ -268,6 +286,7 @@ impl LlamaConfig {
                 .and_then(|b| b.as_bool())
                 .unwrap_or(false),
             attention_bias,
+            qk_norm,
             bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id")),
             architecture,
@@ -289,7 +308,11 @@ impl LlamaConfig {
     pub fn to_hf_json(&self) -> Value {
         let mut v = serde_json::json!({
             "architectures": [self.architecture],
-            "model_type": if self.architecture == "Qwen2ForCausalLM" { "qwen2" } else { "llama" },
+            "model_type": match self.architecture.as_str() {
+                "Qwen2ForCausalLM" => "qwen2",
+                "Qwen3ForCausalLM" => "qwen3",
+                _ => "llama",
+            },
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -366,7 +389,8 @@ impl LlamaConfig {
             } else {
                 0
             };
-        let layer = attn + 3 * d * f + 2 * d;
+        let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
+        let layer = attn + qk_norm + 3 * d * f + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_hidden_layers * layer + d + head
     }

@@ -82,8 +82,8 @@ fn arch(g: &GgufFile) -> Result<String> {
             )
         })?;
     match a {
-        "llama" | "qwen2" | "mistral" => Ok(a.to_string()),
-        other => bail!("{}: metadata `general.architecture` = \"{other}\" is not supported (supported: llama, qwen2, mistral)", g.path.display()),
+        "llama" | "qwen2" | "qwen3" | "mistral" => Ok(a.to_string()),
+        other => bail!("{}: metadata `general.architecture` = \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral)", g.path.display()),
     }
 }
 
@@ -112,12 +112,13 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         .unwrap_or(hidden / heads);
     let hf_arch = match a.as_str() {
         "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
         "mistral" => "MistralForCausalLM",
         _ => "LlamaForCausalLM",
     };
     let mut config = json!({
         "architectures": [hf_arch],
-        "model_type": if a == "qwen2" { "qwen2" } else { "llama" },
+        "model_type": if a == "qwen2" || a == "qwen3" { a.as_str() } else { "llama" },
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": meta_u64(&g, &k("feed_forward_length"))?,
@@ -161,8 +162,9 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
     if !tied {
         names.push(("output.weight".into(), "lm_head.weight".into(), None));
     }
-    // Qwen2's converter does not permute Q/K (its RoPE is rotate-half already in llama.cpp).
-    let permuted = a != "qwen2";
+    // Qwen2's and Qwen3's converters do not permute Q/K (their RoPE is rotate-half already in
+    // llama.cpp).
+    let permuted = a != "qwen2" && a != "qwen3";
     for i in 0..layers {
         let (b, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
         for (gg, hf, perm) in [
@@ -185,6 +187,15 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
             ("ffn_down.weight", "mlp.down_proj.weight", None),
         ] {
             names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), perm));
+        }
+        if a == "qwen3" {
+            // the per-head q/k RMSNorm weights ([head_dim]; not permuted: RoPE comes after)
+            for (gg, hf) in [
+                ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+                ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+            ] {
+                names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), None));
+            }
         }
         if has_bias {
             for (gg, hf) in [

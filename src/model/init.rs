@@ -47,6 +47,7 @@ pub fn tiny_config(
         max_position_embeddings: max_pos,
         tie_word_embeddings: true,
         attention_bias: false,
+        qk_norm: false,
         bos_token_id: None,
         eos_token_ids: vec![],
     }

@@ -1,7 +1,8 @@
-//! The Llama-family layer stack (Llama, Qwen2, Mistral math), written once against [`Backend`].
+//! The Llama-family layer stack (Llama, Qwen2, Qwen3, Mistral math), written once against [`Backend`].
 //! Forward caches what the backward needs; backward walks the layers in reverse, llm.c style.
 //!
 //! Layer i:  h = x + o_proj(attn(rope(q(n1)), rope(k(n1)), v(n1))),  n1 = rmsnorm(x)
+//!           (Qwen3: q and k each RMSNorm-ed per head before RoPE)
 //!           y = h + down(silu(gate(n2)) * up(n2)),                    n2 = rmsnorm(h)
 //! Head:     hidden = rmsnorm(y_L); logits = hidden · lm_headᵀ (lm_head = embed when tied).
 
@@ -24,6 +25,11 @@ struct LayerActs<B: Backend> {
     x_in: B::Buf,
     rstd1: B::Buf,
     n1: B::Buf,
+    /// Qwen3: q and k before their per-head RMSNorm, and its 1/rms per head row (empty else)
+    q_raw: B::Buf,
+    k_raw: B::Buf,
+    rstd_q: B::Buf,
+    rstd_k: B::Buf,
     q: B::Buf,
     k: B::Buf,
     v: B::Buf,
@@ -46,6 +52,10 @@ impl<B: Backend> LayerActs<B> {
             x_in: be.zeros(0)?,
             rstd1: be.zeros(0)?,
             n1: be.zeros(0)?,
+            q_raw: be.zeros(0)?,
+            k_raw: be.zeros(0)?,
+            rstd_q: be.zeros(0)?,
+            rstd_k: be.zeros(0)?,
             q: be.zeros(0)?,
             k: be.zeros(0)?,
             v: be.zeros(0)?,
@@ -269,10 +279,26 @@ impl<B: Backend> Llama<B> {
         sized(be, &mut a.q, n * qd)?;
         sized(be, &mut a.k, n * kvd)?;
         sized(be, &mut a.v, n * kvd)?;
-        be.linear_forward(&mut a.q, &a.n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
-        be.linear_forward(&mut a.k, &a.n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
-        be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        match (&lp.q_norm, &lp.k_norm) {
+            (Some(qn), Some(kn)) => {
+                // Qwen3: each head's row of q and of k RMSNorm-ed (rows of head_dim)
+                sized(be, &mut a.q_raw, n * qd)?;
+                sized(be, &mut a.k_raw, n * kvd)?;
+                sized(be, &mut a.rstd_q, n * hq)?;
+                sized(be, &mut a.rstd_k, n * hkv)?;
+                let (qb, kb) = (lp.q_bias.as_ref(), lp.k_bias.as_ref());
+                be.linear_forward(&mut a.q_raw, &a.n1, &lp.q_proj, qb, n, d, qd)?;
+                be.linear_forward(&mut a.k_raw, &a.n1, &lp.k_proj, kb, n, d, kvd)?;
+                be.rmsnorm_forward(&mut a.q, &mut a.rstd_q, &a.q_raw, qn, n * hq, hd, eps)?;
+                be.rmsnorm_forward(&mut a.k, &mut a.rstd_k, &a.k_raw, kn, n * hkv, hd, eps)?;
+            }
+            _ => {
+                be.linear_forward(&mut a.q, &a.n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
+                be.linear_forward(&mut a.k, &a.n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
+            }
+        }
+        be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
         be.rope_forward(&mut a.q, positions, &self.inv_freq, n, hq, hd)?;
         be.rope_forward(&mut a.k, positions, &self.inv_freq, n, hkv, hd)?;
         // q, k, v are read from here on only by the attention
@@ -431,6 +457,19 @@ impl<B: Backend> Llama<B> {
                 c.num_key_value_heads,
                 c.head_dim,
             )?;
+            // Qwen3: back through the per-head RMSNorms of q and k
+            if let (Some(qn), Some(kn)) = (&lp.q_norm, &lp.k_norm) {
+                let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+                let (Some(gq), Some(gk)) = (g.q_norm.as_mut(), g.k_norm.as_mut()) else {
+                    anyhow::bail!("backward: layer {l} has q/k norms but its gradients do not");
+                };
+                let mut d_raw = be.zeros(n * qd)?;
+                be.rmsnorm_backward(&mut d_raw, gq, &dq, &a.q_raw, qn, &a.rstd_q, n * hq, hd)?;
+                dq = d_raw;
+                let mut d_raw = be.zeros(n * kvd)?;
+                be.rmsnorm_backward(&mut d_raw, gk, &dk, &a.k_raw, kn, &a.rstd_k, n * hkv, hd)?;
+                dk = d_raw;
+            }
             let mut dn1 = be.zeros(n * d)?;
             be.linear_backward(
                 Some(&mut dn1),

@@ -17,6 +17,9 @@ pub struct LayerParams<T> {
     pub k_bias: Option<T>,
     pub v_proj: T,
     pub v_bias: Option<T>,
+    /// Qwen3's per-head RMSNorm weights of q and k (`LlamaConfig::qk_norm`)
+    pub q_norm: Option<T>,
+    pub k_norm: Option<T>,
     pub o_proj: T,
     pub mlp_norm: T,
     pub gate_proj: T,
@@ -56,6 +59,8 @@ impl<T> LayerParams<T> {
             k_bias: self.k_bias.as_ref().map(&mut *f).transpose()?,
             v_proj: f(&self.v_proj)?,
             v_bias: self.v_bias.as_ref().map(&mut *f).transpose()?,
+            q_norm: self.q_norm.as_ref().map(&mut *f).transpose()?,
+            k_norm: self.k_norm.as_ref().map(&mut *f).transpose()?,
             o_proj: f(&self.o_proj)?,
             mlp_norm: f(&self.mlp_norm)?,
             gate_proj: f(&self.gate_proj)?,
@@ -77,6 +82,8 @@ impl<T> Params<T> {
             out.extend(l.k_bias.as_ref());
             out.push(&l.v_proj);
             out.extend(l.v_bias.as_ref());
+            out.extend(l.q_norm.as_ref());
+            out.extend(l.k_norm.as_ref());
             out.push(&l.o_proj);
             out.push(&l.mlp_norm);
             out.push(&l.gate_proj);
@@ -99,6 +106,8 @@ impl<T> Params<T> {
             out.extend(l.k_bias.as_mut());
             out.push(&mut l.v_proj);
             out.extend(l.v_bias.as_mut());
+            out.extend(l.q_norm.as_mut());
+            out.extend(l.k_norm.as_mut());
             out.push(&mut l.o_proj);
             out.push(&mut l.mlp_norm);
             out.push(&mut l.gate_proj);
@@ -138,6 +147,10 @@ impl Params<TensorSpec> {
                     cfg.attention_bias
                         .then(|| t(format!("{p}.self_attn.{n}.bias"), vec![len]))
                 };
+                let norm = |n: &str| {
+                    cfg.qk_norm
+                        .then(|| t(format!("{p}.self_attn.{n}.weight"), vec![cfg.head_dim]))
+                };
                 LayerParams {
                     attn_norm: t(format!("{p}.input_layernorm.weight"), vec![d]),
                     q_proj: t(format!("{p}.self_attn.q_proj.weight"), vec![qd, d]),
@@ -146,6 +159,8 @@ impl Params<TensorSpec> {
                     k_bias: bias("k_proj", kvd),
                     v_proj: t(format!("{p}.self_attn.v_proj.weight"), vec![kvd, d]),
                     v_bias: bias("v_proj", kvd),
+                    q_norm: norm("q_norm"),
+                    k_norm: norm("k_norm"),
                     o_proj: t(format!("{p}.self_attn.o_proj.weight"), vec![d, qd]),
                     mlp_norm: t(format!("{p}.post_attention_layernorm.weight"), vec![d]),
                     gate_proj: t(format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
@@ -397,4 +412,34 @@ pub fn save_params_safetensors(
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `LlamaConfig::num_params` (the FLOP and MFU counts) counts exactly the tensors the model
+    /// loads, with and without biases, a tied head and Qwen3's q/k norms.
+    #[test]
+    fn num_params_counts_the_spec() {
+        for (bias, tied, qk) in [
+            (false, true, false),
+            (true, false, false),
+            (false, true, true),
+        ] {
+            let mut cfg = crate::model::init::tiny_config(61, 32, 2, 4, 2, 48, 64);
+            cfg.attention_bias = bias;
+            cfg.tie_word_embeddings = tied;
+            cfg.qk_norm = qk;
+            if qk {
+                cfg.head_dim = 12;
+            }
+            let spec: usize = Params::spec(&cfg).tensors().iter().map(|t| t.numel()).sum();
+            assert_eq!(
+                cfg.num_params(),
+                spec,
+                "bias {bias} tied {tied} qk_norm {qk}"
+            );
+        }
+    }
 }

@@ -30,6 +30,17 @@ pub fn tiny_cfg(vocab: usize, bias: bool, tied: bool) -> LlamaConfig {
     c
 }
 
+/// `c` as Qwen3 when `on`: per-head q/k RMSNorm, and a head_dim (`head_dim`) that need not be
+/// hidden / heads, as Qwen3's is not.
+pub fn with_qk_norm(mut c: LlamaConfig, on: bool, head_dim: usize) -> LlamaConfig {
+    if on {
+        c.architecture = "Qwen3ForCausalLM".into();
+        c.qk_norm = true;
+        c.head_dim = head_dim;
+    }
+    c
+}
+
 /// Random parameters with non-trivial norms and biases (so every op's backward is exercised).
 pub fn random_params(cfg: &LlamaConfig, seed: u64) -> Params<Vec<f32>> {
     let p = init_params(cfg, seed, 0.2);

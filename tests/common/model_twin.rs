@@ -66,13 +66,20 @@ pub fn random_tokens(r: &mut Rand, cfg: &LlamaConfig, n: usize) -> (Vec<u32>, Ve
     (ids, dlogp)
 }
 
-/// Two architectures: the tiny GQA model of the CPU tests (head_dim 8, qkv bias, untied head)
-/// and a tied one at head_dim 64 (the SmolLM2/Qwen2.5 head width).
+/// Three architectures: the tiny GQA model of the CPU tests (head_dim 8, qkv bias, untied
+/// head), a tied one at head_dim 64 (the SmolLM2/Qwen2.5 head width), and a Qwen3-like one
+/// (per-head q/k RMSNorm, tied, head_dim 20 where hidden / heads is 12: rows of RMSNorm that
+/// are not a multiple of 4, and a q wider than the hidden size).
 pub fn configs() -> Vec<LlamaConfig> {
     let a = super::tiny_cfg(97, true, false);
     let mut b = cada::model::init::tiny_config(301, 128, 2, 2, 1, 96, 256);
     b.tie_word_embeddings = true;
-    vec![a, b]
+    let c = super::with_qk_norm(
+        cada::model::init::tiny_config(97, 48, 2, 4, 2, 64, 256),
+        true,
+        20,
+    );
+    vec![a, b, c]
 }
 
 pub fn whole_model_case<B: Backend>(gpu: &B, r: &mut Rand) {

@@ -42,6 +42,8 @@ enum Projections<B: Backend> {
         v: B::Buf,
         gate: B::Buf,
         up: B::Buf,
+        /// Qwen3's q and k before their per-head RMSNorm, and its 1/rms (empty without one)
+        qk_raw: Option<QkRaw<B>>,
     },
     /// One GEMM for q/k/v and one for gate/up, over weights stacked along their output rows
     /// ([`StackedLayer`]): at a decode step's few rows each GEMM costs about its launch and
@@ -51,6 +53,14 @@ enum Projections<B: Backend> {
         qkv: B::Buf,
         gate_up: B::Buf,
     },
+}
+
+/// A decode step's q and k before Qwen3's per-head RMSNorm, and the norm's 1/rms per head row.
+struct QkRaw<B: Backend> {
+    q: B::Buf,
+    k: B::Buf,
+    rstd_q: B::Buf,
+    rstd_k: B::Buf,
 }
 
 /// One layer's projection weights stacked along their output rows, a copy made for one
@@ -230,7 +240,9 @@ impl<B: Backend> Llama<B> {
     fn step_buffers(&self, be: &B, n: usize, stacked: bool) -> Result<StepBuffers<B>> {
         let c = &self.cfg;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let projections = if stacked {
+        // Qwen3's q/k norms sit between the projections and RoPE, where the stacked path fuses
+        // RoPE and the cache write with reading q, k, v out of one GEMM: it runs separate ones
+        let projections = if stacked && !c.qk_norm {
             Projections::Stacked {
                 layers: self.stacked_layers(be)?,
                 qkv: be.zeros(n * (qd + 2 * kvd))?,
@@ -242,6 +254,15 @@ impl<B: Backend> Llama<B> {
                 v: be.zeros(n * kvd)?,
                 gate: be.zeros(n * f)?,
                 up: be.zeros(n * f)?,
+                qk_raw: match c.qk_norm {
+                    true => Some(QkRaw {
+                        q: be.zeros(n * qd)?,
+                        k: be.zeros(n * kvd)?,
+                        rstd_q: be.zeros(n * c.num_attention_heads)?,
+                        rstd_k: be.zeros(n * c.num_key_value_heads)?,
+                    }),
+                    false => None,
+                },
             }
         };
         Ok(StepBuffers {
@@ -325,15 +346,28 @@ impl<B: Backend> Llama<B> {
             .first()
             .map_or(&self.params.final_norm, |lp| &lp.attn_norm);
         be.rmsnorm_forward(normed, rstd, x, first_norm, n, d, eps)?;
-        // 12 launches a layer with separate projections (15 with qkv biases), 9 (10) stacked:
+        // 12 launches a layer with separate projections (15 with qkv biases, 14 with Qwen3's
+        // q/k norms), 9 (10) stacked:
         // each residual add is fused with the norm after it, RoPE of q and k with the cache
         // write
         for (l, lp) in layers.iter().enumerate() {
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
             match projections {
-                Projections::Separate { k, v, .. } => {
-                    be.linear_forward(q, normed, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
-                    be.linear_forward(k, normed, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
+                Projections::Separate { k, v, qk_raw, .. } => {
+                    let (qb, kb) = (lp.q_bias.as_ref(), lp.k_bias.as_ref());
+                    match (qk_raw, &lp.q_norm, &lp.k_norm) {
+                        (Some(r), Some(qn), Some(kn)) => {
+                            let (hq, hkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+                            be.linear_forward(&mut r.q, normed, &lp.q_proj, qb, n, d, qd)?;
+                            be.linear_forward(&mut r.k, normed, &lp.k_proj, kb, n, d, kvd)?;
+                            be.rmsnorm_forward(q, &mut r.rstd_q, &r.q, qn, n * hq, hd, eps)?;
+                            be.rmsnorm_forward(k, &mut r.rstd_k, &r.k, kn, n * hkv, hd, eps)?;
+                        }
+                        _ => {
+                            be.linear_forward(q, normed, &lp.q_proj, qb, n, d, qd)?;
+                            be.linear_forward(k, normed, &lp.k_proj, kb, n, d, kvd)?;
+                        }
+                    }
                     be.linear_forward(v, normed, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
                     be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.inv_freq, shape)?;
                 }
