@@ -23,15 +23,37 @@ if [[ -z "$cxx" ]]; then
 fi
 out=target/emulation
 mkdir -p "$out"
-# each harness compiles one kernel file unchanged against the emulation and exits 1 on a failure
-for name in attention_mma attention_wgmma attention_simt decode_attention decode_attention_split sampling grpo layer_ops; do
-    src=kernels/emulation/${name}_check.cpp
-    if [[ "${1:-}" == "--tsan" ]]; then
-        "$cxx" -std=c++20 -O1 -g -fsanitize=thread -pthread -Ikernels/emulation -o "$out/${name}_tsan" "$src"
-        # halt_on_error: a race fails the run instead of scrolling past
-        TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}" "$out/${name}_tsan" --quick
-    else
-        "$cxx" -std=c++20 -O2 -pthread -Ikernels/emulation -o "$out/$name" "$src"
-        "$out/$name"
-    fi
+names=(attention_mma attention_wgmma attention_simt decode_attention decode_attention_split sampling grpo layer_ops)
+if [[ "${1:-}" == "--tsan" ]]; then
+    suffix=_tsan flags=(-O1 -g -fsanitize=thread) run_args=(--quick)
+    # halt_on_error: a race fails the run instead of scrolling past
+    export TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}"
+else
+    suffix="" flags=(-O2) run_args=()
+fi
+# each harness compiles one kernel file unchanged against the emulation; the compiles (one core
+# each) run side by side, as many at a time as there are cores, then the harnesses run one by
+# one (each runs every CUDA thread of a block as a thread of its own)
+parallel=$(nproc 2>/dev/null || echo 2)
+pids=() failed=()
+reap() {  # waits for compile $1 and records a failure
+    wait "${pids[$1]}" || failed+=("${names[$1]}")
+}
+for i in "${!names[@]}"; do
+    if (( i >= parallel )); then reap $((i - parallel)); fi
+    name=${names[$i]}
+    "$cxx" -std=c++20 "${flags[@]}" -pthread -Ikernels/emulation -o "$out/$name$suffix" \
+        "kernels/emulation/${name}_check.cpp" &
+    pids+=("$!")
+done
+for (( i = ${#names[@]} - parallel; i < ${#names[@]}; i++ )); do
+    if (( i >= 0 )); then reap "$i"; fi
+done
+if (( ${#failed[@]} )); then
+    echo "emulate_kernels: the harness of ${failed[*]} did not compile" >&2
+    exit 1
+fi
+# each exits 1 on a failure
+for name in "${names[@]}"; do
+    "$out/$name$suffix" "${run_args[@]}"
 done
