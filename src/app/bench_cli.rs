@@ -33,7 +33,7 @@ pub enum BenchCommand {
         /// a model directory or .gguf (its weights are used)
         #[arg(long, conflicts_with = "shape")]
         model: Option<PathBuf>,
-        /// a random-weight model of a known shape: smollm2-135m, qwen2.5-0.5b, tiny
+        /// a random-weight model of a known shape: smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, tiny
         #[arg(long)]
         shape: Option<String>,
         #[arg(long, default_value_t = 8)]

@@ -34,6 +34,13 @@ pub fn shape_config(name: &str) -> Result<LlamaConfig> {
             "vocab_size": 151936, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
             "tie_word_embeddings": true, "max_position_embeddings": 32768
         }),
+        // Qwen3-0.6B: per-head q/k norms, head_dim 128 (q 2048 wide over a 1024 hidden)
+        "qwen3-0.6b" => serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"], "hidden_size": 1024, "intermediate_size": 3072,
+            "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "head_dim": 128, "vocab_size": 151936, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": true, "max_position_embeddings": 40960
+        }),
         "tiny" => serde_json::json!({
             "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -41,7 +48,7 @@ pub fn shape_config(name: &str) -> Result<LlamaConfig> {
             "tie_word_embeddings": true, "max_position_embeddings": 1024
         }),
         other => bail!(
-            "--shape {other:?}: known shapes are smollm2-135m, qwen2.5-0.5b, tiny (or pass --model DIR)"
+            "--shape {other:?}: known shapes are smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, tiny (or pass --model DIR)"
         ),
     };
     LlamaConfig::from_json(&json, &format!("--shape {name}"))
