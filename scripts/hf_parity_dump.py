@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/hf_parity/<name>/: tiny random Llama, Qwen2 and Qwen3 models as Hugging Face
+"""Writes tests/fixtures/hf_parity/<name>/: tiny random Llama, Qwen2, Qwen3 and Phi-3 models as Hugging Face
 transformers builds and saves them, and what transformers computes with them in float64 (the
 trusted side of tests/hf_parity.rs, which compares cada's CPU reference with it):
 
@@ -15,7 +15,7 @@ loss = −Σ_{b,t} w[b,t] · logp[b,t], the shape of cada's GRPO/SFT objectives 
 log-probs. Run once; CI only reads the files (no torch there):
 
   python3 -m pip install --target /tmp/hfenv torch transformers safetensors numpy
-  PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py [--only qwen3 ...]
+  PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py [--only qwen3 phi3 ...]
   PYTHONPATH=/tmp/hfenv python3 scripts/hf_parity_dump.py --smollm2 models/smollm2-135m-instruct
 (the second after scripts/fetch_smollm2.sh: the real model, see smollm2() below)
 """
@@ -83,8 +83,24 @@ MODELS = {
             rope_theta=1000000.0,
         ),
     ),
+    # Phi-3-like: q/k/v and gate/up fused in the checkpoint, untied, a sliding window longer
+    # than the test's sequences (where it changes nothing, which is all cada supports)
+    "phi3": (
+        transformers.Phi3ForCausalLM,
+        transformers.Phi3Config(
+            **COMMON,
+            architectures=["Phi3ForCausalLM"],
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            sliding_window=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
 }
-SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41}
+SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41, "phi3": 53}
 
 
 def build(cls, cfg, seed):

@@ -764,3 +764,100 @@ fn qwen3_files_convert_with_their_qk_norms() {
     }
     assert_eq!(names.len(), spec.tensors().len(), "{names:?}");
 }
+
+/// A `phi3` file: q/k/v (`attn_qkv`) and gate/up (`ffn_up`, 2 × feed_forward_length rows)
+/// arrive fused, as Hugging Face's Phi-3 checkpoint holds them, and load split ([q; k; v],
+/// [gate; up]); its sliding window becomes the config's; RoPE over part of a head is refused.
+#[test]
+fn phi3_files_convert_fused_and_load_split() {
+    let (d, heads, kv_heads, ff, vocab) = (8usize, 2usize, 1usize, 12usize, 4usize);
+    let hd = d / heads;
+    let (qd, kvd) = (heads * hd, kv_heads * hd);
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ramp = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+    let (qkv, gate_up) = (ramp((qd + 2 * kvd) * d, 0.31), ramp(2 * ff * d, 0.41));
+    let file = |rotary_dims: u32| {
+        let mut w = Writer::new(3);
+        w.kv_str("general.architecture", "phi3");
+        w.kv_u32("phi3.embedding_length", d as u32);
+        w.kv_u32("phi3.block_count", 1);
+        w.kv_u32("phi3.attention.head_count", heads as u32);
+        w.kv_u32("phi3.attention.head_count_kv", kv_heads as u32);
+        w.kv_u32("phi3.feed_forward_length", ff as u32);
+        w.kv_u32("phi3.rope.dimension_count", rotary_dims);
+        w.kv_u32("phi3.attention.sliding_window", 2047);
+        w.kv_str("tokenizer.ggml.model", "gpt2");
+        w.kv_strs("tokenizer.ggml.tokens", &["a", "b", "c", "d"]);
+        let tensors: Vec<(&str, Vec<u64>, Vec<f32>)> = vec![
+            (
+                "token_embd.weight",
+                vec![d as u64, vocab as u64],
+                ramp(vocab * d, 0.37),
+            ),
+            (
+                "output.weight",
+                vec![d as u64, vocab as u64],
+                ramp(vocab * d, 0.39),
+            ),
+            ("output_norm.weight", vec![d as u64], ramp(d, 0.5)),
+            ("blk.0.attn_norm.weight", vec![d as u64], ramp(d, 0.7)),
+            (
+                "blk.0.attn_qkv.weight",
+                vec![d as u64, (qd + 2 * kvd) as u64],
+                qkv.clone(),
+            ),
+            (
+                "blk.0.attn_output.weight",
+                vec![qd as u64, d as u64],
+                ramp(qd * d, 0.17),
+            ),
+            ("blk.0.ffn_norm.weight", vec![d as u64], ramp(d, 0.19)),
+            (
+                "blk.0.ffn_up.weight",
+                vec![d as u64, (2 * ff) as u64],
+                gate_up.clone(),
+            ),
+            (
+                "blk.0.ffn_down.weight",
+                vec![ff as u64, d as u64],
+                ramp(ff * d, 0.47),
+            ),
+        ];
+        for (name, dims, v) in &tensors {
+            w.tensor(name, dims, GgmlType::F32, f32_bytes(v));
+        }
+        w.bytes()
+    };
+    let (_d, p) = write(&file(hd as u32));
+    let hf = cada::model::convert::gguf_to_hf(&p).unwrap();
+    assert_eq!(
+        hf.config["architectures"][0], "Phi3ForCausalLM",
+        "{}",
+        hf.config
+    );
+    assert_eq!(hf.config["sliding_window"], 2047);
+    let cfg = cada::model::config::LlamaConfig::from_json(&hf.config, "config.json").unwrap();
+    assert_eq!(cfg.sliding_window, Some(2047));
+    let src = cada::model::weights::InMemoryTensors {
+        source: "t.gguf".into(),
+        tensors: hf
+            .tensors
+            .into_iter()
+            .map(|(n, s, v)| (n, (s, v)))
+            .collect(),
+    };
+    let params = cada::model::weights::load_params(&cfg, &src).unwrap();
+    let l = &params.layers[0];
+    assert_eq!(l.q_proj, qkv[..qd * d]);
+    assert_eq!(l.k_proj, qkv[qd * d..(qd + kvd) * d]);
+    assert_eq!(l.v_proj, qkv[(qd + kvd) * d..]);
+    assert_eq!(l.gate_proj, gate_up[..ff * d]);
+    assert_eq!(l.up_proj, gate_up[ff * d..]);
+    // RoPE over 2 of 4 dims of each head
+    let (_d, p) = write(&file(2));
+    let e = format!("{:#}", cada::model::convert::gguf_to_hf(&p).err().unwrap());
+    assert!(
+        e.contains("t.gguf") && e.contains("rope.dimension_count"),
+        "{e}"
+    );
+}

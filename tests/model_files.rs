@@ -254,8 +254,14 @@ fn config_features_the_forward_lacks_are_refused() {
             "use_sliding_window",
         ),
         (
+            "partial_rotary_factor",
+            serde_json::json!(0.75),
+            "Phi3ForCausalLM",
+            "partial_rotary_factor",
+        ),
+        (
             "sliding_window",
-            serde_json::json!(4096),
+            serde_json::json!(0),
             "MistralForCausalLM",
             "sliding_window",
         ),
@@ -284,6 +290,24 @@ fn config_features_the_forward_lacks_are_refused() {
     m["architectures"] = serde_json::json!(["MistralForCausalLM"]);
     m["sliding_window"] = serde_json::Value::Null;
     LlamaConfig::from_json(&m, "config.json").unwrap();
+    // a sliding window is accepted as a length limit (exact within it)
+    let mut w = base.clone();
+    w["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    w["sliding_window"] = serde_json::json!(4096);
+    assert_eq!(
+        LlamaConfig::from_json(&w, "config.json")
+            .unwrap()
+            .sliding_window,
+        Some(4096)
+    );
+    // transformers 5 keeps Phi-3's partial rotary inside rope_parameters
+    let mut p = base.clone();
+    p["architectures"] = serde_json::json!(["Phi3ForCausalLM"]);
+    p["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5});
+    let e = LlamaConfig::from_json(&p, "m/config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("partial_rotary_factor"), "{e}");
     let mut q3 = base.clone();
     q3["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
     q3["layer_types"] = serde_json::json!(["full_attention", "full_attention"]);
@@ -293,4 +317,63 @@ fn config_features_the_forward_lacks_are_refused() {
         c.qk_norm && !c.attention_bias,
         "Qwen3: q/k norms, no bias by default"
     );
+}
+
+/// Phi-3's checkpoint fuses q/k/v (`qkv_proj`) and gate/up (`gate_up_proj`): loading splits
+/// them, saving joins them again to the same bytes, so a saved Phi-3 is the checkpoint
+/// transformers wrote; and its sliding window limits sequences and KV caches.
+#[test]
+fn phi3_fused_projections_round_trip_and_its_window_limits_lengths() {
+    use cada::backend::cpu::Cpu;
+    use cada::model::config::LlamaConfig;
+    use cada::model::llama::Llama;
+    use cada::model::weights::{load_params, save_params_safetensors, SafetensorsDir};
+    use safetensors::SafeTensors;
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_parity/phi3");
+    let cfg = LlamaConfig::from_file(&fixture.join("config.json")).unwrap();
+    assert_eq!(cfg.sliding_window, Some(64));
+    let params = load_params(&cfg, &SafetensorsDir::open(&fixture).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("model.safetensors");
+    save_params_safetensors(&cfg, &params, &saved).unwrap();
+    let (a, b) = (
+        std::fs::read(fixture.join("model.safetensors")).unwrap(),
+        std::fs::read(&saved).unwrap(),
+    );
+    let (a, b) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut names: Vec<String> = a.names().into_iter().cloned().collect();
+    names.sort();
+    let mut ours: Vec<String> = b.names().into_iter().cloned().collect();
+    ours.sort();
+    assert_eq!(names, ours);
+    assert!(names
+        .iter()
+        .any(|n| n.ends_with("self_attn.qkv_proj.weight")));
+    assert!(names.iter().any(|n| n.ends_with("mlp.gate_up_proj.weight")));
+    for n in &names {
+        let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+        assert_eq!(x.shape(), y.shape(), "{n}");
+        assert!(x.data() == y.data(), "{n}: saved values differ");
+    }
+    // a fused tensor of the wrong shape is an error naming it
+    let mut bad = cfg.clone();
+    bad.intermediate_size += 1;
+    let e = format!(
+        "{:#}",
+        load_params(&bad, &SafetensorsDir::open(&fixture).unwrap()).unwrap_err()
+    );
+    assert!(e.contains("gate_up_proj") && e.contains("shape"), "{e}");
+    // sequences and caches longer than the window are refused, naming it
+    let be = Cpu::new();
+    let model = Llama::from_host(&be, cfg.clone(), &params).unwrap();
+    let ids = vec![3u32; 65];
+    let e = model.forward(&be, &ids, 1, 65).err().unwrap().to_string();
+    assert!(e.contains("sliding window of 64"), "{e}");
+    model.forward(&be, &ids[..64], 1, 64).unwrap();
+    let e = model.new_kv_cache(&be, 1, 65).err().unwrap().to_string();
+    assert!(e.contains("sliding window of 64"), "{e}");
 }

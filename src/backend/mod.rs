@@ -218,6 +218,22 @@ pub trait Backend: Send + Sync {
         dim: usize,
         eps: f32,
     ) -> Result<()>;
+    /// Qwen3's per-head RMSNorm of q or k: [`Backend::rmsnorm_forward`] over `n` head rows of
+    /// `dim`. Its output is read by RoPE and the attention, never by a GEMM, so a backend that
+    /// keeps GEMM copies of norm outputs (CUDA's bf16 mode) makes none here.
+    #[allow(clippy::too_many_arguments)]
+    fn head_rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.rmsnorm_forward(out, rstd, x, w, n, dim, eps)
+    }
     /// The decode step's residual add and the RMSNorm after it, in one: `x += delta`, then
     /// `out, rstd` = [`Backend::rmsnorm_forward`] of the new `x`. The default is those two ops
     /// (the reference the fused kernels are tested against).

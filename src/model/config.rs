@@ -10,6 +10,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "MistralForCausalLM",
+    "Phi3ForCausalLM",
 ];
 
 /// Llama-3-style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
@@ -67,6 +68,11 @@ pub struct LlamaConfig {
     /// after their projections and before RoPE (Qwen3)
     #[serde(default)]
     pub qk_norm: bool,
+    /// Mistral's and Phi-3's `sliding_window`: a token attends to the last this many. The
+    /// forward attends to every earlier token, which is the same while a sequence is no longer
+    /// than the window, so sequences (and KV caches) are limited to it.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -252,13 +258,28 @@ impl LlamaConfig {
                 );
             }
         }
-        if architecture == "MistralForCausalLM" {
-            if let Some(w) = v.get("sliding_window").filter(|w| !w.is_null()) {
-                bail!(
-                    "{file}: field `sliding_window` = {w}: sliding-window attention is not \
-                     supported (Mistral releases with `sliding_window: null` are)"
-                );
-            }
+        // Mistral and Phi-3 slide the window on every layer: accepted, as a length limit
+        let sliding_window = match architecture.as_str() {
+            "MistralForCausalLM" | "Phi3ForCausalLM" => match v.get("sliding_window") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(get_usize(v, "sliding_window", file)?),
+            },
+            _ => None,
+        };
+        if sliding_window == Some(0) {
+            bail!("{file}: field `sliding_window` must be > 0 (or null)");
+        }
+        // Phi-3's rotary may cover only part of each head (Phi-4-mini: 0.75); this RoPE rotates
+        // the whole head
+        let rotary = match v
+            .get("rope_parameters")
+            .filter(|p| p.get("partial_rotary_factor").is_some())
+        {
+            Some(p) => get_f64_or(p, "partial_rotary_factor", 1.0, file)?,
+            None => get_f64_or(v, "partial_rotary_factor", 1.0, file)?,
+        };
+        if rotary != 1.0 {
+            bail!("{file}: field `partial_rotary_factor` = {rotary} is not supported (only 1.0: RoPE over the whole head)");
         }
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
         let qk_norm = architecture == "Qwen3ForCausalLM";
@@ -287,6 +308,7 @@ impl LlamaConfig {
                 .unwrap_or(false),
             attention_bias,
             qk_norm,
+            sliding_window,
             bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id")),
             architecture,
@@ -311,6 +333,8 @@ impl LlamaConfig {
             "model_type": match self.architecture.as_str() {
                 "Qwen2ForCausalLM" => "qwen2",
                 "Qwen3ForCausalLM" => "qwen3",
+                "Phi3ForCausalLM" => "phi3",
+                "MistralForCausalLM" => "mistral",
                 _ => "llama",
             },
             "vocab_size": self.vocab_size,
@@ -330,6 +354,9 @@ impl LlamaConfig {
         });
         if let Some(b) = self.bos_token_id {
             v["bos_token_id"] = b.into();
+        }
+        if let Some(w) = self.sliding_window {
+            v["sliding_window"] = w.into();
         }
         match self.eos_token_ids.len() {
             0 => {}

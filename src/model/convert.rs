@@ -82,8 +82,8 @@ fn arch(g: &GgufFile) -> Result<String> {
             )
         })?;
     match a {
-        "llama" | "qwen2" | "qwen3" | "mistral" => Ok(a.to_string()),
-        other => bail!("{}: metadata `general.architecture` = \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral)", g.path.display()),
+        "llama" | "qwen2" | "qwen3" | "mistral" | "phi3" => Ok(a.to_string()),
+        other => bail!("{}: metadata `general.architecture` = \"{other}\" is not supported (supported: llama, qwen2, qwen3, mistral, phi3)", g.path.display()),
     }
 }
 
@@ -113,12 +113,13 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
     let hf_arch = match a.as_str() {
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
         "mistral" => "MistralForCausalLM",
         _ => "LlamaForCausalLM",
     };
     let mut config = json!({
         "architectures": [hf_arch],
-        "model_type": if a == "qwen2" || a == "qwen3" { a.as_str() } else { "llama" },
+        "model_type": if ["qwen2", "qwen3", "phi3", "mistral"].contains(&a.as_str()) { a.as_str() } else { "llama" },
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": meta_u64(&g, &k("feed_forward_length"))?,
@@ -134,6 +135,21 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         "hidden_act": "silu",
         "torch_dtype": "float32",
     });
+    if a == "phi3" {
+        // llama.cpp's Phi-3: RoPE over `rope.dimension_count` dims of each head, every layer's
+        // attention over a sliding window
+        if let Some(n) = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()) {
+            if n as usize != head_dim {
+                bail!("{src}: metadata `{}` = {n}: RoPE over part of a head (head_dim {head_dim}) is not supported", k("rope.dimension_count"));
+            }
+        }
+        if let Some(w) = g
+            .get(&k("attention.sliding_window"))
+            .and_then(|v| v.as_u64())
+        {
+            config["sliding_window"] = json!(w);
+        }
+    }
     if let Some(b) = g
         .get("tokenizer.ggml.bos_token_id")
         .and_then(|v| v.as_u64())
@@ -162,11 +178,25 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
     if !tied {
         names.push(("output.weight".into(), "lm_head.weight".into(), None));
     }
-    // Qwen2's and Qwen3's converters do not permute Q/K (their RoPE is rotate-half already in
-    // llama.cpp).
-    let permuted = a != "qwen2" && a != "qwen3";
+    // Qwen2's, Qwen3's and Phi-3's converters do not permute Q/K (their RoPE is rotate-half
+    // already in llama.cpp).
+    let permuted = !["qwen2", "qwen3", "phi3"].contains(&a.as_str());
     for i in 0..layers {
         let (b, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
+        if a == "phi3" {
+            // q/k/v and gate/up fused, as in the Hugging Face checkpoint (fused.rs splits them)
+            for (gg, hf) in [
+                ("attn_norm.weight", "input_layernorm.weight"),
+                ("attn_qkv.weight", "self_attn.qkv_proj.weight"),
+                ("attn_output.weight", "self_attn.o_proj.weight"),
+                ("ffn_norm.weight", "post_attention_layernorm.weight"),
+                ("ffn_up.weight", "mlp.gate_up_proj.weight"),
+                ("ffn_down.weight", "mlp.down_proj.weight"),
+            ] {
+                names.push((format!("{b}.{gg}"), format!("{h}.{hf}"), None));
+            }
+            continue;
+        }
         for (gg, hf, perm) in [
             ("attn_norm.weight", "input_layernorm.weight", None),
             (

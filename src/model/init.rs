@@ -48,6 +48,7 @@ pub fn tiny_config(
         tie_word_embeddings: true,
         attention_bias: false,
         qk_norm: false,
+        sliding_window: None,
         bos_token_id: None,
         eos_token_ids: vec![],
     }

@@ -94,6 +94,26 @@ pub struct Forward<B: Backend> {
 
 impl<B: Backend> Llama<B> {
     pub fn from_host(be: &B, cfg: LlamaConfig, host: &Params<Vec<f32>>) -> Result<Self> {
+        // the weights must be the config's (a missing q/k norm or bias would silently run
+        // another model's math)
+        let spec = Params::spec(&cfg);
+        let (want, got) = (spec.tensors(), host.tensors());
+        ensure!(
+            want.len() == got.len(),
+            "model weights: {} tensors for a config that needs {} ({})",
+            got.len(),
+            want.len(),
+            cfg.architecture
+        );
+        for (s, t) in want.iter().zip(&got) {
+            ensure!(
+                s.numel() == t.len(),
+                "model weights: `{}` holds {} values, the config needs {:?}",
+                s.name,
+                t.len(),
+                s.shape
+            );
+        }
         let params = host.try_map(|t| be.upload(t))?;
         let inv_freq = be.upload(&cfg.rope_inv_freq())?;
         Ok(Llama {
@@ -137,6 +157,13 @@ impl<B: Backend> Llama<B> {
             "sequence of {seq} tokens exceeds max_position_embeddings {}",
             self.cfg.max_position_embeddings
         );
+        if let Some(w) = self.cfg.sliding_window {
+            ensure!(
+                seq <= w,
+                "sequence of {seq} tokens exceeds the sliding window of {w}: this engine's \
+                 attention is exact only within the window"
+            );
+        }
         self.check_ids(ids)
     }
 
@@ -290,8 +317,8 @@ impl<B: Backend> Llama<B> {
                 let (qb, kb) = (lp.q_bias.as_ref(), lp.k_bias.as_ref());
                 be.linear_forward(&mut a.q_raw, &a.n1, &lp.q_proj, qb, n, d, qd)?;
                 be.linear_forward(&mut a.k_raw, &a.n1, &lp.k_proj, kb, n, d, kvd)?;
-                be.rmsnorm_forward(&mut a.q, &mut a.rstd_q, &a.q_raw, qn, n * hq, hd, eps)?;
-                be.rmsnorm_forward(&mut a.k, &mut a.rstd_k, &a.k_raw, kn, n * hkv, hd, eps)?;
+                be.head_rmsnorm_forward(&mut a.q, &mut a.rstd_q, &a.q_raw, qn, n * hq, hd, eps)?;
+                be.head_rmsnorm_forward(&mut a.k, &mut a.rstd_k, &a.k_raw, kn, n * hkv, hd, eps)?;
             }
             _ => {
                 be.linear_forward(&mut a.q, &a.n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;

@@ -2,6 +2,7 @@
 pub mod chat;
 pub mod config;
 pub mod convert;
+pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod init;

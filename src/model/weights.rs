@@ -196,6 +196,14 @@ fn ignorable(cfg: &LlamaConfig, name: &str) -> bool {
 
 /// Loads every parameter of `cfg` from `src`, checking names and shapes.
 pub fn load_params(cfg: &LlamaConfig, src: &dyn TensorSource) -> Result<Params<Vec<f32>>> {
+    // Phi-3 checkpoints hold q/k/v and gate/up fused: seen here with the split names
+    let split;
+    let src: &dyn TensorSource = if super::fused::uses_fused_projections(cfg) {
+        split = super::fused::SplitFused { inner: src, cfg };
+        &split
+    } else {
+        src
+    };
     // A tensor the config does not account for (o_proj or MLP biases, another architecture's
     // weights) would be dropped and the model would compute something else: refuse it.
     let spec = Params::spec(cfg);
@@ -391,19 +399,18 @@ pub fn save_params_safetensors(
     params: &Params<Vec<f32>>,
     path: &Path,
 ) -> Result<()> {
-    let spec = Params::spec(cfg);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = spec
-        .tensors()
-        .into_iter()
-        .zip(params.tensors())
-        .map(|(s, data)| {
+    // under the checkpoint's own names (Phi-3: q/k/v and gate/up joined again)
+    let tensors = super::fused::tensors_to_save(cfg, params);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
             let view = safetensors::tensor::TensorView::new(
                 Dtype::F32,
-                s.shape.clone(),
+                shape.clone(),
                 bytemuck::cast_slice(data),
             )
-            .map_err(|e| anyhow::anyhow!("tensor `{}`: {e}", s.name))?;
-            Ok((s.name.clone(), view))
+            .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?;
+            Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
     let tmp = path.with_extension("safetensors.tmp");

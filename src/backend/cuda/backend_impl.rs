@@ -253,19 +253,21 @@ impl Backend for Cuda {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        need(out, n * dim, "out")?;
-        need(x, n * dim, "x")?;
-        need(rstd, n, "rstd")?;
-        need(w, dim, "w")?;
-        if n == 0 {
-            return Ok(());
-        }
-        let d = dim_i32(dim, "dim")?;
-        let cfg = grid_rows(n, row_threads(dim))?;
-        self.write_with_bf16_copy(out, n * dim, |out, copy| match copy {
-            None => kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps),
-            Some(c) => kernels::rmsnorm_forward_with_bf16(self, cfg, out, c, rstd, x, w, &d, &eps),
-        })
+        self.rmsnorm_rows(out, rstd, x, w, n, dim, eps, true)
+    }
+    fn head_rmsnorm_forward(
+        &self,
+        out: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        // no GEMM reads q or k: no bf16 copy, which RoPE's in-place write would drop at once
+        // (and which a recorded decode step could not allocate)
+        self.rmsnorm_rows(out, rstd, x, w, n, dim, eps, false)
     }
     fn add_rmsnorm_forward(
         &self,

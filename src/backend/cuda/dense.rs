@@ -7,11 +7,44 @@
 use super::backend_impl::{f32_values, narrowed_copy};
 use super::gemm::Bf16Operand;
 use super::kernels;
-use super::{dim_i32, grid_1d, grid_cols, need, need_ids, Cuda, CudaBuf};
+use super::{dim_i32, grid_1d, grid_cols, grid_rows, need, need_ids, row_threads, Cuda, CudaBuf};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
 
 impl Cuda {
+    /// RMSNorm over `n` rows of `dim`; with `gemm_copy`, in the bf16 GEMM mode, the output's
+    /// bf16 copy is written beside it (for the GEMM that reads it next).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rmsnorm_rows(
+        &self,
+        out: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        n: usize,
+        dim: usize,
+        eps: f32,
+        gemm_copy: bool,
+    ) -> Result<()> {
+        need(out, n * dim, "out")?;
+        need(x, n * dim, "x")?;
+        need(rstd, n, "rstd")?;
+        need(w, dim, "w")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let d = dim_i32(dim, "dim")?;
+        let cfg = grid_rows(n, row_threads(dim))?;
+        if !gemm_copy {
+            // as the no-copy arm below: the launch's write drops any bf16 copy `out` had
+            return kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps);
+        }
+        self.write_with_bf16_copy(out, n * dim, |out, copy| match copy {
+            None => kernels::rmsnorm_forward(self, cfg, out, rstd, x, w, &d, &eps),
+            Some(c) => kernels::rmsnorm_forward_with_bf16(self, cfg, out, c, rstd, x, w, &d, &eps),
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_forward_impl(
         &self,

@@ -128,6 +128,13 @@ pub struct Decoder<'a, B: Backend> {
 
 impl<B: Backend> Llama<B> {
     pub fn new_kv_cache(&self, be: &B, slots: usize, capacity: usize) -> Result<KvCache<B>> {
+        if let Some(w) = self.cfg.sliding_window {
+            ensure!(
+                capacity <= w,
+                "a KV cache of {capacity} positions exceeds the sliding window of {w}: this \
+                 engine's attention is exact only within the window (ask for fewer tokens)"
+            );
+        }
         let size = slots * capacity * self.cfg.kv_dim();
         let mut k = Vec::new();
         let mut v = Vec::new();
@@ -360,8 +367,8 @@ impl<B: Backend> Llama<B> {
                             let (hq, hkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
                             be.linear_forward(&mut r.q, normed, &lp.q_proj, qb, n, d, qd)?;
                             be.linear_forward(&mut r.k, normed, &lp.k_proj, kb, n, d, kvd)?;
-                            be.rmsnorm_forward(q, &mut r.rstd_q, &r.q, qn, n * hq, hd, eps)?;
-                            be.rmsnorm_forward(k, &mut r.rstd_k, &r.k, kn, n * hkv, hd, eps)?;
+                            be.head_rmsnorm_forward(q, &mut r.rstd_q, &r.q, qn, n * hq, hd, eps)?;
+                            be.head_rmsnorm_forward(k, &mut r.rstd_k, &r.k, kn, n * hkv, hd, eps)?;
                         }
                         _ => {
                             be.linear_forward(q, normed, &lp.q_proj, qb, n, d, qd)?;
