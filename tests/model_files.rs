@@ -260,6 +260,12 @@ fn config_features_the_forward_lacks_are_refused() {
             "partial_rotary_factor",
         ),
         (
+            "attention_bias",
+            serde_json::json!(true),
+            "Phi3ForCausalLM",
+            "attention_bias",
+        ),
+        (
             "sliding_window",
             serde_json::json!(0),
             "MistralForCausalLM",
@@ -294,12 +300,24 @@ fn config_features_the_forward_lacks_are_refused() {
     let mut w = base.clone();
     w["architectures"] = serde_json::json!(["MistralForCausalLM"]);
     w["sliding_window"] = serde_json::json!(4096);
-    assert_eq!(
-        LlamaConfig::from_json(&w, "config.json")
-            .unwrap()
-            .sliding_window,
-        Some(4096)
+    let windowed = LlamaConfig::from_json(&w, "config.json").unwrap();
+    assert_eq!(windowed.sliding_window, Some(4096));
+    assert_eq!(windowed.max_sequence_len(), 4096);
+    // the up-front length checks name the window when it is the tighter limit
+    w["max_position_embeddings"] = serde_json::json!(32768);
+    let windowed = LlamaConfig::from_json(&w, "config.json").unwrap();
+    assert_eq!(windowed.max_sequence_len(), 4096);
+    assert_eq!(windowed.max_sequence_what(), "sliding window 4096");
+    // a saved Mistral says its window, and says "none" too (transformers defaults to 4096)
+    assert_eq!(windowed.to_hf_json()["sliding_window"], 4096);
+    w["sliding_window"] = serde_json::Value::Null;
+    let open = LlamaConfig::from_json(&w, "config.json").unwrap();
+    let saved = open.to_hf_json();
+    assert!(
+        saved.get("sliding_window").is_some_and(|v| v.is_null()),
+        "{saved}"
     );
+    assert_eq!(open.max_sequence_len(), 32768);
     // transformers 5 keeps Phi-3's partial rotary inside rope_parameters
     let mut p = base.clone();
     p["architectures"] = serde_json::json!(["Phi3ForCausalLM"]);
@@ -333,6 +351,12 @@ fn phi3_fused_projections_round_trip_and_its_window_limits_lengths() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_parity/phi3");
     let cfg = LlamaConfig::from_file(&fixture.join("config.json")).unwrap();
     assert_eq!(cfg.sliding_window, Some(64));
+    // the config written back keeps what transformers would otherwise default: the window and
+    // the pad token (Phi-3's default 32000 is out of this 97-token vocabulary)
+    let back = cfg.to_hf_json();
+    assert_eq!(back["sliding_window"], 64);
+    assert_eq!(back["pad_token_id"], 0);
+    assert_eq!(back["model_type"], "phi3");
     let params = load_params(&cfg, &SafetensorsDir::open(&fixture).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("model.safetensors");

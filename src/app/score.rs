@@ -70,8 +70,11 @@ pub fn read_score_input(path: &Path, model: &LoadedModel) -> Result<Vec<ScoreIte
             }
         }
         let len = item.prompt_ids.len() + item.completion_ids.len();
-        if len > model.cfg.max_position_embeddings {
-            bail!("{at}: prompt + completion is {len} tokens, longer than the model's max_position_embeddings {}", model.cfg.max_position_embeddings);
+        if len > model.cfg.max_sequence_len() {
+            bail!(
+                "{at}: prompt + completion is {len} tokens, longer than the model's {}",
+                model.cfg.max_sequence_what()
+            );
         }
         items.push(item);
     }

@@ -77,9 +77,9 @@ fn chat_seq(m: &LoadedModel, prompt: &str, completion: &str) -> Result<Seq> {
     }
     let total = ctx.len() + completion_ids.len();
     anyhow::ensure!(
-        total <= m.cfg.max_position_embeddings,
-        "an example of {total} tokens exceeds the model's max_position_embeddings {}",
-        m.cfg.max_position_embeddings
+        total <= m.cfg.max_sequence_len(),
+        "an example of {total} tokens exceeds the model's {}",
+        m.cfg.max_sequence_what()
     );
     Ok(Seq {
         ctx,

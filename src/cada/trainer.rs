@@ -155,7 +155,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let max_ctx = self
             .base
             .cfg
-            .max_position_embeddings
+            .max_sequence_len()
             .saturating_sub(self.cfg.rollout.max_new_tokens);
         let mut sample_ctx = Vec::new();
         let mut train_ctx = Vec::new();
@@ -173,7 +173,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if delib.len() > max_ctx {
                 bail!(
                     "{}: prompt {} in its deliberation context is {} tokens; with rollout.max_new_tokens {} it exceeds the model's context of {} tokens",
-                    self.cfg.prompts.display(), i + 1, delib.len(), self.cfg.rollout.max_new_tokens, self.base.cfg.max_position_embeddings
+                    self.cfg.prompts.display(), i + 1, delib.len(), self.cfg.rollout.max_new_tokens, self.base.cfg.max_sequence_len()
                 );
             }
             let train = match self.cfg.train_context {

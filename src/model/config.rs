@@ -75,6 +75,10 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// kept so a saved model says it again (Phi-3's default, 32000, is out of range for a
+    /// smaller vocabulary)
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 fn get_usize(v: &Value, field: &str, file: &str) -> Result<usize> {
@@ -287,6 +291,10 @@ impl LlamaConfig {
             .get("attention_bias")
             .and_then(|b| b.as_bool())
             .unwrap_or(is_qwen2);
+        if attention_bias && architecture == "Phi3ForCausalLM" {
+            // Phi-3's fused qkv_proj has no bias (and fused.rs joins the weights alone)
+            bail!("{file}: field `attention_bias` = true is not supported for Phi3ForCausalLM");
+        }
         let cfg = LlamaConfig {
             vocab_size: get_usize(v, "vocab_size", file)?,
             hidden_size,
@@ -311,6 +319,7 @@ impl LlamaConfig {
             sliding_window,
             bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id")),
+            pad_token_id: token_ids(v.get("pad_token_id")).first().copied(),
             architecture,
         };
         for (name, val) in [
@@ -355,8 +364,15 @@ impl LlamaConfig {
         if let Some(b) = self.bos_token_id {
             v["bos_token_id"] = b.into();
         }
-        if let Some(w) = self.sliding_window {
-            v["sliding_window"] = w.into();
+        if let Some(p) = self.pad_token_id {
+            v["pad_token_id"] = p.into();
+        }
+        // written even when null: transformers' Mistral and Phi-3 configs default to a window
+        if matches!(
+            self.architecture.as_str(),
+            "MistralForCausalLM" | "Phi3ForCausalLM"
+        ) {
+            v["sliding_window"] = self.sliding_window.into();
         }
         match self.eos_token_ids.len() {
             0 => {}
@@ -371,6 +387,24 @@ impl LlamaConfig {
             });
         }
         v
+    }
+
+    /// The longest sequence the model runs exactly: its positions, and its sliding window when
+    /// it has one (`sliding_window`). Up-front length checks use this, so an over-long input is
+    /// refused before a run starts, not at the step that first meets it.
+    pub fn max_sequence_len(&self) -> usize {
+        self.sliding_window
+            .map_or(self.max_position_embeddings, |w| {
+                w.min(self.max_position_embeddings)
+            })
+    }
+
+    /// What the length checks name: "max_position_embeddings N" or "sliding window N".
+    pub fn max_sequence_what(&self) -> String {
+        match self.sliding_window {
+            Some(w) if w < self.max_position_embeddings => format!("sliding window {w}"),
+            _ => format!("max_position_embeddings {}", self.max_position_embeddings),
+        }
     }
 
     pub fn q_dim(&self) -> usize {

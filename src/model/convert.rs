@@ -135,19 +135,19 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         "hidden_act": "silu",
         "torch_dtype": "float32",
     });
+    if a == "mistral" || a == "phi3" {
+        // their configs default to a window when the field is missing: say which (or none)
+        config["sliding_window"] = g
+            .get(&k("attention.sliding_window"))
+            .and_then(|v| v.as_u64())
+            .map_or(serde_json::Value::Null, |w| json!(w));
+    }
     if a == "phi3" {
-        // llama.cpp's Phi-3: RoPE over `rope.dimension_count` dims of each head, every layer's
-        // attention over a sliding window
+        // llama.cpp's Phi-3: RoPE over `rope.dimension_count` dims of each head
         if let Some(n) = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()) {
             if n as usize != head_dim {
                 bail!("{src}: metadata `{}` = {n}: RoPE over part of a head (head_dim {head_dim}) is not supported", k("rope.dimension_count"));
             }
-        }
-        if let Some(w) = g
-            .get(&k("attention.sliding_window"))
-            .and_then(|v| v.as_u64())
-        {
-            config["sliding_window"] = json!(w);
         }
     }
     if let Some(b) = g

@@ -51,5 +51,6 @@ pub fn tiny_config(
         sliding_window: None,
         bos_token_id: None,
         eos_token_ids: vec![],
+        pad_token_id: None,
     }
 }

@@ -65,10 +65,10 @@ pub fn generate<B: Backend, R: Rng>(
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let capacity = longest + cfg.max_new_tokens;
     anyhow::ensure!(
-        capacity <= model.cfg.max_position_embeddings,
-        "prompt ({longest} tokens) + max_new_tokens ({}) exceeds the model's max_position_embeddings ({})",
+        capacity <= model.cfg.max_sequence_len(),
+        "prompt ({longest} tokens) + max_new_tokens ({}) exceeds the model's {}",
         cfg.max_new_tokens,
-        model.cfg.max_position_embeddings
+        model.cfg.max_sequence_what()
     );
     let mut decoder = Decoder::new(be, model, n, capacity)?;
     let prefill_logits = decoder.prefill(prompts)?;
