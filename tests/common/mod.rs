@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod attention_twin;
+pub mod gguf_writer;
 pub mod model_twin;
 
 use cada::model::config::LlamaConfig;
