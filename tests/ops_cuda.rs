@@ -191,6 +191,19 @@ fn rmsnorm_case<B: Backend>(gpu: &B, r: &mut Rand) {
         .unwrap();
     check("rmsnorm_forward out", &down(gpu, &og), &oc, F32_TOL);
     check("rmsnorm_forward rstd", &down(gpu, &rg), &rc, F32_TOL);
+    // Qwen3's per-head q/k norm: many short rows (tokens × heads of head_dim 20), the kernel
+    // without the bf16 GEMM copy
+    let (rows, hd) = (53 * 3, 20);
+    let (xh, wh) = (randv(r, rows * hd, 2.0), randv(r, hd, 1.0));
+    let (xhg, whg) = (gpu.upload(&xh).unwrap(), gpu.upload(&wh).unwrap());
+    let (mut ohg, mut rhg) = (poisoned(gpu, rows * hd), poisoned(gpu, rows));
+    let (mut ohc, mut rhc) = (vec![0.0; rows * hd], vec![0.0; rows]);
+    gpu.head_rmsnorm_forward(&mut ohg, &mut rhg, &xhg, &whg, rows, hd, eps)
+        .unwrap();
+    cpu.head_rmsnorm_forward(&mut ohc, &mut rhc, &xh, &wh, rows, hd, eps)
+        .unwrap();
+    check("head_rmsnorm_forward out", &down(gpu, &ohg), &ohc, F32_TOL);
+    check("head_rmsnorm_forward rstd", &down(gpu, &rhg), &rhc, F32_TOL);
     let (dout, dw0) = (randv(r, n * dim, 1.0), randv(r, dim, 1.0));
     let (mut dxg, mut dwg) = (poisoned(gpu, n * dim), gpu.upload(&dw0).unwrap());
     let (mut dxc, mut dwc) = (vec![0.0; n * dim], dw0.clone());
