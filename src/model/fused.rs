@@ -31,10 +31,41 @@ fn part_of(cfg: &LlamaConfig, name: &str) -> Option<(String, usize, usize)> {
     })
 }
 
+/// A tensor's shape and values, shared between the parts split from it.
+type Shared = (Vec<usize>, std::rc::Rc<Vec<f32>>);
+
 /// A checkpoint with fused projections, seen with the split names the model loads.
 pub struct SplitFused<'a> {
     pub inner: &'a dyn TensorSource,
     pub cfg: &'a LlamaConfig,
+    /// the fused tensor last read: its parts are asked for one after another (q, k, v; gate,
+    /// up), so each fused tensor is read and converted once, not once per part
+    last: std::cell::RefCell<Option<(String, Shared)>>,
+}
+
+impl<'a> SplitFused<'a> {
+    pub fn new(inner: &'a dyn TensorSource, cfg: &'a LlamaConfig) -> Self {
+        SplitFused {
+            inner,
+            cfg,
+            last: Default::default(),
+        }
+    }
+
+    /// `name` from the inner source, or from the one fused tensor kept from the last call.
+    fn fused(&self, name: &str) -> Result<Option<Shared>> {
+        if let Some((n, shared)) = &*self.last.borrow() {
+            if n == name {
+                return Ok(Some(shared.clone()));
+            }
+        }
+        let Some((shape, data)) = self.inner.get(name)? else {
+            return Ok(None);
+        };
+        let data = std::rc::Rc::new(data);
+        *self.last.borrow_mut() = Some((name.to_string(), (shape.clone(), data.clone())));
+        Ok(Some((shape, data)))
+    }
 }
 
 impl TensorSource for SplitFused<'_> {
@@ -42,14 +73,15 @@ impl TensorSource for SplitFused<'_> {
         let Some((fused, at, rows)) = part_of(self.cfg, name) else {
             return self.inner.get(name);
         };
-        let Some((shape, data)) = self.inner.get(&fused)? else {
+        let Some((shape, data)) = self.fused(&fused)? else {
             return Ok(None);
         };
         let d = self.cfg.hidden_size;
         // the rows of all the parts (q+k+v, or gate+up), each `d` wide
-        let total = match fused.ends_with("qkv_proj.weight") {
-            true => self.cfg.q_dim() + 2 * self.cfg.kv_dim(),
-            false => 2 * self.cfg.intermediate_size,
+        let total = if fused.ends_with("qkv_proj.weight") {
+            self.cfg.q_dim() + 2 * self.cfg.kv_dim()
+        } else {
+            2 * self.cfg.intermediate_size
         };
         if shape != [total, d] {
             bail!(

@@ -199,7 +199,7 @@ pub fn load_params(cfg: &LlamaConfig, src: &dyn TensorSource) -> Result<Params<V
     // Phi-3 checkpoints hold q/k/v and gate/up fused: seen here with the split names
     let split;
     let src: &dyn TensorSource = if super::fused::uses_fused_projections(cfg) {
-        split = super::fused::SplitFused { inner: src, cfg };
+        split = super::fused::SplitFused::new(src, cfg);
         &split
     } else {
         src
