@@ -4,6 +4,7 @@
 // step's largest read (SmolLM2 at batch 64 and 384 positions: 1.1 GB in f32 against 0.27 GB
 // of bf16 weights), written once per position with RNE and widened to f32 on every read.
 #include "decode_common.cuh"
+#include "rope_common.cuh"
 
 // Thread per element of k/v [batch, Hkv·hd].
 template <typename T>
@@ -32,9 +33,10 @@ CADA_KERNEL void kv_cache_write_bf16_kv(__nv_bfloat16* k_cache, __nv_bfloat16* v
 }
 
 // The decode step's RoPE of q and k fused with the cache write: rope_apply (sign +1) on q and
-// on k, then kv_cache_write of the rotated k and of v, in one launch. One thread per rotation
-// pair: pairs [0, n_heads·half) of a row are q's, the next n_kv_heads·half are k's (whose thread
-// also copies v's two elements of that pair). Same angle arithmetic as rope_apply. Rows of q, k
+// on k, then kv_cache_write of the rotated k and of v, in one launch. One thread per pair of a
+// head (rope_pair, as rope_apply: a rotated pair or two pass-through dims): pairs
+// [0, n_heads·half) of a row are q's, the next n_kv_heads·half are k's (whose thread also copies
+// v's two elements of that pair). Rows of q, k
 // and v are read with row strides (`q_ld`, `kv_ld`: the stacked variant reads all three from one
 // GEMM output row); the rotated q goes to `q_out` [batch, Hq·hd], the rotated k to `k_out` when
 // not null, and into the cache.
@@ -44,7 +46,8 @@ __device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_ou
                                                        const float* k_in, const float* v_in,
                                                        int64_t q_ld, int64_t kv_ld,
                                                        const unsigned int* positions,
-                                                       const float* inv_freq, DecodeDims s) {
+                                                       const float* inv_freq, RopeDims r,
+                                                       DecodeDims s) {
     const int half = s.head_dim / 2;
     const int64_t q_pairs = (int64_t)s.n_heads * half;
     const int64_t row_pairs = q_pairs + (int64_t)s.n_kv_heads * half;
@@ -54,30 +57,31 @@ __device__ __forceinline__ void rope_cache_write_pairs(float* q_out, float* k_ou
         const int64_t rem = idx % row_pairs;
         const bool is_q = rem < q_pairs;
         const int64_t pair = is_q ? rem : rem - q_pairs;
-        const int h = (int)(pair / half), i = (int)(pair % half);
-        const float angle = (float)positions[b] * inv_freq[i];
-        float sn, cs;
-        sincosf(angle, &sn, &cs);
-        const int64_t at = (int64_t)h * s.head_dim + i;  // offset of the pair in its row
-        const float* src = is_q ? q_in + b * q_ld + at : k_in + b * kv_ld + at;
-        const float x1 = src[0], x2 = src[half];
+        const int h = (int)(pair / half), p = (int)(pair % half);
+        int e1, e2;
+        float cs, sn;
+        rope_pair(p, s.head_dim, r, positions[b], inv_freq, 1.0f, &e1, &e2, &cs, &sn);
+        const int64_t head = (int64_t)h * s.head_dim;  // offset of the head in its row
+        const int64_t a1 = head + e1, a2 = head + e2;
+        const float* src = is_q ? q_in + b * q_ld : k_in + b * kv_ld;
+        const float x1 = src[a1], x2 = src[a2];
         const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
         if (is_q) {
-            float* dst = q_out + b * q_pairs * 2 + at;
-            dst[0] = y1;
-            dst[half] = y2;
+            float* dst = q_out + b * q_pairs * 2;
+            dst[a1] = y1;
+            dst[a2] = y2;
             continue;
         }
         if (k_out) {
-            k_out[b * kvd + at] = y1;
-            k_out[b * kvd + at + half] = y2;
+            k_out[b * kvd + a1] = y1;
+            k_out[b * kvd + a2] = y2;
         }
         if ((int64_t)positions[b] >= s.capacity) continue;  // as kv_cache_write
-        const int64_t dst = (b * s.capacity + positions[b]) * kvd + at;
-        cache_store(k_cache + dst, y1);
-        cache_store(k_cache + dst + half, y2);
-        cache_store(v_cache + dst, v_in[b * kv_ld + at]);
-        cache_store(v_cache + dst + half, v_in[b * kv_ld + at + half]);
+        const int64_t dst = (b * s.capacity + positions[b]) * kvd;
+        cache_store(k_cache + dst + a1, y1);
+        cache_store(k_cache + dst + a2, y2);
+        cache_store(v_cache + dst + a1, v_in[b * kv_ld + a1]);
+        cache_store(v_cache + dst + a2, v_in[b * kv_ld + a2]);
     }
 }
 
@@ -86,22 +90,23 @@ template <typename T>
 __device__ __forceinline__ void rope_cache_write_rows(float* q, float* k, T* k_cache, T* v_cache,
                                                       const float* v,
                                                       const unsigned int* positions,
-                                                      const float* inv_freq, DecodeDims s) {
+                                                      const float* inv_freq, RopeDims r,
+                                                      DecodeDims s) {
     const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
-    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, s);
+    rope_cache_write_pairs(q, k, k_cache, v_cache, q, k, v, qd, kvd, positions, inv_freq, r, s);
 }
 
 CADA_KERNEL void decode_rope_cache_write(float* q, float* k, float* k_cache, float* v_cache,
                                          const float* v, const unsigned int* positions,
-                                         const float* inv_freq, DecodeDims s) {
-    rope_cache_write_rows(q, k, k_cache, v_cache, v, positions, inv_freq, s);
+                                         const float* inv_freq, RopeDims r, DecodeDims s) {
+    rope_cache_write_rows(q, k, k_cache, v_cache, v, positions, inv_freq, r, s);
 }
 
 CADA_KERNEL void decode_rope_cache_write_bf16_kv(float* q, float* k, __nv_bfloat16* k_cache,
                                                  __nv_bfloat16* v_cache, const float* v,
                                                  const unsigned int* positions,
-                                                 const float* inv_freq, DecodeDims s) {
-    rope_cache_write_rows(q, k, k_cache, v_cache, v, positions, inv_freq, s);
+                                                 const float* inv_freq, RopeDims r, DecodeDims s) {
+    rope_cache_write_rows(q, k, k_cache, v_cache, v, positions, inv_freq, r, s);
 }
 
 // The same from the stacked q/k/v projection's output qkv [batch, Hq·hd + 2·Hkv·hd] (each row
@@ -111,26 +116,27 @@ template <typename T>
 __device__ __forceinline__ void rope_cache_write_stacked_rows(float* q_out, T* k_cache,
                                                               T* v_cache, const float* qkv,
                                                               const unsigned int* positions,
-                                                              const float* inv_freq,
+                                                              const float* inv_freq, RopeDims r,
                                                               DecodeDims s) {
     const int64_t qd = (int64_t)s.n_heads * s.head_dim, kvd = (int64_t)s.n_kv_heads * s.head_dim;
     const int64_t ld = qd + 2 * kvd;
     rope_cache_write_pairs(q_out, nullptr, k_cache, v_cache, qkv, qkv + qd, qkv + qd + kvd, ld, ld,
-                           positions, inv_freq, s);
+                           positions, inv_freq, r, s);
 }
 
 CADA_KERNEL void decode_rope_cache_write_stacked(float* q_out, float* k_cache, float* v_cache,
                                                  const float* qkv,
                                                  const unsigned int* positions,
-                                                 const float* inv_freq, DecodeDims s) {
-    rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, s);
+                                                 const float* inv_freq, RopeDims r, DecodeDims s) {
+    rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, r, s);
 }
 
 CADA_KERNEL void decode_rope_cache_write_stacked_bf16_kv(float* q_out, __nv_bfloat16* k_cache,
                                                          __nv_bfloat16* v_cache, const float* qkv,
                                                          const unsigned int* positions,
-                                                         const float* inv_freq, DecodeDims s) {
-    rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, s);
+                                                         const float* inv_freq, RopeDims r,
+                                                         DecodeDims s) {
+    rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, r, s);
 }
 
 // The end of both decode attentions: each warp's partial softmax (running max m, sum l, the

@@ -99,8 +99,31 @@ MODELS = {
             eos_token_id=2,
         ),
     ),
+    # Phi-3.5 / Phi-4-mini-like: LongRoPE (short factors, attention factor from
+    # max_position_embeddings / original_max_position_embeddings = 4) and a partial rotary
+    # (12 of each head's 16 dims rotated), tied; sequences within the original length, where
+    # transformers uses the short factors (cada refuses longer ones)
+    "phi3_longrope": (
+        transformers.Phi3ForCausalLM,
+        transformers.Phi3Config(
+            **{**COMMON, "hidden_size": 64},
+            architectures=["Phi3ForCausalLM"],
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-5,
+            original_max_position_embeddings=64,
+            rope_parameters=dict(
+                rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                short_factor=[1.0, 1.3, 1.9, 2.6, 4.1, 7.5],
+                long_factor=[1.5, 2.2, 3.9, 6.0, 11.0, 20.0],
+            ),
+            sliding_window=None,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
 }
-SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41, "phi3": 53}
+SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41, "phi3": 53, "phi3_longrope": 67}
 
 
 def build(cls, cfg, seed):

@@ -12,7 +12,7 @@
 mod common;
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{Backend, DecodeShape};
+use cada::backend::{Backend, DecodeShape, Rope};
 use common::{check, down, poisoned, randv};
 use rand_chacha::ChaCha8Rng as Rand;
 
@@ -58,38 +58,97 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
         .unwrap();
     check("decode_attention", &down(gpu, &og), &oc, F32_TOL);
     // the decode step's fused RoPE of q and k + cache write against the CPU's three ops (the
-    // trait's default), at positions 0, 33 and 66 of a 67-token capacity
-    let inv_freq: Vec<f32> = (0..s.head_dim / 2)
-        .map(|i| 10000f32.powf(-2.0 * i as f32 / s.head_dim as f32))
+    // trait's default), at positions 0, 33 and 66 of a 67-token capacity: the whole head
+    // rotated, and (Phi-4-mini's partial rotary, LongRoPE's scale) 40 of its 64 dims scaled
+    for (rotary_dim, scale) in [(s.head_dim, 1.0), (40, 1.19)] {
+        decode_rope_case(
+            gpu, &cpu, s, &q, &k, &v, &kc0, &vc0, &positions, rotary_dim, scale,
+        );
+    }
+}
+
+fn decode_rope_case<B: Backend>(
+    gpu: &B,
+    cpu: &Cpu,
+    s: DecodeShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kc0: &[f32],
+    vc0: &[f32],
+    positions: &[u32],
+    rotary_dim: usize,
+    scale: f32,
+) {
+    let kvd = s.n_kv_heads * s.head_dim;
+    let pg = gpu.upload_ids(positions).unwrap();
+    let positions = positions.to_vec();
+    let inv_freq: Vec<f32> = (0..rotary_dim / 2)
+        .map(|i| 10000f32.powf(-2.0 * i as f32 / rotary_dim as f32))
         .collect();
-    let (mut qg, mut kg) = (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap());
-    let (mut qc, mut kc) = (q.clone(), k.clone());
+    let rope_c = Rope {
+        inv_freq: inv_freq.clone(),
+        rotary_dim,
+        scale,
+    };
+    let rope_g = Rope {
+        inv_freq: gpu.upload(&inv_freq).unwrap(),
+        rotary_dim,
+        scale,
+    };
+    let (mut kcg, mut vcg) = (gpu.upload(kc0).unwrap(), gpu.upload(vc0).unwrap());
+    let (mut kcc, mut vcc) = (kc0.to_vec(), vc0.to_vec());
+    let (mut qg, mut kg) = (gpu.upload(q).unwrap(), gpu.upload(k).unwrap());
+    let (mut qc, mut kc) = (q.to_vec(), k.to_vec());
+    let what = |op: &str| {
+        format!(
+            "{op} (rotary {rotary_dim} of {}, scale {scale})",
+            s.head_dim
+        )
+    };
     gpu.decode_rope_cache_write(
         &mut qg,
         &mut kg,
-        &gpu.upload(&v).unwrap(),
+        &gpu.upload(v).unwrap(),
         &mut kcg,
         &mut vcg,
         &pg,
-        &gpu.upload(&inv_freq).unwrap(),
+        &rope_g,
         s,
     )
     .unwrap();
     cpu.decode_rope_cache_write(
-        &mut qc, &mut kc, &v, &mut kcc, &mut vcc, &positions, &inv_freq, s,
+        &mut qc,
+        &mut kc,
+        &v.to_vec(),
+        &mut kcc,
+        &mut vcc,
+        &positions,
+        &rope_c,
+        s,
     )
     .unwrap();
     // sin/cos as in rope_case; the cache rows outside the positions are copies: exact
-    check("decode_rope_cache_write q", &down(gpu, &qg), &qc, F32_TOL);
-    check("decode_rope_cache_write k", &down(gpu, &kg), &kc, F32_TOL);
     check(
-        "decode_rope_cache_write k_cache",
+        &what("decode_rope_cache_write q"),
+        &down(gpu, &qg),
+        &qc,
+        F32_TOL,
+    );
+    check(
+        &what("decode_rope_cache_write k"),
+        &down(gpu, &kg),
+        &kc,
+        F32_TOL,
+    );
+    check(
+        &what("decode_rope_cache_write k_cache"),
         &down(gpu, &kcg),
         &kcc,
         F32_TOL,
     );
     check(
-        "decode_rope_cache_write v_cache",
+        &what("decode_rope_cache_write v_cache"),
         &down(gpu, &vcg),
         &vcc,
         0.0,
@@ -106,37 +165,34 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
             .concat()
         })
         .collect();
-    let (mut kcg, mut vcg) = (gpu.upload(&kc0).unwrap(), gpu.upload(&vc0).unwrap());
-    let (mut kcc, mut vcc) = (kc0.clone(), vc0.clone());
+    let (mut kcg, mut vcg) = (gpu.upload(kc0).unwrap(), gpu.upload(vc0).unwrap());
+    let (mut kcc, mut vcc) = (kc0.to_vec(), vc0.to_vec());
     let (mut qg, mut qc) = (poisoned(gpu, q.len()), vec![0.0; q.len()]);
     let qkvg = gpu.upload(&qkv).unwrap();
-    let freq = gpu.upload(&inv_freq).unwrap();
-    gpu.decode_rope_cache_write_stacked(&mut qg, &qkvg, &mut kcg, &mut vcg, &pg, &freq, s)
+    gpu.decode_rope_cache_write_stacked(&mut qg, &qkvg, &mut kcg, &mut vcg, &pg, &rope_g, s)
         .unwrap();
-    cpu.decode_rope_cache_write_stacked(
-        &mut qc, &qkv, &mut kcc, &mut vcc, &positions, &inv_freq, s,
-    )
-    .unwrap();
+    cpu.decode_rope_cache_write_stacked(&mut qc, &qkv, &mut kcc, &mut vcc, &positions, &rope_c, s)
+        .unwrap();
     check(
-        "decode_rope_cache_write_stacked q",
+        &what("decode_rope_cache_write_stacked q"),
         &down(gpu, &qg),
         &qc,
         F32_TOL,
     );
     check(
-        "decode_rope_cache_write_stacked k_cache",
+        &what("decode_rope_cache_write_stacked k_cache"),
         &down(gpu, &kcg),
         &kcc,
         F32_TOL,
     );
     check(
-        "decode_rope_cache_write_stacked v_cache",
+        &what("decode_rope_cache_write_stacked v_cache"),
         &down(gpu, &vcg),
         &vcc,
         0.0,
     );
     check(
-        "decode_rope_cache_write_stacked qkv unchanged",
+        &what("decode_rope_cache_write_stacked qkv unchanged"),
         &down(gpu, &qkvg),
         &qkv,
         0.0,

@@ -259,6 +259,12 @@ fn phi3_matches_transformers() {
     check_model(&Cpu::new(), "phi3", 1.0);
 }
 
+/// LongRoPE's short factors and attention factor, and a partial rotary (12 of 16 dims)
+#[test]
+fn phi3_longrope_partial_rotary_matches_transformers() {
+    check_model(&Cpu::new(), "phi3_longrope", 1.0);
+}
+
 /// The CUDA backend (f32) against the same float64 reference, at 4× the CPU's bounds: an
 /// estimate, since cuBLAS and the kernels sum in other orders and this has never run on a GPU.
 fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rng) {
@@ -266,5 +272,6 @@ fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rn
     check_model(gpu, "qwen2", 4.0);
     check_model(gpu, "qwen3", 4.0);
     check_model(gpu, "phi3", 4.0);
+    check_model(gpu, "phi3_longrope", 4.0);
 }
 gpu_test!(cuda_matches_transformers, every_model_on_the_gpu);

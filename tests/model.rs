@@ -395,7 +395,7 @@ fn stacked_decode_ops_refuse_wrong_lengths() {
             &mut kc,
             &mut vc,
             &vec![0, 1],
-            &vec![1.0; 2],
+            &cada::backend::Rope::whole_head(vec![1.0; 2], 4),
             s,
         )
         .unwrap_err();

@@ -144,7 +144,10 @@ fn config_parsing_reads_transformers_5_rope_parameters() {
         LlamaConfig::from_json(&v4, "config.json").unwrap(),
     );
     assert_eq!(a, b);
-    assert_eq!(a.rope_scaling.as_ref().unwrap().factor, 32.0);
+    match a.rope_scaling.as_ref().unwrap() {
+        cada::model::config::RopeScaling::Llama3(rs) => assert_eq!(rs.factor, 32.0),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(a.rope_inv_freq(), b.rope_inv_freq());
     // both spellings in one file: equal is fine, different is an error naming both fields
     let mut both = v5.clone();
@@ -256,6 +259,12 @@ fn config_features_the_forward_lacks_are_refused() {
         (
             "partial_rotary_factor",
             serde_json::json!(0.75),
+            "LlamaForCausalLM",
+            "partial_rotary_factor",
+        ),
+        (
+            "partial_rotary_factor",
+            serde_json::json!(1.5),
             "Phi3ForCausalLM",
             "partial_rotary_factor",
         ),
@@ -322,10 +331,16 @@ fn config_features_the_forward_lacks_are_refused() {
     let mut p = base.clone();
     p["architectures"] = serde_json::json!(["Phi3ForCausalLM"]);
     p["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5});
-    let e = LlamaConfig::from_json(&p, "m/config.json")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("partial_rotary_factor"), "{e}");
+    let c = LlamaConfig::from_json(&p, "m/config.json").unwrap();
+    assert_eq!(
+        (c.partial_rotary_dim, c.rotary_dim()),
+        (Some(c.head_dim / 2), c.head_dim / 2)
+    );
+    assert_eq!(c.rope_inv_freq().len(), c.head_dim / 4);
+    // and it is written back so that transformers' int(head_dim · factor) gives it again
+    let saved = c.to_hf_json();
+    assert_eq!(saved["partial_rotary_factor"], 0.5);
+    assert_eq!(LlamaConfig::from_json(&saved, "saved").unwrap(), c);
     let mut q3 = base.clone();
     q3["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
     q3["layer_types"] = serde_json::json!(["full_attention", "full_attention"]);
@@ -396,8 +411,112 @@ fn phi3_fused_projections_round_trip_and_its_window_limits_lengths() {
     let model = Llama::from_host(&be, cfg.clone(), &params).unwrap();
     let ids = vec![3u32; 65];
     let e = model.forward(&be, &ids, 1, 65).err().unwrap().to_string();
-    assert!(e.contains("sliding window of 64"), "{e}");
+    assert!(e.contains("sliding window 64"), "{e}");
     model.forward(&be, &ids[..64], 1, 64).unwrap();
     let e = model.new_kv_cache(&be, 1, 65).err().unwrap().to_string();
-    assert!(e.contains("sliding window of 64"), "{e}");
+    assert!(e.contains("sliding window 64"), "{e}");
+}
+
+/// Phi-3.5's LongRoPE: the short factors divide the inverse frequencies, the attention factor
+/// follows transformers' default (sqrt(1 + ln(max/original) / ln(original))), sequences are
+/// limited to `original_max_position_embeddings` (the long factors are not implemented), both
+/// spellings read the same, and a saved config reads back equal.
+#[test]
+fn config_parsing_phi3_longrope() {
+    use cada::model::config::{LlamaConfig, RopeScaling};
+    let short: Vec<f64> = (0..8).map(|i| 1.0 + 0.25 * i as f64).collect();
+    let long: Vec<f64> = (0..8).map(|i| 2.0 + 0.5 * i as f64).collect();
+    let v4 = serde_json::json!({
+        "architectures": ["Phi3ForCausalLM"], "vocab_size": 100, "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long}
+    });
+    let c = LlamaConfig::from_json(&v4, "config.json").unwrap();
+    let Some(RopeScaling::LongRope(lr)) = &c.rope_scaling else {
+        panic!("{:?}", c.rope_scaling)
+    };
+    let want = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt();
+    assert!((lr.attention_factor - want).abs() < 1e-12);
+    assert_eq!(c.rope_scale(), want as f32);
+    let inv = c.rope_inv_freq();
+    for (i, f) in inv.iter().enumerate() {
+        let expect = 1.0 / (short[i] * 10000f64.powf(2.0 * i as f64 / 16.0));
+        assert!(
+            (*f as f64 - expect).abs() <= 1e-7 * expect,
+            "pair {i}: {f} vs {expect}"
+        );
+    }
+    assert_eq!(c.max_sequence_len(), 4096);
+    assert!(
+        c.max_sequence_what().contains("LongRoPE"),
+        "{}",
+        c.max_sequence_what()
+    );
+    // transformers 5's spelling (and Phi-4-mini's partial rotary: 12 of 16 dims, 6 factors)
+    let mut v5 = v4.clone();
+    v5.as_object_mut().unwrap().remove("rope_scaling");
+    v5["rope_parameters"] = serde_json::json!({"rope_type": "longrope", "rope_theta": 10000.0,
+        "short_factor": short, "long_factor": long, "original_max_position_embeddings": 4096});
+    assert_eq!(LlamaConfig::from_json(&v5, "config.json").unwrap(), c);
+    let mut p4 = v5.clone();
+    p4["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(0.75);
+    p4["rope_parameters"]["short_factor"] = serde_json::json!(short[..6]);
+    p4["rope_parameters"]["long_factor"] = serde_json::json!(long[..6]);
+    let c4 = LlamaConfig::from_json(&p4, "config.json").unwrap();
+    assert_eq!((c4.rotary_dim(), c4.rope_inv_freq().len()), (12, 6));
+    // saved configs read back equal (factors, the top-level original length, the rotary)
+    for cfg in [&c, &c4] {
+        let saved = cfg.to_hf_json();
+        assert_eq!(
+            &LlamaConfig::from_json(&saved, "saved").unwrap(),
+            cfg,
+            "{saved}"
+        );
+    }
+    // an explicit attention_factor wins
+    let mut given = v4.clone();
+    given["rope_scaling"]["attention_factor"] = serde_json::json!(1.5);
+    assert_eq!(
+        LlamaConfig::from_json(&given, "c").unwrap().rope_scale(),
+        1.5
+    );
+    // bad input: factors of the wrong length, a missing list, a non-positive factor, and
+    // Phi-3's old names on another architecture
+    let mut bad = v4.clone();
+    bad["rope_scaling"]["short_factor"] = serde_json::json!(short[..7]);
+    let e = format!(
+        "{:#}",
+        LlamaConfig::from_json(&bad, "m/config.json").unwrap_err()
+    );
+    assert!(
+        e.contains("m/config.json") && e.contains("short_factor") && e.contains("8 numbers"),
+        "{e}"
+    );
+    let mut bad = v4.clone();
+    bad["rope_scaling"]
+        .as_object_mut()
+        .unwrap()
+        .remove("long_factor");
+    let e = format!(
+        "{:#}",
+        LlamaConfig::from_json(&bad, "m/config.json").unwrap_err()
+    );
+    assert!(e.contains("long_factor") && e.contains("missing"), "{e}");
+    let mut bad = v4.clone();
+    bad["rope_scaling"]["short_factor"][3] = serde_json::json!(0.0);
+    let e = format!(
+        "{:#}",
+        LlamaConfig::from_json(&bad, "m/config.json").unwrap_err()
+    );
+    assert!(e.contains("short_factor") && e.contains("> 0"), "{e}");
+    let mut bad = v4.clone();
+    bad["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    bad["rope_scaling"]["type"] = serde_json::json!("su");
+    let e = format!(
+        "{:#}",
+        LlamaConfig::from_json(&bad, "m/config.json").unwrap_err()
+    );
+    assert!(e.contains("\"su\" is not supported"), "{e}");
 }

@@ -11,7 +11,7 @@
 
 use cada::backend::cpu::fused_logprob::{forward_chunk, fused_logprob_naive};
 use cada::backend::cpu::Cpu;
-use cada::backend::{AttnShape, Backend, DecodeShape};
+use cada::backend::{AttnShape, Backend, DecodeShape, Rope};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -177,35 +177,65 @@ fn rmsnorm_backward_matches_finite_differences() {
     assert!(fd_check(&w, &dw, 1e-2, |v| fwd(&x, v)) < 1e-3);
 }
 
+/// RoPE in the rotate-half layout: the whole head (Llama), and a partial rotary scaled as
+/// LongRoPE scales it (Phi-4-mini rotates 96 of 128 dims; here 6 of 10, the rest passed
+/// through), against the complex formulation; the backward is the forward's transpose.
 #[test]
 fn rope_is_a_rotation_in_the_rotate_half_layout() {
     let (be, mut r) = (Cpu::new(), rng());
-    let (n, h, hd) = (4, 3, 8);
-    let x = randn(&mut r, n * h * hd, 1.0);
-    let pos: Vec<u32> = vec![0, 1, 5, 17];
-    let inv: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
-        .collect();
-    let mut y = x.clone();
-    be.rope_forward(&mut y, &pos, &inv, n, h, hd).unwrap();
-    // complex formulation: (x_i + i·x_{i+hd/2}) · e^{i·pos·θ_i}
-    for t in 0..n {
-        for hh in 0..h {
-            for i in 0..hd / 2 {
+    for (n, h, hd, rot, scale) in [(4, 3, 8, 8, 1.0f32), (4, 3, 10, 6, 1.19)] {
+        let x = randn(&mut r, n * h * hd, 1.0);
+        let pos: Vec<u32> = vec![0, 1, 5, 17];
+        let inv: Vec<f32> = (0..rot / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32))
+            .collect();
+        let rope = Rope {
+            inv_freq: inv.clone(),
+            rotary_dim: rot,
+            scale,
+        };
+        let mut y = x.clone();
+        be.rope_forward(&mut y, &pos, &rope, n, h, hd).unwrap();
+        // complex formulation: scale · (x_i + i·x_{i+rot/2}) · e^{i·pos·θ_i}
+        let sc = scale as f64;
+        for t in 0..n {
+            for hh in 0..h {
                 let base = (t * h + hh) * hd;
-                let (a, b) = (x[base + i] as f64, x[base + i + hd / 2] as f64);
-                let ang = pos[t] as f64 * inv[i] as f64;
-                let (re, im) = (a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos());
-                assert!(
-                    (y[base + i] as f64 - re).abs() < 1e-5
-                        && (y[base + i + hd / 2] as f64 - im).abs() < 1e-5
-                );
+                for i in 0..rot / 2 {
+                    let (a, b) = (x[base + i] as f64, x[base + i + rot / 2] as f64);
+                    let ang = pos[t] as f64 * inv[i] as f64;
+                    let (re, im) = (a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos());
+                    assert!(
+                        (y[base + i] as f64 - sc * re).abs() < 1e-5
+                            && (y[base + i + rot / 2] as f64 - sc * im).abs() < 1e-5
+                    );
+                }
+                for d in rot..hd {
+                    assert_eq!(y[base + d], x[base + d], "pass-through dim {d}");
+                }
             }
         }
+        // the backward is the transpose: <R x, g> = <x, Rᵀ g>
+        let g = randn(&mut r, n * h * hd, 1.0);
+        let mut rt_g = g.clone();
+        be.rope_backward(&mut rt_g, &pos, &rope, n, h, hd).unwrap();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p * q) as f64).sum::<f64>();
+        let (lhs, rhs) = (dot(&y, &g), dot(&x, &rt_g));
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
-    // backward is the inverse rotation: forward then backward is the identity
-    be.rope_backward(&mut y, &pos, &inv, n, h, hd).unwrap();
-    assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-5));
+    // a rotary wider than the head, or odd, is refused
+    let rope = Rope {
+        inv_freq: vec![1.0; 8],
+        rotary_dim: 10,
+        scale: 1.0,
+    };
+    let e = be
+        .rope_forward(&mut vec![0.0; 8], &vec![0], &rope, 1, 1, 8)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("rotary_dim 10"), "{e:#}");
 }
 
 #[test]

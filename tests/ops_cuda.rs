@@ -19,7 +19,7 @@ mod common;
 use common::{check, check_each, down, poisoned, randv};
 
 use cada::backend::cpu::Cpu;
-use cada::backend::Backend;
+use cada::backend::{Backend, Rope};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -260,27 +260,41 @@ fn rmsnorm_case<B: Backend>(gpu: &B, r: &mut Rand) {
 fn rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let cpu = Cpu::new();
     let (n, heads, hd) = (41, 3, 64);
-    let x = randv(r, n * heads * hd, 1.0);
-    let positions: Vec<u32> = (0..n).map(|_| r.gen_range(0..4096)).collect();
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 10000f32.powf(-2.0 * i as f32 / hd as f32))
-        .collect();
-    let (pg, fg) = (
-        gpu.upload_ids(&positions).unwrap(),
-        gpu.upload(&inv_freq).unwrap(),
-    );
-    let mut xg = gpu.upload(&x).unwrap();
-    let mut xc = x.clone();
-    gpu.rope_forward(&mut xg, &pg, &fg, n, heads, hd).unwrap();
-    cpu.rope_forward(&mut xc, &positions, &inv_freq, n, heads, hd)
-        .unwrap();
-    // sin/cos of angles up to 4096 rad: both sides round the argument identically, the
-    // libraries differ by ≤ 2 ulp
-    check("rope_forward", &down(gpu, &xg), &xc, F32_TOL);
-    gpu.rope_backward(&mut xg, &pg, &fg, n, heads, hd).unwrap();
-    cpu.rope_backward(&mut xc, &positions, &inv_freq, n, heads, hd)
-        .unwrap();
-    check("rope_backward", &down(gpu, &xg), &xc, F32_TOL);
+    // the whole head, and a partial rotary (40 of 64 dims: Phi-4-mini's kind) scaled as
+    // LongRoPE's attention factor scales it
+    for (rotary_dim, scale) in [(hd, 1.0), (40, 1.19)] {
+        let x = randv(r, n * heads * hd, 1.0);
+        let positions: Vec<u32> = (0..n).map(|_| r.gen_range(0..4096)).collect();
+        let inv_freq: Vec<f32> = (0..rotary_dim / 2)
+            .map(|i| 10000f32.powf(-2.0 * i as f32 / rotary_dim as f32))
+            .collect();
+        let rope_c = Rope {
+            inv_freq: inv_freq.clone(),
+            rotary_dim,
+            scale,
+        };
+        let rope_g = Rope {
+            inv_freq: gpu.upload(&inv_freq).unwrap(),
+            rotary_dim,
+            scale,
+        };
+        let pg = gpu.upload_ids(&positions).unwrap();
+        let mut xg = gpu.upload(&x).unwrap();
+        let mut xc = x.clone();
+        let what = |op: &str| format!("{op} (rotary {rotary_dim} of {hd}, scale {scale})");
+        gpu.rope_forward(&mut xg, &pg, &rope_g, n, heads, hd)
+            .unwrap();
+        cpu.rope_forward(&mut xc, &positions, &rope_c, n, heads, hd)
+            .unwrap();
+        // sin/cos of angles up to 4096 rad: both sides round the argument identically, the
+        // libraries differ by ≤ 2 ulp
+        check(&what("rope_forward"), &down(gpu, &xg), &xc, F32_TOL);
+        gpu.rope_backward(&mut xg, &pg, &rope_g, n, heads, hd)
+            .unwrap();
+        cpu.rope_backward(&mut xc, &positions, &rope_c, n, heads, hd)
+            .unwrap();
+        check(&what("rope_backward"), &down(gpu, &xg), &xc, F32_TOL);
+    }
 }
 
 fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {

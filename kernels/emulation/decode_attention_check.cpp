@@ -153,36 +153,37 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
 // the capacity included (rotated, not written). Grid capped at 2 blocks so the grid-stride
 // loop goes round.
 bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_heads,
-                           int n_kv_heads, int hd) {
+                           int n_kv_heads, int hd, int rotary_dim, float scale) {
     std::uniform_real_distribution<float> u(-1.f, 1.f);
-    const int kvd = n_kv_heads * hd, qd = n_heads * hd, half = hd / 2;
+    const int kvd = n_kv_heads * hd, qd = n_heads * hd, half = rotary_dim / 2;
     std::vector<float> kc((size_t)batch * capacity * kvd), vc(kc.size());
     std::vector<float> q((size_t)batch * qd), k((size_t)batch * kvd), v(k.size());
     for (auto* a : {&kc, &vc, &q, &k, &v})
         for (auto& x : *a) x = u(rng);
     std::vector<float> inv_freq(half);
-    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(10000.f, 2.f * i / hd);
+    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(10000.f, 2.f * i / rotary_dim);
+    const RopeDims rd{rotary_dim, scale};
     std::vector<unsigned> pos(batch);
     for (int b = 0; b < batch; ++b) pos[b] = (unsigned)((b * 53 + 3) % capacity);
     pos[batch - 1] = (unsigned)capacity;  // past the slot
     const DecodeDims dims{batch, capacity, n_heads, n_kv_heads, hd};
     auto q1 = q, k1 = k, kc1 = kc, vc1 = vc;
     const dim3 two{2, 1, 1}, block{256, 1, 1};
-    emu::launch(two, block, [&] { rope_apply(q1.data(), pos.data(), inv_freq.data(), batch, n_heads, hd, 1.f); });
-    emu::launch(two, block, [&] { rope_apply(k1.data(), pos.data(), inv_freq.data(), batch, n_kv_heads, hd, 1.f); });
+    emu::launch(two, block, [&] { rope_apply(q1.data(), pos.data(), inv_freq.data(), batch, n_heads, hd, rd, 1.f); });
+    emu::launch(two, block, [&] { rope_apply(k1.data(), pos.data(), inv_freq.data(), batch, n_kv_heads, hd, rd, 1.f); });
     emu::launch(two, block, [&] { kv_cache_write(kc1.data(), vc1.data(), k1.data(), v.data(), pos.data(), dims); });
     auto q2 = q, k2 = k, kc2 = kc, vc2 = vc;
     emu::launch(two, block, [&] {
         decode_rope_cache_write(q2.data(), k2.data(), kc2.data(), vc2.data(), v.data(), pos.data(),
-                                inv_freq.data(), dims);
+                                inv_freq.data(), rd, dims);
     });
     const auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
         return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
     };
     const bool ok = same(q2, q1) && same(k2, k1) && same(kc2, kc1) && same(vc2, vc1) &&
                     !same(q2, q);  // and it did rotate
-    std::printf("  decode_rope_cache_write b%d cap%d h%d/%d hd%d: q, k, caches equal the composite's bits: %s\n",
-                batch, capacity, n_heads, n_kv_heads, hd, ok ? "ok" : "FAILED");
+    std::printf("  decode_rope_cache_write b%d cap%d h%d/%d hd%d rot%d×%.2f: q, k, caches equal the composite's bits: %s\n",
+                batch, capacity, n_heads, n_kv_heads, hd, rotary_dim, scale, ok ? "ok" : "FAILED");
     // the stacked variant, from rows q | k | v of one buffer: the same q and caches, qkv intact
     const int ld = qd + 2 * kvd;
     std::vector<float> qkv((size_t)batch * ld);
@@ -196,30 +197,30 @@ bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_
     auto kc3 = kc, vc3 = vc;
     emu::launch(two, block, [&] {
         decode_rope_cache_write_stacked(q3.data(), kc3.data(), vc3.data(), qkv.data(), pos.data(),
-                                        inv_freq.data(), dims);
+                                        inv_freq.data(), rd, dims);
     });
     const bool stacked_ok = same(q3, q1) && same(kc3, kc1) && same(vc3, vc1) && same(qkv, qkv0);
-    std::printf("  decode_rope_cache_write_stacked b%d cap%d h%d/%d hd%d: q, caches equal the composite's bits, qkv unchanged: %s\n",
-                batch, capacity, n_heads, n_kv_heads, hd, stacked_ok ? "ok" : "FAILED");
+    std::printf("  decode_rope_cache_write_stacked b%d cap%d h%d/%d hd%d rot%d×%.2f: q, caches equal the composite's bits, qkv unchanged: %s\n",
+                batch, capacity, n_heads, n_kv_heads, hd, rotary_dim, scale, stacked_ok ? "ok" : "FAILED");
     // both over a bf16 cache: the same q (and k), the caches the RNE rounding of the f32 ones
     auto q4 = q, k4 = k;
     auto kc4 = to_bf16(kc), vc4 = to_bf16(vc);
     emu::launch(two, block, [&] {
         decode_rope_cache_write_bf16_kv(q4.data(), k4.data(), kc4.data(), vc4.data(), v.data(),
-                                        pos.data(), inv_freq.data(), dims);
+                                        pos.data(), inv_freq.data(), rd, dims);
     });
     std::vector<float> q5(q.size(), NAN);
     auto kc5 = to_bf16(kc), vc5 = to_bf16(vc);
     emu::launch(two, block, [&] {
         decode_rope_cache_write_stacked_bf16_kv(q5.data(), kc5.data(), vc5.data(), qkv.data(),
-                                                pos.data(), inv_freq.data(), dims);
+                                                pos.data(), inv_freq.data(), rd, dims);
     });
     const auto kc1_16 = to_bf16(kc1), vc1_16 = to_bf16(vc1);
     const bool bf16_ok = same(q4, q1) && same(k4, k1) && same_bits(kc4, kc1_16) &&
                          same_bits(vc4, vc1_16) && same(q5, q1) && same_bits(kc5, kc1_16) &&
                          same_bits(vc5, vc1_16) && same(qkv, qkv0);
-    std::printf("  decode_rope_cache_write[_stacked]_bf16_kv b%d cap%d h%d/%d hd%d: q, k as f32, caches the RNE of the f32 ones: %s\n",
-                batch, capacity, n_heads, n_kv_heads, hd, bf16_ok ? "ok" : "FAILED");
+    std::printf("  decode_rope_cache_write[_stacked]_bf16_kv b%d cap%d h%d/%d hd%d rot%d×%.2f: q, k as f32, caches the RNE of the f32 ones: %s\n",
+                batch, capacity, n_heads, n_kv_heads, hd, rotary_dim, scale, bf16_ok ? "ok" : "FAILED");
     return ok && stacked_ok && bf16_ok;
 }
 
@@ -229,8 +230,10 @@ int main(int argc, char** argv) {
     auto [rng, quick] = emu::start_harness("decode_attention.cu", argc, argv);
     bool ok = run_case(rng, 5, 70, 4, 2, 64);
     ok = run_case(rng, 3, 300, 4, 2, 34) && ok;  // head_dim % 4 ≠ 0: the scalar key rows
-    ok = fused_rope_cache_case(rng, 5, 70, 4, 2, 64) && ok;
-    if (!quick) ok = fused_rope_cache_case(rng, 7, 33, 6, 3, 40) && ok;
+    ok = fused_rope_cache_case(rng, 5, 70, 4, 2, 64, 64, 1.f) && ok;
+    ok = fused_rope_cache_case(rng, 5, 70, 4, 2, 64, 40, 1.19f) && ok;  // partial, scaled
+    if (!quick) ok = fused_rope_cache_case(rng, 7, 33, 6, 3, 40, 40, 1.f) && ok;
+    if (!quick) ok = fused_rope_cache_case(rng, 7, 33, 6, 3, 128, 96, 1.19f) && ok;
     if (!quick) {
         ok = run_case(rng, 4, 131, 3, 1, 128) && ok;
         ok = run_case(rng, 6, 33, 6, 3, 40) && ok;

@@ -242,35 +242,44 @@ void with_bf16_copies(Rand& r, int n, int dim) {
     }
 }
 
-void rope(Rand& r, int n, int heads, int hd) {
-    const int half = hd / 2;
+// rotary_dim < hd: the dims from rotary_dim on pass through (Phi-4-mini); scale multiplies the
+// rotated ones (LongRoPE's attention factor)
+void rope(Rand& r, int n, int heads, int hd, int rotary_dim, float scale) {
+    const int half = rotary_dim / 2;
     std::vector<float> inv_freq(half);
-    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(10000.f, 2.f * i / hd);
+    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(10000.f, 2.f * i / rotary_dim);
     std::vector<unsigned> pos(n);
     for (auto& p : pos) p = (unsigned)r.below(4096);  // any order: packed sequences, rollouts
     const auto x0 = r.normal((size_t)n * heads * hd);
     auto x = x0;
-    const int64_t pairs = (int64_t)n * heads * half;
+    const int64_t pairs = (int64_t)n * heads * (hd / 2);
+    const RopeDims dims{rotary_dim, scale};
     emu::launch(grid_1d(pairs), dim3{kBlock}, [&] {
-        rope_apply(x.data(), pos.data(), inv_freq.data(), n, heads, hd, 1.f);
+        rope_apply(x.data(), pos.data(), inv_freq.data(), n, heads, hd, dims, 1.f);
     });
-    std::vector<double> want(x.size());
+    std::vector<double> want = widen(x0);  // the pass-through dims
     for (int i = 0; i < n; ++i)
         for (int h = 0; h < heads; ++h)
             for (int j = 0; j < half; ++j) {
                 // the CPU's f32 angle, then exact trigonometry
                 const double a = (float)pos[i] * inv_freq[j];
                 const size_t k = ((size_t)i * heads + h) * hd + j;
-                want[k] = x0[k] * std::cos(a) - x0[k + half] * std::sin(a);
-                want[k + half] = x0[k + half] * std::cos(a) + x0[k] * std::sin(a);
+                want[k] = scale * (x0[k] * std::cos(a) - x0[k + half] * std::sin(a));
+                want[k + half] = scale * (x0[k + half] * std::cos(a) + x0[k] * std::sin(a));
             }
     const std::string s = " [" + std::to_string(n) + " × " + std::to_string(heads) + " × " +
-                          std::to_string(hd) + "]";
+                          std::to_string(hd) + ", rotary " + std::to_string(rotary_dim) +
+                          ", scale " + std::to_string(scale) + "]";
     check("rope_apply forward" + s, x, want);
+    // the backward applies the transpose, scale·Rᵀ: after the forward, scale² on the rotated
+    // dims and the pass-through dims untouched
     emu::launch(grid_1d(pairs), dim3{kBlock}, [&] {
-        rope_apply(x.data(), pos.data(), inv_freq.data(), n, heads, hd, -1.f);
+        rope_apply(x.data(), pos.data(), inv_freq.data(), n, heads, hd, dims, -1.f);
     });
-    check("rope_apply backward undoes forward" + s, x, widen(x0));
+    std::vector<double> back = widen(x0);
+    for (size_t k = 0; k < back.size(); ++k)
+        if ((int)(k % hd) < rotary_dim) back[k] *= (double)scale * scale;
+    check("rope_apply backward = transpose of forward" + s, x, back);
 }
 
 void embedding(Rand& r, int n, int dim, int vocab) {
@@ -594,8 +603,10 @@ int main(int argc, char** argv) {
     add_rmsnorm(r, 5, quick ? 77 : 576);
     with_bf16_copies(r, 7, quick ? 77 : 1601);
     if (!quick) add_rmsnorm(r, 64, 1601);  // more columns than threads: each thread takes two
-    rope(r, 11, 3, 64);
-    if (!quick) rope(r, 5, 2, 128);
+    rope(r, 11, 3, 64, 64, 1.f);
+    rope(r, 7, 3, 64, 40, 1.19f);
+    if (!quick) rope(r, 5, 2, 128, 128, 1.f);
+    if (!quick) rope(r, 5, 2, 128, 96, 1.19f);
     embedding(r, 29, quick ? 33 : 576, 50);
     swiglu(r, quick ? 1001 : 5003);
     adamw(r, quick ? 999 : 4097);

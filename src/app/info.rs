@@ -1,6 +1,6 @@
 //! `cada info`: architecture, parameter count, dtype and a training memory estimate.
 
-use crate::model::config::LlamaConfig;
+use crate::model::config::{LlamaConfig, RopeScaling};
 use crate::model::weights::{Params, SafetensorsDir};
 use anyhow::Result;
 use std::path::Path;
@@ -57,6 +57,29 @@ pub fn training_memory_bytes(cfg: &LlamaConfig, tokens: usize) -> (usize, usize)
     (state, acts)
 }
 
+/// What `rope_theta` is followed by: the scaling, the partial rotary and any length limit.
+fn rope_note(c: &LlamaConfig) -> String {
+    let mut note = match &c.rope_scaling {
+        None => String::new(),
+        Some(RopeScaling::Llama3(_)) => " (llama3 scaling)".to_string(),
+        Some(RopeScaling::LongRope(lr)) => format!(
+            " (LongRoPE short factors, attention factor {:.4})",
+            lr.attention_factor
+        ),
+    };
+    if let Some(r) = c.partial_rotary_dim {
+        note += &format!(", {r} of {} dims rotated", c.head_dim);
+    }
+    if c.max_sequence_len() < c.max_position_embeddings {
+        note += &format!(
+            ", sequences ≤ {} ({})",
+            c.max_sequence_len(),
+            c.max_sequence_what()
+        );
+    }
+    note
+}
+
 pub fn format_info(info: &ModelInfo, tokens: usize) -> String {
     let c = &info.cfg;
     let (state, acts) = training_memory_bytes(c, tokens);
@@ -78,7 +101,7 @@ pub fn format_info(info: &ModelInfo, tokens: usize) -> String {
         c.attention_bias,
         c.qk_norm,
         c.rope_theta,
-        if c.rope_scaling.is_some() { " (llama3 scaling)" } else { "" },
+        rope_note(c),
         c.max_position_embeddings,
         gib(state),
         gib(acts),

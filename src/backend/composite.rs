@@ -3,7 +3,7 @@
 //! run the unstacked op. The CPU reference runs these; CUDA's fused kernels are tested against
 //! them.
 
-use super::{check_swiglu_stacked, Backend, DecodeShape};
+use super::{check_swiglu_stacked, Backend, DecodeShape, Rope};
 use anyhow::{ensure, Result};
 
 #[allow(clippy::too_many_arguments)]
@@ -14,7 +14,7 @@ pub(super) fn decode_rope_cache_write_stacked<B: Backend + ?Sized>(
     k_cache: &mut B::Buf,
     v_cache: &mut B::Buf,
     positions: &B::Ids,
-    inv_freq: &B::Buf,
+    rope: &Rope<B::Buf>,
     s: DecodeShape,
 ) -> Result<()> {
     let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
@@ -34,7 +34,7 @@ pub(super) fn decode_rope_cache_write_stacked<B: Backend + ?Sized>(
         be.copy(&mut k, b * kvd, qkv, b * ld + qd, kvd)?;
         be.copy(&mut v, b * kvd, qkv, b * ld + qd + kvd, kvd)?;
     }
-    be.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, inv_freq, s)
+    be.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, rope, s)
 }
 
 pub(super) fn swiglu_forward_stacked<B: Backend + ?Sized>(

@@ -22,7 +22,8 @@ mod types;
 
 pub use peaks::dense_bf16_peak_tflops;
 pub use types::{
-    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards,
+    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, Rope,
+    ScaleRewards,
 };
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -268,13 +269,13 @@ pub trait Backend: Send + Sync {
 
     // ---- RoPE (Hugging Face rotate-half layout) ------------------------------------
     /// In place on `x[n, n_heads · head_dim]`; row `i` is at position `positions[i]`.
-    /// `inv_freq[head_dim/2]` already includes any rope scaling.
+    /// `rope` says which dims rotate, how fast and how scaled ([`Rope`]).
     #[allow(clippy::too_many_arguments)]
     fn rope_forward(
         &self,
         x: &mut Self::Buf,
         positions: &Self::Ids,
-        inv_freq: &Self::Buf,
+        rope: &Rope<Self::Buf>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
@@ -284,7 +285,7 @@ pub trait Backend: Send + Sync {
         &self,
         dx: &mut Self::Buf,
         positions: &Self::Ids,
-        inv_freq: &Self::Buf,
+        rope: &Rope<Self::Buf>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
@@ -343,11 +344,11 @@ pub trait Backend: Send + Sync {
         k_cache: &mut Self::Buf,
         v_cache: &mut Self::Buf,
         positions: &Self::Ids,
-        inv_freq: &Self::Buf,
+        rope: &Rope<Self::Buf>,
         s: DecodeShape,
     ) -> Result<()> {
-        self.rope_forward(q, positions, inv_freq, s.batch, s.n_heads, s.head_dim)?;
-        self.rope_forward(k, positions, inv_freq, s.batch, s.n_kv_heads, s.head_dim)?;
+        self.rope_forward(q, positions, rope, s.batch, s.n_heads, s.head_dim)?;
+        self.rope_forward(k, positions, rope, s.batch, s.n_kv_heads, s.head_dim)?;
         self.kv_cache_write(k_cache, v_cache, k, v, positions, s)
     }
     /// [`Backend::decode_rope_cache_write`] from the stacked q/k/v projection's output
@@ -362,11 +363,11 @@ pub trait Backend: Send + Sync {
         k_cache: &mut Self::Buf,
         v_cache: &mut Self::Buf,
         positions: &Self::Ids,
-        inv_freq: &Self::Buf,
+        rope: &Rope<Self::Buf>,
         s: DecodeShape,
     ) -> Result<()> {
         composite::decode_rope_cache_write_stacked(
-            self, q, qkv, k_cache, v_cache, positions, inv_freq, s,
+            self, q, qkv, k_cache, v_cache, positions, rope, s,
         )
     }
     /// One query per sequence: `q [batch, Hq·hd]` attends to positions `0..=positions[b]`
@@ -565,6 +566,26 @@ pub(crate) fn check_swiglu_stacked(
         "swiglu_forward_stacked: gate_up holds {gate_up_len} values and out {out_len}, for \
          {rows} rows of {} and {f}",
         2 * f
+    );
+    Ok(())
+}
+
+/// What every backend's RoPE ops require of [`Rope`] for heads of `head_dim`: an even
+/// `rotary_dim` no wider than the head, and `inv_freq_len ≥ rotary_dim/2`.
+pub(crate) fn check_rope(
+    op: &str,
+    rotary_dim: usize,
+    inv_freq_len: usize,
+    head_dim: usize,
+) -> Result<()> {
+    ensure!(
+        head_dim.is_multiple_of(2) && rotary_dim.is_multiple_of(2) && rotary_dim <= head_dim,
+        "{op}: rotary_dim {rotary_dim} and head_dim {head_dim} must be even, rotary_dim ≤ head_dim"
+    );
+    ensure!(
+        inv_freq_len >= rotary_dim / 2,
+        "{op}: inv_freq holds {inv_freq_len} values, fewer than rotary_dim/2 = {}",
+        rotary_dim / 2
     );
     Ok(())
 }

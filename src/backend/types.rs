@@ -15,6 +15,29 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// A model's RoPE as the ops take it: rotate-half over the first `rotary_dim` dims of each
+/// head, pair `(i, i + rotary_dim/2)` turning by `position · inv_freq[i]`, the rotated dims
+/// multiplied by `scale` (LongRoPE's attention factor, 1 otherwise) and the dims from
+/// `rotary_dim` on passed through (a partial rotary, Phi-4-mini's). `inv_freq [rotary_dim/2]`
+/// already includes any frequency scaling.
+#[derive(Clone, Debug)]
+pub struct Rope<Buf> {
+    pub inv_freq: Buf,
+    pub rotary_dim: usize,
+    pub scale: f32,
+}
+
+impl<Buf> Rope<Buf> {
+    /// The plain Llama RoPE: the whole head rotated, unscaled.
+    pub fn whole_head(inv_freq: Buf, head_dim: usize) -> Self {
+        Rope {
+            inv_freq,
+            rotary_dim: head_dim,
+            scale: 1.0,
+        }
+    }
+}
+
 /// Shape of a batched single-token decode step over a KV cache.
 /// Cache layout per layer: `[slots, capacity, n_kv_heads · head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use super::shapes::{self, AttentionShape};
 use super::{BenchDevice, Harness, KernelBenchOptions, Sink};
-use crate::backend::{AttnShape, DecodeShape, GrpoLossConfig, LossType};
+use crate::backend::{AttnShape, DecodeShape, GrpoLossConfig, LossType, Rope};
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 
@@ -438,7 +438,7 @@ fn run_layer_ops<B: BenchDevice>(
         let inv: Vec<f32> = (0..s.head_dim / 2)
             .map(|i| 10000f32.powf(-2.0 * i as f32 / s.head_dim as f32))
             .collect();
-        let inv = be.upload(&inv)?;
+        let inv = Rope::whole_head(be.upload(&inv)?, s.head_dim);
         let bytes = 8.0 * (n * s.n_heads * s.head_dim) as f64;
         let r = h.record(id, variant, 0.0, bytes, &mut || {
             be.rope_forward(&mut x, &pos, &inv, n, s.n_heads, s.head_dim)
@@ -482,7 +482,7 @@ fn run_layer_ops<B: BenchDevice>(
         let inv: Vec<f32> = (0..d.head_dim / 2)
             .map(|i| 10000f32.powf(-2.0 * i as f32 / d.head_dim as f32))
             .collect();
-        let inv = be.upload(&inv)?;
+        let inv = Rope::whole_head(be.upload(&inv)?, d.head_dim);
         let bytes = (8 * d.batch * qd + 20 * d.batch * kvd) as f64;
         let r = h.record(id, variant, 0.0, bytes, &mut || {
             be.decode_rope_cache_write(&mut qr, &mut kr, &v, &mut kc, &mut vc, &pos, &inv, s)

@@ -47,6 +47,32 @@ impl Llama3RopeScaling {
     }
 }
 
+/// Phi-3's LongRoPE (`rope_type` "longrope", formerly "su"): each RoPE pair's inverse
+/// frequency divided by its `short_factor`, the rotated dims multiplied by `attention_factor`
+/// (transformers' `_compute_longrope_parameters`). transformers switches to `long_factor` when a
+/// sequence is longer than `original_max_position_embeddings`; that switch is not implemented,
+/// so sequences are limited to that length ([`LlamaConfig::max_sequence_len`]) and the long
+/// factors are only kept, to be written back.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LongRope {
+    pub short_factor: Vec<f64>,
+    pub long_factor: Vec<f64>,
+    pub original_max_position_embeddings: usize,
+    /// the factor cos and sin are multiplied by: the file's `attention_factor`, else
+    /// sqrt(1 + ln(factor) / ln(original_max_position_embeddings)) when factor > 1, else 1
+    pub attention_factor: f64,
+    /// the file's `factor` and `attention_factor` when it gave them (written back as given)
+    pub given_factor: Option<f64>,
+    pub given_attention_factor: Option<f64>,
+}
+
+/// A RoPE frequency scaling.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RopeScaling {
+    Llama3(Llama3RopeScaling),
+    LongRope(LongRope),
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlamaConfig {
     pub architecture: String,
@@ -59,7 +85,11 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub rope_scaling: Option<RopeScaling>,
+    /// Phi-3's `partial_rotary_factor` < 1 as the number of dims of each head RoPE rotates
+    /// (Phi-4-mini: 96 of 128); the others pass through. None: the whole head.
+    #[serde(default)]
+    pub partial_rotary_dim: Option<usize>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2)
@@ -103,11 +133,23 @@ fn get_f64_or(v: &Value, field: &str, default: f64, file: &str) -> Result<f64> {
     }
 }
 
+/// What a `longrope` scaling needs from the rest of the config.
+struct RopeContext {
+    max_position_embeddings: usize,
+    /// Phi-3 keeps `original_max_position_embeddings` at the top level; transformers gives it
+    /// priority over the one in the scaling object
+    top_original_max: Option<usize>,
+    /// the dims RoPE rotates (the factors hold one value per pair)
+    rotary_dim: usize,
+    /// Phi-3's config calls LongRoPE "su" or "yarn" too (transformers maps both to longrope)
+    is_phi3: bool,
+}
+
 /// RoPE's base and scaling. transformers ≤ 4 writes `rope_theta` and `rope_scaling` at the top
 /// level; transformers 5 writes one `rope_parameters` object holding `rope_theta`, `rope_type`
 /// and the scaling fields. Both are read; a file holding both must agree, since a model whose
 /// base silently fell back to 10000 would give wrong logits, not an error.
-fn rope_settings(v: &Value, file: &str) -> Result<(f64, Option<Llama3RopeScaling>)> {
+fn rope_settings(v: &Value, file: &str, ctx: &RopeContext) -> Result<(f64, Option<RopeScaling>)> {
     let params = match v.get("rope_parameters").filter(|p| !p.is_null()) {
         Some(p) if !p.is_object() => {
             bail!("{file}: field `rope_parameters` must be an object, got {p}")
@@ -135,12 +177,12 @@ fn rope_settings(v: &Value, file: &str) -> Result<(f64, Option<Llama3RopeScaling
         .find(|t| !t.is_nan())
         .expect("10000 is a number");
     let from_params = params
-        .map(|p| parse_rope_scaling(p, "rope_parameters", file))
+        .map(|p| parse_rope_scaling(p, "rope_parameters", file, ctx))
         .transpose()?;
     let from_top = v
         .get("rope_scaling")
         .filter(|rs| !rs.is_null())
-        .map(|rs| parse_rope_scaling(rs, "rope_scaling", file))
+        .map(|rs| parse_rope_scaling(rs, "rope_scaling", file, ctx))
         .transpose()?;
     let scaling = match (from_params, from_top) {
         (Some(a), Some(b)) if a != b => {
@@ -152,15 +194,20 @@ fn rope_settings(v: &Value, file: &str) -> Result<(f64, Option<Llama3RopeScaling
     Ok((theta, scaling))
 }
 
-/// A `rope_scaling` / `rope_parameters` object: `llama3`, or none (`default`).
-fn parse_rope_scaling(rs: &Value, field: &str, file: &str) -> Result<Option<Llama3RopeScaling>> {
+/// A `rope_scaling` / `rope_parameters` object: `llama3`, `longrope`, or none (`default`).
+fn parse_rope_scaling(
+    rs: &Value,
+    field: &str,
+    file: &str,
+    ctx: &RopeContext,
+) -> Result<Option<RopeScaling>> {
     let kind = rs
         .get("rope_type")
         .or_else(|| rs.get("type"))
         .and_then(|t| t.as_str())
         .unwrap_or("");
     Ok(match kind {
-        "llama3" => Some(Llama3RopeScaling {
+        "llama3" => Some(RopeScaling::Llama3(Llama3RopeScaling {
             factor: get_f64_or(rs, "factor", 8.0, file)?,
             low_freq_factor: get_f64_or(rs, "low_freq_factor", 1.0, file)?,
             high_freq_factor: get_f64_or(rs, "high_freq_factor", 4.0, file)?,
@@ -170,12 +217,81 @@ fn parse_rope_scaling(rs: &Value, field: &str, file: &str) -> Result<Option<Llam
                 8192.0,
                 file,
             )?,
-        }),
+        })),
+        "longrope" => Some(RopeScaling::LongRope(parse_longrope(rs, field, file, ctx)?)),
+        "su" | "yarn" if ctx.is_phi3 => {
+            Some(RopeScaling::LongRope(parse_longrope(rs, field, file, ctx)?))
+        }
         "default" | "" => None,
         other => bail!(
-            "{file}: field `{field}.rope_type` = \"{other}\" is not supported (supported: llama3, default)"
+            "{file}: field `{field}.rope_type` = \"{other}\" is not supported (supported: llama3, \
+             longrope, default)"
         ),
     })
+}
+
+fn parse_longrope(rs: &Value, field: &str, file: &str, ctx: &RopeContext) -> Result<LongRope> {
+    let factors = |name: &str| -> Result<Vec<f64>> {
+        let list = rs.get(name).and_then(|f| f.as_array()).with_context(|| {
+            format!("{file}: field `{field}.{name}` (a list of numbers) is missing")
+        })?;
+        let values: Vec<f64> = list.iter().filter_map(|x| x.as_f64()).collect();
+        if values.len() != list.len() || values.len() != ctx.rotary_dim / 2 {
+            bail!(
+                "{file}: field `{field}.{name}` must be {} numbers (one per RoPE pair), got {}",
+                ctx.rotary_dim / 2,
+                serde_json::to_string(list).unwrap_or_default()
+            );
+        }
+        if let Some(bad) = values.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            bail!("{file}: field `{field}.{name}` holds {bad}: factors must be > 0");
+        }
+        Ok(values)
+    };
+    let original = match ctx.top_original_max {
+        Some(o) => o,
+        None => match rs.get("original_max_position_embeddings") {
+            None | Some(Value::Null) => ctx.max_position_embeddings,
+            Some(_) => get_usize(rs, "original_max_position_embeddings", file)
+                .with_context(|| format!("{file}: in `{field}`"))?,
+        },
+    };
+    if original < 2 {
+        bail!("{file}: `original_max_position_embeddings` = {original} must be ≥ 2 for longrope");
+    }
+    let given_factor = match rs.get("factor") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(get_f64_or(rs, "factor", 1.0, file)?),
+    };
+    let given_attention_factor = match rs.get("attention_factor") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(get_f64_or(rs, "attention_factor", 1.0, file)?),
+    };
+    let factor = given_factor.unwrap_or(ctx.max_position_embeddings as f64 / original as f64);
+    let attention_factor = given_attention_factor.unwrap_or(if factor <= 1.0 {
+        1.0
+    } else {
+        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+    });
+    Ok(LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+        given_factor,
+        given_attention_factor,
+    })
+}
+
+/// `partial_rotary_factor` for `rotary_dim` of `head_dim`: the ratio, nudged up where
+/// transformers' int(head_dim · factor) would otherwise fall one short.
+fn partial_rotary_factor(rotary_dim: usize, head_dim: usize) -> f64 {
+    let f = rotary_dim as f64 / head_dim as f64;
+    if (head_dim as f64 * f) as usize == rotary_dim {
+        f
+    } else {
+        f.next_up()
+    }
 }
 
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
@@ -243,7 +359,6 @@ impl LlamaConfig {
         if head_dim % 2 != 0 {
             bail!("{file}: field `head_dim` = {head_dim} must be even for rotary embeddings");
         }
-        let (rope_theta, rope_scaling) = rope_settings(v, file)?;
         // what the forward does not implement must not be ignored: it would compute another model
         if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
             if act != "silu" {
@@ -273,8 +388,7 @@ impl LlamaConfig {
         if sliding_window == Some(0) {
             bail!("{file}: field `sliding_window` must be > 0 (or null)");
         }
-        // Phi-3's rotary may cover only part of each head (Phi-4-mini: 0.75); this RoPE rotates
-        // the whole head
+        // Phi-3's rotary may cover only part of each head (Phi-4-mini: 0.75)
         let rotary = match v
             .get("rope_parameters")
             .filter(|p| p.get("partial_rotary_factor").is_some())
@@ -282,9 +396,41 @@ impl LlamaConfig {
             Some(p) => get_f64_or(p, "partial_rotary_factor", 1.0, file)?,
             None => get_f64_or(v, "partial_rotary_factor", 1.0, file)?,
         };
-        if rotary != 1.0 {
-            bail!("{file}: field `partial_rotary_factor` = {rotary} is not supported (only 1.0: RoPE over the whole head)");
-        }
+        // transformers' int(head_dim * partial_rotary_factor)
+        let rotary_dim = (head_dim as f64 * rotary) as usize;
+        let is_phi3 = architecture == "Phi3ForCausalLM";
+        let partial_rotary_dim = if rotary == 1.0 {
+            None
+        } else if !is_phi3 {
+            bail!("{file}: field `partial_rotary_factor` = {rotary} is not supported for {architecture} (only 1.0: RoPE over the whole head; Phi3ForCausalLM may rotate part of it)");
+        } else if !(rotary > 0.0 && rotary < 1.0)
+            || rotary_dim == 0
+            || !rotary_dim.is_multiple_of(2)
+        {
+            bail!("{file}: field `partial_rotary_factor` = {rotary} gives {rotary_dim} rotated dims of head_dim {head_dim}: it must be in (0, 1] and give an even number > 0");
+        } else {
+            Some(rotary_dim)
+        };
+        let max_position_embeddings = v
+            .get("max_position_embeddings")
+            .and_then(|x| x.as_u64())
+            .unwrap_or(4096) as usize;
+        let top_original_max = match v.get("original_max_position_embeddings") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(get_usize(v, "original_max_position_embeddings", file)?),
+        };
+        // transformers' Phi3Config always has the field (default 4096), so it always wins there
+        let top_original_max = match is_phi3 {
+            true => Some(top_original_max.unwrap_or(4096)),
+            false => top_original_max,
+        };
+        let ctx = RopeContext {
+            max_position_embeddings,
+            top_original_max,
+            rotary_dim: partial_rotary_dim.unwrap_or(head_dim),
+            is_phi3,
+        };
+        let (rope_theta, rope_scaling) = rope_settings(v, file, &ctx)?;
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
         let qk_norm = architecture == "Qwen3ForCausalLM";
         let attention_bias = v
@@ -306,10 +452,8 @@ impl LlamaConfig {
             rms_norm_eps: get_f64_or(v, "rms_norm_eps", 1e-6, file)?,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: v
-                .get("max_position_embeddings")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(4096) as usize,
+            partial_rotary_dim,
+            max_position_embeddings,
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(|b| b.as_bool())
@@ -379,31 +523,97 @@ impl LlamaConfig {
             1 => v["eos_token_id"] = self.eos_token_ids[0].into(),
             _ => v["eos_token_id"] = self.eos_token_ids.clone().into(),
         }
-        if let Some(rs) = &self.rope_scaling {
-            v["rope_scaling"] = serde_json::json!({
-                "rope_type": "llama3", "factor": rs.factor, "low_freq_factor": rs.low_freq_factor,
-                "high_freq_factor": rs.high_freq_factor,
-                "original_max_position_embeddings": rs.original_max_position_embeddings,
-            });
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Llama3(rs)) => {
+                v["rope_scaling"] = serde_json::json!({
+                    "rope_type": "llama3", "factor": rs.factor,
+                    "low_freq_factor": rs.low_freq_factor,
+                    "high_freq_factor": rs.high_freq_factor,
+                    "original_max_position_embeddings": rs.original_max_position_embeddings,
+                });
+            }
+            Some(RopeScaling::LongRope(lr)) => {
+                let mut rs = serde_json::json!({
+                    "rope_type": "longrope", "short_factor": lr.short_factor,
+                    "long_factor": lr.long_factor,
+                    "original_max_position_embeddings": lr.original_max_position_embeddings,
+                });
+                if let Some(f) = lr.given_factor {
+                    rs["factor"] = f.into();
+                }
+                if let Some(f) = lr.given_attention_factor {
+                    rs["attention_factor"] = f.into();
+                }
+                v["rope_scaling"] = rs;
+                // Phi-3 reads it from the top level first (default 4096)
+                v["original_max_position_embeddings"] = lr.original_max_position_embeddings.into();
+            }
+        }
+        if let Some(r) = self.partial_rotary_dim {
+            v["partial_rotary_factor"] = partial_rotary_factor(r, self.head_dim).into();
         }
         v
     }
 
-    /// The longest sequence the model runs exactly: its positions, and its sliding window when
-    /// it has one (`sliding_window`). Up-front length checks use this, so an over-long input is
-    /// refused before a run starts, not at the step that first meets it.
+    /// The longest sequence the model runs exactly: its positions, its sliding window when it
+    /// has one (`sliding_window`), and LongRoPE's `original_max_position_embeddings` (beyond
+    /// it transformers switches to the long factors, which are not implemented). Up-front
+    /// length checks use this, so an over-long input is refused before a run starts, not at the
+    /// step that first meets it.
     pub fn max_sequence_len(&self) -> usize {
-        self.sliding_window
-            .map_or(self.max_position_embeddings, |w| {
-                w.min(self.max_position_embeddings)
-            })
+        self.length_limits()
+            .into_iter()
+            .map(|(n, _)| n)
+            .min()
+            .expect("max_position_embeddings")
     }
 
-    /// What the length checks name: "max_position_embeddings N" or "sliding window N".
+    /// What the length checks name: "max_position_embeddings N", "sliding window N" or
+    /// "LongRoPE's original_max_position_embeddings N".
     pub fn max_sequence_what(&self) -> String {
-        match self.sliding_window {
-            Some(w) if w < self.max_position_embeddings => format!("sliding window {w}"),
-            _ => format!("max_position_embeddings {}", self.max_position_embeddings),
+        let limits = self.length_limits();
+        let least = limits
+            .iter()
+            .map(|(n, _)| *n)
+            .min()
+            .expect("max_position_embeddings");
+        limits
+            .into_iter()
+            .find(|(n, _)| *n == least)
+            .expect("the least")
+            .1
+    }
+
+    /// Each limit on the sequence length and its name, the positions first.
+    fn length_limits(&self) -> Vec<(usize, String)> {
+        let mut limits = vec![(
+            self.max_position_embeddings,
+            format!("max_position_embeddings {}", self.max_position_embeddings),
+        )];
+        if let Some(w) = self.sliding_window {
+            limits.push((w, format!("sliding window {w}")));
+        }
+        if let Some(RopeScaling::LongRope(lr)) = &self.rope_scaling {
+            let n = lr.original_max_position_embeddings;
+            limits.push((
+                n,
+                format!("LongRoPE's original_max_position_embeddings {n} (its long factors are not implemented)"),
+            ));
+        }
+        limits
+    }
+
+    /// The dims of each head RoPE rotates: all of them unless `partial_rotary_dim` says fewer.
+    pub fn rotary_dim(&self) -> usize {
+        self.partial_rotary_dim.unwrap_or(self.head_dim)
+    }
+
+    /// What cos and sin are multiplied by: LongRoPE's attention factor, else 1.
+    pub fn rope_scale(&self) -> f32 {
+        match &self.rope_scaling {
+            Some(RopeScaling::LongRope(lr)) => lr.attention_factor as f32,
+            _ => 1.0,
         }
     }
 
@@ -414,16 +624,18 @@ impl LlamaConfig {
         self.num_key_value_heads * self.head_dim
     }
 
-    /// RoPE inverse frequencies `[head_dim/2]`, with llama3 scaling applied when configured
-    /// (the same formula as transformers' `_compute_llama3_parameters`).
+    /// RoPE inverse frequencies `[rotary_dim/2]`, with llama3 scaling (transformers'
+    /// `_compute_llama3_parameters`) or LongRoPE's short factors
+    /// (`_compute_longrope_parameters`) applied when configured.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let hd = self.head_dim;
-        (0..hd / 2)
+        let dim = self.rotary_dim();
+        (0..dim / 2)
             .map(|i| {
-                let base = unscaled_inv_freq(self.rope_theta, hd, i);
+                let base = unscaled_inv_freq(self.rope_theta, dim, i);
                 let f = match &self.rope_scaling {
                     None => base,
-                    Some(rs) => rs.scale(base),
+                    Some(RopeScaling::Llama3(rs)) => rs.scale(base),
+                    Some(RopeScaling::LongRope(lr)) => base / lr.short_factor[i],
                 };
                 f as f32
             })

@@ -44,6 +44,7 @@ pub fn tiny_config(
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_scaling: None,
+        partial_rotary_dim: None,
         max_position_embeddings: max_pos,
         tie_word_embeddings: true,
         attention_bias: false,

@@ -9,7 +9,7 @@
 
 use super::config::LlamaConfig;
 use super::weights::{LayerParams, Params};
-use crate::backend::{AttnShape, Backend};
+use crate::backend::{AttnShape, Backend, Rope};
 use anyhow::{ensure, Result};
 
 mod backward;
@@ -19,7 +19,8 @@ pub use decode::{Decoder, KvCache};
 pub struct Llama<B: Backend> {
     pub cfg: LlamaConfig,
     pub params: Params<B::Buf>,
-    inv_freq: B::Buf,
+    /// RoPE: the inverse frequencies, the rotated dims and their scale
+    rope: Rope<B::Buf>,
 }
 
 /// What one layer's backward needs from its forward.
@@ -117,12 +118,12 @@ impl<B: Backend> Llama<B> {
             );
         }
         let params = host.try_map(|t| be.upload(t))?;
-        let inv_freq = be.upload(&cfg.rope_inv_freq())?;
-        Ok(Llama {
-            cfg,
-            params,
-            inv_freq,
-        })
+        let rope = Rope {
+            inv_freq: be.upload(&cfg.rope_inv_freq())?,
+            rotary_dim: cfg.rotary_dim(),
+            scale: cfg.rope_scale(),
+        };
+        Ok(Llama { cfg, params, rope })
     }
 
     pub fn to_host(&self, be: &B) -> Result<Params<Vec<f32>>> {
@@ -154,18 +155,13 @@ impl<B: Backend> Llama<B> {
             "forward: {} ids for batch {batch} × seq {seq}",
             ids.len()
         );
+        // the positions, a sliding window, LongRoPE's original length: whichever is least
         ensure!(
-            seq <= self.cfg.max_position_embeddings,
-            "sequence of {seq} tokens exceeds max_position_embeddings {}",
-            self.cfg.max_position_embeddings
+            seq <= self.cfg.max_sequence_len(),
+            "sequence of {seq} tokens exceeds the {}: this engine's forward is exact only \
+             within it",
+            self.cfg.max_sequence_what()
         );
-        if let Some(w) = self.cfg.sliding_window {
-            ensure!(
-                seq <= w,
-                "sequence of {seq} tokens exceeds the sliding window of {w}: this engine's \
-                 attention is exact only within the window"
-            );
-        }
         self.check_ids(ids)
     }
 
@@ -328,8 +324,8 @@ impl<B: Backend> Llama<B> {
             }
         }
         be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-        be.rope_forward(&mut a.q, positions, &self.inv_freq, n, hq, hd)?;
-        be.rope_forward(&mut a.k, positions, &self.inv_freq, n, hkv, hd)?;
+        be.rope_forward(&mut a.q, positions, &self.rope, n, hq, hd)?;
+        be.rope_forward(&mut a.k, positions, &self.rope, n, hkv, hd)?;
         // q, k, v are read from here on only by the attention
         hint(be, &mut a.q, B::keep_as_attention_input)?;
         hint(be, &mut a.k, B::keep_as_attention_input)?;

@@ -1,6 +1,7 @@
 //! Elementwise ops and reductions, plus embedding, RMSNorm, RoPE and SwiGLU (forward and
 //! backward side by side, each readable top to bottom).
 
+use crate::backend::Rope;
 use rayon::prelude::*;
 
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
@@ -105,26 +106,26 @@ pub fn rmsnorm_backward(
         });
 }
 
-// ---- RoPE (rotate-half: pairs (i, i + hd/2)) ------------------------------------------------
+// ---- RoPE (rotate-half: pairs (i, i + rotary_dim/2), the rest passed through) -------------
 
-/// Rotates every head of every row by its position's angles; `sign = -1` applies the inverse
-/// rotation (the backward: rotations are orthogonal).
+/// Rotates every head of every row by its position's angles ([`Rope`]); `sign = -1` applies the
+/// inverse rotation (the backward: a scaled rotation's transpose).
 pub fn rope_apply(
     x: &mut [f32],
     positions: &[u32],
-    inv_freq: &[f32],
+    rope: &Rope<Vec<f32>>,
     n_heads: usize,
     head_dim: usize,
     sign: f32,
 ) {
-    let half = head_dim / 2;
+    let half = rope.rotary_dim / 2;
     x.par_chunks_mut(n_heads * head_dim)
         .zip(positions.par_iter())
         .for_each(|(row, &pos)| {
             let cs: Vec<(f32, f32)> = (0..half)
                 .map(|i| {
-                    let a = pos as f32 * inv_freq[i];
-                    (a.cos(), sign * a.sin())
+                    let a = pos as f32 * rope.inv_freq[i];
+                    (a.cos() * rope.scale, sign * (a.sin() * rope.scale))
                 })
                 .collect();
             for h in row.chunks_mut(head_dim) {

@@ -14,7 +14,8 @@ pub mod linear;
 pub mod sampling;
 
 use super::{
-    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
+    check_rope, AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics,
+    Rope, ScaleRewards,
 };
 use anyhow::{ensure, Result};
 
@@ -288,20 +289,23 @@ impl Backend for Cpu {
         &self,
         x: &mut Vec<f32>,
         positions: &Vec<u32>,
-        inv_freq: &Vec<f32>,
+        rope: &Rope<Vec<f32>>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
         need(x, n * n_heads * head_dim, "x")?;
-        ensure!(
-            positions.len() >= n && inv_freq.len() >= head_dim / 2,
-            "rope: positions/inv_freq too short"
-        );
+        ensure!(positions.len() >= n, "rope: positions too short");
+        check_rope(
+            "rope_forward",
+            rope.rotary_dim,
+            rope.inv_freq.len(),
+            head_dim,
+        )?;
         elementwise::rope_apply(
             &mut x[..n * n_heads * head_dim],
             &positions[..n],
-            inv_freq,
+            rope,
             n_heads,
             head_dim,
             1.0,
@@ -312,20 +316,23 @@ impl Backend for Cpu {
         &self,
         dx: &mut Vec<f32>,
         positions: &Vec<u32>,
-        inv_freq: &Vec<f32>,
+        rope: &Rope<Vec<f32>>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
         need(dx, n * n_heads * head_dim, "dx")?;
-        ensure!(
-            positions.len() >= n && inv_freq.len() >= head_dim / 2,
-            "rope: positions/inv_freq too short"
-        );
+        ensure!(positions.len() >= n, "rope: positions too short");
+        check_rope(
+            "rope_backward",
+            rope.rotary_dim,
+            rope.inv_freq.len(),
+            head_dim,
+        )?;
         elementwise::rope_apply(
             &mut dx[..n * n_heads * head_dim],
             &positions[..n],
-            inv_freq,
+            rope,
             n_heads,
             head_dim,
             -1.0,

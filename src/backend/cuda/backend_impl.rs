@@ -8,7 +8,8 @@ use super::{
     CudaBuf, BLOCK,
 };
 use crate::backend::{
-    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ScaleRewards,
+    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, Rope,
+    ScaleRewards,
 };
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
@@ -330,23 +331,23 @@ impl Backend for Cuda {
         &self,
         x: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaBuf,
+        rope: &Rope<CudaBuf>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        self.rope(x, positions, inv_freq, n, n_heads, head_dim, 1.0)
+        self.rope(x, positions, rope, n, n_heads, head_dim, 1.0)
     }
     fn rope_backward(
         &self,
         dx: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaBuf,
+        rope: &Rope<CudaBuf>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        self.rope(dx, positions, inv_freq, n, n_heads, head_dim, -1.0)
+        self.rope(dx, positions, rope, n, n_heads, head_dim, -1.0)
     }
 
     fn attention_forward(
@@ -413,10 +414,10 @@ impl Backend for Cuda {
         k_cache: &mut CudaBuf,
         v_cache: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaBuf,
+        rope: &Rope<CudaBuf>,
         s: DecodeShape,
     ) -> Result<()> {
-        self.decode_rope_cache_write_impl(q, k, v, k_cache, v_cache, positions, inv_freq, s)
+        self.decode_rope_cache_write_impl(q, k, v, k_cache, v_cache, positions, rope, s)
     }
     fn decode_rope_cache_write_stacked(
         &self,
@@ -425,11 +426,11 @@ impl Backend for Cuda {
         k_cache: &mut CudaBuf,
         v_cache: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaBuf,
+        rope: &Rope<CudaBuf>,
         s: DecodeShape,
     ) -> Result<()> {
         f32_values(&[q, qkv], "decode_rope_cache_write_stacked")?;
-        self.decode_rope_cache_write_stacked_impl(q, qkv, k_cache, v_cache, positions, inv_freq, s)
+        self.decode_rope_cache_write_stacked_impl(q, qkv, k_cache, v_cache, positions, rope, s)
     }
     fn decode_attention(
         &self,

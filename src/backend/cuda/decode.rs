@@ -4,10 +4,11 @@
 //! split_kv` hands the attention to decode_split.rs.
 
 use super::attention::{check_heads, grid_3d};
-use super::kernels::{self, defines, DecodeDims};
+use super::dense::rope_dims;
+use super::kernels::{self, defines, DecodeDims, RopeDims};
 use super::{dim_i32, need, need_ids, Cuda, CudaBuf, DecodeAttentionKernel};
-use crate::backend::DecodeShape;
-use anyhow::{anyhow, bail, ensure, Result};
+use crate::backend::{DecodeShape, Rope};
+use anyhow::{anyhow, bail, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
@@ -86,26 +87,21 @@ fn cache_ref<'a>(op: &str, k: &'a CudaBuf, v: &'a CudaBuf, len: usize) -> Result
     }
 }
 
-/// The checks both RoPE + cache-write launchers share (positions, inv_freq, an even head_dim),
-/// and their launch size: `Some((rotation pairs, dims))`, `None` when there is nothing to do.
+/// The checks both RoPE + cache-write launchers share (positions, the [`Rope`]), and their
+/// launch size: `Some((pairs, rope dims, dims))`, `None` when there is nothing to do.
 fn rope_cache_launch(
     op: &str,
     positions: &CudaSlice<u32>,
-    inv_freq: &CudaSlice<f32>,
+    rope: &Rope<CudaBuf>,
     s: DecodeShape,
-) -> Result<Option<(usize, DecodeDims)>> {
+) -> Result<Option<(usize, RopeDims, DecodeDims)>> {
     need_ids(positions, s.batch, "positions")?;
-    need(inv_freq, s.head_dim / 2, "inv_freq")?;
-    ensure!(
-        s.head_dim.is_multiple_of(2),
-        "{op}: head_dim {} must be even",
-        s.head_dim
-    );
+    let rope_dims = rope_dims(op, rope, s.head_dim)?;
     let pairs = s.batch * (s.n_heads + s.n_kv_heads) * (s.head_dim / 2);
     if pairs == 0 {
         return Ok(None);
     }
-    Ok(Some((pairs, decode_dims(s)?)))
+    Ok(Some((pairs, rope_dims, decode_dims(s)?)))
 }
 
 impl Cuda {
@@ -153,7 +149,7 @@ impl Cuda {
         k_cache: &mut CudaBuf,
         v_cache: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
+        rope: &Rope<CudaBuf>,
         s: DecodeShape,
     ) -> Result<()> {
         let op = "decode_rope_cache_write";
@@ -162,16 +158,36 @@ impl Cuda {
         need(q, s.batch * s.n_heads * s.head_dim, "q")?;
         need(k, s.batch * kvd, "k")?;
         need(v, s.batch * kvd, "v")?;
-        let Some((pairs, dims)) = rope_cache_launch(op, positions, inv_freq, s)? else {
+        let Some((pairs, r, dims)) = rope_cache_launch(op, positions, rope, s)? else {
             return Ok(());
         };
         let cfg = super::grid_1d(pairs);
         match cache {
             CacheMut::F32(kc, vc) => kernels::decode_rope_cache_write(
-                self, cfg, q, k, kc, vc, v, positions, inv_freq, &dims,
+                self,
+                cfg,
+                q,
+                k,
+                kc,
+                vc,
+                v,
+                positions,
+                &rope.inv_freq,
+                &r,
+                &dims,
             ),
             CacheMut::Bf16(kc, vc) => kernels::decode_rope_cache_write_bf16_kv(
-                self, cfg, q, k, kc, vc, v, positions, inv_freq, &dims,
+                self,
+                cfg,
+                q,
+                k,
+                kc,
+                vc,
+                v,
+                positions,
+                &rope.inv_freq,
+                &r,
+                &dims,
             ),
         }
     }
@@ -185,7 +201,7 @@ impl Cuda {
         k_cache: &mut CudaBuf,
         v_cache: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
+        rope: &Rope<CudaBuf>,
         s: DecodeShape,
     ) -> Result<()> {
         let op = "decode_rope_cache_write_stacked";
@@ -193,16 +209,34 @@ impl Cuda {
         let cache = cache_mut(op, k_cache, v_cache, s.batch * s.capacity * kvd)?;
         need(q, s.batch * qd, "q")?;
         need(qkv, s.batch * (qd + 2 * kvd), "qkv")?;
-        let Some((pairs, dims)) = rope_cache_launch(op, positions, inv_freq, s)? else {
+        let Some((pairs, r, dims)) = rope_cache_launch(op, positions, rope, s)? else {
             return Ok(());
         };
         let cfg = super::grid_1d(pairs);
         match cache {
             CacheMut::F32(kc, vc) => kernels::decode_rope_cache_write_stacked(
-                self, cfg, q, kc, vc, qkv, positions, inv_freq, &dims,
+                self,
+                cfg,
+                q,
+                kc,
+                vc,
+                qkv,
+                positions,
+                &rope.inv_freq,
+                &r,
+                &dims,
             ),
             CacheMut::Bf16(kc, vc) => kernels::decode_rope_cache_write_stacked_bf16_kv(
-                self, cfg, q, kc, vc, qkv, positions, inv_freq, &dims,
+                self,
+                cfg,
+                q,
+                kc,
+                vc,
+                qkv,
+                positions,
+                &rope.inv_freq,
+                &r,
+                &dims,
             ),
         }
     }

@@ -8,6 +8,7 @@ use super::backend_impl::{f32_values, narrowed_copy};
 use super::gemm::Bf16Operand;
 use super::kernels;
 use super::{dim_i32, grid_1d, grid_cols, grid_rows, need, need_ids, row_threads, Cuda, CudaBuf};
+use crate::backend::{check_rope, Rope};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
 
@@ -156,11 +157,12 @@ impl Cuda {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn rope(
         &self,
         x: &mut CudaBuf,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaBuf,
+        rope: &Rope<CudaBuf>,
         n: usize,
         n_heads: usize,
         head_dim: usize,
@@ -168,18 +170,25 @@ impl Cuda {
     ) -> Result<()> {
         need(x, n * n_heads * head_dim, "x")?;
         need_ids(positions, n, "positions")?;
-        need(inv_freq, head_dim / 2, "inv_freq")?;
-        ensure!(
-            head_dim.is_multiple_of(2),
-            "rope: head_dim {head_dim} must be even"
-        );
+        let dims = rope_dims("rope", rope, head_dim)?;
         if n * n_heads * head_dim == 0 {
             return Ok(());
         }
         let rows = n as i64;
         let (h, hd) = (dim_i32(n_heads, "n_heads")?, dim_i32(head_dim, "head_dim")?);
         let cfg = grid_1d(n * n_heads * head_dim / 2);
-        kernels::rope_apply(self, cfg, x, positions, inv_freq, &rows, &h, &hd, &sign)
+        kernels::rope_apply(
+            self,
+            cfg,
+            x,
+            positions,
+            &rope.inv_freq,
+            &rows,
+            &h,
+            &hd,
+            &dims,
+            &sign,
+        )
     }
 
     pub(super) fn swiglu_forward_impl(
@@ -262,4 +271,19 @@ impl Cuda {
             kernels::swiglu_backward(self, cfg, dgate, dup, dout, gate, up, &n)
         }
     }
+}
+
+/// The checks every RoPE launch makes of [`Rope`] for heads of `head_dim`, and the struct its
+/// kernels take (kernels/rope_common.cuh).
+pub(super) fn rope_dims(
+    op: &str,
+    rope: &Rope<CudaBuf>,
+    head_dim: usize,
+) -> Result<kernels::RopeDims> {
+    check_rope(op, rope.rotary_dim, rope.inv_freq.len(), head_dim)?;
+    need(&rope.inv_freq, rope.rotary_dim / 2, "inv_freq")?;
+    Ok(kernels::RopeDims {
+        rotary_dim: dim_i32(rope.rotary_dim, "rotary_dim")?,
+        scale: rope.scale,
+    })
 }

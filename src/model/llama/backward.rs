@@ -120,7 +120,7 @@ impl<B: Backend> Llama<B> {
             be.rope_backward(
                 &mut dq,
                 &fwd.positions,
-                &self.inv_freq,
+                &self.rope,
                 n,
                 c.num_attention_heads,
                 c.head_dim,
@@ -128,7 +128,7 @@ impl<B: Backend> Llama<B> {
             be.rope_backward(
                 &mut dk,
                 &fwd.positions,
-                &self.inv_freq,
+                &self.rope,
                 n,
                 c.num_key_value_heads,
                 c.head_dim,

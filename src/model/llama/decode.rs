@@ -128,13 +128,12 @@ pub struct Decoder<'a, B: Backend> {
 
 impl<B: Backend> Llama<B> {
     pub fn new_kv_cache(&self, be: &B, slots: usize, capacity: usize) -> Result<KvCache<B>> {
-        if let Some(w) = self.cfg.sliding_window {
-            ensure!(
-                capacity <= w,
-                "a KV cache of {capacity} positions exceeds the sliding window of {w}: this \
-                 engine's attention is exact only within the window (ask for fewer tokens)"
-            );
-        }
+        ensure!(
+            capacity <= self.cfg.max_sequence_len(),
+            "a KV cache of {capacity} positions exceeds the {}: this engine is exact only \
+             within it (ask for fewer tokens)",
+            self.cfg.max_sequence_what()
+        );
         let size = slots * capacity * self.cfg.kv_dim();
         let mut k = Vec::new();
         let mut v = Vec::new();
@@ -376,20 +375,14 @@ impl<B: Backend> Llama<B> {
                         }
                     }
                     be.linear_forward(v, normed, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-                    be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.inv_freq, shape)?;
+                    be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.rope, shape)?;
                 }
                 Projections::Stacked { layers, qkv, .. } => {
                     let sl = &layers[l];
                     let width = qd + 2 * kvd;
                     be.linear_forward(qkv, normed, &sl.qkv, sl.qkv_bias.as_ref(), n, d, width)?;
                     be.decode_rope_cache_write_stacked(
-                        q,
-                        qkv,
-                        kc,
-                        vc,
-                        positions,
-                        &self.inv_freq,
-                        shape,
+                        q, qkv, kc, vc, positions, &self.rope, shape,
                     )?;
                 }
             }
