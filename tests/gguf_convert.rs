@@ -282,7 +282,8 @@ fn qwen3_files_convert_with_their_qk_norms() {
 
 /// A `phi3` file: q/k/v (`attn_qkv`) and gate/up (`ffn_up`, 2 × feed_forward_length rows)
 /// arrive fused, as Hugging Face's Phi-3 checkpoint holds them, and load split ([q; k; v],
-/// [gate; up]); its sliding window becomes the config's; RoPE over part of a head is refused.
+/// [gate; up]); its sliding window becomes the config's; RoPE over part of a head becomes
+/// `partial_rotary_factor`, and LongRoPE's factor tensors become `rope_scaling` (Phi-4-mini).
 #[test]
 fn phi3_files_convert_fused_and_load_split() {
     let (d, heads, kv_heads, ff, vocab) = (8usize, 2usize, 1usize, 12usize, 4usize);
@@ -291,7 +292,7 @@ fn phi3_files_convert_fused_and_load_split() {
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let ramp = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
     let (qkv, gate_up) = (ramp((qd + 2 * kvd) * d, 0.31), ramp(2 * ff * d, 0.41));
-    let file = |rotary_dims: u32| {
+    let file = |rotary_dims: u32, longrope: bool| {
         let mut w = Writer::new(3);
         w.kv_str("general.architecture", "phi3");
         w.kv_u32("phi3.embedding_length", d as u32);
@@ -303,7 +304,14 @@ fn phi3_files_convert_fused_and_load_split() {
         w.kv_u32("phi3.attention.sliding_window", 2047);
         w.kv_str("tokenizer.ggml.model", "gpt2");
         w.kv_strs("tokenizer.ggml.tokens", &["a", "b", "c", "d"]);
-        let tensors: Vec<(&str, Vec<u64>, Vec<f32>)> = vec![
+        if longrope {
+            w.kv_u32("phi3.context_length", 8192);
+            w.kv_u32("phi3.rope.scaling.original_context_length", 2048);
+            // what llama.cpp writes: transformers' default attention factor, in f32
+            let af = (1.0 + 4f64.ln() / 2048f64.ln()).sqrt() as f32;
+            w.kv_f32("phi3.rope.scaling.attn_factor", af);
+        }
+        let mut tensors: Vec<(&str, Vec<u64>, Vec<f32>)> = vec![
             (
                 "token_embd.weight",
                 vec![d as u64, vocab as u64],
@@ -338,12 +346,25 @@ fn phi3_files_convert_fused_and_load_split() {
                 ramp(ff * d, 0.47),
             ),
         ];
+        if longrope {
+            let pairs = rotary_dims as u64 / 2;
+            tensors.push((
+                "rope_factors_short.weight",
+                vec![pairs],
+                vec![1.5; pairs as usize],
+            ));
+            tensors.push((
+                "rope_factors_long.weight",
+                vec![pairs],
+                vec![3.0; pairs as usize],
+            ));
+        }
         for (name, dims, v) in &tensors {
             w.tensor(name, dims, GgmlType::F32, f32_bytes(v));
         }
         w.bytes()
     };
-    let (_d, p) = write(&file(hd as u32));
+    let (_d, p) = write(&file(hd as u32, false));
     let hf = cada::model::convert::gguf_to_hf(&p).unwrap();
     assert_eq!(
         hf.config["architectures"][0], "Phi3ForCausalLM",
@@ -368,11 +389,33 @@ fn phi3_files_convert_fused_and_load_split() {
     assert_eq!(l.v_proj, qkv[(qd + kvd) * d..]);
     assert_eq!(l.gate_proj, gate_up[..ff * d]);
     assert_eq!(l.up_proj, gate_up[ff * d..]);
-    // RoPE over 2 of 4 dims of each head
-    let (_d, p) = write(&file(2));
-    let e = format!("{:#}", cada::model::convert::gguf_to_hf(&p).err().unwrap());
-    assert!(
-        e.contains("t.gguf") && e.contains("rope.dimension_count"),
-        "{e}"
+    // RoPE over 2 of 4 dims of each head, with LongRoPE's factors
+    let (_d, p) = write(&file(2, true));
+    let hf = cada::model::convert::gguf_to_hf(&p).unwrap();
+    let cfg = cada::model::config::LlamaConfig::from_json(&hf.config, "config.json").unwrap();
+    assert_eq!((cfg.rotary_dim(), cfg.head_dim), (2, 4), "{}", hf.config);
+    let Some(cada::model::config::RopeScaling::LongRope(lr)) = &cfg.rope_scaling else {
+        panic!("{}", hf.config)
+    };
+    assert_eq!(
+        (&lr.short_factor[..], &lr.long_factor[..]),
+        (&[1.5][..], &[3.0][..])
     );
+    assert_eq!(lr.original_max_position_embeddings, 2048);
+    // the f32 attention factor was transformers' default: left to it, not written
+    assert_eq!(lr.given_attention_factor, None, "{}", hf.config);
+    assert!(hf
+        .tensors
+        .iter()
+        .all(|(n, _, _)| !n.contains("rope_factors")));
+    assert_eq!(cfg.max_sequence_len(), 2047); // the window (2047) is tighter than 2048
+                                              // an odd or too wide rotary is refused
+    for bad in [file(3, false), file(6, false)] {
+        let (_d, p) = write(&bad);
+        let e = format!("{:#}", cada::model::convert::gguf_to_hf(&p).err().unwrap());
+        assert!(
+            e.contains("t.gguf") && e.contains("rope.dimension_count"),
+            "{e}"
+        );
+    }
 }

@@ -285,7 +285,7 @@ fn parse_longrope(rs: &Value, field: &str, file: &str, ctx: &RopeContext) -> Res
 
 /// `partial_rotary_factor` for `rotary_dim` of `head_dim`: the ratio, nudged up where
 /// transformers' int(head_dim · factor) would otherwise fall one short.
-fn partial_rotary_factor(rotary_dim: usize, head_dim: usize) -> f64 {
+pub(crate) fn partial_rotary_factor(rotary_dim: usize, head_dim: usize) -> f64 {
     let f = rotary_dim as f64 / head_dim as f64;
     if (head_dim as f64 * f) as usize == rotary_dim {
         f

@@ -142,12 +142,64 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
             .and_then(|v| v.as_u64())
             .map_or(serde_json::Value::Null, |w| json!(w));
     }
+    // Phi-3's LongRoPE tables, which take no part in the tensor mapping below
+    let mut rope_tables: Vec<&str> = vec![];
     if a == "phi3" {
-        // llama.cpp's Phi-3: RoPE over `rope.dimension_count` dims of each head
-        if let Some(n) = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()) {
-            if n as usize != head_dim {
-                bail!("{src}: metadata `{}` = {n}: RoPE over part of a head (head_dim {head_dim}) is not supported", k("rope.dimension_count"));
+        // llama.cpp's Phi-3: RoPE over `rope.dimension_count` dims of each head (Phi-4-mini:
+        // 96 of 128), written back as transformers' partial_rotary_factor
+        let rotary = match g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()) {
+            Some(n) => n as usize,
+            None => head_dim,
+        };
+        if rotary == 0 || rotary > head_dim || !rotary.is_multiple_of(2) {
+            bail!(
+                "{src}: metadata `{}` = {rotary}: RoPE must cover an even number of dims, at most \
+                 head_dim {head_dim}",
+                k("rope.dimension_count")
+            );
+        }
+        if rotary < head_dim {
+            config["partial_rotary_factor"] =
+                json!(super::config::partial_rotary_factor(rotary, head_dim));
+        }
+        // LongRoPE (Phi-3.5, Phi-4-mini): the short and long factors as tensors
+        let short = g.tensor_info("rope_factors_short.weight");
+        let long = g.tensor_info("rope_factors_long.weight");
+        match (short, long) {
+            (None, None) => {}
+            (Some(short), Some(long)) => {
+                let factors = |info| -> Result<Vec<f64>> {
+                    Ok(g.tensor_f32(info)?.into_iter().map(f64::from).collect())
+                };
+                let original = meta_u64(&g, &k("rope.scaling.original_context_length"))
+                    .with_context(|| format!("{src}: LongRoPE factors need the original length"))?;
+                let mut scaling = json!({
+                    "rope_type": "longrope",
+                    "short_factor": factors(short)?,
+                    "long_factor": factors(long)?,
+                });
+                // llama.cpp stores the attention factor as f32; transformers' default is kept
+                // when it is that default, so the config reads as the original one
+                let max_pos = config["max_position_embeddings"].as_f64().unwrap_or(2048.0);
+                let factor = max_pos / original as f64;
+                let default = if factor <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+                };
+                if let Some(af) = meta_f64(&g, &k("rope.scaling.attn_factor")) {
+                    if (af - default).abs() > 1e-6 * default {
+                        scaling["attention_factor"] = json!(af);
+                    }
+                }
+                config["rope_scaling"] = scaling;
+                config["original_max_position_embeddings"] = json!(original);
+                rope_tables = vec!["rope_factors_short.weight", "rope_factors_long.weight"];
             }
+            _ => bail!(
+                "{src}: holds only one of `rope_factors_short.weight` and \
+                 `rope_factors_long.weight` (LongRoPE needs both)"
+            ),
         }
     }
     if let Some(b) = g
@@ -244,7 +296,7 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
         .tensors
         .iter()
         .map(|t| t.name.as_str())
-        .filter(|n| !mapped.contains(n))
+        .filter(|n| !mapped.contains(n) && !rope_tables.contains(n))
         .collect();
     // Llama 3.1+: llama.cpp bakes the rope_scaling into per-frequency divisors; recover the
     // parameters they came from, or refuse
