@@ -230,6 +230,16 @@ fn parse_rope_scaling(
     })
 }
 
+/// transformers' LongRoPE attention factor when a file gives none: sqrt(1 + ln(factor) /
+/// ln(original)) for factor > 1, else 1 (factor = max_position_embeddings / original).
+pub(crate) fn longrope_default_attention_factor(factor: f64, original: usize) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+    }
+}
+
 fn parse_longrope(rs: &Value, field: &str, file: &str, ctx: &RopeContext) -> Result<LongRope> {
     let factors = |name: &str| -> Result<Vec<f64>> {
         let list = rs.get(name).and_then(|f| f.as_array()).with_context(|| {
@@ -268,11 +278,8 @@ fn parse_longrope(rs: &Value, field: &str, file: &str, ctx: &RopeContext) -> Res
         Some(_) => Some(get_f64_or(rs, "attention_factor", 1.0, file)?),
     };
     let factor = given_factor.unwrap_or(ctx.max_position_embeddings as f64 / original as f64);
-    let attention_factor = given_attention_factor.unwrap_or(if factor <= 1.0 {
-        1.0
-    } else {
-        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
-    });
+    let attention_factor =
+        given_attention_factor.unwrap_or(longrope_default_attention_factor(factor, original));
     Ok(LongRope {
         short_factor: factors("short_factor")?,
         long_factor: factors("long_factor")?,
@@ -562,27 +569,21 @@ impl LlamaConfig {
     /// length checks use this, so an over-long input is refused before a run starts, not at the
     /// step that first meets it.
     pub fn max_sequence_len(&self) -> usize {
-        self.length_limits()
-            .into_iter()
-            .map(|(n, _)| n)
-            .min()
-            .expect("max_position_embeddings")
+        self.tightest_length_limit().0
     }
 
     /// What the length checks name: "max_position_embeddings N", "sliding window N" or
     /// "LongRoPE's original_max_position_embeddings N".
     pub fn max_sequence_what(&self) -> String {
-        let limits = self.length_limits();
-        let least = limits
-            .iter()
-            .map(|(n, _)| *n)
-            .min()
-            .expect("max_position_embeddings");
-        limits
+        self.tightest_length_limit().1
+    }
+
+    /// The least of [`Self::length_limits`], the first of equals (the positions win ties).
+    fn tightest_length_limit(&self) -> (usize, String) {
+        self.length_limits()
             .into_iter()
-            .find(|(n, _)| *n == least)
-            .expect("the least")
-            .1
+            .reduce(|a, b| if b.0 < a.0 { b } else { a })
+            .expect("max_position_embeddings")
     }
 
     /// Each limit on the sequence length and its name, the positions first.

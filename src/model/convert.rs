@@ -181,12 +181,10 @@ pub fn gguf_to_hf(path: &Path) -> Result<HfModel> {
                 // llama.cpp stores the attention factor as f32; transformers' default is kept
                 // when it is that default, so the config reads as the original one
                 let max_pos = config["max_position_embeddings"].as_f64().unwrap_or(2048.0);
-                let factor = max_pos / original as f64;
-                let default = if factor <= 1.0 {
-                    1.0
-                } else {
-                    (1.0 + factor.ln() / (original as f64).ln()).sqrt()
-                };
+                let default = super::config::longrope_default_attention_factor(
+                    max_pos / original as f64,
+                    original as usize,
+                );
                 if let Some(af) = meta_f64(&g, &k("rope.scaling.attn_factor")) {
                     if (af - default).abs() > 1e-6 * default {
                         scaling["attention_factor"] = json!(af);
