@@ -123,7 +123,18 @@ MODELS = {
         ),
     ),
 }
-SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41, "phi3": 53, "phi3_longrope": 67}
+# the same with an original length of 8: the 11-token sequences are longer, so transformers
+# rotates with the long factors, for the whole batch; and a greedy generation that crosses it
+MODELS["phi3_longrope_long"] = (
+    transformers.Phi3ForCausalLM,
+    transformers.Phi3Config(**{**MODELS["phi3_longrope"][1].to_dict(),
+                               "original_max_position_embeddings": 8}),
+)
+SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41, "phi3": 53, "phi3_longrope": 67,
+         "phi3_longrope_long": 71}
+# models whose fixture also holds a batched greedy generation (`generate` in reference.json)
+GENERATE = {"phi3_longrope_long"}
+GEN_PROMPT_LENS, GEN_NEW_TOKENS = (4, 6), 6
 
 
 def build(cls, cfg, seed):
@@ -173,6 +184,8 @@ def main(only=None):
         tensors = {"logits": logits.detach(), "logp": logp.detach()}
         for pname, p in ref.named_parameters():
             tensors[f"grad.{pname}"] = p.grad.detach().clone()
+        # before the AdamW curve below changes the weights
+        gen = generate(ref, cfg, tensors) if name in GENERATE else None
         # a short training curve: AdamW on this batch, the loss before each step and after the last
         opt = torch.optim.AdamW(ref.parameters(), foreach=False, **ADAMW)
         curve = []
@@ -185,8 +198,6 @@ def main(only=None):
         with torch.no_grad():
             curve.append(loss_fn(ref, ids, w)[0].item())
         tensors["loss_curve"] = torch.tensor(curve, dtype=torch.float64)
-        save_file({k: v.contiguous() for k, v in tensors.items()},
-                  os.path.join(out, "reference.safetensors"))
         meta = dict(
             ids=ids.tolist(), weights=w.tolist(), temperature=TEMPERATURE, steps=STEPS,
             adamw=dict(lr=ADAMW["lr"], beta1=ADAMW["betas"][0], beta2=ADAMW["betas"][1],
@@ -194,9 +205,32 @@ def main(only=None):
             made_by=f"scripts/hf_parity_dump.py: torch {torch.__version__}, transformers "
                     f"{transformers.__version__}, python {sys.version.split()[0]}; float64",
         )
+        if gen is not None:
+            meta["generate"] = gen
+        save_file({k: v.contiguous() for k, v in tensors.items()},
+                  os.path.join(out, "reference.safetensors"))
         with open(os.path.join(out, "reference.json"), "w") as f:
             json.dump(meta, f, indent=1)
         print(f"{name}: loss curve {curve}")
+
+
+def generate(model, cfg, tensors):
+    """Greedy `generate` over prompts of GEN_PROMPT_LENS tokens, left-padded into one batch as
+    transformers wants: each step's raw logits [batch, V] go to tensors as `gen_logits.<step>`
+    (step 0 is the prefill's); returns the prompts and the chosen tokens."""
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in GEN_PROMPT_LENS]
+    width = max(GEN_PROMPT_LENS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                             max_new_tokens=GEN_NEW_TOKENS, min_new_tokens=GEN_NEW_TOKENS,
+                             pad_token_id=0, eos_token_id=None, return_dict_in_generate=True,
+                             output_logits=True)
+    for step, logits in enumerate(out.logits):
+        tensors[f"gen_logits.{step}"] = logits.double()
+    return dict(prompts=prompts, tokens=out.sequences[:, width:].tolist())
 
 
 def smollm2(model_dir):

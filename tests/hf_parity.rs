@@ -16,7 +16,7 @@ mod common;
 use cada::backend::cpu::Cpu;
 use cada::backend::Backend;
 use cada::model::config::LlamaConfig;
-use cada::model::llama::{shifted_targets, Llama};
+use cada::model::llama::{shifted_targets, Decoder, Llama};
 use cada::model::weights::{load_params, Params, SafetensorsDir};
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
@@ -265,6 +265,78 @@ fn phi3_longrope_partial_rotary_matches_transformers() {
     check_model(&Cpu::new(), "phi3_longrope", 1.0);
 }
 
+/// LongRoPE beyond its original length (8; the sequences are 11): transformers rotates the
+/// whole batch with the long factors
+#[test]
+fn phi3_longrope_long_factors_match_transformers() {
+    check_model(&Cpu::new(), "phi3_longrope_long", 1.0);
+}
+
+/// transformers' greedy `generate` (KV cache, two left-padded prompts of 4 and 6 tokens, 6 new
+/// tokens each) against [`Decoder`] with separate and with stacked projections: the logits of
+/// the prefill and of every step, and the greedy tokens. The steps cross LongRoPE's original
+/// length (8): from the step whose longest position is 8, both sequences rotate with the long
+/// factors while their cached keys stay as the short ones rotated them.
+fn check_generation<B: Backend>(be: &B, name: &str, slack: f64) {
+    let dir = fixture(name);
+    let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    let params = load_params(&cfg, &SafetensorsDir::open(&dir).unwrap()).unwrap();
+    let r = Reference::load(&dir);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<Vec<u32>> {
+        let rows = v.as_array().unwrap().iter();
+        rows.map(|r| {
+            let row = r.as_array().unwrap().iter();
+            row.map(|x| x.as_u64().unwrap() as u32).collect()
+        })
+        .collect()
+    };
+    let prompts = ids(&meta["generate"]["prompts"]);
+    let tokens = ids(&meta["generate"]["tokens"]);
+    let (slots, new) = (prompts.len(), tokens[0].len());
+    let capacity = prompts.iter().map(|p| p.len()).max().unwrap() + new;
+    let model = Llama::from_host(be, cfg.clone(), &params).unwrap();
+    let mut worst = 0.0f64;
+    for stacked in [false, true] {
+        let mut dec = Decoder::with_stacking(be, &model, slots, capacity, stacked).unwrap();
+        let mut logits = be.download(&dec.prefill(&prompts).unwrap()).unwrap();
+        for step in 0..new {
+            let e = rel(&logits, &r.tensor(&format!("gen_logits.{step}")));
+            worst = worst.max(e);
+            // f32 against f64, as the forward's logits: ≤ 1e-6 seen on the CPU
+            assert!(
+                e < 5e-6 * slack,
+                "{name} (stacked {stacked}): step {step} logits rel err {e:.2e}"
+            );
+            let v = cfg.vocab_size;
+            for (b, row) in logits.chunks_exact(v).enumerate() {
+                let argmax = (0..v).max_by(|&i, &j| row[i].total_cmp(&row[j])).unwrap();
+                assert_eq!(
+                    argmax as u32, tokens[b][step],
+                    "{name}: slot {b} step {step}"
+                );
+            }
+            if step + 1 == new {
+                break;
+            }
+            let feed: Vec<u32> = tokens.iter().map(|t| t[step]).collect();
+            let positions: Vec<u32> = prompts.iter().map(|p| (p.len() + step) as u32).collect();
+            logits = be.download(dec.step(&feed, &positions).unwrap()).unwrap();
+        }
+    }
+    println!(
+        "{name}: {new} greedy steps × {slots} sequences as transformers' generate, logits \
+         within {worst:.1e}"
+    );
+}
+
+#[test]
+fn phi3_longrope_generation_matches_transformers() {
+    check_generation(&Cpu::new(), "phi3_longrope_long", 1.0);
+}
+
 /// The CUDA backend (f32) against the same float64 reference, at 4× the CPU's bounds: an
 /// estimate, since cuBLAS and the kernels sum in other orders and this has never run on a GPU.
 fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rng) {
@@ -273,5 +345,7 @@ fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rn
     check_model(gpu, "qwen3", 4.0);
     check_model(gpu, "phi3", 4.0);
     check_model(gpu, "phi3_longrope", 4.0);
+    check_model(gpu, "phi3_longrope_long", 4.0);
+    check_generation(gpu, "phi3_longrope_long", 4.0);
 }
 gpu_test!(cuda_matches_transformers, every_model_on_the_gpu);

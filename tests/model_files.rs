@@ -418,9 +418,10 @@ fn phi3_fused_projections_round_trip_and_its_window_limits_lengths() {
 }
 
 /// Phi-3.5's LongRoPE: the short factors divide the inverse frequencies, the attention factor
-/// follows transformers' default (sqrt(1 + ln(max/original) / ln(original))), sequences are
-/// limited to `original_max_position_embeddings` (the long factors are not implemented), both
-/// spellings read the same, and a saved config reads back equal.
+/// follows transformers' default (sqrt(1 + ln(max/original) / ln(original))), the long factors
+/// come with `original_max_position_embeddings` (the length beyond which a forward uses them),
+/// sequences are limited by the positions alone, both spellings read the same, and a saved
+/// config reads back equal.
 #[test]
 fn config_parsing_phi3_longrope() {
     use cada::model::config::{LlamaConfig, RopeScaling};
@@ -448,12 +449,17 @@ fn config_parsing_phi3_longrope() {
             "pair {i}: {f} vs {expect}"
         );
     }
-    assert_eq!(c.max_sequence_len(), 4096);
-    assert!(
-        c.max_sequence_what().contains("LongRoPE"),
-        "{}",
-        c.max_sequence_what()
-    );
+    let (original, inv_long) = c.long_rope_inv_freq().expect("long factors");
+    assert_eq!(original, 4096);
+    for (i, f) in inv_long.iter().enumerate() {
+        let expect = 1.0 / (long[i] * 10000f64.powf(2.0 * i as f64 / 16.0));
+        assert!(
+            (*f as f64 - expect).abs() <= 1e-7 * expect,
+            "long pair {i}: {f} vs {expect}"
+        );
+    }
+    assert_eq!(c.max_sequence_len(), 131072);
+    assert_eq!(c.max_sequence_what(), "max_position_embeddings 131072");
     // transformers 5's spelling (and Phi-4-mini's partial rotary: 12 of 16 dims, 6 factors)
     let mut v5 = v4.clone();
     v5.as_object_mut().unwrap().remove("rope_scaling");

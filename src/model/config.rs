@@ -49,10 +49,11 @@ impl Llama3RopeScaling {
 
 /// Phi-3's LongRoPE (`rope_type` "longrope", formerly "su"): each RoPE pair's inverse
 /// frequency divided by its `short_factor`, the rotated dims multiplied by `attention_factor`
-/// (transformers' `_compute_longrope_parameters`). transformers switches to `long_factor` when a
-/// sequence is longer than `original_max_position_embeddings`; that switch is not implemented,
-/// so sequences are limited to that length ([`LlamaConfig::max_sequence_len`]) and the long
-/// factors are only kept, to be written back.
+/// (transformers' `_compute_longrope_parameters`); a forward whose longest position is beyond
+/// `original_max_position_embeddings` divides by `long_factor` instead, for every row of the
+/// batch (transformers' `longrope_frequency_update`: the choice follows the padded length, and
+/// a KV cache keeps the keys it rotated with the short factors). [`LlamaConfig::rope_inv_freq`]
+/// and [`LlamaConfig::long_rope_inv_freq`] give both; the model picks per forward.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LongRope {
     pub short_factor: Vec<f64>,
@@ -563,17 +564,14 @@ impl LlamaConfig {
         v
     }
 
-    /// The longest sequence the model runs exactly: its positions, its sliding window when it
-    /// has one (`sliding_window`), and LongRoPE's `original_max_position_embeddings` (beyond
-    /// it transformers switches to the long factors, which are not implemented). Up-front
-    /// length checks use this, so an over-long input is refused before a run starts, not at the
-    /// step that first meets it.
+    /// The longest sequence the model runs exactly: its positions, and its sliding window when
+    /// it has one (`sliding_window`). Up-front length checks use this, so an over-long input is
+    /// refused before a run starts, not at the step that first meets it.
     pub fn max_sequence_len(&self) -> usize {
         self.tightest_length_limit().0
     }
 
-    /// What the length checks name: "max_position_embeddings N", "sliding window N" or
-    /// "LongRoPE's original_max_position_embeddings N".
+    /// What the length checks name: "max_position_embeddings N" or "sliding window N".
     pub fn max_sequence_what(&self) -> String {
         self.tightest_length_limit().1
     }
@@ -594,13 +592,6 @@ impl LlamaConfig {
         )];
         if let Some(w) = self.sliding_window {
             limits.push((w, format!("sliding window {w}")));
-        }
-        if let Some(RopeScaling::LongRope(lr)) = &self.rope_scaling {
-            let n = lr.original_max_position_embeddings;
-            limits.push((
-                n,
-                format!("LongRoPE's original_max_position_embeddings {n} (its long factors are not implemented)"),
-            ));
         }
         limits
     }
@@ -629,17 +620,30 @@ impl LlamaConfig {
     /// `_compute_llama3_parameters`) or LongRoPE's short factors
     /// (`_compute_longrope_parameters`) applied when configured.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
+        self.inv_freq_with(|i, base| match &self.rope_scaling {
+            None => base,
+            Some(RopeScaling::Llama3(rs)) => rs.scale(base),
+            Some(RopeScaling::LongRope(lr)) => base / lr.short_factor[i],
+        })
+    }
+
+    /// LongRoPE only: `(original_max_position_embeddings, inverse frequencies with the long
+    /// factors)`. A forward whose longest position + 1 exceeds the first uses the second.
+    pub fn long_rope_inv_freq(&self) -> Option<(usize, Vec<f32>)> {
+        match &self.rope_scaling {
+            Some(RopeScaling::LongRope(lr)) => Some((
+                lr.original_max_position_embeddings,
+                self.inv_freq_with(|i, base| base / lr.long_factor[i]),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Pair `i`'s unscaled inverse frequency through `scale(i, base)`, in f64, then f32.
+    fn inv_freq_with(&self, scale: impl Fn(usize, f64) -> f64) -> Vec<f32> {
         let dim = self.rotary_dim();
         (0..dim / 2)
-            .map(|i| {
-                let base = unscaled_inv_freq(self.rope_theta, dim, i);
-                let f = match &self.rope_scaling {
-                    None => base,
-                    Some(RopeScaling::Llama3(rs)) => rs.scale(base),
-                    Some(RopeScaling::LongRope(lr)) => base / lr.short_factor[i],
-                };
-                f as f32
-            })
+            .map(|i| scale(i, unscaled_inv_freq(self.rope_theta, dim, i)) as f32)
             .collect()
     }
 

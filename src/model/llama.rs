@@ -21,6 +21,8 @@ pub struct Llama<B: Backend> {
     pub params: Params<B::Buf>,
     /// RoPE: the inverse frequencies, the rotated dims and their scale
     rope: Rope<B::Buf>,
+    /// LongRoPE: the original length and the RoPE of a forward that reaches beyond it
+    long_rope: Option<(usize, Rope<B::Buf>)>,
 }
 
 /// What one layer's backward needs from its forward.
@@ -118,12 +120,44 @@ impl<B: Backend> Llama<B> {
             );
         }
         let params = host.try_map(|t| be.upload(t))?;
-        let rope = Rope {
-            inv_freq: be.upload(&cfg.rope_inv_freq())?,
-            rotary_dim: cfg.rotary_dim(),
-            scale: cfg.rope_scale(),
+        let rope_with = |inv_freq: &[f32]| -> Result<Rope<B::Buf>> {
+            Ok(Rope {
+                inv_freq: be.upload(inv_freq)?,
+                rotary_dim: cfg.rotary_dim(),
+                scale: cfg.rope_scale(),
+            })
         };
-        Ok(Llama { cfg, params, rope })
+        let rope = rope_with(&cfg.rope_inv_freq())?;
+        let long_rope = match cfg.long_rope_inv_freq() {
+            Some((original, inv_freq)) => Some((original, rope_with(&inv_freq)?)),
+            None => None,
+        };
+        Ok(Llama {
+            cfg,
+            params,
+            rope,
+            long_rope,
+        })
+    }
+
+    /// The RoPE of a forward (or decode step) whose positions reach `len − 1`: LongRoPE's long
+    /// factors once `len` exceeds the original length, as transformers picks them (by the
+    /// batch's longest position, padding included), else the one RoPE.
+    fn rope_for(&self, len: usize) -> &Rope<B::Buf> {
+        self.rope_long_or_not(self.uses_long_rope(len))
+    }
+
+    /// LongRoPE's long RoPE when `long` (and the model has one), else the one RoPE.
+    fn rope_long_or_not(&self, long: bool) -> &Rope<B::Buf> {
+        match &self.long_rope {
+            Some((_, rope)) if long => rope,
+            _ => &self.rope,
+        }
+    }
+
+    /// Whether [`Llama::rope_for`] `len` is LongRoPE's long one.
+    fn uses_long_rope(&self, len: usize) -> bool {
+        matches!(self.long_rope, Some((original, _)) if len > original)
     }
 
     pub fn to_host(&self, be: &B) -> Result<Params<Vec<f32>>> {
@@ -155,7 +189,7 @@ impl<B: Backend> Llama<B> {
             "forward: {} ids for batch {batch} × seq {seq}",
             ids.len()
         );
-        // the positions, a sliding window, LongRoPE's original length: whichever is least
+        // the positions or a sliding window, whichever is less
         ensure!(
             seq <= self.cfg.max_sequence_len(),
             "sequence of {seq} tokens exceeds the {}: this engine's forward is exact only \
@@ -324,8 +358,9 @@ impl<B: Backend> Llama<B> {
             }
         }
         be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-        be.rope_forward(&mut a.q, positions, &self.rope, n, hq, hd)?;
-        be.rope_forward(&mut a.k, positions, &self.rope, n, hkv, hd)?;
+        let rope = self.rope_for(shape.seq);
+        be.rope_forward(&mut a.q, positions, rope, n, hq, hd)?;
+        be.rope_forward(&mut a.k, positions, rope, n, hkv, hd)?;
         // q, k, v are read from here on only by the attention
         hint(be, &mut a.q, B::keep_as_attention_input)?;
         hint(be, &mut a.k, B::keep_as_attention_input)?;

@@ -120,7 +120,7 @@ impl<B: Backend> Llama<B> {
             be.rope_backward(
                 &mut dq,
                 &fwd.positions,
-                &self.rope,
+                self.rope_for(fwd.seq),
                 n,
                 c.num_attention_heads,
                 c.head_dim,
@@ -128,7 +128,7 @@ impl<B: Backend> Llama<B> {
             be.rope_backward(
                 &mut dk,
                 &fwd.positions,
-                &self.rope,
+                self.rope_for(fwd.seq),
                 n,
                 c.num_key_value_heads,
                 c.head_dim,

@@ -6,7 +6,7 @@
 //! are rewritten in place between replays.
 
 use super::Llama;
-use crate::backend::{Backend, DecodeShape};
+use crate::backend::{Backend, DecodeShape, Rope};
 use anyhow::{ensure, Result};
 use std::collections::HashMap;
 
@@ -117,8 +117,16 @@ fn stack_rows<B: Backend>(be: &B, parts: &[&B::Buf]) -> Result<B::Buf> {
 pub struct Decoder<'a, B: Backend> {
     // declared first, so dropped before the buffers it points into
     recording: Option<B::Recording>,
+    /// whether the recording rotates with LongRoPE's long factors
+    recorded_long_rope: bool,
     /// false once the backend declined to record (then every step launches its ops)
     may_record: bool,
+    /// LongRoPE: whether the cache's keys were rotated with the long factors
+    cache_long_rope: bool,
+    /// each slot's tokens at positions 0.. as the cache holds them (prompt, then each step's
+    /// token at its position), kept only for a LongRoPE model, which prefills them again with
+    /// the long factors when a step first passes the original length
+    history: Option<Vec<Vec<u32>>>,
     steps: usize,
     be: &'a B,
     model: &'a Llama<B>,
@@ -210,7 +218,10 @@ impl<B: Backend> Llama<B> {
 
     /// One decode step: `tokens[b]` sits at `positions[b]` of slot `b` (slots `0..tokens.len()`).
     /// Returns logits `[tokens.len(), vocab]`. Allocates the step's buffers on every call;
-    /// [`Decoder`] keeps them (and records the step).
+    /// [`Decoder`] keeps them (and records the step). A LongRoPE model rotates with the RoPE
+    /// of the step's longest position and leaves the cache as it is; [`Decoder`] instead
+    /// prefills every slot again when a step first passes the original length, as transformers
+    /// does.
     pub fn decode_step(
         &self,
         be: &B,
@@ -222,7 +233,8 @@ impl<B: Backend> Llama<B> {
         let mut bufs = self.step_buffers(be, tokens.len(), false)?;
         be.write_ids(&mut bufs.ids, tokens)?;
         be.write_ids(&mut bufs.positions, positions)?;
-        self.decode_ops(be, cache, &mut bufs)?;
+        let rope = self.rope_for(step_len(positions));
+        self.decode_ops(be, cache, &mut bufs, rope)?;
         Ok(bufs.logits)
     }
 
@@ -319,8 +331,15 @@ impl<B: Backend> Llama<B> {
 
     /// The step itself, from `bufs.ids` / `bufs.positions` to `bufs.logits`: the same ops on
     /// the same buffers every call, with no host value that changes between steps (positions
-    /// are read on the device), which is what makes it recordable.
-    fn decode_ops(&self, be: &B, cache: &mut KvCache<B>, bufs: &mut StepBuffers<B>) -> Result<()> {
+    /// are read on the device), which is what makes it recordable. `rope`: the step's
+    /// ([`Llama::rope_for`] its longest position + 1).
+    fn decode_ops(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        bufs: &mut StepBuffers<B>,
+        rope: &Rope<B::Buf>,
+    ) -> Result<()> {
         let c = &self.cfg;
         let n = be.len(&bufs.rstd);
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
@@ -375,15 +394,13 @@ impl<B: Backend> Llama<B> {
                         }
                     }
                     be.linear_forward(v, normed, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-                    be.decode_rope_cache_write(q, k, v, kc, vc, positions, &self.rope, shape)?;
+                    be.decode_rope_cache_write(q, k, v, kc, vc, positions, rope, shape)?;
                 }
                 Projections::Stacked { layers, qkv, .. } => {
                     let sl = &layers[l];
                     let width = qd + 2 * kvd;
                     be.linear_forward(qkv, normed, &sl.qkv, sl.qkv_bias.as_ref(), n, d, width)?;
-                    be.decode_rope_cache_write_stacked(
-                        q, qkv, kc, vc, positions, &self.rope, shape,
-                    )?;
+                    be.decode_rope_cache_write_stacked(q, qkv, kc, vc, positions, rope, shape)?;
                 }
             }
             be.decode_attention(attn, q, kc, vc, positions, shape)?;
@@ -432,7 +449,10 @@ impl<'a, B: Backend> Decoder<'a, B> {
     ) -> Result<Self> {
         Ok(Decoder {
             recording: None,
+            recorded_long_rope: false,
             may_record: true,
+            cache_long_rope: false,
+            history: model.long_rope.as_ref().map(|_| vec![Vec::new(); slots]),
             steps: 0,
             be,
             model,
@@ -452,7 +472,54 @@ impl<'a, B: Backend> Decoder<'a, B> {
 
     /// [`Llama::prefill`] into this decoder's cache.
     pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<B::Buf> {
-        self.model.prefill(self.be, &mut self.cache, prompts)
+        let logits = self.model.prefill(self.be, &mut self.cache, prompts)?;
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        self.cache_long_rope = self.model.uses_long_rope(longest);
+        if let Some(history) = &mut self.history {
+            for (b, h) in history.iter_mut().enumerate() {
+                *h = prompts.get(b).cloned().unwrap_or_default();
+            }
+        }
+        Ok(logits)
+    }
+
+    /// LongRoPE, at the first step whose longest position passes the original length: every
+    /// slot's tokens so far (this step's included) prefilled again, so that the whole cache is
+    /// rotated with the long factors, as transformers' Phi-3 `generate` recomputes its cache
+    /// there. The step's logits are the prefill's last-token ones.
+    fn prefill_again_with_long_rope(&mut self) -> Result<()> {
+        let history = self
+            .history
+            .clone()
+            .expect("a LongRoPE decoder keeps its history");
+        let logits = self.model.prefill(self.be, &mut self.cache, &history)?;
+        let len = self.be.len(&logits);
+        self.be.copy(&mut self.bufs.logits, 0, &logits, 0, len)?;
+        self.cache_long_rope = true;
+        Ok(())
+    }
+
+    /// Records `tokens[b]` at `positions[b]` in each slot's history (LongRoPE models only).
+    fn note_step(&mut self, tokens: &[u32], positions: &[u32]) -> Result<()> {
+        let Some(history) = &mut self.history else {
+            return Ok(());
+        };
+        for (b, (h, (&t, &p))) in history
+            .iter_mut()
+            .zip(tokens.iter().zip(positions))
+            .enumerate()
+        {
+            let p = p as usize;
+            ensure!(
+                p <= h.len(),
+                "decoder: slot {b} steps to position {p} after only {} tokens (a LongRoPE \
+                 model's decoder needs each slot's positions without gaps)",
+                h.len()
+            );
+            h.truncate(p);
+            h.push(t);
+        }
+        Ok(())
     }
 
     /// One decode step for every slot: `tokens[b]` at `positions[b]`. Returns the logits
@@ -470,18 +537,35 @@ impl<'a, B: Backend> Decoder<'a, B> {
         model.check_step(&self.cache, tokens, positions)?;
         be.write_ids(&mut self.bufs.ids, tokens)?;
         be.write_ids(&mut self.bufs.positions, positions)?;
+        self.note_step(tokens, positions)?;
+        if !self.cache_long_rope && model.uses_long_rope(step_len(positions)) {
+            self.prefill_again_with_long_rope()?;
+            self.steps += 1;
+            return Ok(&self.bufs.logits);
+        }
+        // a recording holds one RoPE's buffers: the other one records again
+        if self.recording.is_some() && self.recorded_long_rope != self.cache_long_rope {
+            self.recording = None;
+        }
+        let rope = model.rope_long_or_not(self.cache_long_rope);
         let (cache, bufs) = (&mut self.cache, &mut self.bufs);
         if let Some(recording) = &self.recording {
             be.replay(recording)?;
         } else if self.may_record && self.steps > 0 {
-            self.recording = be.record(&mut || model.decode_ops(be, cache, bufs))?;
+            self.recording = be.record(&mut || model.decode_ops(be, cache, bufs, rope))?;
             self.may_record = self.recording.is_some();
+            self.recorded_long_rope = self.cache_long_rope;
         } else {
-            model.decode_ops(be, cache, bufs)?;
+            model.decode_ops(be, cache, bufs, rope)?;
         }
         self.steps += 1;
         Ok(&self.bufs.logits)
     }
+}
+
+/// A decode step's RoPE length: its longest position + 1 (transformers' `max(position_ids) + 1`).
+fn step_len(positions: &[u32]) -> usize {
+    positions.iter().max().map_or(0, |&p| p as usize + 1)
 }
 
 #[cfg(test)]
