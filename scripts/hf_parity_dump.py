@@ -7,9 +7,11 @@ trusted side of tests/hf_parity.rs, which compares cada's CPU reference with it)
   reference.safetensors           f64: `logits` [B, T, V] (already divided by the temperature),
                                   `logp` [B, T-1] (log p of each next token),
                                   `grad.<parameter name>` for every parameter of the loss below,
-                                  `loss_curve` [STEPS + 1] under torch.optim.AdamW
+                                  `loss_curve` [STEPS + 1] under torch.optim.AdamW,
+                                  `gen_logits.<step>` [2, V] of a batched greedy `generate`
   reference.json                  the inputs: token ids, loss weights, temperature, AdamW settings,
-                                  and the versions that made the file
+                                  the generation's prompts and tokens (`generate`), and the
+                                  versions that made the file
 
 loss = −Σ_{b,t} w[b,t] · logp[b,t], the shape of cada's GRPO/SFT objectives over per-token
 log-probs. Run once; CI only reads the files (no torch there):
@@ -128,12 +130,13 @@ MODELS = {
 MODELS["phi3_longrope_long"] = (
     transformers.Phi3ForCausalLM,
     transformers.Phi3Config(**{**MODELS["phi3_longrope"][1].to_dict(),
-                               "original_max_position_embeddings": 8}),
+                               "original_max_position_embeddings": 8,
+                               "attn_implementation": "eager"}),
 )
 SEEDS = {"llama": 17, "qwen2": 29, "qwen3": 41, "phi3": 53, "phi3_longrope": 67,
          "phi3_longrope_long": 71}
 # models whose fixture also holds a batched greedy generation (`generate` in reference.json)
-GENERATE = {"phi3_longrope_long"}
+GENERATE = set(MODELS)
 GEN_PROMPT_LENS, GEN_NEW_TOKENS = (4, 6), 6
 
 
@@ -223,12 +226,17 @@ def generate(model, cfg, tensors):
     width = max(GEN_PROMPT_LENS)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    # eager attention in float64 turns the padded rows' fully masked softmax into NaN, which
+    # the next layer's keys carry into every row; SDPA does not (same math elsewhere)
+    model.set_attn_implementation("sdpa")
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                              max_new_tokens=GEN_NEW_TOKENS, min_new_tokens=GEN_NEW_TOKENS,
                              pad_token_id=0, eos_token_id=None, return_dict_in_generate=True,
                              output_logits=True)
+    model.set_attn_implementation("eager")
     for step, logits in enumerate(out.logits):
+        assert not logits.isnan().any(), "NaN in transformers' generate logits"
         tensors[f"gen_logits.{step}"] = logits.double()
     return dict(prompts=prompts, tokens=out.sequences[:, width:].tolist())
 

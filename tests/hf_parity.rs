@@ -3,7 +3,7 @@
 //! RMSNorm, head_dim ≠ hidden / heads) and Phi-3 (q/k/v and gate/up fused in the checkpoint)
 //! models that
 //! transformers built and saved, with its float64 logits, per-token log-probs, the gradient of
-//! every parameter and a 5-step AdamW loss curve (tests/fixtures/hf_parity/, written by
+//! every parameter, a 5-step AdamW loss curve and a batched greedy `generate` (KV cache) (tests/fixtures/hf_parity/, written by
 //! scripts/hf_parity_dump.py; its reference.json names the versions). The CPU reference loads
 //! the same files through the normal loader (config.json as transformers 5 writes it, with
 //! `rope_parameters`) and must reproduce all of it in f32. The same body runs on the CUDA
@@ -274,9 +274,9 @@ fn phi3_longrope_long_factors_match_transformers() {
 
 /// transformers' greedy `generate` (KV cache, two left-padded prompts of 4 and 6 tokens, 6 new
 /// tokens each) against [`Decoder`] with separate and with stacked projections: the logits of
-/// the prefill and of every step, and the greedy tokens. The steps cross LongRoPE's original
-/// length (8): from the step whose longest position is 8, both sequences rotate with the long
-/// factors while their cached keys stay as the short ones rotated them.
+/// the prefill and of every step, and the greedy tokens. In `phi3_longrope_long` the steps
+/// cross LongRoPE's original length (8), where transformers recomputes the cache with the long
+/// factors and the decoder prefills again.
 fn check_generation<B: Backend>(be: &B, name: &str, slack: f64) {
     let dir = fixture(name);
     let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
@@ -333,19 +333,28 @@ fn check_generation<B: Backend>(be: &B, name: &str, slack: f64) {
 }
 
 #[test]
-fn phi3_longrope_generation_matches_transformers() {
-    check_generation(&Cpu::new(), "phi3_longrope_long", 1.0);
+fn generation_matches_transformers() {
+    for name in MODELS {
+        check_generation(&Cpu::new(), name, 1.0);
+    }
 }
+
+/// Every fixture with a `generate` reference.
+const MODELS: [&str; 6] = [
+    "llama",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "phi3_longrope",
+    "phi3_longrope_long",
+];
 
 /// The CUDA backend (f32) against the same float64 reference, at 4× the CPU's bounds: an
 /// estimate, since cuBLAS and the kernels sum in other orders and this has never run on a GPU.
 fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rng) {
-    check_model(gpu, "llama", 4.0);
-    check_model(gpu, "qwen2", 4.0);
-    check_model(gpu, "qwen3", 4.0);
-    check_model(gpu, "phi3", 4.0);
-    check_model(gpu, "phi3_longrope", 4.0);
-    check_model(gpu, "phi3_longrope_long", 4.0);
-    check_generation(gpu, "phi3_longrope_long", 4.0);
+    for name in MODELS {
+        check_model(gpu, name, 4.0);
+        check_generation(gpu, name, 4.0);
+    }
 }
 gpu_test!(cuda_matches_transformers, every_model_on_the_gpu);
