@@ -48,6 +48,13 @@ MODELS = {
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
                              short_factor=[1.0, 1.1, 1.7, 2.9, 5.0, 9.0],
                              long_factor=[2.0, 2.5, 4.0, 8.0, 16.0, 32.0]))),
+    # the same beyond its original length (8; the sequences are 9 tokens): the long factors
+    "phi3_longrope_long": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        **COMMON, sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        original_max_position_embeddings=8, architectures=["Phi3ForCausalLM"],
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                             short_factor=[1.0, 1.1, 1.7, 2.9, 5.0, 9.0],
+                             long_factor=[2.0, 2.5, 4.0, 8.0, 16.0, 32.0]))),
 }
 SEQS = [([5, 17, 99, 300, 12], [44, 8, 901, 3]), ([1, 2, 3], [1000, 7, 7, 7, 250, 64])]
 
