@@ -4,6 +4,7 @@
 // step's largest read (SmolLM2 at batch 64 and 384 positions: 1.1 GB in f32 against 0.27 GB
 // of bf16 weights), written once per position with RNE and widened to f32 on every read.
 #include "decode_common.cuh"
+#include "rmsnorm_common.cuh"
 #include "rope_common.cuh"
 
 // Thread per element of k/v [batch, Hkv·hd].
@@ -137,6 +138,65 @@ CADA_KERNEL void decode_rope_cache_write_stacked_bf16_kv(float* q_out, __nv_bflo
                                                          const float* inv_freq, RopeDims r,
                                                          DecodeDims s) {
     rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, positions, inv_freq, r, s);
+}
+
+// Qwen3's decode step from the stacked q/k/v projection's output qkv (rows q | k | v, left
+// unchanged): each head of q and of k RMSNorm-ed over head_dim with its weight (q_norm, k_norm
+// [head_dim]), then rotated and written as decode_rope_cache_write_stacked does. One block per
+// head row, grid = (Hq + Hkv, batch), block = the head_rmsnorm launch's (row_threads(head_dim)):
+// the same rmsnorm_row_rstd over the same threads and the same x·r·w, so the values equal
+// head_rmsnorm_forward's bits before they rotate. Thread per pair of the head (rope_pair).
+template <typename T>
+__device__ __forceinline__ void qk_norm_rope_cache_write_stacked_rows(
+    float* q_out, T* k_cache, T* v_cache, const float* qkv, const float* q_norm,
+    const float* k_norm, float eps, const unsigned int* positions, const float* inv_freq,
+    RopeDims r, DecodeDims s) {
+    __shared__ float scratch[32];
+    const int hd = s.head_dim, h = blockIdx.x, kh = h - s.n_heads;
+    const int64_t b = blockIdx.y;
+    const bool is_q = h < s.n_heads;
+    const int64_t qd = (int64_t)s.n_heads * hd, kvd = (int64_t)s.n_kv_heads * hd;
+    const int64_t row = b * (qd + 2 * kvd);
+    const float* src = qkv + row + (is_q ? (int64_t)h * hd : qd + (int64_t)kh * hd);
+    const float* w = is_q ? q_norm : k_norm;
+    const float rs = rmsnorm_row_rstd(src, hd, eps, scratch);  // every thread: it synchronises
+    const unsigned int pos = positions[b];
+    for (int p = threadIdx.x; p < hd / 2; p += blockDim.x) {
+        int e1, e2;
+        float cs, sn;
+        rope_pair(p, hd, r, pos, inv_freq, 1.0f, &e1, &e2, &cs, &sn);
+        const float x1 = src[e1] * rs * w[e1], x2 = src[e2] * rs * w[e2];
+        const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+        if (is_q) {
+            float* dst = q_out + b * qd + (int64_t)h * hd;
+            dst[e1] = y1;
+            dst[e2] = y2;
+            continue;
+        }
+        if ((int64_t)pos >= s.capacity) continue;  // as kv_cache_write
+        const int64_t at = (b * s.capacity + pos) * kvd + (int64_t)kh * hd;
+        const float* v = qkv + row + qd + kvd + (int64_t)kh * hd;
+        cache_store(k_cache + at + e1, y1);
+        cache_store(k_cache + at + e2, y2);
+        cache_store(v_cache + at + e1, v[e1]);
+        cache_store(v_cache + at + e2, v[e2]);
+    }
+}
+
+CADA_KERNEL void decode_qk_norm_rope_cache_write_stacked(
+    float* q_out, float* k_cache, float* v_cache, const float* qkv, const float* q_norm,
+    const float* k_norm, float eps, const unsigned int* positions, const float* inv_freq,
+    RopeDims r, DecodeDims s) {
+    qk_norm_rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, q_norm, k_norm, eps,
+                                          positions, inv_freq, r, s);
+}
+
+CADA_KERNEL void decode_qk_norm_rope_cache_write_stacked_bf16_kv(
+    float* q_out, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, const float* qkv,
+    const float* q_norm, const float* k_norm, float eps, const unsigned int* positions,
+    const float* inv_freq, RopeDims r, DecodeDims s) {
+    qk_norm_rope_cache_write_stacked_rows(q_out, k_cache, v_cache, qkv, q_norm, k_norm, eps,
+                                          positions, inv_freq, r, s);
 }
 
 // The end of both decode attentions: each warp's partial softmax (running max m, sum l, the

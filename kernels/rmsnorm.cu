@@ -1,6 +1,6 @@
 // RMSNorm with f32 statistics (Hugging Face LlamaRMSNorm): out = x * rstd * w,
 // rstd = 1/sqrt(mean(x²) + eps). x, out: [n, dim]; w: [dim]; rstd: [n].
-#include "common.cuh"
+#include "rmsnorm_common.cuh"
 
 #include <cuda_bf16.h>
 
@@ -13,15 +13,6 @@ __device__ __forceinline__ void rmsnorm_write_row(float* o, __nv_bfloat16* o16, 
         o[c] = v;
         if (o16) o16[c] = __float2bfloat16_rn(v);
     }
-}
-
-// rstd of one row: 1/sqrt(mean(x²) + eps), f32 sum in a fixed per-thread order.
-__device__ __forceinline__ float rmsnorm_row_rstd(const float* xr, int dim, float eps,
-                                                  float* scratch) {
-    float acc = 0.0f;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) acc += xr[c] * xr[c];
-    acc = block_sum(acc, scratch);
-    return 1.0f / sqrtf(acc / (float)dim + eps);
 }
 
 __device__ __forceinline__ void rmsnorm_forward_rows(float* out, __nv_bfloat16* out16,

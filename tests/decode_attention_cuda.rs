@@ -62,7 +62,7 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
     // rotated, and (Phi-4-mini's partial rotary, LongRoPE's scale) 40 of its 64 dims scaled
     for (rotary_dim, scale) in [(s.head_dim, 1.0), (40, 1.19)] {
         decode_rope_case(
-            gpu, &cpu, s, &q, &k, &v, &kc0, &vc0, &positions, rotary_dim, scale,
+            gpu, &cpu, r, s, &q, &k, &v, &kc0, &vc0, &positions, rotary_dim, scale,
         );
     }
 }
@@ -70,6 +70,7 @@ fn decode_case<B: Backend>(gpu: &B, r: &mut Rand) {
 fn decode_rope_case<B: Backend>(
     gpu: &B,
     cpu: &Cpu,
+    r: &mut Rand,
     s: DecodeShape,
     q: &[f32],
     k: &[f32],
@@ -197,6 +198,32 @@ fn decode_rope_case<B: Backend>(
         &qkv,
         0.0,
     );
+    // Qwen3's: each head of q and k RMSNorm-ed first (fresh weights in ±1.5), against the CPU's
+    // split + head_rmsnorm_forward ×2 + decode_rope_cache_write
+    let (qn, kn) = (randv(r, s.head_dim, 1.5), randv(r, s.head_dim, 1.5));
+    let (qng, kng) = (gpu.upload(&qn).unwrap(), gpu.upload(&kn).unwrap());
+    let (mut kcg, mut vcg) = (gpu.upload(kc0).unwrap(), gpu.upload(vc0).unwrap());
+    let (mut kcc, mut vcc) = (kc0.to_vec(), vc0.to_vec());
+    let (mut qg, mut qc) = (poisoned(gpu, q.len()), vec![0.0; q.len()]);
+    let eps = 1e-6;
+    gpu.decode_qk_norm_rope_cache_write_stacked(
+        &mut qg, &qkvg, &mut kcg, &mut vcg, &pg, &rope_g, &qng, &kng, eps, s,
+    )
+    .unwrap();
+    cpu.decode_qk_norm_rope_cache_write_stacked(
+        &mut qc, &qkv, &mut kcc, &mut vcc, &positions, &rope_c, &qn, &kn, eps, s,
+    )
+    .unwrap();
+    // the norm's f32 sum and 1/sqrt, then as above
+    for (name, got, want, tol) in [
+        ("q", down(gpu, &qg), qc, F32_TOL),
+        ("k_cache", down(gpu, &kcg), kcc, F32_TOL),
+        ("v_cache", down(gpu, &vcg), vcc, 0.0),
+        ("qkv unchanged", down(gpu, &qkvg), qkv.clone(), 0.0),
+    ] {
+        let op = format!("decode_qk_norm_rope_cache_write_stacked {name}");
+        check(&what(&op), &got, &want, tol);
+    }
 }
 
 gpu_test!(cuda_decode_attention, decode_case);

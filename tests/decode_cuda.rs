@@ -129,7 +129,8 @@ fn cuda_decode_recorded_matches_launched() {
 
 /// The decoder's stacked projections (one GEMM for q/k/v, one for gate/up, over weight copies
 /// stacked for the generation; in bf16 mode kept only as bf16) against one GEMM per weight, on
-/// the GPU, with and without qkv biases. The bf16 operands are the same roundings either way;
+/// the GPU, with and without qkv biases, and with Qwen3's q/k norms (fused into the stacked
+/// RoPE + cache write). The bf16 operands are the same roundings either way;
 /// a wider GEMM may sum in another order, so: 1e-6 with f32 GEMMs, 1e-3 with bf16 GEMMs (the
 /// bounds of `cuda_decode_recorded_matches_launched`, for the same reason). A wrong stacking
 /// offset or row stride would be off by O(1). Also against the CPU.

@@ -3,7 +3,8 @@
 // sequence, then decode_attention over each slot's positions 0..=positions[b] (sequences at
 // different lengths, GQA, head dims not a multiple of 32), against f64 attention of that query
 // over the cache; a position past the capacity must leave the cache untouched and give a NaN
-// row; and decode_rope_cache_write against rope_apply + kv_cache_write, bit for bit. The bf16
+// row; and decode_rope_cache_write against rope_apply + kv_cache_write, bit for bit (Qwen3's
+// decode_qk_norm_rope_cache_write_stacked against rmsnorm_forward over each head, then that). The bf16
 // cache's kernels (`_bf16_kv`): their writes are the RNE rounding of the f32 kernels' values,
 // and the attention over them is checked against f64 attention over the same bf16 values. Fresh
 // random inputs each run (CADA_EMU_SEED to repeat). Exit status 1 on any failure.
@@ -14,9 +15,11 @@
 #include "math_constants.h"
 
 #include "../decode_attention.cu"
+#include "../rmsnorm.cu"
 #include "../rope.cu"
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <tuple>
@@ -147,6 +150,65 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
     return ok;
 }
 
+// Qwen3's fused q/k norm + RoPE + cache write from rows q | k | v against its composite twin:
+// rmsnorm_forward over each head row of q and of k (the Backend's head_rmsnorm_forward, one
+// block of row_threads(head_dim) per row) and decode_rope_cache_write of the normed q and k.
+// The fused kernel runs the same rstd over the same threads: q and the caches equal to the bit,
+// and over a bf16 cache the RNE of the f32 ones.
+bool qk_norm_case(std::mt19937_64& rng, const std::vector<float>& q, const std::vector<float>& k,
+                  const std::vector<float>& v, const std::vector<float>& kc,
+                  const std::vector<float>& vc, const std::vector<unsigned>& pos,
+                  const std::vector<float>& inv_freq, RopeDims rd, DecodeDims dims) {
+    std::normal_distribution<float> nd(1.f, 0.5f);
+    const int hd = dims.head_dim, batch = dims.batch;
+    const int qd = dims.n_heads * hd, kvd = dims.n_kv_heads * hd, ld = qd + 2 * kvd;
+    const float eps = 1e-6f;
+    std::vector<float> qn(hd), kn(hd);
+    for (auto* a : {&qn, &kn})
+        for (auto& x : *a) x = nd(rng);
+    const dim3 threads{(unsigned)std::clamp((hd + 31) / 32 * 32, 32, 1024), 1, 1};
+    // composite: norms, then the fused RoPE + cache write
+    std::vector<float> q1(q.size(), NAN), k1(k.size(), NAN), rq(batch * dims.n_heads), rk(batch * dims.n_kv_heads);
+    emu::launch(dim3{(unsigned)rq.size()}, threads, [&] { rmsnorm_forward(q1.data(), rq.data(), q.data(), qn.data(), hd, eps); });
+    emu::launch(dim3{(unsigned)rk.size()}, threads, [&] { rmsnorm_forward(k1.data(), rk.data(), k.data(), kn.data(), hd, eps); });
+    auto kc1 = kc, vc1 = vc;
+    emu::launch(dim3{2}, dim3{256}, [&] {
+        decode_rope_cache_write(q1.data(), k1.data(), kc1.data(), vc1.data(), v.data(), pos.data(),
+                                inv_freq.data(), rd, dims);
+    });
+    std::vector<float> qkv((size_t)batch * ld);
+    for (int b = 0; b < batch; ++b) {
+        std::memcpy(&qkv[(size_t)b * ld], &q[(size_t)b * qd], qd * sizeof(float));
+        std::memcpy(&qkv[(size_t)b * ld + qd], &k[(size_t)b * kvd], kvd * sizeof(float));
+        std::memcpy(&qkv[(size_t)b * ld + qd + kvd], &v[(size_t)b * kvd], kvd * sizeof(float));
+    }
+    const auto qkv0 = qkv;
+    const dim3 grid{(unsigned)(dims.n_heads + dims.n_kv_heads), (unsigned)batch, 1};
+    std::vector<float> q2(q.size(), NAN);
+    auto kc2 = kc, vc2 = vc;
+    emu::launch(grid, threads, [&] {
+        decode_qk_norm_rope_cache_write_stacked(q2.data(), kc2.data(), vc2.data(), qkv.data(),
+                                                qn.data(), kn.data(), eps, pos.data(),
+                                                inv_freq.data(), rd, dims);
+    });
+    std::vector<float> q3(q.size(), NAN);
+    auto kc3 = to_bf16(kc), vc3 = to_bf16(vc);
+    emu::launch(grid, threads, [&] {
+        decode_qk_norm_rope_cache_write_stacked_bf16_kv(q3.data(), kc3.data(), vc3.data(),
+                                                        qkv.data(), qn.data(), kn.data(), eps,
+                                                        pos.data(), inv_freq.data(), rd, dims);
+    });
+    const auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+        return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    };
+    const bool ok = same(q2, q1) && same(kc2, kc1) && same(vc2, vc1) && same(qkv, qkv0) &&
+                    same(q3, q1) && same_bits(kc3, to_bf16(kc1)) && same_bits(vc3, to_bf16(vc1)) &&
+                    !same(kc2, kc);  // and it did write
+    std::printf("  decode_qk_norm_rope_cache_write_stacked[_bf16_kv] b%d h%d/%d hd%d rot%d×%.2f: q, caches equal rmsnorm_forward + decode_rope_cache_write's bits (bf16: their RNE), qkv unchanged: %s\n",
+                batch, dims.n_heads, dims.n_kv_heads, hd, rd.rotary_dim, rd.scale, ok ? "ok" : "FAILED");
+    return ok;
+}
+
 // decode_rope_cache_write against its composite twin: rope_apply on q and on k, then
 // kv_cache_write (each checked on its own: tests/ops_cuda.rs, layer_ops_check.cpp, above).
 // The same f32 operations, so q, k and both caches must be equal to the bit, a position past
@@ -221,7 +283,8 @@ bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_
                          same_bits(vc5, vc1_16) && same(qkv, qkv0);
     std::printf("  decode_rope_cache_write[_stacked]_bf16_kv b%d cap%d h%d/%d hd%d rot%d×%.2f: q, k as f32, caches the RNE of the f32 ones: %s\n",
                 batch, capacity, n_heads, n_kv_heads, hd, rotary_dim, scale, bf16_ok ? "ok" : "FAILED");
-    return ok && stacked_ok && bf16_ok;
+    const bool qk_ok = qk_norm_case(rng, q, k, v, kc, vc, pos, inv_freq, rd, dims);
+    return ok && stacked_ok && bf16_ok && qk_ok;
 }
 
 }  // namespace

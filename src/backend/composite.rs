@@ -1,4 +1,5 @@
 //! The composite defaults of the stacked decode ops (`Backend::decode_rope_cache_write_stacked`,
+//! its Qwen3 twin `Backend::decode_qk_norm_rope_cache_write_stacked`,
 //! `Backend::swiglu_forward_stacked`): split the stacked GEMM output's rows with `copy`, then
 //! run the unstacked op. The CPU reference runs these; CUDA's fused kernels are tested against
 //! them.
@@ -17,12 +18,55 @@ pub(super) fn decode_rope_cache_write_stacked<B: Backend + ?Sized>(
     rope: &Rope<B::Buf>,
     s: DecodeShape,
 ) -> Result<()> {
+    let (mut k, v) = split_qkv(be, "decode_rope_cache_write_stacked", q, qkv, s)?;
+    be.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, rope, s)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decode_qk_norm_rope_cache_write_stacked<B: Backend + ?Sized>(
+    be: &B,
+    q: &mut B::Buf,
+    qkv: &B::Buf,
+    k_cache: &mut B::Buf,
+    v_cache: &mut B::Buf,
+    positions: &B::Ids,
+    rope: &Rope<B::Buf>,
+    q_norm: &B::Buf,
+    k_norm: &B::Buf,
+    eps: f32,
+    s: DecodeShape,
+) -> Result<()> {
+    let op = "decode_qk_norm_rope_cache_write_stacked";
+    let hd = s.head_dim;
+    ensure!(
+        be.len(q_norm) == hd && be.len(k_norm) == hd,
+        "{op}: q_norm holds {} values and k_norm {}, for head_dim {hd}",
+        be.len(q_norm),
+        be.len(k_norm)
+    );
+    let mut q_raw = be.zeros(be.len(q))?;
+    let (k_raw, v) = split_qkv(be, op, &mut q_raw, qkv, s)?;
+    let mut k = be.zeros(be.len(&k_raw))?;
+    let (qn, kn) = (s.batch * s.n_heads, s.batch * s.n_kv_heads);
+    let (mut rstd_q, mut rstd_k) = (be.zeros(qn)?, be.zeros(kn)?);
+    be.head_rmsnorm_forward(q, &mut rstd_q, &q_raw, q_norm, qn, hd, eps)?;
+    be.head_rmsnorm_forward(&mut k, &mut rstd_k, &k_raw, k_norm, kn, hd, eps)?;
+    be.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, rope, s)
+}
+
+/// The rows q | k | v of a stacked projection's output: q into `q`, k and v returned.
+fn split_qkv<B: Backend + ?Sized>(
+    be: &B,
+    op: &str,
+    q: &mut B::Buf,
+    qkv: &B::Buf,
+    s: DecodeShape,
+) -> Result<(B::Buf, B::Buf)> {
     let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
     let ld = qd + 2 * kvd;
     ensure!(
         be.len(qkv) == s.batch * ld && be.len(q) == s.batch * qd,
-        "decode_rope_cache_write_stacked: qkv holds {} values and q {}, for {} rows of \
-         {ld} and {qd}",
+        "{op}: qkv holds {} values and q {}, for {} rows of {ld} and {qd}",
         be.len(qkv),
         be.len(q),
         s.batch
@@ -34,7 +78,7 @@ pub(super) fn decode_rope_cache_write_stacked<B: Backend + ?Sized>(
         be.copy(&mut k, b * kvd, qkv, b * ld + qd, kvd)?;
         be.copy(&mut v, b * kvd, qkv, b * ld + qd + kvd, kvd)?;
     }
-    be.decode_rope_cache_write(q, &mut k, &v, k_cache, v_cache, positions, rope, s)
+    Ok((k, v))
 }
 
 pub(super) fn swiglu_forward_stacked<B: Backend + ?Sized>(

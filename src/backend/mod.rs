@@ -370,6 +370,29 @@ pub trait Backend: Send + Sync {
             self, q, qkv, k_cache, v_cache, positions, rope, s,
         )
     }
+    /// Qwen3's [`Backend::decode_rope_cache_write_stacked`]: each head of q and of k in `qkv`
+    /// RMSNorm-ed over `head_dim` with `q_norm` / `k_norm` `[head_dim]` (as
+    /// [`Backend::head_rmsnorm_forward`], whose 1/rms is not kept: nothing runs backward from a
+    /// decode step) before RoPE and the cache write. The default splits the rows and runs those
+    /// ops (the reference the fused kernel is tested against).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_qk_norm_rope_cache_write_stacked(
+        &self,
+        q: &mut Self::Buf,
+        qkv: &Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        positions: &Self::Ids,
+        rope: &Rope<Self::Buf>,
+        q_norm: &Self::Buf,
+        k_norm: &Self::Buf,
+        eps: f32,
+        s: DecodeShape,
+    ) -> Result<()> {
+        composite::decode_qk_norm_rope_cache_write_stacked(
+            self, q, qkv, k_cache, v_cache, positions, rope, q_norm, k_norm, eps, s,
+        )
+    }
     /// One query per sequence: `q [batch, Hq·hd]` attends to positions `0..=positions[b]`
     /// of slot `b`. Writes `out [batch, Hq·hd]`.
     #[allow(clippy::too_many_arguments)]

@@ -464,11 +464,14 @@ fn run_layer_ops<B: BenchDevice>(
         out.push(r)?;
     }
 
-    for (id, d) in &set.decode_attention {
+    for (shape, d) in &set.decode_attention {
         // the decode step's RoPE of q and k fused with the cache write: q and k read and
-        // written, v read, one row of each cache written (the attention: run_decode_attention)
-        let id = format!("decode_rope_cache_write/{id}");
-        if !wanted(opts, &id) {
+        // written, v read, one row of each cache written (the attention: run_decode_attention);
+        // and Qwen3's from the stacked q/k/v output with each head of q and k RMSNorm-ed first:
+        // qkv read, q written, one row of each cache written
+        let plain = format!("decode_rope_cache_write/{shape}");
+        let qk_norm = format!("decode_qk_norm_rope_cache_write_stacked/{shape}");
+        if !wanted(opts, &plain) && !wanted(opts, &qk_norm) {
             continue;
         }
         let (s, cap) = decode_shape(d);
@@ -477,17 +480,31 @@ fn run_layer_ops<B: BenchDevice>(
         let mut vc = be.upload(&randv(rng, d.batch * cap * kvd, 1.0))?;
         let pos = be.upload_ids(&vec![(cap - 1) as u32; d.batch])?;
         let mut qr = be.upload(&randv(rng, d.batch * qd, 1.0))?;
-        let mut kr = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
-        let v = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
         let inv: Vec<f32> = (0..d.head_dim / 2)
             .map(|i| 10000f32.powf(-2.0 * i as f32 / d.head_dim as f32))
             .collect();
         let inv = Rope::whole_head(be.upload(&inv)?, d.head_dim);
-        let bytes = (8 * d.batch * qd + 20 * d.batch * kvd) as f64;
-        let r = h.record(id, variant, 0.0, bytes, &mut || {
-            be.decode_rope_cache_write(&mut qr, &mut kr, &v, &mut kc, &mut vc, &pos, &inv, s)
-        })?;
-        out.push(r)?;
+        if wanted(opts, &plain) {
+            let mut kr = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
+            let v = be.upload(&randv(rng, d.batch * kvd, 1.0))?;
+            let bytes = (8 * d.batch * qd + 20 * d.batch * kvd) as f64;
+            let r = h.record(plain, variant, 0.0, bytes, &mut || {
+                be.decode_rope_cache_write(&mut qr, &mut kr, &v, &mut kc, &mut vc, &pos, &inv, s)
+            })?;
+            out.push(r)?;
+        }
+        if wanted(opts, &qk_norm) {
+            let qkv = be.upload(&randv(rng, d.batch * (qd + 2 * kvd), 1.0))?;
+            let qn = be.upload(&randv(rng, d.head_dim, 1.0))?;
+            let kn = be.upload(&randv(rng, d.head_dim, 1.0))?;
+            let bytes = (8 * d.batch * qd + 16 * d.batch * kvd) as f64;
+            let r = h.record(qk_norm, variant, 0.0, bytes, &mut || {
+                be.decode_qk_norm_rope_cache_write_stacked(
+                    &mut qr, &qkv, &mut kc, &mut vc, &pos, &inv, &qn, &kn, 1e-6, s,
+                )
+            })?;
+            out.push(r)?;
+        }
     }
 
     for (id, s) in &set.sample {

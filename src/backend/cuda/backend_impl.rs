@@ -432,6 +432,25 @@ impl Backend for Cuda {
         f32_values(&[q, qkv], "decode_rope_cache_write_stacked")?;
         self.decode_rope_cache_write_stacked_impl(q, qkv, k_cache, v_cache, positions, rope, s)
     }
+    fn decode_qk_norm_rope_cache_write_stacked(
+        &self,
+        q: &mut CudaBuf,
+        qkv: &CudaBuf,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        positions: &CudaSlice<u32>,
+        rope: &Rope<CudaBuf>,
+        q_norm: &CudaBuf,
+        k_norm: &CudaBuf,
+        eps: f32,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let op = "decode_qk_norm_rope_cache_write_stacked";
+        f32_values(&[q, qkv, q_norm, k_norm], op)?;
+        self.decode_qk_norm_rope_cache_write_stacked_impl(
+            q, qkv, k_cache, v_cache, positions, rope, q_norm, k_norm, eps, s,
+        )
+    }
     fn decode_attention(
         &self,
         out: &mut CudaBuf,

@@ -8,8 +8,8 @@ use super::dense::rope_dims;
 use super::kernels::{self, defines, DecodeDims, RopeDims};
 use super::{dim_i32, need, need_ids, Cuda, CudaBuf, DecodeAttentionKernel};
 use crate::backend::{DecodeShape, Rope};
-use anyhow::{anyhow, bail, Result};
-use cudarc::driver::CudaSlice;
+use anyhow::{anyhow, bail, ensure, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 const DEC_WARPS: u32 = defines::DEC_WARPS as u32;
@@ -237,6 +237,53 @@ impl Cuda {
                 &rope.inv_freq,
                 &r,
                 &dims,
+            ),
+        }
+    }
+
+    /// Qwen3's: each head of q and k RMSNorm-ed before RoPE. One block per head row.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode_qk_norm_rope_cache_write_stacked_impl(
+        &self,
+        q: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        positions: &CudaSlice<u32>,
+        rope: &Rope<CudaBuf>,
+        q_norm: &CudaSlice<f32>,
+        k_norm: &CudaSlice<f32>,
+        eps: f32,
+        s: DecodeShape,
+    ) -> Result<()> {
+        let op = "decode_qk_norm_rope_cache_write_stacked";
+        let (qd, kvd) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let cache = cache_mut(op, k_cache, v_cache, s.batch * s.capacity * kvd)?;
+        need(q, s.batch * qd, "q")?;
+        need(qkv, s.batch * (qd + 2 * kvd), "qkv")?;
+        need(q_norm, s.head_dim, "q_norm")?;
+        need(k_norm, s.head_dim, "k_norm")?;
+        let Some((_, r, dims)) = rope_cache_launch(op, positions, rope, s)? else {
+            return Ok(());
+        };
+        ensure!(
+            s.batch <= 65535,
+            "{op}: {} sequences exceed one launch's 65535 rows",
+            s.batch
+        );
+        // the block size of head_rmsnorm_forward's launch, so the norm's bits are its
+        let cfg = LaunchConfig {
+            grid_dim: ((s.n_heads + s.n_kv_heads) as u32, s.batch as u32, 1),
+            block_dim: (super::row_threads(s.head_dim), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let inv_freq = &rope.inv_freq;
+        match cache {
+            CacheMut::F32(kc, vc) => kernels::decode_qk_norm_rope_cache_write_stacked(
+                self, cfg, q, kc, vc, qkv, q_norm, k_norm, &eps, positions, inv_freq, &r, &dims,
+            ),
+            CacheMut::Bf16(kc, vc) => kernels::decode_qk_norm_rope_cache_write_stacked_bf16_kv(
+                self, cfg, q, kc, vc, qkv, q_norm, k_norm, &eps, positions, inv_freq, &r, &dims,
             ),
         }
     }

@@ -258,9 +258,7 @@ impl<B: Backend> Llama<B> {
     fn step_buffers(&self, be: &B, n: usize, stacked: bool) -> Result<StepBuffers<B>> {
         let c = &self.cfg;
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        // Qwen3's q/k norms sit between the projections and RoPE, where the stacked path fuses
-        // RoPE and the cache write with reading q, k, v out of one GEMM: it runs separate ones
-        let projections = if stacked && !c.qk_norm {
+        let projections = if stacked {
             Projections::Stacked {
                 layers: self.stacked_layers(be)?,
                 qkv: be.zeros(n * (qd + 2 * kvd))?,
@@ -372,9 +370,8 @@ impl<B: Backend> Llama<B> {
             .map_or(&self.params.final_norm, |lp| &lp.attn_norm);
         be.rmsnorm_forward(normed, rstd, x, first_norm, n, d, eps)?;
         // 12 launches a layer with separate projections (15 with qkv biases, 14 with Qwen3's
-        // q/k norms), 9 (10) stacked:
-        // each residual add is fused with the norm after it, RoPE of q and k with the cache
-        // write
+        // q/k norms), 9 stacked (10 with qkv biases; Qwen3's norms fused into its RoPE): each
+        // residual add is fused with the norm after it, RoPE of q and k with the cache write
         for (l, lp) in layers.iter().enumerate() {
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
             match projections {
@@ -400,7 +397,15 @@ impl<B: Backend> Llama<B> {
                     let sl = &layers[l];
                     let width = qd + 2 * kvd;
                     be.linear_forward(qkv, normed, &sl.qkv, sl.qkv_bias.as_ref(), n, d, width)?;
-                    be.decode_rope_cache_write_stacked(q, qkv, kc, vc, positions, rope, shape)?;
+                    match (&lp.q_norm, &lp.k_norm) {
+                        // Qwen3: its per-head q/k norms fused in too
+                        (Some(qn), Some(kn)) => be.decode_qk_norm_rope_cache_write_stacked(
+                            q, qkv, kc, vc, positions, rope, qn, kn, eps, shape,
+                        )?,
+                        _ => be.decode_rope_cache_write_stacked(
+                            q, qkv, kc, vc, positions, rope, shape,
+                        )?,
+                    }
                 }
             }
             be.decode_attention(attn, q, kc, vc, positions, shape)?;
