@@ -150,6 +150,19 @@ bool run_case(std::mt19937_64& rng, int batch, int capacity, int n_heads, int n_
     return ok;
 }
 
+// The stacked q/k/v projection's output: rows q | k | v.
+std::vector<float> stack_qkv(const std::vector<float>& q, const std::vector<float>& k,
+                             const std::vector<float>& v, int batch, int qd, int kvd) {
+    const size_t ld = qd + 2 * kvd;
+    std::vector<float> qkv(batch * ld);
+    for (int b = 0; b < batch; ++b) {
+        std::memcpy(&qkv[b * ld], &q[(size_t)b * qd], qd * sizeof(float));
+        std::memcpy(&qkv[b * ld + qd], &k[(size_t)b * kvd], kvd * sizeof(float));
+        std::memcpy(&qkv[b * ld + qd + kvd], &v[(size_t)b * kvd], kvd * sizeof(float));
+    }
+    return qkv;
+}
+
 // Qwen3's fused q/k norm + RoPE + cache write from rows q | k | v against its composite twin:
 // rmsnorm_forward over each head row of q and of k (the Backend's head_rmsnorm_forward, one
 // block of row_threads(head_dim) per row) and decode_rope_cache_write of the normed q and k.
@@ -161,7 +174,7 @@ bool qk_norm_case(std::mt19937_64& rng, const std::vector<float>& q, const std::
                   const std::vector<float>& inv_freq, RopeDims rd, DecodeDims dims) {
     std::normal_distribution<float> nd(1.f, 0.5f);
     const int hd = dims.head_dim, batch = dims.batch;
-    const int qd = dims.n_heads * hd, kvd = dims.n_kv_heads * hd, ld = qd + 2 * kvd;
+    const int qd = dims.n_heads * hd, kvd = dims.n_kv_heads * hd;
     const float eps = 1e-6f;
     std::vector<float> qn(hd), kn(hd);
     for (auto* a : {&qn, &kn})
@@ -176,12 +189,7 @@ bool qk_norm_case(std::mt19937_64& rng, const std::vector<float>& q, const std::
         decode_rope_cache_write(q1.data(), k1.data(), kc1.data(), vc1.data(), v.data(), pos.data(),
                                 inv_freq.data(), rd, dims);
     });
-    std::vector<float> qkv((size_t)batch * ld);
-    for (int b = 0; b < batch; ++b) {
-        std::memcpy(&qkv[(size_t)b * ld], &q[(size_t)b * qd], qd * sizeof(float));
-        std::memcpy(&qkv[(size_t)b * ld + qd], &k[(size_t)b * kvd], kvd * sizeof(float));
-        std::memcpy(&qkv[(size_t)b * ld + qd + kvd], &v[(size_t)b * kvd], kvd * sizeof(float));
-    }
+    std::vector<float> qkv = stack_qkv(q, k, v, batch, qd, kvd);
     const auto qkv0 = qkv;
     const dim3 grid{(unsigned)(dims.n_heads + dims.n_kv_heads), (unsigned)batch, 1};
     std::vector<float> q2(q.size(), NAN);
@@ -247,13 +255,7 @@ bool fused_rope_cache_case(std::mt19937_64& rng, int batch, int capacity, int n_
     std::printf("  decode_rope_cache_write b%d cap%d h%d/%d hd%d rot%d×%.2f: q, k, caches equal the composite's bits: %s\n",
                 batch, capacity, n_heads, n_kv_heads, hd, rotary_dim, scale, ok ? "ok" : "FAILED");
     // the stacked variant, from rows q | k | v of one buffer: the same q and caches, qkv intact
-    const int ld = qd + 2 * kvd;
-    std::vector<float> qkv((size_t)batch * ld);
-    for (int b = 0; b < batch; ++b) {
-        std::memcpy(&qkv[(size_t)b * ld], &q[(size_t)b * qd], qd * sizeof(float));
-        std::memcpy(&qkv[(size_t)b * ld + qd], &k[(size_t)b * kvd], kvd * sizeof(float));
-        std::memcpy(&qkv[(size_t)b * ld + qd + kvd], &v[(size_t)b * kvd], kvd * sizeof(float));
-    }
+    std::vector<float> qkv = stack_qkv(q, k, v, batch, qd, kvd);
     const auto qkv0 = qkv;
     std::vector<float> q3(q.size(), NAN);
     auto kc3 = kc, vc3 = vc;
