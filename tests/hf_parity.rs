@@ -358,3 +358,25 @@ fn every_model_on_the_gpu<B: Backend>(gpu: &B, _rng: &mut rand_chacha::ChaCha8Rn
     }
 }
 gpu_test!(cuda_matches_transformers, every_model_on_the_gpu);
+
+/// A LongRoPE decoder keeps each slot's tokens to prefill them again: a step that skips
+/// positions is refused with a message, not prefilled from a history with a hole.
+#[test]
+fn longrope_decoder_refuses_a_gap_in_positions() {
+    let be = Cpu::new();
+    let dir = fixture("phi3_longrope_long");
+    let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    let params = load_params(&cfg, &SafetensorsDir::open(&dir).unwrap()).unwrap();
+    let model = Llama::from_host(&be, cfg, &params).unwrap();
+    let mut dec = Decoder::with_stacking(&be, &model, 2, 12, false).unwrap();
+    dec.prefill(&[vec![5, 6, 7], vec![8, 9]]).unwrap();
+    let e = dec
+        .step(&[1, 2], &[3, 4])
+        .map(|_| ())
+        .expect_err("a gap after slot 1's 2 tokens");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("slot 1 steps to position 4 after only 2 tokens"),
+        "{e}"
+    );
+}

@@ -403,6 +403,26 @@ fn stacked_decode_ops_refuse_wrong_lengths() {
         format!("{e:#}").contains("decode_rope_cache_write_stacked: qkv holds 31"),
         "{e:#}"
     );
+    // Qwen3's: a norm weight that is not [head_dim]
+    let qkv = vec![0.0; 2 * 16];
+    let e = be
+        .decode_qk_norm_rope_cache_write_stacked(
+            &mut q,
+            &qkv,
+            &mut kc,
+            &mut vc,
+            &vec![0, 1],
+            &cada::backend::Rope::whole_head(vec![1.0; 2], 4),
+            &vec![1.0; 4],
+            &vec![1.0; 3],
+            1e-6,
+            s,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("k_norm 3, for head_dim 4"),
+        "{e:#}"
+    );
 }
 
 /// The CPU twin of CUDA's bf16 KV cache (`Cpu::with_bf16_kv_cache`): after the prefill and

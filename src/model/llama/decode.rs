@@ -495,9 +495,9 @@ impl<'a, B: Backend> Decoder<'a, B> {
     fn prefill_again_with_long_rope(&mut self) -> Result<()> {
         let history = self
             .history
-            .clone()
+            .as_ref()
             .expect("a LongRoPE decoder keeps its history");
-        let logits = self.model.prefill(self.be, &mut self.cache, &history)?;
+        let logits = self.model.prefill(self.be, &mut self.cache, history)?;
         let len = self.be.len(&logits);
         self.be.copy(&mut self.bufs.logits, 0, &logits, 0, len)?;
         self.cache_long_rope = true;
