@@ -3,13 +3,20 @@
 # and the token ids Hugging Face's own tokenizers give for them: models/ggml-vocab-*.gguf,
 # .gguf.inp, .gguf.out) from the llama-cpp-python 0.3.36 source archive on PyPI, which vendors
 # llama.cpp, into the git-ignored models/vocab-tests/. tests/gguf_vocab.rs compares our GGUF
-# tokenizer conversion with those ids. Idempotent.
+# tokenizer conversion with those ids. The same archive's models/templates/*.jinja (llama.cpp's
+# copies of real models' chat templates) go to models/vocab-tests/templates/ for
+# tests/chat_templates.rs. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=models/vocab-tests
 names="qwen2 llama-bpe gpt-2 starcoder refact command-r llama-spm phi-3"
 have=1
+templates="Qwen-Qwen3-0.6B Qwen-Qwen2.5-7B-Instruct Qwen-QwQ-32B deepseek-ai-DeepSeek-R1-Distill-Qwen-32B
+    deepseek-ai-DeepSeek-R1-Distill-Llama-8B meta-llama-Llama-3.1-8B-Instruct meta-llama-Llama-3.2-3B-Instruct
+    meta-llama-Llama-3.3-70B-Instruct microsoft-Phi-3.5-mini-instruct mistralai-Mistral-Nemo-Instruct-2407
+    HuggingFaceTB-SmolLM3-3B ibm-granite-granite-3.3-2B-Instruct google-gemma-2-2b-it Qwen3.5-4B"
 for n in $names; do [[ -f "$dest/ggml-vocab-$n.gguf.out" ]] || have=0; done
+for t in $templates; do [[ -f "$dest/templates/$t.jinja" ]] || have=0; done
 if (( ! have )); then
     url=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz
     sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -26,6 +33,11 @@ PY
             tar xzf "$tmp/src.tar.gz" -C "$dest" --strip-components=4 \
                 "llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-$n.$ext"
         done
+    done
+    mkdir -p "$dest/templates"
+    for t in $templates; do
+        tar xzf "$tmp/src.tar.gz" -C "$dest/templates" --strip-components=5 \
+            "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/$t.jinja"
     done
 fi
 echo "$dest"

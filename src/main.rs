@@ -50,6 +50,10 @@ enum Command {
         /// system message (with --chat)
         #[arg(long)]
         system: Option<String>,
+        /// extra chat-template variables as a JSON object (with --chat), e.g.
+        /// '{"enable_thinking": false}' for Qwen3
+        #[arg(long)]
+        chat_template_kwargs: Option<String>,
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
         /// 0 = greedy (deterministic)
@@ -221,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt,
             chat,
             system,
+            chat_template_kwargs,
             max_new_tokens,
             temperature,
             top_p,
@@ -228,7 +233,19 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             device,
         } => {
-            let m = cada::model::load::load_model(&model)?;
+            let mut m = cada::model::load::load_model(&model)?;
+            if let Some(text) = chat_template_kwargs {
+                let kwargs = match serde_json::from_str(&text) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    Ok(other) => {
+                        anyhow::bail!("--chat-template-kwargs: expected a JSON object, got {other}")
+                    }
+                    Err(e) => anyhow::bail!("--chat-template-kwargs: not JSON: {e}"),
+                };
+                m.chat
+                    .set_kwargs(kwargs)
+                    .context("--chat-template-kwargs")?;
+            }
             let sampling = SamplingConfig {
                 temperature,
                 top_p,

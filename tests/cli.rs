@@ -141,6 +141,41 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 #[test]
+fn chat_template_kwargs_flag_is_checked() {
+    let dir = model_dir();
+    let m = dir.path().to_str().unwrap();
+    let gen = |kwargs: &str| {
+        cada(&[
+            "generate",
+            "--model",
+            m,
+            "--chat",
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+            "--chat-template-kwargs",
+            kwargs,
+        ])
+    };
+    let o = gen(r#"{"enable_thinking": false}"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_fails_with(&gen("[1, 2]"), &["--chat-template-kwargs", "JSON object"]);
+    assert_fails_with(
+        &gen("{enable_thinking"),
+        &["--chat-template-kwargs", "not JSON"],
+    );
+    assert_fails_with(
+        &gen(r#"{"messages": []}"#),
+        &["--chat-template-kwargs", "messages"],
+    );
+}
+
+#[test]
 fn bad_model_inputs_give_clear_errors() {
     // missing directory
     let o = cada(&["tokenize", "--model", "/nonexistent/model", "--text", "x"]);

@@ -117,6 +117,9 @@ pub struct TrainConfig {
     pub loss: LossSection,
     pub optim: AdamWConfig,
     pub judge: JudgeConfig,
+    /// extra variables for the model's chat template (TRL's `chat_template_kwargs`), e.g.
+    /// `enable_thinking = false` for Qwen3
+    pub chat_template_kwargs: toml::Table,
 }
 
 impl Default for TrainConfig {
@@ -156,11 +159,24 @@ impl Default for TrainConfig {
                 ..AdamWConfig::default()
             },
             judge: JudgeConfig::default(),
+            chat_template_kwargs: toml::Table::new(),
         }
     }
 }
 
 impl TrainConfig {
+    /// `chat_template_kwargs` as the JSON map the chat template takes.
+    pub fn chat_template_kwargs_json(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::to_value(&self.chat_template_kwargs)
+            .context("train config field `chat_template_kwargs`")?
+        {
+            serde_json::Value::Object(map) => Ok(map),
+            other => anyhow::bail!(
+                "train config field `chat_template_kwargs` must be a table, got {other}"
+            ),
+        }
+    }
+
     /// Defaults, then the TOML file, then each `key=value` override (TOML syntax for values,
     /// bare strings allowed), then validation.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {

@@ -122,7 +122,8 @@ pub fn run_train<B: Backend>(
 ) -> Result<TrainSummary> {
     let out = cfg.out_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let base: LoadedModel = crate::model::load::load_model(&cfg.model)?;
+    let mut base: LoadedModel = crate::model::load::load_model(&cfg.model)?;
+    base.chat.set_kwargs(cfg.chat_template_kwargs_json()?)?;
     let spec = load_spec(&cfg.spec)?;
     let prompts = load_prompts(&cfg.prompts)?;
     let eval_prompts = match &cfg.eval_prompts {

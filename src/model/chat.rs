@@ -24,6 +24,9 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Extra variables every render sees (TRL's `chat_template_kwargs`, e.g. Qwen3's
+    /// `enable_thinking`); like transformers' keyword arguments they override the special tokens.
+    kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Special tokens in tokenizer_config.json are either strings or `{"content": ...}` objects.
@@ -69,9 +72,14 @@ impl ChatTemplate {
     }
 
     pub fn new(template: &str, bos_token: &str, eos_token: &str, source: &str) -> Result<Self> {
+        // transformers' set-up: jinja2 with trim_blocks and lstrip_blocks, loop controls, its own
+        // tojson, raise_exception and strftime_now (chat_template_utils._compile_jinja_template)
         let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", python_tojson);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -81,11 +89,7 @@ impl ChatTemplate {
                 ))
             },
         );
-        env.add_function("strftime_now", |_fmt: String| -> String {
-            // Templates use it for "today's date" in system prompts; a fixed date keeps
-            // rendering (and therefore training) reproducible.
-            "01 Jan 2026".to_string()
-        });
+        env.add_function("strftime_now", strftime_fixed_day);
         env.add_template_owned("chat", template.to_string())
             .map_err(|e| {
                 anyhow::anyhow!("{source}: field `chat_template` does not compile: {e}")
@@ -94,7 +98,24 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            kwargs: serde_json::Map::new(),
         })
+    }
+
+    /// Sets the extra variables of every later render (replacing earlier ones).
+    pub fn set_kwargs(&mut self, kwargs: serde_json::Map<String, serde_json::Value>) -> Result<()> {
+        for key in ["messages", "add_generation_prompt", "tools", "documents"] {
+            anyhow::ensure!(
+                !kwargs.contains_key(key),
+                "chat_template_kwargs: `{key}` is set by the renderer itself, not a keyword argument"
+            );
+        }
+        self.kwargs = kwargs;
+        Ok(())
+    }
+
+    pub fn kwargs(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.kwargs
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
@@ -102,14 +123,189 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .expect("template added in new()");
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| anyhow::anyhow!("chat template failed to render: {e}"))
+        // What transformers' apply_chat_template passes: the special tokens, overridden by the
+        // keyword arguments, then the conversation; `tools` and `documents` are None (not
+        // undefined: templates test `tools is not none`).
+        let mut ctx = serde_json::Map::new();
+        ctx.insert("bos_token".into(), self.bos_token.clone().into());
+        ctx.insert("eos_token".into(), self.eos_token.clone().into());
+        ctx.extend(self.kwargs.clone());
+        ctx.insert("messages".into(), serde_json::to_value(messages)?);
+        ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
+        ctx.insert("tools".into(), serde_json::Value::Null);
+        ctx.insert("documents".into(), serde_json::Value::Null);
+        tmpl.render(minijinja::Value::from_serialize(&ctx))
+            .map_err(|e| anyhow::anyhow!("chat template failed to render: {e}"))
     }
+}
+
+/// transformers' `tojson`: Python's `json.dumps(x, ensure_ascii=False, indent=…, separators=…,
+/// sort_keys=…)`, without the HTML escaping of Jinja's own filter.
+fn python_tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<String, minijinja::Error> {
+    let invalid = |msg: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg);
+    let indent: Option<minijinja::Value> = kwargs.get("indent")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(match v.as_str() {
+            Some(s) => s.to_string(),
+            None => " ".repeat(
+                usize::try_from(v.clone())
+                    .map_err(|_| invalid(format!("tojson: indent must be a count, got {v}")))?,
+            ),
+        }),
+    };
+    let (item_sep, key_sep) = match separators.as_deref() {
+        None => (
+            if indent.is_some() { "," } else { ", " }.to_string(),
+            ": ".to_string(),
+        ),
+        Some([item, key]) => (item.clone(), key.clone()),
+        Some(other) => {
+            return Err(invalid(format!(
+                "tojson: separators must be a pair, got {other:?}"
+            )))
+        }
+    };
+    let json = serde_json::to_value(&value).map_err(|e| invalid(format!("tojson: {e}")))?;
+    let style = PyJson {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+    };
+    let mut out = String::new();
+    style.write(&json, 0, &mut out);
+    Ok(out)
+}
+
+/// The layout options of Python's `json.dumps`.
+struct PyJson {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+    ensure_ascii: bool,
+}
+
+impl PyJson {
+    fn newline(&self, depth: usize, out: &mut String) {
+        if let Some(unit) = &self.indent {
+            out.push('\n');
+            out.push_str(&unit.repeat(depth));
+        }
+    }
+
+    fn string(&self, s: &str, out: &mut String) {
+        // serde_json escapes what Python's encoder escapes (", \, \n, \r, \t, \b, \f, other
+        // controls as \u00XX); ensure_ascii also escapes the rest as UTF-16 \uXXXX
+        let quoted = serde_json::to_string(s).expect("a string serialises");
+        if !self.ensure_ascii {
+            out.push_str(&quoted);
+            return;
+        }
+        for c in quoted.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+    }
+
+    fn write(&self, v: &serde_json::Value, depth: usize, out: &mut String) {
+        use serde_json::Value as J;
+        match v {
+            J::Null => out.push_str("null"),
+            J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            J::Number(n) => out.push_str(&n.to_string()),
+            J::String(s) => self.string(s, out),
+            J::Array(items) if items.is_empty() => out.push_str("[]"),
+            J::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(depth + 1, out);
+                    self.write(item, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push(']');
+            }
+            J::Object(map) if map.is_empty() => out.push_str("{}"),
+            J::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                out.push('{');
+                for (i, (key, item)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(depth + 1, out);
+                    self.string(key, out);
+                    out.push_str(&self.key_sep);
+                    self.write(item, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// `strftime_now(format)`: templates print "today's date" in system prompts. Ours is always
+/// 2026-01-01 09:30:00, so that rendering, and therefore training, is reproducible.
+fn strftime_fixed_day(format: String) -> std::result::Result<String, minijinja::Error> {
+    const DAY: [(char, &str); 12] = [
+        ('d', "01"),
+        ('m', "01"),
+        ('Y', "2026"),
+        ('y', "26"),
+        ('b', "Jan"),
+        ('B', "January"),
+        ('a', "Thu"),
+        ('A', "Thursday"),
+        ('H', "09"),
+        ('M', "30"),
+        ('S', "00"),
+        ('j', "001"),
+    ];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(spec) => match DAY.iter().find(|(k, _)| *k == spec) {
+                Some((_, text)) => out.push_str(text),
+                None => {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("strftime_now: %{spec} is not supported"),
+                    ))
+                }
+            },
+            None => out.push('%'),
+        }
+    }
+    Ok(out)
 }
 
 /// The ChatML template, used by models without one of their own (e.g. the default model).
