@@ -346,8 +346,8 @@ fn quantised_types_match_the_gguf_python_reference() {
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(
         cases.len(),
-        10,
-        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K"
+        12,
+        "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS"
     );
     for case in cases {
         let name = case["type"].as_str().unwrap();
