@@ -50,10 +50,8 @@ enum Command {
         /// system message (with --chat)
         #[arg(long)]
         system: Option<String>,
-        /// extra chat-template variables as a JSON object (with --chat), e.g.
-        /// '{"enable_thinking": false}' for Qwen3
-        #[arg(long)]
-        chat_template_kwargs: Option<String>,
+        #[command(flatten)]
+        chat_template: app::ChatTemplateArgs,
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
         /// 0 = greedy (deterministic)
@@ -127,6 +125,8 @@ enum Command {
         /// completions per prompt (use > 1 with --temperature > 0)
         #[arg(long, default_value_t = 1)]
         samples: usize,
+        #[command(flatten)]
+        chat_template: app::ChatTemplateArgs,
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
@@ -138,6 +138,8 @@ enum Command {
         data: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        chat_template: app::ChatTemplateArgs,
         #[arg(long, default_value_t = 100)]
         steps: usize,
         #[arg(long, default_value_t = 8)]
@@ -157,6 +159,8 @@ enum Command {
         data: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        chat_template: app::ChatTemplateArgs,
         #[arg(long, default_value_t = 100)]
         steps: usize,
         #[arg(long, default_value_t = 8)]
@@ -225,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt,
             chat,
             system,
-            chat_template_kwargs,
+            chat_template,
             max_new_tokens,
             temperature,
             top_p,
@@ -233,19 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             device,
         } => {
-            let mut m = cada::model::load::load_model(&model)?;
-            if let Some(text) = chat_template_kwargs {
-                let kwargs = match serde_json::from_str(&text) {
-                    Ok(serde_json::Value::Object(map)) => map,
-                    Ok(other) => {
-                        anyhow::bail!("--chat-template-kwargs: expected a JSON object, got {other}")
-                    }
-                    Err(e) => anyhow::bail!("--chat-template-kwargs: not JSON: {e}"),
-                };
-                m.chat
-                    .set_kwargs(kwargs)
-                    .context("--chat-template-kwargs")?;
-            }
+            let m = chat_template.load_model(&model)?;
             let sampling = SamplingConfig {
                 temperature,
                 top_p,
@@ -363,8 +355,9 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             samples,
             device,
+            chat_template,
         } => {
-            let m = cada::model::load::load_model(&model)?;
+            let m = chat_template.load_model(&model)?;
             let items = cada::cada::data::load_prompts(&prompts)?;
             let opts = cada::cada::evaluate::EvalOptions {
                 temperature,
@@ -396,8 +389,9 @@ fn run(cli: Cli) -> Result<()> {
             lr,
             seed,
             device,
+            chat_template,
         } => {
-            let m = cada::model::load::load_model(&model)?;
+            let m = chat_template.load_model(&model)?;
             let pairs = cada::cada::data::load_sft(&data)?;
             app::run_on(
                 device,
@@ -422,8 +416,9 @@ fn run(cli: Cli) -> Result<()> {
             beta,
             seed,
             device,
+            chat_template,
         } => {
-            let m = cada::model::load::load_model(&model)?;
+            let m = chat_template.load_model(&model)?;
             let triples = cada::cada::data::load_dpo(&data)?;
             app::run_on(
                 device,

@@ -173,6 +173,18 @@ fn chat_template_kwargs_flag_is_checked() {
         &gen(r#"{"messages": []}"#),
         &["--chat-template-kwargs", "messages"],
     );
+    // every command that renders chat takes the same flag and checks it before anything else
+    let data = dir.path().join("none.jsonl");
+    let data = data.to_str().unwrap();
+    for cmd in [
+        vec!["eval", "--prompts", data],
+        vec!["sft", "--data", data, "--out", data],
+        vec!["dpo", "--data", data, "--out", data],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["--model", m, "--chat-template-kwargs", "[1, 2]"]);
+        assert_fails_with(&cada(&args), &["--chat-template-kwargs", "JSON object"]);
+    }
 }
 
 #[test]
