@@ -5,7 +5,8 @@
 # references, the sampler (sampling.cu) against the CPU reference's token choice, and the GRPO
 # loss and advantages (grpo_loss.cu) against a transcription of the CPU reference, and the rest
 # of the layer (rmsnorm, rope, embedding, swiglu, adamw, convert, elementwise, fused_logprob)
-# against f64 evaluations of the CPU's formulas, checked without a GPU. `--tsan` builds with
+# against f64 evaluations of the CPU's formulas, and Qwen3's fused q/k norm + RoPE
+# (qk_norm_rope.cu) bit for bit against the kernels it fuses, checked without a GPU. `--tsan` builds with
 # ThreadSanitizer (every CUDA thread is a std::thread, so a missing __syncthreads shows up as a
 # data race) on the quick cases.
 # Needs a C++20 compiler (g++ ≥ 11 or clang++ ≥ 13); says so and exits 0 when there is none.
@@ -23,7 +24,7 @@ if [[ -z "$cxx" ]]; then
 fi
 out=target/emulation
 mkdir -p "$out"
-names=(attention_mma attention_wgmma attention_simt decode_attention decode_attention_split sampling grpo layer_ops)
+names=(attention_mma attention_wgmma attention_simt decode_attention decode_attention_split sampling grpo layer_ops qk_norm_rope)
 if [[ "${1:-}" == "--tsan" ]]; then
     suffix=_tsan flags=(-O1 -g -fsanitize=thread) run_args=(--quick)
     # halt_on_error: a race fails the run instead of scrolling past

@@ -19,7 +19,7 @@ mod common;
 use common::{check, check_each, down, poisoned, randv};
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{Backend, Rope};
+use cada::backend::{Backend, QkNormRope, Rope};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -297,6 +297,132 @@ fn rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
     }
 }
 
+/// Qwen3's q/k norm + RoPE, forward and backward, fused on the GPU against the CPU's
+/// composite (the norms, then RoPE): GQA 5/2 heads over 37 tokens, head dim 72 (not a multiple
+/// of 32), a partial scaled rotary too; the weight gradients accumulate into random values.
+fn qk_norm_rope_case<B: Backend>(gpu: &B, r: &mut Rand) {
+    let cpu = Cpu::new();
+    let (tokens, hq, hkv, hd, eps) = (37, 5, 2, 72, 1e-6);
+    for (rotary_dim, scale) in [(hd, 1.0), (48, 1.19)] {
+        let (qn, kn) = (tokens * hq, tokens * hkv);
+        let (q_raw, k_raw) = (randv(r, qn * hd, 2.0), randv(r, kn * hd, 2.0));
+        let (q_norm, k_norm) = (randv(r, hd, 1.0), randv(r, hd, 1.0));
+        let positions: Vec<u32> = (0..tokens).map(|_| r.gen_range(0..40000)).collect();
+        let inv_freq: Vec<f32> = (0..rotary_dim / 2)
+            .map(|i| 1e6f32.powf(-2.0 * i as f32 / rotary_dim as f32))
+            .collect();
+        let rope_c = Rope {
+            inv_freq: inv_freq.clone(),
+            rotary_dim,
+            scale,
+        };
+        let rope_g = Rope {
+            inv_freq: gpu.upload(&inv_freq).unwrap(),
+            rotary_dim,
+            scale,
+        };
+        let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let (qrg, krg, qng, kng) = (up(&q_raw), up(&k_raw), up(&q_norm), up(&k_norm));
+        let pg = gpu.upload_ids(&positions).unwrap();
+        let args_c = QkNormRope {
+            q_raw: &q_raw,
+            k_raw: &k_raw,
+            q_norm: &q_norm,
+            k_norm: &k_norm,
+            positions: &positions,
+            rope: &rope_c,
+            tokens,
+            n_heads: hq,
+            n_kv_heads: hkv,
+            head_dim: hd,
+        };
+        let args_g = QkNormRope {
+            q_raw: &qrg,
+            k_raw: &krg,
+            q_norm: &qng,
+            k_norm: &kng,
+            positions: &pg,
+            rope: &rope_g,
+            tokens,
+            n_heads: hq,
+            n_kv_heads: hkv,
+            head_dim: hd,
+        };
+        let what = |op: &str| format!("{op} (rotary {rotary_dim} of {hd}, scale {scale})");
+        let (mut qg, mut kg) = (poisoned(gpu, qn * hd), poisoned(gpu, kn * hd));
+        let (mut rqg, mut rkg) = (poisoned(gpu, qn), poisoned(gpu, kn));
+        let (mut qc, mut kc) = (vec![0.0; qn * hd], vec![0.0; kn * hd]);
+        let (mut rqc, mut rkc) = (vec![0.0; qn], vec![0.0; kn]);
+        gpu.qk_norm_rope_forward(&mut qg, &mut kg, &mut rqg, &mut rkg, &args_g, eps)
+            .unwrap();
+        cpu.qk_norm_rope_forward(&mut qc, &mut kc, &mut rqc, &mut rkc, &args_c, eps)
+            .unwrap();
+        // the norm's f32 sums and sin/cos of angles up to 40000 rad (≤ 2 ulp apart): F32_TOL
+        check(
+            &what("qk_norm_rope_forward q"),
+            &down(gpu, &qg),
+            &qc,
+            F32_TOL,
+        );
+        check(
+            &what("qk_norm_rope_forward k"),
+            &down(gpu, &kg),
+            &kc,
+            F32_TOL,
+        );
+        check(
+            &what("qk_norm_rope_forward rstd_q"),
+            &down(gpu, &rqg),
+            &rqc,
+            F32_TOL,
+        );
+        check(
+            &what("qk_norm_rope_forward rstd_k"),
+            &down(gpu, &rkg),
+            &rkc,
+            F32_TOL,
+        );
+        let (dq, dk) = (randv(r, qn * hd, 1.0), randv(r, kn * hd, 1.0));
+        let (dwq0, dwk0) = (randv(r, hd, 1.0), randv(r, hd, 1.0));
+        let (mut dqg, mut dkg, mut dwqg, mut dwkg) = (up(&dq), up(&dk), up(&dwq0), up(&dwk0));
+        let (mut dqc, mut dkc, mut dwqc, mut dwkc) = (dq.clone(), dk.clone(), dwq0, dwk0);
+        let (mut dqrg, mut dkrg) = (poisoned(gpu, qn * hd), poisoned(gpu, kn * hd));
+        let (mut dqrc, mut dkrc) = (vec![0.0; qn * hd], vec![0.0; kn * hd]);
+        gpu.qk_norm_rope_backward(
+            &mut dqrg, &mut dkrg, &mut dwqg, &mut dwkg, &mut dqg, &mut dkg, &rqg, &rkg, &args_g,
+        )
+        .unwrap();
+        cpu.qk_norm_rope_backward(
+            &mut dqrc, &mut dkrc, &mut dwqc, &mut dwkc, &mut dqc, &mut dkc, &rqc, &rkc, &args_c,
+        )
+        .unwrap();
+        check(
+            &what("qk_norm_rope_backward d(q_raw)"),
+            &down(gpu, &dqrg),
+            &dqrc,
+            GRAD_TOL,
+        );
+        check(
+            &what("qk_norm_rope_backward d(k_raw)"),
+            &down(gpu, &dkrg),
+            &dkrc,
+            GRAD_TOL,
+        );
+        check(
+            &what("qk_norm_rope_backward d(q_norm) (accumulated)"),
+            &down(gpu, &dwqg),
+            &dwqc,
+            GRAD_TOL,
+        );
+        check(
+            &what("qk_norm_rope_backward d(k_norm) (accumulated)"),
+            &down(gpu, &dwkg),
+            &dwkc,
+            GRAD_TOL,
+        );
+    }
+}
+
 fn swiglu_case<B: Backend>(gpu: &B, r: &mut Rand) {
     let cpu = Cpu::new();
     let n = 10_007;
@@ -478,6 +604,7 @@ gpu_test!(cuda_embedding, embedding_case);
 gpu_test!(cuda_linear, linear_case);
 gpu_test!(cuda_rmsnorm, rmsnorm_case);
 gpu_test!(cuda_rope, rope_case);
+gpu_test!(cuda_qk_norm_rope, qk_norm_rope_case);
 gpu_test!(cuda_swiglu, swiglu_case);
 gpu_test!(cuda_fused_logprob, fused_logprob_case);
 gpu_test!(cuda_adamw, adamw_case);

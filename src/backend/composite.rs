@@ -1,10 +1,11 @@
 //! The composite defaults of the stacked decode ops (`Backend::decode_rope_cache_write_stacked`,
 //! its Qwen3 twin `Backend::decode_qk_norm_rope_cache_write_stacked`,
 //! `Backend::swiglu_forward_stacked`): split the stacked GEMM output's rows with `copy`, then
-//! run the unstacked op. The CPU reference runs these; CUDA's fused kernels are tested against
-//! them.
+//! run the unstacked op; and of Qwen3's training q/k path (`Backend::qk_norm_rope_forward` and
+//! its backward): the norms, then RoPE. The CPU reference runs these; CUDA's fused kernels are
+//! tested against them.
 
-use super::{check_swiglu_stacked, Backend, DecodeShape, Rope};
+use super::{check_swiglu_stacked, Backend, DecodeShape, QkNormRope, Rope};
 use anyhow::{ensure, Result};
 
 #[allow(clippy::too_many_arguments)]
@@ -96,4 +97,57 @@ pub(super) fn swiglu_forward_stacked<B: Backend + ?Sized>(
         be.copy(&mut up, r * f, gate_up, r * 2 * f + f, f)?;
     }
     be.swiglu_forward(out, &gate, &up)
+}
+
+pub(super) fn qk_norm_rope_forward<B: Backend + ?Sized>(
+    be: &B,
+    q: &mut B::Buf,
+    k: &mut B::Buf,
+    rstd_q: &mut B::Buf,
+    rstd_k: &mut B::Buf,
+    a: &QkNormRope<B::Buf, B::Ids>,
+    eps: f32,
+) -> Result<()> {
+    let (qn, kn, hd) = check_qk_norm(be, "qk_norm_rope_forward", a)?;
+    be.head_rmsnorm_forward(q, rstd_q, a.q_raw, a.q_norm, qn, hd, eps)?;
+    be.head_rmsnorm_forward(k, rstd_k, a.k_raw, a.k_norm, kn, hd, eps)?;
+    be.rope_forward(q, a.positions, a.rope, a.tokens, a.n_heads, hd)?;
+    be.rope_forward(k, a.positions, a.rope, a.tokens, a.n_kv_heads, hd)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn qk_norm_rope_backward<B: Backend + ?Sized>(
+    be: &B,
+    dq_raw: &mut B::Buf,
+    dk_raw: &mut B::Buf,
+    dq_norm: &mut B::Buf,
+    dk_norm: &mut B::Buf,
+    dq: &mut B::Buf,
+    dk: &mut B::Buf,
+    rstd_q: &B::Buf,
+    rstd_k: &B::Buf,
+    a: &QkNormRope<B::Buf, B::Ids>,
+) -> Result<()> {
+    let (qn, kn, hd) = check_qk_norm(be, "qk_norm_rope_backward", a)?;
+    be.rope_backward(dq, a.positions, a.rope, a.tokens, a.n_heads, hd)?;
+    be.rope_backward(dk, a.positions, a.rope, a.tokens, a.n_kv_heads, hd)?;
+    be.rmsnorm_backward(dq_raw, dq_norm, dq, a.q_raw, a.q_norm, rstd_q, qn, hd)?;
+    be.rmsnorm_backward(dk_raw, dk_norm, dk, a.k_raw, a.k_norm, rstd_k, kn, hd)
+}
+
+/// The norm weights' lengths (the ops below check the rest); gives the head rows of q and of k
+/// and the head dim.
+pub(super) fn check_qk_norm<B: Backend + ?Sized>(
+    be: &B,
+    op: &str,
+    a: &QkNormRope<B::Buf, B::Ids>,
+) -> Result<(usize, usize, usize)> {
+    let hd = a.head_dim;
+    ensure!(
+        be.len(a.q_norm) == hd && be.len(a.k_norm) == hd,
+        "{op}: q_norm holds {} values and k_norm {}, for head_dim {hd}",
+        be.len(a.q_norm),
+        be.len(a.k_norm)
+    );
+    Ok((a.tokens * a.n_heads, a.tokens * a.n_kv_heads, hd))
 }

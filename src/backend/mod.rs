@@ -22,8 +22,8 @@ mod types;
 
 pub use peaks::dense_bf16_peak_tflops;
 pub use types::{
-    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, Rope,
-    ScaleRewards,
+    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, QkNormRope,
+    Rope, ScaleRewards,
 };
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -290,6 +290,42 @@ pub trait Backend: Send + Sync {
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()>;
+
+    /// Qwen3's q/k path: `q = RoPE(head RMSNorm(q_raw))` per head row with `q_norm`, the same
+    /// for k; `rstd_q [tokens · n_heads]`, `rstd_k [tokens · n_kv_heads]` keep 1/rms for the
+    /// backward. The default is [`Backend::head_rmsnorm_forward`] and [`Backend::rope_forward`]
+    /// on each (the reference CUDA's one-launch kernel is tested against).
+    fn qk_norm_rope_forward(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        rstd_q: &mut Self::Buf,
+        rstd_k: &mut Self::Buf,
+        a: &QkNormRope<Self::Buf, Self::Ids>,
+        eps: f32,
+    ) -> Result<()> {
+        composite::qk_norm_rope_forward(self, q, k, rstd_q, rstd_k, a, eps)
+    }
+    /// Its backward. `dq`, `dk` (gradients of the rotated q, k) are used up: turned back in
+    /// place. Writes `dq_raw`, `dk_raw`; accumulates the norms' weight gradients into `dq_norm`,
+    /// `dk_norm`. The default is [`Backend::rope_backward`] and [`Backend::rmsnorm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_backward(
+        &self,
+        dq_raw: &mut Self::Buf,
+        dk_raw: &mut Self::Buf,
+        dq_norm: &mut Self::Buf,
+        dk_norm: &mut Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        rstd_q: &Self::Buf,
+        rstd_k: &Self::Buf,
+        a: &QkNormRope<Self::Buf, Self::Ids>,
+    ) -> Result<()> {
+        composite::qk_norm_rope_backward(
+            self, dq_raw, dk_raw, dq_norm, dk_norm, dq, dk, rstd_q, rstd_k, a,
+        )
+    }
 
     // ---- causal GQA attention ------------------------------------------------------
     /// `q [B·T, Hq·hd]`, `k, v [B·T, Hkv·hd]` → `out [B·T, Hq·hd]`, `lse [B, Hq, T]` (natural log).

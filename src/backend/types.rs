@@ -38,6 +38,23 @@ impl<Buf> Rope<Buf> {
     }
 }
 
+/// What Qwen3's q/k norm + RoPE ([`super::Backend::qk_norm_rope_forward`] and its backward)
+/// reads: q and k as their projections wrote them (`q_raw [tokens, n_heads · head_dim]`,
+/// `k_raw [tokens, n_kv_heads · head_dim]`), the norms' weights `[head_dim]`, one position per
+/// token and the rotation.
+pub struct QkNormRope<'a, Buf, Ids> {
+    pub q_raw: &'a Buf,
+    pub k_raw: &'a Buf,
+    pub q_norm: &'a Buf,
+    pub k_norm: &'a Buf,
+    pub positions: &'a Ids,
+    pub rope: &'a Rope<Buf>,
+    pub tokens: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
 /// Shape of a batched single-token decode step over a KV cache.
 /// Cache layout per layer: `[slots, capacity, n_kv_heads · head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

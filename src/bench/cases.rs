@@ -446,6 +446,94 @@ fn run_layer_ops<B: BenchDevice>(
         out.push(r)?;
     }
 
+    for (id, s) in &set.rope {
+        // Qwen3's q/k norm + RoPE in one launch against the four it replaces (the norms, then
+        // RoPE), at the RoPE shape with k's heads as its GQA says: fused, q and k read once
+        // and written once (8 bytes an element); the composite twice each (16); the backward
+        // reads the gradient and x, writes the turned gradient and dx, then the weight sums
+        // read the turned gradient and x again (24)
+        let ids = [
+            "qk_norm_rope.fwd",
+            "qk_norm_rope_composite.fwd",
+            "qk_norm_rope.bwd",
+        ]
+        .map(|op| format!("{op}/{id}"));
+        if !ids.iter().any(|i| wanted(opts, i)) {
+            continue;
+        }
+        let n = s.batch * s.seq;
+        let (qn, kn, hd) = (n * s.n_heads, n * s.n_kv_heads, s.head_dim);
+        let elems = ((qn + kn) * hd) as f64;
+        let (q_raw, k_raw) = (
+            be.upload(&randv(rng, qn * hd, 1.0))?,
+            be.upload(&randv(rng, kn * hd, 1.0))?,
+        );
+        let (q_norm, k_norm) = (
+            be.upload(&randv(rng, hd, 1.0))?,
+            be.upload(&randv(rng, hd, 1.0))?,
+        );
+        let pos: Vec<u32> = (0..n).map(|i| (i % s.seq) as u32).collect();
+        let pos = be.upload_ids(&pos)?;
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1e6f32.powf(-2.0 * i as f32 / hd as f32))
+            .collect();
+        let rope = Rope::whole_head(be.upload(&inv)?, hd);
+        let a = crate::backend::QkNormRope {
+            q_raw: &q_raw,
+            k_raw: &k_raw,
+            q_norm: &q_norm,
+            k_norm: &k_norm,
+            positions: &pos,
+            rope: &rope,
+            tokens: n,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: hd,
+        };
+        let (mut q, mut k) = (be.zeros(qn * hd)?, be.zeros(kn * hd)?);
+        let (mut rq, mut rk) = (be.zeros(qn)?, be.zeros(kn)?);
+        let [fwd, composite, bwd] = ids;
+        if wanted(opts, &fwd) {
+            let r = h.record(fwd, variant, 0.0, 8.0 * elems, &mut || {
+                be.qk_norm_rope_forward(&mut q, &mut k, &mut rq, &mut rk, &a, 1e-6)
+            })?;
+            out.push(r)?;
+        }
+        if wanted(opts, &composite) {
+            let r = h.record(composite, variant, 0.0, 16.0 * elems, &mut || {
+                be.head_rmsnorm_forward(&mut q, &mut rq, &q_raw, &q_norm, qn, hd, 1e-6)?;
+                be.head_rmsnorm_forward(&mut k, &mut rk, &k_raw, &k_norm, kn, hd, 1e-6)?;
+                be.rope_forward(&mut q, &pos, &rope, n, s.n_heads, hd)?;
+                be.rope_forward(&mut k, &pos, &rope, n, s.n_kv_heads, hd)
+            })?;
+            out.push(r)?;
+        }
+        if wanted(opts, &bwd) {
+            be.qk_norm_rope_forward(&mut q, &mut k, &mut rq, &mut rk, &a, 1e-6)?;
+            let (mut dq_raw, mut dk_raw) = (be.zeros(qn * hd)?, be.zeros(kn * hd)?);
+            let (mut dwq, mut dwk) = (be.zeros(hd)?, be.zeros(hd)?);
+            // the gradient is turned in place: each repetition turns it again (same work)
+            let (mut dq, mut dk) = (
+                be.upload(&randv(rng, qn * hd, 1.0))?,
+                be.upload(&randv(rng, kn * hd, 1.0))?,
+            );
+            let r = h.record(bwd, variant, 0.0, 24.0 * elems, &mut || {
+                be.qk_norm_rope_backward(
+                    &mut dq_raw,
+                    &mut dk_raw,
+                    &mut dwq,
+                    &mut dwk,
+                    &mut dq,
+                    &mut dk,
+                    &rq,
+                    &rk,
+                    &a,
+                )
+            })?;
+            out.push(r)?;
+        }
+    }
+
     for (id, p) in &set.adamw {
         let id = format!("adamw.step/{id}");
         if !wanted(opts, &id) {

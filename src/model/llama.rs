@@ -9,7 +9,7 @@
 
 use super::config::LlamaConfig;
 use super::weights::{LayerParams, Params};
-use crate::backend::{AttnShape, Backend, Rope};
+use crate::backend::{AttnShape, Backend, QkNormRope, Rope};
 use anyhow::{ensure, Result};
 
 mod backward;
@@ -145,6 +145,33 @@ impl<B: Backend> Llama<B> {
     /// batch's longest position, padding included), else the one RoPE.
     fn rope_for(&self, len: usize) -> &Rope<B::Buf> {
         self.rope_long_or_not(self.uses_long_rope(len))
+    }
+
+    /// What Qwen3's q/k norm + RoPE reads over `tokens` tokens of one layer.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_args<'a>(
+        &self,
+        q_raw: &'a B::Buf,
+        k_raw: &'a B::Buf,
+        q_norm: &'a B::Buf,
+        k_norm: &'a B::Buf,
+        positions: &'a B::Ids,
+        rope: &'a Rope<B::Buf>,
+        tokens: usize,
+    ) -> QkNormRope<'a, B::Buf, B::Ids> {
+        let c = &self.cfg;
+        QkNormRope {
+            q_raw,
+            k_raw,
+            q_norm,
+            k_norm,
+            positions,
+            rope,
+            tokens,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        }
     }
 
     /// LongRoPE's long RoPE when `long` (and the model has one), else the one RoPE.
@@ -339,9 +366,10 @@ impl<B: Backend> Llama<B> {
         sized(be, &mut a.k, n * kvd)?;
         sized(be, &mut a.v, n * kvd)?;
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rope = self.rope_for(shape.seq);
         match (&lp.q_norm, &lp.k_norm) {
-            (Some(qn), Some(kn)) => {
-                // Qwen3: each head's row of q and of k RMSNorm-ed (rows of head_dim)
+            (Some(q_norm), Some(k_norm)) => {
+                // Qwen3: each head's row of q and of k RMSNorm-ed (rows of head_dim), then RoPE
                 sized(be, &mut a.q_raw, n * qd)?;
                 sized(be, &mut a.k_raw, n * kvd)?;
                 sized(be, &mut a.rstd_q, n * hq)?;
@@ -349,18 +377,25 @@ impl<B: Backend> Llama<B> {
                 let (qb, kb) = (lp.q_bias.as_ref(), lp.k_bias.as_ref());
                 be.linear_forward(&mut a.q_raw, &a.n1, &lp.q_proj, qb, n, d, qd)?;
                 be.linear_forward(&mut a.k_raw, &a.n1, &lp.k_proj, kb, n, d, kvd)?;
-                be.head_rmsnorm_forward(&mut a.q, &mut a.rstd_q, &a.q_raw, qn, n * hq, hd, eps)?;
-                be.head_rmsnorm_forward(&mut a.k, &mut a.rstd_k, &a.k_raw, kn, n * hkv, hd, eps)?;
+                let args =
+                    self.qk_norm_rope_args(&a.q_raw, &a.k_raw, q_norm, k_norm, positions, rope, n);
+                be.qk_norm_rope_forward(
+                    &mut a.q,
+                    &mut a.k,
+                    &mut a.rstd_q,
+                    &mut a.rstd_k,
+                    &args,
+                    eps,
+                )?;
             }
             _ => {
                 be.linear_forward(&mut a.q, &a.n1, &lp.q_proj, lp.q_bias.as_ref(), n, d, qd)?;
                 be.linear_forward(&mut a.k, &a.n1, &lp.k_proj, lp.k_bias.as_ref(), n, d, kvd)?;
+                be.rope_forward(&mut a.q, positions, rope, n, hq, hd)?;
+                be.rope_forward(&mut a.k, positions, rope, n, hkv, hd)?;
             }
         }
         be.linear_forward(&mut a.v, &a.n1, &lp.v_proj, lp.v_bias.as_ref(), n, d, kvd)?;
-        let rope = self.rope_for(shape.seq);
-        be.rope_forward(&mut a.q, positions, rope, n, hq, hd)?;
-        be.rope_forward(&mut a.k, positions, rope, n, hkv, hd)?;
         // q, k, v are read from here on only by the attention
         hint(be, &mut a.q, B::keep_as_attention_input)?;
         hint(be, &mut a.k, B::keep_as_attention_input)?;

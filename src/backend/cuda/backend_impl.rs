@@ -8,8 +8,8 @@ use super::{
     CudaBuf, BLOCK,
 };
 use crate::backend::{
-    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, Rope,
-    ScaleRewards,
+    AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, QkNormRope,
+    Rope, ScaleRewards,
 };
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
@@ -348,6 +348,40 @@ impl Backend for Cuda {
         head_dim: usize,
     ) -> Result<()> {
         self.rope(dx, positions, rope, n, n_heads, head_dim, -1.0)
+    }
+
+    fn qk_norm_rope_forward(
+        &self,
+        q: &mut CudaBuf,
+        k: &mut CudaBuf,
+        rstd_q: &mut CudaBuf,
+        rstd_k: &mut CudaBuf,
+        a: &QkNormRope<CudaBuf, CudaSlice<u32>>,
+        eps: f32,
+    ) -> Result<()> {
+        f32_values(
+            &[a.q_raw, a.k_raw, a.q_norm, a.k_norm],
+            "qk_norm_rope_forward",
+        )?;
+        self.qk_norm_rope_forward_impl(q, k, rstd_q, rstd_k, a, eps)
+    }
+    fn qk_norm_rope_backward(
+        &self,
+        dq_raw: &mut CudaBuf,
+        dk_raw: &mut CudaBuf,
+        dq_norm: &mut CudaBuf,
+        dk_norm: &mut CudaBuf,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        rstd_q: &CudaBuf,
+        rstd_k: &CudaBuf,
+        a: &QkNormRope<CudaBuf, CudaSlice<u32>>,
+    ) -> Result<()> {
+        f32_values(
+            &[dq, dk, a.q_raw, a.k_raw, a.q_norm, a.k_norm, rstd_q, rstd_k],
+            "qk_norm_rope_backward",
+        )?;
+        self.qk_norm_rope_backward_impl(dq_raw, dk_raw, dq_norm, dk_norm, dq, dk, rstd_q, rstd_k, a)
     }
 
     fn attention_forward(

@@ -46,6 +46,7 @@ mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernel_launchers.rs"));
 }
 mod profiling;
+mod qk_norm_rope;
 mod recording;
 mod settings;
 

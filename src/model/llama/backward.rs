@@ -117,34 +117,38 @@ impl<B: Backend> Llama<B> {
                 &mut dq, &mut dk, &mut dv, &dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, shape,
             )?;
             drop(dattn);
-            be.rope_backward(
-                &mut dq,
-                &fwd.positions,
-                self.rope_for(fwd.seq),
-                n,
-                c.num_attention_heads,
-                c.head_dim,
-            )?;
-            be.rope_backward(
-                &mut dk,
-                &fwd.positions,
-                self.rope_for(fwd.seq),
-                n,
-                c.num_key_value_heads,
-                c.head_dim,
-            )?;
-            // Qwen3: back through the per-head RMSNorms of q and k
-            if let (Some(qn), Some(kn)) = (&lp.q_norm, &lp.k_norm) {
-                let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            let rope = self.rope_for(fwd.seq);
+            let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            if let (Some(q_norm), Some(k_norm)) = (&lp.q_norm, &lp.k_norm) {
+                // Qwen3: back through RoPE and the per-head RMSNorms of q and k
                 let (Some(gq), Some(gk)) = (g.q_norm.as_mut(), g.k_norm.as_mut()) else {
                     anyhow::bail!("backward: layer {l} has q/k norms but its gradients do not");
                 };
-                let mut d_raw = be.zeros(n * qd)?;
-                be.rmsnorm_backward(&mut d_raw, gq, &dq, &a.q_raw, qn, &a.rstd_q, n * hq, hd)?;
-                dq = d_raw;
-                let mut d_raw = be.zeros(n * kvd)?;
-                be.rmsnorm_backward(&mut d_raw, gk, &dk, &a.k_raw, kn, &a.rstd_k, n * hkv, hd)?;
-                dk = d_raw;
+                let args = self.qk_norm_rope_args(
+                    &a.q_raw,
+                    &a.k_raw,
+                    q_norm,
+                    k_norm,
+                    &fwd.positions,
+                    rope,
+                    n,
+                );
+                let (mut dq_raw, mut dk_raw) = (be.zeros(n * qd)?, be.zeros(n * kvd)?);
+                be.qk_norm_rope_backward(
+                    &mut dq_raw,
+                    &mut dk_raw,
+                    gq,
+                    gk,
+                    &mut dq,
+                    &mut dk,
+                    &a.rstd_q,
+                    &a.rstd_k,
+                    &args,
+                )?;
+                (dq, dk) = (dq_raw, dk_raw);
+            } else {
+                be.rope_backward(&mut dq, &fwd.positions, rope, n, hq, hd)?;
+                be.rope_backward(&mut dk, &fwd.positions, rope, n, hkv, hd)?;
             }
             let mut dn1 = be.zeros(n * d)?;
             be.linear_backward(
