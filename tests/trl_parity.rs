@@ -1,0 +1,128 @@
+//! Our GRPO loss (the CPU reference, `backend/cpu/grpo_loss.rs`, which the CUDA kernels are
+//! tested against in tests/grpo_cuda.rs) against TRL's: tests/fixtures/trl_grpo_loss.json holds
+//! what `GRPOTrainer._compute_loss` of TRL 1.16.0 itself computes in float64
+//! (scripts/trl_grpo_loss_dump.py) on three right-padded batches, two with a fully masked
+//! completion, for the grpo, dapo and dr_grpo aggregations, β ∈ {0, 0.04} and ε_high ∈
+//! {0.2, 0.28}: the loss, d(loss)/d(logp) for every token and the logged KL and clip ratios.
+//! Ours computes per token in f32 (sums in f64), so the bounds are f32 rounding of O(1) terms.
+
+use cada::backend::cpu::grpo_loss::{grpo_loss_backward, grpo_loss_forward};
+use cada::backend::{GrpoLossConfig, LossType};
+
+fn fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/trl_grpo_loss.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn grpo_loss_gradient_and_metrics_match_trl() {
+    let f = fixture();
+    let batches = f["batches"].as_array().unwrap();
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 36, "3 batches × 3 losses × 2 β × 2 ε");
+    let mut worst = (0f64, 0f64, 0f64); // loss, gradient, metrics
+    for c in cases {
+        let x = &batches[c["batch"].as_u64().unwrap() as usize];
+        let (b, t) = (
+            x["batch"].as_u64().unwrap() as usize,
+            x["len"].as_u64().unwrap() as usize,
+        );
+        let (logp, old, rf, mask, adv) = (
+            f32s(&x["logp"]),
+            f32s(&x["old_logp"]),
+            f32s(&x["ref_logp"]),
+            f32s(&x["mask"]),
+            f32s(&x["advantages"]),
+        );
+        let cfg = GrpoLossConfig {
+            loss_type: match c["loss_type"].as_str().unwrap() {
+                "grpo" => LossType::Grpo,
+                "dapo" => LossType::Dapo,
+                "dr_grpo" => LossType::DrGrpo,
+                other => panic!("loss type {other}"),
+            },
+            epsilon_low: c["epsilon_low"].as_f64().unwrap() as f32,
+            epsilon_high: c["epsilon_high"].as_f64().unwrap() as f32,
+            beta: c["beta"].as_f64().unwrap() as f32,
+            max_completion_len: c["max_completion_length"].as_u64().unwrap() as usize,
+        };
+        let what = format!(
+            "batch {} {:?} β={} ε_high={}",
+            c["batch"], cfg.loss_type, cfg.beta, cfg.epsilon_high
+        );
+        let m = grpo_loss_forward(&logp, &old, &rf, &mask, &adv, b, t, &cfg);
+        let mut dlogp = vec![f32::NAN; b * t];
+        grpo_loss_backward(&mut dlogp, &logp, &old, &rf, &mask, &adv, b, t, &cfg);
+
+        // the loss: f32 terms of size ~1 summed in f64
+        let want = c["loss"].as_f64().unwrap();
+        let err = (m.loss as f64 - want).abs() / want.abs().max(1e-3);
+        assert!(
+            err <= 1e-5,
+            "{what}: loss {} vs TRL's {want} ({err:.1e})",
+            m.loss
+        );
+        worst.0 = worst.0.max(err);
+
+        // every token's gradient, masked ones (0 in TRL) included: ‖ours − TRL‖ / ‖TRL‖
+        let g_want: Vec<f64> = c["dlogp"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(
+            dlogp.iter().all(|g| g.is_finite()),
+            "{what}: non-finite gradient"
+        );
+        let num: f64 = dlogp
+            .iter()
+            .zip(&g_want)
+            .map(|(&g, &w)| (g as f64 - w).powi(2))
+            .sum();
+        let den: f64 = g_want.iter().map(|w| w * w).sum();
+        let rel = (num / den.max(1e-300)).sqrt();
+        assert!(
+            rel <= 1e-5,
+            "{what}: gradient differs from TRL's by {rel:.1e} (relative)"
+        );
+        for (i, (&g, &mk)) in dlogp.iter().zip(&mask).enumerate() {
+            if mk == 0.0 {
+                assert_eq!(g, 0.0, "{what}: masked token {i} got a gradient");
+            }
+        }
+        worst.1 = worst.1.max(rel);
+
+        // the metrics TRL logs: the masked means of the k3 KL and of the clip indicators
+        for (name, ours, field) in [
+            ("kl_mean", m.kl_mean, "kl_mean"),
+            ("clip_ratio_low", m.clip_ratio_low, "clip_ratio_low"),
+            ("clip_ratio_high", m.clip_ratio_high, "clip_ratio_high"),
+            (
+                "clip_ratio_region",
+                m.clip_ratio_region,
+                "clip_ratio_region",
+            ),
+        ] {
+            let want = c[field].as_f64().unwrap();
+            let err = (ours as f64 - want).abs();
+            assert!(err <= 1e-6, "{what}: {name} {ours} vs TRL's {want}");
+            worst.2 = worst.2.max(err);
+        }
+    }
+    println!(
+        "36 TRL cases: loss within {:.1e} (relative), gradient within {:.1e}, metrics within {:.1e}",
+        worst.0, worst.1, worst.2
+    );
+}
