@@ -139,3 +139,22 @@ fn train_config_kwargs_switch_qwen3_thinking_off() {
         "{err}"
     );
 }
+
+/// A conversation the template refuses (Gemma 2 has no system role) is an error naming the
+/// template's file and the template's own message.
+#[test]
+fn a_refused_conversation_names_the_file_and_the_reason() {
+    let f = fixture();
+    let (_, t) = template_of(&f, &serde_json::json!({"template": "google-gemma-2-2b-it"}));
+    let msgs = [
+        Message::new("system", "be safe"),
+        Message::new("user", "hi"),
+    ];
+    let err = format!("{:#}", t.render(&msgs, true).unwrap_err());
+    assert!(
+        err.contains("google-gemma-2-2b-it.jinja")
+            && err.contains("chat_template")
+            && err.contains("System role not supported"),
+        "{err}"
+    );
+}

@@ -24,6 +24,8 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// where the template came from, for error messages
+    source: String,
     /// Extra variables every render sees (TRL's `chat_template_kwargs`, e.g. Qwen3's
     /// `enable_thinking`); like transformers' keyword arguments they override the special tokens.
     kwargs: serde_json::Map<String, serde_json::Value>,
@@ -98,6 +100,7 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            source: source.into(),
             kwargs: serde_json::Map::new(),
         })
     }
@@ -135,7 +138,12 @@ impl ChatTemplate {
         ctx.insert("tools".into(), serde_json::Value::Null);
         ctx.insert("documents".into(), serde_json::Value::Null);
         tmpl.render(minijinja::Value::from_serialize(&ctx))
-            .map_err(|e| anyhow::anyhow!("chat template failed to render: {e}"))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: field `chat_template` failed to render: {e}",
+                    self.source
+                )
+            })
     }
 }
 
