@@ -209,10 +209,11 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
 // index of the first non-finite reward (0 if none, so the zeroed buffer never reads as an error;
 // on an error nothing else is written).
 // A group whose rewards all compare equal (==, so -0 == +0, as on the CPU) gets exactly 0; other groups divide the centred
-// reward by (group std + eps), (batch std + eps) or 1. Population std, f64, each group summed
-// in member order like the CPU reference.
+// reward by (group std + eps), (batch std + eps) or 1. Population std (squares over n), or with
+// `unbiased` TRL's (over n − 1; one value's std is 0), f64, each group summed in member order
+// like the CPU reference.
 CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards, int n,
-                                 int group_size, int scale, float eps) {
+                                 int group_size, int scale, int unbiased, float eps) {
     __shared__ double scratch[32];
     __shared__ int iscratch[32];
     int bad = 0x7fffffff;
@@ -233,7 +234,7 @@ CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards
         const double d = (double)rewards[i] - mean;
         sq += d * d;
     }
-    const double batch_std = sqrt(block_sum_d(sq, scratch) / n);
+    const double batch_std = sqrt(block_sum_d(sq, scratch) / (unbiased && n > 1 ? n - 1 : n));
     const int groups = n / group_size;
     double zero_std = 0;
     for (int g = threadIdx.x; g < groups; g += blockDim.x) {
@@ -256,7 +257,9 @@ CADA_KERNEL void grpo_advantages(float* adv, double* stats, const float* rewards
             const double d = (double)r[j] - gmean;
             gv += d * d;
         }
-        const double divisor = scale == SCALE_GROUP   ? sqrt(gv / group_size) + (double)eps
+        // not all equal: group_size ≥ 2, so n − 1 ≥ 1
+        const int dof = unbiased ? group_size - 1 : group_size;
+        const double divisor = scale == SCALE_GROUP   ? sqrt(gv / dof) + (double)eps
                                : scale == SCALE_BATCH ? batch_std + (double)eps
                                                       : 1.0;
         for (int j = 0; j < group_size; ++j) a[j] = (float)(((double)r[j] - gmean) / divisor);

@@ -8,6 +8,10 @@ transcription: the trainer object is a stand-in holding only the settings that m
 terms), and the model call is replaced by the batch's log-probs, a float64 leaf tensor, so
 `loss.backward()` gives TRL's d(loss)/d(logp). Metrics are read from what the method logs.
 
+Advantages: TRL computes them inline in `_generate_and_score_completions`, which cannot run
+without a model, so `trl_advantages` below is that code's arithmetic for one reward function
+("sum_then_normalize"), transcribed (four lines) around TRL's own `nanstd`, in float64.
+
     pip install --no-deps --target /tmp/trlenv trl==1.16.0 accelerate datasets pandas \
         multiprocess pyarrow dill xxhash fsspec pytz tzdata python-dateutil
     PYTHONPATH=/tmp/trlenv:/tmp/hfenv python3 scripts/trl_grpo_loss_dump.py   # hfenv: torch
@@ -20,6 +24,7 @@ import types
 import torch
 import trl
 from trl.trainer.grpo_trainer import GRPOTrainer
+from trl.trainer.utils import nanstd
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "trl_grpo_loss.json"
 
@@ -71,6 +76,33 @@ def batch(gen, b, t, empty_row):
     return logp, old, ref, mask, adv
 
 
+def trl_advantages(rewards, num_generations, scale_rewards):
+    """GRPOTrainer._generate_and_score_completions' advantages (TRL 1.16.0), one reward function."""
+    mean_grouped = torch.nanmean(rewards.view(-1, num_generations), dim=1)
+    mean_grouped = mean_grouped.repeat_interleave(num_generations, dim=0)
+    if scale_rewards in ["group", "none"]:
+        std_rewards = nanstd(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations, dim=0)
+    else:
+        std_rewards = nanstd(rewards).expand_as(rewards)
+    advantages = rewards - mean_grouped
+    if scale_rewards != "none":
+        advantages = advantages / (std_rewards + 1e-4)
+    return advantages
+
+
+def advantage_cases(gen):
+    """Rewards of 6 groups of 8 and 40 groups of 3, on a grid of binary-exact values (ties, an
+    all-equal group whose centred rewards are then exactly 0 in TRL too)."""
+    out = []
+    for groups, g in [(6, 8), (40, 3)]:
+        rewards = (torch.randint(-2, 3, (groups * g,), generator=gen) * 0.5).double()
+        rewards[:g] = 1.0  # an all-equal group
+        for scale in ["group", "batch", "none"]:
+            out.append({"group_size": g, "scale_rewards": scale, "rewards": rewards.tolist(),
+                        "advantages": trl_advantages(rewards, g, scale).tolist()})
+    return out
+
+
 def main():
     gen = torch.Generator().manual_seed(20261203)
     cases, batches = [], []
@@ -117,6 +149,7 @@ def main():
         f"torch {torch.__version__}, float64",
         "batches": batches,
         "cases": cases,
+        "advantages": advantage_cases(gen),
     }
     OUT.write_text(json.dumps(fixture) + "\n")
     print(f"{len(cases)} cases -> {OUT}")

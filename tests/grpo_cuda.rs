@@ -18,7 +18,7 @@ mod common;
 use common::{check, down, poisoned, randv};
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{Backend, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
+use cada::backend::{Backend, GrpoLossConfig, GrpoLossMetrics, LossType, RewardStd, ScaleRewards};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -246,15 +246,17 @@ fn grpo_advantages_case<B: Backend>(gpu: &B, r: &mut Rand) {
             rewards[g * group_size..(g + 1) * group_size].fill(v); // an all-equal group
         }
         let rg = gpu.upload(&rewards).unwrap();
-        for scale in [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None] {
-            println!("  {groups} groups of {group_size}, {scale:?}");
+        let scales = [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None];
+        let stds = [RewardStd::Population, RewardStd::Unbiased];
+        for (scale, std) in scales.into_iter().flat_map(|s| stds.map(|d| (s, d))) {
+            println!("  {groups} groups of {group_size}, {scale:?}, {std:?} std");
             let mut want = vec![0.0; n];
             let sw = cpu
-                .grpo_advantages(&mut want, &rewards, group_size, scale, 1e-4)
+                .grpo_advantages(&mut want, &rewards, group_size, scale, std, 1e-4)
                 .unwrap();
             let mut ag = poisoned(gpu, n);
             let sg = gpu
-                .grpo_advantages(&mut ag, &rg, group_size, scale, 1e-4)
+                .grpo_advantages(&mut ag, &rg, group_size, scale, std, 1e-4)
                 .unwrap();
             let got = down(gpu, &ag);
             if group_size > 1 {
@@ -292,6 +294,7 @@ fn grpo_advantages_case<B: Backend>(gpu: &B, r: &mut Rand) {
             &gpu.upload(&rewards).unwrap(),
             4,
             ScaleRewards::Group,
+            RewardStd::Population,
             1e-4,
         )
         .unwrap_err();
@@ -305,6 +308,7 @@ fn grpo_advantages_case<B: Backend>(gpu: &B, r: &mut Rand) {
             &gpu.upload(&rewards[..10]).unwrap(),
             4,
             ScaleRewards::Group,
+            RewardStd::Population,
             1e-4,
         )
         .unwrap_err();

@@ -5,7 +5,7 @@
 
 use cada::backend::cpu::grpo_loss::{check_grpo_inputs, grpo_loss_backward, grpo_loss_forward};
 use cada::backend::{GrpoLossConfig, GrpoLossMetrics, LossType};
-use cada::train::advantages::{group_advantages, ScaleRewards};
+use cada::train::advantages::{group_advantages, RewardStd, ScaleRewards};
 
 const LOSS_TYPES: [LossType; 3] = [LossType::Grpo, LossType::Dapo, LossType::DrGrpo];
 const BETAS: [f32; 2] = [0.0, 0.04];
@@ -442,8 +442,14 @@ fn on_policy_ratio_is_one_but_gradient_is_minus_advantage_over_count() {
 
 #[test]
 fn all_equal_rewards_group_leaves_only_the_kl_term() {
-    let (advantages, stats) =
-        group_advantages(&[0.5, 0.5, 0.5], 3, ScaleRewards::Group, 1e-4).unwrap();
+    let (advantages, stats) = group_advantages(
+        &[0.5, 0.5, 0.5],
+        3,
+        ScaleRewards::Group,
+        RewardStd::Population,
+        1e-4,
+    )
+    .unwrap();
     assert_eq!(
         advantages,
         vec![0.0; 3],

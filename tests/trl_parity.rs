@@ -5,9 +5,13 @@
 //! completion, for the grpo, dapo and dr_grpo aggregations, β ∈ {0, 0.04} and ε_high ∈
 //! {0.2, 0.28}: the loss, d(loss)/d(logp) for every token and the logged KL and clip ratios.
 //! Ours computes per token in f32 (sums in f64), so the bounds are f32 rounding of O(1) terms.
+//! And the group-relative advantages with `reward_std = "unbiased"` against TRL's (its `nanstd`
+//! and its advantage arithmetic, transcribed in the dump script since it runs only inside
+//! generation), for the group, batch and none scalings.
 
 use cada::backend::cpu::grpo_loss::{grpo_loss_backward, grpo_loss_forward};
 use cada::backend::{GrpoLossConfig, LossType};
+use cada::train::advantages::{group_advantages, RewardStd, ScaleRewards};
 
 fn fixture() -> serde_json::Value {
     let path = concat!(
@@ -125,4 +129,73 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
         "36 TRL cases: loss within {:.1e} (relative), gradient within {:.1e}, metrics within {:.1e}",
         worst.0, worst.1, worst.2
     );
+}
+
+#[test]
+fn unbiased_advantages_match_trl_and_population_ones_differ() {
+    let f = fixture();
+    let cases = f["advantages"].as_array().unwrap();
+    assert_eq!(cases.len(), 6, "2 reward sets × 3 scalings");
+    let mut worst = 0f64;
+    for c in cases {
+        let g = c["group_size"].as_u64().unwrap() as usize;
+        let rewards = f32s(&c["rewards"]);
+        let want = f32s(&c["advantages"]);
+        let name = c["scale_rewards"].as_str().unwrap();
+        let scale = match name {
+            "group" => ScaleRewards::Group,
+            "batch" => ScaleRewards::Batch,
+            "none" => ScaleRewards::None,
+            other => panic!("scale_rewards {other}"),
+        };
+        let (ours, _) = group_advantages(&rewards, g, scale, RewardStd::Unbiased, 1e-4).unwrap();
+        for (i, (&a, &w)) in ours.iter().zip(&want).enumerate() {
+            let err = (a as f64 - w as f64).abs() / (w as f64).abs().max(1.0);
+            assert!(
+                err <= 1e-6,
+                "G = {g}, {name}: advantage {i} is {a}, TRL's {w}"
+            );
+            worst = worst.max(err);
+        }
+        // the all-equal first group: exactly 0 in both
+        assert!(ours[..g].iter().chain(&want[..g]).all(|&a| a == 0.0));
+        // the default (population) std scales them by sqrt(n / (n − 1)) instead
+        let (pop, _) = group_advantages(&rewards, g, scale, RewardStd::Population, 1e-4).unwrap();
+        if scale != ScaleRewards::None {
+            let (i, _) = want
+                .iter()
+                .enumerate()
+                .find(|(_, w)| w.abs() > 0.1)
+                .unwrap();
+            let ratio = pop[i] as f64 / want[i] as f64;
+            let n = if scale == ScaleRewards::Group {
+                g
+            } else {
+                rewards.len()
+            } as f64;
+            assert!(
+                (ratio - (n / (n - 1.0)).sqrt()).abs() < 1e-3,
+                "G = {g}, {name}: ratio {ratio}"
+            );
+        } else {
+            assert_eq!(pop, ours, "no scaling: the std does not enter");
+        }
+    }
+    println!("6 TRL advantage cases (unbiased std): within {worst:.1e}");
+}
+
+/// `loss.reward_std` reaches the trainer's config; a single reward's unbiased std is 0 (not 0/0).
+#[test]
+fn reward_std_is_a_config_knob_and_one_reward_is_not_nan() {
+    let cfg =
+        cada::cada::config::TrainConfig::load(None, &["loss.reward_std=unbiased".to_string()])
+            .unwrap();
+    assert_eq!(cfg.loss.reward_std, RewardStd::Unbiased);
+    let default = cada::cada::config::TrainConfig::load(None, &[]).unwrap();
+    assert_eq!(default.loss.reward_std, RewardStd::Population);
+    let bad = cada::cada::config::TrainConfig::load(None, &["loss.reward_std=sample".to_string()]);
+    assert!(bad.is_err(), "an unknown std is refused");
+    let (a, stats) =
+        group_advantages(&[0.5], 1, ScaleRewards::Batch, RewardStd::Unbiased, 1e-4).unwrap();
+    assert_eq!((a, stats.reward_std), (vec![0.0], 0.0));
 }

@@ -193,7 +193,7 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     return ok;
 }
 
-bool advantages_case(std::mt19937_64& rng, int scale) {
+bool advantages_case(std::mt19937_64& rng, int scale, int unbiased) {
     std::uniform_real_distribution<float> u(0.f, 1.f);
     const int groups = 300, g = 4, n = groups * g;  // more groups than threads in the block
     std::vector<float> rewards(n);
@@ -207,7 +207,7 @@ bool advantages_case(std::mt19937_64& rng, int scale) {
     mean /= n;
     double var = 0;
     for (float r : rewards) var += (r - mean) * (r - mean);
-    const double bstd = std::sqrt(var / n);
+    const double bstd = std::sqrt(var / (unbiased ? n - 1 : n));
     std::vector<float> want(n);
     int zero = 0;
     for (int k = 0; k < groups; ++k) {
@@ -224,7 +224,7 @@ bool advantages_case(std::mt19937_64& rng, int scale) {
         gm /= g;
         double gv = 0;
         for (int j = 0; j < g; ++j) gv += (r[j] - gm) * (r[j] - gm);
-        const double div = scale == SCALE_GROUP ? std::sqrt(gv / g) + eps
+        const double div = scale == SCALE_GROUP ? std::sqrt(gv / (unbiased ? g - 1 : g)) + eps
                            : scale == SCALE_BATCH ? bstd + eps
                                                   : 1.0;
         for (int j = 0; j < g; ++j) want[(size_t)k * g + j] = (float)((r[j] - gm) / div);
@@ -232,7 +232,7 @@ bool advantages_case(std::mt19937_64& rng, int scale) {
     std::vector<float> adv(n, NAN);
     std::vector<double> stats(4, NAN);
     emu::launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] {
-        grpo_advantages(adv.data(), stats.data(), rewards.data(), n, g, scale, eps);
+        grpo_advantages(adv.data(), stats.data(), rewards.data(), n, g, scale, unbiased, eps);
     });
     const bool same = std::memcmp(adv.data(), want.data(), n * 4) == 0;
     const bool ok = same && rel(stats[0], mean) <= kTol && rel(stats[1], bstd) <= kTol &&
@@ -242,11 +242,11 @@ bool advantages_case(std::mt19937_64& rng, int scale) {
     rewards[900] = NAN;
     std::vector<double> bad(4, 0.0);
     emu::launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] {
-        grpo_advantages(adv.data(), bad.data(), rewards.data(), n, g, scale, eps);
+        grpo_advantages(adv.data(), bad.data(), rewards.data(), n, g, scale, unbiased, eps);
     });
     const bool bad_ok = bad[3] == 614.0;
-    std::printf("  advantages, scale %d: %s, %d all-equal groups, bad reward reported as %g%s\n",
-                scale, same ? "bit-identical to the reference" : "DIFFER", zero, bad[3] - 1,
+    std::printf("  advantages, scale %d, %s std: %s, %d all-equal groups, bad reward reported as %g%s\n",
+                scale, unbiased ? "unbiased" : "population", same ? "bit-identical to the reference" : "DIFFER", zero, bad[3] - 1,
                 ok && bad_ok ? "" : "  FAILED");
     return ok && bad_ok;
 }
@@ -261,7 +261,8 @@ int main(int argc, char** argv) {
         for (float beta : {0.f, 0.04f})
             for (auto [b, l] : {std::pair{7, 53}, std::pair{5, 601}})
                 if (!quick || l < 256) ok = loss_case(rng, b, l, lt, beta) && ok;
-    for (int scale : {SCALE_GROUP, SCALE_BATCH, SCALE_NONE}) ok = advantages_case(rng, scale) && ok;
+    for (int scale : {SCALE_GROUP, SCALE_BATCH, SCALE_NONE})
+        for (int unbiased : {0, 1}) ok = advantages_case(rng, scale, unbiased) && ok;
     std::printf(ok ? "grpo_loss emulation: every figure within its bound\n"
                    : "grpo_loss emulation: FAILED\n");
     return ok ? 0 : 1;

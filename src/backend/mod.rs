@@ -23,7 +23,7 @@ mod types;
 pub use peaks::dense_bf16_peak_tflops;
 pub use types::{
     AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, QkNormRope,
-    Rope, ScaleRewards,
+    RewardStd, Rope, ScaleRewards,
 };
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -561,6 +561,7 @@ pub trait Backend: Send + Sync {
         rewards: &Self::Buf,
         group_size: usize,
         scale: ScaleRewards,
+        std: RewardStd,
         eps: f32,
     ) -> Result<AdvantageStats>;
 

@@ -95,6 +95,18 @@ pub enum ScaleRewards {
     None,
 }
 
+/// Which standard deviation scales the advantages (`cpu/grpo_advantages.rs` says why the
+/// default is the population one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardStd {
+    /// divide by n: the spread of the rewards observed
+    #[default]
+    Population,
+    /// divide by n − 1, as TRL (`nanstd`, `torch.std`): a TRL run's advantages exactly
+    Unbiased,
+}
+
 /// Batch-level reward statistics for the step log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdvantageStats {

@@ -4,7 +4,7 @@
 use crate::backend::device::DeviceChoice;
 use crate::backend::{GrpoLossConfig, LossType};
 use crate::cada::judge::RuleJudgeConfig;
-use crate::train::advantages::ScaleRewards;
+use crate::train::advantages::{RewardStd, ScaleRewards};
 use crate::train::generate::SamplingConfig;
 use crate::train::optimizer::AdamWConfig;
 use anyhow::{Context, Result};
@@ -29,6 +29,8 @@ pub struct LossSection {
     pub epsilon_high: f32,
     pub beta: f32,
     pub scale_rewards: ScaleRewards,
+    /// `population` (the default) or `unbiased` (TRL's) standard deviation
+    pub reward_std: RewardStd,
     /// eps in A = (r − mean) / (std + eps)
     pub advantage_eps: f32,
     /// mask completions that hit the length limit without a stop token
@@ -43,6 +45,7 @@ impl Default for LossSection {
             epsilon_high: 0.2,
             beta: 0.04,
             scale_rewards: ScaleRewards::Group,
+            reward_std: RewardStd::Population,
             advantage_eps: 1e-4,
             mask_truncated: false,
         }

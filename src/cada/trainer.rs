@@ -276,6 +276,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 &be.upload(&rewards)?,
                 self.cfg.group_size,
                 self.cfg.loss.scale_rewards,
+                self.cfg.loss.reward_std,
                 self.cfg.loss.advantage_eps,
             )
             .with_context(|| format!("step {step_no}: advantages"))?;

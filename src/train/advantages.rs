@@ -2,4 +2,4 @@
 //! CPU ops in `backend/cpu/grpo_advantages.rs` (its twin is `grpo_advantages` in
 //! kernels/grpo_loss.cu); the trainer calls it through `Backend::grpo_advantages`.
 pub use crate::backend::cpu::grpo_advantages::group_advantages;
-pub use crate::backend::{AdvantageStats, ScaleRewards};
+pub use crate::backend::{AdvantageStats, RewardStd, ScaleRewards};

@@ -4,11 +4,13 @@
 //! Rewards arrive as `[prompts × group_size]`, the G completions of one prompt adjacent.
 //! `A_i = (r_i − mean(group)) / (std + eps)` where `std` depends on [`ScaleRewards`].
 //!
-//! **Which std.** This engine uses the *population* standard deviation (divide by n, not n−1).
-//! TRL uses the unbiased one (`torch.std`). Population std is chosen because it is the spread
-//! of the rewards actually observed: with it the advantages of a group always have unit
-//! (population) variance up to eps, whatever G is, and G = 1 yields std 0 (A = 0) instead of
-//! the unbiased estimator's 0/0. For G = 8 the two differ by a factor √(8/7) ≈ 1.069.
+//! **Which std.** By default the *population* standard deviation (divide by n, not n−1). TRL
+//! uses the unbiased one (`nanstd`, as `torch.std`); `RewardStd::Unbiased` (`loss.reward_std =
+//! "unbiased"`) gives TRL's advantages exactly. Population std is the default because it is
+//! the spread of the rewards actually observed: with it the advantages of a group always have
+//! unit (population) variance up to eps, whatever G is, and one reward yields std 0 instead of
+//! the unbiased estimator's 0/0 (the unbiased std of a single value is taken as 0 here). For
+//! G = 8 the two differ by a factor √(8/7) ≈ 1.069.
 //!
 //! **Zero-std groups.** A group whose rewards are all bitwise equal gets A = 0 exactly (not
 //! a rounding residue of `r − mean`) and is counted in `frac_reward_zero_std`. Exact equality
@@ -16,19 +18,23 @@
 //!
 //! Means and variances are accumulated in f64.
 
-use crate::backend::{AdvantageStats, ScaleRewards};
+use crate::backend::{AdvantageStats, RewardStd, ScaleRewards};
 use anyhow::{bail, ensure, Result};
 
-/// Mean and population std of `values`, in f64 (`values` is non-empty).
-fn mean_and_population_std(values: &[f32]) -> (f64, f64) {
+/// Mean and std of `values`, in f64 (`values` is non-empty): the squared deviations' sum over
+/// n (population) or n − 1 (unbiased; a single value's std is 0).
+fn mean_and_std(values: &[f32], std: RewardStd) -> (f64, f64) {
     let n = values.len() as f64;
     let mean = values.iter().map(|&r| r as f64).sum::<f64>() / n;
-    let variance = values
+    let squares = values
         .iter()
         .map(|&r| (r as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    (mean, variance.sqrt())
+        .sum::<f64>();
+    let dof = match std {
+        RewardStd::Unbiased if values.len() > 1 => n - 1.0,
+        _ => n,
+    };
+    (mean, (squares / dof).sqrt())
 }
 
 /// The shape and knob checks of [`group_advantages`], shared with the CUDA launcher (which
@@ -53,6 +59,7 @@ pub fn group_advantages(
     rewards: &[f32],
     group_size: usize,
     scale: ScaleRewards,
+    std: RewardStd,
     eps: f32,
 ) -> Result<(Vec<f32>, AdvantageStats)> {
     check_advantage_inputs(rewards.len(), group_size, eps)?;
@@ -63,7 +70,7 @@ pub fn group_advantages(
         );
     }
 
-    let (batch_mean, batch_std) = mean_and_population_std(rewards);
+    let (batch_mean, batch_std) = mean_and_std(rewards, std);
     let groups = rewards.len() / group_size;
     let mut advantages = Vec::with_capacity(rewards.len());
     let mut zero_std_groups = 0usize;
@@ -74,9 +81,9 @@ pub fn group_advantages(
             advantages.extend(std::iter::repeat_n(0.0f32, group_size));
             continue;
         }
-        let (mean, std) = mean_and_population_std(group);
+        let (mean, group_std) = mean_and_std(group, std);
         let divisor = match scale {
-            ScaleRewards::Group => std + eps as f64,
+            ScaleRewards::Group => group_std + eps as f64,
             ScaleRewards::Batch => batch_std + eps as f64,
             ScaleRewards::None => 1.0,
         };
@@ -113,9 +120,23 @@ mod tests {
     #[test]
     fn group_scaling_uses_population_std_plus_eps() {
         // [1, 0]: mean 0.5, population std 0.5 → ±0.5 / (0.5 + eps).
-        let (a, _) = group_advantages(&[1.0, 0.0], 2, ScaleRewards::Group, 0.0).unwrap();
+        let (a, _) = group_advantages(
+            &[1.0, 0.0],
+            2,
+            ScaleRewards::Group,
+            RewardStd::Population,
+            0.0,
+        )
+        .unwrap();
         assert_all_close("eps 0", &a, &[1.0, -1.0], 1e-7);
-        let (a, _) = group_advantages(&[1.0, 0.0], 2, ScaleRewards::Group, 1e-4).unwrap();
+        let (a, _) = group_advantages(
+            &[1.0, 0.0],
+            2,
+            ScaleRewards::Group,
+            RewardStd::Population,
+            1e-4,
+        )
+        .unwrap();
         assert_all_close("eps 1e-4", &a, &[0.5 / 0.5001, -0.5 / 0.5001], 1e-7);
         // [1, 0, 0, 0]: mean 0.25, population variance (0.75² + 3·0.25²)/4 = 0.1875.
         let std = 0.1875f64.sqrt();
@@ -123,6 +144,7 @@ mod tests {
             &[1.0, 0.0, 0.0, 0.0, -1.0, 1.0, -1.0, 1.0],
             4,
             ScaleRewards::Group,
+            RewardStd::Population,
             1e-4,
         )
         .unwrap();
@@ -141,8 +163,14 @@ mod tests {
     #[test]
     fn batch_scaling_centres_per_group_and_divides_by_batch_std() {
         // Groups [1, 0] and [3, 3]; batch mean 1.75, population variance 6.75/4 = 1.6875.
-        let (a, stats) =
-            group_advantages(&[1.0, 0.0, 3.0, 3.0], 2, ScaleRewards::Batch, 1e-4).unwrap();
+        let (a, stats) = group_advantages(
+            &[1.0, 0.0, 3.0, 3.0],
+            2,
+            ScaleRewards::Batch,
+            RewardStd::Population,
+            1e-4,
+        )
+        .unwrap();
         let batch_std = 1.6875f64.sqrt();
         assert_all_close(
             "batch",
@@ -165,6 +193,7 @@ mod tests {
             &[2.0, 0.0, 1.0, 5.0, -1.0, 2.0],
             3,
             ScaleRewards::None,
+            RewardStd::Population,
             1e-4,
         )
         .unwrap();
@@ -178,7 +207,8 @@ mod tests {
             0.1f32, 0.1, 0.1, 1.0, 0.0, 1.0, -0.3, -0.3, -0.3, 7.0, 7.0, 7.0,
         ];
         for scale in [ScaleRewards::Group, ScaleRewards::Batch, ScaleRewards::None] {
-            let (a, stats) = group_advantages(&rewards, 3, scale, 1e-4).unwrap();
+            let (a, stats) =
+                group_advantages(&rewards, 3, scale, RewardStd::Population, 1e-4).unwrap();
             for i in (0..3).chain(6..12) {
                 assert_eq!(a[i].to_bits(), 0.0f32.to_bits(), "{scale:?}: advantage {i}");
             }
@@ -192,7 +222,14 @@ mod tests {
             );
         }
         // G = 1: each group is trivially all-equal (population std 0, no 0/0).
-        let (a, stats) = group_advantages(&[1.0, -1.0], 1, ScaleRewards::Group, 1e-4).unwrap();
+        let (a, stats) = group_advantages(
+            &[1.0, -1.0],
+            1,
+            ScaleRewards::Group,
+            RewardStd::Population,
+            1e-4,
+        )
+        .unwrap();
         assert_eq!(a, vec![0.0, 0.0]);
         assert_eq!(stats.frac_reward_zero_std, 1.0);
     }
@@ -200,28 +237,46 @@ mod tests {
     #[test]
     fn advantage_errors_name_the_problem() {
         let message = |r: anyhow::Result<(Vec<f32>, _)>| format!("{:#}", r.unwrap_err());
-        assert!(
-            message(group_advantages(&[1.0, 2.0], 0, ScaleRewards::Group, 1e-4))
-                .contains("group_size")
-        );
+        assert!(message(group_advantages(
+            &[1.0, 2.0],
+            0,
+            ScaleRewards::Group,
+            RewardStd::Population,
+            1e-4
+        ))
+        .contains("group_size"));
         assert!(message(group_advantages(
             &[1.0, 2.0, 3.0],
             2,
             ScaleRewards::Group,
+            RewardStd::Population,
             1e-4
         ))
         .contains("multiple"));
-        assert!(message(group_advantages(&[], 2, ScaleRewards::Group, 1e-4)).contains("no rewards"));
+        assert!(message(group_advantages(
+            &[],
+            2,
+            ScaleRewards::Group,
+            RewardStd::Population,
+            1e-4
+        ))
+        .contains("no rewards"));
         assert!(message(group_advantages(
             &[1.0, f32::NAN],
             2,
             ScaleRewards::Group,
+            RewardStd::Population,
             1e-4
         ))
         .contains("reward 1"));
-        assert!(
-            message(group_advantages(&[1.0, 0.0], 2, ScaleRewards::Group, -1.0)).contains("eps")
-        );
+        assert!(message(group_advantages(
+            &[1.0, 0.0],
+            2,
+            ScaleRewards::Group,
+            RewardStd::Population,
+            -1.0
+        ))
+        .contains("eps"));
     }
 
     #[test]

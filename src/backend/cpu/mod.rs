@@ -15,7 +15,7 @@ pub mod sampling;
 
 use super::{
     check_rope, AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics,
-    Rope, ScaleRewards,
+    RewardStd, Rope, ScaleRewards,
 };
 use anyhow::{ensure, Result};
 
@@ -616,10 +616,11 @@ impl Backend for Cpu {
         rewards: &Vec<f32>,
         group_size: usize,
         scale: ScaleRewards,
+        std: RewardStd,
         eps: f32,
     ) -> Result<AdvantageStats> {
         need(advantages, rewards.len(), "advantages")?;
-        let (a, stats) = grpo_advantages::group_advantages(rewards, group_size, scale, eps)?;
+        let (a, stats) = grpo_advantages::group_advantages(rewards, group_size, scale, std, eps)?;
         advantages[..a.len()].copy_from_slice(&a);
         Ok(stats)
     }

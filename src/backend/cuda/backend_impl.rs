@@ -9,7 +9,7 @@ use super::{
 };
 use crate::backend::{
     AdvantageStats, AttnShape, Backend, DecodeShape, GrpoLossConfig, GrpoLossMetrics, QkNormRope,
-    Rope, ScaleRewards,
+    RewardStd, Rope, ScaleRewards,
 };
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
@@ -624,9 +624,10 @@ impl Backend for Cuda {
         rewards: &CudaBuf,
         group_size: usize,
         scale: ScaleRewards,
+        std: RewardStd,
         eps: f32,
     ) -> Result<AdvantageStats> {
-        self.grpo_advantages_impl(advantages, rewards, group_size, scale, eps)
+        self.grpo_advantages_impl(advantages, rewards, group_size, scale, std, eps)
     }
 
     fn adamw_step(

@@ -6,7 +6,9 @@ use super::kernels::{self, defines, GrpoParams};
 use super::{dim_i32, grid_rows, need, Cuda};
 use crate::backend::cpu::grpo_advantages::check_advantage_inputs;
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
-use crate::backend::{AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, ScaleRewards};
+use crate::backend::{
+    AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, RewardStd, ScaleRewards,
+};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 
@@ -291,6 +293,7 @@ impl Cuda {
         rewards: &CudaSlice<f32>,
         group_size: usize,
         scale: ScaleRewards,
+        std: RewardStd,
         eps: f32,
     ) -> Result<AdvantageStats> {
         self.not_capturing("grpo_advantages")?; // it reads results back to the host
@@ -303,6 +306,7 @@ impl Cuda {
             ScaleRewards::None => defines::SCALE_NONE as i32,
         };
         let (n_i, g_i) = (dim_i32(n, "rewards")?, dim_i32(group_size, "group_size")?);
+        let unbiased = i32::from(std == RewardStd::Unbiased);
         let mut stats = self.alloc_f64(4)?;
         kernels::grpo_advantages(
             self,
@@ -313,6 +317,7 @@ impl Cuda {
             &n_i,
             &g_i,
             &scale_i,
+            &unbiased,
             &eps,
         )?;
         let s = self
