@@ -70,6 +70,28 @@ fn quantize(ty: GgmlType, v: &[f32]) -> Vec<u8> {
                 out.extend(qh.to_le_bytes());
                 out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
             }
+            GgmlType::IQ4NL => {
+                // the nearest of the 16 levels to x/d, d = amax/127 (the levels span −127..113)
+                const LEVELS: [f32; 16] = [
+                    -127., -104., -83., -65., -49., -35., -22., -10., 1., 13., 25., 38., 53., 69.,
+                    89., 113.,
+                ];
+                let d = amax / 127.0;
+                out.extend(h(d));
+                let q: Vec<u8> = blk
+                    .iter()
+                    .map(|x| {
+                        (0..16)
+                            .min_by(|&a, &b| {
+                                let (ea, eb) =
+                                    ((LEVELS[a] * d - x).abs(), (LEVELS[b] * d - x).abs());
+                                ea.total_cmp(&eb)
+                            })
+                            .unwrap() as u8
+                    })
+                    .collect();
+                out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+            }
             _ => unreachable!(),
         }
     }
@@ -112,6 +134,8 @@ fn every_simple_type_dequantises_within_its_precision_in_v2_and_v3() {
             (GgmlType::Q4_1, 2.0 / 15.0),
             (GgmlType::Q5_0, 1.0 / 15.0),
             (GgmlType::Q5_1, 2.0 / 31.0),
+            // non-uniform: the widest gap near the top, 113 → 127 (x = +amax), is 14 levels
+            (GgmlType::IQ4NL, 28.0 / 127.0),
         ];
         for (ty, _) in quants {
             w.tensor(&format!("{ty:?}"), &[64], ty, quantize(ty, &v));
@@ -380,4 +404,56 @@ fn quantised_types_match_the_gguf_python_reference() {
         );
         assert!(worst <= 1e-6, "{name}: worst relative difference {worst:e}");
     }
+}
+
+/// Each reference block of every quantised type, written as a tensor of a GGUF file and read
+/// back through the file reader (block sizes, data offsets, alignment): the values the `gguf`
+/// Python package gives, to the bit.
+#[test]
+fn every_quantised_type_reads_through_a_gguf_file() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gguf_quant_blocks.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let mut w = Writer::new(3);
+    w.kv_str("general.architecture", "llama");
+    let mut wants = vec![];
+    for case in cases {
+        let name = case["type"].as_str().unwrap().to_string();
+        let ty = GgmlType::from_id(case["id"].as_u64().unwrap() as u32).unwrap();
+        let hex = case["bytes"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        w.tensor(&name, &[want.len() as u64], ty, bytes);
+        wants.push((name, want));
+    }
+    let (_d, p) = write(&w.bytes());
+    let g = GgufFile::open(&p).unwrap();
+    for (name, want) in &wants {
+        let got = g.tensor_f32(g.tensor_info(name).unwrap()).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let bad: Vec<_> = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .filter(|(_, (a, b))| a.to_bits() != b.to_bits())
+            .take(3)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{name}: read through the file, differs from the reference: {bad:?}"
+        );
+    }
+    assert_eq!(wants.len(), 12);
 }

@@ -153,7 +153,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
                 let (m, qs, off) = if ty == GgmlType::Q4_1 {
                     (f16_at(b, 2), &b[4..20], 0.0)
                 } else {
-                    (0.0, &b[2..18], 8.0)
+                    // −0 adds nothing, not even to a zero's sign (+0 would turn −0 into +0)
+                    (-0.0, &b[2..18], 8.0)
                 };
                 let lo = qs.iter().map(|&q| ((q & 0x0F) as f32 - off) * d + m);
                 let hi = qs.iter().map(|&q| ((q >> 4) as f32 - off) * d + m);
@@ -167,7 +168,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
                 let (m, qh_at, off) = if ty == GgmlType::Q5_1 {
                     (f16_at(b, 2), 4, 0.0)
                 } else {
-                    (0.0, 2, 16.0)
+                    (-0.0, 2, 16.0) // as Q4_0's
                 };
                 let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
                 let qs = &b[qh_at + 4..qh_at + 20];
