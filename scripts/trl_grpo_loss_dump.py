@@ -12,6 +12,10 @@ Advantages: TRL computes them inline in `_generate_and_score_completions`, which
 without a model, so `trl_advantages` below is that code's arithmetic for one reward function
 ("sum_then_normalize"), transcribed (four lines) around TRL's own `nanstd`, in float64.
 
+Log-probs: TRL's `_get_per_token_logps_and_entropies` divides the logits by the temperature and
+calls its `selective_log_softmax` and `entropy_from_logits`; `logprob_cases` runs those two on
+`hidden @ lm_headᵀ / T` and differentiates Σ c·logp for d(hidden) and d(lm_head).
+
     pip install --no-deps --target /tmp/trlenv trl==1.16.0 accelerate datasets pandas \
         multiprocess pyarrow dill xxhash fsspec pytz tzdata python-dateutil
     PYTHONPATH=/tmp/trlenv:/tmp/hfenv python3 scripts/trl_grpo_loss_dump.py   # hfenv: torch
@@ -24,7 +28,7 @@ import types
 import torch
 import trl
 from trl.trainer.grpo_trainer import GRPOTrainer
-from trl.trainer.utils import nanstd
+from trl.trainer.utils import entropy_from_logits, nanstd, selective_log_softmax
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "trl_grpo_loss.json"
 
@@ -103,6 +107,27 @@ def advantage_cases(gen):
     return out
 
 
+def logprob_cases(gen):
+    out = []
+    for n, d, v, temperature in [(7, 16, 150, 1.0), (5, 8, 257, 0.7)]:
+        hidden = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+        w = (torch.randn(v, d, generator=gen, dtype=torch.float64) * 0.5).requires_grad_(True)
+        targets = torch.randint(0, v, (n,), generator=gen)
+        c = torch.randn(n, generator=gen, dtype=torch.float64)
+        logits = (hidden @ w.T) / temperature
+        logp = selective_log_softmax(logits[None], targets[None])[0]
+        entropy = entropy_from_logits(logits[None])[0]
+        (c * logp).sum().backward()
+        out.append({
+            "n": n, "dim": d, "vocab": v, "temperature": temperature,
+            "hidden": hidden.detach().reshape(-1).tolist(), "w": w.detach().reshape(-1).tolist(),
+            "targets": targets.tolist(), "dlogp": c.tolist(),
+            "logp": logp.detach().tolist(), "entropy": entropy.detach().tolist(),
+            "dhidden": hidden.grad.reshape(-1).tolist(), "dw": w.grad.reshape(-1).tolist(),
+        })
+    return out
+
+
 def main():
     gen = torch.Generator().manual_seed(20261203)
     cases, batches = [], []
@@ -150,6 +175,7 @@ def main():
         "batches": batches,
         "cases": cases,
         "advantages": advantage_cases(gen),
+        "logprob": logprob_cases(gen),
     }
     OUT.write_text(json.dumps(fixture) + "\n")
     print(f"{len(cases)} cases -> {OUT}")
