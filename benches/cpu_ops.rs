@@ -3,7 +3,7 @@
 //! (in each bench's comment) × elements/s.
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{AttnShape, Backend, GrpoLossConfig, LossType};
+use cada::backend::{AttnShape, Backend, GrpoLossConfig, ImportanceSampling, LossType};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 
@@ -127,6 +127,7 @@ fn ops(c: &mut Criterion) {
         epsilon_high: 0.2,
         beta: 0.04,
         max_completion_len: len,
+        importance_sampling: ImportanceSampling::Token,
     };
     let mut dl = vec![0.0; rows * len];
     g.throughput(Throughput::Elements((rows * len) as u64));

@@ -3,6 +3,9 @@
 // Forward: one block per completion writes 5 f64 row partials (Σm·loss, Σm·kl, Σm·clip_low,
 // Σm·clip_high, Σm); the host divides by the loss type's denominator (the metric reduction).
 // Backward: one block per completion; the denominators are recomputed on the device.
+// With `sequence_level` (GSPO) the ratio is the completion's, exp of its mean log-ratio over
+// the unmasked tokens (row_log_ratio), and the surrogate's gradient is spread over the row:
+// dlogp_t = w_t·β·dKL_t + (Σ_t w_t)·dS/ds·m_t / max(Σ m, 1), as cpu/grpo_loss.rs.
 #include "common.cuh"
 
 #define GRPO_LOSS_GRPO 0
@@ -14,6 +17,7 @@ struct GrpoParams {
     int use_ref;  // 0 when beta == 0: ref_logp is not read
     int loss_type;
     int max_completion_len;
+    int sequence_level;  // 1: GSPO's per-completion ratio
 };
 
 struct TokenTerms {
@@ -21,17 +25,56 @@ struct TokenTerms {
     bool low, high;
 };
 
-__device__ __forceinline__ TokenTerms token_terms(float logp, float old_logp, float ref_logp,
-                                                  float adv, const GrpoParams& p) {
-    TokenTerms r;
-    const float ratio = expf(logp - old_logp);
+// The surrogate of one log-ratio: S, dS/d(log ratio), clipped low / high.
+struct SurrogateTerms {
+    float s, ds;
+    bool low, high;
+};
+
+__device__ __forceinline__ SurrogateTerms surrogate_terms(float log_ratio, float adv,
+                                                          const GrpoParams& p) {
+    SurrogateTerms r;
+    const float ratio = expf(log_ratio);
     const float clipped_ratio = fminf(fmaxf(ratio, 1.f - p.epsilon_low), 1.f + p.epsilon_high);
     const float unclipped = ratio * adv, clipped = clipped_ratio * adv;
     r.low = ratio < 1.f - p.epsilon_low && adv < 0.f;
     r.high = ratio > 1.f + p.epsilon_high && adv > 0.f;
-    const float surrogate = -fminf(unclipped, clipped);
-    // d(-min(ρA, clip(ρ)A))/d logp: zero where the clipped branch is taken, else -ρA.
-    const float dsurrogate = (r.low || r.high) ? 0.f : -unclipped;
+    r.s = -fminf(unclipped, clipped);
+    r.ds = (r.low || r.high) ? 0.f : -unclipped;
+    return r;
+}
+
+// Sequence level: the row's mean log-ratio over its unmasked tokens (f64 sums, then f32) and
+// its mask count; every thread of the block calls it (block sums).
+__device__ __forceinline__ float row_log_ratio(const float* logp, const float* old_logp,
+                                               const float* mask, int64_t b, int len,
+                                               double* count, double* scratch) {
+    double sum = 0, c = 0;
+    for (int t = threadIdx.x; t < len; t += blockDim.x) {
+        const int64_t i = b * len + t;
+        const double m = mask[i];
+        if (m == 0.0) continue;  // padding may hold NaN
+        sum += m * (double)(logp[i] - old_logp[i]);
+        c += m;
+    }
+    sum = block_sum_d(sum, scratch);
+    c = block_sum_d(c, scratch);
+    *count = c;
+    return (float)(sum / fmax(c, 1.0));
+}
+
+// seq_log_ratio: the completion's (sequence level) or NAN (token level). In sequence level the
+// surrogate's gradient is not in dloss: the callers spread it over the row.
+__device__ __forceinline__ TokenTerms token_terms(float logp, float old_logp, float ref_logp,
+                                                  float adv, const GrpoParams& p,
+                                                  float seq_log_ratio) {
+    TokenTerms r;
+    const bool seq = p.sequence_level != 0;
+    const SurrogateTerms st = surrogate_terms(seq ? seq_log_ratio : logp - old_logp, adv, p);
+    r.low = st.low;
+    r.high = st.high;
+    const float surrogate = st.s;
+    const float dsurrogate = seq ? 0.f : st.ds;
     float kl = 0.f, dkl = 0.f;
     if (p.use_ref) {
         const float delta = ref_logp - logp;
@@ -71,13 +114,17 @@ CADA_KERNEL void grpo_loss_forward(double* partials, const float* logp, const fl
     __shared__ double scratch[32];
     const int64_t b = blockIdx.x;
     const float adv = advantages[b];
+    double row_count;
+    const float seq = p.sequence_level
+                          ? row_log_ratio(logp, old_logp, mask, b, len, &row_count, scratch)
+                          : NAN;
     double loss = 0, kl = 0, low = 0, high = 0, count = 0;
     for (int t = threadIdx.x; t < len; t += blockDim.x) {
         const int64_t i = b * len + t;
         const double m = mask[i];
         if (m == 0.0) continue;  // padding log-probs may be garbage: never read them into a sum
         const TokenTerms r =
-            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p);
+            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p, seq);
         loss += m * r.loss;
         kl += m * r.kl;
         low += m * (double)r.low;
@@ -116,6 +163,13 @@ CADA_KERNEL void grpo_loss_backward(float* dlogp, const float* logp, const float
         denom = (double)batch * (double)max(p.max_completion_len, 1);
     }
     const float adv = advantages[b];
+    double spread = 0;  // sequence level: (Σ_t w_t)·dS/ds / max(Σ m, 1)
+    float seq = NAN;
+    if (p.sequence_level) {
+        double c;
+        seq = row_log_ratio(logp, old_logp, mask, b, len, &c, scratch);
+        spread = c / denom * (double)surrogate_terms(seq, adv, p).ds / fmax(c, 1.0);
+    }
     for (int t = threadIdx.x; t < len; t += blockDim.x) {
         const int64_t i = b * len + t;
         const float m = mask[i];
@@ -124,8 +178,9 @@ CADA_KERNEL void grpo_loss_backward(float* dlogp, const float* logp, const float
             continue;
         }
         const TokenTerms r =
-            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p);
-        dlogp[i] = (float)((double)m / denom * (double)r.dloss);
+            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p, seq);
+        const double own = (double)m / denom * (double)r.dloss;
+        dlogp[i] = p.sequence_level ? (float)(own + spread * (double)m) : (float)own;
     }
 }
 
@@ -159,6 +214,13 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
         denom = (double)batch * (double)max(p.max_completion_len, 1);
     }
     const float adv = advantages[b];
+    double spread = 0;  // as grpo_loss_backward
+    float seq = NAN;
+    if (p.sequence_level) {
+        double c;
+        seq = row_log_ratio(logp, old_logp, mask, b, len, &c, scratch);
+        spread = c / denom * (double)surrogate_terms(seq, adv, p).ds / fmax(c, 1.0);
+    }
     double loss = 0, kl = 0, low = 0, high = 0, count = 0;
     for (int t = threadIdx.x; t < len; t += blockDim.x) {
         const int64_t i = b * len + t;
@@ -168,10 +230,11 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
             continue;
         }
         const TokenTerms r =
-            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p);
+            token_terms(logp[i], old_logp[i], p.use_ref ? ref_logp[i] : 0.f, adv, p, seq);
         const double w = (double)m / denom;
         // the same rounding as grpo_loss_backward followed by a scale, so the two paths agree
-        dlogp[i] = (float)(w * (double)r.dloss) * grad_scale;
+        const double own = w * (double)r.dloss;
+        dlogp[i] = (p.sequence_level ? (float)(own + spread * (double)m) : (float)own) * grad_scale;
         loss += w * r.loss;
         kl += (double)m * r.kl;
         low += (double)m * (double)r.low;

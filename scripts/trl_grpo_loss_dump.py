@@ -48,10 +48,10 @@ class OneProcess:
         return x
 
 
-def trainer(loss_type, beta, eps_low, eps_high, max_len, logp):
+def trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level="token"):
     t = types.SimpleNamespace(
         loss_type=loss_type, beta=beta, epsilon_low=eps_low, epsilon_high=eps_high,
-        max_completion_length=max_len, importance_sampling_level="token",
+        max_completion_length=max_len, importance_sampling_level=level,
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, aux_loss_enabled=False,
         use_vllm=False, vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False,
         current_gradient_accumulation_steps=1, accelerator=OneProcess(),
@@ -139,35 +139,40 @@ def main():
             "old_logp": old.reshape(-1).tolist(), "ref_logp": ref.reshape(-1).tolist(),
             "mask": mask.reshape(-1).tolist(), "advantages": adv.tolist(),
         })
-        for loss_type in ["grpo", "dapo", "dr_grpo"]:
-            for beta in [0.0, 0.04]:
-                for eps_low, eps_high in [(0.2, 0.2), (0.2, 0.28)]:
-                    max_len = t + 3  # dr_grpo's constant, longer than any completion here
-                    logp = logp0.clone().requires_grad_(True)
-                    tr = trainer(loss_type, beta, eps_low, eps_high, max_len, logp)
-                    inputs = {
-                        "prompt_ids": torch.zeros(b, 1, dtype=torch.long),
-                        "prompt_mask": torch.ones(b, 1, dtype=torch.long),
-                        "completion_ids": torch.zeros(b, t, dtype=torch.long),
-                        "completion_mask": mask,
-                        "advantages": adv,
-                        "old_per_token_logps": old,
-                        "ref_per_token_logps": ref,
-                        "num_items_in_batch": mask.sum(),
-                    }
-                    loss = GRPOTrainer._compute_loss(tr, None, inputs)
-                    loss.backward()
-                    m = tr._metrics["train"]
-                    cases.append({
-                        "batch": si, "loss_type": loss_type, "beta": beta,
-                        "epsilon_low": eps_low, "epsilon_high": eps_high,
-                        "max_completion_length": max_len,
-                        "loss": loss.item(), "dlogp": logp.grad.reshape(-1).tolist(),
-                        "kl_mean": m["kl"][0] if beta != 0.0 else 0.0,
-                        "clip_ratio_low": m["clip_ratio/low_mean"][0],
-                        "clip_ratio_high": m["clip_ratio/high_mean"][0],
-                        "clip_ratio_region": m["clip_ratio/region_mean"][0],
-                    })
+        # GSPO's sequence-level ratio after the token-level cases: one clip range (the ratio of
+        # a mean log-ratio is closer to 1, so 0.04 puts completions on both sides of it)
+        settings = [(lt, beta, eps, "token") for lt in ["grpo", "dapo", "dr_grpo"]
+                    for beta in [0.0, 0.04] for eps in [(0.2, 0.2), (0.2, 0.28)]]
+        settings += [(lt, beta, (0.04, 0.04), "sequence") for lt in ["grpo", "dapo", "dr_grpo"]
+                     for beta in [0.0, 0.04]]
+        for loss_type, beta, (eps_low, eps_high), level in settings:
+            max_len = t + 3  # dr_grpo's constant, longer than any completion here
+            logp = logp0.clone().requires_grad_(True)
+            tr = trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level)
+            inputs = {
+                "prompt_ids": torch.zeros(b, 1, dtype=torch.long),
+                "prompt_mask": torch.ones(b, 1, dtype=torch.long),
+                "completion_ids": torch.zeros(b, t, dtype=torch.long),
+                "completion_mask": mask,
+                "advantages": adv,
+                "old_per_token_logps": old,
+                "ref_per_token_logps": ref,
+                "num_items_in_batch": mask.sum(),
+            }
+            loss = GRPOTrainer._compute_loss(tr, None, inputs)
+            loss.backward()
+            m = tr._metrics["train"]
+            cases.append({
+                "batch": si, "loss_type": loss_type, "beta": beta,
+                "epsilon_low": eps_low, "epsilon_high": eps_high,
+                "importance_sampling_level": level,
+                "max_completion_length": max_len,
+                "loss": loss.item(), "dlogp": logp.grad.reshape(-1).tolist(),
+                "kl_mean": m["kl"][0] if beta != 0.0 else 0.0,
+                "clip_ratio_low": m["clip_ratio/low_mean"][0],
+                "clip_ratio_high": m["clip_ratio/high_mean"][0],
+                "clip_ratio_region": m["clip_ratio/region_mean"][0],
+            })
         print(f"batch {si}: {b} x {t}, {int(mask.sum())} tokens")
     fixture = {
         "generator": f"scripts/trl_grpo_loss_dump.py: GRPOTrainer._compute_loss of trl {trl.__version__}, "

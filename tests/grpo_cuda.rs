@@ -18,7 +18,9 @@ mod common;
 use common::{check, down, poisoned, randv};
 
 use cada::backend::cpu::Cpu;
-use cada::backend::{Backend, GrpoLossConfig, GrpoLossMetrics, LossType, RewardStd, ScaleRewards};
+use cada::backend::{
+    Backend, GrpoLossConfig, GrpoLossMetrics, ImportanceSampling, LossType, RewardStd, ScaleRewards,
+};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -130,13 +132,21 @@ fn configs() -> Vec<GrpoLossConfig> {
     let mut out = Vec::new();
     for loss_type in [LossType::Grpo, LossType::Dapo, LossType::DrGrpo] {
         for beta in [0.0, 0.04] {
-            out.push(GrpoLossConfig {
-                loss_type,
-                epsilon_low: 0.2,
-                epsilon_high: 0.28,
-                beta,
-                max_completion_len: 64,
-            });
+            // token-level ratios, and GSPO's per completion (whose mean log-ratio sits nearer
+            // 1: a narrower clip range puts completions on both sides of it)
+            for (importance_sampling, eps_low, eps_high) in [
+                (ImportanceSampling::Token, 0.2, 0.28),
+                (ImportanceSampling::Sequence, 0.04, 0.04),
+            ] {
+                out.push(GrpoLossConfig {
+                    loss_type,
+                    epsilon_low: eps_low,
+                    epsilon_high: eps_high,
+                    beta,
+                    max_completion_len: 64,
+                    importance_sampling,
+                });
+            }
         }
     }
     out

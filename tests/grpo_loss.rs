@@ -4,7 +4,7 @@
 //! src/backend/cpu/grpo_advantages.rs; the GPU twins are checked in tests/grpo_cuda.rs).
 
 use cada::backend::cpu::grpo_loss::{check_grpo_inputs, grpo_loss_backward, grpo_loss_forward};
-use cada::backend::{GrpoLossConfig, GrpoLossMetrics, LossType};
+use cada::backend::{GrpoLossConfig, GrpoLossMetrics, ImportanceSampling, LossType};
 use cada::train::advantages::{group_advantages, RewardStd, ScaleRewards};
 
 const LOSS_TYPES: [LossType; 3] = [LossType::Grpo, LossType::Dapo, LossType::DrGrpo];
@@ -81,6 +81,7 @@ fn config(
         epsilon_high,
         beta,
         max_completion_len: MAX_COMPLETION_LEN,
+        importance_sampling: ImportanceSampling::Token,
     }
 }
 

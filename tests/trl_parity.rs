@@ -10,7 +10,7 @@
 //! generation), for the group, batch and none scalings.
 
 use cada::backend::cpu::grpo_loss::{grpo_loss_backward, grpo_loss_forward};
-use cada::backend::{GrpoLossConfig, LossType};
+use cada::backend::{GrpoLossConfig, ImportanceSampling, LossType};
 use cada::train::advantages::{group_advantages, RewardStd, ScaleRewards};
 
 fn fixture() -> serde_json::Value {
@@ -34,7 +34,11 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
     let f = fixture();
     let batches = f["batches"].as_array().unwrap();
     let cases = f["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 36, "3 batches × 3 losses × 2 β × 2 ε");
+    assert_eq!(
+        cases.len(),
+        54,
+        "3 batches × 3 losses × 2 β × (2 ε token-level + GSPO)"
+    );
     let mut worst = (0f64, 0f64, 0f64); // loss, gradient, metrics
     for c in cases {
         let x = &batches[c["batch"].as_u64().unwrap() as usize];
@@ -60,10 +64,15 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
             epsilon_high: c["epsilon_high"].as_f64().unwrap() as f32,
             beta: c["beta"].as_f64().unwrap() as f32,
             max_completion_len: c["max_completion_length"].as_u64().unwrap() as usize,
+            importance_sampling: match c["importance_sampling_level"].as_str().unwrap_or("token") {
+                "token" => ImportanceSampling::Token,
+                "sequence" => ImportanceSampling::Sequence,
+                other => panic!("importance_sampling_level {other}"),
+            },
         };
         let what = format!(
-            "batch {} {:?} β={} ε_high={}",
-            c["batch"], cfg.loss_type, cfg.beta, cfg.epsilon_high
+            "batch {} {:?} {:?} β={} ε_high={}",
+            c["batch"], cfg.importance_sampling, cfg.loss_type, cfg.beta, cfg.epsilon_high
         );
         let m = grpo_loss_forward(&logp, &old, &rf, &mask, &adv, b, t, &cfg);
         let mut dlogp = vec![f32::NAN; b * t];
@@ -108,7 +117,9 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
         }
         worst.1 = worst.1.max(rel);
 
-        // the metrics TRL logs: the masked means of the k3 KL and of the clip indicators
+        // the metrics TRL logs: the masked means of the k3 KL and of the clip indicators (in
+        // sequence mode TRL logs the share of clipped completions, ours the share of tokens)
+        let clips = cfg.importance_sampling == ImportanceSampling::Token;
         for (name, ours, field) in [
             ("kl_mean", m.kl_mean, "kl_mean"),
             ("clip_ratio_low", m.clip_ratio_low, "clip_ratio_low"),
@@ -119,6 +130,9 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
                 "clip_ratio_region",
             ),
         ] {
+            if name != "kl_mean" && !clips {
+                continue;
+            }
             let want = c[field].as_f64().unwrap();
             let err = (ours as f64 - want).abs();
             assert!(err <= 1e-6, "{what}: {name} {ours} vs TRL's {want}");
@@ -126,7 +140,7 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
         }
     }
     println!(
-        "36 TRL cases: loss within {:.1e} (relative), gradient within {:.1e}, metrics within {:.1e}",
+        "54 TRL cases (18 GSPO): loss within {:.1e} (relative), gradient within {:.1e}, metrics within {:.1e}",
         worst.0, worst.1, worst.2
     );
 }
@@ -184,13 +198,22 @@ fn unbiased_advantages_match_trl_and_population_ones_differ() {
     println!("6 TRL advantage cases (unbiased std): within {worst:.1e}");
 }
 
-/// `loss.reward_std` reaches the trainer's config; a single reward's unbiased std is 0 (not 0/0).
+/// `loss.reward_std` and `loss.importance_sampling_level` reach the trainer's config; a single reward's unbiased std is 0 (not 0/0).
 #[test]
 fn reward_std_is_a_config_knob_and_one_reward_is_not_nan() {
     let cfg =
         cada::cada::config::TrainConfig::load(None, &["loss.reward_std=unbiased".to_string()])
             .unwrap();
     assert_eq!(cfg.loss.reward_std, RewardStd::Unbiased);
+    let gspo = cada::cada::config::TrainConfig::load(
+        None,
+        &["loss.importance_sampling_level=sequence".to_string()],
+    )
+    .unwrap();
+    assert_eq!(
+        gspo.loss.grpo(8).importance_sampling,
+        ImportanceSampling::Sequence
+    );
     let default = cada::cada::config::TrainConfig::load(None, &[]).unwrap();
     assert_eq!(default.loss.reward_std, RewardStd::Population);
     let bad = cada::cada::config::TrainConfig::load(None, &["loss.reward_std=sample".to_string()]);

@@ -3,7 +3,8 @@
 // grpo_advantages.rs): the fused pass (dlogp · grad_scale and the five metric sums reduced by
 // the last block, its ticket back at 0), the separate forward and backward, for every loss
 // type with β = 0 and β > 0, over rows longer than a block, a fully masked row and NaN in the
-// padding (which must never be read); and the group-relative advantages for every scaling,
+// padding (which must never be read), token- and sequence-level (GSPO) ratios; and the
+// group-relative advantages for every scaling and both stds,
 // with all-equal groups and a non-finite reward's index. Blocks run one after another here, in
 // a random order per launch, so the last-block ticket is taken by a different block each call,
 // but never raced (no two blocks run at once). Exit status 1 on any failure.
@@ -51,18 +52,36 @@ Ref reference(const std::vector<float>& logp, const std::vector<float>& old_logp
         for (size_t i = 0; i < w.size(); ++i) w[i] = mask[i] / denom;
     }
     Ref r{std::vector<float>(w.size(), 0.f), {0, 0, 0, 0, 0}};
-    for (int b = 0; b < batch; ++b)
+    for (int b = 0; b < batch; ++b) {
+        // sequence level: the row's mean log-ratio, and its surrogate's gradient spread over the
+        // row (Σ_t w_t · dS/ds / max(Σ m, 1) per unit of mask)
+        double lr_sum = 0, count = 0, w_row = 0;
+        for (int t = 0; t < len; ++t) {
+            const size_t i = (size_t)b * len + t;
+            if (mask[i] == 0.f) continue;
+            lr_sum += mask[i] * (double)(logp[i] - old_logp[i]);
+            count += mask[i];
+            w_row += w[i];
+        }
+        const float seq = (float)(lr_sum / std::max(count, 1.0));
+        double spread = 0;
+        if (p.sequence_level) {
+            const float sr = std::exp(seq);
+            const bool lo = sr < 1.f - p.epsilon_low && adv[b] < 0.f;
+            const bool hi = sr > 1.f + p.epsilon_high && adv[b] > 0.f;
+            spread = w_row * (double)((lo || hi) ? 0.f : -(sr * adv[b])) / std::max(count, 1.0);
+        }
         for (int t = 0; t < len; ++t) {
             const size_t i = (size_t)b * len + t;
             const double m = mask[i];
             if (m == 0.0) continue;
-            const float ratio = std::exp(logp[i] - old_logp[i]);
+            const float ratio = std::exp(p.sequence_level ? seq : logp[i] - old_logp[i]);
             const float cr = std::clamp(ratio, 1.f - p.epsilon_low, 1.f + p.epsilon_high);
             const float un = ratio * adv[b], cl = cr * adv[b];
             const bool low = ratio < 1.f - p.epsilon_low && adv[b] < 0.f;
             const bool high = ratio > 1.f + p.epsilon_high && adv[b] > 0.f;
             const float surrogate = -std::min(un, cl);
-            const float dsur = (low || high) ? 0.f : -un;
+            const float dsur = p.sequence_level || low || high ? 0.f : -un;
             float kl = 0.f, dkl = 0.f;
             if (p.beta != 0.f) {
                 const float delta = ref_logp[i] - logp[i];
@@ -71,13 +90,14 @@ Ref reference(const std::vector<float>& logp, const std::vector<float>& old_logp
                 dkl = 1.f - e;
             }
             const float loss = surrogate + p.beta * kl, dloss = dsur + p.beta * dkl;
-            r.dlogp[i] = (float)(w[i] * dloss);
+            r.dlogp[i] = (float)(w[i] * dloss + spread * m);
             r.sums[0] += w[i] * loss;
             r.sums[1] += m * kl;
             r.sums[2] += m * low;
             r.sums[3] += m * high;
             r.sums[4] += m;
         }
+    }
     return r;
 }
 
@@ -97,7 +117,7 @@ double rel_vec(const std::vector<float>& got, const std::vector<float>& want, fl
     return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
-bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float beta) {
+bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float beta, int seq) {
     std::uniform_real_distribution<float> u(0.f, 1.f);
     const size_t n = (size_t)batch * len;
     std::vector<float> logp(n), old_logp(n), ref_logp(n), mask(n), adv(batch);
@@ -114,7 +134,9 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
             if (t >= valid) logp[i] = old_logp[i] = ref_logp[i] = NAN;  // never read
         }
     }
-    GrpoParams p{0.2f, 0.28f, beta, beta != 0.f ? 1 : 0, loss_type, len};
+    // GSPO's ratio of a mean log-ratio sits nearer 1: a narrower clip range puts rows on both sides
+    const float eps = seq ? 0.04f : 0.2f;
+    GrpoParams p{eps, seq ? eps : 0.28f, beta, beta != 0.f ? 1 : 0, loss_type, len, seq};
     const Ref want = reference(logp, old_logp, ref_logp, mask, adv, batch, len, p);
     const dim3 grid{(unsigned)batch, 1, 1}, block{256, 1, 1};
 
@@ -185,9 +207,9 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     ok = ok && sums[4] == want.sums[4];  // the token count is exact
     const double sep = rel_vec(dsep, want.dlogp, 1.f);
     ok = ok && sep <= kTol && f_count == want.sums[4] && std::isfinite(f_m_loss);
-    std::printf("  %-7s β %.2f, %d × %d: fused ≤ %.1e, separate backward %.1e, ticket %u, "
+    std::printf("  %-7s %s β %.2f, %d × %d: fused ≤ %.1e, separate backward %.1e, ticket %u, "
                 "reduced by block",
-                names[loss_type], beta, batch, len, worst, sep, ticket);
+                names[loss_type], seq ? "seq  " : "token", beta, batch, len, worst, sep, ticket);
     for (unsigned r : reducers) std::printf(" %u", r);
     std::printf(" (last to run%s)%s\n", reduced_last ? ", same bits" : ": NOT", ok ? "" : "  FAILED");
     return ok;
@@ -260,7 +282,8 @@ int main(int argc, char** argv) {
     for (int lt : {GRPO_LOSS_GRPO, GRPO_LOSS_DAPO, GRPO_LOSS_DR_GRPO})
         for (float beta : {0.f, 0.04f})
             for (auto [b, l] : {std::pair{7, 53}, std::pair{5, 601}})
-                if (!quick || l < 256) ok = loss_case(rng, b, l, lt, beta) && ok;
+                for (int seq : {0, 1})
+                    if (!quick || l < 256) ok = loss_case(rng, b, l, lt, beta, seq) && ok;
     for (int scale : {SCALE_GROUP, SCALE_BATCH, SCALE_NONE})
         for (int unbiased : {0, 1}) ok = advantages_case(rng, scale, unbiased) && ok;
     std::printf(ok ? "grpo_loss emulation: every figure within its bound\n"

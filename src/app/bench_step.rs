@@ -8,7 +8,7 @@
 //! of a known architecture; timing does not depend on the weights' values.
 
 use super::OnDevice;
-use crate::backend::{Backend, GrpoLossConfig, LossType};
+use crate::backend::{Backend, GrpoLossConfig, ImportanceSampling, LossType};
 use crate::cada::seqlogp::{seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq};
 use crate::model::config::LlamaConfig;
 use crate::model::llama::Llama;
@@ -135,6 +135,7 @@ impl OnDevice for StepBench<'_> {
             epsilon_high: 0.28,
             beta: 0.04,
             max_completion_len: self.new_tokens,
+            importance_sampling: ImportanceSampling::Token,
         };
         let mb = self.micro_batch_rows.max(1);
         let (mut t_roll, mut t_ref, mut t_train) = (Vec::new(), Vec::new(), Vec::new());

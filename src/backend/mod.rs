@@ -22,8 +22,8 @@ mod types;
 
 pub use peaks::dense_bf16_peak_tflops;
 pub use types::{
-    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, LossType, QkNormRope,
-    RewardStd, Rope, ScaleRewards,
+    AdvantageStats, AttnShape, DecodeShape, GrpoLossConfig, GrpoLossMetrics, ImportanceSampling,
+    LossType, QkNormRope, RewardStd, Rope, ScaleRewards,
 };
 #[cfg(feature = "cuda")]
 pub mod cuda;

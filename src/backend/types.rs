@@ -81,6 +81,18 @@ pub enum LossType {
     DrGrpo,
 }
 
+/// Where the importance ratio ρ is taken (TRL's `importance_sampling_level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceSampling {
+    /// per token: `ρ_t = exp(logp_t − old_t)` (GRPO, DAPO)
+    #[default]
+    Token,
+    /// per completion: `ρ_b = exp(mean over its unmasked tokens of (logp − old))`, the
+    /// clipped surrogate taken once per completion and shared by its tokens (GSPO)
+    Sequence,
+}
+
 /// What the centred rewards are divided by (group-relative advantages, ../shared/CADA.md
 /// step 6; the choice of population std is explained in `cpu/grpo_advantages.rs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,6 +140,7 @@ pub struct GrpoLossConfig {
     pub beta: f32,
     /// `max completion length` for `dr_grpo`
     pub max_completion_len: usize,
+    pub importance_sampling: ImportanceSampling,
 }
 
 /// Metrics returned by the loss forward (all means over unmasked tokens).

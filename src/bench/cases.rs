@@ -9,7 +9,7 @@
 
 use super::shapes::{self, AttentionShape};
 use super::{BenchDevice, Harness, KernelBenchOptions, Sink};
-use crate::backend::{AttnShape, DecodeShape, GrpoLossConfig, LossType, Rope};
+use crate::backend::{AttnShape, DecodeShape, GrpoLossConfig, ImportanceSampling, LossType, Rope};
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 
@@ -89,6 +89,7 @@ fn loss_cfg(len: usize) -> GrpoLossConfig {
         epsilon_high: 0.28,
         beta: 0.04,
         max_completion_len: len,
+        importance_sampling: ImportanceSampling::Token,
     }
 }
 

@@ -2,7 +2,7 @@
 //! line with `--set section.field=value` (and the common ones with named flags).
 
 use crate::backend::device::DeviceChoice;
-use crate::backend::{GrpoLossConfig, LossType};
+use crate::backend::{GrpoLossConfig, ImportanceSampling, LossType};
 use crate::cada::judge::RuleJudgeConfig;
 use crate::train::advantages::{RewardStd, ScaleRewards};
 use crate::train::generate::SamplingConfig;
@@ -29,6 +29,8 @@ pub struct LossSection {
     pub epsilon_high: f32,
     pub beta: f32,
     pub scale_rewards: ScaleRewards,
+    /// `token` (GRPO's ratio per token, the default) or `sequence` (GSPO's, per completion)
+    pub importance_sampling_level: ImportanceSampling,
     /// `population` (the default) or `unbiased` (TRL's) standard deviation
     pub reward_std: RewardStd,
     /// eps in A = (r − mean) / (std + eps)
@@ -45,6 +47,7 @@ impl Default for LossSection {
             epsilon_high: 0.2,
             beta: 0.04,
             scale_rewards: ScaleRewards::Group,
+            importance_sampling_level: ImportanceSampling::Token,
             reward_std: RewardStd::Population,
             advantage_eps: 1e-4,
             mask_truncated: false,
@@ -60,6 +63,7 @@ impl LossSection {
             epsilon_high: self.epsilon_high,
             beta: self.beta,
             max_completion_len,
+            importance_sampling: self.importance_sampling_level,
         }
     }
 }

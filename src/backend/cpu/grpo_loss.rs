@@ -18,9 +18,16 @@
 //! depend on the log-probs, so forward and backward share `token_weights` and the backward
 //! is `dlogp = w · dL/dlogp` token by token.
 //!
+//! With `ImportanceSampling::Sequence` (GSPO; TRL's `importance_sampling_level="sequence"`) the
+//! ratio is one per completion, `ρ_b = exp(s_b)`, `s_b = Σ_t m·(logp − old) / max(Σ_t m, 1)`,
+//! and every token of completion b carries the same surrogate `S_b` (the KL stays per token).
+//! `S_b` depends on all of b's log-probs: `dS_b/dlogp_t = dS_b/ds_b · m_t / max(Σ m, 1)`, so the
+//! backward spreads `W_b · dS_b/ds_b` (`W_b = Σ_t w_{b,t}`) over the row. The clip metrics count
+//! a clipped completion's tokens (token-weighted; TRL logs the share of completions instead).
+//!
 //! Per-token quantities are computed in f32 (as the kernel does); sums are accumulated in f64.
 
-use crate::backend::{GrpoLossConfig, GrpoLossMetrics, LossType};
+use crate::backend::{GrpoLossConfig, GrpoLossMetrics, ImportanceSampling, LossType};
 use anyhow::{bail, ensure, Result};
 
 /// Checks shapes and knobs before a call; the two ops themselves assume valid inputs (and
@@ -126,14 +133,10 @@ struct TokenTerms {
     clipped_high: bool,
 }
 
-fn token_terms(
-    logp: f32,
-    old_logp: f32,
-    ref_logp: f32,
-    advantage: f32,
-    cfg: &GrpoLossConfig,
-) -> TokenTerms {
-    let ratio = (logp - old_logp).exp();
+/// The clipped surrogate of one ratio `ρ = exp(log_ratio)` and advantage: (S, dS/d log_ratio,
+/// clipped low, clipped high).
+fn surrogate_terms(log_ratio: f32, advantage: f32, cfg: &GrpoLossConfig) -> (f32, f32, bool, bool) {
+    let ratio = log_ratio.exp();
     let clipped_ratio = ratio.clamp(1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high);
     let unclipped = ratio * advantage;
     let clipped = clipped_ratio * advantage;
@@ -142,12 +145,29 @@ fn token_terms(
     let clipped_low = ratio < 1.0 - cfg.epsilon_low && advantage < 0.0;
     let clipped_high = ratio > 1.0 + cfg.epsilon_high && advantage > 0.0;
     let surrogate = -unclipped.min(clipped);
-    // d(−ρA)/d(logp) = −ρA, since dρ/d(logp) = ρ.
+    // d(−ρA)/d(log ρ) = −ρA.
     let dsurrogate = if clipped_low || clipped_high {
         0.0
     } else {
         -unclipped
     };
+    (surrogate, dsurrogate, clipped_low, clipped_high)
+}
+
+/// One token's terms; `seq` = `Some((s_b, 1 / max(Σ m, 1)))` in sequence mode, where the
+/// surrogate is the completion's and `dloss` holds only the KL's part (the surrogate's is
+/// spread over the row by the backward).
+fn token_terms(
+    logp: f32,
+    old_logp: f32,
+    ref_logp: f32,
+    advantage: f32,
+    cfg: &GrpoLossConfig,
+    seq: Option<f32>,
+) -> TokenTerms {
+    let log_ratio = seq.unwrap_or(logp - old_logp);
+    let (surrogate, dsurrogate, clipped_low, clipped_high) =
+        surrogate_terms(log_ratio, advantage, cfg);
     let (kl, dkl) = if cfg.beta != 0.0 {
         let delta = ref_logp - logp;
         let e = delta.exp();
@@ -156,6 +176,7 @@ fn token_terms(
     } else {
         (0.0, 0.0)
     };
+    let dsurrogate = if seq.is_some() { 0.0 } else { dsurrogate };
     TokenTerms {
         loss: surrogate + cfg.beta * kl,
         kl,
@@ -163,6 +184,29 @@ fn token_terms(
         clipped_low,
         clipped_high,
     }
+}
+
+/// Sequence mode: completion b's mean log-ratio `s_b` over its unmasked tokens (None in token
+/// mode), in f64, then f32 as the kernel.
+fn sequence_log_ratio(
+    logp: &[f32],
+    old_logp: &[f32],
+    mask: &[f32],
+    b: usize,
+    len: usize,
+    cfg: &GrpoLossConfig,
+) -> Option<f32> {
+    if cfg.importance_sampling == ImportanceSampling::Token {
+        return None;
+    }
+    let (mut sum, mut count) = (0.0f64, 0.0f64);
+    for i in b * len..(b + 1) * len {
+        if mask[i] != 0.0 {
+            sum += mask[i] as f64 * (logp[i] - old_logp[i]) as f64;
+            count += mask[i] as f64;
+        }
+    }
+    Some((sum / count.max(1.0)) as f32)
 }
 
 /// The aggregated loss and its metrics over `[batch, len]` right-padded token grids.
@@ -187,13 +231,14 @@ pub fn grpo_loss_forward(
     let (mut loss, mut kl_sum, mut low, mut high, mut count) =
         (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (b, &advantage) in advantages.iter().enumerate() {
+        let seq = sequence_log_ratio(logp, old_logp, mask, b, len, cfg);
         for i in b * len..(b + 1) * len {
             let m = mask[i] as f64;
             if m == 0.0 {
                 continue; // padding: its log-probs may be garbage and must not leak in as NaN
             }
             let reference = if cfg.beta != 0.0 { ref_logp[i] } else { 0.0 };
-            let terms = token_terms(logp[i], old_logp[i], reference, advantage, cfg);
+            let terms = token_terms(logp[i], old_logp[i], reference, advantage, cfg, seq);
             loss += weights[i] * terms.loss as f64;
             kl_sum += m * terms.kl as f64;
             low += m * terms.clipped_low as u8 as f64;
@@ -243,14 +288,27 @@ pub fn grpo_loss_backward(
     assert!(advantages.len() == batch);
     let weights = token_weights(mask, batch, len, cfg);
     for (b, &advantage) in advantages.iter().enumerate() {
-        for i in b * len..(b + 1) * len {
+        let row = b * len..(b + 1) * len;
+        let seq = sequence_log_ratio(logp, old_logp, mask, b, len, cfg);
+        // sequence mode: W_b · dS_b/ds_b / max(Σ m, 1), each token's share m_t of it
+        let spread = seq.map(|s| {
+            let (_, ds, _, _) = surrogate_terms(s, advantage, cfg);
+            let count: f64 = mask[row.clone()].iter().map(|&m| m as f64).sum();
+            let w_row: f64 = weights[row.clone()].iter().sum();
+            w_row * ds as f64 / count.max(1.0)
+        });
+        for i in row {
             if mask[i] == 0.0 {
                 dlogp[i] = 0.0;
                 continue;
             }
             let reference = if cfg.beta != 0.0 { ref_logp[i] } else { 0.0 };
-            let terms = token_terms(logp[i], old_logp[i], reference, advantage, cfg);
-            dlogp[i] = (weights[i] * terms.dloss as f64) as f32;
+            let terms = token_terms(logp[i], old_logp[i], reference, advantage, cfg, seq);
+            let own = weights[i] * terms.dloss as f64;
+            dlogp[i] = match spread {
+                None => own as f32,
+                Some(g) => (own + g * mask[i] as f64) as f32,
+            };
         }
     }
 }

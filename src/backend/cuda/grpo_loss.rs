@@ -7,7 +7,8 @@ use super::{dim_i32, grid_rows, need, Cuda};
 use crate::backend::cpu::grpo_advantages::check_advantage_inputs;
 use crate::backend::cpu::grpo_loss::check_grpo_inputs;
 use crate::backend::{
-    AdvantageStats, GrpoLossConfig, GrpoLossMetrics, LossType, RewardStd, ScaleRewards,
+    AdvantageStats, GrpoLossConfig, GrpoLossMetrics, ImportanceSampling, LossType, RewardStd,
+    ScaleRewards,
 };
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
@@ -24,6 +25,7 @@ fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
             LossType::DrGrpo => defines::GRPO_LOSS_DR_GRPO as i32,
         },
         max_completion_len: dim_i32(cfg.max_completion_len, "max_completion_len")?,
+        sequence_level: i32::from(cfg.importance_sampling == ImportanceSampling::Sequence),
     })
 }
 
