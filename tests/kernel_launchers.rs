@@ -77,13 +77,19 @@ fn every_kernel_gets_one_typed_launcher() {
     // the by-value structs, field for field, and none of the kernels' internal ones
     assert!(rust.contains(
         "pub(crate) struct GrpoParams {\n    pub epsilon_low: f32,\n    pub epsilon_high: f32,\n    \
-         pub beta: f32,\n    pub use_ref: i32,\n    pub loss_type: i32,\n    pub max_completion_len: i32,\n}"
+         pub beta: f32,\n    pub use_ref: i32,\n    pub loss_type: i32,\n    pub max_completion_len: i32,\n    \
+         pub sequence_level: i32,\n}"
     ));
     assert!(
         rust.contains("pub(crate) struct AttnDims {")
             && rust.contains("pub(crate) struct DecodeDims {")
     );
-    assert!(!rust.contains("struct TokenTerms") && !rust.contains("struct Kept"));
+    assert!(
+        !rust.contains("struct TokenTerms")
+            && !rust.contains("struct SurrogateTerms")
+            && !rust.contains("struct QkRow")
+            && !rust.contains("struct Kept")
+    );
 }
 
 fn one(src: &str) -> Result<String, String> {
