@@ -359,6 +359,22 @@ fn unmapped_tensors_are_refused_not_dropped() {
 /// scales) and the values the `gguf` Python package (llama.cpp's reader) dequantises them to,
 /// made by scripts/gguf_quant_dump.py. Both compute in f32 in the same order (d·scale·q − dmin·m),
 /// so they agree to rounding: 1e-6 relative to the block's largest value.
+/// A reference case's raw block bytes (hex in the fixture) and the values they decode to.
+fn block_bytes_and_values(case: &serde_json::Value) -> (Vec<u8>, Vec<f32>) {
+    let hex = case["bytes"].as_str().unwrap();
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let values = case["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    (bytes, values)
+}
+
 #[test]
 fn quantised_types_match_the_gguf_python_reference() {
     let text = std::fs::read_to_string(concat!(
@@ -377,17 +393,7 @@ fn quantised_types_match_the_gguf_python_reference() {
         let name = case["type"].as_str().unwrap();
         let ty = GgmlType::from_id(case["id"].as_u64().unwrap() as u32)
             .unwrap_or_else(|| panic!("{name}: not a type we read"));
-        let hex = case["bytes"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let want: Vec<f32> = case["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let (bytes, want) = block_bytes_and_values(case);
         let (per_block, block_bytes) = ty.block();
         assert_eq!(bytes.len() / block_bytes * per_block, want.len(), "{name}");
         let got = cada::model::gguf::dequantize(ty, &bytes, want.len());
@@ -424,17 +430,7 @@ fn every_quantised_type_reads_through_a_gguf_file() {
     for case in cases {
         let name = case["type"].as_str().unwrap().to_string();
         let ty = GgmlType::from_id(case["id"].as_u64().unwrap() as u32).unwrap();
-        let hex = case["bytes"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let want: Vec<f32> = case["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let (bytes, want) = block_bytes_and_values(case);
         w.tensor(&name, &[want.len() as u64], ty, bytes);
         wants.push((name, want));
     }

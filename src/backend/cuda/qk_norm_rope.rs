@@ -3,7 +3,7 @@
 //! gradient in one, then `rmsnorm_backward_weight` for each norm weight (rmsnorm.cu).
 
 use super::dense::rope_dims;
-use super::kernels;
+use super::kernels::{self, RopeDims};
 use super::{dim_i32, grid_cols, need, need_ids, row_threads, Cuda, CudaBuf};
 use crate::backend::composite::check_qk_norm;
 use crate::backend::QkNormRope;
@@ -29,6 +29,21 @@ fn qk_grid(op: &str, a: &Args) -> Result<Option<LaunchConfig>> {
         block_dim: (row_threads(a.head_dim), 1, 1),
         shared_mem_bytes: 0,
     }))
+}
+
+/// The launch both kernels share: the rotation, the grid (None: nothing to do) and the head
+/// counts as the kernels take them.
+fn launch(op: &str, a: &Args) -> Result<Option<(RopeDims, LaunchConfig, [i32; 3])>> {
+    let dims = rope_dims(op, a.rope, a.head_dim)?;
+    let Some(cfg) = qk_grid(op, a)? else {
+        return Ok(None);
+    };
+    let heads = [
+        dim_i32(a.n_heads, "n_heads")?,
+        dim_i32(a.n_kv_heads, "n_kv_heads")?,
+        dim_i32(a.head_dim, "head_dim")?,
+    ];
+    Ok(Some((dims, cfg, heads)))
 }
 
 /// Every length the kernels read or write; gives the head rows of q and of k.
@@ -64,15 +79,9 @@ impl Cuda {
     ) -> Result<()> {
         let op = "qk_norm_rope_forward";
         check_lengths(self, op, a, q, k, rstd_q, rstd_k)?;
-        let dims = rope_dims(op, a.rope, a.head_dim)?;
-        let Some(cfg) = qk_grid(op, a)? else {
+        let Some((dims, cfg, [h, hkv, hd])) = launch(op, a)? else {
             return Ok(());
         };
-        let (h, hkv) = (
-            dim_i32(a.n_heads, "n_heads")?,
-            dim_i32(a.n_kv_heads, "n_kv_heads")?,
-        );
-        let hd = dim_i32(a.head_dim, "head_dim")?;
         kernels::qk_norm_rope_forward(
             self,
             cfg,
@@ -113,15 +122,9 @@ impl Cuda {
         need(dk_raw, kn * a.head_dim, "dk_raw")?;
         need(dq_norm, a.head_dim, "dq_norm")?;
         need(dk_norm, a.head_dim, "dk_norm")?;
-        let dims = rope_dims(op, a.rope, a.head_dim)?;
-        let Some(cfg) = qk_grid(op, a)? else {
+        let Some((dims, cfg, [h, hkv, hd])) = launch(op, a)? else {
             return Ok(());
         };
-        let (h, hkv) = (
-            dim_i32(a.n_heads, "n_heads")?,
-            dim_i32(a.n_kv_heads, "n_kv_heads")?,
-        );
-        let hd = dim_i32(a.head_dim, "head_dim")?;
         kernels::qk_norm_rope_backward_input(
             self,
             cfg,
