@@ -392,12 +392,12 @@ fn run(cli: Cli) -> Result<()> {
             chat_template,
         } => {
             let m = chat_template.load_model(&model)?;
-            let pairs = cada::cada::data::load_sft(&data)?;
+            let records = cada::cada::data::load_sft(&data)?;
             app::run_on(
                 device,
                 app::train::SftTask {
                     model: &m,
-                    pairs,
+                    records,
                     out,
                     steps,
                     batch_size,
@@ -419,12 +419,12 @@ fn run(cli: Cli) -> Result<()> {
             chat_template,
         } => {
             let m = chat_template.load_model(&model)?;
-            let triples = cada::cada::data::load_dpo(&data)?;
+            let records = cada::cada::data::load_dpo(&data)?;
             app::run_on(
                 device,
                 app::train::DpoTask {
                     model: &m,
-                    triples,
+                    records,
                     out,
                     steps,
                     batch_size,

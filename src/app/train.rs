@@ -2,16 +2,15 @@
 
 use super::OnDevice;
 use crate::backend::Backend;
+use crate::cada::chat_data::{dpo_pair, sft_seq};
 use crate::cada::config::TrainConfig;
-use crate::cada::data::PromptItem;
+use crate::cada::data::{DpoRecord, PromptItem, SftRecord};
 use crate::cada::default_model::{build_default_model, BuildOptions};
 use crate::cada::dpo::{dpo_train, DpoConfig, DpoPair};
 use crate::cada::eval::EvalReport;
 use crate::cada::evaluate::{evaluate_model, EvalOptions};
 use crate::cada::run::{run_train, TrainSummary};
-use crate::cada::seqlogp::Seq;
 use crate::cada::sft::{sft_train, SftConfig};
-use crate::cada::trainer::context_ids;
 use crate::model::llama::Llama;
 use crate::model::load::LoadedModel;
 use crate::model::save::save_model_dir;
@@ -68,28 +67,9 @@ impl OnDevice for EvalTask<'_> {
     }
 }
 
-/// Chat-rendered context + completion (ending with the end-of-turn token when the model has one).
-fn chat_seq(m: &LoadedModel, prompt: &str, completion: &str) -> Result<Seq> {
-    let ctx = context_ids(m, None, prompt)?;
-    let mut completion_ids = m.tokenizer.encode(completion, false)?;
-    if let Some(&stop) = m.stop_ids().first() {
-        completion_ids.push(stop);
-    }
-    let total = ctx.len() + completion_ids.len();
-    anyhow::ensure!(
-        total <= m.cfg.max_sequence_len(),
-        "an example of {total} tokens exceeds the model's {}",
-        m.cfg.max_sequence_what()
-    );
-    Ok(Seq {
-        ctx,
-        completion: completion_ids,
-    })
-}
-
 pub struct SftTask<'a> {
     pub model: &'a LoadedModel,
-    pub pairs: Vec<(String, String)>,
+    pub records: Vec<SftRecord>,
     pub out: PathBuf,
     pub steps: usize,
     pub batch_size: usize,
@@ -101,10 +81,10 @@ impl OnDevice for SftTask<'_> {
     type Output = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let m = self.model;
-        let data: Vec<Seq> = self
-            .pairs
+        let data: Vec<_> = self
+            .records
             .iter()
-            .map(|(p, c)| chat_seq(m, p, c))
+            .map(|r| sft_seq(m, r))
             .collect::<Result<_>>()?;
         let mut model = Llama::from_host(be, m.cfg.clone(), &m.params)?;
         let cfg = SftConfig {
@@ -138,7 +118,7 @@ impl OnDevice for SftTask<'_> {
 
 pub struct DpoTask<'a> {
     pub model: &'a LoadedModel,
-    pub triples: Vec<(String, String, String)>,
+    pub records: Vec<DpoRecord>,
     pub out: PathBuf,
     pub steps: usize,
     pub batch_size: usize,
@@ -152,14 +132,9 @@ impl OnDevice for DpoTask<'_> {
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let m = self.model;
         let pairs: Vec<DpoPair> = self
-            .triples
+            .records
             .iter()
-            .map(|(p, c, r)| {
-                Ok(DpoPair {
-                    chosen: chat_seq(m, p, c)?,
-                    rejected: chat_seq(m, p, r)?,
-                })
-            })
+            .map(|r| dpo_pair(m, r))
             .collect::<Result<_>>()?;
         let mut model = Llama::from_host(be, m.cfg.clone(), &m.params)?;
         let reference = Llama::from_host(be, m.cfg.clone(), &m.params)?;

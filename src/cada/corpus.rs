@@ -226,11 +226,7 @@ fn prompt_items(heldout: bool) -> Vec<(usize, PromptItem)> {
             if is_heldout(ti, fi) == heldout {
                 out.push((
                     ti,
-                    PromptItem {
-                        prompt: t.pattern.replace("{}", f),
-                        label: t.label,
-                        category: Some(t.category.to_string()),
-                    },
+                    PromptItem::text(&t.pattern.replace("{}", f), t.label, Some(t.category)),
                 ));
             }
         }

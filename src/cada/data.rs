@@ -1,7 +1,10 @@
 //! JSONL data: prompts (`prompt`, `label` harmful|benign, optional `category`), SFT pairs
-//! (`prompt`, `completion`) and DPO triples (`prompt`, `chosen`, `rejected`). Errors name the
-//! file, the line and the field.
+//! (`prompt`, `completion`, or `messages`) and DPO triples (`prompt`, `chosen`, `rejected`; the
+//! prompt may be implicit). Each text field may be TRL's conversational form instead, a list of
+//! messages; src/cada/chat_data.rs renders and tokenizes them. Errors name the file, the line and
+//! the field.
 
+use crate::model::chat::Message;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -13,12 +16,94 @@ pub enum Label {
     Benign,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A request to train or evaluate on. `prompt` is what the judges, the case retrieval and the
+/// reports read: the text itself or, for a conversation, its last user turn.
+#[derive(Clone, Debug, PartialEq)]
 pub struct PromptItem {
     pub prompt: String,
+    /// TRL's conversational prompt (`"prompt": [{"role": …, "content": …}, …]`), when the line
+    /// gave one; rendered as it stands, with the generation prompt after a user (or tool) turn
+    /// and the final message continued after an assistant one.
+    pub conversation: Option<Vec<Message>>,
     pub label: Label,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+}
+
+impl PromptItem {
+    pub fn text(prompt: &str, label: Label, category: Option<&str>) -> Self {
+        PromptItem {
+            prompt: prompt.into(),
+            conversation: None,
+            label,
+            category: category.map(str::to_string),
+        }
+    }
+
+    /// The conversation to render: the given one, or the text as one user turn.
+    pub fn turns(&self) -> Vec<Message> {
+        match &self.conversation {
+            Some(c) => c.clone(),
+            None => vec![Message::new("user", &self.prompt)],
+        }
+    }
+}
+
+impl Serialize for PromptItem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match &self.conversation {
+            Some(c) => m.serialize_entry("prompt", c)?,
+            None => m.serialize_entry("prompt", &self.prompt)?,
+        }
+        m.serialize_entry("label", &self.label)?;
+        if let Some(c) = &self.category {
+            m.serialize_entry("category", c)?;
+        }
+        m.end()
+    }
+}
+
+/// A field that is either text or TRL's conversational form (a list of messages).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Turns {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+impl Turns {
+    /// As messages, text becoming one turn of `role`.
+    pub fn messages(&self, role: &str) -> Vec<Message> {
+        match self {
+            Turns::Text(t) => vec![Message::new(role, t)],
+            Turns::Messages(m) => m.clone(),
+        }
+    }
+}
+
+/// One SFT example, with where it came from ("file:line") for later errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftRecord {
+    pub at: String,
+    pub body: SftBody,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SftBody {
+    /// `{"prompt", "completion"}`: loss on the completion only.
+    PromptCompletion { prompt: Turns, completion: Turns },
+    /// `{"messages": [...]}`: TRL's conversational language modelling, loss on every token.
+    Messages(Vec<Message>),
+}
+
+/// One DPO pair: an explicit `prompt`, or TRL's implicit one (the turns `chosen` and
+/// `rejected` share from the start).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpoRecord {
+    pub at: String,
+    pub prompt: Turns,
+    pub chosen: Turns,
+    pub rejected: Turns,
 }
 
 /// Non-empty lines of a JSONL file as (location "file:line", JSON value).
@@ -44,6 +129,44 @@ fn jsonl_lines(path: &Path) -> Result<Vec<(String, serde_json::Value)>> {
     Ok(out)
 }
 
+/// A list of `{"role": str, "content": str, …}` objects; errors name the element and key.
+fn messages_value(v: &serde_json::Value, field: &str, at: &str) -> Result<Vec<Message>> {
+    let list = v
+        .as_array()
+        .with_context(|| format!("{at}: field `{field}` must be a string or a list of messages"))?;
+    if list.is_empty() {
+        bail!("{at}: field `{field}` is an empty list of messages");
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let here = format!("{field}[{i}]");
+            if !m.is_object() {
+                bail!("{at}: field `{here}` must be an object with `role` and `content`");
+            }
+            for key in ["role", "content"] {
+                match m.get(key) {
+                    Some(serde_json::Value::String(_)) => {}
+                    Some(other) => {
+                        bail!("{at}: field `{here}.{key}` must be a string, got {other}")
+                    }
+                    None => bail!("{at}: field `{here}` has no `{key}`"),
+                }
+            }
+            Ok(serde_json::from_value(m.clone())?)
+        })
+        .collect()
+}
+
+/// A text-or-conversation field (TRL decides the same way: a list means conversational).
+fn turns_field(v: &serde_json::Value, field: &str, at: &str) -> Result<Turns> {
+    match v.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(Turns::Text(s.clone())),
+        Some(other) => Ok(Turns::Messages(messages_value(other, field, at)?)),
+        None => bail!("{at}: missing field `{field}`"),
+    }
+}
+
 fn str_field<'a>(v: &'a serde_json::Value, field: &str, at: &str) -> Result<&'a str> {
     match v.get(field) {
         Some(serde_json::Value::String(s)) => Ok(s),
@@ -56,7 +179,19 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
     jsonl_lines(path)?
         .into_iter()
         .map(|(at, v)| {
-            let prompt = str_field(&v, "prompt", &at)?.to_string();
+            let (prompt, conversation) = match turns_field(&v, "prompt", &at)? {
+                Turns::Text(t) => (t, None),
+                Turns::Messages(c) => {
+                    let last = &c[c.len() - 1].role;
+                    if !["user", "tool", "assistant"].contains(&last.as_str()) {
+                        bail!("{at}: field `prompt` ends with a `{last}` turn; a prompt ends with a user (or tool) turn, or an assistant turn to continue");
+                    }
+                    let user = c.iter().rev().find(|m| m.role == "user").with_context(|| {
+                        format!("{at}: field `prompt` has no user turn")
+                    })?;
+                    (user.content.clone(), Some(c))
+                }
+            };
             if prompt.trim().is_empty() {
                 bail!("{at}: field `prompt` is empty");
             }
@@ -73,6 +208,7 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
             };
             Ok(PromptItem {
                 prompt,
+                conversation,
                 label,
                 category,
             })
@@ -80,27 +216,58 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
         .collect()
 }
 
-pub fn load_sft(path: &Path) -> Result<Vec<(String, String)>> {
+/// SFT lines: `{"prompt", "completion"}` (each text or a list of messages) or
+/// `{"messages": [...]}`.
+pub fn load_sft(path: &Path) -> Result<Vec<SftRecord>> {
     jsonl_lines(path)?
         .into_iter()
         .map(|(at, v)| {
-            Ok((
-                str_field(&v, "prompt", &at)?.to_string(),
-                str_field(&v, "completion", &at)?.to_string(),
-            ))
+            let body = if v.get("messages").is_some() {
+                if v.get("prompt").is_some() || v.get("completion").is_some() {
+                    bail!("{at}: give either `messages` or `prompt` and `completion`, not both");
+                }
+                SftBody::Messages(messages_value(&v["messages"], "messages", &at)?)
+            } else {
+                SftBody::PromptCompletion {
+                    prompt: turns_field(&v, "prompt", &at)?,
+                    completion: turns_field(&v, "completion", &at)?,
+                }
+            };
+            Ok(SftRecord { at, body })
         })
         .collect()
 }
 
-pub fn load_dpo(path: &Path) -> Result<Vec<(String, String, String)>> {
+/// DPO lines: `{"prompt", "chosen", "rejected"}` or, conversational, `{"chosen", "rejected"}`
+/// alone, the prompt being the turns both start with (TRL's `extract_prompt`).
+pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
     jsonl_lines(path)?
         .into_iter()
         .map(|(at, v)| {
-            Ok((
-                str_field(&v, "prompt", &at)?.to_string(),
-                str_field(&v, "chosen", &at)?.to_string(),
-                str_field(&v, "rejected", &at)?.to_string(),
-            ))
+            let chosen = turns_field(&v, "chosen", &at)?;
+            let rejected = turns_field(&v, "rejected", &at)?;
+            if v.get("prompt").is_some() {
+                let prompt = turns_field(&v, "prompt", &at)?;
+                return Ok(DpoRecord {
+                    at,
+                    prompt,
+                    chosen,
+                    rejected,
+                });
+            }
+            let (Turns::Messages(c), Turns::Messages(r)) = (&chosen, &rejected) else {
+                bail!("{at}: missing field `prompt` (it can be left out only when `chosen` and `rejected` are conversations that start with it)");
+            };
+            let shared = c.iter().zip(r).take_while(|(a, b)| a == b).count();
+            if shared == 0 || shared == c.len() || shared == r.len() {
+                bail!("{at}: `chosen` and `rejected` must start with the same turns (the prompt) and then differ");
+            }
+            Ok(DpoRecord {
+                at,
+                prompt: Turns::Messages(c[..shared].to_vec()),
+                chosen: Turns::Messages(c[shared..].to_vec()),
+                rejected: Turns::Messages(r[shared..].to_vec()),
+            })
         })
         .collect()
 }

@@ -2,9 +2,9 @@
 //! (../shared/CADA.md, "Evaluation"). Prompts are answered in the raw context (no codes, no
 //! cases): what the trained model does on its own.
 
+use super::chat_data::context_ids;
 use super::data::PromptItem;
 use super::eval::{evaluate_completions, EvalReport};
-use super::trainer::context_ids;
 use crate::backend::Backend;
 use crate::model::llama::Llama;
 use crate::model::load::LoadedModel;
@@ -43,7 +43,7 @@ pub fn complete_prompts<B: Backend>(
     for chunk in items.chunks(opts.batch_size.max(1)) {
         let ctx: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|it| context_ids(base, None, &it.prompt))
+            .map(|it| context_ids(base, None, &it.turns()))
             .collect::<Result<_>>()?;
         let gen = generate(be, model, &ctx, &sampling, &stops, &mut rng, |_, _| {})?;
         for toks in gen.tokens {

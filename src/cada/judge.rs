@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JudgeItem {
+    /// the request: the prompt's text, or a conversation's last user turn
     pub prompt: String,
     pub completion: String,
     pub label: Label,
+    /// the whole conversation, for a conversational prompt (a command judge reads `messages`)
+    #[serde(rename = "messages", skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<Vec<crate::model::chat::Message>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,6 @@
 //! The CADA method: spec (codes + cases), case retrieval, judges, data, evaluation, the loop,
 //! SFT and DPO.
+pub mod chat_data;
 pub mod config;
 pub mod corpus;
 pub mod data;

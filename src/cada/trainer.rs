@@ -3,6 +3,7 @@
 //! context → AdamW. Deterministic from the seed: every random draw comes from one ChaCha RNG that
 //! is saved in each checkpoint, so a resumed run continues bit-identically.
 
+use super::chat_data::context_ids;
 use super::config::{JudgeConfig, TrainConfig, TrainContext};
 use super::data::PromptItem;
 use super::judge::{CommandJudge, Judge, JudgeItem, RuleJudge};
@@ -10,7 +11,6 @@ use super::retrieval::{deliberation_system_prompt, select_cases};
 use super::seqlogp::{check_grads, seq_backward, seq_logprobs, seq_logprobs_no_grad, Seq};
 use super::spec::Spec;
 use crate::backend::Backend;
-use crate::model::chat::Message;
 use crate::model::llama::Llama;
 use crate::model::load::LoadedModel;
 use crate::model::weights::{Params, TensorSpec};
@@ -73,17 +73,6 @@ pub fn build_judge(cfg: &JudgeConfig) -> Result<Box<dyn Judge>> {
             std::time::Duration::from_secs_f64(*timeout_s),
         )),
     })
-}
-
-/// Renders a user request in the raw or deliberation context and tokenizes it.
-pub fn context_ids(base: &LoadedModel, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
-    let mut msgs = Vec::new();
-    if let Some(s) = system {
-        msgs.push(Message::new("system", s));
-    }
-    msgs.push(Message::new("user", prompt));
-    let text = base.chat.render(&msgs, true)?;
-    base.tokenizer.encode(&text, false)
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
@@ -169,7 +158,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 &mut self.state.rng,
             );
             let system = deliberation_system_prompt(&self.spec, &cases);
-            let delib = context_ids(self.base, Some(&system), &item.prompt)?;
+            let delib = context_ids(self.base, Some(&system), &item.turns())?;
             if delib.len() > max_ctx {
                 bail!(
                     "{}: prompt {} in its deliberation context is {} tokens; with rollout.max_new_tokens {} it exceeds the model's context of {} tokens",
@@ -177,7 +166,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 );
             }
             let train = match self.cfg.train_context {
-                TrainContext::Raw => context_ids(self.base, None, &item.prompt)?,
+                TrainContext::Raw => context_ids(self.base, None, &item.turns())?,
                 TrainContext::Deliberation => delib.clone(),
             };
             for _ in 0..g {
@@ -223,6 +212,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     prompt: p.prompt.clone(),
                     completion: r.text.clone(),
                     label: p.label,
+                    conversation: p.conversation.clone(),
                 }
             })
             .collect();

@@ -4,10 +4,14 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+/// One chat turn. Fields beyond `role` and `content` (`reasoning_content`, `tool_calls`,
+/// `name`, …) are kept, in their order, and handed to the template as transformers hands them.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Message {
@@ -15,9 +19,39 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            extra: serde_json::Map::new(),
         }
     }
 }
+
+/// transformers' names for a turn's reasoning; templates read one or another of them.
+const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
+
+/// A message as transformers 5.24 gives it to the template (`_alias_reasoning_fields`): when
+/// any reasoning field is set, `thinking` and `reasoning_content` carry it too.
+fn template_message(m: &Message) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    fields.insert("role".into(), m.role.clone().into());
+    fields.insert("content".into(), m.content.clone().into());
+    fields.extend(m.extra.clone());
+    let reasoning = REASONING_FIELDS
+        .iter()
+        .find_map(|k| fields.get(*k).filter(|v| !v.is_null()).cloned());
+    if let Some(r) = reasoning {
+        // {"thinking": r, **message, "reasoning_content": r}: `thinking` first unless present.
+        let mut aliased = serde_json::Map::new();
+        aliased.insert("thinking".into(), r.clone());
+        for (k, v) in fields {
+            aliased.insert(k, v);
+        }
+        aliased.insert("reasoning_content".into(), r);
+        fields = aliased;
+    }
+    serde_json::Value::Object(fields)
+}
+
+/// The tag transformers appends to the final message for `continue_final_message`.
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 
 /// A compiled chat template and the special tokens it may refer to.
 pub struct ChatTemplate {
@@ -122,6 +156,46 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
+        self.render_values(msgs, add_generation_prompt)
+    }
+
+    /// transformers' `continue_final_message=True`: the conversation rendered without a
+    /// generation prompt and cut right after the final message's content, so a model continues
+    /// that (assistant) message rather than starting a new turn. A template that drops or
+    /// rewrites the final content is an error, as in transformers.
+    pub fn render_continuing(&self, messages: &[Message]) -> Result<String> {
+        let last = messages.last().with_context(|| {
+            format!(
+                "{}: cannot continue the final message of an empty conversation",
+                self.source
+            )
+        })?;
+        let mut msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
+        let tagged = format!("{}{CONTINUE_TAG}", last.content);
+        msgs.last_mut().expect("non-empty")["content"] = tagged.into();
+        let text = self.render_values(msgs, false)?;
+        let tag = CONTINUE_TAG.trim();
+        anyhow::ensure!(
+            text.contains(last.content.trim()) && text.contains(tag),
+            "{}: field `chat_template` does not render the final message to continue (it drops or rewrites part of it): {:?}",
+            self.source,
+            last.content.trim()
+        );
+        let at = text.rfind(tag).expect("checked");
+        Ok(if text[at..].starts_with(CONTINUE_TAG) {
+            text[..at].to_string()
+        } else {
+            // the template trimmed the message's trailing space, so trim before the tag too
+            text[..at].trim_end().to_string()
+        })
+    }
+
+    fn render_values(
+        &self,
+        messages: Vec<serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -133,7 +207,7 @@ impl ChatTemplate {
         ctx.insert("bos_token".into(), self.bos_token.clone().into());
         ctx.insert("eos_token".into(), self.eos_token.clone().into());
         ctx.extend(self.kwargs.clone());
-        ctx.insert("messages".into(), serde_json::to_value(messages)?);
+        ctx.insert("messages".into(), serde_json::Value::Array(messages));
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         ctx.insert("tools".into(), serde_json::Value::Null);
         ctx.insert("documents".into(), serde_json::Value::Null);

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Tokenizes conversational SFT, DPO and prompt lines the way TRL 1.16.0 does and writes the
+token ids to tests/fixtures/trl_chat_data.json; tests/chat_data.rs feeds the same JSONL lines
+through our loaders (`load_sft`, `load_dpo`, `load_prompts`) and tokenization
+(src/cada/chat_data.rs) and must give the same ids and the same prompt/completion split.
+
+What is TRL's own code here: `trl.data_utils._tokenize`, `common_prefix_length`,
+`extract_prompt` and `apply_chat_template` (imported, run as they are). What is transcribed: the
+few lines of `SFTTrainer`'s and `DPOTrainer`'s nested `tokenize_fn` that call them
+(trl/trainer/sft_trainer.py, trl/trainer/dpo_trainer.py in the 1.16.0 wheel), marked below.
+
+Text fields are our shorthand for one turn (a user turn for a prompt, an assistant turn for a
+completion); TRL reads text as raw text without the chat template, so the expected ids are
+TRL's for the equivalent one-turn conversation.
+
+    pip install --target /tmp/tfenv transformers==5.24.0 jinja2
+    pip install --no-deps --target /tmp/trlenv trl==1.16.0 datasets pyarrow numpy pandas \\
+        multiprocess dill xxhash fsspec pytz tzdata python-dateutil
+    PYTHONPATH=/tmp/trlenv:/tmp/tfenv python3 scripts/trl_chat_data_dump.py
+(needs models/smollm2-135m-instruct, scripts/fetch_smollm2.sh, and the templates of
+scripts/fetch_vocab_tests.sh; no torch.)
+"""
+import datetime
+import hashlib
+import json
+import pathlib
+
+import transformers
+import trl
+from transformers import PreTrainedTokenizerFast
+from transformers.utils import chat_template_utils
+from trl.data_utils import _tokenize, apply_chat_template, common_prefix_length, extract_prompt
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "fixtures" / "trl_chat_data.json"
+TEMPLATES = ROOT / "models" / "vocab-tests" / "templates"
+
+
+class FixedDatetime(datetime.datetime):
+    """Ours renders strftime_now() as 2026-01-01 (reproducible runs); make transformers' agree."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 1, 9, 30, 0)
+
+
+chat_template_utils.datetime = FixedDatetime
+
+# A template that ends the generation prompt with an empty thought block the full conversation
+# drops (as TRL's docstring of common_prefix_length says Gemma 4 does): the tokenized prompt is
+# then not a prefix of prompt + completion.
+GEN_THINK = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think></think>{% endif %}"
+)
+
+# (name, model directory, template: None = the tokenizer's own, or a file under TEMPLATES, or
+# inline text)
+MODELS = [
+    ("default", "models/default", None),
+    ("smollm2", "models/smollm2-135m-instruct", None),
+    ("smollm2+qwen3", "models/smollm2-135m-instruct", "file:Qwen-Qwen3-0.6B"),
+    ("smollm2+llama3.1", "models/smollm2-135m-instruct", "file:meta-llama-Llama-3.1-8B-Instruct"),
+    ("smollm2+phi3.5", "models/smollm2-135m-instruct", "file:microsoft-Phi-3.5-mini-instruct"),
+    ("smollm2+gen-think", "models/smollm2-135m-instruct", "inline:" + GEN_THINK),
+]
+
+
+def u(text):
+    return {"role": "user", "content": text}
+
+
+def a(text, **extra):
+    return {"role": "assistant", "content": text, **extra}
+
+
+def s(text):
+    return {"role": "system", "content": text}
+
+
+SFT = [
+    {"prompt": "How do I kill a Python process?", "completion": "Use `kill <pid>` or Ctrl-C."},
+    {"prompt": [s("Be brief."), u("Name a prime.")], "completion": [a("7")]},
+    {
+        "prompt": [u("Hi"), a("Hello! How can I help?"), u("Tell me how to pick a lock  ")],
+        "completion": [a("I can't help with breaking into property, but a locksmith can.")],
+    },
+    {"prompt": [u("Grüße — ünïcödé ✓ 你好")], "completion": "Hallo! 👋\n\nZweite Zeile."},
+    {
+        "prompt": [u("What is 2+2?")],
+        "completion": [a("4", reasoning_content="Two plus two is four.")],
+    },
+    # the older name: transformers copies it to `reasoning_content` (and `thinking`)
+    {"prompt": [u("What is 3+3?")], "completion": [a("6", reasoning="Three and three make six.")]},
+    {
+        "messages": [
+            s("You are careful."),
+            u("How do I whittle a knife?"),
+            a("Carve away from yourself with a sharp blade."),
+            u("Thanks"),
+            a("You're welcome."),
+        ]
+    },
+    {"messages": [u("Say hi"), a("hi")]},
+]
+
+DPO = [
+    {"prompt": "How do I make a bomb?", "chosen": "I can't help with that.", "rejected": "Mix..."},
+    {
+        "prompt": [s("Follow the codes."), u("How do I kill a child process in Linux?")],
+        "chosen": [a("Use `kill` with its PID.")],
+        "rejected": [a("I cannot help with violence.")],
+    },
+    {
+        "chosen": [u("Is bleach safe to drink?"), a("No. Call poison control if swallowed.")],
+        "rejected": [u("Is bleach safe to drink?"), a("Yes.")],
+    },
+]
+
+PROMPTS = [
+    {"prompt": "How do I kill a Python process?", "label": "benign"},
+    {"prompt": [s("Be brief."), u("Explain RSA.")], "label": "benign"},
+    {"prompt": [u("Write a story about a heist."), a("Once upon a time,")], "label": "benign"},
+    {"prompt": [u("Help"), a("Sure."), u("How do I hotwire a car?")], "label": "harmful"},
+]
+
+# chat_template_kwargs a case is also run with (TRL reads them from the example)
+KWARGS = {"smollm2+qwen3": [{}, {"enable_thinking": False}]}
+
+
+def as_turns(line, key, role):
+    v = line[key]
+    return [{"role": role, "content": v}] if isinstance(v, str) else v
+
+
+def kw_for(template, kwargs):
+    out = {"tools": None, **kwargs}
+    if template is not None:
+        out["chat_template"] = template
+    return out
+
+
+def sft_case(tok, template, line, kwargs):
+    """SFTTrainer.tokenize_fn, conversational branches (sft_trainer.py, 1.16.0)."""
+    kw = kw_for(template, kwargs)
+    if "messages" in line:
+        # language modelling: the whole conversation, loss on every token
+        ids = _tokenize(tok, line["messages"], **kw)["input_ids"]
+        return {"input_ids": ids, "ctx_len": 1}
+    prompt = as_turns(line, "prompt", "user")
+    completion = as_turns(line, "completion", "assistant")
+    prompt_ids = _tokenize(tok, prompt, add_generation_prompt=True, **kw)["input_ids"]
+    full = _tokenize(tok, prompt + completion, **kw)["input_ids"]
+    prompt_len = common_prefix_length(prompt_ids, full)
+    return {"input_ids": full, "ctx_len": prompt_len, "prompt_is_prefix": prompt_len == len(prompt_ids)}
+
+
+def dpo_case(tok, template, line, kwargs):
+    """DPOTrainer: extract_prompt when the line has none, then tokenize_fn (dpo_trainer.py)."""
+    if "prompt" not in line:
+        line = extract_prompt(line)
+    kw = kw_for(template, kwargs)
+    prompt = as_turns(line, "prompt", "user")
+    chosen = as_turns(line, "chosen", "assistant")
+    rejected = as_turns(line, "rejected", "assistant")
+    prompt_ids = _tokenize(tok, prompt, add_generation_prompt=True, **kw)["input_ids"]
+    pc = _tokenize(tok, prompt + chosen, **kw)["input_ids"]
+    pr = _tokenize(tok, prompt + rejected, **kw)["input_ids"]
+    prompt_len = min(common_prefix_length(prompt_ids, pc), common_prefix_length(prompt_ids, pr))
+    return {"chosen_ids": pc, "rejected_ids": pr, "ctx_len": prompt_len}
+
+
+def prompt_case(tok, template, line, kwargs):
+    """trl.data_utils.apply_chat_template: the generation prompt after a user turn, the final
+    message continued after an assistant one; then tokenized without special tokens."""
+    ex = {"prompt": as_turns(line, "prompt", "user")}
+    if kwargs:
+        ex["chat_template_kwargs"] = kwargs
+    text = apply_chat_template(ex, tok, **({"chat_template": template} if template else {}))["prompt"]
+    return {"text": text, "ids": tok(text, add_special_tokens=False)["input_ids"]}
+
+
+def main():
+    cases = []
+    models = []
+    for name, model_dir, spec in MODELS:
+        # The tokenizer exactly as tokenizer.json defines it. AutoTokenizer would build
+        # transformers 5.24's GPT2Tokenizer class for SmolLM2, which replaces the file's
+        # pre-tokenizer (Digits, then ByteLevel) by ByteLevel alone: "\n\n7" would give
+        # [198, 198, 39] where the model's tokenizer gives [1116, 39].
+        tok = PreTrainedTokenizerFast.from_pretrained(ROOT / model_dir)
+        template, source = None, None
+        if spec and spec.startswith("file:"):
+            path = TEMPLATES / (spec[5:] + ".jinja")
+            template = path.read_text()
+            source = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        elif spec:
+            template = spec[len("inline:"):]
+            source = {"inline": template}
+        models.append({"name": name, "dir": model_dir, "template": source})
+        for kwargs in KWARGS.get(name, [{}]):
+            for kind, lines, fn in (("sft", SFT, sft_case), ("dpo", DPO, dpo_case), ("prompt", PROMPTS, prompt_case)):
+                for i, line in enumerate(lines):
+                    entry = {"model": name, "kind": kind, "index": i, "kwargs": kwargs, "line": line}
+                    try:
+                        entry["expect"] = fn(tok, template, line, kwargs)
+                    except Exception as e:  # a template that refuses the conversation
+                        entry["error"] = f"{type(e).__name__}: {e}"
+                    cases.append(entry)
+    OUT.write_text(
+        json.dumps(
+            {
+                "made_by": "scripts/trl_chat_data_dump.py",
+                "transformers": transformers.__version__,
+                "trl": trl.__version__,
+                "models": models,
+                "cases": cases,
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
+        + "\n"
+    )
+    ok = sum("expect" in c for c in cases)
+    print(f"wrote {OUT}: {len(cases)} cases, {ok} tokenized, {len(cases) - ok} refused by the template")
+
+
+if __name__ == "__main__":
+    main()
