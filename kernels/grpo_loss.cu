@@ -1,7 +1,8 @@
 // GRPO/DAPO/Dr.GRPO clipped-ratio loss with the k3 KL term (../shared/CADA.md step 7).
 // Inputs [batch, len] right-padded; mask 1 = counted; advantages [batch].
 // Forward: one block per completion writes 5 f64 row partials (Σm·loss, Σm·kl, Σm·clip_low,
-// Σm·clip_high, Σm); the host divides by the loss type's denominator (the metric reduction).
+// Σm·clip_high, Σm; GSPO: the row's clip indicators instead); the host divides by the loss
+// type's denominator (the metric reduction).
 // Backward: one block per completion; the denominators are recomputed on the device.
 // With `sequence_level` (GSPO) the ratio is the completion's, exp of its mean log-ratio over
 // the unmasked tokens (row_log_ratio), and the surrogate's gradient is spread over the row:
@@ -89,15 +90,21 @@ __device__ __forceinline__ TokenTerms token_terms(float logp, float old_logp, fl
 }
 
 // A block's 5 row sums (the whole block calls it), written by thread 0 to out[0..5]:
-// Σ loss term, Σm·kl, Σm·clip_low, Σm·clip_high, Σm.
+// Σ loss term, Σm·kl, Σm·clip_low, Σm·clip_high, Σm. With `per_completion` (GSPO, where every
+// token of the row shares one ratio) the clip sums become the row's 0/1 indicators, so the
+// host's metric is the share of clipped completions, as TRL logs it.
 __device__ __forceinline__ void write_row_partials(double* out, double loss, double kl,
                                                    double low, double high, double count,
-                                                   double* scratch) {
+                                                   bool per_completion, double* scratch) {
     loss = block_sum_d(loss, scratch);
     kl = block_sum_d(kl, scratch);
     low = block_sum_d(low, scratch);
     high = block_sum_d(high, scratch);
     count = block_sum_d(count, scratch);
+    if (per_completion) {
+        low = low > 0.0 ? 1.0 : 0.0;
+        high = high > 0.0 ? 1.0 : 0.0;
+    }
     if (threadIdx.x == 0) {
         out[0] = loss;
         out[1] = kl;
@@ -131,7 +138,8 @@ CADA_KERNEL void grpo_loss_forward(double* partials, const float* logp, const fl
         high += m * (double)r.high;
         count += m;
     }
-    write_row_partials(partials + b * 5, loss, kl, low, high, count, scratch);
+    write_row_partials(partials + b * 5, loss, kl, low, high, count, p.sequence_level != 0,
+                       scratch);
 }
 
 // Backward step 1: row_count[b] = Σ_t mask[b, t] (one block per row).
@@ -241,7 +249,8 @@ CADA_KERNEL void grpo_loss_fused(float* dlogp, double* partials, double* sums,
         high += (double)m * (double)r.high;
         count += (double)m;
     }
-    write_row_partials(partials + b * 5, loss, kl, low, high, count, scratch);
+    write_row_partials(partials + b * 5, loss, kl, low, high, count, p.sequence_level != 0,
+                       scratch);
     if (threadIdx.x == 0) {  // the thread that wrote the partials
         __threadfence();  // the partials are visible device-wide before the ticket is taken
         // atomicInc wraps the ticket to 0 on the last arrival: ready for the next call

@@ -315,40 +315,64 @@ fn bad_runs_fail_with_clear_errors() {
 #[test]
 fn micro_batches_give_the_same_update_as_one_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |mb: &str, lt: &str| {
-        let out = dir.path().join(format!("mb{mb}{lt}"));
+    let run = |mb: &str, lt: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("mb{mb}{lt}{}", extra.len()));
         let set_mb = format!("micro_batch_rows={mb}");
         let set_lt = format!("loss.loss_type=\"{lt}\"");
-        assert_ok(&train(
-            &out,
-            &[
-                "--set",
-                "steps=2",
-                "--set",
-                "eval_prompts=\"\"",
-                "--set",
-                "sample_every=0",
-                "--set",
-                &set_mb,
-                "--set",
-                &set_lt,
-            ],
-        ));
+        let mut args = vec![
+            "--set",
+            "steps=2",
+            "--set",
+            "eval_prompts=\"\"",
+            "--set",
+            "sample_every=0",
+            "--set",
+            &set_mb,
+            "--set",
+            &set_lt,
+        ];
+        args.extend(extra);
+        assert_ok(&train(&out, &args));
         metrics(&out)
     };
-    for lt in ["grpo", "dapo", "dr_grpo"] {
-        let (one, many) = (run("64", lt), run("5", lt));
+    // GSPO with a second update on each batch and a narrow clip range, so completions clip and
+    // the per-completion clip ratios are combined across micro-batches by rows
+    let gspo = [
+        "--set",
+        "loss.importance_sampling_level=\"sequence\"",
+        "--set",
+        "updates_per_batch=2",
+        "--set",
+        "loss.epsilon_low=3e-4",
+        "--set",
+        "loss.epsilon_high=4e-4",
+    ];
+    let mut clipped = false;
+    for (lt, extra) in [
+        ("grpo", &[][..]),
+        ("dapo", &[][..]),
+        ("dr_grpo", &[][..]),
+        ("grpo", &gspo[..]),
+    ] {
+        let (one, many) = (run("64", lt, extra), run("5", lt, extra));
+        clipped |= one
+            .iter()
+            .any(|m| m["clip_ratio_region"].as_f64().unwrap() > 0.0);
         for (a, b) in one.iter().zip(&many) {
             for key in ["loss", "grad_norm", "kl", "entropy", "clip_ratio_region"] {
                 let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
                 // same math, different summation grouping: f32 rounding only
                 assert!(
                     (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
-                    "{lt} {key}: {x} (one batch) vs {y} (micro-batches)"
+                    "{lt} {extra:?} {key}: {x} (one batch) vs {y} (micro-batches)"
                 );
             }
         }
     }
+    assert!(
+        clipped,
+        "the GSPO run clipped no completion: its clip ratios went unchecked"
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ constexpr double kTol = 1e-6;
 
 struct Ref {
     std::vector<float> dlogp;  // unscaled
-    double sums[5];            // Σ w·loss, Σ m·kl, Σ m·low, Σ m·high, Σ m
+    double sums[5];            // Σ w·loss, Σ m·kl, Σ m·low, Σ m·high, Σ m (GSPO: rows clipped)
 };
 
 // grpo_loss.rs: token_weights, token_terms, grpo_loss_forward / _backward.
@@ -93,9 +93,16 @@ Ref reference(const std::vector<float>& logp, const std::vector<float>& old_logp
             r.dlogp[i] = (float)(w[i] * dloss + spread * m);
             r.sums[0] += w[i] * loss;
             r.sums[1] += m * kl;
-            r.sums[2] += m * low;
-            r.sums[3] += m * high;
+            r.sums[2] += p.sequence_level ? 0.0 : m * low;
+            r.sums[3] += p.sequence_level ? 0.0 : m * high;
             r.sums[4] += m;
+        }
+        if (p.sequence_level) {  // one indicator per completion that has a counted token
+            double any = 0;
+            for (int t = 0; t < len; ++t) any += mask[(size_t)b * len + t];
+            const float sr = std::exp(seq);
+            r.sums[2] += any > 0 && sr < 1.f - p.epsilon_low && adv[b] < 0.f;
+            r.sums[3] += any > 0 && sr > 1.f + p.epsilon_high && adv[b] > 0.f;
         }
     }
     return r;

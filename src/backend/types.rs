@@ -143,7 +143,9 @@ pub struct GrpoLossConfig {
     pub importance_sampling: ImportanceSampling,
 }
 
-/// Metrics returned by the loss forward (all means over unmasked tokens).
+/// Metrics returned by the loss forward: means over unmasked tokens, except that with
+/// sequence-level importance sampling (GSPO) the clip ratios are shares of completions, as TRL
+/// logs them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GrpoLossMetrics {
     pub loss: f32,

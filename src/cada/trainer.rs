@@ -354,11 +354,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     bail!("step {step_no}: the loss is {} (non-finite); update refused, last checkpoint kept", mc.loss);
                 }
                 let tw = chunk_tokens / total_tokens.max(1.0);
+                // GSPO's clip ratios are shares of completions: weigh the chunks by rows
+                let cw = match loss_cfg.importance_sampling {
+                    crate::backend::ImportanceSampling::Token => tw,
+                    crate::backend::ImportanceSampling::Sequence => b as f32 / rows as f32,
+                };
                 agg.loss += weight * mc.loss;
                 agg.kl_mean += tw * mc.kl_mean;
-                agg.clip_ratio_low += tw * mc.clip_ratio_low;
-                agg.clip_ratio_high += tw * mc.clip_ratio_high;
-                agg.clip_ratio_region += tw * mc.clip_ratio_region;
+                agg.clip_ratio_low += cw * mc.clip_ratio_low;
+                agg.clip_ratio_high += cw * mc.clip_ratio_high;
+                agg.clip_ratio_region += cw * mc.clip_ratio_region;
                 agg.tokens += mc.tokens;
                 let dl = be.download(&d_dlp)?;
                 let mut dl_chunk = vec![0f32; b * sb.lc];

@@ -22,8 +22,9 @@
 //! ratio is one per completion, `ρ_b = exp(s_b)`, `s_b = Σ_t m·(logp − old) / max(Σ_t m, 1)`,
 //! and every token of completion b carries the same surrogate `S_b` (the KL stays per token).
 //! `S_b` depends on all of b's log-probs: `dS_b/dlogp_t = dS_b/ds_b · m_t / max(Σ m, 1)`, so the
-//! backward spreads `W_b · dS_b/ds_b` (`W_b = Σ_t w_{b,t}`) over the row. The clip metrics count
-//! a clipped completion's tokens (token-weighted; TRL logs the share of completions instead).
+//! backward spreads `W_b · dS_b/ds_b` (`W_b = Σ_t w_{b,t}`) over the row. The clip metrics are
+//! then shares of completions (clipped ones over all B, fully masked ones included), as TRL logs
+//! them; per token otherwise.
 //!
 //! Per-token quantities are computed in f32 (as the kernel does); sums are accumulated in f64.
 
@@ -230,8 +231,11 @@ pub fn grpo_loss_forward(
 
     let (mut loss, mut kl_sum, mut low, mut high, mut count) =
         (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let per_completion = cfg.importance_sampling == ImportanceSampling::Sequence;
+    let (mut rows_low, mut rows_high) = (0.0f64, 0.0f64);
     for (b, &advantage) in advantages.iter().enumerate() {
         let seq = sequence_log_ratio(logp, old_logp, mask, b, len, cfg);
+        let (mut row_low, mut row_high) = (false, false);
         for i in b * len..(b + 1) * len {
             let m = mask[i] as f64;
             if m == 0.0 {
@@ -243,8 +247,12 @@ pub fn grpo_loss_forward(
             kl_sum += m * terms.kl as f64;
             low += m * terms.clipped_low as u8 as f64;
             high += m * terms.clipped_high as u8 as f64;
+            row_low |= terms.clipped_low;
+            row_high |= terms.clipped_high;
             count += m;
         }
+        rows_low += row_low as u8 as f64;
+        rows_high += row_high as u8 as f64;
     }
     let mean = |sum: f64| {
         if count > 0.0 {
@@ -253,13 +261,23 @@ pub fn grpo_loss_forward(
             0.0
         }
     };
+    let (clip_low, clip_high) = if per_completion {
+        let rows = batch.max(1) as f64;
+        ((rows_low / rows) as f32, (rows_high / rows) as f32)
+    } else {
+        (mean(low), mean(high))
+    };
     GrpoLossMetrics {
         loss: loss as f32,
         kl_mean: mean(kl_sum),
-        clip_ratio_low: mean(low),
-        clip_ratio_high: mean(high),
+        clip_ratio_low: clip_low,
+        clip_ratio_high: clip_high,
         // The two cases are disjoint (they need A < 0 and A > 0), so the union is the sum.
-        clip_ratio_region: mean(low + high),
+        clip_ratio_region: if per_completion {
+            ((rows_low + rows_high) / batch.max(1) as f64) as f32
+        } else {
+            mean(low + high)
+        },
         tokens: count as f32,
     }
 }

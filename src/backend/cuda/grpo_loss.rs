@@ -67,16 +67,25 @@ fn loss_launch<'a>(
 }
 
 /// Metrics from the column sums `[Σ weighted loss, Σm·kl, Σm·clip_low, Σm·clip_high, Σm]`
-/// (the loss already divided by its denominator).
-fn metrics_from_sums([loss, kl_sum, low, high, count]: [f64; 5]) -> GrpoLossMetrics {
+/// (the loss already divided by its denominator). In sequence mode the clip sums count
+/// clipped completions (the kernels write row indicators), shared over all `batch` rows.
+fn metrics_from_sums(
+    [loss, kl_sum, low, high, count]: [f64; 5],
+    cfg: &GrpoLossConfig,
+    batch: usize,
+) -> GrpoLossMetrics {
     let mean = |s: f64| if count > 0.0 { (s / count) as f32 } else { 0.0 };
+    let clip_share = |s: f64| match cfg.importance_sampling {
+        ImportanceSampling::Token => mean(s),
+        ImportanceSampling::Sequence => (s / batch.max(1) as f64) as f32,
+    };
     GrpoLossMetrics {
         loss: loss as f32,
         kl_mean: mean(kl_sum),
-        clip_ratio_low: mean(low),
-        clip_ratio_high: mean(high),
+        clip_ratio_low: clip_share(low),
+        clip_ratio_high: clip_share(high),
         // disjoint cases (A < 0 and A > 0), so the union is the sum
-        clip_ratio_region: mean(low + high),
+        clip_ratio_region: clip_share(low + high),
         tokens: count as f32,
     }
 }
@@ -155,7 +164,7 @@ impl Cuda {
             LossType::Dapo => sums[0] / sums[4].max(1.0),
             LossType::DrGrpo => sums[0] / (batch * cfg.max_completion_len.max(1)) as f64,
         };
-        Ok(metrics_from_sums(sums))
+        Ok(metrics_from_sums(sums, cfg, batch))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -284,9 +293,11 @@ impl Cuda {
             .clone_dtoh(&sums)
             .context("cuda backend: downloading the loss metrics")?;
         self.synchronize()?;
-        Ok(metrics_from_sums([
-            sums[0], sums[1], sums[2], sums[3], sums[4],
-        ]))
+        Ok(metrics_from_sums(
+            [sums[0], sums[1], sums[2], sums[3], sums[4]],
+            cfg,
+            batch,
+        ))
     }
 
     pub(super) fn grpo_advantages_impl(
