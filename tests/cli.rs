@@ -94,7 +94,22 @@ fn tokenize_generate_score_info_work() {
     assert!(chat.status.success(), "{}", stderr(&chat));
 
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, "{\"prompt\": \"How do I kill\", \"completion\": \" a process\"}\n{\"prompt_ids\": [1, 2, 3], \"completion_ids\": [4, 5]}\n").unwrap();
+    // a conversational line, and the same split given as ids (as SFT tokenizes it)
+    let conv = r#"{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I kill a process?"}], "completion": "Use kill."}"#;
+    let loaded = cada::model::load::load_model(dir.path()).unwrap();
+    let rec = cada::cada::data::SftRecord {
+        at: "test".into(),
+        body: cada::cada::data::SftBody::PromptCompletion {
+            prompt: cada::cada::data::Turns::Messages(vec![
+                cada::model::chat::Message::new("system", "Be brief."),
+                cada::model::chat::Message::new("user", "How do I kill a process?"),
+            ]),
+            completion: cada::cada::data::Turns::Text("Use kill.".into()),
+        },
+    };
+    let seq = cada::cada::chat_data::sft_seq(&loaded, &rec).unwrap();
+    let as_ids = serde_json::json!({"prompt_ids": seq.ctx, "completion_ids": seq.completion});
+    std::fs::write(&input, format!("{{\"prompt\": \"How do I kill\", \"completion\": \" a process\"}}\n{{\"prompt_ids\": [1, 2, 3], \"completion_ids\": [4, 5]}}\n{conv}\n{as_ids}\n")).unwrap();
     let out = dir.path().join("out.jsonl");
     let o = cada(&[
         "score",
@@ -113,8 +128,17 @@ fn tokenize_generate_score_info_work() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 4);
     assert_eq!(lines[1]["completion_ids"], serde_json::json!([4, 5]));
+    assert_eq!(
+        lines[2], lines[3],
+        "the conversational line scores as its ids do"
+    );
+    let text = loaded.tokenizer.decode(&seq.completion, false).unwrap();
+    assert_eq!(
+        text, "Use kill.<|im_end|>\n",
+        "the template's end of turn is scored"
+    );
     for l in &lines {
         let lps: Vec<f64> = l["logprobs"]
             .as_array()

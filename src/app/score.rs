@@ -1,7 +1,10 @@
 //! `cada score`: per-token log-probs of completions given prompts (the reference-model path of
 //! the RL loop, and the way to check the engine against other tools).
 //!
-//! Input lines: `{"prompt": str, "completion": str}` or `{"prompt_ids": [int], "completion_ids": [int]}`.
+//! Input lines: `{"prompt": str, "completion": str}` (raw text, the prompt with the tokenizer's
+//! special tokens), `{"prompt_ids": [int], "completion_ids": [int]}`, or TRL's conversational
+//! form, `prompt` a list of messages (`completion` one too, or text for one assistant turn),
+//! rendered by the chat template and split as SFT does (src/cada/chat_data.rs).
 //! Output lines: `{"completion_ids": [...], "logprobs": [...], "sum_logprob": x}`.
 
 use super::OnDevice;
@@ -42,6 +45,19 @@ pub fn read_score_input(path: &Path, model: &LoadedModel) -> Result<Vec<ScoreIte
             ScoreItem {
                 prompt_ids: ids_field(&v, "prompt_ids", &at)?,
                 completion_ids: ids_field(&v, "completion_ids", &at)?,
+            }
+        } else if v["prompt"].is_array() {
+            let rec = crate::cada::data::SftRecord {
+                body: crate::cada::data::SftBody::PromptCompletion {
+                    prompt: crate::cada::data::turns_field(&v, "prompt", &at)?,
+                    completion: crate::cada::data::turns_field(&v, "completion", &at)?,
+                },
+                at: at.clone(),
+            };
+            let seq = crate::cada::chat_data::sft_seq(model, &rec)?;
+            ScoreItem {
+                prompt_ids: seq.ctx,
+                completion_ids: seq.completion,
             }
         } else {
             let prompt = v["prompt"].as_str().with_context(|| {

@@ -159,7 +159,7 @@ fn messages_value(v: &serde_json::Value, field: &str, at: &str) -> Result<Vec<Me
 }
 
 /// A text-or-conversation field (TRL decides the same way: a list means conversational).
-fn turns_field(v: &serde_json::Value, field: &str, at: &str) -> Result<Turns> {
+pub(crate) fn turns_field(v: &serde_json::Value, field: &str, at: &str) -> Result<Turns> {
     match v.get(field) {
         Some(serde_json::Value::String(s)) => Ok(Turns::Text(s.clone())),
         Some(other) => Ok(Turns::Messages(messages_value(other, field, at)?)),
