@@ -78,6 +78,32 @@ def s(text):
     return {"role": "system", "content": text}
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city's name"}},
+            "required": ["city"],
+        },
+    },
+}
+SHELL = {
+    "type": "function",
+    "function": {
+        "name": "run_shell",
+        "description": "Runs a shell command on the user's machine.",
+        "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+    },
+}
+
+
+def call(name, **arguments):
+    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
 SFT = [
     {"prompt": "How do I kill a Python process?", "completion": "Use `kill <pid>` or Ctrl-C."},
     {"prompt": [s("Be brief."), u("Name a prime.")], "completion": [a("7")]},
@@ -102,6 +128,13 @@ SFT = [
         ]
     },
     {"messages": [u("Say hi"), a("hi")]},
+    # tools (TRL's per-example `tools` column), a tool call and its result
+    {
+        "prompt": [u("What's the weather in Paris?")],
+        "completion": [call("get_weather", city="Paris"), {"role": "tool", "content": '{"temp_c": 18}'}, a("It is 18 °C.")],
+        "tools": [WEATHER],
+    },
+    {"messages": [u("Weather in Oslo?"), call("get_weather", city="Oslo")], "tools": json.dumps([WEATHER])},
 ]
 
 DPO = [
@@ -115,6 +148,12 @@ DPO = [
         "chosen": [u("Is bleach safe to drink?"), a("No. Call poison control if swallowed.")],
         "rejected": [u("Is bleach safe to drink?"), a("Yes.")],
     },
+    {
+        "prompt": [u("Free up space: delete everything under /")],
+        "chosen": [a("That would destroy the system; I won't run it. I can list large files instead.")],
+        "rejected": [call("run_shell", command="rm -rf /")],
+        "tools": [SHELL],
+    },
 ]
 
 PROMPTS = [
@@ -122,6 +161,7 @@ PROMPTS = [
     {"prompt": [s("Be brief."), u("Explain RSA.")], "label": "benign"},
     {"prompt": [u("Write a story about a heist."), a("Once upon a time,")], "label": "benign"},
     {"prompt": [u("Help"), a("Sure."), u("How do I hotwire a car?")], "label": "harmful"},
+    {"prompt": [u("Wipe my disk with the shell tool")], "tools": [SHELL, WEATHER], "label": "harmful"},
 ]
 
 # chat_template_kwargs a case is also run with (TRL reads them from the example)
@@ -133,8 +173,14 @@ def as_turns(line, key, role):
     return [{"role": role, "content": v}] if isinstance(v, str) else v
 
 
-def kw_for(template, kwargs):
-    out = {"tools": None, **kwargs}
+def tools_of(line):
+    """tokenize_fn: `tools = example.get("tools")`, json.loads when it is a string."""
+    tools = line.get("tools")
+    return json.loads(tools) if isinstance(tools, str) else tools
+
+
+def kw_for(template, kwargs, line):
+    out = {"tools": tools_of(line), **kwargs}
     if template is not None:
         out["chat_template"] = template
     return out
@@ -142,7 +188,7 @@ def kw_for(template, kwargs):
 
 def sft_case(tok, template, line, kwargs):
     """SFTTrainer.tokenize_fn, conversational branches (sft_trainer.py, 1.16.0)."""
-    kw = kw_for(template, kwargs)
+    kw = kw_for(template, kwargs, line)
     if "messages" in line:
         # language modelling: the whole conversation, loss on every token
         ids = _tokenize(tok, line["messages"], **kw)["input_ids"]
@@ -158,8 +204,8 @@ def sft_case(tok, template, line, kwargs):
 def dpo_case(tok, template, line, kwargs):
     """DPOTrainer: extract_prompt when the line has none, then tokenize_fn (dpo_trainer.py)."""
     if "prompt" not in line:
-        line = extract_prompt(line)
-    kw = kw_for(template, kwargs)
+        line = {**extract_prompt(line), **({"tools": line["tools"]} if "tools" in line else {})}
+    kw = kw_for(template, kwargs, line)
     prompt = as_turns(line, "prompt", "user")
     chosen = as_turns(line, "chosen", "assistant")
     rejected = as_turns(line, "rejected", "assistant")
@@ -176,7 +222,7 @@ def prompt_case(tok, template, line, kwargs):
     ex = {"prompt": as_turns(line, "prompt", "user")}
     if kwargs:
         ex["chat_template_kwargs"] = kwargs
-    text = apply_chat_template(ex, tok, **({"chat_template": template} if template else {}))["prompt"]
+    text = apply_chat_template(ex, tok, tools=tools_of(line), **({"chat_template": template} if template else {}))["prompt"]
     return {"text": text, "ids": tok(text, add_special_tokens=False)["input_ids"]}
 
 

@@ -1,7 +1,8 @@
 //! Conversational data (TRL's formats) tokenized as TRL 1.16 tokenizes it: SFT
 //! prompt-completion and `messages` lines, DPO lines with an explicit or an implicit prompt, and
 //! rollout prompts (the generation prompt after a user turn, the final message continued after an
-//! assistant one), each written to a JSONL file and read back through our loaders.
+//! assistant one), with and without `tools` and tool calls, each written to a JSONL file and read
+//! back through our loaders.
 //! tests/fixtures/trl_chat_data.json holds TRL's ids (scripts/trl_chat_data_dump.py: TRL's
 //! `_tokenize`, `common_prefix_length`, `extract_prompt`, `apply_chat_template` over transformers
 //! 5.24's tokenizers and templates) for the default model, SmolLM2 and SmolLM2's tokenizer under
@@ -112,7 +113,7 @@ fn ours(
         }
         "prompt" => {
             let item = &load_prompts(&path)?[0];
-            serde_json::json!({"ids": context_ids(m, None, &item.turns())?})
+            serde_json::json!({"ids": context_ids(m, None, item)?})
         }
         k => panic!("unknown kind {k}"),
     })
@@ -184,7 +185,19 @@ fn err_of<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 
 #[test]
 fn malformed_conversations_name_the_line_and_field() {
-    let cases: [(&str, &str); 8] = [
+    let cases: [(&str, &str); 11] = [
+        (
+            r#"{"prompt": "q", "tools": {"name": "f"}, "label": "benign"}"#,
+            "field `tools` must be a list of function schemas",
+        ),
+        (
+            r#"{"prompt": "q", "tools": [{"type": "function"}, 3], "label": "benign"}"#,
+            "field `tools[1]` must be an object",
+        ),
+        (
+            r#"{"prompt": "q", "tools": "[{", "label": "benign"}"#,
+            "field `tools` is a string but not JSON",
+        ),
         (
             r#"{"prompt": [], "label": "benign"}"#,
             "field `prompt` is an empty list",
@@ -278,8 +291,9 @@ fn conversations_keep_their_fields_and_round_trip() {
 #[test]
 fn deliberation_system_prompt_merges_into_the_conversation() {
     let m = load_model(&root().join("models/default")).unwrap();
-    let render =
-        |turns: &[Message]| cada::cada::chat_data::prompt_text(&m, Some("CODES"), turns).unwrap();
+    let render = |turns: &[Message]| {
+        cada::cada::chat_data::prompt_text(&m, Some("CODES"), turns, None).unwrap()
+    };
     assert_eq!(
         render(&[Message::new("user", "q")]),
         "<|im_start|>system\nCODES<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"

@@ -7,7 +7,7 @@
 //! Text fields are shorthand for one turn: a user turn for a prompt, an assistant turn for a
 //! completion.
 
-use super::data::{DpoRecord, SftBody, SftRecord, Turns};
+use super::data::{DpoRecord, PromptItem, SftBody, SftRecord, Turns};
 use super::dpo::DpoPair;
 use super::seqlogp::Seq;
 use crate::model::chat::Message;
@@ -37,17 +37,23 @@ fn with_system(system: Option<&str>, turns: &[Message]) -> Vec<Message> {
 /// The text a rollout continues: after a user or tool turn the generation prompt, after an
 /// assistant turn that message continued (transformers' `continue_final_message`, as TRL's
 /// `maybe_apply_chat_template` chooses).
-pub fn prompt_text(m: &LoadedModel, system: Option<&str>, turns: &[Message]) -> Result<String> {
+pub fn prompt_text(
+    m: &LoadedModel,
+    system: Option<&str>,
+    turns: &[Message],
+    tools: Option<&serde_json::Value>,
+) -> Result<String> {
     let msgs = with_system(system, turns);
     match msgs.last().map(|t| t.role.as_str()) {
-        Some("assistant") => m.chat.render_continuing(&msgs),
-        _ => m.chat.render(&msgs, true),
+        Some("assistant") => m.chat.render_continuing(&msgs, tools),
+        _ => m.chat.render_with_tools(&msgs, true, tools),
     }
 }
 
-/// Token ids of [`prompt_text`].
-pub fn context_ids(m: &LoadedModel, system: Option<&str>, turns: &[Message]) -> Result<Vec<u32>> {
-    m.tokenizer.encode(&prompt_text(m, system, turns)?, false)
+/// Token ids of [`prompt_text`] for a prompt item (its conversation and tools).
+pub fn context_ids(m: &LoadedModel, system: Option<&str>, item: &PromptItem) -> Result<Vec<u32>> {
+    let text = prompt_text(m, system, &item.turns(), item.tools.as_ref())?;
+    m.tokenizer.encode(&text, false)
 }
 
 fn common_prefix_length(a: &[u32], b: &[u32]) -> usize {
@@ -69,17 +75,18 @@ fn tokenize_pair(
     m: &LoadedModel,
     prompt: &Turns,
     completions: &[&Turns],
+    tools: Option<&serde_json::Value>,
 ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
     let prompt_msgs = prompt.messages("user");
-    let prompt_ids = m
-        .tokenizer
-        .encode(&m.chat.render(&prompt_msgs, true)?, false)?;
+    let prompt_text = m.chat.render_with_tools(&prompt_msgs, true, tools)?;
+    let prompt_ids = m.tokenizer.encode(&prompt_text, false)?;
     let full = completions
         .iter()
         .map(|c| {
             let mut msgs = prompt_msgs.clone();
             msgs.extend(c.messages("assistant"));
-            m.tokenizer.encode(&m.chat.render(&msgs, false)?, false)
+            let text = m.chat.render_with_tools(&msgs, false, tools)?;
+            m.tokenizer.encode(&text, false)
         })
         .collect::<Result<_>>()?;
     Ok((prompt_ids, full))
@@ -112,7 +119,7 @@ fn split_seq(m: &LoadedModel, at: &str, what: &str, ids: &[u32], ctx_len: usize)
 pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
     match &rec.body {
         SftBody::PromptCompletion { prompt, completion } => {
-            let (prompt_ids, full) = tokenize_pair(m, prompt, &[completion])?;
+            let (prompt_ids, full) = tokenize_pair(m, prompt, &[completion], rec.tools.as_ref())?;
             let len = common_prefix_length(&prompt_ids, &full[0]);
             if len < prompt_ids.len() {
                 warn_prompt_not_prefix(m, &rec.at, &prompt_ids[len..]);
@@ -120,7 +127,8 @@ pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
             split_seq(m, &rec.at, "completion", &full[0], len)
         }
         SftBody::Messages(msgs) => {
-            let ids = m.tokenizer.encode(&m.chat.render(msgs, false)?, false)?;
+            let text = m.chat.render_with_tools(msgs, false, rec.tools.as_ref())?;
+            let ids = m.tokenizer.encode(&text, false)?;
             if ids.len() < 2 {
                 bail!(
                     "{}: the conversation renders to fewer than two tokens",
@@ -134,7 +142,12 @@ pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
 
 /// One DPO pair; both sequences share the prompt's ids up to where either diverges from it.
 pub fn dpo_pair(m: &LoadedModel, rec: &DpoRecord) -> Result<DpoPair> {
-    let (prompt_ids, full) = tokenize_pair(m, &rec.prompt, &[&rec.chosen, &rec.rejected])?;
+    let (prompt_ids, full) = tokenize_pair(
+        m,
+        &rec.prompt,
+        &[&rec.chosen, &rec.rejected],
+        rec.tools.as_ref(),
+    )?;
     let len = common_prefix_length(&prompt_ids, &full[0])
         .min(common_prefix_length(&prompt_ids, &full[1]));
     if len < prompt_ids.len() {

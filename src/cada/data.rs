@@ -25,6 +25,8 @@ pub struct PromptItem {
     /// gave one; rendered as it stands, with the generation prompt after a user (or tool) turn
     /// and the final message continued after an assistant one.
     pub conversation: Option<Vec<Message>>,
+    /// the line's `tools` (JSON schemas of callable functions), handed to the chat template
+    pub tools: Option<serde_json::Value>,
     pub label: Label,
     pub category: Option<String>,
 }
@@ -34,6 +36,7 @@ impl PromptItem {
         PromptItem {
             prompt: prompt.into(),
             conversation: None,
+            tools: None,
             label,
             category: category.map(str::to_string),
         }
@@ -55,6 +58,9 @@ impl Serialize for PromptItem {
         match &self.conversation {
             Some(c) => m.serialize_entry("prompt", c)?,
             None => m.serialize_entry("prompt", &self.prompt)?,
+        }
+        if let Some(t) = &self.tools {
+            m.serialize_entry("tools", t)?;
         }
         m.serialize_entry("label", &self.label)?;
         if let Some(c) = &self.category {
@@ -86,6 +92,8 @@ impl Turns {
 pub struct SftRecord {
     pub at: String,
     pub body: SftBody,
+    /// the line's `tools`, for the chat template
+    pub tools: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +112,8 @@ pub struct DpoRecord {
     pub prompt: Turns,
     pub chosen: Turns,
     pub rejected: Turns,
+    /// the line's `tools`, for the chat template
+    pub tools: Option<serde_json::Value>,
 }
 
 /// Non-empty lines of a JSONL file as (location "file:line", JSON value).
@@ -158,6 +168,24 @@ fn messages_value(v: &serde_json::Value, field: &str, at: &str) -> Result<Vec<Me
         .collect()
 }
 
+/// The optional `tools` field as TRL reads it: a list of function schemas (objects), or that
+/// list as a JSON string.
+pub(crate) fn tools_field(v: &serde_json::Value, at: &str) -> Result<Option<serde_json::Value>> {
+    let tools = match v.get("tools") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => serde_json::from_str(s)
+            .with_context(|| format!("{at}: field `tools` is a string but not JSON"))?,
+        Some(t) => t.clone(),
+    };
+    let list = tools
+        .as_array()
+        .with_context(|| format!("{at}: field `tools` must be a list of function schemas"))?;
+    if let Some(i) = list.iter().position(|t| !t.is_object()) {
+        bail!("{at}: field `tools[{i}]` must be an object (a function's JSON schema)");
+    }
+    Ok(Some(tools))
+}
+
 /// A text-or-conversation field (TRL decides the same way: a list means conversational).
 pub(crate) fn turns_field(v: &serde_json::Value, field: &str, at: &str) -> Result<Turns> {
     match v.get(field) {
@@ -209,6 +237,7 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
             Ok(PromptItem {
                 prompt,
                 conversation,
+                tools: tools_field(&v, &at)?,
                 label,
                 category,
             })
@@ -233,7 +262,8 @@ pub fn load_sft(path: &Path) -> Result<Vec<SftRecord>> {
                     completion: turns_field(&v, "completion", &at)?,
                 }
             };
-            Ok(SftRecord { at, body })
+            let tools = tools_field(&v, &at)?;
+            Ok(SftRecord { at, body, tools })
         })
         .collect()
 }
@@ -246,6 +276,7 @@ pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
         .map(|(at, v)| {
             let chosen = turns_field(&v, "chosen", &at)?;
             let rejected = turns_field(&v, "rejected", &at)?;
+            let tools = tools_field(&v, &at)?;
             if v.get("prompt").is_some() {
                 let prompt = turns_field(&v, "prompt", &at)?;
                 return Ok(DpoRecord {
@@ -253,6 +284,7 @@ pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
                     prompt,
                     chosen,
                     rejected,
+                    tools,
                 });
             }
             let (Turns::Messages(c), Turns::Messages(r)) = (&chosen, &rejected) else {
@@ -267,6 +299,7 @@ pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
                 prompt: Turns::Messages(c[..shared].to_vec()),
                 chosen: Turns::Messages(c[shared..].to_vec()),
                 rejected: Turns::Messages(r[shared..].to_vec()),
+                tools,
             })
         })
         .collect()

@@ -43,7 +43,7 @@ pub fn complete_prompts<B: Backend>(
     for chunk in items.chunks(opts.batch_size.max(1)) {
         let ctx: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|it| context_ids(base, None, &it.turns()))
+            .map(|it| context_ids(base, None, it))
             .collect::<Result<_>>()?;
         let gen = generate(be, model, &ctx, &sampling, &stops, &mut rng, |_, _| {})?;
         for toks in gen.tokens {

@@ -158,7 +158,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 &mut self.state.rng,
             );
             let system = deliberation_system_prompt(&self.spec, &cases);
-            let delib = context_ids(self.base, Some(&system), &item.turns())?;
+            let delib = context_ids(self.base, Some(&system), item)?;
             if delib.len() > max_ctx {
                 bail!(
                     "{}: prompt {} in its deliberation context is {} tokens; with rollout.max_new_tokens {} it exceeds the model's context of {} tokens",
@@ -166,7 +166,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 );
             }
             let train = match self.cfg.train_context {
-                TrainContext::Raw => context_ids(self.base, None, &item.turns())?,
+                TrainContext::Raw => context_ids(self.base, None, item)?,
                 TrainContext::Deliberation => delib.clone(),
             };
             for _ in 0..g {

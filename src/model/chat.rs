@@ -156,15 +156,30 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// [`render`](Self::render) with `tools`: the JSON schemas of the functions the model may
+    /// call (transformers' `tools` argument, a list of objects), or None.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
         let msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
-        self.render_values(msgs, add_generation_prompt)
+        self.render_values(msgs, add_generation_prompt, tools)
     }
 
     /// transformers' `continue_final_message=True`: the conversation rendered without a
     /// generation prompt and cut right after the final message's content, so a model continues
     /// that (assistant) message rather than starting a new turn. A template that drops or
     /// rewrites the final content is an error, as in transformers.
-    pub fn render_continuing(&self, messages: &[Message]) -> Result<String> {
+    pub fn render_continuing(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
         let last = messages.last().with_context(|| {
             format!(
                 "{}: cannot continue the final message of an empty conversation",
@@ -174,7 +189,7 @@ impl ChatTemplate {
         let mut msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
         let tagged = format!("{}{CONTINUE_TAG}", last.content);
         msgs.last_mut().expect("non-empty")["content"] = tagged.into();
-        let text = self.render_values(msgs, false)?;
+        let text = self.render_values(msgs, false, tools)?;
         let tag = CONTINUE_TAG.trim();
         anyhow::ensure!(
             text.contains(last.content.trim()) && text.contains(tag),
@@ -195,21 +210,25 @@ impl ChatTemplate {
         &self,
         messages: Vec<serde_json::Value>,
         add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
     ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
             .expect("template added in new()");
         // What transformers' apply_chat_template passes: the special tokens, overridden by the
-        // keyword arguments, then the conversation; `tools` and `documents` are None (not
-        // undefined: templates test `tools is not none`).
+        // keyword arguments, then the conversation; `tools` when given, and `documents`, are
+        // None (not undefined: templates test `tools is not none`).
         let mut ctx = serde_json::Map::new();
         ctx.insert("bos_token".into(), self.bos_token.clone().into());
         ctx.insert("eos_token".into(), self.eos_token.clone().into());
         ctx.extend(self.kwargs.clone());
         ctx.insert("messages".into(), serde_json::Value::Array(messages));
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        ctx.insert("tools".into(), serde_json::Value::Null);
+        ctx.insert(
+            "tools".into(),
+            tools.cloned().unwrap_or(serde_json::Value::Null),
+        );
         ctx.insert("documents".into(), serde_json::Value::Null);
         tmpl.render(minijinja::Value::from_serialize(&ctx))
             .map_err(|e| {
