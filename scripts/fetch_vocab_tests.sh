@@ -5,7 +5,8 @@
 # llama.cpp, into the git-ignored models/vocab-tests/. tests/gguf_vocab.rs compares our GGUF
 # tokenizer conversion with those ids. The same archive's models/templates/*.jinja (llama.cpp's
 # copies of real models' chat templates) go to models/vocab-tests/templates/ for
-# tests/chat_templates.rs. Idempotent.
+# tests/chat_templates.rs, and TRL's training templates (below) to models/vocab-tests/trl-templates/.
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=models/vocab-tests
@@ -38,6 +39,24 @@ PY
     for t in $templates; do
         tar xzf "$tmp/src.tar.gz" -C "$dest/templates" --strip-components=5 \
             "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/$t.jinja"
+    done
+fi
+# TRL 1.16.0's training chat templates (the models' templates with {% generation %} markers
+# around the assistant's output, for assistant-only SFT loss) from its wheel on PyPI, for
+# tests/chat_data.rs, into models/vocab-tests/trl-templates/.
+trl_templates="qwen3_training llama3_training qwen2_5_training gemma_training phi3_5_training"
+have=1
+for t in $trl_templates; do [[ -f "$dest/trl-templates/$t.jinja" ]] || have=0; done
+if (( ! have )); then
+    tmp2=$(mktemp -d)
+    trap 'rm -rf "$tmp2" ${tmp:+"$tmp"}' EXIT
+    python3 -m pip download --quiet --no-deps trl==1.16.0 -d "$tmp2"
+    echo "c4726e139dd40e1a41661511c639c8a68416782b2e3e8c0befebd77bb7ba0396  $tmp2/trl-1.16.0-py3-none-any.whl" \
+        | sha256sum -c --quiet
+    python3 -m zipfile -e "$tmp2/trl-1.16.0-py3-none-any.whl" "$tmp2/wheel"
+    mkdir -p "$dest/trl-templates"
+    for t in $trl_templates; do
+        cp "$tmp2/wheel/trl/chat_templates/$t.jinja" "$dest/trl-templates/"
     done
 fi
 echo "$dest"

@@ -24,6 +24,7 @@ import datetime
 import hashlib
 import json
 import pathlib
+import re
 
 import transformers
 import trl
@@ -54,8 +55,24 @@ GEN_THINK = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n<think></think>{% endif %}"
 )
 
+# Our own ChatML template with generation markers, in each whitespace-control spelling.
+CHATML_GENERATION = (
+    "{%- for m in messages %}\n"
+    "    {%- if m['role'] == 'assistant' %}\n"
+    "<|im_start|>assistant\n"
+    "        {%- generation -%}\n"
+    "{{ m['content'] }}<|im_end|>\n"
+    "        {%- endgeneration %}\n"
+    "{{ '\\n' }}\n"
+    "    {%- else %}\n"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>{{ '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # (name, model directory, template: None = the tokenizer's own, or a file under TEMPLATES, or
-# inline text)
+# under TRL_TEMPLATES (TRL's training templates, with generation markers), or inline text)
 MODELS = [
     ("default", "models/default", None),
     ("smollm2", "models/smollm2-135m-instruct", None),
@@ -63,7 +80,12 @@ MODELS = [
     ("smollm2+llama3.1", "models/smollm2-135m-instruct", "file:meta-llama-Llama-3.1-8B-Instruct"),
     ("smollm2+phi3.5", "models/smollm2-135m-instruct", "file:microsoft-Phi-3.5-mini-instruct"),
     ("smollm2+gen-think", "models/smollm2-135m-instruct", "inline:" + GEN_THINK),
+    ("default+generation", "models/default", "inline:" + CHATML_GENERATION),
+    ("smollm2+trl-qwen3-training", "models/smollm2-135m-instruct", "trl:qwen3_training"),
+    ("smollm2+trl-llama3-training", "models/smollm2-135m-instruct", "trl:llama3_training"),
+    ("smollm2+trl-phi3.5-training", "models/smollm2-135m-instruct", "trl:phi3_5_training"),
 ]
+TRL_TEMPLATES = ROOT / "models" / "vocab-tests" / "trl-templates"
 
 
 def u(text):
@@ -135,6 +157,8 @@ SFT = [
         "tools": [WEATHER],
     },
     {"messages": [u("Weather in Oslo?"), call("get_weather", city="Oslo")], "tools": json.dumps([WEATHER])},
+    # no assistant turn: nothing to train on with assistant_only_loss (TRL raises)
+    {"messages": [s("Only a system turn"), u("and a user turn.")]},
 ]
 
 DPO = [
@@ -201,6 +225,25 @@ def sft_case(tok, template, line, kwargs):
     return {"input_ids": full, "ctx_len": prompt_len, "prompt_is_prefix": prompt_len == len(prompt_ids)}
 
 
+def sft_assistant_case(tok, template, line, kwargs):
+    """SFTTrainer.tokenize_fn with assistant_only_loss=True: the assistant mask of
+    prompt + completion (or of the conversation); loss where it and the completion mask are 1."""
+    kw = kw_for(template, kwargs, line)
+    if "messages" in line:
+        out = _tokenize(tok, line["messages"], return_assistant_tokens_mask=True, **kw)
+        ctx_len = 1
+    else:
+        prompt = as_turns(line, "prompt", "user")
+        completion = as_turns(line, "completion", "assistant")
+        prompt_ids = _tokenize(tok, prompt, add_generation_prompt=True, **kw)["input_ids"]
+        out = _tokenize(tok, prompt + completion, return_assistant_tokens_mask=True, **kw)
+        ctx_len = common_prefix_length(prompt_ids, out["input_ids"])
+    masks = out["assistant_masks"]
+    if 1 not in masks[ctx_len:]:
+        raise RuntimeError("no assistant tokens (TRL's check in tokenize_fn)")
+    return {"input_ids": out["input_ids"], "ctx_len": ctx_len, "assistant_masks": masks}
+
+
 def dpo_case(tok, template, line, kwargs):
     """DPOTrainer: extract_prompt when the line has none, then tokenize_fn (dpo_trainer.py)."""
     if "prompt" not in line:
@@ -236,16 +279,25 @@ def main():
         # [198, 198, 39] where the model's tokenizer gives [1116, 39].
         tok = PreTrainedTokenizerFast.from_pretrained(ROOT / model_dir)
         template, source = None, None
-        if spec and spec.startswith("file:"):
-            path = TEMPLATES / (spec[5:] + ".jinja")
+        if spec and (spec.startswith("file:") or spec.startswith("trl:")):
+            where, file = spec.split(":", 1)
+            folder = TEMPLATES if where == "file" else TRL_TEMPLATES
+            path = folder / (file + ".jinja")
             template = path.read_text()
-            source = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            source = {
+                "file": path.name,
+                "dir": str(folder.relative_to(ROOT)),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
         elif spec:
             template = spec[len("inline:"):]
             source = {"inline": template}
         models.append({"name": name, "dir": model_dir, "template": source})
         for kwargs in KWARGS.get(name, [{}]):
-            for kind, lines, fn in (("sft", SFT, sft_case), ("dpo", DPO, dpo_case), ("prompt", PROMPTS, prompt_case)):
+            kinds = [("sft", SFT, sft_case), ("dpo", DPO, dpo_case), ("prompt", PROMPTS, prompt_case)]
+            if template and re.search(r"\{%-?\s*generation\s*-?%\}", template):
+                kinds.append(("sft_assistant", SFT, sft_assistant_case))
+            for kind, lines, fn in kinds:
                 for i, line in enumerate(lines):
                     entry = {"model": name, "kind": kind, "index": i, "kwargs": kwargs, "line": line}
                     try:

@@ -140,6 +140,10 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         chat_template: app::ChatTemplateArgs,
+        /// train only on the tokens of the chat template's {% generation %} blocks (TRL's
+        /// assistant_only_loss; needs a template with them, e.g. TRL's training templates)
+        #[arg(long)]
+        assistant_only_loss: bool,
         #[arg(long, default_value_t = 100)]
         steps: usize,
         #[arg(long, default_value_t = 8)]
@@ -390,6 +394,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             device,
             chat_template,
+            assistant_only_loss,
         } => {
             let m = chat_template.load_model(&model)?;
             let records = cada::cada::data::load_sft(&data)?;
@@ -398,6 +403,7 @@ fn run(cli: Cli) -> Result<()> {
                 app::train::SftTask {
                     model: &m,
                     records,
+                    assistant_only_loss,
                     out,
                     steps,
                     batch_size,

@@ -19,6 +19,10 @@ pub struct ChatTemplateArgs {
     /// extra chat-template variables as a JSON object, e.g. '{"enable_thinking": false}'
     #[arg(long, value_name = "JSON")]
     pub chat_template_kwargs: Option<String>,
+    /// a Jinja chat template file to use instead of the model's (TRL's chat_template_path);
+    /// a model this command saves keeps its own
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 impl ChatTemplateArgs {
@@ -28,6 +32,12 @@ impl ChatTemplateArgs {
         path: &std::path::Path,
     ) -> anyhow::Result<crate::model::load::LoadedModel> {
         let mut m = crate::model::load::load_model(path)?;
+        if let Some(file) = &self.chat_template {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("--chat-template: cannot read {}: {e}", file.display())
+            })?;
+            m.chat = m.chat.with_template(&text, &file.display().to_string())?;
+        }
         if let Some(text) = &self.chat_template_kwargs {
             let kwargs = match serde_json::from_str(text) {
                 Ok(serde_json::Value::Object(map)) => map,

@@ -2,7 +2,7 @@
 
 use super::OnDevice;
 use crate::backend::Backend;
-use crate::cada::chat_data::{dpo_pair, sft_seq};
+use crate::cada::chat_data::{dpo_pair, sft_example};
 use crate::cada::config::TrainConfig;
 use crate::cada::data::{DpoRecord, PromptItem, SftRecord};
 use crate::cada::default_model::{build_default_model, BuildOptions};
@@ -70,6 +70,8 @@ impl OnDevice for EvalTask<'_> {
 pub struct SftTask<'a> {
     pub model: &'a LoadedModel,
     pub records: Vec<SftRecord>,
+    /// TRL's `assistant_only_loss`: train on the template's `{% generation %}` output only
+    pub assistant_only_loss: bool,
     pub out: PathBuf,
     pub steps: usize,
     pub batch_size: usize,
@@ -84,7 +86,7 @@ impl OnDevice for SftTask<'_> {
         let data: Vec<_> = self
             .records
             .iter()
-            .map(|r| sft_seq(m, r))
+            .map(|r| sft_example(m, r, self.assistant_only_loss))
             .collect::<Result<_>>()?;
         let mut model = Llama::from_host(be, m.cfg.clone(), &m.params)?;
         let cfg = SftConfig {

@@ -10,7 +10,8 @@
 use super::data::{DpoRecord, PromptItem, SftBody, SftRecord, Turns};
 use super::dpo::DpoPair;
 use super::seqlogp::Seq;
-use crate::model::chat::Message;
+use super::sft::SftExample;
+use crate::model::chat::{token_mask, Message};
 use crate::model::load::LoadedModel;
 use anyhow::{bail, Result};
 
@@ -111,6 +112,63 @@ fn split_seq(m: &LoadedModel, at: &str, what: &str, ids: &[u32], ctx_len: usize)
     Ok(Seq {
         ctx: ids[..ctx_len].to_vec(),
         completion: ids[ctx_len..].to_vec(),
+    })
+}
+
+/// One SFT example as [`sft_seq`] splits it; with `assistant_only_loss`, TRL's option of the
+/// same name: only the tokens the template's `{% generation %}` blocks produce count
+/// (transformers' assistant mask: every token overlapping a block's output), within the
+/// completion for prompt-completion lines.
+pub fn sft_example(
+    m: &LoadedModel,
+    rec: &SftRecord,
+    assistant_only_loss: bool,
+) -> Result<SftExample> {
+    if !assistant_only_loss {
+        return Ok(sft_seq(m, rec)?.into());
+    }
+    if !m.chat.has_generation_blocks() {
+        bail!(
+            "{}: assistant-only loss needs a chat template that marks the assistant's output with {{% generation %}} … {{% endgeneration %}} (TRL's training templates do; pass one with --chat-template)",
+            m.chat.source()
+        );
+    }
+    let tools = rec.tools.as_ref();
+    let (msgs, prompt_ids) = match &rec.body {
+        SftBody::PromptCompletion { prompt, completion } => {
+            let p = prompt.messages("user");
+            let text = m.chat.render_with_tools(&p, true, tools)?;
+            let prompt_ids = m.tokenizer.encode(&text, false)?;
+            let mut all = p;
+            all.extend(completion.messages("assistant"));
+            (all, Some(prompt_ids))
+        }
+        SftBody::Messages(msgs) => (msgs.clone(), None),
+    };
+    let (text, spans) = m.chat.render_tracked(&msgs, false, tools)?;
+    let (ids, offsets) = m.tokenizer.encode_with_char_offsets(&text)?;
+    let ctx_len = match &prompt_ids {
+        Some(p) => {
+            let len = common_prefix_length(p, &ids);
+            if len < p.len() {
+                warn_prompt_not_prefix(m, &rec.at, &p[len..]);
+            }
+            len
+        }
+        None => 1,
+    };
+    let seq = split_seq(m, &rec.at, "completion", &ids, ctx_len)?;
+    let mask = token_mask(&offsets, &spans);
+    let loss_mask: Vec<f32> = mask[ctx_len..].iter().map(|&k| k as u8 as f32).collect();
+    if !loss_mask.contains(&1.0) {
+        bail!(
+            "{}: no assistant tokens to train on (the chat template's {{% generation %}} blocks cover none of this example's completion)",
+            rec.at
+        );
+    }
+    Ok(SftExample {
+        seq,
+        loss_mask: Some(loss_mask),
     })
 }
 

@@ -144,6 +144,7 @@ pub fn build_default_model<B: Backend>(
             ..AdamWConfig::default()
         },
     };
+    let data: Vec<super::sft::SftExample> = data.into_iter().map(Into::into).collect();
     sft_train(be, &mut model, &data, &sft, |l| {
         if l.step % 25 == 0 || l.step == 1 {
             log(&format!(

@@ -10,6 +10,23 @@ use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+/// One SFT example: a sequence and, for assistant-only loss, which of its completion tokens
+/// count (1) and which do not (0: e.g. the user turns between assistant ones).
+#[derive(Clone, Debug)]
+pub struct SftExample {
+    pub seq: Seq,
+    pub loss_mask: Option<Vec<f32>>,
+}
+
+impl From<Seq> for SftExample {
+    fn from(seq: Seq) -> Self {
+        SftExample {
+            seq,
+            loss_mask: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SftConfig {
     pub steps: usize,
@@ -29,11 +46,11 @@ pub struct SftLog {
     pub tokens_per_s: f64,
 }
 
-/// Mean over all completion tokens of the batch of −log p (token-level mean).
+/// Mean over all counted completion tokens of the batch of −log p (token-level mean).
 pub fn sft_train<B: Backend>(
     be: &B,
     model: &mut Llama<B>,
-    data: &[Seq],
+    data: &[SftExample],
     cfg: &SftConfig,
     mut on_step: impl FnMut(&SftLog),
 ) -> Result<Vec<SftLog>> {
@@ -54,16 +71,25 @@ pub fn sft_train<B: Backend>(
     for step in 1..=cfg.steps {
         let t0 = std::time::Instant::now();
         let mut batch = Vec::with_capacity(cfg.batch_size);
+        let mut masks = Vec::with_capacity(cfg.batch_size);
         while batch.len() < cfg.batch_size.min(data.len()) {
             if pos == order.len() {
                 order.shuffle(&mut rng);
                 pos = 0;
             }
-            batch.push(data[order[pos]].clone());
+            batch.push(data[order[pos]].seq.clone());
+            masks.push(data[order[pos]].loss_mask.as_deref());
             pos += 1;
         }
         let sl = seq_logprobs(be, model, &batch, 1.0)?;
-        let mask = completion_mask(&batch, sl.lc);
+        let mut mask = completion_mask(&batch, sl.lc);
+        for (b, lm) in masks.iter().enumerate() {
+            if let Some(lm) = lm {
+                for (m, &keep) in mask[b * sl.lc..].iter_mut().zip(lm.iter()) {
+                    *m *= keep;
+                }
+            }
+        }
         let ntok: f32 = mask.iter().sum();
         anyhow::ensure!(
             ntok > 0.0,

@@ -4,6 +4,9 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+mod generation;
+pub use generation::token_mask;
+
 /// One chat turn. Fields beyond `role` and `content` (`reasoning_content`, `tool_calls`,
 /// `name`, …) are kept, in their order, and handed to the template as transformers hands them.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -63,6 +66,8 @@ pub struct ChatTemplate {
     /// Extra variables every render sees (TRL's `chat_template_kwargs`, e.g. Qwen3's
     /// `enable_thinking`); like transformers' keyword arguments they override the special tokens.
     kwargs: serde_json::Map<String, serde_json::Value>,
+    /// `{% generation %}` blocks in the template (see generation.rs)
+    generation_blocks: usize,
 }
 
 /// Special tokens in tokenizer_config.json are either strings or `{"content": ...}` objects.
@@ -126,17 +131,50 @@ impl ChatTemplate {
             },
         );
         env.add_function("strftime_now", strftime_fixed_day);
-        env.add_template_owned("chat", template.to_string())
-            .map_err(|e| {
-                anyhow::anyhow!("{source}: field `chat_template` does not compile: {e}")
-            })?;
+        env.add_filter(generation::FILTER, generation::wrap);
+        let (template, generation_blocks) = generation::rewrite_markers(template);
+        env.add_template_owned("chat", template).map_err(|e| {
+            anyhow::anyhow!("{source}: field `chat_template` does not compile: {e}")
+        })?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             source: source.into(),
             kwargs: serde_json::Map::new(),
+            generation_blocks,
         })
+    }
+
+    /// The same special tokens and keyword arguments with another template (e.g. a training
+    /// template with `{% generation %}` markers).
+    pub fn with_template(&self, template: &str, source: &str) -> Result<Self> {
+        let mut t = ChatTemplate::new(template, &self.bos_token, &self.eos_token, source)?;
+        t.kwargs = self.kwargs.clone();
+        Ok(t)
+    }
+
+    /// Whether the template marks the assistant's output with `{% generation %}` blocks.
+    pub fn has_generation_blocks(&self) -> bool {
+        self.generation_blocks > 0
+    }
+
+    /// Where the template came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// [`render_with_tools`](Self::render_with_tools) and the character span of each
+    /// `{% generation %}` block's output in the text (transformers' `generation_indices`).
+    pub fn render_tracked(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<(String, Vec<(usize, usize)>)> {
+        let msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
+        let text = self.render_values(msgs, add_generation_prompt, tools)?;
+        Ok(generation::take_spans(&text))
     }
 
     /// Sets the extra variables of every later render (replacing earlier ones).
@@ -167,8 +205,9 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
     ) -> Result<String> {
-        let msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
-        self.render_values(msgs, add_generation_prompt, tools)
+        Ok(self
+            .render_tracked(messages, add_generation_prompt, tools)?
+            .0)
     }
 
     /// transformers' `continue_final_message=True`: the conversation rendered without a
@@ -189,7 +228,7 @@ impl ChatTemplate {
         let mut msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
         let tagged = format!("{}{CONTINUE_TAG}", last.content);
         msgs.last_mut().expect("non-empty")["content"] = tagged.into();
-        let text = self.render_values(msgs, false, tools)?;
+        let text = generation::take_spans(&self.render_values(msgs, false, tools)?).0;
         let tag = CONTINUE_TAG.trim();
         anyhow::ensure!(
             text.contains(last.content.trim()) && text.contains(tag),

@@ -4,6 +4,9 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 
+/// A token's `[start, end)` in its text, in characters.
+pub type CharSpan = (usize, usize);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// where it came from, for error messages
@@ -56,6 +59,16 @@ impl Tokenizer {
             .encode(text, add_special_tokens)
             .map_err(|e| anyhow::anyhow!("{}: cannot encode text ({e})", self.source))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// [`encode`](Self::encode) without special tokens, with each token's span in the text in
+    /// characters (Unicode scalar values, as Python's tokenizers reports offsets).
+    pub fn encode_with_char_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<CharSpan>)> {
+        let enc = self
+            .inner
+            .encode_char_offsets(text, false)
+            .map_err(|e| anyhow::anyhow!("{}: cannot encode text ({e})", self.source))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
