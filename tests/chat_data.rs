@@ -475,3 +475,54 @@ fn conversational_prompts_train_evaluate_and_reach_the_judge() {
     );
     assert!(out.join("eval_after.json").exists());
 }
+
+/// `chat_template` in the train config replaces the model's template; an unreadable file is a
+/// clear error naming the field.
+#[test]
+fn train_config_chat_template_is_read_or_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let r = root();
+    let train = |template: &Path| {
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            "--quiet".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--steps".into(),
+            "1".into(),
+        ];
+        for (k, v) in [
+            ("model", r.join("models/default")),
+            ("spec", r.join("models/spec/default.toml")),
+            ("prompts", r.join("models/prompts/train.jsonl")),
+            ("out_dir", d.path().join("run")),
+            ("chat_template", template.to_path_buf()),
+        ] {
+            args.push("--set".into());
+            args.push(format!("{k}=\"{}\"", v.display()));
+        }
+        args.extend(["--set".into(), "eval_prompts=\"\"".into()]);
+        std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let o = train(&d.path().join("missing.jinja"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("field `chat_template`")
+            && err.contains("missing.jinja"),
+        "{err}"
+    );
+    // a template with a different system layout: the run uses it (the config records it)
+    let t = d.path().join("t.jinja");
+    std::fs::write(&t, "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}").unwrap();
+    let o = train(&t);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = std::fs::read_to_string(d.path().join("run/config.toml")).unwrap();
+    assert!(
+        cfg.contains("chat_template = ") && cfg.contains("t.jinja"),
+        "{cfg}"
+    );
+}

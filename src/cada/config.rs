@@ -127,6 +127,10 @@ pub struct TrainConfig {
     /// extra variables for the model's chat template (TRL's `chat_template_kwargs`), e.g.
     /// `enable_thinking = false` for Qwen3
     pub chat_template_kwargs: toml::Table,
+    /// a Jinja chat template file to render prompts with instead of the model's (TRL's
+    /// `chat_template_path`); the saved model keeps its own
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -167,6 +171,7 @@ impl Default for TrainConfig {
             },
             judge: JudgeConfig::default(),
             chat_template_kwargs: toml::Table::new(),
+            chat_template: None,
         }
     }
 }

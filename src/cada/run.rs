@@ -123,6 +123,17 @@ pub fn run_train<B: Backend>(
     let out = cfg.out_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut base: LoadedModel = crate::model::load::load_model(&cfg.model)?;
+    if let Some(file) = &cfg.chat_template {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "train config field `chat_template`: cannot read {}",
+                file.display()
+            )
+        })?;
+        base.chat = base
+            .chat
+            .with_template(&text, &file.display().to_string())?;
+    }
     base.chat.set_kwargs(cfg.chat_template_kwargs_json()?)?;
     let spec = load_spec(&cfg.spec)?;
     let prompts = load_prompts(&cfg.prompts)?;
