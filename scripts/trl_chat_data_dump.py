@@ -157,6 +157,8 @@ SFT = [
         "tools": [WEATHER],
     },
     {"messages": [u("Weather in Oslo?"), call("get_weather", city="Oslo")], "tools": json.dumps([WEATHER])},
+    # the line's own chat_template_kwargs (TRL's column), over the run's
+    {"prompt": [u("What is 5+5?")], "completion": [a("10")], "chat_template_kwargs": {"enable_thinking": False}},
     # no assistant turn: nothing to train on with assistant_only_loss (TRL raises)
     {"messages": [s("Only a system turn"), u("and a user turn.")]},
 ]
@@ -186,6 +188,7 @@ PROMPTS = [
     {"prompt": [u("Write a story about a heist."), a("Once upon a time,")], "label": "benign"},
     {"prompt": [u("Help"), a("Sure."), u("How do I hotwire a car?")], "label": "harmful"},
     {"prompt": [u("Wipe my disk with the shell tool")], "tools": [SHELL, WEATHER], "label": "harmful"},
+    {"prompt": [u("Explain DNS.")], "chat_template_kwargs": {"enable_thinking": False}, "label": "benign"},
 ]
 
 # chat_template_kwargs a case is also run with (TRL reads them from the example)
@@ -204,7 +207,7 @@ def tools_of(line):
 
 
 def kw_for(template, kwargs, line):
-    out = {"tools": tools_of(line), **kwargs}
+    out = {"tools": tools_of(line), **kwargs, **line.get("chat_template_kwargs", {})}
     if template is not None:
         out["chat_template"] = template
     return out
@@ -263,8 +266,9 @@ def prompt_case(tok, template, line, kwargs):
     """trl.data_utils.apply_chat_template: the generation prompt after a user turn, the final
     message continued after an assistant one; then tokenized without special tokens."""
     ex = {"prompt": as_turns(line, "prompt", "user")}
-    if kwargs:
-        ex["chat_template_kwargs"] = kwargs
+    merged = {**kwargs, **line.get("chat_template_kwargs", {})}
+    if merged:
+        ex["chat_template_kwargs"] = merged
     text = apply_chat_template(ex, tok, tools=tools_of(line), **({"chat_template": template} if template else {}))["prompt"]
     return {"text": text, "ids": tok(text, add_special_tokens=False)["input_ids"]}
 

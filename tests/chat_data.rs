@@ -208,7 +208,15 @@ fn err_of<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 
 #[test]
 fn malformed_conversations_name_the_line_and_field() {
-    let cases: [(&str, &str); 11] = [
+    let cases: [(&str, &str); 13] = [
+        (
+            r#"{"prompt": "q", "chat_template_kwargs": 3, "label": "benign"}"#,
+            "field `chat_template_kwargs` must be an object",
+        ),
+        (
+            r#"{"prompt": "q", "chat_template_kwargs": {"messages": []}, "label": "benign"}"#,
+            "`messages` is set by the renderer itself",
+        ),
         (
             r#"{"prompt": "q", "tools": {"name": "f"}, "label": "benign"}"#,
             "field `tools` must be a list of function schemas",
@@ -315,7 +323,7 @@ fn conversations_keep_their_fields_and_round_trip() {
 fn deliberation_system_prompt_merges_into_the_conversation() {
     let m = load_model(&root().join("models/default")).unwrap();
     let render = |turns: &[Message]| {
-        cada::cada::chat_data::prompt_text(&m, Some("CODES"), turns, None).unwrap()
+        cada::cada::chat_data::prompt_text(&m, Some("CODES"), turns, &Default::default()).unwrap()
     };
     assert_eq!(
         render(&[Message::new("user", "q")]),

@@ -99,7 +99,7 @@ fn tokenize_generate_score_info_work() {
     let loaded = cada::model::load::load_model(dir.path()).unwrap();
     let rec = cada::cada::data::SftRecord {
         at: "test".into(),
-        tools: None,
+        inputs: Default::default(),
         body: cada::cada::data::SftBody::PromptCompletion {
             prompt: cada::cada::data::Turns::Messages(vec![
                 cada::model::chat::Message::new("system", "Be brief."),

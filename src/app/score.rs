@@ -53,7 +53,7 @@ pub fn read_score_input(path: &Path, model: &LoadedModel) -> Result<Vec<ScoreIte
                     completion: crate::cada::data::turns_field(&v, "completion", &at)?,
                 },
                 at: at.clone(),
-                tools: crate::cada::data::tools_field(&v, &at)?,
+                inputs: crate::cada::data::line_inputs(&v, &at)?,
             };
             let seq = crate::cada::chat_data::sft_seq(model, &rec)?;
             ScoreItem {

@@ -11,7 +11,7 @@ use super::data::{DpoRecord, PromptItem, SftBody, SftRecord, Turns};
 use super::dpo::DpoPair;
 use super::seqlogp::Seq;
 use super::sft::SftExample;
-use crate::model::chat::{token_mask, Message};
+use crate::model::chat::{token_mask, LineInputs, Message};
 use crate::model::load::LoadedModel;
 use anyhow::{bail, Result};
 
@@ -42,18 +42,18 @@ pub fn prompt_text(
     m: &LoadedModel,
     system: Option<&str>,
     turns: &[Message],
-    tools: Option<&serde_json::Value>,
+    line: &LineInputs,
 ) -> Result<String> {
     let msgs = with_system(system, turns);
     match msgs.last().map(|t| t.role.as_str()) {
-        Some("assistant") => m.chat.render_continuing(&msgs, tools),
-        _ => m.chat.render_with_tools(&msgs, true, tools),
+        Some("assistant") => m.chat.render_continuing(&msgs, line),
+        _ => m.chat.render_line(&msgs, true, line),
     }
 }
 
-/// Token ids of [`prompt_text`] for a prompt item (its conversation and tools).
+/// Token ids of [`prompt_text`] for a prompt item (its conversation, tools and kwargs).
 pub fn context_ids(m: &LoadedModel, system: Option<&str>, item: &PromptItem) -> Result<Vec<u32>> {
-    let text = prompt_text(m, system, &item.turns(), item.tools.as_ref())?;
+    let text = prompt_text(m, system, &item.turns(), &item.inputs)?;
     m.tokenizer.encode(&text, false)
 }
 
@@ -76,17 +76,17 @@ fn tokenize_pair(
     m: &LoadedModel,
     prompt: &Turns,
     completions: &[&Turns],
-    tools: Option<&serde_json::Value>,
+    line: &LineInputs,
 ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
     let prompt_msgs = prompt.messages("user");
-    let prompt_text = m.chat.render_with_tools(&prompt_msgs, true, tools)?;
+    let prompt_text = m.chat.render_line(&prompt_msgs, true, line)?;
     let prompt_ids = m.tokenizer.encode(&prompt_text, false)?;
     let full = completions
         .iter()
         .map(|c| {
             let mut msgs = prompt_msgs.clone();
             msgs.extend(c.messages("assistant"));
-            let text = m.chat.render_with_tools(&msgs, false, tools)?;
+            let text = m.chat.render_line(&msgs, false, line)?;
             m.tokenizer.encode(&text, false)
         })
         .collect::<Result<_>>()?;
@@ -133,11 +133,11 @@ pub fn sft_example(
             m.chat.source()
         );
     }
-    let tools = rec.tools.as_ref();
+    let line = &rec.inputs;
     let (msgs, prompt_ids) = match &rec.body {
         SftBody::PromptCompletion { prompt, completion } => {
             let p = prompt.messages("user");
-            let text = m.chat.render_with_tools(&p, true, tools)?;
+            let text = m.chat.render_line(&p, true, line)?;
             let prompt_ids = m.tokenizer.encode(&text, false)?;
             let mut all = p;
             all.extend(completion.messages("assistant"));
@@ -145,7 +145,7 @@ pub fn sft_example(
         }
         SftBody::Messages(msgs) => (msgs.clone(), None),
     };
-    let (text, spans) = m.chat.render_tracked(&msgs, false, tools)?;
+    let (text, spans) = m.chat.render_tracked(&msgs, false, line)?;
     let (ids, offsets) = m.tokenizer.encode_with_char_offsets(&text)?;
     let ctx_len = match &prompt_ids {
         Some(p) => {
@@ -177,7 +177,7 @@ pub fn sft_example(
 pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
     match &rec.body {
         SftBody::PromptCompletion { prompt, completion } => {
-            let (prompt_ids, full) = tokenize_pair(m, prompt, &[completion], rec.tools.as_ref())?;
+            let (prompt_ids, full) = tokenize_pair(m, prompt, &[completion], &rec.inputs)?;
             let len = common_prefix_length(&prompt_ids, &full[0]);
             if len < prompt_ids.len() {
                 warn_prompt_not_prefix(m, &rec.at, &prompt_ids[len..]);
@@ -185,7 +185,7 @@ pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
             split_seq(m, &rec.at, "completion", &full[0], len)
         }
         SftBody::Messages(msgs) => {
-            let text = m.chat.render_with_tools(msgs, false, rec.tools.as_ref())?;
+            let text = m.chat.render_line(msgs, false, &rec.inputs)?;
             let ids = m.tokenizer.encode(&text, false)?;
             if ids.len() < 2 {
                 bail!(
@@ -200,12 +200,8 @@ pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
 
 /// One DPO pair; both sequences share the prompt's ids up to where either diverges from it.
 pub fn dpo_pair(m: &LoadedModel, rec: &DpoRecord) -> Result<DpoPair> {
-    let (prompt_ids, full) = tokenize_pair(
-        m,
-        &rec.prompt,
-        &[&rec.chosen, &rec.rejected],
-        rec.tools.as_ref(),
-    )?;
+    let (prompt_ids, full) =
+        tokenize_pair(m, &rec.prompt, &[&rec.chosen, &rec.rejected], &rec.inputs)?;
     let len = common_prefix_length(&prompt_ids, &full[0])
         .min(common_prefix_length(&prompt_ids, &full[1]));
     if len < prompt_ids.len() {

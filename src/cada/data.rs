@@ -4,7 +4,7 @@
 //! messages; src/cada/chat_data.rs renders and tokenizes them. Errors name the file, the line and
 //! the field.
 
-use crate::model::chat::Message;
+use crate::model::chat::{check_kwargs, LineInputs, Message};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -25,8 +25,8 @@ pub struct PromptItem {
     /// gave one; rendered as it stands, with the generation prompt after a user (or tool) turn
     /// and the final message continued after an assistant one.
     pub conversation: Option<Vec<Message>>,
-    /// the line's `tools` (JSON schemas of callable functions), handed to the chat template
-    pub tools: Option<serde_json::Value>,
+    /// the line's `tools` and `chat_template_kwargs`, handed to the chat template
+    pub inputs: LineInputs,
     pub label: Label,
     pub category: Option<String>,
 }
@@ -36,7 +36,7 @@ impl PromptItem {
         PromptItem {
             prompt: prompt.into(),
             conversation: None,
-            tools: None,
+            inputs: LineInputs::default(),
             label,
             category: category.map(str::to_string),
         }
@@ -59,8 +59,11 @@ impl Serialize for PromptItem {
             Some(c) => m.serialize_entry("prompt", c)?,
             None => m.serialize_entry("prompt", &self.prompt)?,
         }
-        if let Some(t) = &self.tools {
+        if let Some(t) = &self.inputs.tools {
             m.serialize_entry("tools", t)?;
+        }
+        if !self.inputs.kwargs.is_empty() {
+            m.serialize_entry("chat_template_kwargs", &self.inputs.kwargs)?;
         }
         m.serialize_entry("label", &self.label)?;
         if let Some(c) = &self.category {
@@ -92,8 +95,8 @@ impl Turns {
 pub struct SftRecord {
     pub at: String,
     pub body: SftBody,
-    /// the line's `tools`, for the chat template
-    pub tools: Option<serde_json::Value>,
+    /// the line's `tools` and `chat_template_kwargs`, for the chat template
+    pub inputs: LineInputs,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -112,8 +115,8 @@ pub struct DpoRecord {
     pub prompt: Turns,
     pub chosen: Turns,
     pub rejected: Turns,
-    /// the line's `tools`, for the chat template
-    pub tools: Option<serde_json::Value>,
+    /// the line's `tools` and `chat_template_kwargs`, for the chat template
+    pub inputs: LineInputs,
 }
 
 /// Non-empty lines of a JSONL file as (location "file:line", JSON value).
@@ -168,9 +171,24 @@ fn messages_value(v: &serde_json::Value, field: &str, at: &str) -> Result<Vec<Me
         .collect()
 }
 
+/// A line's optional `tools` and `chat_template_kwargs` (an object of template variables over
+/// the run's), as TRL's trainers read those columns.
+pub(crate) fn line_inputs(v: &serde_json::Value, at: &str) -> Result<LineInputs> {
+    let kwargs = match v.get("chat_template_kwargs") {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        Some(other) => bail!("{at}: field `chat_template_kwargs` must be an object, got {other}"),
+    };
+    check_kwargs(&kwargs).map_err(|e| anyhow::anyhow!("{at}: field {e}"))?;
+    Ok(LineInputs {
+        tools: tools_field(v, at)?,
+        kwargs,
+    })
+}
+
 /// The optional `tools` field as TRL reads it: a list of function schemas (objects), or that
 /// list as a JSON string.
-pub(crate) fn tools_field(v: &serde_json::Value, at: &str) -> Result<Option<serde_json::Value>> {
+fn tools_field(v: &serde_json::Value, at: &str) -> Result<Option<serde_json::Value>> {
     let tools = match v.get("tools") {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::String(s)) => serde_json::from_str(s)
@@ -237,7 +255,7 @@ pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
             Ok(PromptItem {
                 prompt,
                 conversation,
-                tools: tools_field(&v, &at)?,
+                inputs: line_inputs(&v, &at)?,
                 label,
                 category,
             })
@@ -262,8 +280,8 @@ pub fn load_sft(path: &Path) -> Result<Vec<SftRecord>> {
                     completion: turns_field(&v, "completion", &at)?,
                 }
             };
-            let tools = tools_field(&v, &at)?;
-            Ok(SftRecord { at, body, tools })
+            let inputs = line_inputs(&v, &at)?;
+            Ok(SftRecord { at, body, inputs })
         })
         .collect()
 }
@@ -276,7 +294,7 @@ pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
         .map(|(at, v)| {
             let chosen = turns_field(&v, "chosen", &at)?;
             let rejected = turns_field(&v, "rejected", &at)?;
-            let tools = tools_field(&v, &at)?;
+            let inputs = line_inputs(&v, &at)?;
             if v.get("prompt").is_some() {
                 let prompt = turns_field(&v, "prompt", &at)?;
                 return Ok(DpoRecord {
@@ -284,7 +302,7 @@ pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
                     prompt,
                     chosen,
                     rejected,
-                    tools,
+                    inputs,
                 });
             }
             let (Turns::Messages(c), Turns::Messages(r)) = (&chosen, &rejected) else {
@@ -299,7 +317,7 @@ pub fn load_dpo(path: &Path) -> Result<Vec<DpoRecord>> {
                 prompt: Turns::Messages(c[..shared].to_vec()),
                 chosen: Turns::Messages(c[shared..].to_vec()),
                 rejected: Turns::Messages(r[shared..].to_vec()),
-                tools,
+                inputs,
             })
         })
         .collect()

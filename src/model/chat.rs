@@ -56,6 +56,28 @@ fn template_message(m: &Message) -> serde_json::Value {
 /// The tag transformers appends to the final message for `continue_final_message`.
 const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 
+/// What a data line adds to its conversation's render (TRL's `tools` and `chat_template_kwargs`
+/// columns): the functions the model may call, and template variables over the run's own.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LineInputs {
+    pub tools: Option<serde_json::Value>,
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Names the renderer sets itself, which keyword arguments may not.
+const RESERVED: [&str; 4] = ["messages", "add_generation_prompt", "tools", "documents"];
+
+/// Checks that keyword arguments leave the renderer's own variables alone.
+pub fn check_kwargs(kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    for key in RESERVED {
+        anyhow::ensure!(
+            !kwargs.contains_key(key),
+            "chat_template_kwargs: `{key}` is set by the renderer itself, not a keyword argument"
+        );
+    }
+    Ok(())
+}
+
 /// A compiled chat template and the special tokens it may refer to.
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
@@ -164,27 +186,22 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// [`render_with_tools`](Self::render_with_tools) and the character span of each
-    /// `{% generation %}` block's output in the text (transformers' `generation_indices`).
+    /// [`render_line`](Self::render_line) and the character span of each `{% generation %}`
+    /// block's output in the text (transformers' `generation_indices`).
     pub fn render_tracked(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-        tools: Option<&serde_json::Value>,
+        line: &LineInputs,
     ) -> Result<(String, Vec<(usize, usize)>)> {
         let msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
-        let text = self.render_values(msgs, add_generation_prompt, tools)?;
+        let text = self.render_values(msgs, add_generation_prompt, line)?;
         Ok(generation::take_spans(&text))
     }
 
     /// Sets the extra variables of every later render (replacing earlier ones).
     pub fn set_kwargs(&mut self, kwargs: serde_json::Map<String, serde_json::Value>) -> Result<()> {
-        for key in ["messages", "add_generation_prompt", "tools", "documents"] {
-            anyhow::ensure!(
-                !kwargs.contains_key(key),
-                "chat_template_kwargs: `{key}` is set by the renderer itself, not a keyword argument"
-            );
-        }
+        check_kwargs(&kwargs)?;
         self.kwargs = kwargs;
         Ok(())
     }
@@ -194,19 +211,20 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_with_tools(messages, add_generation_prompt, None)
+        self.render_line(messages, add_generation_prompt, &LineInputs::default())
     }
 
-    /// [`render`](Self::render) with `tools`: the JSON schemas of the functions the model may
-    /// call (transformers' `tools` argument, a list of objects), or None.
-    pub fn render_with_tools(
+    /// [`render`](Self::render) with a data line's inputs: `tools` (the JSON schemas of the
+    /// functions the model may call, transformers' `tools` argument) and keyword arguments over
+    /// the run's.
+    pub fn render_line(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-        tools: Option<&serde_json::Value>,
+        line: &LineInputs,
     ) -> Result<String> {
         Ok(self
-            .render_tracked(messages, add_generation_prompt, tools)?
+            .render_tracked(messages, add_generation_prompt, line)?
             .0)
     }
 
@@ -214,11 +232,7 @@ impl ChatTemplate {
     /// generation prompt and cut right after the final message's content, so a model continues
     /// that (assistant) message rather than starting a new turn. A template that drops or
     /// rewrites the final content is an error, as in transformers.
-    pub fn render_continuing(
-        &self,
-        messages: &[Message],
-        tools: Option<&serde_json::Value>,
-    ) -> Result<String> {
+    pub fn render_continuing(&self, messages: &[Message], line: &LineInputs) -> Result<String> {
         let last = messages.last().with_context(|| {
             format!(
                 "{}: cannot continue the final message of an empty conversation",
@@ -228,7 +242,7 @@ impl ChatTemplate {
         let mut msgs: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
         let tagged = format!("{}{CONTINUE_TAG}", last.content);
         msgs.last_mut().expect("non-empty")["content"] = tagged.into();
-        let text = generation::take_spans(&self.render_values(msgs, false, tools)?).0;
+        let text = generation::take_spans(&self.render_values(msgs, false, line)?).0;
         let tag = CONTINUE_TAG.trim();
         anyhow::ensure!(
             text.contains(last.content.trim()) && text.contains(tag),
@@ -249,7 +263,7 @@ impl ChatTemplate {
         &self,
         messages: Vec<serde_json::Value>,
         add_generation_prompt: bool,
-        tools: Option<&serde_json::Value>,
+        line: &LineInputs,
     ) -> Result<String> {
         let tmpl = self
             .env
@@ -262,11 +276,12 @@ impl ChatTemplate {
         ctx.insert("bos_token".into(), self.bos_token.clone().into());
         ctx.insert("eos_token".into(), self.eos_token.clone().into());
         ctx.extend(self.kwargs.clone());
+        ctx.extend(line.kwargs.clone());
         ctx.insert("messages".into(), serde_json::Value::Array(messages));
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         ctx.insert(
             "tools".into(),
-            tools.cloned().unwrap_or(serde_json::Value::Null),
+            line.tools.clone().unwrap_or(serde_json::Value::Null),
         );
         ctx.insert("documents".into(), serde_json::Value::Null);
         tmpl.render(minijinja::Value::from_serialize(&ctx))
