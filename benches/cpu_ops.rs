@@ -128,6 +128,7 @@ fn ops(c: &mut Criterion) {
         beta: 0.04,
         max_completion_len: len,
         importance_sampling: ImportanceSampling::Token,
+        delta: None,
     };
     let mut dl = vec![0.0; rows * len];
     g.throughput(Throughput::Elements((rows * len) as u64));

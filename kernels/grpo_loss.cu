@@ -19,6 +19,7 @@ struct GrpoParams {
     int loss_type;
     int max_completion_len;
     int sequence_level;  // 1: GSPO's per-completion ratio
+    float delta;         // two-sided clipping: the unclipped ratio capped at delta (INFINITY: off)
 };
 
 struct TokenTerms {
@@ -37,11 +38,12 @@ __device__ __forceinline__ SurrogateTerms surrogate_terms(float log_ratio, float
     SurrogateTerms r;
     const float ratio = expf(log_ratio);
     const float clipped_ratio = fminf(fmaxf(ratio, 1.f - p.epsilon_low), 1.f + p.epsilon_high);
-    const float unclipped = ratio * adv, clipped = clipped_ratio * adv;
+    // above delta (> 1 + epsilon_high) the unclipped branch is the constant delta·A
+    const float unclipped = fminf(ratio, p.delta) * adv, clipped = clipped_ratio * adv;
     r.low = ratio < 1.f - p.epsilon_low && adv < 0.f;
     r.high = ratio > 1.f + p.epsilon_high && adv > 0.f;
     r.s = -fminf(unclipped, clipped);
-    r.ds = (r.low || r.high) ? 0.f : -unclipped;
+    r.ds = (r.low || r.high || ratio > p.delta) ? 0.f : -unclipped;
     return r;
 }
 

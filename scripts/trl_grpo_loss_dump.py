@@ -48,7 +48,7 @@ class OneProcess:
         return x
 
 
-def trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level="token"):
+def trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level="token", delta=None):
     t = types.SimpleNamespace(
         loss_type=loss_type, beta=beta, epsilon_low=eps_low, epsilon_high=eps_high,
         max_completion_length=max_len, importance_sampling_level=level,
@@ -56,7 +56,7 @@ def trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level="token"):
         use_vllm=False, vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False,
         current_gradient_accumulation_steps=1, accelerator=OneProcess(),
         model=types.SimpleNamespace(training=True),
-        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=delta, steps_per_generation=1),
         _metrics={"train": collections.defaultdict(list)},
     )
     # the model forward: the batch's log-probs (and entropies TRL only logs)
@@ -141,14 +141,17 @@ def main():
         })
         # GSPO's sequence-level ratio after the token-level cases: one clip range (the ratio of
         # a mean log-ratio is closer to 1, so 0.04 puts completions on both sides of it)
-        settings = [(lt, beta, eps, "token") for lt in ["grpo", "dapo", "dr_grpo"]
+        settings = [(lt, beta, eps, "token", None) for lt in ["grpo", "dapo", "dr_grpo"]
                     for beta in [0.0, 0.04] for eps in [(0.2, 0.2), (0.2, 0.28)]]
-        settings += [(lt, beta, (0.04, 0.04), "sequence") for lt in ["grpo", "dapo", "dr_grpo"]
+        settings += [(lt, beta, (0.04, 0.04), "sequence", None) for lt in ["grpo", "dapo", "dr_grpo"]
                      for beta in [0.0, 0.04]]
-        for loss_type, beta, (eps_low, eps_high), level in settings:
+        # two-sided clipping (TRL's delta): a cap just above the clip range, which some ratios pass
+        settings += [(lt, 0.04, (0.2, 0.28), "token", 1.3) for lt in ["grpo", "dapo", "dr_grpo"]]
+        settings += [("grpo", 0.0, (0.04, 0.04), "sequence", 1.05)]
+        for loss_type, beta, (eps_low, eps_high), level, delta in settings:
             max_len = t + 3  # dr_grpo's constant, longer than any completion here
             logp = logp0.clone().requires_grad_(True)
-            tr = trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level)
+            tr = trainer(loss_type, beta, eps_low, eps_high, max_len, logp, level, delta)
             inputs = {
                 "prompt_ids": torch.zeros(b, 1, dtype=torch.long),
                 "prompt_mask": torch.ones(b, 1, dtype=torch.long),
@@ -165,7 +168,7 @@ def main():
             cases.append({
                 "batch": si, "loss_type": loss_type, "beta": beta,
                 "epsilon_low": eps_low, "epsilon_high": eps_high,
-                "importance_sampling_level": level,
+                "importance_sampling_level": level, "delta": delta,
                 "max_completion_length": max_len,
                 "loss": loss.item(), "dlogp": logp.grad.reshape(-1).tolist(),
                 "kl_mean": m["kl"][0] if beta != 0.0 else 0.0,

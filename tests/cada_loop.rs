@@ -280,6 +280,9 @@ fn bad_runs_fail_with_clear_errors() {
         "judge={kind=\"command\", command=\"while read l; do echo 0.5; done\", timeout_s=10.0}",
     ]);
     assert_ok(&o);
+    // a two-sided clip inside the clip range
+    let o = with(&["--set", "loss.delta=1.1"]);
+    assert_fails_with(&o, &["loss.delta = 1.1", "1 + loss.epsilon_high"]);
     // empty prompt file
     std::fs::write(d.join("empty.jsonl"), "").unwrap();
     let p = format!("prompts=\"{}\"", d.join("empty.jsonl").display());

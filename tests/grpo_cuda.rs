@@ -134,9 +134,12 @@ fn configs() -> Vec<GrpoLossConfig> {
         for beta in [0.0, 0.04] {
             // token-level ratios, and GSPO's per completion (whose mean log-ratio sits nearer
             // 1: a narrower clip range puts completions on both sides of it)
-            for (importance_sampling, eps_low, eps_high) in [
-                (ImportanceSampling::Token, 0.2, 0.28),
-                (ImportanceSampling::Sequence, 0.04, 0.04),
+            // and two-sided clipping: a cap δ just above the clip range
+            for (importance_sampling, eps_low, eps_high, delta) in [
+                (ImportanceSampling::Token, 0.2, 0.28, None),
+                (ImportanceSampling::Token, 0.2, 0.28, Some(1.3)),
+                (ImportanceSampling::Sequence, 0.04, 0.04, None),
+                (ImportanceSampling::Sequence, 0.04, 0.04, Some(1.05)),
             ] {
                 out.push(GrpoLossConfig {
                     loss_type,
@@ -145,6 +148,7 @@ fn configs() -> Vec<GrpoLossConfig> {
                     beta,
                     max_completion_len: 64,
                     importance_sampling,
+                    delta,
                 });
             }
         }

@@ -82,6 +82,7 @@ fn config(
         beta,
         max_completion_len: MAX_COMPLETION_LEN,
         importance_sampling: ImportanceSampling::Token,
+        delta: None,
     }
 }
 

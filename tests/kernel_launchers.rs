@@ -78,7 +78,7 @@ fn every_kernel_gets_one_typed_launcher() {
     assert!(rust.contains(
         "pub(crate) struct GrpoParams {\n    pub epsilon_low: f32,\n    pub epsilon_high: f32,\n    \
          pub beta: f32,\n    pub use_ref: i32,\n    pub loss_type: i32,\n    pub max_completion_len: i32,\n    \
-         pub sequence_level: i32,\n}"
+         pub sequence_level: i32,\n    pub delta: f32,\n}"
     ));
     assert!(
         rust.contains("pub(crate) struct AttnDims {")

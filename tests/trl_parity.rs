@@ -36,11 +36,12 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
     let cases = f["cases"].as_array().unwrap();
     assert_eq!(
         cases.len(),
-        54,
-        "3 batches × 3 losses × 2 β × (2 ε token-level + GSPO)"
+        66,
+        "3 batches × (3 losses × 2 β × (2 ε token-level + GSPO) + 3 losses with δ + GSPO with δ)"
     );
     let mut worst = (0f64, 0f64, 0f64); // loss, gradient, metrics
     let mut gspo_clipped = 0; // GSPO cases where TRL logs a clipped completion
+    let mut delta_bites = 0; // two-sided clipping cases whose loss δ changes
     for c in cases {
         let x = &batches[c["batch"].as_u64().unwrap() as usize];
         let (b, t) = (
@@ -70,12 +71,23 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
                 "sequence" => ImportanceSampling::Sequence,
                 other => panic!("importance_sampling_level {other}"),
             },
+            delta: c["delta"].as_f64().map(|d| d as f32),
         };
         let what = format!(
-            "batch {} {:?} {:?} β={} ε_high={}",
-            c["batch"], cfg.importance_sampling, cfg.loss_type, cfg.beta, cfg.epsilon_high
+            "batch {} {:?} {:?} δ={:?} β={} ε_high={}",
+            c["batch"],
+            cfg.importance_sampling,
+            cfg.loss_type,
+            cfg.delta,
+            cfg.beta,
+            cfg.epsilon_high
         );
         let m = grpo_loss_forward(&logp, &old, &rf, &mask, &adv, b, t, &cfg);
+        if cfg.delta.is_some() {
+            let uncapped = GrpoLossConfig { delta: None, ..cfg };
+            let m0 = grpo_loss_forward(&logp, &old, &rf, &mask, &adv, b, t, &uncapped);
+            delta_bites += ((m0.loss - m.loss).abs() > 1e-6) as usize;
+        }
         let mut dlogp = vec![f32::NAN; b * t];
         grpo_loss_backward(&mut dlogp, &logp, &old, &rf, &mask, &adv, b, t, &cfg);
 
@@ -140,8 +152,12 @@ fn grpo_loss_gradient_and_metrics_match_trl() {
         }
     }
     assert!(gspo_clipped >= 4, "too few GSPO cases clip a completion ({gspo_clipped}): the per-completion clip metrics go unchecked");
+    assert!(
+        delta_bites >= 6,
+        "δ changes the loss in only {delta_bites} of its 12 cases"
+    );
     println!(
-        "54 TRL cases (18 GSPO, {gspo_clipped} of them clipping): loss within {:.1e} (relative), gradient within {:.1e}, metrics within {:.1e}",
+        "66 TRL cases (21 GSPO, {gspo_clipped} of them clipping; 12 with δ, {delta_bites} of them capped): loss within {:.1e} (relative), gradient within {:.1e}, metrics within {:.1e}",
         worst.0, worst.1, worst.2
     );
 }

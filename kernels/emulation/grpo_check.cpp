@@ -69,7 +69,9 @@ Ref reference(const std::vector<float>& logp, const std::vector<float>& old_logp
             const float sr = std::exp(seq);
             const bool lo = sr < 1.f - p.epsilon_low && adv[b] < 0.f;
             const bool hi = sr > 1.f + p.epsilon_high && adv[b] > 0.f;
-            spread = w_row * (double)((lo || hi) ? 0.f : -(sr * adv[b])) / std::max(count, 1.0);
+            const bool capped = sr > p.delta;
+            spread = w_row * (double)((lo || hi || capped) ? 0.f : -(sr * adv[b])) /
+                     std::max(count, 1.0);
         }
         for (int t = 0; t < len; ++t) {
             const size_t i = (size_t)b * len + t;
@@ -77,11 +79,11 @@ Ref reference(const std::vector<float>& logp, const std::vector<float>& old_logp
             if (m == 0.0) continue;
             const float ratio = std::exp(p.sequence_level ? seq : logp[i] - old_logp[i]);
             const float cr = std::clamp(ratio, 1.f - p.epsilon_low, 1.f + p.epsilon_high);
-            const float un = ratio * adv[b], cl = cr * adv[b];
+            const float un = std::min(ratio, p.delta) * adv[b], cl = cr * adv[b];
             const bool low = ratio < 1.f - p.epsilon_low && adv[b] < 0.f;
             const bool high = ratio > 1.f + p.epsilon_high && adv[b] > 0.f;
             const float surrogate = -std::min(un, cl);
-            const float dsur = p.sequence_level || low || high ? 0.f : -un;
+            const float dsur = p.sequence_level || low || high || ratio > p.delta ? 0.f : -un;
             float kl = 0.f, dkl = 0.f;
             if (p.beta != 0.f) {
                 const float delta = ref_logp[i] - logp[i];
@@ -124,7 +126,8 @@ double rel_vec(const std::vector<float>& got, const std::vector<float>& want, fl
     return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
-bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float beta, int seq) {
+bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float beta, int seq,
+               bool two_sided) {
     std::uniform_real_distribution<float> u(0.f, 1.f);
     const size_t n = (size_t)batch * len;
     std::vector<float> logp(n), old_logp(n), ref_logp(n), mask(n), adv(batch);
@@ -143,7 +146,9 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     }
     // GSPO's ratio of a mean log-ratio sits nearer 1: a narrower clip range puts rows on both sides
     const float eps = seq ? 0.04f : 0.2f;
-    GrpoParams p{eps, seq ? eps : 0.28f, beta, beta != 0.f ? 1 : 0, loss_type, len, seq};
+    // two-sided clipping: a cap just above the clip range, which some ratios pass
+    const float delta = !two_sided ? INFINITY : seq ? 1.05f : 1.3f;
+    GrpoParams p{eps, seq ? eps : 0.28f, beta, beta != 0.f ? 1 : 0, loss_type, len, seq, delta};
     const Ref want = reference(logp, old_logp, ref_logp, mask, adv, batch, len, p);
     const dim3 grid{(unsigned)batch, 1, 1}, block{256, 1, 1};
 
@@ -214,9 +219,10 @@ bool loss_case(std::mt19937_64& rng, int batch, int len, int loss_type, float be
     ok = ok && sums[4] == want.sums[4];  // the token count is exact
     const double sep = rel_vec(dsep, want.dlogp, 1.f);
     ok = ok && sep <= kTol && f_count == want.sums[4] && std::isfinite(f_m_loss);
-    std::printf("  %-7s %s β %.2f, %d × %d: fused ≤ %.1e, separate backward %.1e, ticket %u, "
+    std::printf("  %-7s %s%s β %.2f, %d × %d: fused ≤ %.1e, separate backward %.1e, ticket %u, "
                 "reduced by block",
-                names[loss_type], seq ? "seq  " : "token", beta, batch, len, worst, sep, ticket);
+                names[loss_type], seq ? "seq  " : "token", two_sided ? " δ" : "  ", beta, batch, len,
+                worst, sep, ticket);
     for (unsigned r : reducers) std::printf(" %u", r);
     std::printf(" (last to run%s)%s\n", reduced_last ? ", same bits" : ": NOT", ok ? "" : "  FAILED");
     return ok;
@@ -290,7 +296,9 @@ int main(int argc, char** argv) {
         for (float beta : {0.f, 0.04f})
             for (auto [b, l] : {std::pair{7, 53}, std::pair{5, 601}})
                 for (int seq : {0, 1})
-                    if (!quick || l < 256) ok = loss_case(rng, b, l, lt, beta, seq) && ok;
+                    for (bool two_sided : {false, true})
+                        if (!quick || l < 256)
+                            ok = loss_case(rng, b, l, lt, beta, seq, two_sided) && ok;
     for (int scale : {SCALE_GROUP, SCALE_BATCH, SCALE_NONE})
         for (int unbiased : {0, 1}) ok = advantages_case(rng, scale, unbiased) && ok;
     std::printf(ok ? "grpo_loss emulation: every figure within its bound\n"

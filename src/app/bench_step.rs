@@ -136,6 +136,7 @@ impl OnDevice for StepBench<'_> {
             beta: 0.04,
             max_completion_len: self.new_tokens,
             importance_sampling: ImportanceSampling::Token,
+            delta: None,
         };
         let mb = self.micro_batch_rows.max(1);
         let (mut t_roll, mut t_ref, mut t_train) = (Vec::new(), Vec::new(), Vec::new());

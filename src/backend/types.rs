@@ -141,6 +141,9 @@ pub struct GrpoLossConfig {
     /// `max completion length` for `dr_grpo`
     pub max_completion_len: usize,
     pub importance_sampling: ImportanceSampling,
+    /// two-sided clipping (TRL's `delta`, INTELLECT-2): the unclipped ratio is capped at δ, so a
+    /// negative-advantage token far above the trust region stops pushing; None = off
+    pub delta: Option<f32>,
 }
 
 /// Metrics returned by the loss forward: means over unmasked tokens, except that with

@@ -90,6 +90,7 @@ fn loss_cfg(len: usize) -> GrpoLossConfig {
         beta: 0.04,
         max_completion_len: len,
         importance_sampling: ImportanceSampling::Token,
+        delta: None,
     }
 }
 

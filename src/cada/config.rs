@@ -37,6 +37,9 @@ pub struct LossSection {
     pub advantage_eps: f32,
     /// mask completions that hit the length limit without a stop token
     pub mask_truncated: bool,
+    /// two-sided clipping (TRL's `delta`): cap the unclipped ratio at δ > 1 + epsilon_high
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f32>,
 }
 
 impl Default for LossSection {
@@ -51,6 +54,7 @@ impl Default for LossSection {
             reward_std: RewardStd::Population,
             advantage_eps: 1e-4,
             mask_truncated: false,
+            delta: None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl LossSection {
             beta: self.beta,
             max_completion_len,
             importance_sampling: self.importance_sampling_level,
+            delta: self.delta,
         }
     }
 }
@@ -241,6 +246,13 @@ impl TrainConfig {
             "rollout.temperature must be > 0 (log-probs use the sampling temperature)"
         );
         anyhow::ensure!(self.loss.beta >= 0.0, "loss.beta must be ≥ 0");
+        if let Some(d) = self.loss.delta {
+            anyhow::ensure!(
+                d.is_finite() && d > 1.0 + self.loss.epsilon_high,
+                "loss.delta = {d} must be > 1 + loss.epsilon_high = {} (two-sided clipping caps the ratio above the clip range)",
+                1.0 + self.loss.epsilon_high
+            );
+        }
         Ok(())
     }
 }

@@ -83,6 +83,13 @@ pub fn check_grpo_inputs(
         "{what}: config field `epsilon_low` = {} must be < 1 (the lower clip bound 1−ε_low must stay positive)",
         cfg.epsilon_low
     );
+    if let Some(delta) = cfg.delta {
+        ensure!(
+            delta.is_finite() && delta > 1.0 + cfg.epsilon_high,
+            "{what}: config field `delta` = {delta} must be finite and > 1 + epsilon_high = {} (the cap sits above the clip range)",
+            1.0 + cfg.epsilon_high
+        );
+    }
     if cfg.loss_type == LossType::DrGrpo {
         ensure!(
             cfg.max_completion_len > 0,
@@ -135,19 +142,21 @@ struct TokenTerms {
 }
 
 /// The clipped surrogate of one ratio `ρ = exp(log_ratio)` and advantage: (S, dS/d log_ratio,
-/// clipped low, clipped high).
+/// clipped low, clipped high). With δ the unclipped branch is `min(ρ, δ)·A`.
 fn surrogate_terms(log_ratio: f32, advantage: f32, cfg: &GrpoLossConfig) -> (f32, f32, bool, bool) {
     let ratio = log_ratio.exp();
     let clipped_ratio = ratio.clamp(1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high);
-    let unclipped = ratio * advantage;
+    let capped = cfg.delta.is_some_and(|d| ratio > d);
+    let unclipped = cfg.delta.map_or(ratio, |d| ratio.min(d)) * advantage;
     let clipped = clipped_ratio * advantage;
     // The clipped branch is the smaller one exactly in these two cases; there its value is
-    // constant in logp, so the surrogate's gradient vanishes.
+    // constant in logp, so the surrogate's gradient vanishes. Above δ (> 1 + ε_high) the
+    // unclipped branch is the constant δ·A: no gradient either.
     let clipped_low = ratio < 1.0 - cfg.epsilon_low && advantage < 0.0;
     let clipped_high = ratio > 1.0 + cfg.epsilon_high && advantage > 0.0;
     let surrogate = -unclipped.min(clipped);
     // d(−ρA)/d(log ρ) = −ρA.
-    let dsurrogate = if clipped_low || clipped_high {
+    let dsurrogate = if clipped_low || clipped_high || capped {
         0.0
     } else {
         -unclipped

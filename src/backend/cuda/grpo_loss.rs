@@ -26,6 +26,7 @@ fn grpo_params(cfg: &GrpoLossConfig) -> Result<GrpoParams> {
         },
         max_completion_len: dim_i32(cfg.max_completion_len, "max_completion_len")?,
         sequence_level: i32::from(cfg.importance_sampling == ImportanceSampling::Sequence),
+        delta: cfg.delta.unwrap_or(f32::INFINITY),
     })
 }
 
