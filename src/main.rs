@@ -42,8 +42,12 @@ enum Command {
     Generate {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
-        prompt: String,
+        #[arg(long, required_unless_present = "messages")]
+        prompt: Option<String>,
+        /// a conversation to continue, rendered by the chat template: a JSON file holding a
+        /// list of messages, or a prompt line's object ({"prompt": [...], "tools": [...]})
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "chat", "system"])]
+        messages: Option<PathBuf>,
         /// apply the model's chat template
         #[arg(long)]
         chat: bool,
@@ -231,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate {
             model,
             prompt,
+            messages,
             chat,
             system,
             chat_template,
@@ -248,11 +253,19 @@ fn run(cli: Cli) -> Result<()> {
                 top_k,
                 max_new_tokens,
             };
+            let input = match (messages, prompt) {
+                (Some(file), _) => app::run_generate::GenerateInput::Conversation(
+                    app::run_generate::read_conversation(&file)?,
+                ),
+                (None, Some(prompt)) if chat => {
+                    app::run_generate::GenerateInput::Chat { system, prompt }
+                }
+                (None, Some(prompt)) => app::run_generate::GenerateInput::Text(prompt),
+                (None, None) => anyhow::bail!("give --prompt or --messages"),
+            };
             let task = app::run_generate::GenerateTask {
                 model: &m,
-                prompt,
-                chat,
-                system,
+                input,
                 sampling,
                 seed,
                 stream: true,

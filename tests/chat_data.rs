@@ -534,3 +534,73 @@ fn train_config_chat_template_is_read_or_refused() {
         "{cfg}"
     );
 }
+
+/// `cada generate --messages FILE` continues a conversation as a prompts line renders it: the
+/// greedy text equals that of the same rendered text given raw with `--prompt`.
+#[test]
+fn generate_continues_a_conversation_file() {
+    let d = tempfile::tempdir().unwrap();
+    let model = root().join("models/default");
+    let m = load_model(&model).unwrap();
+    let conv = d.path().join("conv.json");
+    let turns = serde_json::json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "how do i kill a python process"}
+    ]);
+    std::fs::write(&conv, turns.to_string()).unwrap();
+    let rendered = cada::cada::chat_data::prompt_text(
+        &m,
+        None,
+        &serde_json::from_value::<Vec<Message>>(turns).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let gen = |args: &[&str]| {
+        let mut all = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "12",
+            "--device",
+            "cpu",
+        ];
+        all.extend(args);
+        std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
+            .args(&all)
+            .output()
+            .unwrap()
+    };
+    let a = gen(&["--messages", conv.to_str().unwrap()]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = gen(&["--prompt", &rendered]);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert!(!a.stdout.is_empty());
+    assert_eq!(
+        a.stdout, b.stdout,
+        "the conversation renders as its text does"
+    );
+    // a prompts-line object works too; a broken one names the file and field
+    std::fs::write(
+        &conv,
+        r#"{"prompt": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}"#,
+    )
+    .unwrap();
+    assert!(gen(&["--messages", conv.to_str().unwrap()])
+        .status
+        .success());
+    std::fs::write(&conv, r#"[{"role": "user"}]"#).unwrap();
+    let e = gen(&["--messages", conv.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        !e.status.success() && err.contains("conv.json") && err.contains("prompt[0]"),
+        "{err}"
+    );
+    assert!(
+        !gen(&["--messages", conv.to_str().unwrap(), "--prompt", "x"])
+            .status
+            .success()
+    );
+}

@@ -224,43 +224,46 @@ fn str_field<'a>(v: &'a serde_json::Value, field: &str, at: &str) -> Result<&'a 
 pub fn load_prompts(path: &Path) -> Result<Vec<PromptItem>> {
     jsonl_lines(path)?
         .into_iter()
-        .map(|(at, v)| {
-            let (prompt, conversation) = match turns_field(&v, "prompt", &at)? {
-                Turns::Text(t) => (t, None),
-                Turns::Messages(c) => {
-                    let last = &c[c.len() - 1].role;
-                    if !["user", "tool", "assistant"].contains(&last.as_str()) {
-                        bail!("{at}: field `prompt` ends with a `{last}` turn; a prompt ends with a user (or tool) turn, or an assistant turn to continue");
-                    }
-                    let user = c.iter().rev().find(|m| m.role == "user").with_context(|| {
-                        format!("{at}: field `prompt` has no user turn")
-                    })?;
-                    (user.content.clone(), Some(c))
-                }
-            };
-            if prompt.trim().is_empty() {
-                bail!("{at}: field `prompt` is empty");
-            }
-            let label = match str_field(&v, "label", &at)? {
-                "harmful" => Label::Harmful,
-                "benign" => Label::Benign,
-                other => {
-                    bail!("{at}: field `label` must be \"harmful\" or \"benign\", got \"{other}\"")
-                }
-            };
-            let category = match v.get("category") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(_) => Some(str_field(&v, "category", &at)?.to_string()),
-            };
-            Ok(PromptItem {
-                prompt,
-                conversation,
-                inputs: line_inputs(&v, &at)?,
-                label,
-                category,
-            })
-        })
+        .map(|(at, v)| prompt_item(&v, &at))
         .collect()
+}
+
+/// One prompts line (a JSON object); errors start with `at`.
+pub fn prompt_item(v: &serde_json::Value, at: &str) -> Result<PromptItem> {
+    let (prompt, conversation) = match turns_field(v, "prompt", at)? {
+        Turns::Text(t) => (t, None),
+        Turns::Messages(c) => {
+            let last = &c[c.len() - 1].role;
+            if !["user", "tool", "assistant"].contains(&last.as_str()) {
+                bail!("{at}: field `prompt` ends with a `{last}` turn; a prompt ends with a user (or tool) turn, or an assistant turn to continue");
+            }
+            let user = c
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .with_context(|| format!("{at}: field `prompt` has no user turn"))?;
+            (user.content.clone(), Some(c))
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("{at}: field `prompt` is empty");
+    }
+    let label = match str_field(v, "label", at)? {
+        "harmful" => Label::Harmful,
+        "benign" => Label::Benign,
+        other => bail!("{at}: field `label` must be \"harmful\" or \"benign\", got \"{other}\""),
+    };
+    let category = match v.get("category") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => Some(str_field(v, "category", at)?.to_string()),
+    };
+    Ok(PromptItem {
+        prompt,
+        conversation,
+        inputs: line_inputs(v, at)?,
+        label,
+        category,
+    })
 }
 
 /// SFT lines: `{"prompt", "completion"}` (each text or a list of messages) or
