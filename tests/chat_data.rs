@@ -604,3 +604,84 @@ fn generate_continues_a_conversation_file() {
             .success()
     );
 }
+
+/// The example files in models/examples/ load, tokenize on the default model, and run through
+/// `cada eval`, `cada sft` (with assistant-only loss) and `cada dpo`.
+#[test]
+fn example_conversational_files_load_and_train() {
+    let ex = root().join("models/examples");
+    let model = root().join("models/default");
+    let m = load_model(&model).unwrap();
+    let prompts = load_prompts(&ex.join("prompts_conversational.jsonl")).unwrap();
+    assert_eq!(prompts.len(), 4);
+    assert!(prompts.iter().all(|p| p.conversation.is_some()));
+    for p in &prompts {
+        assert!(!context_ids(&m, Some("codes"), p).unwrap().is_empty());
+    }
+    for r in load_sft(&ex.join("sft_conversational.jsonl")).unwrap() {
+        sft_seq(&m, &r).unwrap();
+    }
+    for r in load_dpo(&ex.join("dpo_conversational.jsonl")).unwrap() {
+        dpo_pair(&m, &r).unwrap();
+    }
+    let d = tempfile::tempdir().unwrap();
+    let template = d.path().join("t.jinja");
+    std::fs::write(&template, concat!(
+        "{%- for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n",
+        "{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}\n",
+        "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}",
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    )).unwrap();
+    let run = |args: Vec<String>| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let s = |x: &Path| x.display().to_string();
+    run(vec![
+        "eval".into(),
+        "--model".into(),
+        s(&model),
+        "--prompts".into(),
+        s(&ex.join("prompts_conversational.jsonl")),
+        "--max-new-tokens".into(),
+        "8".into(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    run(vec![
+        "sft".into(),
+        "--model".into(),
+        s(&model),
+        "--data".into(),
+        s(&ex.join("sft_conversational.jsonl")),
+        "--out".into(),
+        s(&d.path().join("sft")),
+        "--steps".into(),
+        "2".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--assistant-only-loss".into(),
+        "--chat-template".into(),
+        s(&template),
+    ]);
+    run(vec![
+        "dpo".into(),
+        "--model".into(),
+        s(&model),
+        "--data".into(),
+        s(&ex.join("dpo_conversational.jsonl")),
+        "--out".into(),
+        s(&d.path().join("dpo")),
+        "--steps".into(),
+        "2".into(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+}
