@@ -309,20 +309,15 @@ def main():
                     except Exception as e:  # a template that refuses the conversation
                         entry["error"] = f"{type(e).__name__}: {e}"
                     cases.append(entry)
-    OUT.write_text(
-        json.dumps(
-            {
-                "made_by": "scripts/trl_chat_data_dump.py",
-                "transformers": transformers.__version__,
-                "trl": trl.__version__,
-                "models": models,
-                "cases": cases,
-            },
-            ensure_ascii=False,
-            indent=1,
-        )
-        + "\n"
-    )
+    # one case a line: readable diffs without a line per token id
+    head = {
+        "made_by": "scripts/trl_chat_data_dump.py",
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "models": models,
+    }
+    body = ",\n".join(json.dumps(c, ensure_ascii=False) for c in cases)
+    OUT.write_text(json.dumps(head, ensure_ascii=False)[:-1] + ', "cases": [\n' + body + "\n]}\n")
     ok = sum("expect" in c for c in cases)
     print(f"wrote {OUT}: {len(cases)} cases, {ok} tokenized, {len(cases) - ok} refused by the template")
 
