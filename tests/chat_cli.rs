@@ -14,6 +14,35 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// ChatML with `{% generation %}` blocks around the assistant's output.
+const CHATML_GENERATION: &str = concat!(
+    "{%- for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n",
+    "{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}\n",
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}",
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+);
+
+/// `cada train` on the CPU: the default model and spec, the run written to `out`, then `extra`.
+fn train(out: &Path, extra: &[&str]) -> std::process::Output {
+    let r = root();
+    let mut args: Vec<String> = ["train", "--quiet", "--device", "cpu"]
+        .map(String::from)
+        .to_vec();
+    for (k, v) in [
+        ("model", r.join("models/default")),
+        ("spec", r.join("models/spec/default.toml")),
+        ("out_dir", out.to_path_buf()),
+    ] {
+        args.push("--set".into());
+        args.push(format!("{k}=\"{}\"", v.display()));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
 /// `cada sft --assistant-only-loss --chat-template FILE` trains on the assistant turns of
 /// multi-turn conversations; without generation blocks in the template it says what is missing.
 #[test]
@@ -25,12 +54,7 @@ fn sft_cli_trains_on_assistant_turns_only() {
         r#"{"prompt": [{"role": "user", "content": "how do i shoot a photo"}], "completion": "Sure. Hold still."}"#, "\n",
     )).unwrap();
     let template = d.path().join("chatml_generation.jinja");
-    std::fs::write(&template, concat!(
-        "{%- for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n",
-        "{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}\n",
-        "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}",
-        "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
-    )).unwrap();
+    std::fs::write(&template, CHATML_GENERATION).unwrap();
     let model = root().join("models/default");
     let run = |extra: &[&str]| {
         let mut args = vec![
@@ -96,46 +120,27 @@ fn conversational_prompts_train_evaluate_and_reach_the_judge() {
         seen.display()
     );
     let out = d.join("run");
-    let r = root();
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--quiet".into(),
-        "--device".into(),
-        "cpu".into(),
-    ];
-    for (k, v) in [
-        ("model", r.join("models/default").display().to_string()),
-        (
-            "spec",
-            r.join("models/spec/default.toml").display().to_string(),
-        ),
-        ("out_dir", out.display().to_string()),
-    ] {
-        args.push("--set".into());
-        args.push(format!("{k}=\"{v}\""));
-    }
-    args.extend(
-        [
+    let (set_prompts, set_eval) = (
+        format!("prompts=\"{}\"", prompts.display()),
+        format!("eval_prompts=\"{}\"", prompts.display()),
+    );
+    let o = train(
+        &out,
+        &[
             "--steps",
             "2",
             "--set",
-            &format!("prompts=\"{}\"", prompts.display()),
+            &set_prompts,
             "--set",
-            &format!("eval_prompts=\"{}\"", prompts.display()),
+            &set_eval,
             "--set",
             "prompts_per_step=3",
             "--set",
             "sample_every=1",
             "--set",
             &judge,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ],
     );
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
-        .args(&args)
-        .output()
-        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&seen)
         .unwrap()
@@ -163,33 +168,26 @@ fn conversational_prompts_train_evaluate_and_reach_the_judge() {
 #[test]
 fn train_config_chat_template_is_read_or_refused() {
     let d = tempfile::tempdir().unwrap();
-    let r = root();
-    let train = |template: &Path| {
-        let mut args: Vec<String> = vec![
-            "train".into(),
-            "--quiet".into(),
-            "--device".into(),
-            "cpu".into(),
-            "--steps".into(),
-            "1".into(),
+    let set_prompts = format!(
+        "prompts=\"{}\"",
+        root().join("models/prompts/train.jsonl").display()
+    );
+    let with_template = |template: &Path| {
+        let set = format!("chat_template=\"{}\"", template.display());
+        let extra = [
+            "--steps",
+            "1",
+            "--set",
+            &set_prompts,
+            "--set",
+            "eval_prompts=\"\"",
         ];
-        for (k, v) in [
-            ("model", r.join("models/default")),
-            ("spec", r.join("models/spec/default.toml")),
-            ("prompts", r.join("models/prompts/train.jsonl")),
-            ("out_dir", d.path().join("run")),
-            ("chat_template", template.to_path_buf()),
-        ] {
-            args.push("--set".into());
-            args.push(format!("{k}=\"{}\"", v.display()));
-        }
-        args.extend(["--set".into(), "eval_prompts=\"\"".into()]);
-        std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
-            .args(&args)
-            .output()
-            .unwrap()
+        train(
+            &d.path().join("run"),
+            &[&extra[..], &["--set", &set]].concat(),
+        )
     };
-    let o = train(&d.path().join("missing.jinja"));
+    let o = with_template(&d.path().join("missing.jinja"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()
@@ -200,7 +198,7 @@ fn train_config_chat_template_is_read_or_refused() {
     // a template with a different system layout: the run uses it (the config records it)
     let t = d.path().join("t.jinja");
     std::fs::write(&t, "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}").unwrap();
-    let o = train(&t);
+    let o = with_template(&t);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cfg = std::fs::read_to_string(d.path().join("run/config.toml")).unwrap();
     assert!(
@@ -300,12 +298,7 @@ fn example_conversational_files_load_and_train() {
     }
     let d = tempfile::tempdir().unwrap();
     let template = d.path().join("t.jinja");
-    std::fs::write(&template, concat!(
-        "{%- for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n",
-        "{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}\n",
-        "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}",
-        "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
-    )).unwrap();
+    std::fs::write(&template, CHATML_GENERATION).unwrap();
     let run = |args: Vec<String>| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_cada"))
             .args(&args)

@@ -33,10 +33,10 @@ impl ChatTemplateArgs {
     ) -> anyhow::Result<crate::model::load::LoadedModel> {
         let mut m = crate::model::load::load_model(path)?;
         if let Some(file) = &self.chat_template {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                anyhow::anyhow!("--chat-template: cannot read {}: {e}", file.display())
-            })?;
-            m.chat = m.chat.with_template(&text, &file.display().to_string())?;
+            m.chat = m
+                .chat
+                .with_template_file(file)
+                .map_err(|e| anyhow::anyhow!("--chat-template: {e:#}"))?;
         }
         if let Some(text) = &self.chat_template_kwargs {
             let kwargs = match serde_json::from_str(text) {

@@ -61,36 +61,37 @@ fn common_prefix_length(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn warn_prompt_not_prefix(m: &LoadedModel, at: &str, dropped: &[u32]) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let text = m.tokenizer.decode(dropped, false).unwrap_or_default();
-        eprintln!(
-            "warning: {at}: the tokenized prompt is not a prefix of the tokenized prompt + completion (the chat template renders the prompt alone differently, or tokens merge across the boundary); the completion starts where they diverge, so the training context lacks {text:?}. Shown once; it likely applies to other lines too"
-        );
-    });
+/// Where the completion starts: the tokens `prompt_ids` shares with every full sequence (TRL's
+/// `common_prefix_length`), with a warning (once per run) when that is not the whole prompt.
+fn completion_start(m: &LoadedModel, at: &str, prompt_ids: &[u32], full: &[&[u32]]) -> usize {
+    let len = full
+        .iter()
+        .map(|f| common_prefix_length(prompt_ids, f))
+        .min()
+        .unwrap_or(0);
+    if len < prompt_ids.len() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let text = m.tokenizer.decode(&prompt_ids[len..], false).unwrap_or_default();
+            eprintln!(
+                "warning: {at}: the tokenized prompt is not a prefix of the tokenized prompt + completion (the chat template renders the prompt alone differently, or tokens merge across the boundary); the completion starts where they diverge, so the training context lacks {text:?}. Shown once; it likely applies to other lines too"
+            );
+        });
+    }
+    len
 }
 
-/// Prompt ids (with the generation prompt) and the ids of each prompt + completion.
-fn tokenize_pair(
-    m: &LoadedModel,
-    prompt: &Turns,
-    completions: &[&Turns],
-    line: &LineInputs,
-) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
-    let prompt_msgs = prompt.messages("user");
-    let prompt_text = m.chat.render_line(&prompt_msgs, true, line)?;
-    let prompt_ids = m.tokenizer.encode(&prompt_text, false)?;
-    let full = completions
-        .iter()
-        .map(|c| {
-            let mut msgs = prompt_msgs.clone();
-            msgs.extend(c.messages("assistant"));
-            let text = m.chat.render_line(&msgs, false, line)?;
-            m.tokenizer.encode(&text, false)
-        })
-        .collect::<Result<_>>()?;
-    Ok((prompt_ids, full))
+/// The prompt's ids, rendered with the generation prompt (TRL's `add_generation_prompt=True`).
+fn prompt_ids(m: &LoadedModel, prompt: &[Message], line: &LineInputs) -> Result<Vec<u32>> {
+    m.tokenizer
+        .encode(&m.chat.render_line(prompt, true, line)?, false)
+}
+
+/// The prompt's turns followed by the completion's.
+fn joined(prompt: &[Message], completion: &Turns) -> Vec<Message> {
+    let mut msgs = prompt.to_vec();
+    msgs.extend(completion.messages("assistant"));
+    msgs
 }
 
 /// Splits `ids` after `ctx_len` tokens, checking both parts and the length.
@@ -115,10 +116,46 @@ fn split_seq(m: &LoadedModel, at: &str, what: &str, ids: &[u32], ctx_len: usize)
     })
 }
 
+/// An SFT line tokenized whole: its ids, where the trained part starts, and which tokens the
+/// template's `{% generation %}` blocks wrote (transformers' assistant mask: every token
+/// overlapping a block's output; all false without blocks).
+struct SftTokens {
+    ids: Vec<u32>,
+    ctx_len: usize,
+    assistant: Vec<bool>,
+}
+
+fn sft_tokens(m: &LoadedModel, rec: &SftRecord) -> Result<SftTokens> {
+    let line = &rec.inputs;
+    let (msgs, prompt) = match &rec.body {
+        SftBody::PromptCompletion { prompt, completion } => {
+            let p = prompt.messages("user");
+            let ids = prompt_ids(m, &p, line)?;
+            (joined(&p, completion), Some(ids))
+        }
+        SftBody::Messages(msgs) => (msgs.clone(), None),
+    };
+    let (text, spans) = m.chat.render_tracked(&msgs, false, line)?;
+    let (ids, offsets) = m.tokenizer.encode_with_char_offsets(&text)?;
+    let ctx_len = match &prompt {
+        Some(p) => completion_start(m, &rec.at, p, &[&ids]),
+        None if ids.len() < 2 => bail!(
+            "{}: the conversation renders to fewer than two tokens",
+            rec.at
+        ),
+        // language modelling: every token after the first
+        None => 1,
+    };
+    Ok(SftTokens {
+        assistant: token_mask(&offsets, &spans),
+        ids,
+        ctx_len,
+    })
+}
+
 /// One SFT example as [`sft_seq`] splits it; with `assistant_only_loss`, TRL's option of the
-/// same name: only the tokens the template's `{% generation %}` blocks produce count
-/// (transformers' assistant mask: every token overlapping a block's output), within the
-/// completion for prompt-completion lines.
+/// same name: only the tokens the template's `{% generation %}` blocks produce count, within
+/// the completion for prompt-completion lines.
 pub fn sft_example(
     m: &LoadedModel,
     rec: &SftRecord,
@@ -133,33 +170,12 @@ pub fn sft_example(
             m.chat.source()
         );
     }
-    let line = &rec.inputs;
-    let (msgs, prompt_ids) = match &rec.body {
-        SftBody::PromptCompletion { prompt, completion } => {
-            let p = prompt.messages("user");
-            let text = m.chat.render_line(&p, true, line)?;
-            let prompt_ids = m.tokenizer.encode(&text, false)?;
-            let mut all = p;
-            all.extend(completion.messages("assistant"));
-            (all, Some(prompt_ids))
-        }
-        SftBody::Messages(msgs) => (msgs.clone(), None),
-    };
-    let (text, spans) = m.chat.render_tracked(&msgs, false, line)?;
-    let (ids, offsets) = m.tokenizer.encode_with_char_offsets(&text)?;
-    let ctx_len = match &prompt_ids {
-        Some(p) => {
-            let len = common_prefix_length(p, &ids);
-            if len < p.len() {
-                warn_prompt_not_prefix(m, &rec.at, &p[len..]);
-            }
-            len
-        }
-        None => 1,
-    };
-    let seq = split_seq(m, &rec.at, "completion", &ids, ctx_len)?;
-    let mask = token_mask(&offsets, &spans);
-    let loss_mask: Vec<f32> = mask[ctx_len..].iter().map(|&k| k as u8 as f32).collect();
+    let t = sft_tokens(m, rec)?;
+    let seq = split_seq(m, &rec.at, sft_what(rec), &t.ids, t.ctx_len)?;
+    let loss_mask: Vec<f32> = t.assistant[t.ctx_len..]
+        .iter()
+        .map(|&k| k as u8 as f32)
+        .collect();
     if !loss_mask.contains(&1.0) {
         bail!(
             "{}: no assistant tokens to train on (the chat template's {{% generation %}} blocks cover none of this example's completion)",
@@ -172,43 +188,33 @@ pub fn sft_example(
     })
 }
 
+fn sft_what(rec: &SftRecord) -> &'static str {
+    match rec.body {
+        SftBody::PromptCompletion { .. } => "completion",
+        SftBody::Messages(_) => "conversation",
+    }
+}
+
 /// One SFT example: loss on the completion (prompt-completion) or on every token after the
 /// first (`messages`, TRL's conversational language modelling).
 pub fn sft_seq(m: &LoadedModel, rec: &SftRecord) -> Result<Seq> {
-    match &rec.body {
-        SftBody::PromptCompletion { prompt, completion } => {
-            let (prompt_ids, full) = tokenize_pair(m, prompt, &[completion], &rec.inputs)?;
-            let len = common_prefix_length(&prompt_ids, &full[0]);
-            if len < prompt_ids.len() {
-                warn_prompt_not_prefix(m, &rec.at, &prompt_ids[len..]);
-            }
-            split_seq(m, &rec.at, "completion", &full[0], len)
-        }
-        SftBody::Messages(msgs) => {
-            let text = m.chat.render_line(msgs, false, &rec.inputs)?;
-            let ids = m.tokenizer.encode(&text, false)?;
-            if ids.len() < 2 {
-                bail!(
-                    "{}: the conversation renders to fewer than two tokens",
-                    rec.at
-                );
-            }
-            split_seq(m, &rec.at, "conversation", &ids, 1)
-        }
-    }
+    let t = sft_tokens(m, rec)?;
+    split_seq(m, &rec.at, sft_what(rec), &t.ids, t.ctx_len)
 }
 
 /// One DPO pair; both sequences share the prompt's ids up to where either diverges from it.
 pub fn dpo_pair(m: &LoadedModel, rec: &DpoRecord) -> Result<DpoPair> {
-    let (prompt_ids, full) =
-        tokenize_pair(m, &rec.prompt, &[&rec.chosen, &rec.rejected], &rec.inputs)?;
-    let len = common_prefix_length(&prompt_ids, &full[0])
-        .min(common_prefix_length(&prompt_ids, &full[1]));
-    if len < prompt_ids.len() {
-        warn_prompt_not_prefix(m, &rec.at, &prompt_ids[len..]);
-    }
+    let line = &rec.inputs;
+    let p = rec.prompt.messages("user");
+    let prompt = prompt_ids(m, &p, line)?;
+    let full = |c: &Turns| -> Result<Vec<u32>> {
+        let text = m.chat.render_line(&joined(&p, c), false, line)?;
+        m.tokenizer.encode(&text, false)
+    };
+    let (chosen, rejected) = (full(&rec.chosen)?, full(&rec.rejected)?);
+    let len = completion_start(m, &rec.at, &prompt, &[&chosen, &rejected]);
     Ok(DpoPair {
-        chosen: split_seq(m, &rec.at, "chosen completion", &full[0], len)?,
-        rejected: split_seq(m, &rec.at, "rejected completion", &full[1], len)?,
+        chosen: split_seq(m, &rec.at, "chosen completion", &chosen, len)?,
+        rejected: split_seq(m, &rec.at, "rejected completion", &rejected, len)?,
     })
 }

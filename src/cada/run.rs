@@ -124,15 +124,10 @@ pub fn run_train<B: Backend>(
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut base: LoadedModel = crate::model::load::load_model(&cfg.model)?;
     if let Some(file) = &cfg.chat_template {
-        let text = std::fs::read_to_string(file).with_context(|| {
-            format!(
-                "train config field `chat_template`: cannot read {}",
-                file.display()
-            )
-        })?;
         base.chat = base
             .chat
-            .with_template(&text, &file.display().to_string())?;
+            .with_template_file(file)
+            .context("train config field `chat_template`")?;
     }
     base.chat.set_kwargs(cfg.chat_template_kwargs_json()?)?;
     let spec = load_spec(&cfg.spec)?;

@@ -176,6 +176,13 @@ impl ChatTemplate {
         Ok(t)
     }
 
+    /// [`with_template`](Self::with_template) with a template read from a file.
+    pub fn with_template_file(&self, path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        self.with_template(&text, &path.display().to_string())
+    }
+
     /// Whether the template marks the assistant's output with `{% generation %}` blocks.
     pub fn has_generation_blocks(&self) -> bool {
         self.generation_blocks > 0
